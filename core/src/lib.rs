@@ -1,0 +1,1 @@
+//! Sotto's client core (placeholder while the crate is built up).
