@@ -1,0 +1,108 @@
+//! The one error type of sotto-core.
+//!
+//! Every failure a peer, the relay or a damaged disk can cause is a distinct,
+//! typed variant so callers can react precisely (drop a duplicate silently, ask
+//! the user about an identity change, request a session reset) instead of
+//! parsing strings. No variant ever carries secret material.
+
+use crate::identity::IdentityKey;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// Everything that can go wrong in sotto-core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A message or record did not parse (wrong length, bad protobuf, unknown version).
+    #[error("malformed {what}")]
+    Malformed {
+        /// Which structure was malformed.
+        what: &'static str,
+    },
+    /// The envelope carries a protocol version this build does not speak.
+    #[error("unsupported message version {0}")]
+    UnsupportedVersion(u8),
+    /// A prekey signature did not verify under the bundle's identity key.
+    #[error("bad signature on {what}")]
+    BadSignature {
+        /// Which key's signature failed.
+        what: &'static str,
+    },
+    /// A public key was not a valid encoding (or gave an all-zero X25519 output).
+    #[error("invalid public key: {what}")]
+    InvalidKey {
+        /// Which key was invalid.
+        what: &'static str,
+    },
+    /// The AEAD tag did not verify: the message was tampered with, or it was
+    /// not encrypted for this session.
+    #[error("message authentication failed")]
+    DecryptFailed,
+    /// This exact message was already decrypted (its key was used and deleted).
+    #[error("duplicate message (chain counter {counter})")]
+    DuplicateMessage {
+        /// The counter of the duplicated message within its chain.
+        counter: u32,
+    },
+    /// The message key was evicted because too many skipped keys were stored.
+    #[error("message key for counter {counter} was evicted")]
+    MessageKeyEvicted {
+        /// The counter whose key is gone.
+        counter: u32,
+    },
+    /// The message would skip more keys than [`crate::ratchet::MAX_MESSAGE_GAP`].
+    #[error("message jumps {gap} keys ahead, more than the allowed gap")]
+    TooFarInFuture {
+        /// Requested jump.
+        gap: u32,
+    },
+    /// No session exists with this device.
+    #[error("no session with this device")]
+    NoSession,
+    /// The PQXDH message names a prekey this device does not have (used,
+    /// rotated away, or never existed).
+    #[error("unknown {what} id {id}")]
+    UnknownPrekey {
+        /// Which kind of prekey.
+        what: &'static str,
+        /// The id the message named.
+        id: u32,
+    },
+    /// A PQXDH first message was replayed: its one-time key is gone, or the
+    /// (last-resort KEM key, base key) pair was already used.
+    #[error("replayed PQXDH first message")]
+    ReplayedPreKeyMessage,
+    /// The remote identity key differs from the one recorded for this contact.
+    /// Nothing was changed; the app must ask the user, then call
+    /// `accept_identity` to trust the new key.
+    #[error("identity key of this contact changed")]
+    IdentityChanged {
+        /// The newly presented identity key.
+        new_identity: Box<IdentityKey>,
+    },
+    /// The message was addressed to a different device id.
+    #[error("message for device {0}, this is another device")]
+    WrongDevice(u32),
+    /// The local device has no identity yet.
+    #[error("no local identity")]
+    NoIdentity,
+    /// A stored record failed authentication or decoding (disk damage or wrong app key).
+    #[error("corrupt store record in {table}")]
+    CorruptRecord {
+        /// Table of the record.
+        table: &'static str,
+    },
+    /// The durable backend failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The caller's own writes in a commit hook failed; nothing was committed.
+    #[error("commit hook failed: {0}")]
+    Hook(String),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}

@@ -1,0 +1,241 @@
+//! Small key types shared by every layer: an X25519 key pair that caches its
+//! public key (so no code path recomputes a base-point multiplication), and an
+//! ML-KEM-768 key pair kept as its canonical 64-byte FIPS 203 seed.
+//!
+//! Secrets live only in zeroize-on-drop types and never appear in `Debug`.
+
+use core::fmt;
+
+use ml_kem::kem::Decapsulate;
+use ml_kem::{EncapsulateDeterministic, EncodedSizeUser, KemCore, MlKem768, B32};
+use rand_core::CryptoRngCore;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::error::{Error, Result};
+
+/// Length of an ML-KEM-768 encapsulation key.
+pub const KEM_PUBLIC_LEN: usize = 1184;
+/// Length of an ML-KEM-768 ciphertext.
+pub const KEM_CIPHERTEXT_LEN: usize = 1088;
+
+/// A 32-byte symmetric secret (root key, chain key, message key) zeroized on drop.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct Secret32(pub(crate) [u8; 32]);
+
+impl Secret32 {
+    /// Wraps raw bytes (test vectors, interop).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Secret32(bytes)
+    }
+
+    /// The raw bytes (for persistence).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub(crate) fn from_slice(bytes: &[u8], what: &'static str) -> Result<Self> {
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::Malformed { what })?;
+        Ok(Secret32(arr))
+    }
+}
+
+impl fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret32(<redacted>)")
+    }
+}
+
+/// An X25519 key pair whose public half is computed once, at creation.
+#[derive(Clone)]
+pub struct X25519KeyPair {
+    secret: StaticSecret,
+    public: PublicKey,
+}
+
+impl X25519KeyPair {
+    /// A fresh random key pair.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        Self::from_secret_bytes(random_32(rng))
+    }
+
+    /// Rebuilds a key pair from its 32 secret bytes (as persisted).
+    pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
+        let secret = StaticSecret::from(bytes);
+        let public = PublicKey::from(&secret);
+        X25519KeyPair { secret, public }
+    }
+
+    /// Rebuilds from persisted bytes, checking the length.
+    pub(crate) fn from_slice(bytes: &[u8], what: &'static str) -> Result<Self> {
+        let mut arr: [u8; 32] = bytes.try_into().map_err(|_| Error::Malformed { what })?;
+        let kp = Self::from_secret_bytes(arr);
+        arr.zeroize();
+        Ok(kp)
+    }
+
+    /// The public key bytes.
+    pub fn public(&self) -> &[u8; 32] {
+        self.public.as_bytes()
+    }
+
+    /// The secret bytes, for persistence only.
+    pub(crate) fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.secret.to_bytes())
+    }
+
+    /// X25519 agreement; rejects a non-contributory (all-zero) result, which
+    /// only a malicious low-order public key can produce.
+    pub(crate) fn agree(&self, their_public: &[u8; 32], what: &'static str) -> Result<Secret32> {
+        let shared = self.secret.diffie_hellman(&PublicKey::from(*their_public));
+        if !shared.was_contributory() {
+            return Err(Error::InvalidKey { what });
+        }
+        Ok(Secret32(shared.to_bytes()))
+    }
+}
+
+impl fmt::Debug for X25519KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("X25519KeyPair")
+            .field("public", &Hex(self.public.as_bytes()))
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An ML-KEM-768 key pair, stored as its 64-byte seed `d || z`.
+///
+/// The seed is the canonical FIPS 203 private key form: unlike an expanded
+/// decapsulation key it cannot differ between implementations or backends.
+/// The expanded decapsulation key is cached (it zeroizes itself on drop) so
+/// decapsulation does not redo key generation.
+#[derive(Clone)]
+pub struct KemKeyPair {
+    seed: Zeroizing<[u8; 64]>,
+    public: Box<[u8; KEM_PUBLIC_LEN]>,
+    dk: Box<<MlKem768 as KemCore>::DecapsulationKey>,
+}
+
+impl KemKeyPair {
+    /// A fresh random key pair.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        let mut seed = Zeroizing::new([0u8; 64]);
+        rng.fill_bytes(&mut seed[..]);
+        Self::from_seed(seed)
+    }
+
+    /// Rebuilds from the persisted seed.
+    pub(crate) fn from_seed(seed: Zeroizing<[u8; 64]>) -> Self {
+        let (dk, ek) = Self::expand(&seed);
+        let mut public = Box::new([0u8; KEM_PUBLIC_LEN]);
+        public.copy_from_slice(ek.as_bytes().as_slice());
+        KemKeyPair {
+            seed,
+            public,
+            dk: Box::new(dk),
+        }
+    }
+
+    pub(crate) fn from_seed_slice(bytes: &[u8]) -> Result<Self> {
+        let arr: [u8; 64] = bytes.try_into().map_err(|_| Error::Malformed {
+            what: "ML-KEM seed",
+        })?;
+        Ok(Self::from_seed(Zeroizing::new(arr)))
+    }
+
+    fn expand(
+        seed: &[u8; 64],
+    ) -> (
+        <MlKem768 as KemCore>::DecapsulationKey,
+        <MlKem768 as KemCore>::EncapsulationKey,
+    ) {
+        let mut d = B32::default();
+        let mut z = B32::default();
+        d.copy_from_slice(&seed[..32]);
+        z.copy_from_slice(&seed[32..]);
+        let pair = MlKem768::generate_deterministic(&d, &z);
+        d.zeroize();
+        z.zeroize();
+        pair
+    }
+
+    /// The 1184-byte encapsulation key.
+    pub fn public(&self) -> &[u8; KEM_PUBLIC_LEN] {
+        &self.public
+    }
+
+    pub(crate) fn seed(&self) -> &[u8; 64] {
+        &self.seed
+    }
+
+    /// Decapsulates a ciphertext. ML-KEM decapsulation never fails outright
+    /// (implicit rejection yields a pseudorandom secret), so a forged
+    /// ciphertext is caught later by the AEAD of the first message.
+    pub(crate) fn decapsulate(&self, ciphertext: &[u8]) -> Result<Secret32> {
+        if ciphertext.len() != KEM_CIPHERTEXT_LEN {
+            return Err(Error::Malformed {
+                what: "ML-KEM ciphertext",
+            });
+        }
+        let ct =
+            ml_kem::Ciphertext::<MlKem768>::try_from(ciphertext).map_err(|_| Error::Malformed {
+                what: "ML-KEM ciphertext",
+            })?;
+        let ss = self.dk.decapsulate(&ct).map_err(|_| Error::DecryptFailed)?;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ss.as_slice());
+        Ok(Secret32(out))
+    }
+}
+
+/// Encapsulates to a peer's ML-KEM-768 key; the 32-byte message `m` is drawn
+/// from `rng` so that test vectors can fix it.
+pub(crate) fn kem_encapsulate(
+    public: &[u8],
+    rng: &mut impl CryptoRngCore,
+) -> Result<(Vec<u8>, Secret32)> {
+    let enc = ml_kem::Encoded::<<MlKem768 as KemCore>::EncapsulationKey>::try_from(public)
+        .map_err(|_| Error::InvalidKey {
+            what: "ML-KEM prekey",
+        })?;
+    let ek = <MlKem768 as KemCore>::EncapsulationKey::from_bytes(&enc);
+    let mut m = B32::default();
+    rng.fill_bytes(m.as_mut_slice());
+    let result = ek.encapsulate_deterministic(&m);
+    m.zeroize();
+    let (ct, ss) = result.map_err(|_| Error::InvalidKey {
+        what: "ML-KEM prekey",
+    })?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ss.as_slice());
+    Ok((ct.as_slice().to_vec(), Secret32(out)))
+}
+
+impl fmt::Debug for KemKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KemKeyPair")
+            .field("public", &Hex(&self.public[..8]))
+            .field("seed", &"<redacted>")
+            .finish()
+    }
+}
+
+/// 32 random bytes.
+pub(crate) fn random_32(rng: &mut impl CryptoRngCore) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    rng.fill_bytes(&mut b);
+    b
+}
+
+/// Lowercase hex for `Debug` of public values.
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Debug for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! Crash atomicity of the durable store: a decrypt whose transaction does not
+//! commit (the caller's hook fails, or the process dies mid-transaction)
+//! leaves the message decryptable exactly once later; a committed one is gone
+//! for good, also after reopening the database file. Also checks that the
+//! file holds no plaintext secrets and rejects a wrong storage key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use sotto_core::{Device, Error, SqliteStore, StorageKey, Store, Table, Txn};
+
+fn key() -> StorageKey {
+    StorageKey::new([42; 32])
+}
+
+#[test]
+fn failed_or_interrupted_commits_neither_lose_nor_reuse_a_message_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let mut r = rng(30);
+    let mut alice =
+        Device::create(SqliteStore::open(&pa, &key()).unwrap(), 1, NOW, &mut r).unwrap();
+    let mut bob = Device::create(SqliteStore::open(&pb, &key()).unwrap(), 2, NOW, &mut r).unwrap();
+    let bundle = bundle_of(&mut bob, true, &mut r);
+    alice
+        .process_bundle(&bob_addr(), &bundle, NOW, &mut r)
+        .unwrap();
+    let first = alice.encrypt(&bob_addr(), b"first", &mut r).unwrap();
+    let second = alice.encrypt(&bob_addr(), b"second", &mut r).unwrap();
+
+    // 1. The caller's own write fails: nothing commits, not even the session.
+    let err = bob
+        .decrypt_with(&alice_addr(), &first.bytes, NOW, |tx| {
+            tx.put(Table::App, b"envelope-1", b"done")?;
+            Err(Error::Hook("disk full".into()))
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Hook(_)));
+    assert!(!bob.has_session(&alice_addr()).unwrap());
+    assert!(bob
+        .store()
+        .get(Table::App, b"envelope-1")
+        .unwrap()
+        .is_none());
+
+    // 2. The process dies in the middle of the transaction (a panic after the
+    //    ratchet rows were written): SQLite rolls back.
+    let mut bob = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _ = bob.decrypt_with(&alice_addr(), &second.bytes, NOW, |_| panic!("crash"));
+        bob
+    }))
+    .map(|_| ())
+    .err()
+    .map(|_| Device::open(SqliteStore::open(&pb, &key()).unwrap()).unwrap())
+    .unwrap();
+    assert!(!bob.has_session(&alice_addr()).unwrap());
+
+    // 3. A successful decrypt commits the caller's row with the ratchet state.
+    let pt = bob
+        .decrypt_with(&alice_addr(), &first.bytes, NOW, |tx| {
+            tx.put(Table::App, b"envelope-1", b"done")
+        })
+        .unwrap();
+    assert_eq!(pt, b"first");
+    assert_eq!(
+        bob.store()
+            .get(Table::App, b"envelope-1")
+            .unwrap()
+            .unwrap()
+            .as_slice(),
+        b"done"
+    );
+
+    // Reopen from the file: the committed key is gone, the other still works.
+    drop(bob);
+    let mut bob = Device::open(SqliteStore::open(&pb, &key()).unwrap()).unwrap();
+    assert!(matches!(
+        bob.decrypt(&alice_addr(), &first.bytes, NOW),
+        Err(Error::DuplicateMessage { .. })
+    ));
+    let second = alice.encrypt(&bob_addr(), b"third", &mut r).unwrap();
+    assert_eq!(
+        bob.decrypt(&alice_addr(), &second.bytes, NOW).unwrap(),
+        b"third"
+    );
+}
+
+#[test]
+fn database_file_is_encrypted_and_bound_to_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let mut r = rng(31);
+    let mut dev =
+        Device::create(SqliteStore::open(&path, &key()).unwrap(), 5, NOW, &mut r).unwrap();
+    let blob = dev.signed_bundle().unwrap();
+    dev.generate_one_time_prekeys(3, 1, NOW, &mut r).unwrap();
+    drop(dev);
+    // Public keys written by us would appear in a plaintext file; they must not.
+    let mut file = std::fs::read(&path).unwrap();
+    for ext in ["-wal"] {
+        if let Ok(more) = std::fs::read(dir.path().join(format!("d.db{ext}"))) {
+            file.extend(more);
+        }
+    }
+    let identity_prefix = &blob[4..36];
+    assert!(!file.windows(32).any(|w| w == identity_prefix));
+    assert!(matches!(
+        Device::open(SqliteStore::open(&path, &StorageKey::new([1; 32])).unwrap()),
+        Err(Error::CorruptRecord { .. })
+    ));
+    assert!(Device::open(SqliteStore::open(&path, &key()).unwrap()).is_ok());
+}

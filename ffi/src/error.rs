@@ -1,0 +1,186 @@
+//! The one error type every exported function returns.
+//!
+//! UniFFI turns `SottoError` into a typed exception hierarchy
+//! (`SottoException.InvalidInput`, ... in Kotlin; `SottoError.invalidInput`
+//! in Swift), so a mobile developer can `catch` precisely what went wrong.
+//! Messages name the failed check and never carry key material, plaintext or
+//! ciphertext: errors end up in crash reports and logs.
+
+/// Everything that can go wrong across the FFI boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+pub enum SottoError {
+    /// An argument failed validation (wrong length, malformed encoding, ...).
+    #[error("invalid input: {reason}")]
+    InvalidInput {
+        /// Which check failed; never the offending bytes.
+        reason: String,
+    },
+    /// A payload exceeded a size limit.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the rejected payload.
+        size: u64,
+        /// The limit it exceeded.
+        limit: u64,
+    },
+    /// The object was closed (or its other end dropped) before the call.
+    #[error("closed")]
+    Closed,
+    /// Another consumer (a listener or a pending `next()`) already reads from
+    /// this object; each stream has exactly one consumer at a time.
+    #[error("busy: {reason}")]
+    Busy {
+        /// Which consumer holds the object.
+        reason: String,
+    },
+    /// A foreign listener threw instead of returning.
+    #[error("listener failed: {reason}")]
+    Listener {
+        /// The foreign exception's description.
+        reason: String,
+    },
+    /// A bug or resource failure inside the library (e.g. the runtime could
+    /// not start, or a background task panicked). Never caused by bad input.
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What failed.
+        reason: String,
+    },
+    /// A message or record did not parse (wrong length, bad encoding).
+    #[error("malformed {what}")]
+    Malformed {
+        /// Which structure was malformed.
+        what: String,
+    },
+    /// The message uses a protocol version this build does not speak.
+    #[error("unsupported message version {version}")]
+    UnsupportedVersion {
+        /// The version byte found.
+        version: u8,
+    },
+    /// A prekey signature did not verify under the bundle's identity key.
+    #[error("bad signature on {what}")]
+    BadSignature {
+        /// Which key's signature failed.
+        what: String,
+    },
+    /// A public key was not a valid encoding.
+    #[error("invalid public key: {what}")]
+    InvalidKey {
+        /// Which key was invalid.
+        what: String,
+    },
+    /// Authentication failed: the message was tampered with or was not
+    /// encrypted for this session.
+    #[error("message authentication failed")]
+    DecryptFailed,
+    /// This exact message was already decrypted; drop it silently.
+    #[error("duplicate message (chain counter {counter})")]
+    DuplicateMessage {
+        /// Its counter within its chain.
+        counter: u32,
+    },
+    /// The key of this late message was evicted (too many skipped keys).
+    #[error("message key for counter {counter} was evicted")]
+    MessageKeyEvicted {
+        /// The counter whose key is gone.
+        counter: u32,
+    },
+    /// The message skips more keys than allowed.
+    #[error("message jumps {gap} keys ahead, more than the allowed gap")]
+    TooFarInFuture {
+        /// Requested jump.
+        gap: u32,
+    },
+    /// No session exists with this device: process its prekey bundle first.
+    #[error("no session with this device")]
+    NoSession,
+    /// The first message names a prekey this device no longer has.
+    #[error("unknown {what} id {id}")]
+    UnknownPrekey {
+        /// Which kind of prekey.
+        what: String,
+        /// The id the message named.
+        id: u32,
+    },
+    /// A session's first message was replayed.
+    #[error("replayed first message")]
+    ReplayedPreKeyMessage,
+    /// The contact's identity key changed. Nothing was changed: ask the user,
+    /// then call `acceptIdentity` with `new_identity` to trust it.
+    #[error("identity key of this contact changed")]
+    IdentityChanged {
+        /// The newly presented public identity key.
+        new_identity: Vec<u8>,
+    },
+    /// The message or bundle belongs to another device id.
+    #[error("addressed to device {device_id}, not this one")]
+    WrongDevice {
+        /// The device id it names.
+        device_id: u32,
+    },
+    /// The store holds no identity (open a store created by this library).
+    #[error("no local identity")]
+    NoIdentity,
+    /// A stored record failed authentication: disk damage or a wrong key.
+    #[error("corrupt store record in {table}")]
+    CorruptRecord {
+        /// Table of the record.
+        table: String,
+    },
+    /// The durable store failed (I/O, disk full, locked database).
+    #[error("storage: {reason}")]
+    Storage {
+        /// The backend's description.
+        reason: String,
+    },
+}
+
+/// Every core error keeps its own variant, so apps can react precisely
+/// (ignore a duplicate, ask about an identity change, re-fetch a bundle).
+impl From<sotto_core::Error> for SottoError {
+    fn from(e: sotto_core::Error) -> Self {
+        use sotto_core::Error as E;
+        match e {
+            E::Malformed { what } => Self::Malformed { what: what.into() },
+            E::UnsupportedVersion(version) => Self::UnsupportedVersion { version },
+            E::BadSignature { what } => Self::BadSignature { what: what.into() },
+            E::InvalidKey { what } => Self::InvalidKey { what: what.into() },
+            E::DecryptFailed => Self::DecryptFailed,
+            E::DuplicateMessage { counter } => Self::DuplicateMessage { counter },
+            E::MessageKeyEvicted { counter } => Self::MessageKeyEvicted { counter },
+            E::TooFarInFuture { gap } => Self::TooFarInFuture { gap },
+            E::NoSession => Self::NoSession,
+            E::UnknownPrekey { what, id } => Self::UnknownPrekey {
+                what: what.into(),
+                id,
+            },
+            E::ReplayedPreKeyMessage => Self::ReplayedPreKeyMessage,
+            E::IdentityChanged { new_identity } => Self::IdentityChanged {
+                new_identity: new_identity.as_bytes().to_vec(),
+            },
+            E::WrongDevice(device_id) => Self::WrongDevice { device_id },
+            E::NoIdentity => Self::NoIdentity,
+            E::CorruptRecord { table } => Self::CorruptRecord {
+                table: table.into(),
+            },
+            E::Storage(reason) | E::Hook(reason) => Self::Storage { reason },
+            // The core enum is non-exhaustive; a new variant shows as internal
+            // until it gets its own here.
+            other => Self::Internal {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// A foreign listener that throws something other than a `SottoException`
+/// lands here instead of panicking inside the delivery task.
+impl From<uniffi::UnexpectedUniFFICallbackError> for SottoError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        SottoError::Listener { reason: e.reason }
+    }
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = SottoError> = std::result::Result<T, E>;

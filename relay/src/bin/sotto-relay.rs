@@ -1,0 +1,65 @@
+//! `sotto-relay`: run the blind relay. With no arguments it uses embedded
+//! defaults (loopback, `./sotto-relay-data`, a generated certificate whose
+//! fingerprint it prints for clients to pin). SIGINT/SIGTERM shut it down
+//! gracefully, finishing in-flight durable writes.
+
+use clap::Parser;
+use sotto_relay::server::config::{Config, Flags};
+use sotto_relay::server::Relay;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "relay failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn run() -> sotto_relay::Result<()> {
+    let flags = Flags::parse();
+    let config = Config::load(&flags)?;
+    let relay = Relay::start(config).await?;
+    let info = relay.info().clone();
+    println!("sotto-relay listening on {}", info.addr);
+    println!(
+        "certificate sha256 fingerprint {}",
+        hex::encode(info.fingerprint)
+    );
+    if let Some(m) = info.metrics_addr {
+        println!("metrics and health on http://{m}/metrics http://{m}/health");
+    }
+    relay.run_until(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

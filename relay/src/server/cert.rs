@@ -1,0 +1,90 @@
+//! The relay's TLS identity: loaded from disk, or generated self-signed on
+//! first start and kept in the data directory so its fingerprint (which
+//! clients pin) survives restarts.
+
+use std::path::Path;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::error::{RelayError, Result};
+
+/// A certificate and its private key.
+pub struct Identity {
+    /// DER certificate.
+    pub cert: CertificateDer<'static>,
+    /// DER PKCS#8 key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field(
+                "fingerprint",
+                &hex::encode(crate::client::pin::fingerprint(&self.cert)),
+            )
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Loads the identity, generating and saving it if both files are missing.
+pub fn load_or_generate(cert_path: &Path, key_path: &Path) -> Result<Identity> {
+    if !cert_path.exists() && !key_path.exists() {
+        let ck = rcgen::generate_simple_self_signed(vec!["sotto-relay".to_owned()])
+            .map_err(|e| RelayError::Config(format!("certificate generation: {e}")))?;
+        if let Some(dir) = key_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        write_private(key_path, &ck.key_pair.serialize_der())?;
+        std::fs::write(cert_path, ck.cert.der())?;
+        tracing::info!("generated a new self-signed relay certificate");
+    }
+    let cert = std::fs::read(cert_path)?;
+    let key = std::fs::read(key_path)?;
+    Ok(Identity {
+        cert: CertificateDer::from(cert),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+    })
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn generated_once_then_reloaded_and_debug_redacts() {
+        let d = tempfile::tempdir().unwrap();
+        let (c, k) = (d.path().join("c.der"), d.path().join("k.der"));
+        let a = load_or_generate(&c, &k).unwrap();
+        let b = load_or_generate(&c, &k).unwrap();
+        assert_eq!(a.cert, b.cert);
+        let dbg = format!("{a:?}");
+        assert!(dbg.contains("redacted"));
+        let PrivateKeyDer::Pkcs8(kd) = &a.key else {
+            panic!()
+        };
+        assert!(!dbg.contains(&hex::encode(&kd.secret_pkcs8_der()[..16])));
+    }
+}

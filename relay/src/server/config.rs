@@ -1,0 +1,302 @@
+//! Relay configuration: embedded defaults, an optional TOML file, then flags.
+//!
+//! `sotto-relay` with no arguments must just work (loopback, `./sotto-relay-data`,
+//! generated certificate), so every field has a safe default; the TOML file and
+//! the command line override them in that order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::{RelayError, Result};
+
+/// Everything an operator can tune. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// QUIC listen address (UDP).
+    pub listen: SocketAddr,
+    /// RocksDB directory and generated certificate location.
+    pub data_dir: PathBuf,
+    /// DER certificate; default `<data_dir>/cert.der`, generated if missing.
+    pub cert: Option<PathBuf>,
+    /// DER PKCS#8 private key; default `<data_dir>/key.der`.
+    pub key: Option<PathBuf>,
+    /// HTTP address for `/metrics` and `/health`; `None` disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest accepted envelope payload, bytes.
+    pub max_envelope_bytes: usize,
+    /// Largest request frame, bytes (bounds batch sends).
+    pub max_frame_bytes: usize,
+    /// Most items in one batch send.
+    pub max_batch_items: usize,
+    /// Per-mailbox quota: stored envelopes.
+    pub mailbox_max_envelopes: usize,
+    /// Per-mailbox quota: stored payload bytes.
+    pub mailbox_max_bytes: u64,
+    /// Undelivered envelopes are deleted after this many seconds.
+    pub envelope_ttl_secs: u64,
+    /// Per-connection send rate (envelopes per second, sustained).
+    pub send_rate_per_sec: f64,
+    /// Per-connection send burst.
+    pub send_burst: u32,
+    /// Bundle fetches per requester: burst, then `bundle_rate_per_sec`.
+    pub bundle_requester_burst: u32,
+    /// Bundle fetches per target: burst, then `bundle_rate_per_sec`.
+    pub bundle_target_burst: u32,
+    /// Sustained bundle fetch rate for both buckets.
+    pub bundle_rate_per_sec: f64,
+    /// Largest signed bundle blob.
+    pub max_signed_bundle_bytes: usize,
+    /// Largest one-time prekey item.
+    pub max_prekey_bytes: usize,
+    /// Most stored one-time prekeys per device and kind.
+    pub max_one_time_prekeys: usize,
+    /// Push a count to the owner when fewer than this many remain.
+    pub prekeys_low_threshold: u32,
+    /// Largest device-list body.
+    pub max_device_list_bytes: usize,
+    /// Largest attachment blob.
+    pub max_blob_bytes: u64,
+    /// Blobs are deleted after this many seconds.
+    pub blob_ttl_secs: u64,
+    /// Webhook called with the push token of offline devices (`http://` only).
+    pub webhook_url: Option<String>,
+    /// Pushes for one token are coalesced over this window.
+    pub push_coalesce_ms: u64,
+    /// Interval of the expiry sweep.
+    pub sweep_interval_secs: u64,
+    /// QUIC idle timeout; clients keep alive every 15 s.
+    pub idle_timeout_secs: u64,
+    /// Most concurrent request streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            data_dir: PathBuf::from("sotto-relay-data"),
+            cert: None,
+            key: None,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            max_envelope_bytes: 96 * 1024,
+            max_frame_bytes: 2 * 1024 * 1024,
+            max_batch_items: 64,
+            mailbox_max_envelopes: 10_000,
+            mailbox_max_bytes: 256 * 1024 * 1024,
+            envelope_ttl_secs: 30 * 24 * 3600,
+            send_rate_per_sec: 5_000.0,
+            send_burst: 10_000,
+            bundle_requester_burst: 60,
+            bundle_target_burst: 100,
+            bundle_rate_per_sec: 1.0,
+            max_signed_bundle_bytes: 16 * 1024,
+            max_prekey_bytes: 4 * 1024,
+            max_one_time_prekeys: 500,
+            prekeys_low_threshold: 10,
+            max_device_list_bytes: 16 * 1024,
+            max_blob_bytes: 100 * 1024 * 1024,
+            blob_ttl_secs: 30 * 24 * 3600,
+            webhook_url: None,
+            push_coalesce_ms: 1_000,
+            sweep_interval_secs: 60,
+            idle_timeout_secs: 60,
+            max_concurrent_streams: 64,
+        }
+    }
+}
+
+/// Command-line flags; each overrides the TOML value when given.
+#[derive(Debug, clap::Parser)]
+#[command(name = "sotto-relay", about = "Sotto blind store-and-forward relay")]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// QUIC listen address.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Certificate (DER).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Private key (DER PKCS#8).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Metrics/health HTTP address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Disable the metrics/health endpoint.
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// Largest envelope payload, bytes.
+    #[arg(long)]
+    pub max_envelope_bytes: Option<usize>,
+    /// Per-mailbox quota (envelopes).
+    #[arg(long)]
+    pub mailbox_max_envelopes: Option<usize>,
+    /// Per-mailbox quota (bytes).
+    #[arg(long)]
+    pub mailbox_max_bytes: Option<u64>,
+    /// Envelope TTL, seconds.
+    #[arg(long)]
+    pub envelope_ttl_secs: Option<u64>,
+    /// Blob TTL, seconds.
+    #[arg(long)]
+    pub blob_ttl_secs: Option<u64>,
+    /// Largest blob, bytes.
+    #[arg(long)]
+    pub max_blob_bytes: Option<u64>,
+    /// Per-connection send rate, envelopes/s.
+    #[arg(long)]
+    pub send_rate_per_sec: Option<f64>,
+    /// Per-connection send burst.
+    #[arg(long)]
+    pub send_burst: Option<u32>,
+    /// Bundle fetch burst per requester.
+    #[arg(long)]
+    pub bundle_requester_burst: Option<u32>,
+    /// Bundle fetch burst per target.
+    #[arg(long)]
+    pub bundle_target_burst: Option<u32>,
+    /// Push webhook URL (`http://host:port/path`).
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// Push coalescing window, milliseconds.
+    #[arg(long)]
+    pub push_coalesce_ms: Option<u64>,
+    /// Expiry sweep interval, seconds.
+    #[arg(long)]
+    pub sweep_interval_secs: Option<u64>,
+}
+
+impl Config {
+    /// Defaults, then the TOML file named by `flags.config`, then the flags.
+    pub fn load(flags: &Flags) -> Result<Self> {
+        let mut c = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)?;
+                toml::from_str(&text).map_err(|e| RelayError::Config(e.to_string()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = flags.$f.clone() { c.$f = v.into(); } )* };
+        }
+        set!(
+            listen,
+            data_dir,
+            max_envelope_bytes,
+            mailbox_max_envelopes,
+            mailbox_max_bytes,
+            envelope_ttl_secs,
+            blob_ttl_secs,
+            max_blob_bytes,
+            send_rate_per_sec,
+            send_burst,
+            bundle_requester_burst,
+            bundle_target_burst,
+            push_coalesce_ms,
+            sweep_interval_secs
+        );
+        if flags.cert.is_some() {
+            c.cert = flags.cert.clone();
+        }
+        if flags.key.is_some() {
+            c.key = flags.key.clone();
+        }
+        if flags.metrics_listen.is_some() {
+            c.metrics_listen = flags.metrics_listen;
+        }
+        if flags.no_metrics {
+            c.metrics_listen = None;
+        }
+        if flags.webhook_url.is_some() {
+            c.webhook_url = flags.webhook_url.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Rejects inconsistent limits.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_frame_bytes < self.max_envelope_bytes + 1024 {
+            return Err(RelayError::Config(
+                "max_frame_bytes must exceed max_envelope_bytes + 1024".into(),
+            ));
+        }
+        if self.envelope_ttl_secs == 0 || self.blob_ttl_secs == 0 || self.sweep_interval_secs == 0 {
+            return Err(RelayError::Config(
+                "TTLs and sweep interval must be positive".into(),
+            ));
+        }
+        if self.max_concurrent_streams == 0 || self.max_batch_items == 0 {
+            return Err(RelayError::Config(
+                "stream and batch limits must be positive".into(),
+            ));
+        }
+        if let Some(url) = &self.webhook_url {
+            if !url.starts_with("http://") {
+                return Err(RelayError::Config("webhook_url must be http://".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Certificate path (explicit or in the data dir).
+    pub fn cert_path(&self) -> PathBuf {
+        self.cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cert.der"))
+    }
+
+    /// Key path (explicit or in the data dir).
+    pub fn key_path(&self) -> PathBuf {
+        self.key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("key.der"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_override_toml_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(&p, "envelope_ttl_secs = 5\nmax_envelope_bytes = 1000\n").unwrap();
+        let flags = Flags::parse_from([
+            "sotto-relay",
+            "--config",
+            p.to_str().unwrap(),
+            "--max-envelope-bytes",
+            "2000",
+        ]);
+        let c = Config::load(&flags).unwrap();
+        assert_eq!(c.envelope_ttl_secs, 5);
+        assert_eq!(c.max_envelope_bytes, 2000);
+        assert_eq!(
+            c.mailbox_max_envelopes,
+            Config::default().mailbox_max_envelopes
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_limits_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(&p, "no_such_key = 1\n").unwrap();
+        let flags = Flags::parse_from(["sotto-relay", "--config", p.to_str().unwrap()]);
+        assert!(Config::load(&flags).is_err());
+        let flags = Flags::parse_from(["sotto-relay", "--max-envelope-bytes", "99999999"]);
+        assert!(Config::load(&flags).is_err());
+    }
+}

@@ -1,0 +1,504 @@
+//! One task per QUIC connection: authenticate once, then serve one request
+//! per bidirectional stream, each in its own task.
+//!
+//! Any bad input is answered with a typed error frame on that stream (or, for
+//! a failed authentication, a connection close with a reason); it never
+//! affects other streams or connections.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand_core::{OsRng, RngCore};
+use sotto_proto::relay::{
+    client_frame::Body as Req, server_frame::Body as Resp, AckOk, AuthChallenge, AuthOk, BlobInfo,
+    BlobUploaded, Envelope, ErrorCode, FetchOk, QueueEmpty, SendBatchOk, SendOk, SendResult,
+    ServerFrame,
+};
+
+use super::State;
+use crate::error::{RelayError, Result};
+use crate::frame::{self, error_frame, server_frame};
+use crate::ids::{BlobId, EnvelopeId, MailboxId};
+use crate::limits::TokenBucket;
+
+/// Deadline for a request frame to arrive once a stream is open.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline for the whole authentication exchange.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Application close codes.
+const CLOSE_AUTH: u32 = 1;
+/// Fetch page bounds.
+const MAX_PAGE: usize = 1000;
+const MAX_PAGE_BYTES: usize = 4 << 20;
+
+struct Conn {
+    mailbox: MailboxId,
+    sends: Mutex<TokenBucket>,
+}
+
+/// Decrements a counter when dropped.
+struct Guard<'a>(&'a std::sync::atomic::AtomicU64);
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one incoming connection to completion.
+pub(super) async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let _g = Guard(&state.metrics.connections);
+    let mailbox = match tokio::time::timeout(AUTH_TIMEOUT, authenticate(&state, &conn)).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            state.metrics.auth_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "authentication failed");
+            conn.close(CLOSE_AUTH.into(), e.code().as_str_name().as_bytes());
+            return;
+        }
+        Err(_) => {
+            conn.close(CLOSE_AUTH.into(), b"authentication timeout");
+            return;
+        }
+    };
+    state.metrics.auth_ok.fetch_add(1, Ordering::Relaxed);
+    let ctx = Arc::new(Conn {
+        mailbox,
+        sends: Mutex::new(TokenBucket::new(
+            state.config.send_burst,
+            state.config.send_rate_per_sec,
+            Instant::now(),
+        )),
+    });
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    tokio::spawn(serve_stream(state.clone(), ctx.clone(), send, recv));
+                }
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn reply(send: &mut quinn::SendStream, f: &ServerFrame) {
+    let _ = frame::write_frame(send, f).await;
+    let _ = send.finish();
+}
+
+/// Challenge-response on the first stream; see [`crate::auth`].
+async fn authenticate(state: &State, conn: &quinn::Connection) -> Result<MailboxId> {
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let result = async {
+        let bytes = frame::read_frame(&mut recv, 1024)
+            .await?
+            .ok_or(RelayError::Truncated)?;
+        let (rid, body) = frame::decode_client(&bytes)?;
+        let Req::AuthBegin(_) = body else {
+            return Err(RelayError::refusal(
+                ErrorCode::NotAuthenticated,
+                "authenticate first",
+            ));
+        };
+        let mut nonce = [0u8; 32];
+        OsRng.fill_bytes(&mut nonce);
+        let ch = server_frame(
+            rid,
+            Resp::AuthChallenge(AuthChallenge {
+                nonce: nonce.to_vec(),
+            }),
+        );
+        frame::write_frame(&mut send, &ch).await?;
+        let bytes = frame::read_frame(&mut recv, 1024)
+            .await?
+            .ok_or(RelayError::Truncated)?;
+        let (rid, body) = frame::decode_client(&bytes)?;
+        let Req::AuthProve(p) = body else {
+            return Err(RelayError::refusal(ErrorCode::AuthFailed, "expected proof"));
+        };
+        let binding = crate::auth::channel_binding(conn, &nonce)?;
+        // The nonce lives only in this stack frame: it is consumed here.
+        let pk = crate::auth::verify(&binding, &nonce, &p.device_key, &p.signature)?;
+        let ok = server_frame(
+            rid,
+            Resp::AuthOk(AuthOk {
+                mailbox: pk.to_vec(),
+            }),
+        );
+        frame::write_frame(&mut send, &ok).await?;
+        Ok(MailboxId(pk))
+    }
+    .await;
+    match &result {
+        Ok(_) => {
+            let _ = send.finish();
+        }
+        Err(e) => {
+            if e.code() == ErrorCode::Malformed || e.code() == ErrorCode::FrameTooLarge {
+                state
+                    .metrics
+                    .malformed_frames
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            reply(&mut send, &error_frame(0, refusal_code(e), &detail(e))).await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+        }
+    }
+    result
+}
+
+fn refusal_code(e: &RelayError) -> ErrorCode {
+    match e.code() {
+        ErrorCode::Unspecified => ErrorCode::AuthFailed,
+        c => c,
+    }
+}
+
+/// Content-free text for an error frame.
+fn detail(e: &RelayError) -> String {
+    match e {
+        RelayError::Remote { detail, .. } => detail.clone(),
+        RelayError::Storage(_) => "storage failure".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Counts a request as in flight for graceful shutdown.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn serve_stream(
+    state: Arc<State>,
+    ctx: Arc<Conn>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        frame::read_frame(&mut recv, state.config.max_frame_bytes),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            state
+                .metrics
+                .malformed_frames
+                .fetch_add(1, Ordering::Relaxed);
+            reply(&mut send, &error_frame(0, e.code(), &detail(&e))).await;
+            return;
+        }
+        Err(_) => {
+            reply(
+                &mut send,
+                &error_frame(0, ErrorCode::Malformed, "request timeout"),
+            )
+            .await;
+            return;
+        }
+    };
+    let (rid, body) = match frame::decode_client(&bytes) {
+        Ok(x) => x,
+        Err(e) => {
+            state
+                .metrics
+                .malformed_frames
+                .fetch_add(1, Ordering::Relaxed);
+            reply(&mut send, &error_frame(0, e.code(), &detail(&e))).await;
+            return;
+        }
+    };
+    drop(bytes);
+    if let Req::Subscribe(_) = body {
+        subscribe(&state, &ctx, rid, &mut send).await;
+        return;
+    }
+    state.in_flight.fetch_add(1, Ordering::AcqRel);
+    let _f = InFlight(&state.in_flight);
+    match dispatch(&state, &ctx, rid, body, &mut send, &mut recv).await {
+        Ok(Some(f)) => reply(&mut send, &f).await,
+        Ok(None) => {
+            let _ = send.finish();
+        }
+        Err(e) => {
+            if matches!(e, RelayError::Truncated | RelayError::Malformed(_)) {
+                state
+                    .metrics
+                    .malformed_frames
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            reply(&mut send, &error_frame(rid, e.code(), &detail(&e))).await;
+        }
+    }
+}
+
+fn take_sends(ctx: &Conn, n: usize) -> Result<()> {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    let ok = ctx
+        .sends
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .try_take(n, Instant::now());
+    if ok {
+        Ok(())
+    } else {
+        Err(RelayError::refusal(
+            ErrorCode::RateLimited,
+            "send rate limited",
+        ))
+    }
+}
+
+fn recipient(b: &[u8]) -> Result<MailboxId> {
+    MailboxId::from_slice(b)
+        .map_err(|_| RelayError::refusal(ErrorCode::Malformed, "recipient must be 32 bytes"))
+}
+
+async fn dispatch(
+    state: &State,
+    ctx: &Conn,
+    rid: u64,
+    body: Req,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<ServerFrame>> {
+    let ok = |b: Resp| Ok(Some(server_frame(rid, b)));
+    match body {
+        Req::AuthBegin(_) | Req::AuthProve(_) => Err(RelayError::refusal(
+            ErrorCode::AlreadyAuthenticated,
+            "connection already authenticated",
+        )),
+        Req::Send(s) => {
+            let started = Instant::now();
+            let to = recipient(&s.recipient)?;
+            if s.payload.len() > state.config.max_envelope_bytes {
+                state
+                    .metrics
+                    .envelopes_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(RelayError::refusal(
+                    ErrorCode::EnvelopeTooLarge,
+                    "envelope too large",
+                ));
+            }
+            take_sends(ctx, 1)?;
+            let id = state
+                .mailboxes
+                .submit(vec![(to, s.payload)])
+                .await
+                .pop()
+                .unwrap_or(Err(RelayError::UnexpectedReply))?;
+            state.metrics.send_latency.observe(started.elapsed());
+            ok(Resp::SendOk(SendOk {
+                envelope_id: id.0.to_vec(),
+            }))
+        }
+        Req::SendBatch(b) => {
+            let started = Instant::now();
+            if b.items.len() > state.config.max_batch_items {
+                return Err(RelayError::refusal(
+                    ErrorCode::TooManyItems,
+                    "batch too large",
+                ));
+            }
+            let items = b
+                .items
+                .into_iter()
+                .map(|s| Ok((recipient(&s.recipient)?, s.payload)))
+                .collect::<Result<Vec<_>>>()?;
+            take_sends(ctx, items.len())?;
+            let results = state
+                .mailboxes
+                .submit(items)
+                .await
+                .into_iter()
+                .map(|r| match r {
+                    Ok(id) => SendResult {
+                        envelope_id: id.0.to_vec(),
+                        error: None,
+                    },
+                    Err(e) => SendResult {
+                        envelope_id: vec![],
+                        error: Some(sotto_proto::relay::Error {
+                            code: e.code() as i32,
+                            detail: detail(&e),
+                        }),
+                    },
+                })
+                .collect();
+            state.metrics.send_latency.observe(started.elapsed());
+            ok(Resp::SendBatchOk(SendBatchOk { results }))
+        }
+        Req::Fetch(f) => {
+            let after = if f.after.is_empty() {
+                0
+            } else {
+                EnvelopeId::from_slice(&f.after)?.seq()
+            };
+            let limit = match f.limit as usize {
+                0 => 100,
+                n => n.min(MAX_PAGE),
+            };
+            let (items, more) =
+                state
+                    .mailboxes
+                    .fetch(&ctx.mailbox, after, limit, MAX_PAGE_BYTES)?;
+            let envelopes = items
+                .into_iter()
+                .map(|s| Envelope {
+                    id: s.id.0.to_vec(),
+                    payload: s.payload,
+                })
+                .collect();
+            ok(Resp::FetchOk(FetchOk { envelopes, more }))
+        }
+        Req::Ack(a) => {
+            if a.ids.len() > MAX_PAGE {
+                return Err(RelayError::refusal(ErrorCode::TooManyItems, "too many ids"));
+            }
+            let ids = a
+                .ids
+                .iter()
+                .map(|i| EnvelopeId::from_slice(i))
+                .collect::<Result<Vec<_>>>()?;
+            let removed = state.mailboxes.ack(&ctx.mailbox, &ids).await?;
+            ok(Resp::AckOk(AckOk { removed }))
+        }
+        Req::Subscribe(_) => Err(RelayError::UnexpectedReply),
+        Req::PublishPrekeys(p) => ok(Resp::PrekeyCounts(
+            state.directory.publish(&ctx.mailbox, p).await?,
+        )),
+        Req::QueryPrekeyCounts(_) => ok(Resp::PrekeyCounts(state.directory.counts(&ctx.mailbox))),
+        Req::FetchBundle(f) => {
+            let target = recipient(&f.target)?;
+            let (bundle, low) = state.directory.fetch(&ctx.mailbox, &target).await?;
+            if let Some(c) = low {
+                state.mailboxes.flag_prekeys_low(&target, c);
+            }
+            ok(Resp::Bundle(bundle))
+        }
+        Req::PublishDeviceList(p) => {
+            let list = p.list.ok_or(RelayError::Malformed("missing list"))?;
+            state.directory.publish_device_list(list).await?;
+            ok(Resp::Ok(sotto_proto::relay::Ok {}))
+        }
+        Req::FetchDeviceList(f) => ok(Resp::DeviceList(
+            state.directory.fetch_device_list(&f.user_key)?,
+        )),
+        Req::BlobUpload(u) => {
+            let id = state.blobs.upload(u.length, recv).await?;
+            ok(Resp::BlobUploaded(BlobUploaded {
+                blob_id: id.0.to_vec(),
+            }))
+        }
+        Req::BlobDownload(d) => {
+            let id = BlobId::from_slice(&d.blob_id)?;
+            let len = state.blobs.length(&id)?;
+            if d.offset > len {
+                return Err(RelayError::refusal(
+                    ErrorCode::InvalidArgument,
+                    "offset beyond end",
+                ));
+            }
+            frame::write_frame(
+                send,
+                &server_frame(rid, Resp::BlobInfo(BlobInfo { length: len })),
+            )
+            .await?;
+            state.blobs.download(&id, d.offset, len, send).await?;
+            Ok(None)
+        }
+        Req::RegisterPushToken(t) => {
+            if t.token.len() > 4096 {
+                return Err(RelayError::refusal(
+                    ErrorCode::InvalidArgument,
+                    "push token too long",
+                ));
+            }
+            state
+                .mailboxes
+                .set_push_token(&ctx.mailbox, t.token)
+                .await?;
+            ok(Resp::Ok(sotto_proto::relay::Ok {}))
+        }
+    }
+}
+
+/// The push stream: backlog, `QueueEmpty`, then live envelopes and
+/// prekey-low notices, until the client or the relay closes it.
+async fn subscribe(state: &State, ctx: &Conn, rid: u64, send: &mut quinn::SendStream) {
+    let mut changed = state.mailboxes.watch(&ctx.mailbox);
+    let mut shutdown = state.shutdown.clone();
+    let mut cursor = 0u64;
+    let mut sent_empty = false;
+    loop {
+        changed.borrow_and_update();
+        if let Some(c) = state.mailboxes.take_prekeys_low(&ctx.mailbox) {
+            if frame::write_frame(send, &server_frame(rid, Resp::PrekeyCounts(c)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let (page, more) = match state.mailboxes.fetch(&ctx.mailbox, cursor, 256, 1 << 20) {
+            Ok(x) => x,
+            Err(e) => {
+                reply(send, &error_frame(rid, e.code(), "storage failure")).await;
+                return;
+            }
+        };
+        let mut buf = Vec::new();
+        for s in page {
+            cursor = s.id.seq();
+            buf.extend(frame::encode(&server_frame(
+                rid,
+                Resp::Envelope(Envelope {
+                    id: s.id.0.to_vec(),
+                    payload: s.payload,
+                }),
+            )));
+        }
+        if !more && !sent_empty {
+            buf.extend(frame::encode(&server_frame(
+                rid,
+                Resp::QueueEmpty(QueueEmpty {}),
+            )));
+            sent_empty = true;
+        }
+        if !buf.is_empty()
+            && tokio::io::AsyncWriteExt::write_all(send, &buf)
+                .await
+                .is_err()
+        {
+            return;
+        }
+        if more {
+            continue;
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = send.stopped() => return,
+            _ = shutdown.changed() => {
+                let _ = send.finish();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! Envelope queues: one FIFO per mailbox, durable in RocksDB, indexed in memory.
+//!
+//! RocksDB holds the truth (`mailbox || seq` -> `created_ms || payload`); an
+//! in-memory index per mailbox (sequence -> size, time, committed flag) is
+//! rebuilt by one bounded scan at start. Reads therefore never seek through
+//! the tombstones that acked heads leave behind: a fetch knows exactly which
+//! keys are live. Entries are inserted "pending" under the index lock in the
+//! same critical section that enqueues their write, and flipped to committed
+//! by the writer in commit order, so readers (which stop at the first pending
+//! entry) can never see sequence 6 before 5.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sotto_proto::relay::{ErrorCode, PrekeyCounts};
+use tokio::sync::watch;
+
+use super::db::{Cf, Db};
+use super::metrics::Metrics;
+use super::push::Notifier;
+use super::writer::{DbOp, Writer};
+use crate::error::{RelayError, Result};
+use crate::ids::{EnvelopeId, MailboxId};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn key(m: &MailboxId, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(40);
+    k.extend_from_slice(&m.0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    len: u32,
+    created_ms: u64,
+    committed: bool,
+}
+
+#[derive(Debug)]
+struct Mailbox {
+    entries: BTreeMap<u64, Entry>,
+    bytes: u64,
+    /// Bumped on every commit; subscribers wait on it.
+    changed: watch::Sender<u64>,
+    push_token: Option<Vec<u8>>,
+    prekeys_low: Option<PrekeyCounts>,
+}
+
+impl Mailbox {
+    fn new() -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            bytes: 0,
+            changed: watch::Sender::new(0),
+            push_token: None,
+            prekeys_low: None,
+        }
+    }
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    mailboxes: HashMap<MailboxId, Mailbox>,
+    next_seq: u64,
+    last_ms: u64,
+}
+
+/// Quotas applied at submission.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Most envelopes per mailbox.
+    pub max_envelopes: usize,
+    /// Most payload bytes per mailbox.
+    pub max_bytes: u64,
+    /// Largest payload.
+    pub max_envelope_bytes: usize,
+}
+
+/// One stored envelope read back.
+#[derive(Debug)]
+pub struct Stored {
+    /// Its id.
+    pub id: EnvelopeId,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+/// The mailbox store.
+#[derive(Debug)]
+pub struct Mailboxes {
+    db: Arc<Db>,
+    writer: Arc<Writer>,
+    metrics: Arc<Metrics>,
+    notifier: Option<Arc<Notifier>>,
+    index: Arc<Mutex<Index>>,
+    quota: Quota,
+}
+
+fn lock(m: &Mutex<Index>) -> MutexGuard<'_, Index> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Mailboxes {
+    /// Rebuilds the index from disk.
+    pub fn load(
+        db: Arc<Db>,
+        writer: Arc<Writer>,
+        metrics: Arc<Metrics>,
+        notifier: Option<Arc<Notifier>>,
+        quota: Quota,
+    ) -> Result<Self> {
+        let mut index = Index::default();
+        let mut max_seq = match db.get(Cf::Meta, b"seq")? {
+            Some(v) if v.len() == 8 => {
+                u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))
+            }
+            _ => 0,
+        };
+        let (mut depth, mut bytes) = (0u64, 0u64);
+        db.scan(Cf::Envelopes, &[], &[0xff; 41], |k, v| {
+            if k.len() != 40 || v.len() < 8 {
+                tracing::warn!("skipping malformed envelope record");
+                return Ok(true);
+            }
+            let m = MailboxId::from_slice(&k[..32])?;
+            let seq = u64::from_be_bytes(k[32..].try_into().unwrap_or([0; 8]));
+            let created_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+            let len = u32::try_from(v.len() - 8).unwrap_or(u32::MAX);
+            let mb = index.mailboxes.entry(m).or_insert_with(Mailbox::new);
+            mb.entries.insert(
+                seq,
+                Entry {
+                    len,
+                    created_ms,
+                    committed: true,
+                },
+            );
+            mb.bytes += u64::from(len);
+            max_seq = max_seq.max(seq);
+            index.last_ms = index.last_ms.max(created_ms);
+            depth += 1;
+            bytes += u64::from(len);
+            Ok(true)
+        })?;
+        db.scan(Cf::PushTokens, &[], &[0xff; 33], |k, v| {
+            if let Ok(m) = MailboxId::from_slice(k) {
+                index
+                    .mailboxes
+                    .entry(m)
+                    .or_insert_with(Mailbox::new)
+                    .push_token = Some(v.to_vec());
+            }
+            Ok(true)
+        })?;
+        index.next_seq = max_seq + 1;
+        metrics.queue_depth.store(depth, Relaxed);
+        metrics.bytes_stored.store(bytes, Relaxed);
+        tracing::info!(envelopes = depth, bytes, "mailbox index loaded");
+        Ok(Self {
+            db,
+            writer,
+            metrics,
+            notifier,
+            index: Arc::new(Mutex::new(index)),
+            quota,
+        })
+    }
+
+    /// Durably stores envelopes (one group-committed write for the whole
+    /// batch); each item gets its id or its own refusal.
+    pub async fn submit(&self, items: Vec<(MailboxId, Vec<u8>)>) -> Vec<Result<EnvelopeId>> {
+        let mut results: Vec<Result<EnvelopeId>> = Vec::with_capacity(items.len());
+        let mut ops = Vec::with_capacity(items.len() + 1);
+        let mut accepted: Vec<(MailboxId, u64, u32)> = Vec::new();
+        let rx = {
+            let mut idx = lock(&self.index);
+            let ms = now_ms().max(idx.last_ms);
+            idx.last_ms = ms;
+            for (to, payload) in items {
+                if payload.len() > self.quota.max_envelope_bytes {
+                    results.push(Err(RelayError::refusal(
+                        ErrorCode::EnvelopeTooLarge,
+                        "envelope too large",
+                    )));
+                    continue;
+                }
+                let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+                let seq = idx.next_seq;
+                let mb = idx.mailboxes.entry(to).or_insert_with(Mailbox::new);
+                if mb.entries.len() >= self.quota.max_envelopes
+                    || mb.bytes + u64::from(len) > self.quota.max_bytes
+                {
+                    results.push(Err(RelayError::refusal(
+                        ErrorCode::QuotaExceeded,
+                        "recipient mailbox full",
+                    )));
+                    continue;
+                }
+                mb.entries.insert(
+                    seq,
+                    Entry {
+                        len,
+                        created_ms: ms,
+                        committed: false,
+                    },
+                );
+                mb.bytes += u64::from(len);
+                idx.next_seq += 1;
+                let mut value = Vec::with_capacity(8 + payload.len());
+                value.extend_from_slice(&ms.to_be_bytes());
+                value.extend_from_slice(&payload);
+                ops.push(DbOp::Put(Cf::Envelopes, key(&to, seq), value));
+                accepted.push((to, seq, len));
+                results.push(Ok(EnvelopeId::new(ms, seq)));
+            }
+            if accepted.is_empty() {
+                self.metrics
+                    .envelopes_refused
+                    .fetch_add(results.len() as u64, Relaxed);
+                return results;
+            }
+            ops.push(DbOp::Put(
+                Cf::Meta,
+                b"seq".to_vec(),
+                (idx.next_seq - 1).to_be_bytes().to_vec(),
+            ));
+            let index = self.index.clone();
+            let metrics = self.metrics.clone();
+            let notifier = self.notifier.clone();
+            let done = accepted.clone();
+            // Enqueued under the index lock: commit order == sequence order.
+            self.writer.enqueue(
+                ops,
+                Some(Box::new(move |ok| {
+                    let mut idx = lock(&index);
+                    let (mut n, mut b) = (0u64, 0u64);
+                    for (to, seq, len) in &done {
+                        let Some(mb) = idx.mailboxes.get_mut(to) else {
+                            continue;
+                        };
+                        if ok {
+                            if let Some(e) = mb.entries.get_mut(seq) {
+                                e.committed = true;
+                            }
+                            n += 1;
+                            b += u64::from(*len);
+                            mb.bump();
+                            if mb.changed.receiver_count() == 0 {
+                                if let (Some(t), Some(nf)) = (&mb.push_token, &notifier) {
+                                    nf.notify(t.clone());
+                                }
+                            }
+                        } else if mb.entries.remove(seq).is_some() {
+                            mb.bytes -= u64::from(*len);
+                        }
+                    }
+                    metrics.envelopes_accepted.fetch_add(n, Relaxed);
+                    metrics.queue_depth.fetch_add(n, Relaxed);
+                    metrics.bytes_stored.fetch_add(b, Relaxed);
+                })),
+            )
+        };
+        let refused = results.iter().filter(|r| r.is_err()).count();
+        self.metrics
+            .envelopes_refused
+            .fetch_add(refused as u64, Relaxed);
+        let outcome = match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RelayError::refusal(
+                ErrorCode::ShuttingDown,
+                "writer stopped",
+            )),
+        };
+        match outcome {
+            Ok(()) => results,
+            Err(e) => {
+                let code = e.code();
+                results
+                    .into_iter()
+                    .map(|r| r.and_then(|_| Err(RelayError::refusal(code, "not stored"))))
+                    .collect()
+            }
+        }
+    }
+
+    /// Up to `limit` committed envelopes with sequence > `after_seq`, at most
+    /// `max_bytes` of payload (always at least one); plus whether more follow.
+    pub fn fetch(
+        &self,
+        m: &MailboxId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Stored>, bool)> {
+        let (picked, more) = {
+            let idx = lock(&self.index);
+            let Some(mb) = idx.mailboxes.get(m) else {
+                return Ok((Vec::new(), false));
+            };
+            let mut picked = Vec::new();
+            let mut bytes = 0usize;
+            let mut more = false;
+            for (&seq, e) in mb.entries.range(after_seq.saturating_add(1)..) {
+                if !e.committed {
+                    break; // later entries wait until this one is durable
+                }
+                if picked.len() >= limit
+                    || (!picked.is_empty() && bytes + e.len as usize > max_bytes)
+                {
+                    more = true;
+                    break;
+                }
+                bytes += e.len as usize;
+                picked.push((seq, e.created_ms));
+            }
+            (picked, more)
+        };
+        let cf = self.db.cf(Cf::Envelopes)?;
+        let keys: Vec<Vec<u8>> = picked.iter().map(|(s, _)| key(m, *s)).collect();
+        let values = self.db.raw().multi_get_cf(keys.iter().map(|k| (cf, k)));
+        let mut out = Vec::with_capacity(picked.len());
+        for ((seq, ms), v) in picked.into_iter().zip(values) {
+            // Acked concurrently: simply not returned.
+            if let Some(v) = v.map_err(super::db::storage)? {
+                if v.len() >= 8 {
+                    out.push(Stored {
+                        id: EnvelopeId::new(ms, seq),
+                        payload: v[8..].to_vec(),
+                    });
+                }
+            }
+        }
+        self.metrics
+            .envelopes_delivered
+            .fetch_add(out.len() as u64, Relaxed);
+        Ok((out, more))
+    }
+
+    /// Durably deletes the caller's own envelopes; returns how many existed.
+    pub async fn ack(&self, m: &MailboxId, ids: &[EnvelopeId]) -> Result<u32> {
+        let mut ops = Vec::new();
+        {
+            let mut idx = lock(&self.index);
+            let Some(mb) = idx.mailboxes.get_mut(m) else {
+                return Ok(0);
+            };
+            let mut freed = 0u64;
+            for id in ids {
+                let seq = id.seq();
+                let matches = mb
+                    .entries
+                    .get(&seq)
+                    .is_some_and(|e| e.committed && e.created_ms == id.millis());
+                if matches {
+                    if let Some(e) = mb.entries.remove(&seq) {
+                        mb.bytes -= u64::from(e.len);
+                        freed += u64::from(e.len);
+                        ops.push(DbOp::SingleDelete(Cf::Envelopes, key(m, seq)));
+                    }
+                }
+            }
+            self.metrics
+                .queue_depth
+                .fetch_sub(ops.len() as u64, Relaxed);
+            self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
+        }
+        let n = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+        if n > 0 {
+            self.writer.write(ops, None).await?;
+            self.metrics
+                .envelopes_acked
+                .fetch_add(u64::from(n), Relaxed);
+        }
+        Ok(n)
+    }
+
+    /// Deletes every committed envelope older than `ttl_ms`; returns the count.
+    pub async fn expire(&self, ttl_ms: u64) -> Result<usize> {
+        let cutoff = now_ms().saturating_sub(ttl_ms);
+        let mut ops = Vec::new();
+        {
+            let mut idx = lock(&self.index);
+            let mut freed = 0u64;
+            for (m, mb) in idx.mailboxes.iter_mut() {
+                while let Some((&seq, e)) = mb.entries.first_key_value() {
+                    if !e.committed || e.created_ms > cutoff {
+                        break;
+                    }
+                    let len = u64::from(e.len);
+                    mb.entries.remove(&seq);
+                    mb.bytes -= len;
+                    freed += len;
+                    ops.push(DbOp::SingleDelete(Cf::Envelopes, key(m, seq)));
+                }
+            }
+            // Forget empty, idle mailboxes so the index does not grow forever.
+            idx.mailboxes.retain(|_, mb| {
+                !mb.entries.is_empty() || mb.push_token.is_some() || mb.changed.receiver_count() > 0
+            });
+            self.metrics
+                .queue_depth
+                .fetch_sub(ops.len() as u64, Relaxed);
+            self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
+        }
+        let n = ops.len();
+        if n > 0 {
+            self.writer.write(ops, None).await?;
+            self.metrics.envelopes_expired.fetch_add(n as u64, Relaxed);
+        }
+        Ok(n)
+    }
+
+    /// A receiver that changes whenever the mailbox gains an envelope or a
+    /// prekey-low notice. Holding it marks the device as online (no webhook).
+    pub fn watch(&self, m: &MailboxId) -> watch::Receiver<u64> {
+        lock(&self.index)
+            .mailboxes
+            .entry(*m)
+            .or_insert_with(Mailbox::new)
+            .changed
+            .subscribe()
+    }
+
+    /// Records that `m`'s one-time prekeys are low and wakes its subscription.
+    pub fn flag_prekeys_low(&self, m: &MailboxId, counts: PrekeyCounts) {
+        let mut idx = lock(&self.index);
+        let mb = idx.mailboxes.entry(*m).or_insert_with(Mailbox::new);
+        mb.prekeys_low = Some(counts);
+        mb.bump();
+    }
+
+    /// Takes a pending prekey-low notice.
+    pub fn take_prekeys_low(&self, m: &MailboxId) -> Option<PrekeyCounts> {
+        lock(&self.index)
+            .mailboxes
+            .get_mut(m)
+            .and_then(|mb| mb.prekeys_low.take())
+    }
+
+    /// Registers or (empty) clears the mailbox's push token, durably.
+    pub async fn set_push_token(&self, m: &MailboxId, token: Vec<u8>) -> Result<()> {
+        let op = if token.is_empty() {
+            DbOp::Delete(Cf::PushTokens, m.0.to_vec())
+        } else {
+            DbOp::Put(Cf::PushTokens, m.0.to_vec(), token.clone())
+        };
+        self.writer.write(vec![op], None).await?;
+        let mut idx = lock(&self.index);
+        idx.mailboxes
+            .entry(*m)
+            .or_insert_with(Mailbox::new)
+            .push_token = (!token.is_empty()).then_some(token);
+        Ok(())
+    }
+}

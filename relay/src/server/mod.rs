@@ -1,0 +1,266 @@
+//! The relay server: QUIC endpoint, startup, expiry sweep and graceful shutdown.
+//!
+//! Storage and services are sans-QUIC modules ([`mailbox`], [`directory`],
+//! [`blobs`], [`writer`]); [`connection`] is the thin layer that maps request
+//! streams onto them. Startup writes `<data_dir>/relay.addr` with the bound
+//! address and certificate fingerprint so scripts and tests can find the relay.
+
+pub mod blobs;
+pub mod cert;
+pub mod config;
+mod connection;
+pub mod db;
+pub mod directory;
+pub mod mailbox;
+pub mod metrics;
+pub mod push;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::{RelayError, Result};
+use crate::frame::ALPN;
+use config::Config;
+use db::Db;
+use directory::{Directory, DirectoryLimits};
+use mailbox::{Mailboxes, Quota};
+use metrics::Metrics;
+use writer::Writer;
+
+/// Everything a connection task needs.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) config: Config,
+    pub(crate) db: Arc<Db>,
+    pub(crate) writer: Arc<Writer>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) mailboxes: Mailboxes,
+    pub(crate) directory: Directory,
+    pub(crate) blobs: blobs::Blobs,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) in_flight: AtomicUsize,
+}
+
+/// Where a started relay can be reached.
+#[derive(Debug, Clone)]
+pub struct RelayInfo {
+    /// Bound QUIC address.
+    pub addr: SocketAddr,
+    /// SHA-256 of the certificate, for client pinning.
+    pub fingerprint: [u8; 32],
+    /// Bound metrics/health address, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// A started relay.
+#[derive(Debug)]
+pub struct Relay {
+    state: Arc<State>,
+    endpoint: quinn::Endpoint,
+    info: RelayInfo,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+fn server_config(config: &Config, id: cert::Identity) -> Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![id.cert], id.key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|_| RelayError::Config("no TLS 1.3 QUIC cipher suite".into()))?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    // Sized for many mostly idle connections, not bulk transfer: at most
+    // 1 MiB buffered per connection, 256 KiB per stream.
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(config.max_concurrent_streams.into());
+    t.max_concurrent_uni_streams(0u8.into());
+    t.stream_receive_window((256u32 * 1024).into());
+    t.receive_window((1024u32 * 1024).into());
+    t.send_window(2 * 1024 * 1024);
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs))
+            .map_err(|_| RelayError::Config("idle timeout too large".into()))?,
+    ));
+    sc.transport_config(Arc::new(t));
+    Ok(sc)
+}
+
+impl Relay {
+    /// Opens storage, binds the endpoint and starts background tasks.
+    pub async fn start(config: Config) -> Result<Self> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let identity = cert::load_or_generate(&config.cert_path(), &config.key_path())?;
+        let fingerprint = crate::client::pin::fingerprint(&identity.cert);
+        let db = Arc::new(Db::open(&config.data_dir.join("db"))?);
+        let metrics = Arc::new(Metrics::default());
+        let writer = Arc::new(Writer::start(db.clone(), metrics.clone())?);
+        let notifier = match &config.webhook_url {
+            Some(url) => Some(push::Notifier::start(
+                url,
+                Duration::from_millis(config.push_coalesce_ms),
+                metrics.clone(),
+            )?),
+            None => None,
+        };
+        let mailboxes = Mailboxes::load(
+            db.clone(),
+            writer.clone(),
+            metrics.clone(),
+            notifier,
+            Quota {
+                max_envelopes: config.mailbox_max_envelopes,
+                max_bytes: config.mailbox_max_bytes,
+                max_envelope_bytes: config.max_envelope_bytes,
+            },
+        )?;
+        let directory = Directory::load(
+            db.clone(),
+            writer.clone(),
+            metrics.clone(),
+            DirectoryLimits {
+                max_bundle: config.max_signed_bundle_bytes,
+                max_item: config.max_prekey_bytes,
+                max_items: config.max_one_time_prekeys,
+                low: config.prekeys_low_threshold,
+                max_device_list: config.max_device_list_bytes,
+                requester_burst: config.bundle_requester_burst,
+                target_burst: config.bundle_target_burst,
+                rate: config.bundle_rate_per_sec,
+            },
+        )?;
+        let blobs = blobs::Blobs::new(
+            db.clone(),
+            writer.clone(),
+            metrics.clone(),
+            config.max_blob_bytes,
+        );
+        let endpoint = quinn::Endpoint::server(server_config(&config, identity)?, config.listen)?;
+        let addr = endpoint.local_addr()?;
+        let metrics_addr = match config.metrics_listen {
+            Some(a) => {
+                let l = metrics::bind(a).await?;
+                let bound = l.local_addr()?;
+                let (m, d) = (metrics.clone(), db.clone());
+                let w = writer.clone();
+                tokio::spawn(metrics::serve(
+                    l,
+                    Arc::new(move || m.render(d.approximate_bytes())),
+                    Arc::new(move || w.is_running()),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let info = RelayInfo {
+            addr,
+            fingerprint,
+            metrics_addr,
+        };
+        write_addr_file(&config, &info)?;
+        let state = Arc::new(State {
+            config,
+            db,
+            writer,
+            metrics,
+            mailboxes,
+            directory,
+            blobs,
+            shutdown,
+            in_flight: AtomicUsize::new(0),
+        });
+        tokio::spawn(sweep(state.clone()));
+        tracing::info!(%addr, fingerprint = %hex::encode(fingerprint), "relay listening");
+        Ok(Self {
+            state,
+            endpoint,
+            info,
+            shutdown_tx,
+        })
+    }
+
+    /// Where the relay listens.
+    pub fn info(&self) -> &RelayInfo {
+        &self.info
+    }
+
+    /// Serves connections until `signal` resolves, then shuts down gracefully:
+    /// refuse new connections, let in-flight requests finish (bounded), close,
+    /// and write everything queued before returning.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> Result<()> {
+        let accept = {
+            let endpoint = self.endpoint.clone();
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                while let Some(incoming) = endpoint.accept().await {
+                    tokio::spawn(connection::handle(state.clone(), incoming));
+                }
+            })
+        };
+        signal.await;
+        tracing::info!("shutting down");
+        let _ = self.shutdown_tx.send(true);
+        self.endpoint.set_server_config(None);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.state.in_flight.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.endpoint.close(0u32.into(), b"relay shutting down");
+        accept.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.state.writer.shutdown();
+        self.state.db.flush_all()?;
+        Ok(())
+    }
+}
+
+fn write_addr_file(config: &Config, info: &RelayInfo) -> Result<()> {
+    let mut text = format!(
+        "quic={}\nfingerprint={}\n",
+        info.addr,
+        hex::encode(info.fingerprint)
+    );
+    if let Some(m) = info.metrics_addr {
+        text.push_str(&format!("metrics={m}\n"));
+    }
+    let tmp = config.data_dir.join("relay.addr.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, config.data_dir.join("relay.addr"))?;
+    Ok(())
+}
+
+async fn sweep(state: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(state.config.sweep_interval_secs));
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let ttl = state.config.envelope_ttl_secs.saturating_mul(1000);
+        match state.mailboxes.expire(ttl).await {
+            Ok(n) if n > 0 => tracing::info!(expired = n, "expired envelopes"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "envelope expiry failed"),
+        }
+        match state
+            .blobs
+            .expire(state.config.blob_ttl_secs.saturating_mul(1000))
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(expired = n, "expired blobs"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "blob expiry failed"),
+        }
+    }
+}

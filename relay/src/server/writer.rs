@@ -1,0 +1,192 @@
+//! Group commit: one thread owns all synced writes.
+//!
+//! RocksDB only merges writes that happen to be concurrent, so instead every
+//! durable change is sent here; the thread drains whatever is queued into one
+//! `WriteBatch` and one fsynced WAL write, then runs each job's completion in
+//! submission order (which is what keeps per-mailbox FIFO visibility exact)
+//! and answers the waiters. N concurrent sends cost one fsync.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::oneshot;
+
+use super::db::{storage, Cf, Db};
+use super::metrics::Metrics;
+use crate::error::{RelayError, Result};
+
+/// One change inside a job.
+#[derive(Debug)]
+pub enum DbOp {
+    /// Insert or overwrite.
+    Put(Cf, Vec<u8>, Vec<u8>),
+    /// Remove a key written exactly once.
+    SingleDelete(Cf, Vec<u8>),
+    /// Remove a key that may have been overwritten.
+    Delete(Cf, Vec<u8>),
+    /// Remove `[from, to)`.
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+/// Runs in the writer thread after the batch holding the job is durable (`true`)
+/// or failed (`false`), in submission order.
+pub type Completion = Box<dyn FnOnce(bool) + Send>;
+
+struct Job {
+    ops: Vec<DbOp>,
+    done: Option<Completion>,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+enum Msg {
+    Job(Job),
+    Stop,
+}
+
+/// Handle to the writer thread.
+#[derive(Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<Msg>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Most jobs merged into one synced write.
+const MAX_JOBS_PER_BATCH: usize = 4096;
+/// Most payload bytes merged into one synced write.
+const MAX_BYTES_PER_BATCH: usize = 8 << 20;
+
+impl Writer {
+    /// Starts the writer thread.
+    pub fn start(db: Arc<Db>, metrics: Arc<Metrics>) -> Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sotto-writer".into())
+            .spawn(move || run(&db, &metrics, &rx))?;
+        Ok(Self {
+            tx,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a job without waiting; the returned receiver resolves once durable.
+    /// Enqueue order is commit order, so callers that need FIFO enqueue under
+    /// their own lock.
+    pub fn enqueue(
+        &self,
+        ops: Vec<DbOp>,
+        done: Option<Completion>,
+    ) -> oneshot::Receiver<Result<()>> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job { ops, done, reply };
+        if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
+            if let Some(done) = job.done {
+                done(false);
+            }
+            let _ = job.reply.send(Err(RelayError::refusal(
+                sotto_proto::relay::ErrorCode::ShuttingDown,
+                "relay shutting down",
+            )));
+        }
+        rx
+    }
+
+    /// Queues a job and waits until it is durable.
+    pub async fn write(&self, ops: Vec<DbOp>, done: Option<Completion>) -> Result<()> {
+        self.enqueue(ops, done).await.map_err(|_| {
+            RelayError::refusal(
+                sotto_proto::relay::ErrorCode::ShuttingDown,
+                "writer stopped",
+            )
+        })?
+    }
+
+    /// Whether the writer thread is still accepting jobs (health check).
+    pub fn is_running(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
+    /// Writes everything queued so far, then stops the thread.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Stop);
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    let mut stopping = false;
+    while !stopping {
+        let mut jobs = match rx.recv() {
+            Ok(Msg::Job(j)) => vec![j],
+            Ok(Msg::Stop) | Err(_) => break,
+        };
+        let mut bytes = 0usize;
+        while jobs.len() < MAX_JOBS_PER_BATCH && bytes < MAX_BYTES_PER_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Job(j)) => {
+                    bytes += j.ops.iter().map(op_len).sum::<usize>();
+                    jobs.push(j);
+                }
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    // Drain what is already queued before stopping.
+                    while let Ok(Msg::Job(j)) = rx.try_recv() {
+                        jobs.push(j);
+                    }
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let result = commit(db, &sync, &jobs);
+        metrics.observe_commit(jobs.len(), started.elapsed());
+        let ok = result.is_ok();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "durable write failed");
+        }
+        for job in jobs {
+            if let Some(done) = job.done {
+                done(ok);
+            }
+            let _ = job.reply.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(RelayError::Storage(e.to_string())),
+            });
+        }
+    }
+}
+
+fn op_len(op: &DbOp) -> usize {
+    match op {
+        DbOp::Put(_, k, v) => k.len() + v.len(),
+        DbOp::SingleDelete(_, k) | DbOp::Delete(_, k) => k.len(),
+        DbOp::DeleteRange(_, a, b) => a.len() + b.len(),
+    }
+}
+
+fn commit(db: &Db, sync: &WriteOptions, jobs: &[Job]) -> Result<()> {
+    let mut batch = WriteBatch::default();
+    for job in jobs {
+        for op in &job.ops {
+            match op {
+                DbOp::Put(cf, k, v) => batch.put_cf(db.cf(*cf)?, k, v),
+                DbOp::SingleDelete(cf, k) => batch.single_delete_cf(db.cf(*cf)?, k),
+                DbOp::Delete(cf, k) => batch.delete_cf(db.cf(*cf)?, k),
+                DbOp::DeleteRange(cf, a, b) => batch.delete_range_cf(db.cf(*cf)?, a, b),
+            }
+        }
+    }
+    db.raw().write_opt(batch, sync).map_err(storage)
+}
