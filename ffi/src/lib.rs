@@ -5,17 +5,17 @@
 //! Rust types into foreign objects, errors into typed exceptions, futures
 //! into `suspend`/`async` functions, and event streams into listener
 //! callbacks. The modules:
-//! - [`device`]: `Device` (identity, prekeys, sessions over sotto-core's
+//! - [`device`] — `Device` (identity, prekeys, sessions over sotto-core's
 //!   in-memory or encrypted SQLite store), `PrekeyBundle`, `PeerAddress`.
-//! - [`identity`]: `SafetyNumber`.
-//! - [`conversation`]: `Conversation`, in-order decrypted delivery of one
+//! - [`identity`] — `SafetyNumber`.
+//! - [`conversation`] — `Conversation`, in-order decrypted delivery of one
 //!   peer's messages to `next()` or a listener.
-//! - [`error`]: `SottoError`, the one error type every export returns.
-//! - [`runtime`]: the one tokio runtime all async exports and listener
+//! - [`error`] — `SottoError`, the one error type every export returns.
+//! - [`runtime`] — the one tokio runtime all async exports and listener
 //!   tasks share, and how foreign cancellation drops Rust futures.
-//! - [`listener`]: the `EventListener` callback and the `Subscription` handle.
-//! - `consumer`: the one-reader-at-a-time rule of every stream.
-//! - [`queue`]: `MessageQueue`, the in-process ordered stream with one
+//! - [`listener`] — the `EventListener` callback and the `Subscription` handle.
+//! - `consumer` — the one-reader-at-a-time rule of every stream.
+//! - [`queue`] — `MessageQueue`, the in-process ordered stream with one
 //!   consumer that conversations are built on (also exported on its own).
 //!
 //! Bindings are generated from the compiled cdylib by the pinned

@@ -8,7 +8,7 @@
 //! Layout: protocol pieces shared by both sides ([`frame`], [`auth`], [`ids`],
 //! [`limits`]), the [`client`], and behind the default `server` feature the
 //! relay itself ([`server`] and its storage and operations modules).
-//! The wire protocol is specified in `relay/PROTOCOL-relay.md`.
+//! The wire protocol is specified in `PROTOCOL.md` Part II.
 
 pub mod auth;
 pub mod client;
