@@ -1,14 +1,15 @@
 //! A real `sotto-relay` process on a temp data dir, for demos and tests.
 //!
-//! The relay writes `relay.addr` into its data dir once it listens
-//! (`quic=`, `fingerprint=` hex SHA-256 of its certificate, `metrics=`); we
-//! start it on ephemeral loopback ports and read that file, so nothing here
-//! guesses ports. The process is killed when the handle drops.
+//! The relay writes `relay.addr` into its data dir once it listens (see
+//! `sotto_relay::addr_file`); we start it on ephemeral loopback ports and read
+//! that file, so nothing here guesses ports. The process is killed when the handle drops.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use sotto_relay::addr_file::{self, AddrFile};
 
 use crate::{ExampleError, Result};
 
@@ -38,8 +39,7 @@ impl RelayProcess {
 
     /// Starts `binary` on `dir` (kept after the process ends).
     pub fn spawn(binary: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
-        let addr_file = dir.join("relay.addr");
-        let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(dir.join(addr_file::FILE_NAME));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -62,10 +62,10 @@ impl RelayProcess {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some((addr, pin, metrics)) = read_addr_file(&addr_file) {
-                relay.addr = addr;
-                relay.pin = pin;
-                relay.metrics = metrics;
+            if let Some(f) = AddrFile::read(dir) {
+                relay.addr = f.quic;
+                relay.pin = f.fingerprint;
+                relay.metrics = f.metrics;
                 return Ok(relay);
             }
             if let Some(child) = relay.child.as_mut() {
@@ -90,6 +90,25 @@ impl RelayProcess {
         &self.dir
     }
 
+    /// True if any file under the relay's data dir contains `needle`: how the
+    /// demo and the tests show the relay's disk holds no plaintext.
+    pub fn disk_contains(&self, needle: &[u8]) -> Result<bool> {
+        let mut stack = vec![self.dir.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Ok(bytes) = std::fs::read(&path) {
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Ends the process at once (SIGKILL: nothing flushed).
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -104,19 +123,4 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.kill();
     }
-}
-
-fn read_addr_file(path: &Path) -> Option<(SocketAddr, [u8; 32], Option<SocketAddr>)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let (mut addr, mut pin, mut metrics) = (None, None, None);
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("quic=") {
-            addr = v.parse().ok();
-        } else if let Some(v) = line.strip_prefix("fingerprint=") {
-            pin = hex::decode(v).ok().and_then(|b| b.try_into().ok());
-        } else if let Some(v) = line.strip_prefix("metrics=") {
-            metrics = v.parse().ok();
-        }
-    }
-    Some((addr?, pin?, metrics))
 }

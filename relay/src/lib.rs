@@ -10,6 +10,7 @@
 //! relay itself ([`server`] and its storage and operations modules).
 //! The wire protocol is specified in `PROTOCOL.md` Part II.
 
+pub mod addr_file;
 pub mod auth;
 pub mod client;
 pub mod error;

@@ -81,22 +81,12 @@ fn mailbox_key(seed: &str, i: usize) -> SigningKey {
 }
 
 fn read_relay(dir: &std::path::Path) -> Result<(SocketAddr, [u8; 32]), BoxError> {
-    let text = std::fs::read_to_string(dir.join("relay.addr"))?;
-    let mut addr = None;
-    let mut pin = None;
-    for l in text.lines() {
-        if let Some(v) = l.strip_prefix("quic=") {
-            addr = Some(v.parse::<SocketAddr>()?);
-        } else if let Some(v) = l.strip_prefix("fingerprint=") {
-            let b: [u8; 32] = hex::decode(v)?.try_into().map_err(|_| "bad fingerprint")?;
-            pin = Some(b);
-        }
-    }
-    let addr = addr.ok_or("no address")?;
-    if !addr.ip().is_loopback() {
+    let f = sotto_relay::addr_file::AddrFile::read(dir)
+        .ok_or("no valid relay.addr in the relay dir")?;
+    if !f.quic.ip().is_loopback() {
         return Err("loadgen only targets loopback relays".into());
     }
-    Ok((addr, pin.ok_or("no fingerprint")?))
+    Ok((f.quic, f.fingerprint))
 }
 
 #[tokio::main]

@@ -225,17 +225,12 @@ impl Relay {
 }
 
 fn write_addr_file(config: &Config, info: &RelayInfo) -> Result<()> {
-    let mut text = format!(
-        "quic={}\nfingerprint={}\n",
-        info.addr,
-        hex::encode(info.fingerprint)
-    );
-    if let Some(m) = info.metrics_addr {
-        text.push_str(&format!("metrics={m}\n"));
+    crate::addr_file::AddrFile {
+        quic: info.addr,
+        fingerprint: info.fingerprint,
+        metrics: info.metrics_addr,
     }
-    let tmp = config.data_dir.join("relay.addr.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, config.data_dir.join("relay.addr"))?;
+    .write(&config.data_dir)?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use rand_core::OsRng;
+use sotto_relay::addr_file::AddrFile;
 use sotto_relay::RelayClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,24 +25,9 @@ pub(crate) struct RelayProc {
 }
 
 fn read_addr_file(dir: &Path, deadline: Instant) -> (SocketAddr, [u8; 32], Option<SocketAddr>) {
-    let path = dir.join("relay.addr");
     loop {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let mut addr = None;
-            let mut pin = None;
-            let mut metrics = None;
-            for line in text.lines() {
-                if let Some(v) = line.strip_prefix("quic=") {
-                    addr = v.parse().ok();
-                } else if let Some(v) = line.strip_prefix("fingerprint=") {
-                    pin = hex::decode(v).ok().and_then(|b| b.try_into().ok());
-                } else if let Some(v) = line.strip_prefix("metrics=") {
-                    metrics = v.parse().ok();
-                }
-            }
-            if let (Some(a), Some(p)) = (addr, pin) {
-                return (a, p, metrics);
-            }
+        if let Some(f) = AddrFile::read(dir) {
+            return (f.quic, f.fingerprint, f.metrics);
         }
         assert!(
             Instant::now() < deadline,
