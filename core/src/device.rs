@@ -330,12 +330,24 @@ impl<S: Store> Device<S> {
     /// Creates a new device in an empty store: a fresh identity, a signed
     /// prekey and a last-resort KEM prekey. Fails if the store already holds one.
     pub fn create(
-        mut store: S,
+        store: S,
         device_id: u32,
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Self> {
         let identity = IdentityKeyPair::generate(rng);
+        Self::create_with_identity(store, identity, device_id, now, rng)
+    }
+
+    /// Creates a device of an existing user (device linking): the user's
+    /// identity key pair comes from another device of the same user.
+    pub fn create_with_identity(
+        mut store: S,
+        identity: IdentityKeyPair,
+        device_id: u32,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self> {
         let signed = SignedPrekey::generate(&identity, device_id, 1, now, rng);
         let kem = KemPrekey::generate(&identity, device_id, 1, true, now, rng);
         store.transaction(|tx| {
@@ -411,6 +423,17 @@ impl<S: Store> Device<S> {
     /// The store (e.g. to read [`Table::App`] rows).
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The store, mutably (e.g. to commit [`Table::App`] rows).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The identity key pair (for signing device lists and for linking a new
+    /// device of this user).
+    pub fn identity_pair(&self) -> &IdentityKeyPair {
+        &self.identity
     }
 
     /// Gives the store back (e.g. to simulate a restart in tests).
@@ -603,6 +626,22 @@ impl<S: Store> Device<S> {
     where
         F: FnOnce(&mut S::Txn<'_>) -> Result<()>,
     {
+        self.decrypt_then(addr, message, now, |tx, _| hook(tx))
+            .map(|(pt, ())| pt)
+    }
+
+    /// Like [`Device::decrypt_with`], but the hook also sees the plaintext
+    /// (to store what it says in the same transaction) and returns a value.
+    pub fn decrypt_then<F, R>(
+        &mut self,
+        addr: &DeviceAddress,
+        message: &[u8],
+        now: u64,
+        hook: F,
+    ) -> Result<(Vec<u8>, R)>
+    where
+        F: FnOnce(&mut S::Txn<'_>, &[u8]) -> Result<R>,
+    {
         let a = addr.encode()?;
         let kind = MessageKind::of(message)?;
         let (identity, device_id) = (&self.identity, self.device_id);
@@ -634,8 +673,8 @@ impl<S: Store> Device<S> {
                     }
                 }
             };
-            hook(tx)?;
-            Ok(plaintext)
+            let r = hook(tx, &plaintext)?;
+            Ok((plaintext, r))
         })
     }
 

@@ -99,6 +99,39 @@ pub enum Error {
     /// The caller's own writes in a commit hook failed; nothing was committed.
     #[error("commit hook failed: {0}")]
     Hook(String),
+    /// An attachment blob is not a valid encryption under the pointer's key:
+    /// a chunk failed authentication, the blob was truncated or extended, its
+    /// header is unknown, or the pointer's lengths are inconsistent. The
+    /// string names the check that failed (never any secret).
+    #[error("corrupt attachment: {0}")]
+    AttachmentCorrupt(&'static str),
+    /// The downloaded attachment blob is not the one the sender uploaded (its
+    /// SHA-256 differs from the pointer's digest): the relay swapped or
+    /// altered it.
+    #[error("attachment digest mismatch")]
+    AttachmentDigestMismatch,
+    /// The attachment exceeds [`crate::attachment::MAX_PLAINTEXT_LEN`].
+    #[error("attachment larger than the maximum size")]
+    AttachmentTooLarge,
+    /// Reading the source or writing the destination of an attachment failed.
+    #[error("attachment I/O: {0}")]
+    AttachmentIo(#[source] std::io::Error),
+    /// A user, relay or link address did not parse.
+    #[error("invalid address: {0}")]
+    InvalidAddress(&'static str),
+    /// The user has no published device list on the named relay.
+    #[error("unknown user (no device list on their relay)")]
+    UnknownUser,
+    /// A caller-supplied value is unacceptable.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// A wait ended before what it waited for happened.
+    #[error("timed out")]
+    Timeout,
+    /// A relay refused a request or the connection failed.
+    #[cfg(feature = "client")]
+    #[error("relay: {0}")]
+    Relay(#[from] sotto_relay::RelayError),
 }
 
 impl From<rusqlite::Error> for Error {

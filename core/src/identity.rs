@@ -115,8 +115,8 @@ impl IdentityKeyPair {
         }
     }
 
-    /// Rebuilds from persisted secrets.
-    pub(crate) fn from_secret_bytes(signing: &[u8], dh: &[u8]) -> Result<Self> {
+    /// Rebuilds from persisted (or linked) secrets.
+    pub fn from_secret_bytes(signing: &[u8], dh: &[u8]) -> Result<Self> {
         let seed: Zeroizing<[u8; 32]> =
             Zeroizing::new(signing.try_into().map_err(|_| Error::Malformed {
                 what: "identity signing secret",
@@ -126,7 +126,9 @@ impl IdentityKeyPair {
         Ok(Self::from_parts(signing, dh))
     }
 
-    pub(crate) fn signing_secret(&self) -> Zeroizing<[u8; 32]> {
+    /// The Ed25519 seed, for moving this identity to a new device of the
+    /// same user (linking). Handle as the most sensitive secret there is.
+    pub fn signing_secret(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.signing.to_bytes())
     }
 

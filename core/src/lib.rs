@@ -48,6 +48,9 @@
 //! # }
 //! ```
 
+pub mod attachment;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod device;
 pub mod error;
 pub mod identity;
@@ -60,6 +63,7 @@ pub mod session;
 pub mod store;
 pub mod trust;
 
+pub use attachment::{AttachmentKey, AttachmentPointer};
 pub use device::{Device, DeviceAddress};
 pub use error::{Error, Result};
 pub use identity::{IdentityKey, IdentityKeyPair, SafetyNumber};

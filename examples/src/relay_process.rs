@@ -39,6 +39,23 @@ impl RelayProcess {
 
     /// Starts `binary` on `dir` (kept after the process ends).
     pub fn spawn(binary: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
+        Self::spawn_at(binary, dir, SocketAddr::from(([127, 0, 0, 1], 0)), extra)
+    }
+
+    /// Kills this relay (SIGKILL) and starts `binary` again on the same data
+    /// dir and the same QUIC address, as an operator restarting a crashed
+    /// relay would: clients' addresses and pins stay valid.
+    pub fn restart(&mut self, binary: &Path) -> Result<()> {
+        self.kill()?;
+        let mut next = Self::spawn_at(binary, &self.dir, self.addr, &[])?;
+        self.child = next.child.take();
+        self.pin = next.pin;
+        self.metrics = next.metrics;
+        Ok(())
+    }
+
+    /// Starts `binary` on `dir`, listening on `listen`.
+    pub fn spawn_at(binary: &Path, dir: &Path, listen: SocketAddr, extra: &[&str]) -> Result<Self> {
         let _ = std::fs::remove_file(dir.join(addr_file::FILE_NAME));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -47,7 +64,9 @@ impl RelayProcess {
         let child = Command::new(binary)
             .arg("--data-dir")
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(listen.to_string())
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

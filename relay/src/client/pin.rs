@@ -105,9 +105,9 @@ pub fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
         .map_err(|_| rustls::Error::General("no TLS 1.3 QUIC cipher suite".into()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(std::time::Duration::from_secs(60))
+        quinn::IdleTimeout::try_from(std::time::Duration::from_secs(30))
             .map_err(|_| rustls::Error::General("idle timeout".into()))?,
     ));
     transport.max_concurrent_uni_streams(0u8.into());

@@ -1,0 +1,264 @@
+//! What the client tells the app: received messages, receipts, delivery
+//! progress and the typed problems (a message that could not be decrypted,
+//! a reset session, a changed identity, a new device).
+//!
+//! Events wait in a durable queue (in the same store, committed with the
+//! ratchet step that produced them) until the app acknowledges them with
+//! [`super::Client::ack_event`], so a crash of the app between receiving and
+//! storing a message replays the event instead of losing it. Each event has
+//! a stable `seq`, so an app that stores events itself can drop a replay.
+
+use sotto_proto::client as pb;
+
+use super::address::UserAddress;
+use crate::error::{Error, Result};
+
+/// A message id: 16 random bytes chosen by the sender.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    pub(crate) fn from_slice(b: &[u8]) -> Result<Self> {
+        b.try_into()
+            .map(MessageId)
+            .map_err(|_| Error::Malformed { what: "message id" })
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({})", super::address::hex_lower(&self.0))
+    }
+}
+
+/// An attachment a message refers to (download it with
+/// [`super::Client::download_attachment`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AttachmentRef {
+    /// The relay blob holding the ciphertext (on the sender's home relay).
+    pub blob_id: [u8; 32],
+    /// Encoded attachment pointer (key, digest, sizes): secret.
+    pub(crate) pointer: Vec<u8>,
+    /// The file name the sender gave.
+    pub file_name: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+}
+
+impl std::fmt::Debug for AttachmentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachmentRef")
+            .field("file_name", &self.file_name)
+            .field("size", &self.size)
+            .field("pointer", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Drop for AttachmentRef {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pointer);
+    }
+}
+
+/// A received (or synced) chat message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The sender's id for the message (receipts refer to it).
+    pub id: MessageId,
+    /// Sender's clock, milliseconds since 1970.
+    pub sent_at_ms: u64,
+    /// The text.
+    pub text: String,
+    /// Attached files.
+    pub attachments: Vec<AttachmentRef>,
+}
+
+impl std::fmt::Debug for ReceivedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Message content never goes to logs.
+        f.debug_struct("ReceivedMessage")
+            .field("id", &self.id)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .field("attachments", &self.attachments.len())
+            .finish()
+    }
+}
+
+/// Kinds of receipts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReceiptKind {
+    /// The recipient device has the message.
+    Delivered,
+    /// The recipient read it.
+    Read,
+}
+
+/// How far a sent message got with one recipient device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeliveryState {
+    /// The recipient's relay accepted it (durably).
+    Sent,
+    /// The device decrypted and stored it.
+    Delivered,
+    /// The user read it.
+    Read,
+}
+
+impl DeliveryState {
+    pub(crate) fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Sent),
+            2 => Some(Self::Delivered),
+            3 => Some(Self::Read),
+            _ => None,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A message from the peer.
+    Message(ReceivedMessage),
+    /// A receipt for messages this user sent.
+    Receipt {
+        /// Delivered or read.
+        kind: ReceiptKind,
+        /// The messages it covers.
+        message_ids: Vec<MessageId>,
+    },
+    /// A message from this user's other device to `to`.
+    SentFromOtherDevice {
+        /// Its recipient.
+        to: UserAddress,
+        /// The message.
+        message: ReceivedMessage,
+    },
+    /// A peer device's message could not be decrypted; it was acknowledged
+    /// (it never blocks the mailbox) and a retry was requested.
+    DecryptFailed {
+        /// Why (no secrets, no content).
+        reason: String,
+    },
+    /// The session with this peer device was set up afresh (repair).
+    SessionReset,
+    /// The peer's identity key is not the one recorded; nothing from it is
+    /// accepted until the user decides.
+    IdentityChanged,
+    /// The peer added a device.
+    NewDevice,
+    /// The peer removed a device.
+    DeviceRemoved,
+    /// A sent message progressed with one recipient device.
+    Delivery {
+        /// The message.
+        message_id: MessageId,
+        /// Its new state.
+        state: DeliveryState,
+    },
+    /// A queued message could not be sent (e.g. the recipient has no devices).
+    SendFailed {
+        /// The message.
+        message_id: MessageId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One event for the app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the durable event queue; pass to `ack_event`.
+    pub seq: u64,
+    /// The other party, when known.
+    pub peer: Option<UserAddress>,
+    /// The other party's device, when relevant.
+    pub peer_device: u32,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+pub(crate) fn message_from_pb(m: &pb::Message) -> Result<ReceivedMessage> {
+    let mut attachments = Vec::with_capacity(m.attachments.len());
+    for a in &m.attachments {
+        let blob_id: [u8; 32] = a
+            .blob_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Malformed {
+                what: "attachment blob id",
+            })?;
+        let size = crate::attachment::AttachmentPointer::from_bytes(&a.pointer)?.plaintext_len;
+        attachments.push(AttachmentRef {
+            blob_id,
+            pointer: a.pointer.clone(),
+            file_name: a.file_name.clone(),
+            size,
+        });
+    }
+    Ok(ReceivedMessage {
+        id: MessageId::from_slice(&m.id)?,
+        sent_at_ms: m.sent_at_ms,
+        text: m.text.clone(),
+        attachments,
+    })
+}
+
+impl Event {
+    pub(crate) fn from_pb(e: &pb::ClientEvent) -> Result<Self> {
+        use pb::client_event::Kind as K;
+        let peer = if e.peer.is_empty() {
+            None
+        } else {
+            Some(e.peer.parse()?)
+        };
+        let corrupt = Error::CorruptRecord { table: "app" };
+        let kind = match e.kind.as_ref().ok_or(corrupt)? {
+            K::Message(m) => EventKind::Message(message_from_pb(m)?),
+            K::Receipt(r) => EventKind::Receipt {
+                kind: if r.kind == pb::receipt::Kind::Read as i32 {
+                    ReceiptKind::Read
+                } else {
+                    ReceiptKind::Delivered
+                },
+                message_ids: r
+                    .message_ids
+                    .iter()
+                    .map(|i| MessageId::from_slice(i))
+                    .collect::<Result<_>>()?,
+            },
+            K::DecryptFailed(reason) => EventKind::DecryptFailed {
+                reason: reason.clone(),
+            },
+            K::SessionReset(_) => EventKind::SessionReset,
+            K::IdentityChanged(_) => EventKind::IdentityChanged,
+            K::SentSync(s) => EventKind::SentFromOtherDevice {
+                to: s.recipient.parse()?,
+                message: message_from_pb(
+                    s.message
+                        .as_ref()
+                        .ok_or(Error::Malformed { what: "sent sync" })?,
+                )?,
+            },
+            K::NewDevice(_) => EventKind::NewDevice,
+            K::DeviceRemoved(_) => EventKind::DeviceRemoved,
+            K::Delivery(d) => EventKind::Delivery {
+                message_id: MessageId::from_slice(&e.message_id)?,
+                state: DeliveryState::from_u32(d.state)
+                    .ok_or(Error::CorruptRecord { table: "app" })?,
+            },
+            K::SendFailed(reason) => EventKind::SendFailed {
+                message_id: MessageId::from_slice(&e.message_id)?,
+                reason: reason.clone(),
+            },
+        };
+        Ok(Event {
+            seq: e.seq,
+            peer,
+            peer_device: e.peer_device,
+            kind,
+        })
+    }
+}

@@ -1,0 +1,695 @@
+//! The messenger client: what an app calls. It joins the core (identities,
+//! sessions, durable store) and the relay (mailboxes, prekey directory,
+//! device lists, blobs) into one API that sends, receives and never loses a
+//! message. Enabled by the `client` feature, so the pure cryptography stays
+//! usable without networking.
+//!
+//! Shape (as quinn: sans-IO logic, thin async layer):
+//! - [`address`]: `user@host:port/fingerprint` addresses;
+//! - `records`: the client's durable rows, committed with ratchet state;
+//! - `inbound`: one envelope in, one atomic commit (sans-IO);
+//! - `outbound`: the durable outbox worker;
+//! - [`devices`]: signed device lists; [`link`]: linking a new device;
+//! - `relays`: pinned connections to every relay needed, with backoff;
+//! - [`events`]: what the app is told.
+//!
+//! Delivery guarantees: a message is queued durably before `send_*` returns
+//! and goes out when a relay is reachable; a received envelope is
+//! acknowledged to the relay only after its effects (and its event) are
+//! committed; events stay queued until [`Client::ack_event`].
+
+pub mod address;
+pub mod devices;
+pub mod events;
+mod inbound;
+pub mod link;
+mod outbound;
+mod records;
+mod relays;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use prost::Message as _;
+use rand_core::{OsRng, RngCore};
+use sotto_proto::client as pb;
+use sotto_relay::{Pushed, RelayClient};
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+pub use address::{RelayAddress, UserAddress};
+pub use devices::{DeviceEntry, DeviceList};
+pub use events::{
+    AttachmentRef, DeliveryState, Event, EventKind, MessageId, ReceiptKind, ReceivedMessage,
+};
+pub use relays::{BACKOFF_MAX, BACKOFF_MIN};
+
+use crate::device::{unix_now, Device};
+use crate::error::{Error, Result};
+use crate::identity::SafetyNumber;
+use crate::store::Store;
+use relays::{Backoff, Relays};
+
+/// One-time prekeys of each kind published at registration and kept
+/// available (the relay warns when fewer than a quarter remain).
+pub const ONE_TIME_PREKEY_BATCH: u32 = 100;
+/// How long sent-log entries (for retry requests) and processed-envelope
+/// marks are kept: past the relay's 30-day envelope TTL.
+pub const RECORD_RETENTION_MS: u64 = 45 * 24 * 3600 * 1000;
+
+/// The shared state behind a [`Client`] and its background tasks.
+pub(crate) struct Inner<S: Store> {
+    device: std::sync::Mutex<Device<S>>,
+    pub(crate) me: UserAddress,
+    pub(crate) device_id: u32,
+    relays: Relays,
+    events: tokio::sync::Notify,
+    outbox: tokio::sync::Notify,
+    synced: tokio::sync::watch::Sender<bool>,
+    skip_acks: AtomicBool,
+}
+
+impl<S: Store> Inner<S> {
+    /// Runs `f` with the device locked (never across an await).
+    pub(crate) fn with_device<R>(&self, f: impl FnOnce(&mut Device<S>) -> Result<R>) -> Result<R> {
+        let mut d = self
+            .device
+            .lock()
+            .map_err(|_| Error::Storage("device lock poisoned".into()))?;
+        f(&mut d)
+    }
+
+    pub(crate) async fn relay(&self, relay: &RelayAddress) -> Result<Arc<RelayClient>> {
+        self.relays.get(relay).await
+    }
+
+    /// Drops a connection after a connection-level failure.
+    pub(crate) async fn relay_failed(
+        &self,
+        relay: &RelayAddress,
+        conn: &Arc<RelayClient>,
+        e: &Error,
+    ) {
+        if !matches!(e, Error::Relay(r) if r.remote_code().is_some()) {
+            self.relays.forget(relay, conn).await;
+        }
+    }
+
+    /// Drops the pooled connection to `relay`, whatever its state.
+    pub(crate) async fn forget_relay(&self, relay: &RelayAddress) {
+        self.relays.forget_any(relay).await;
+    }
+
+    pub(crate) fn events_ready(&self) {
+        self.events.notify_one();
+    }
+
+    /// Records a contact's device list; new and removed devices become events.
+    pub(crate) fn note_device_list(&self, user: &UserAddress, list: &DeviceList) -> Result<()> {
+        if user.user == self.me.user {
+            return Ok(());
+        }
+        let changed = self.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                let old = records::contact(tx, &user.user)?;
+                let mut changed = false;
+                if let Some(old) = &old {
+                    if old.device_list_version >= list.version && !old.devices.is_empty() {
+                        return Ok(false);
+                    }
+                    let event = |kind| pb::ClientEvent {
+                        peer: user.to_string(),
+                        kind: Some(kind),
+                        ..Default::default()
+                    };
+                    if !old.devices.is_empty() {
+                        for d in &list.devices {
+                            if !old.devices.iter().any(|o| o.device_id == d.device_id) {
+                                let mut e = event(pb::client_event::Kind::NewDevice(d.device_id));
+                                e.peer_device = d.device_id;
+                                records::push_event(tx, e)?;
+                                changed = true;
+                            }
+                        }
+                        for o in &old.devices {
+                            if list.get(o.device_id).is_none() {
+                                let mut e =
+                                    event(pb::client_event::Kind::DeviceRemoved(o.device_id));
+                                e.peer_device = o.device_id;
+                                records::push_event(tx, e)?;
+                                changed = true;
+                            }
+                        }
+                    }
+                }
+                records::put_contact(
+                    tx,
+                    &user.user,
+                    &pb::ContactRecord {
+                        address: user.to_string(),
+                        device_list_version: list.version,
+                        devices: list.entries(),
+                    },
+                )?;
+                Ok(changed)
+            })
+        })?;
+        if changed {
+            self.events_ready();
+        }
+        Ok(())
+    }
+}
+
+/// A messenger client: one device of one user, with its durable store and
+/// its relay connections. Cheap to share by reference across tasks; dropping
+/// it stops its background tasks.
+pub struct Client<S: Store + Send + 'static> {
+    inner: Arc<Inner<S>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<S: Store + Send + 'static> std::fmt::Debug for Client<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.inner.me)
+            .field("device_id", &self.inner.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store + Send + 'static> Drop for Client<S> {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<S: Store + Send + 'static> Client<S> {
+    /// Registers a new user (fresh identity, device 1) on `home`, publishing
+    /// prekeys and the signed device list. Needs the relay to be reachable.
+    pub async fn create(store: S, home: RelayAddress) -> Result<Self> {
+        let device = Device::create(store, 1, unix_now(), &mut OsRng)?;
+        let mailbox = SigningKey::generate(&mut OsRng);
+        let list = DeviceList {
+            version: 1,
+            devices: vec![DeviceEntry {
+                device_id: 1,
+                mailbox: sotto_relay::MailboxId(mailbox.verifying_key().to_bytes()),
+            }],
+        };
+        let signed = list.sign(device.identity_pair());
+        let client = Self::setup(device, mailbox, home)?;
+        let conn = client.inner.relay(&client.inner.me.relay).await?;
+        publish_prekeys(&client.inner, &conn, true).await?;
+        conn.publish_device_list(signed).await?;
+        Ok(client.start())
+    }
+
+    /// Opens a registered device from its store. Works offline: sending
+    /// queues, and the background tasks connect when the relay is reachable.
+    pub async fn open(store: S) -> Result<Self> {
+        let device = Device::open(store)?;
+        let cfg: pb::ClientConfig = device
+            .store()
+            .get(crate::store::Table::App, records::CONFIG)?
+            .map(|v| pb::ClientConfig::decode(v.as_slice()))
+            .transpose()
+            .map_err(|_| Error::CorruptRecord { table: "app" })?
+            .ok_or(Error::NoIdentity)?;
+        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
+            cfg.mailbox_secret
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::CorruptRecord { table: "app" })?,
+        );
+        let mailbox = SigningKey::from_bytes(&seed);
+        let home: RelayAddress = cfg.home_relay.parse()?;
+        Ok(Self::load(device, mailbox, home).start())
+    }
+
+    /// Writes the config row and builds the client (no tasks yet).
+    pub(crate) fn setup(
+        mut device: Device<S>,
+        mailbox: SigningKey,
+        home: RelayAddress,
+    ) -> Result<Self> {
+        let cfg = pb::ClientConfig {
+            version: 1,
+            mailbox_secret: mailbox.to_bytes().to_vec(),
+            home_relay: home.to_string(),
+            next_seq: 1,
+        };
+        let r = device
+            .store_mut()
+            .transaction(|tx| records::put(tx, records::CONFIG, &cfg));
+        let mut secret = cfg.mailbox_secret;
+        zeroize::Zeroize::zeroize(&mut secret);
+        r?;
+        Ok(Self::load(device, mailbox, home))
+    }
+
+    fn load(device: Device<S>, mailbox: SigningKey, home: RelayAddress) -> Self {
+        let mut user = [0u8; 32];
+        user.copy_from_slice(&device.identity().as_bytes()[..32]);
+        let device_id = device.device_id();
+        let (synced, _) = tokio::sync::watch::channel(false);
+        Client {
+            inner: Arc::new(Inner {
+                device: std::sync::Mutex::new(device),
+                me: UserAddress { user, relay: home },
+                device_id,
+                relays: Relays::new(mailbox),
+                events: tokio::sync::Notify::new(),
+                outbox: tokio::sync::Notify::new(),
+                synced,
+                skip_acks: AtomicBool::new(false),
+            }),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Starts the receive and send tasks.
+    pub(crate) fn start(mut self) -> Self {
+        self.tasks
+            .push(tokio::spawn(receive_loop(self.inner.clone())));
+        self.tasks.push(tokio::spawn(send_loop(self.inner.clone())));
+        self
+    }
+
+    /// This user's address (give it to contacts).
+    pub fn address(&self) -> &UserAddress {
+        &self.inner.me
+    }
+
+    /// This device's id within the user.
+    pub fn device_id(&self) -> u32 {
+        self.inner.device_id
+    }
+
+    /// Queues a text message to `to` (all their devices, plus a copy to this
+    /// user's other devices); returns its id. Durable on return, sent as soon
+    /// as the relays are reachable; progress arrives as `Delivery` events.
+    pub fn send_text(&self, to: &UserAddress, text: &str) -> Result<MessageId> {
+        self.send_message(to, text, Vec::new())
+    }
+
+    fn send_message(
+        &self,
+        to: &UserAddress,
+        text: &str,
+        attachments: Vec<pb::AttachmentRef>,
+    ) -> Result<MessageId> {
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        let content = pb::Content {
+            sender_relay: self.inner.me.relay.to_string(),
+            body: Some(pb::content::Body::Message(pb::Message {
+                id: id.to_vec(),
+                sent_at_ms: now_ms(),
+                text: text.to_string(),
+                attachments,
+            })),
+        };
+        let item = pb::OutboxItem {
+            recipient: to.to_string(),
+            content: content.encode_to_vec(),
+            to_own_devices: true,
+            message_id: id.to_vec(),
+            ..Default::default()
+        };
+        self.inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| records::push_outbox(tx, &item))
+        })?;
+        self.inner.outbox.notify_one();
+        Ok(MessageId(id))
+    }
+
+    /// Encrypts the file at `path` with a fresh key, uploads the ciphertext
+    /// to this user's home relay (streamed from a temporary file, never held
+    /// in memory) and queues a message carrying the key, digest and size.
+    pub async fn send_file(&self, to: &UserAddress, text: &str, path: &Path) -> Result<MessageId> {
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Encryption is CPU and disk work: keep it off the async threads.
+        let path_owned = path.to_path_buf();
+        let (tmp, pointer) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let src = std::fs::File::open(&path_owned).map_err(Error::AttachmentIo)?;
+            let tmp = tempfile::NamedTempFile::new_in(std::env::temp_dir())
+                .map_err(Error::AttachmentIo)?;
+            let mut out = std::io::BufWriter::new(tmp.as_file());
+            let pointer =
+                crate::attachment::encrypt(std::io::BufReader::new(src), &mut out, &mut OsRng)?;
+            std::io::Write::flush(&mut out).map_err(Error::AttachmentIo)?;
+            drop(out);
+            Ok((tmp, pointer))
+        })
+        .await
+        .map_err(|_| Error::Storage("attachment task failed".into()))??;
+        let conn = self.inner.relay(&self.inner.me.relay).await?;
+        let upload = tokio::fs::File::open(tmp.path())
+            .await
+            .map_err(Error::AttachmentIo)?;
+        let blob = match conn.upload_blob(pointer.ciphertext_len, upload).await {
+            Ok(b) => b,
+            Err(e) => {
+                let e = Error::from(e);
+                self.inner
+                    .relay_failed(&self.inner.me.relay, &conn, &e)
+                    .await;
+                return Err(e);
+            }
+        };
+        let att = pb::AttachmentRef {
+            blob_id: blob.0.to_vec(),
+            pointer: pointer.to_bytes().to_vec(),
+            file_name,
+        };
+        self.send_message(to, text, vec![att])
+    }
+
+    /// Downloads, verifies and decrypts an attachment from `from`'s relay
+    /// into `dest` (written only when complete and verified).
+    pub async fn download_attachment(
+        &self,
+        from: &UserAddress,
+        attachment: &AttachmentRef,
+        dest: &Path,
+    ) -> Result<u64> {
+        let pointer = crate::attachment::AttachmentPointer::from_bytes(&attachment.pointer)?;
+        let conn = self.inner.relay(&from.relay).await?;
+        let tmp =
+            tempfile::NamedTempFile::new_in(std::env::temp_dir()).map_err(Error::AttachmentIo)?;
+        let mut out = tokio::fs::File::create(tmp.path())
+            .await
+            .map_err(Error::AttachmentIo)?;
+        if let Err(e) = conn
+            .download_blob(&sotto_relay::BlobId(attachment.blob_id), 0, &mut out)
+            .await
+        {
+            let e = Error::from(e);
+            self.inner.relay_failed(&from.relay, &conn, &e).await;
+            return Err(e);
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .map_err(Error::AttachmentIo)?;
+        drop(out);
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let src = std::io::BufReader::new(
+                std::fs::File::open(tmp.path()).map_err(Error::AttachmentIo)?,
+            );
+            crate::attachment::decrypt_to_path(src, &dest, &pointer)
+        })
+        .await
+        .map_err(|_| Error::Storage("attachment task failed".into()))?
+    }
+
+    /// Sends read receipts for messages from `peer`.
+    pub fn mark_read(&self, peer: &UserAddress, ids: &[MessageId]) -> Result<()> {
+        let item = pb::OutboxItem {
+            recipient: peer.to_string(),
+            content: inbound::receipt_content(
+                &self.inner.me,
+                pb::receipt::Kind::Read,
+                ids.iter().map(|i| i.0.to_vec()).collect(),
+            ),
+            ..Default::default()
+        };
+        self.inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| records::push_outbox(tx, &item))
+        })?;
+        self.inner.outbox.notify_one();
+        Ok(())
+    }
+
+    /// The oldest event not yet acknowledged, if any.
+    pub fn try_next_event(&self) -> Result<Option<Event>> {
+        let e = self
+            .inner
+            .with_device(|d| d.store_mut().transaction(|tx| records::events(tx, 1)))?;
+        e.first().map(Event::from_pb).transpose()
+    }
+
+    /// Waits for the oldest event not yet acknowledged. The same event is
+    /// returned again until [`Client::ack_event`] (also after a restart).
+    pub async fn next_event(&self) -> Result<Event> {
+        loop {
+            let notified = self.inner.events.notified();
+            if let Some(e) = self.try_next_event()? {
+                return Ok(e);
+            }
+            // Also wake periodically: the notification is a hint only.
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        }
+    }
+
+    /// Removes an event the app has handled (stored, displayed...).
+    pub fn ack_event(&self, seq: u64) -> Result<()> {
+        self.inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| records::remove_event(tx, seq))
+        })
+    }
+
+    /// Per-device delivery state of a message this device sent.
+    pub fn delivery(&self, id: &MessageId) -> Result<Vec<(u32, DeliveryState)>> {
+        let rec = self
+            .inner
+            .with_device(|d| d.store_mut().transaction(|tx| records::delivery(tx, &id.0)))?;
+        Ok(rec
+            .devices
+            .iter()
+            .filter_map(|d| DeliveryState::from_u32(d.state).map(|s| (d.device_id, s)))
+            .collect())
+    }
+
+    /// Items still waiting in the outbox.
+    pub fn pending_outgoing(&self) -> Result<usize> {
+        self.inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| Ok(records::outbox(tx)?.len()))
+        })
+    }
+
+    /// Waits until the outbox is empty (or `timeout` passes; then
+    /// [`Error::Timeout`]).
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.pending_outgoing()? > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            self.inner.outbox.notify_one();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until the backlog present at the last (re)connect has been
+    /// processed (or `timeout` passes).
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<()> {
+        let mut rx = self.inner.synced.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(|_| Error::Timeout)?;
+        Ok(())
+    }
+
+    /// The safety number to compare with `peer` (one per pair of users,
+    /// whatever their devices). Known once a session exists with them.
+    pub fn safety_number(&self, peer: &UserAddress) -> Result<SafetyNumber> {
+        self.inner.with_device(|d| d.safety_number(&peer.user))
+    }
+
+    /// Records that the user compared the safety number with `peer`.
+    pub fn mark_verified(&self, peer: &UserAddress) -> Result<()> {
+        self.inner.with_device(|d| {
+            let c = d.contact(&peer.user)?.ok_or(Error::UnknownUser)?;
+            d.mark_verified(&peer.user, &c.identity, unix_now())
+        })
+    }
+
+    /// The trust state recorded for `peer`.
+    pub fn contact(&self, peer: &UserAddress) -> Result<Option<crate::trust::Contact>> {
+        self.inner.with_device(|d| d.contact(&peer.user))
+    }
+
+    /// This user's current device list, from the home relay.
+    pub async fn devices(&self) -> Result<DeviceList> {
+        let conn = self.inner.relay(&self.inner.me.relay).await?;
+        outbound::fetch_devices(&conn, &self.inner.me).await
+    }
+
+    /// Removes a device of this user: contacts stop encrypting to it at
+    /// their next message (they re-fetch the signed list before each send).
+    pub async fn unlink_device(&self, device_id: u32) -> Result<()> {
+        if device_id == self.inner.device_id {
+            return Err(Error::InvalidArgument("cannot unlink this device"));
+        }
+        let conn = self.inner.relay(&self.inner.me.relay).await?;
+        let mut list = outbound::fetch_devices(&conn, &self.inner.me).await?;
+        list.devices.retain(|d| d.device_id != device_id);
+        list.version += 1;
+        let signed = self
+            .inner
+            .with_device(|d| Ok(list.sign(d.identity_pair())))?;
+        conn.publish_device_list(signed).await?;
+        Ok(())
+    }
+
+    /// Test hook: process envelopes but never acknowledge them, as if the
+    /// app crashed between each commit and its ack.
+    #[doc(hidden)]
+    pub fn set_skip_acks(&self, skip: bool) {
+        self.inner.skip_acks.store(skip, Ordering::SeqCst);
+    }
+
+    /// Test hook: runs `f` on the device store (e.g. to damage a session).
+    #[doc(hidden)]
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut S) -> Result<R>) -> Result<R> {
+        self.inner.with_device(|d| f(d.store_mut()))
+    }
+
+    /// Stops the background tasks and closes the relay connections.
+    pub async fn close(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        self.inner.relays.close_all().await;
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner<S>> {
+        &self.inner
+    }
+}
+
+/// Publishes the signed bundle (when `bundle` or when the relay lacks it) and
+/// tops up one-time prekeys; rotates the signed prekeys when due.
+async fn publish_prekeys<S: Store + Send + 'static>(
+    inner: &Arc<Inner<S>>,
+    conn: &RelayClient,
+    mut bundle: bool,
+) -> Result<()> {
+    let counts = conn.prekey_counts().await?;
+    let rotated = inner.with_device(|d| d.rotate_prekeys(unix_now(), &mut OsRng))?;
+    bundle |= rotated || !counts.has_signed_bundle;
+    let want_ec = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_ec);
+    let want_kem = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_kem);
+    if !bundle && want_ec < ONE_TIME_PREKEY_BATCH / 4 && want_kem < ONE_TIME_PREKEY_BATCH / 4 {
+        return Ok(());
+    }
+    let (blob, ec, kem) = inner.with_device(|d| {
+        let blob = if bundle {
+            Some(d.signed_bundle()?)
+        } else {
+            None
+        };
+        let (ec, kem) = d.generate_one_time_prekeys(want_ec, want_kem, unix_now(), &mut OsRng)?;
+        Ok((blob, ec, kem))
+    })?;
+    let items = |v: Vec<crate::UploadItem>| v.into_iter().map(|i| (i.id, i.bytes)).collect();
+    conn.publish_prekeys(blob, items(ec), items(kem)).await?;
+    Ok(())
+}
+
+async fn receive_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
+    let mut backoff = Backoff::new();
+    loop {
+        match receive_once(&inner, &mut backoff).await {
+            Ok(()) => tracing::debug!("mailbox subscription ended"),
+            Err(e) => tracing::debug!(error = %e, "mailbox connection failed"),
+        }
+        inner.synced.send_replace(false);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn receive_once<S: Store + Send + 'static>(
+    inner: &Arc<Inner<S>>,
+    backoff: &mut Backoff,
+) -> Result<()> {
+    let home = inner.me.relay.clone();
+    let conn = inner.relay(&home).await?;
+    let result = async {
+        publish_prekeys(inner, &conn, false).await?;
+        let cutoff = now_ms().saturating_sub(RECORD_RETENTION_MS);
+        inner.with_device(|d| d.store_mut().transaction(|tx| records::prune(tx, cutoff)))?;
+        let mut sub = conn.subscribe().await?;
+        backoff.reset();
+        inner.outbox.notify_one(); // reconnected: retry what waits
+        while let Some(push) = sub.next().await? {
+            match push {
+                Pushed::Envelope(e) => {
+                    let outcome = inner.with_device(|d| {
+                        inbound::process(d, &inner.me, &e.id.0, &e.payload, now_ms())
+                    })?;
+                    if !inner.skip_acks.load(Ordering::SeqCst) {
+                        conn.ack(&[e.id]).await?;
+                    }
+                    if outcome.events {
+                        inner.events_ready();
+                    }
+                    if outcome.outbox {
+                        inner.outbox.notify_one();
+                    }
+                }
+                Pushed::QueueEmpty => {
+                    inner.synced.send_replace(true);
+                }
+                Pushed::PrekeysLow(_) => publish_prekeys(inner, &conn, false).await?,
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        inner.relay_failed(&home, &conn, e).await;
+    } else {
+        inner.relays.forget(&home, &conn).await;
+    }
+    result
+}
+
+async fn send_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
+    let mut backoff = Backoff::new();
+    loop {
+        let pass = outbound::drain(&inner).await;
+        match pass {
+            Ok(p) => {
+                if p.events {
+                    inner.events_ready();
+                }
+                if !p.pending {
+                    backoff.reset();
+                    inner.outbox.notified().await;
+                    continue;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "outbox pass failed"),
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = inner.outbox.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Sending: the outbox worker. Every outgoing message is first written to
+//! the durable outbox (so sending works offline and survives crashes), then
+//! this worker delivers each item to every current device of the recipient
+//! (and a copy to this user's other devices), recording per-device progress
+//! so a retry never sends to a device twice. Receivers drop re-sent copies by
+//! message id, so a crash between "relay accepted" and "progress recorded"
+//! shows nothing twice.
+//!
+//! Device lists are fetched from the recipient's relay and verified against
+//! the recipient's identity before every item, so a device added or removed
+//! since the last send is never missed or kept.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use rand_core::OsRng;
+use sotto_proto::client as pb;
+use sotto_relay::RelayClient;
+
+use super::address::UserAddress;
+use super::devices::DeviceList;
+use super::{records, Inner};
+use crate::device::DeviceAddress;
+use crate::error::{Error, Result};
+use crate::prekeys::PrekeyBundle;
+use crate::store::Store;
+
+/// Attempts before a queued item is given up (with a `SendFailed` event)
+/// when the failure is the recipient's (no devices, bad list), not the network.
+pub(crate) const MAX_PERMANENT_FAILURES: u32 = 3;
+
+/// Longest one outbox item may take before its relay connections are
+/// considered dead and replaced (a relay killed without closing its
+/// connections is otherwise only noticed at the QUIC idle timeout).
+pub(crate) const ITEM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What one pass over the outbox achieved.
+#[derive(Debug, Default)]
+pub(crate) struct Pass {
+    /// Items still waiting (a network problem): retry after a backoff.
+    pub(crate) pending: bool,
+    /// Events were queued for the app.
+    pub(crate) events: bool,
+}
+
+/// Sends everything in the outbox once.
+pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> Result<Pass> {
+    let items = inner.with_device(|d| d.store_mut().transaction(|tx| records::outbox(tx)))?;
+    let mut pass = Pass::default();
+    for (seq, item) in items {
+        let attempt = tokio::time::timeout(ITEM_TIMEOUT, send_item(inner, seq, item.clone()));
+        let result = match attempt.await {
+            Ok(r) => r,
+            Err(_) => {
+                // A relay that stopped answering: drop its connection.
+                if let Ok(to) = item.recipient.parse::<UserAddress>() {
+                    inner.forget_relay(&to.relay).await;
+                }
+                inner.forget_relay(&inner.me.relay).await;
+                Err(Error::Timeout)
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if is_transient(&e) => {
+                // Stop here: later items must not overtake this one (the
+                // conversation's order is the outbox's order).
+                tracing::debug!(error = %e, "outbox item deferred");
+                pass.pending = true;
+                break;
+            }
+            Err(e) => {
+                // The recipient's problem: count it, give up after a few.
+                let reason = e.to_string();
+                inner.with_device(|d| {
+                    d.store_mut().transaction(|tx| {
+                        let mut item = item.clone();
+                        item.attempts += 1;
+                        if item.attempts < MAX_PERMANENT_FAILURES {
+                            return records::update_outbox(tx, seq, Some(&item));
+                        }
+                        records::update_outbox(tx, seq, None)?;
+                        if !item.message_id.is_empty() {
+                            records::push_event(
+                                tx,
+                                pb::ClientEvent {
+                                    peer: item.recipient.clone(),
+                                    kind: Some(pb::client_event::Kind::SendFailed(reason.clone())),
+                                    message_id: item.message_id.clone(),
+                                    ..Default::default()
+                                },
+                            )?;
+                        }
+                        Ok(())
+                    })
+                })?;
+                pass.events = true;
+                pass.pending = true;
+            }
+        }
+    }
+    Ok(pass)
+}
+
+/// Network trouble (retry later) as opposed to a refusal that will repeat.
+fn is_transient(e: &Error) -> bool {
+    use sotto_proto::relay::ErrorCode as C;
+    match e {
+        Error::Relay(r) => !matches!(
+            r.remote_code(),
+            Some(C::NotFound | C::BadSignature | C::InvalidArgument | C::EnvelopeTooLarge)
+        ),
+        Error::Storage(_) | Error::Timeout => true,
+        _ => false,
+    }
+}
+
+/// The verified device list of `user` from its relay.
+pub(crate) async fn fetch_devices(conn: &RelayClient, user: &UserAddress) -> Result<DeviceList> {
+    let signed = conn
+        .fetch_device_list(&user.user)
+        .await?
+        .ok_or(Error::UnknownUser)?;
+    DeviceList::verify(&user.user, &signed)
+}
+
+async fn send_item<S: Store + Send + 'static>(
+    inner: &Arc<Inner<S>>,
+    seq: u64,
+    mut item: pb::OutboxItem,
+) -> Result<()> {
+    let to: UserAddress = item.recipient.parse()?;
+    // Every content carries our home relay, so the peer can answer.
+    let mut content = pb::Content::decode(item.content.as_slice())
+        .map_err(|_| Error::CorruptRecord { table: "app" })?;
+    if content.sender_relay.is_empty() {
+        content.sender_relay = inner.me.relay.to_string();
+    }
+    let content_bytes = content.encode_to_vec();
+
+    // The recipient's devices.
+    let conn = inner.relay(&to.relay).await?;
+    let list = match fetch_devices(&conn, &to).await {
+        Ok(l) => l,
+        Err(e) => {
+            inner.relay_failed(&to.relay, &conn, &e).await;
+            return Err(e);
+        }
+    };
+    let mut targets: Vec<(UserAddress, u32, sotto_relay::MailboxId, Vec<u8>, bool)> = Vec::new();
+    let me_user = inner.me.user;
+    for d in &list.devices {
+        if to.user == me_user && d.device_id == inner.device_id {
+            continue; // never to ourselves
+        }
+        if !item.only_devices.is_empty() && !item.only_devices.contains(&d.device_id) {
+            continue;
+        }
+        if item.done_devices.contains(&d.device_id) {
+            continue;
+        }
+        targets.push((
+            to.clone(),
+            d.device_id,
+            d.mailbox,
+            content_bytes.clone(),
+            false,
+        ));
+    }
+    inner.note_device_list(&to, &list)?;
+
+    // Copies for this user's other devices (what I sent, from where).
+    if item.to_own_devices && to.user != me_user {
+        if let Some(pb::content::Body::Message(m)) = &content.body {
+            let sync = pb::Content {
+                sender_relay: inner.me.relay.to_string(),
+                body: Some(pb::content::Body::SentSync(pb::SentSync {
+                    recipient: to.to_string(),
+                    message: Some(m.clone()),
+                })),
+            }
+            .encode_to_vec();
+            let own_conn = inner.relay(&inner.me.relay).await?;
+            let own = fetch_devices(&own_conn, &inner.me).await?;
+            for d in &own.devices {
+                if d.device_id != inner.device_id && !item.done_own_devices.contains(&d.device_id) {
+                    targets.push((inner.me.clone(), d.device_id, d.mailbox, sync.clone(), true));
+                }
+            }
+        }
+    }
+    if targets.is_empty() && item.done_devices.is_empty() && to.user != me_user {
+        if !item.only_devices.is_empty() {
+            // The device asked for is gone: nothing left to do.
+            return inner.with_device(|d| {
+                d.store_mut()
+                    .transaction(|tx| records::update_outbox(tx, seq, None))
+            });
+        }
+        return Err(Error::UnknownUser);
+    }
+
+    for (user, device_id, mailbox, bytes, own) in targets {
+        let conn = inner.relay(&user.relay).await?;
+        let addr = DeviceAddress::new(user.user.to_vec(), device_id);
+        let needs_session = item.reset_session || !inner.with_device(|d| d.has_session(&addr))?;
+        if needs_session {
+            let fetched = match conn.fetch_bundle(&mailbox).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let e = Error::from(e);
+                    inner.relay_failed(&user.relay, &conn, &e).await;
+                    return Err(e);
+                }
+            };
+            let bundle = PrekeyBundle::assemble(
+                &fetched.signed_bundle,
+                fetched.one_time_ec.as_ref().map(|(_, b)| b.as_slice()),
+                fetched.one_time_kem.as_ref().map(|(_, b)| b.as_slice()),
+            )?;
+            if !user.is_identity(bundle.identity()) {
+                return Err(Error::BadSignature {
+                    what: "bundle of another identity",
+                });
+            }
+            let reset = item.reset_session;
+            inner.with_device(|d| {
+                d.process_bundle(&addr, &bundle, crate::device::unix_now(), &mut OsRng)?;
+                if reset {
+                    d.store_mut().transaction(|tx| {
+                        records::push_event(
+                            tx,
+                            pb::ClientEvent {
+                                peer: user.to_string(),
+                                peer_device: device_id,
+                                kind: Some(pb::client_event::Kind::SessionReset(true)),
+                                ..Default::default()
+                            },
+                        )
+                        .map(|_| ())
+                    })?;
+                }
+                Ok(())
+            })?;
+        }
+        let message = inner.with_device(|d| d.encrypt(&addr, &bytes, &mut OsRng))?;
+        let envelope = pb::Envelope {
+            version: 1,
+            body: Some(pb::envelope::Body::Sealed(pb::Sealed {
+                sender_user: me_user.to_vec(),
+                sender_device: inner.device_id,
+                message: message.bytes.clone(),
+            })),
+        }
+        .encode_to_vec();
+        let envelope_id = match conn.send(&mailbox, envelope).await {
+            Ok(id) => id,
+            Err(e) => {
+                let e = Error::from(e);
+                inner.relay_failed(&user.relay, &conn, &e).await;
+                return Err(e);
+            }
+        };
+        // Progress, sent log and delivery state in one commit.
+        if own {
+            item.done_own_devices.push(device_id);
+        } else {
+            item.done_devices.push(device_id);
+        }
+        item.reset_session = false;
+        let message_id = item.message_id.clone();
+        let progress = item.clone();
+        inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                records::update_outbox(tx, seq, Some(&progress))?;
+                records::log_sent(
+                    tx,
+                    &envelope_id.0,
+                    &pb::SentLogEntry {
+                        recipient_user: user.user.to_vec(),
+                        recipient_device: device_id,
+                        recipient: user.to_string(),
+                        content: bytes.clone(),
+                        at_ms: envelope_id.millis(),
+                    },
+                )?;
+                if !message_id.is_empty()
+                    && !own
+                    && records::raise_delivery(tx, &message_id, &user.user, device_id, 1)?
+                {
+                    records::push_event(
+                        tx,
+                        pb::ClientEvent {
+                            peer: user.to_string(),
+                            peer_device: device_id,
+                            kind: Some(pb::client_event::Kind::Delivery(pb::DeviceDelivery {
+                                user: user.user.to_vec(),
+                                device_id,
+                                state: 1,
+                            })),
+                            message_id: message_id.clone(),
+                            ..Default::default()
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+        })?;
+        inner.events_ready();
+    }
+    inner.with_device(|d| {
+        d.store_mut()
+            .transaction(|tx| records::update_outbox(tx, seq, None))
+    })
+}

@@ -1,0 +1,428 @@
+//! The messenger client end to end: real `sotto-relay` processes over
+//! loopback QUIC with RocksDB in temp dirs, clients on encrypted SQLite
+//! stores. Each test is one of the situations the client promises to survive:
+//! two relays, offline recipients, crashes between receive and ack, a relay
+//! killed with SIGKILL, devices linked and unlinked mid-conversation, a
+//! corrupted session, a 50 MiB attachment, and a relay disk without plaintext.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use rand_core::{OsRng, RngCore};
+use sotto_core::client::link::Linking;
+use sotto_core::client::{
+    Client, DeliveryState, Event, EventKind, MessageId, ReceivedMessage, RelayAddress, UserAddress,
+};
+use sotto_core::{SqliteStore, StorageKey, Store, Table, Txn};
+use sotto_e2e::{relay_binary, RelayProcess};
+
+/// Generous: a relay killed with SIGKILL is noticed by QUIC keep-alives or
+/// by the outbox's per-item timeout (20 s), then reconnection backs off.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A user's device with its encrypted store on disk, which can "crash"
+/// (drop the client without any cleanup) and come back.
+struct Dev {
+    client: Option<Client<SqliteStore>>,
+    dir: tempfile::TempDir,
+    key: [u8; 32],
+}
+
+impl Dev {
+    fn store(dir: &tempfile::TempDir, key: [u8; 32]) -> SqliteStore {
+        SqliteStore::open(dir.path().join("client.db"), &StorageKey::new(key)).unwrap()
+    }
+
+    fn fresh() -> (tempfile::TempDir, [u8; 32], SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        let store = Self::store(&dir, key);
+        (dir, key, store)
+    }
+
+    async fn create(relay: &RelayProcess) -> Dev {
+        let (dir, key, store) = Self::fresh();
+        let client = Client::create(store, relay_address(relay)).await.unwrap();
+        Dev {
+            client: Some(client),
+            dir,
+            key,
+        }
+    }
+
+    fn c(&self) -> &Client<SqliteStore> {
+        self.client.as_ref().unwrap()
+    }
+
+    fn addr(&self) -> UserAddress {
+        self.c().address().clone()
+    }
+
+    /// Drops the client abruptly (no flush, no close): a crash.
+    fn crash(&mut self) {
+        self.client = None;
+    }
+
+    async fn reopen(&mut self) {
+        self.client = None;
+        let store = Self::store(&self.dir, self.key);
+        self.client = Some(Client::open(store).await.unwrap());
+    }
+}
+
+fn relay_address(r: &RelayProcess) -> RelayAddress {
+    RelayAddress::new(r.addr, r.pin)
+}
+
+/// The next event (acknowledged), failing the test after `WAIT`.
+async fn next(c: &Client<SqliteStore>) -> Event {
+    let e = tokio::time::timeout(WAIT, c.next_event())
+        .await
+        .expect("no event in time")
+        .unwrap();
+    c.ack_event(e.seq).unwrap();
+    e
+}
+
+/// The next chat message, skipping (but checking) other events.
+async fn next_message(c: &Client<SqliteStore>) -> (UserAddress, ReceivedMessage) {
+    loop {
+        let e = next(c).await;
+        match e.kind {
+            EventKind::Message(m) => return (e.peer.unwrap(), m),
+            EventKind::DecryptFailed { reason } => panic!("decrypt failed: {reason}"),
+            _ => {}
+        }
+    }
+}
+
+/// Every event that arrives within `d` (acknowledged).
+async fn drain_for(c: &Client<SqliteStore>, d: Duration) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(e) = tokio::time::timeout(d, c.next_event()).await {
+        let e = e.unwrap();
+        c.ack_event(e.seq).unwrap();
+        out.push(e);
+    }
+    out
+}
+
+async fn wait_state(c: &Client<SqliteStore>, id: &MessageId, want: DeliveryState) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let states = c.delivery(id).unwrap();
+        if !states.is_empty() && states.iter().all(|(_, s)| *s >= want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{want:?} not reached: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn say(from: &Dev, to: &Dev, text: &str) {
+    from.c().send_text(&to.addr(), text).unwrap();
+    let (peer, m) = next_message(to.c()).await;
+    assert_eq!(peer, from.addr());
+    assert_eq!(m.text, text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_on_one_relay_with_receipts() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let bob = Dev::create(&relay).await;
+
+    let id = alice.c().send_text(&bob.addr(), "hello Bob").unwrap();
+    let (peer, m) = next_message(bob.c()).await;
+    assert_eq!(
+        (peer, m.text.as_str(), m.id),
+        (alice.addr(), "hello Bob", id)
+    );
+    wait_state(alice.c(), &id, DeliveryState::Delivered).await;
+    bob.c().mark_read(&alice.addr(), &[id]).unwrap();
+    wait_state(alice.c(), &id, DeliveryState::Read).await;
+
+    say(&bob, &alice, "hi Alice").await;
+    say(&alice, &bob, "how are you?").await;
+    // One safety number per pair of users, the same on both sides.
+    assert_eq!(
+        alice.c().safety_number(&bob.addr()).unwrap().digits(),
+        bob.c().safety_number(&alice.addr()).unwrap().digits()
+    );
+    alice.c().mark_verified(&bob.addr()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_on_two_relays() {
+    let r1 = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let r2 = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&r1).await;
+    let bob = Dev::create(&r2).await;
+    assert_ne!(alice.addr().relay, bob.addr().relay);
+    say(&alice, &bob, "across relays").await;
+    say(&bob, &alice, "and back").await;
+    say(&alice, &bob, "again").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_recipient_gets_everything_in_order() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let mut bob = Dev::create(&relay).await;
+    let bob_addr = bob.addr();
+    bob.crash();
+    for i in 0..5 {
+        alice.c().send_text(&bob_addr, &format!("m{i}")).unwrap();
+    }
+    alice.c().flush(WAIT).await.unwrap();
+    bob.reopen().await;
+    for i in 0..5 {
+        assert_eq!(next_message(bob.c()).await.1.text, format!("m{i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_receive_and_ack_loses_nothing_and_shows_nothing_twice() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let mut bob = Dev::create(&relay).await;
+    say(&alice, &bob, "warm up").await;
+
+    // Bob commits the message but "crashes" before acking it to the relay,
+    // and before the app acknowledged the event.
+    bob.c().set_skip_acks(true);
+    let id = alice.c().send_text(&bob.addr(), "exactly once").unwrap();
+    let first = tokio::time::timeout(WAIT, bob.c().next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    let EventKind::Message(m) = &first.kind else {
+        panic!("expected the message, got {first:?}")
+    };
+    assert_eq!(m.id, id);
+    bob.crash();
+
+    // After the restart the relay redelivers the envelope: it is recognised
+    // and acknowledged quietly; the app sees the same event (same seq) once.
+    bob.reopen().await;
+    bob.c().wait_synced(WAIT).await.unwrap();
+    let again = next(bob.c()).await;
+    assert_eq!(again.seq, first.seq);
+    assert_eq!(again.kind, first.kind);
+    let rest = drain_for(bob.c(), Duration::from_secs(2)).await;
+    assert!(
+        rest.iter().all(|e| !matches!(
+            e.kind,
+            EventKind::Message(_) | EventKind::DecryptFailed { .. }
+        )),
+        "{rest:?}"
+    );
+    // And the conversation goes on.
+    say(&alice, &bob, "still fine").await;
+    say(&bob, &alice, "yes").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_mid_conversation() {
+    let mut relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let bob = Dev::create(&relay).await;
+    say(&alice, &bob, "before").await;
+    relay.restart(&relay_binary()).unwrap();
+    // Sent while the relay restarts: queued, retried, delivered in order.
+    for i in 0..5 {
+        alice
+            .c()
+            .send_text(&bob.addr(), &format!("after {i}"))
+            .unwrap();
+    }
+    for i in 0..5 {
+        assert_eq!(next_message(bob.c()).await.1.text, format!("after {i}"));
+    }
+    say(&bob, &alice, "reply after restart").await;
+}
+
+async fn link(existing: &Dev, relay: &RelayProcess) -> Dev {
+    let (dir, key, store) = Dev::fresh();
+    let mut linking = Linking::start(store, relay_address(relay)).await.unwrap();
+    let code = linking.code();
+    let pending = existing.c().link_device(&code).await.unwrap();
+    let digits = linking.wait_offer(WAIT).await.unwrap();
+    assert_eq!(
+        digits,
+        pending.digits(),
+        "both screens show the same digits"
+    );
+    let id = existing.c().confirm_link(pending).await.unwrap();
+    let client = linking.finish(WAIT).await.unwrap();
+    assert_eq!(client.device_id(), id);
+    assert_eq!(client.address(), existing.c().address());
+    Dev {
+        client: Some(client),
+        dir,
+        key,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_device_joins_and_unlinked_device_stops_reading() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let bob1 = Dev::create(&relay).await;
+    say(&alice, &bob1, "one device").await;
+
+    let bob2 = link(&bob1, &relay).await;
+    assert_eq!(bob1.c().devices().await.unwrap().devices.len(), 2);
+    // Alice's next message reaches both of Bob's devices.
+    alice.c().send_text(&bob1.addr(), "two devices").unwrap();
+    assert_eq!(next_message(bob1.c()).await.1.text, "two devices");
+    assert_eq!(next_message(bob2.c()).await.1.text, "two devices");
+    let events = drain_for(alice.c(), Duration::from_millis(500)).await;
+    let new_device_seen = events
+        .iter()
+        .any(|e| e.kind == EventKind::NewDevice && e.peer_device == 2);
+    // Bob writes from device 1; device 2 sees the copy.
+    bob1.c().send_text(&alice.addr(), "from bob1").unwrap();
+    assert_eq!(next_message(alice.c()).await.1.text, "from bob1");
+    loop {
+        if let EventKind::SentFromOtherDevice { to, message } = next(bob2.c()).await.kind {
+            assert_eq!((to, message.text.as_str()), (alice.addr(), "from bob1"));
+            break;
+        }
+    }
+    // Alice was told about the new device; one safety number per user.
+    assert!(new_device_seen, "no NewDevice event");
+    assert_eq!(
+        bob2.c().safety_number(&alice.addr()).unwrap().digits(),
+        alice.c().safety_number(&bob1.addr()).unwrap().digits()
+    );
+
+    // Unlinked, device 2 no longer receives what Alice sends.
+    bob1.c().unlink_device(2).await.unwrap();
+    alice.c().send_text(&bob1.addr(), "after unlink").unwrap();
+    assert_eq!(next_message(bob1.c()).await.1.text, "after unlink");
+    let leaked = drain_for(bob2.c(), Duration::from_secs(2)).await;
+    assert!(
+        leaked
+            .iter()
+            .all(|e| !matches!(e.kind, EventKind::Message(_))),
+        "unlinked device read: {leaked:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_session_heals_and_the_message_arrives() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let bob = Dev::create(&relay).await;
+    say(&alice, &bob, "before").await;
+    say(&bob, &alice, "ack").await;
+
+    // Bob loses every session (a damaged store).
+    bob.c()
+        .with_store(|s| {
+            s.transaction(|tx| {
+                for t in [Table::Session, Table::SessionIndex] {
+                    for k in tx.keys_with_prefix(t, b"")? {
+                        tx.delete(t, &k)?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+
+    let id = alice.c().send_text(&bob.addr(), "after damage").unwrap();
+    // Bob is told, asks for a retry over a fresh session, and gets it.
+    let mut saw_failure = false;
+    let text = loop {
+        let e = next(bob.c()).await;
+        match e.kind {
+            EventKind::DecryptFailed { .. } => saw_failure = true,
+            EventKind::Message(m) => {
+                assert_eq!(m.id, id);
+                break m.text;
+            }
+            _ => {}
+        }
+    };
+    assert!(saw_failure);
+    assert_eq!(text, "after damage");
+    let events = drain_for(alice.c(), Duration::from_millis(500)).await;
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::SessionReset),
+        "{events:?}"
+    );
+    say(&bob, &alice, "healed").await;
+    say(&alice, &bob, "indeed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_mib_attachment() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let bob = Dev::create(&relay).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..50 {
+            OsRng.fill_bytes(&mut chunk);
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    alice
+        .c()
+        .send_file(&bob.addr(), "the file", &src)
+        .await
+        .unwrap();
+    let (from, m) = next_message(bob.c()).await;
+    assert_eq!(m.attachments.len(), 1);
+    assert_eq!(m.attachments[0].size, 50 << 20);
+    assert_eq!(m.attachments[0].file_name, "big.bin");
+    let dest = dir.path().join("received.bin");
+    let n = bob
+        .c()
+        .download_attachment(&from, &m.attachments[0], &dest)
+        .await
+        .unwrap();
+    assert_eq!(n, 50 << 20);
+    let (mut a, mut b) = (
+        std::fs::File::open(&src).unwrap(),
+        std::fs::File::open(&dest).unwrap(),
+    );
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for _ in 0..50 {
+        a.read_exact(&mut x).unwrap();
+        b.read_exact(&mut y).unwrap();
+        assert!(x == y, "attachment differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_disk_holds_none_of_the_conversation() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let mut bob = Dev::create(&relay).await;
+    let secret = "meet me by the old lighthouse at nine";
+    say(&alice, &bob, secret).await;
+    // Some waiting in the mailbox too.
+    let bob_addr = bob.addr();
+    bob.crash();
+    alice.c().send_text(&bob_addr, secret).unwrap();
+    alice.c().flush(WAIT).await.unwrap();
+    for needle in [&secret.as_bytes()[..12], &secret.as_bytes()[12..24]] {
+        assert!(
+            !relay.disk_contains(needle).unwrap(),
+            "plaintext on the relay's disk"
+        );
+    }
+    bob.reopen().await;
+    assert_eq!(next_message(bob.c()).await.1.text, secret);
+}
