@@ -341,6 +341,35 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The vector printed in PROTOCOL.md §III.6.
+    #[test]
+    fn link_key_known_answer() {
+        let link = StaticSecret::from([1u8; 32]);
+        let eph = StaticSecret::from([2u8; 32]);
+        let (lp, ep) = (PublicKey::from(&link), PublicKey::from(&eph));
+        let s = derive(
+            &agree(&eph, lp.as_bytes()).unwrap(),
+            &[9u8; 32],
+            lp.as_bytes(),
+            ep.as_bytes(),
+        )
+        .unwrap();
+        let got = format!(
+            "link_pub={} eph_pub={} key={} digits={}",
+            hex_lower(lp.as_bytes()),
+            hex_lower(ep.as_bytes()),
+            hex_lower(s.key.as_ref()),
+            s.digits
+        );
+        println!("{got}");
+        assert_eq!(got, LINK_VECTOR);
+    }
+
+    const LINK_VECTOR: &str =
+        "link_pub=a4e09292b651c278b9772c569f5fa9bb13d906b46ab68c9df9dc2b4409f8a209 \
+        eph_pub=ce8d3ad1ccb633ec7b70c17814a5c76ecd029685050d344745ba05870e587d59 \
+        key=f02c211c2d239a6c0b8d5ec8f574f198d59741b85a48e5f063c7a662fdd30f4b digits=092231";
+
     #[test]
     fn both_sides_derive_the_same_key_and_digits() {
         let link = StaticSecret::random_from_rng(OsRng);
