@@ -346,3 +346,177 @@ pub(crate) fn receipt_content(
     }
     .encode_to_vec()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The receive state machine under a hostile network: envelopes delivered
+    //! in random order, redelivered (ack lost), and the receiver restarted
+    //! from its store at random points. Every message must surface exactly
+    //! once, and nothing may become a decrypt failure.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use proptest::prelude::*;
+    use rand_core::OsRng;
+
+    use super::*;
+    use crate::client::address::RelayAddress;
+    use crate::prekeys::PrekeyBundle;
+    use crate::store::memory::MemoryStore;
+    use crate::store::Txn as _;
+
+    fn user(device: &Device<MemoryStore>) -> UserAddress {
+        let mut u = [0u8; 32];
+        u.copy_from_slice(&device.identity().as_bytes()[..32]);
+        UserAddress {
+            user: u,
+            relay: RelayAddress::new("127.0.0.1:1".parse().unwrap(), [7; 32]),
+        }
+    }
+
+    fn with_config(mut d: Device<MemoryStore>) -> Device<MemoryStore> {
+        d.store_mut()
+            .transaction(|tx| {
+                records::put(
+                    tx,
+                    records::CONFIG,
+                    &pb::ClientConfig {
+                        version: 1,
+                        next_seq: 1,
+                        ..Default::default()
+                    },
+                )
+            })
+            .unwrap();
+        d
+    }
+
+    /// Alice's `n` messages to Bob as relay envelopes `(id, payload)`.
+    /// Relay envelopes as `(id, payload)`.
+    type Envelopes = Vec<([u8; 16], Vec<u8>)>;
+
+    fn conversation(n: usize) -> (Device<MemoryStore>, UserAddress, Envelopes) {
+        let mut alice = Device::create(MemoryStore::new(), 1, 0, &mut OsRng).unwrap();
+        let mut bob = with_config(Device::create(MemoryStore::new(), 1, 0, &mut OsRng).unwrap());
+        let (a, b) = (user(&alice), user(&bob));
+        let blob = bob.signed_bundle().unwrap();
+        let bundle = PrekeyBundle::assemble(&blob, None, None).unwrap();
+        let bob_addr = DeviceAddress::new(b.user.to_vec(), 1);
+        alice
+            .process_bundle(&bob_addr, &bundle, 0, &mut OsRng)
+            .unwrap();
+        let mut envelopes = Vec::new();
+        for i in 0..n {
+            let content = pb::Content {
+                sender_relay: a.relay.to_string(),
+                body: Some(pb::content::Body::Message(pb::Message {
+                    id: vec![i as u8; 16],
+                    sent_at_ms: 0,
+                    text: format!("m{i}"),
+                    attachments: vec![],
+                })),
+            }
+            .encode_to_vec();
+            let m = alice.encrypt(&bob_addr, &content, &mut OsRng).unwrap();
+            let payload = pb::Envelope {
+                version: 1,
+                body: Some(pb::envelope::Body::Sealed(pb::Sealed {
+                    sender_user: a.user.to_vec(),
+                    sender_device: 1,
+                    message: m.bytes,
+                })),
+            }
+            .encode_to_vec();
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&1_000u64.to_be_bytes());
+            id[8..].copy_from_slice(&(i as u64).to_be_bytes());
+            envelopes.push((id, payload));
+        }
+        (bob, b, envelopes)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_message_surfaces_exactly_once(
+            n in 1usize..12,
+            steps in proptest::collection::vec((0usize..64, 0u8..4), 0..60),
+        ) {
+            let (mut bob, me, envelopes) = conversation(n);
+            // The relay's view: envelopes not yet acknowledged, in FIFO order.
+            let mut pending: Vec<usize> = (0..n).collect();
+            for (pick, action) in steps {
+                if pending.is_empty() {
+                    break;
+                }
+                let i = pending[pick % pending.len()];
+                let (id, payload) = &envelopes[i];
+                match action {
+                    // Deliver and acknowledge.
+                    0 | 1 => {
+                        process(&mut bob, &me, id, payload, 1_000).unwrap();
+                        pending.retain(|&p| p != i);
+                    }
+                    // Deliver, but the ack is lost: it will come again.
+                    2 => {
+                        process(&mut bob, &me, id, payload, 1_000).unwrap();
+                    }
+                    // The receiver restarts from its store.
+                    _ => {
+                        let store = bob.into_store();
+                        bob = Device::open(store).unwrap();
+                    }
+                }
+            }
+            for i in pending {
+                let (id, payload) = &envelopes[i];
+                process(&mut bob, &me, id, payload, 1_000).unwrap();
+            }
+            let events = bob.store_mut().transaction(|tx| records::events(tx, 10_000)).unwrap();
+            let mut texts = Vec::new();
+            for e in events {
+                match e.kind {
+                    Some(pb::client_event::Kind::Message(m)) => texts.push(m.text),
+                    other => panic!("unexpected event {other:?}"),
+                }
+            }
+            texts.sort();
+            let mut want: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+            want.sort();
+            prop_assert_eq!(texts, want);
+            // Each message produced exactly one delivered receipt.
+            let receipts = bob.store_mut().transaction(|tx| records::outbox(tx)).unwrap();
+            prop_assert_eq!(receipts.len(), n);
+        }
+    }
+
+    #[test]
+    fn garbage_envelopes_are_failures_not_panics_and_are_acked() {
+        let (mut bob, me, envelopes) = conversation(1);
+        for junk in [
+            &b""[..],
+            b"\x08\x01",
+            b"\xff\xff\xff",
+            &envelopes[0].1[..20],
+        ] {
+            let o = process(&mut bob, &me, &[9; 16], junk, 1_000).unwrap();
+            assert!(o.events);
+            // Redelivery of the same junk: already processed, nothing new.
+            assert_eq!(
+                process(&mut bob, &me, &[9; 16], junk, 1_000).unwrap(),
+                Outcome::default()
+            );
+            bob.store_mut()
+                .transaction(|tx| {
+                    tx.delete(
+                        crate::store::Table::App,
+                        &[b"in/".as_slice(), &[9; 16]].concat(),
+                    )
+                })
+                .unwrap();
+        }
+        // The real message still decrypts afterwards.
+        let (id, payload) = &envelopes[0];
+        assert!(process(&mut bob, &me, id, payload, 1_000).unwrap().events);
+    }
+}

@@ -361,7 +361,6 @@ mod tests {
             hex_lower(s.key.as_ref()),
             s.digits
         );
-        println!("{got}");
         assert_eq!(got, LINK_VECTOR);
     }
 

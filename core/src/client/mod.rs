@@ -285,6 +285,8 @@ impl<S: Store + Send + 'static> Client<S> {
         self.tasks
             .push(tokio::spawn(receive_loop(self.inner.clone())));
         self.tasks.push(tokio::spawn(send_loop(self.inner.clone())));
+        self.tasks
+            .push(tokio::spawn(maintain_loop(self.inner.clone())));
         self
     }
 
@@ -667,6 +669,26 @@ async fn receive_once<S: Store + Send + 'static>(
         inner.relays.forget(&home, &conn).await;
     }
     result
+}
+
+/// How often a running client checks its signed prekeys' age (rotation is
+/// due per `crate::prekeys::SIGNED_PREKEY_MAX_AGE_SECS`) and the one-time
+/// prekey supply.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+
+async fn maintain_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
+    loop {
+        tokio::time::sleep(MAINTENANCE_INTERVAL).await;
+        let home = inner.me.relay.clone();
+        if let Ok(conn) = inner.relay(&home).await {
+            if let Err(e) = publish_prekeys(&inner, &conn, false).await {
+                tracing::debug!(error = %e, "prekey maintenance failed");
+                inner.relay_failed(&home, &conn, &e).await;
+            }
+        }
+        let cutoff = now_ms().saturating_sub(RECORD_RETENTION_MS);
+        let _ = inner.with_device(|d| d.store_mut().transaction(|tx| records::prune(tx, cutoff)));
+    }
 }
 
 async fn send_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
