@@ -1,37 +1,43 @@
 //! Building blocks of Sotto's runnable examples and end-to-end tests.
 //!
-//! - [`relay_process`]: start a real `sotto-relay` process on a temp data dir
-//!   and read the address and certificate fingerprint it publishes;
-//! - [`scripted`]: a scripted user (one device) that publishes prekeys, sets up
-//!   PQXDH sessions from relay-served bundles and exchanges ratchet messages
-//!   through the relay.
+//! Both binaries are apps on the messenger client
+//! (`sotto_core::client::Client`); this library holds what they share:
 //!
-//! This is deliberately a thin layer over `sotto-core` and
-//! `sotto_relay::client`: it shows how the two fit together. The envelope
-//! framing used here (see [`scripted::DemoEnvelope`]) is an example format,
-//! not part of the protocol.
+//! - [`relay_process`]: start a real `sotto-relay` process on a temp data dir,
+//!   read the address and certificate fingerprint it publishes, and read its
+//!   Prometheus counters;
+//! - [`wiretap`]: a counting UDP forwarder between clients and the relay, so
+//!   the demo can show exactly how many encrypted bytes crossed the wire;
+//! - [`profile`]: the terminal chat's data directory (storage key file,
+//!   address book, registration marker);
+//! - [`display`]: how addresses and safety numbers are shown to people.
 
+pub mod display;
+pub mod profile;
 pub mod relay_process;
-pub mod scripted;
+pub mod wiretap;
 
 /// Everything that can fail in the examples.
 #[derive(Debug, thiserror::Error)]
 pub enum ExampleError {
-    /// The cryptographic core refused something.
+    /// The client or the cryptographic core refused something.
     #[error("core: {0}")]
     Core(#[from] sotto_core::Error),
-    /// The relay or the connection to it failed.
-    #[error("relay: {0}")]
-    Relay(#[from] sotto_relay::error::RelayError),
-    /// Local I/O (temp dirs, the relay process).
+    /// Local I/O (temp dirs, the relay process, the chat's files).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     /// The relay process did not start or published an unreadable address.
     #[error("relay process: {0}")]
     RelayProcess(String),
-    /// An envelope that is not in the example framing.
-    #[error("malformed envelope: {0}")]
-    Envelope(&'static str),
+    /// A file of the chat's data directory is not in the expected format.
+    #[error("data directory: {0}")]
+    Profile(String),
+    /// A command typed into the chat that cannot be carried out as typed.
+    #[error("{0}")]
+    Usage(String),
+    /// Something the demo checks did not happen as it should.
+    #[error("unexpected: {0}")]
+    Unexpected(String),
 }
 
 /// Result alias of the examples.

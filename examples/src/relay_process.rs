@@ -3,8 +3,12 @@
 //! The relay writes `relay.addr` into its data dir once it listens (see
 //! `sotto_relay::addr_file`); we start it on ephemeral loopback ports and read
 //! that file, so nothing here guesses ports. The process is killed when the handle drops.
+//! [`RelayProcess::metrics_snapshot`] reads its Prometheus counters, which is
+//! how the demo shows what the relay did at each step.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -128,6 +132,29 @@ impl RelayProcess {
         Ok(false)
     }
 
+    /// Reads the relay's Prometheus `/metrics` (plain counters and gauges;
+    /// histogram series and labelled lines are skipped).
+    pub fn metrics_snapshot(&self) -> Result<RelayMetrics> {
+        let addr = self
+            .metrics
+            .ok_or_else(|| ExampleError::RelayProcess("relay publishes no metrics".into()))?;
+        let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        sock.read_to_string(&mut text)?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| ExampleError::RelayProcess("bad metrics response".into()))?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(ExampleError::RelayProcess(format!(
+                "metrics: {}",
+                head.lines().next().unwrap_or_default()
+            )));
+        }
+        Ok(RelayMetrics::parse(body))
+    }
+
     /// Ends the process at once (SIGKILL: nothing flushed).
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -141,5 +168,54 @@ impl RelayProcess {
 impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.kill();
+    }
+}
+
+/// One reading of a relay's plain metrics, by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RelayMetrics(pub BTreeMap<String, f64>);
+
+impl RelayMetrics {
+    /// Parses the Prometheus text format's unlabelled samples.
+    pub fn parse(text: &str) -> Self {
+        let values = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.contains('{'))
+            .filter_map(|l| {
+                let (name, value) = l.split_once(' ')?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect();
+        RelayMetrics(values)
+    }
+
+    /// The value of `name` (0 if the relay does not export it).
+    pub fn get(&self, name: &str) -> u64 {
+        self.0.get(name).map_or(0, |v| *v as u64)
+    }
+
+    /// How much counter `name` grew since `earlier`.
+    pub fn delta(&self, earlier: &RelayMetrics, name: &str) -> u64 {
+        self.get(name).saturating_sub(earlier.get(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_plain_samples_and_skips_the_rest() {
+        let m = RelayMetrics::parse(
+            "# HELP sotto_envelopes_accepted_total x\n# TYPE sotto_envelopes_accepted_total counter\n\
+             sotto_envelopes_accepted_total 7\nsotto_send_seconds_bucket{le=\"0.1\"} 3\n\
+             sotto_send_seconds_sum 0.25\ngarbage\n",
+        );
+        assert_eq!(m.get("sotto_envelopes_accepted_total"), 7);
+        assert_eq!(m.get("sotto_send_seconds_bucket"), 0);
+        assert_eq!(m.get("missing"), 0);
+        let later = RelayMetrics::parse("sotto_envelopes_accepted_total 10\n");
+        assert_eq!(later.delta(&m, "sotto_envelopes_accepted_total"), 3);
     }
 }

@@ -23,4 +23,3 @@ pub fn relay_binary() -> PathBuf {
 }
 
 pub use sotto_examples::relay_process::RelayProcess;
-pub use sotto_examples::scripted::{ContactCard, ScriptedUser};
