@@ -387,9 +387,12 @@ async fn fifty_mib_attachment() {
     assert_eq!(m.attachments[0].size, 50 << 20);
     assert_eq!(m.attachments[0].file_name, "big.bin");
     let dest = dir.path().join("received.bin");
+    // The app may keep the reference (it holds the key) and download later.
+    let kept = sotto_core::client::AttachmentRef::from_bytes(&m.attachments[0].to_bytes()).unwrap();
+    assert_eq!(kept, m.attachments[0]);
     let n = bob
         .c()
-        .download_attachment(&from, &m.attachments[0], &dest)
+        .download_attachment(&from, &kept, &dest)
         .await
         .unwrap();
     assert_eq!(n, 50 << 20);
