@@ -1,10 +1,10 @@
 //! The one-consumer rule of every event source.
 //!
 //! A stream of messages has exactly one reader at a time (a listener
-//! subscription or a pending `next()`), like one connected device per relay
-//! mailbox: two readers would each see half the stream. A [`ConsumerSlot`]
+//! subscription or a pending `nextEvent()`), like one connected device per relay
+//! mailbox: two readers would both get and race to ack the same event. A [`ConsumerSlot`]
 //! hands out a [`ConsumerClaim`]; releasing it is synchronous (on
-//! `Subscription.cancel()`, or when a cancelled `next()` is dropped), so a
+//! `EventSubscription.cancel()`, or when a cancelled `nextEvent()` is dropped), so a
 //! new reader can start at once while the old task is still winding down.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,7 @@ impl ConsumerSlot {
             return Err(SottoError::Busy {
                 reason: format!(
                     "cannot start {who}: the stream already has a consumer \
-                     (a subscription or a pending next())"
+                     (a subscription or a pending nextEvent())"
                 ),
             });
         }

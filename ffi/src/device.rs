@@ -14,7 +14,6 @@ use sotto_core::device::unix_now;
 use sotto_core::{DeviceAddress, MemoryStore, Padding, SqliteStore, StorageKey};
 use zeroize::Zeroizing;
 
-use crate::conversation::Conversation;
 use crate::error::{Result, SottoError};
 use crate::identity::SafetyNumber;
 
@@ -135,7 +134,7 @@ impl fmt::Debug for Device {
     }
 }
 
-fn storage_key(bytes: Vec<u8>) -> Result<StorageKey> {
+pub(crate) fn storage_key(bytes: Vec<u8>) -> Result<StorageKey> {
     let bytes = Zeroizing::new(bytes);
     let key: Zeroizing<[u8; 32]> =
         Zeroizing::new(
@@ -162,7 +161,7 @@ impl Device {
         })
     }
 
-    /// Decrypts a message from `peer` (used by conversations too).
+    /// Decrypts a message from `peer`.
     pub(crate) fn decrypt_from(&self, peer: &DeviceAddress, ciphertext: &[u8]) -> Result<Vec<u8>> {
         let now = unix_now();
         Ok(with_core!(self, d => d.decrypt(peer, ciphertext, now))?)
@@ -316,16 +315,5 @@ impl Device {
     pub fn accept_identity(&self, user: Vec<u8>, identity_key: Vec<u8>) -> Result<()> {
         let identity = sotto_core::IdentityKey::from_bytes(&identity_key)?;
         Ok(with_core!(self, d => d.accept_identity(&user, &identity, unix_now()))?)
-    }
-
-    /// An in-process conversation with `peer`: ciphertexts handed to
-    /// `receive` are decrypted in order and delivered through `next()` or a
-    /// listener. `capacity` bounds the undelivered ciphertexts (1 to 65,536).
-    pub fn conversation(
-        self: Arc<Self>,
-        peer: PeerAddress,
-        capacity: u32,
-    ) -> Result<Arc<Conversation>> {
-        Conversation::new(self, DeviceAddress::from(&peer), capacity)
     }
 }

@@ -15,19 +15,11 @@ pub enum SottoError {
         /// Which check failed; never the offending bytes.
         reason: String,
     },
-    /// A payload exceeded a size limit.
-    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge {
-        /// Size of the rejected payload.
-        size: u64,
-        /// The limit it exceeded.
-        limit: u64,
-    },
-    /// The object was closed (or its other end dropped) before the call.
+    /// The object was closed (`shutdown()`) before the call.
     #[error("closed")]
     Closed,
-    /// Another consumer (a listener or a pending `next()`) already reads from
-    /// this object; each stream has exactly one consumer at a time.
+    /// Another consumer (a subscription or a pending `nextEvent()`) already
+    /// reads the event queue; it has exactly one consumer at a time.
     #[error("busy: {reason}")]
     Busy {
         /// Which consumer holds the object.
@@ -134,6 +126,44 @@ pub enum SottoError {
         /// The backend's description.
         reason: String,
     },
+    /// A user, relay or link-code address did not parse.
+    #[error("invalid address: {reason}")]
+    InvalidAddress {
+        /// Which part was wrong.
+        reason: String,
+    },
+    /// The user has no published device list on their relay (wrong address,
+    /// or the user never registered there).
+    #[error("unknown user")]
+    UnknownUser,
+    /// A wait (`flush`, `waitSynced`, linking) ended before what it waited for.
+    #[error("timed out")]
+    Timeout,
+    /// A relay refused a request (`code` is the protocol's error code name,
+    /// such as `RATE_LIMITED`) or could not be reached (`code` is null/nil).
+    #[error("relay: {reason}")]
+    Relay {
+        /// The relay's typed refusal, if it answered.
+        code: Option<String>,
+        /// Description, without content or keys.
+        reason: String,
+    },
+    /// An attachment failed verification: corrupt or truncated blob, a blob
+    /// that is not the one the sender uploaded, or an inconsistent pointer.
+    #[error("attachment rejected: {reason}")]
+    AttachmentRejected {
+        /// Which check failed.
+        reason: String,
+    },
+    /// The file exceeds the largest attachment size.
+    #[error("attachment larger than the maximum size")]
+    AttachmentTooLarge,
+    /// Reading the source file or writing the destination failed.
+    #[error("attachment I/O: {reason}")]
+    AttachmentIo {
+        /// The OS error.
+        reason: String,
+    },
 }
 
 /// Every core error keeps its own variant, so apps can react precisely
@@ -165,6 +195,28 @@ impl From<sotto_core::Error> for SottoError {
                 table: table.into(),
             },
             E::Storage(reason) | E::Hook(reason) => Self::Storage { reason },
+            E::InvalidAddress(reason) => Self::InvalidAddress {
+                reason: reason.into(),
+            },
+            E::InvalidArgument(reason) => Self::InvalidInput {
+                reason: reason.into(),
+            },
+            E::UnknownUser => Self::UnknownUser,
+            E::Timeout => Self::Timeout,
+            E::Relay(r) => Self::Relay {
+                code: r.remote_code().map(|c| c.as_str_name().to_owned()),
+                reason: r.to_string(),
+            },
+            E::AttachmentCorrupt(reason) => Self::AttachmentRejected {
+                reason: reason.into(),
+            },
+            E::AttachmentDigestMismatch => Self::AttachmentRejected {
+                reason: "digest mismatch (not the blob the sender uploaded)".into(),
+            },
+            E::AttachmentTooLarge => Self::AttachmentTooLarge,
+            E::AttachmentIo(e) => Self::AttachmentIo {
+                reason: e.to_string(),
+            },
             // The core enum is non-exhaustive; a new variant shows as internal
             // until it gets its own here.
             other => Self::Internal {

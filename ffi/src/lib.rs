@@ -3,41 +3,46 @@
 //!
 //! This crate adds no cryptography or protocol logic of its own; it turns
 //! Rust types into foreign objects, errors into typed exceptions, futures
-//! into `suspend`/`async` functions, and event streams into listener
+//! into `suspend`/`async` functions, and the event queue into listener
 //! callbacks. The modules:
-//! - [`device`] — `Device` (identity, prekeys, sessions over sotto-core's
-//!   in-memory or encrypted SQLite store), `PrekeyBundle`, `PeerAddress`.
+//! - [`client`] — `SottoClient`, the messenger (register, send text and
+//!   files, receive events, receipts, safety numbers, devices).
+//! - [`events`] — `Event`, `EventKind`, `ReceivedMessage`, `Attachment`,
+//!   `DeliveryState`: what the client reports.
+//! - [`listener`] — the `EventListener` callback and `EventSubscription`.
+//! - [`link`] — `Linking` / `PendingLink`: linking a new device.
+//! - [`device`] — `Device`, the low-level crypto surface (identity,
+//!   prekeys, sessions) for apps bringing their own transport.
 //! - [`identity`] — `SafetyNumber`.
-//! - [`conversation`] — `Conversation`, in-order decrypted delivery of one
-//!   peer's messages to `next()` or a listener.
 //! - [`error`] — `SottoError`, the one error type every export returns.
 //! - [`runtime`] — the one tokio runtime all async exports and listener
 //!   tasks share, and how foreign cancellation drops Rust futures.
-//! - [`listener`] — the `EventListener` callback and the `Subscription` handle.
-//! - `consumer` — the one-reader-at-a-time rule of every stream.
-//! - [`queue`] — `MessageQueue`, the in-process ordered stream with one
-//!   consumer that conversations are built on (also exported on its own).
+//! - `consumer` — the one-reader-at-a-time rule of the event queue.
 //!
 //! Bindings are generated from the compiled cdylib by the pinned
 //! `uniffi-bindgen` of `ffi/bindgen` (`scripts/gen-bindings`).
 
 uniffi::setup_scaffolding!("sotto");
 
+pub mod client;
 pub(crate) mod consumer;
-pub mod conversation;
 pub mod device;
 pub mod error;
+pub mod events;
 pub mod identity;
+pub mod link;
 pub mod listener;
-pub mod queue;
 pub(crate) mod runtime;
 
-pub use conversation::Conversation;
+pub use client::SottoClient;
 pub use device::{Device, OneTimePrekeys, PeerAddress, PrekeyBundle, PrekeyUpload, Verification};
 pub use error::SottoError;
+pub use events::{
+    Attachment, DeliveryState, DeviceDelivery, Event, EventKind, ReceiptKind, ReceivedMessage,
+};
 pub use identity::SafetyNumber;
-pub use listener::{Event, EventListener, ReceivedMessage, Subscription};
-pub use queue::{MessageQueue, MAX_MESSAGE_BYTES};
+pub use link::{Linking, PendingLink};
+pub use listener::{EventListener, EventSubscription};
 
 /// The library's version, to log next to the app's own.
 #[uniffi::export]

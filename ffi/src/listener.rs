@@ -1,194 +1,180 @@
-//! Pushing incoming events to foreign code: the listener callback and the
-//! subscription handle that stops it.
+//! Pushing the client's events to foreign code: the listener callback and
+//! the subscription handle that stops it.
 //!
-//! A [`Subscription`] owns one task on the shared runtime that pulls events
-//! from a source and calls [`EventListener::on_event`] for each, in order and
-//! never concurrently. The callback runs on a Rust worker thread, so it must
-//! return quickly (hand the event to the UI thread or a channel); blocking
-//! in it delays every later event of that subscription and occupies one of
-//! the runtime's two workers.
+//! An [`EventSubscription`] owns one task on the shared runtime that waits
+//! for the client's oldest unacknowledged event, calls
+//! [`EventListener::on_event`] with it and, only once the callback returned
+//! normally, acknowledges it. Delivery is therefore at-least-once: an event
+//! whose callback threw, or that was in flight when the app died, is
+//! delivered again (same `seq`, so the app can drop a replay). A callback
+//! that throws gets the same event again after [`RETRY_AFTER_THROW`]; later
+//! events wait behind it, in order.
 //!
-//! Cancelling (`cancel()`, or closing / dropping the handle) is immediate:
-//! after it returns, no further item is taken from the stream (items left
-//! there wait for the next reader). An item already taken (and, for a
-//! conversation, already decrypted, so its key is gone) is still delivered:
-//! at most one callback may follow `cancel()`, never a lost message.
-//! The task holds the listener but the handle does not, so a listener that
-//! keeps a reference to its own subscription makes no cycle through Rust.
+//! The callback runs on a Rust worker thread, one event at a time: it must
+//! return quickly (hand the event to the UI thread or a channel). Blocking
+//! in it delays every later event and holds one of the runtime's two workers.
+//!
+//! Cancelling (`cancel()`, closing / dropping the handle, or the client's
+//! `shutdown()`) takes effect at the task's next await: a callback already
+//! running finishes and its event is acknowledged, and no callback starts
+//! afterwards.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use sotto_core::client::Client;
+use sotto_core::SqliteStore;
 use tokio::task::AbortHandle;
 
 use crate::consumer::ConsumerClaim;
 use crate::error::Result;
+use crate::events::Event;
+use crate::runtime::runtime;
 
-/// A message handed to the application: already decrypted and authenticated.
-#[derive(Clone, PartialEq, Eq, uniffi::Record)]
-pub struct ReceivedMessage {
-    /// Position in its stream, starting at 0, without gaps.
-    pub sequence: u64,
-    /// The plaintext. Once it crosses the boundary it is the app's memory:
-    /// Sotto cannot wipe the foreign copy.
-    pub body: Vec<u8>,
-}
+/// Pause before delivering again an event whose callback threw (or after a
+/// storage error reading the queue), so a failing listener does not spin.
+pub const RETRY_AFTER_THROW: Duration = Duration::from_secs(1);
 
-/// Plaintext must not leak into logs through `{:?}`.
-impl fmt::Debug for ReceivedMessage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReceivedMessage")
-            .field("sequence", &self.sequence)
-            .field(
-                "body",
-                &format_args!("<{} bytes redacted>", self.body.len()),
-            )
-            .finish()
-    }
-}
-
-/// What a listener is told, in order.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum Event {
-    /// A message arrived.
-    Message {
-        /// The message.
-        message: ReceivedMessage,
-    },
-    /// An item of the stream could not be processed (for example it failed to
-    /// decrypt). The subscription goes on with the next item.
-    Failed {
-        /// Position of the failed item in the stream.
-        sequence: u64,
-        /// Why it failed, without secret material.
-        reason: String,
-    },
-    /// The source ended; this is the last event of the subscription.
-    Closed,
-}
-
-/// Implemented by the application to receive [`Event`]s.
+/// Implemented by the application to receive the client's events.
 ///
 /// Called on a Rust worker thread, one event at a time, in order. It must
-/// not block: post the event to your own thread or queue and return. A
-/// thrown exception is counted (see [`Subscription::listener_failures`]) and
-/// delivery continues with the next event.
+/// not block: post the event to your own thread or queue and return. Return
+/// normally only once the event is safely handled (stored, shown): that is
+/// when it is acknowledged. Throwing makes it come again.
 #[uniffi::export(with_foreign)]
 pub trait EventListener: Send + Sync {
     /// Receives one event.
     fn on_event(&self, event: Event) -> Result<()>;
 }
 
-/// State shared between a [`Subscription`] handle and its delivery task.
+/// Counters shared by the handle and its task.
 #[derive(Debug, Default)]
-pub(crate) struct DeliveryState {
+struct Stats {
     cancelled: AtomicBool,
     finished: AtomicBool,
     delivered: AtomicU64,
     listener_failures: AtomicU64,
 }
 
-impl DeliveryState {
-    /// Whether `cancel()` was called.
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
-    }
-
-    /// Delivers one event. Not re-checked for cancellation: an event built
-    /// from a decrypted message must reach the app, since its key is gone.
-    pub(crate) fn deliver(&self, listener: &dyn EventListener, event: Event) {
-        match listener.on_event(event) {
-            Ok(()) => self.delivered.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.listener_failures.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-
-    /// Marks the task as done (source ended or cancelled).
-    pub(crate) fn finish(&self) {
-        self.finished.store(true, Ordering::Release);
-    }
-}
-
-/// Marks the delivery task finished and frees its stream however the task
-/// ends: returned, aborted at an await point, or unwound by a panic.
-pub(crate) struct FinishOnDrop {
-    /// The subscription's shared state.
-    pub(crate) state: Arc<DeliveryState>,
-    /// The stream the task reads.
-    pub(crate) claim: Arc<ConsumerClaim>,
+/// Marks the task finished and frees the event queue however the task ends:
+/// returned, aborted at an await point, or unwound by a panic.
+struct FinishOnDrop {
+    stats: Arc<Stats>,
+    claim: Arc<ConsumerClaim>,
 }
 
 impl Drop for FinishOnDrop {
     fn drop(&mut self) {
-        self.state.finish();
+        self.stats.finished.store(true, Ordering::Release);
         self.claim.release();
     }
 }
 
-/// A running delivery of events to an [`EventListener`]. Cancel it with
-/// `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
-/// Swift `deinit`).
+/// A running delivery of a client's events to an [`EventListener`]. Stop it
+/// with `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
+/// Swift `deinit`); the client's `shutdown()` stops it too.
 #[derive(uniffi::Object)]
-pub struct Subscription {
-    state: Arc<DeliveryState>,
+pub struct EventSubscription {
+    stats: Arc<Stats>,
     task: AbortHandle,
     claim: Arc<ConsumerClaim>,
 }
 
-impl Subscription {
-    /// Wraps a delivery task started by an event source; the task holds a
-    /// clone of `claim` so the stream is freed when it ends on its own too.
-    pub(crate) fn new(
-        state: Arc<DeliveryState>,
-        task: AbortHandle,
-        claim: Arc<ConsumerClaim>,
-    ) -> Self {
-        Self { state, task, claim }
+impl EventSubscription {
+    /// Starts delivering `client`'s events to `listener`.
+    pub(crate) fn start(
+        client: Arc<Client<SqliteStore>>,
+        listener: Arc<dyn EventListener>,
+        claim: ConsumerClaim,
+    ) -> Result<Arc<Self>> {
+        let stats = Arc::new(Stats::default());
+        let claim = Arc::new(claim);
+        let guard = FinishOnDrop {
+            stats: stats.clone(),
+            claim: claim.clone(),
+        };
+        let task = runtime()?.spawn(async move {
+            let guard = guard;
+            loop {
+                let event = match client.next_event().await {
+                    Ok(e) => e,
+                    // Storage trouble reading the queue: retry, the events
+                    // stay queued.
+                    Err(_) => {
+                        tokio::time::sleep(RETRY_AFTER_THROW).await;
+                        continue;
+                    }
+                };
+                let seq = event.seq;
+                if listener.on_event(event.into()).is_ok() {
+                    // A failed ack only means the event comes again.
+                    let _ = client.ack_event(seq);
+                    guard.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    guard
+                        .stats
+                        .listener_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(RETRY_AFTER_THROW).await;
+                }
+            }
+        });
+        Ok(Arc::new(Self {
+            stats,
+            task: task.abort_handle(),
+            claim,
+        }))
+    }
+
+    /// The task's abort handle, so the client can stop it on shutdown.
+    pub(crate) fn abort_handle(&self) -> AbortHandle {
+        self.task.clone()
     }
 
     fn stop(&self) {
-        self.state.cancelled.store(true, Ordering::Release);
+        self.stats.cancelled.store(true, Ordering::Release);
         self.task.abort();
         self.claim.release();
     }
 }
 
 #[uniffi::export]
-impl Subscription {
+impl EventSubscription {
     /// Stops delivery. Idempotent; may be called from inside the listener.
-    /// No further message is taken from the stream after it returns.
     pub fn cancel(&self) {
         self.stop();
     }
 
     /// Whether events may still arrive: false once cancelled or once the
-    /// source ended and `Closed` was delivered.
+    /// client was shut down.
     pub fn is_active(&self) -> bool {
-        !self.state.cancelled.load(Ordering::Acquire)
-            && !self.state.finished.load(Ordering::Acquire)
+        !self.stats.cancelled.load(Ordering::Acquire)
+            && !self.stats.finished.load(Ordering::Acquire)
+            && !self.task.is_finished()
     }
 
-    /// Events the listener accepted so far.
+    /// Events the listener accepted (and that were acknowledged) so far.
     pub fn delivered(&self) -> u64 {
-        self.state.delivered.load(Ordering::Relaxed)
+        self.stats.delivered.load(Ordering::Relaxed)
     }
 
-    /// Events for which the listener threw.
+    /// Callbacks that threw (each such event is delivered again).
     pub fn listener_failures(&self) -> u64 {
-        self.state.listener_failures.load(Ordering::Relaxed)
+        self.stats.listener_failures.load(Ordering::Relaxed)
     }
 }
 
-impl Drop for Subscription {
+impl Drop for EventSubscription {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-impl fmt::Debug for Subscription {
+impl fmt::Debug for EventSubscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription")
+        f.debug_struct("EventSubscription")
             .field("active", &self.is_active())
             .field("delivered", &self.delivered())
             .finish()

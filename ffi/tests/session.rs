@@ -1,16 +1,11 @@
 //! The session surface as the bindings call it: two in-memory devices
 //! exchange messages through sotto-core, errors keep their core variant,
-//! a conversation delivers decrypted messages to a listener, and nothing
-//! secret shows in `Debug` output.
+//! and nothing secret shows in `Debug` output.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use sotto_ffi::{
-    Device, Event, EventListener, PeerAddress, PrekeyBundle, SafetyNumber, SottoError,
-};
+use sotto_ffi::{Device, PeerAddress, PrekeyBundle, SafetyNumber, SottoError};
 
 fn alice_addr() -> PeerAddress {
     PeerAddress {
@@ -91,45 +86,6 @@ fn safety_numbers_match_across_sides() {
         alice.safety_number(b"bob".to_vec()).unwrap().digits(),
         ab.digits()
     );
-}
-
-struct Forward(Mutex<std_mpsc::Sender<Event>>);
-
-impl EventListener for Forward {
-    fn on_event(&self, event: Event) -> Result<(), SottoError> {
-        self.0.lock().unwrap().send(event).unwrap();
-        Ok(())
-    }
-}
-
-#[test]
-fn a_conversation_listener_gets_plaintext_and_typed_failures() {
-    let (alice, bob) = pair();
-    let conversation = bob.conversation(alice_addr(), 16).unwrap();
-    let (tx, rx) = std_mpsc::channel();
-    let sub = conversation
-        .subscribe(Arc::new(Forward(Mutex::new(tx))))
-        .unwrap();
-    conversation
-        .receive(alice.encrypt(bob_addr(), b"one".to_vec()).unwrap())
-        .unwrap();
-    conversation.receive(vec![0xff; 40]).unwrap();
-    conversation
-        .receive(alice.encrypt(bob_addr(), b"two".to_vec()).unwrap())
-        .unwrap();
-    conversation.end();
-    let next = || rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    match next() {
-        Event::Message { message } => assert_eq!(message.body, b"one"),
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(next(), Event::Failed { sequence: 1, .. }));
-    match next() {
-        Event::Message { message } => assert_eq!(message.body, b"two"),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(next(), Event::Closed);
-    drop(sub);
 }
 
 #[test]

@@ -117,6 +117,56 @@ async fn live_push_in_order_and_redelivery_on_resubscribe() {
 }
 
 #[tokio::test]
+async fn a_new_subscription_replaces_the_previous_one() {
+    let relay = RelayProc::start(&[]);
+    let (ka, kb) = (key(), key());
+    let a = relay.client(&ka).await;
+    // The device reconnects before its old connection timed out.
+    let old = relay.client(&kb).await;
+    let mut first = old.subscribe().await.unwrap();
+    assert!(matches!(next_push(&mut first).await, Pushed::QueueEmpty));
+    let new = relay.client(&kb).await;
+    let mut second = new.subscribe().await.unwrap();
+    assert!(matches!(next_push(&mut second).await, Pushed::QueueEmpty));
+    let ended = tokio::time::timeout(T, first.next())
+        .await
+        .expect("the replaced subscription was not closed");
+    assert!(
+        matches!(ended, Ok(None)),
+        "replaced stream must end cleanly, got {ended:?}"
+    );
+
+    let id = a
+        .send(&new.mailbox(), b"after reconnect".to_vec())
+        .await
+        .unwrap();
+    match next_push(&mut second).await {
+        Pushed::Envelope(e) => assert_eq!(e.id, id),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Subscribing again on the same connection replaces it too, and the
+    // unacked envelope is redelivered to the newest subscription only.
+    let mut third = new.subscribe().await.unwrap();
+    match next_push(&mut third).await {
+        Pushed::Envelope(e) => assert_eq!(e.id, id),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(next_push(&mut third).await, Pushed::QueueEmpty));
+    let ended = tokio::time::timeout(T, second.next())
+        .await
+        .expect("the replaced subscription was not closed");
+    assert!(matches!(ended, Ok(None)), "got {ended:?}");
+    let id2 = a.send(&new.mailbox(), b"again".to_vec()).await.unwrap();
+    match next_push(&mut third).await {
+        Pushed::Envelope(e) => assert_eq!(e.id, id2),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The old connection still works for requests; only its push stream ended.
+    assert_eq!(old.fetch(None, 10).await.unwrap().envelopes.len(), 2);
+}
+
+#[tokio::test]
 async fn batch_send_fans_out_with_per_item_refusals() {
     let relay = RelayProc::start(&["--mailbox-max-envelopes", "1"]);
     let a = relay.client(&key()).await;

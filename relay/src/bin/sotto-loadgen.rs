@@ -1,6 +1,7 @@
 //! `sotto-loadgen`: drives a running relay over loopback and reports
-//! throughput and latency (W1: durable enqueue then drain; W2: end-to-end
-//! latency at fixed offered rates; idle: connections held and relay RSS).
+//! throughput and latency (W1: durable enqueue then drain, optionally on top
+//! of the tombstones a million earlier acks left; W2: end-to-end latency at
+//! fixed offered rates; idle: connections held and relay RSS).
 //! Every run is bounded in message count and time.
 
 use std::net::SocketAddr;
@@ -27,6 +28,10 @@ struct Args {
     /// Seed for the deterministic mailbox keys.
     #[arg(long, default_value = "loadgen")]
     seed: String,
+    /// Relay process id: also report the CPU time the relay (and this load
+    /// generator) used per phase, a figure that holds on a busy machine.
+    #[arg(long)]
+    cpu_pid: Option<u32>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -45,8 +50,19 @@ enum Mode {
         producers: usize,
         #[arg(long, default_value_t = 32)]
         window: usize,
-        #[arg(long, default_value_t = 8)]
+        /// Mailboxes drained concurrently (each by its own connection).
+        #[arg(long, default_value_t = 32)]
         consumers: usize,
+        /// Fetch page size (envelopes).
+        #[arg(long, default_value_t = 1000)]
+        page: u32,
+        /// First enqueue, drain and ack this many envelopes (same mailboxes),
+        /// so the measured W1 runs on top of their tombstones.
+        #[arg(long, default_value_t = 0)]
+        preload: usize,
+        /// Only enqueue (leave the backlog, e.g. to measure relay startup).
+        #[arg(long)]
+        no_drain: bool,
     },
     /// W2: every mailbox subscribed, open-loop sends at a fixed rate.
     W2 {
@@ -61,6 +77,10 @@ enum Mode {
         #[arg(long, default_value_t = 8)]
         producers: usize,
     },
+    /// With the relay STOPPED: time its startup index rebuild on the data
+    /// dir given as `--relay-dir`, by reading the small index records (what
+    /// the relay does) and, for comparison, by a full scan of every envelope.
+    Startup,
     /// Hold N idle authenticated connections; report the relay's RSS growth.
     Idle {
         #[arg(long, default_value_t = 2000)]
@@ -74,6 +94,49 @@ enum Mode {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`
+/// (clock ticks of 1/100 s, the Linux x86 default).
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// CPU used by the relay and by this process between two points.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    relay: Option<f64>,
+    own: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(relay: Option<u32>) -> Self {
+        Self {
+            relay: relay.and_then(|p| cpu_secs(&p.to_string())),
+            own: cpu_secs("self"),
+        }
+    }
+
+    /// `"; CPU: relay X s (Y us per msg), loadgen Z s"` since `self`.
+    fn since(&self, relay: Option<u32>, msgs: u64) -> String {
+        let now = Self::now(relay);
+        let mut out = String::new();
+        if let (Some(a), Some(b)) = (self.relay, now.relay) {
+            out += &format!(
+                "; CPU: relay {:.2} s ({:.1} us per msg)",
+                b - a,
+                (b - a) * 1e6 / msgs.max(1) as f64
+            );
+        }
+        if let (Some(a), Some(b)) = (self.own, now.own) {
+            out += &format!(", loadgen {:.2} s", b - a);
+        }
+        out
+    }
+}
 
 fn mailbox_key(seed: &str, i: usize) -> SigningKey {
     let d: [u8; 32] = Sha256::digest(format!("{seed}/{i}").as_bytes()).into();
@@ -92,6 +155,9 @@ fn read_relay(dir: &std::path::Path) -> Result<(SocketAddr, [u8; 32]), BoxError>
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    if let Mode::Startup = args.mode {
+        return startup(&args.relay_dir);
+    }
     let (addr, pin) = read_relay(&args.relay_dir)?;
     match args.mode {
         Mode::W1 {
@@ -101,11 +167,26 @@ async fn main() -> Result<(), BoxError> {
             producers,
             window,
             consumers,
+            page,
+            preload,
+            no_drain,
         } => {
-            w1(
-                addr, pin, &args.seed, mailboxes, messages, size, producers, window, consumers,
-            )
-            .await
+            let w = W1 {
+                addr,
+                pin,
+                seed: args.seed.clone(),
+                mailboxes,
+                size,
+                producers,
+                window,
+                consumers,
+                page,
+                cpu_pid: args.cpu_pid,
+            };
+            if preload > 0 {
+                w.run(preload, "preload", false).await?;
+            }
+            w.run(messages, "W1", no_drain).await
         }
         Mode::W2 {
             mailboxes,
@@ -115,10 +196,19 @@ async fn main() -> Result<(), BoxError> {
             producers,
         } => {
             w2(
-                addr, pin, &args.seed, mailboxes, rate, seconds, size, producers,
+                addr,
+                pin,
+                &args.seed,
+                mailboxes,
+                rate,
+                seconds,
+                size,
+                producers,
+                args.cpu_pid,
             )
             .await
         }
+        Mode::Startup => Ok(()),
         Mode::Idle {
             connections,
             relay_pid,
@@ -127,86 +217,172 @@ async fn main() -> Result<(), BoxError> {
     }
 }
 
-#[allow(clippy::too_many_arguments, clippy::print_stdout)]
-async fn w1(
+/// W1 parameters.
+struct W1 {
     addr: SocketAddr,
     pin: [u8; 32],
-    seed: &str,
+    seed: String,
     mailboxes: usize,
-    messages: usize,
     size: usize,
     producers: usize,
     window: usize,
     consumers: usize,
-) -> Result<(), BoxError> {
-    let ids: Arc<Vec<MailboxId>> = Arc::new(
-        (0..mailboxes)
-            .map(|i| MailboxId(mailbox_key(seed, i).verifying_key().to_bytes()))
-            .collect(),
-    );
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..producers {
-        let client = Arc::new(RelayClient::connect(addr, pin, &mailbox_key("producer", p)).await?);
-        for _ in 0..window {
-            let (client, next, ids) = (client.clone(), next.clone(), ids.clone());
-            tasks.push(tokio::spawn(async move {
-                let payload = vec![0xa5u8; size];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= messages {
-                        return Ok::<_, sotto_relay::RelayError>(());
+    page: u32,
+    cpu_pid: Option<u32>,
+}
+
+impl W1 {
+    #[allow(clippy::print_stdout)]
+    async fn run(&self, messages: usize, label: &str, no_drain: bool) -> Result<(), BoxError> {
+        let mark = CpuMark::now(self.cpu_pid);
+        let enq = self.enqueue(messages).await?;
+        let cpu = mark.since(self.cpu_pid, messages as u64);
+        println!(
+            "{label} enqueue: {messages} x {} B to {} mailboxes, {} producers x {} in flight: {:.2} s, {:.0} msgs/s (each confirmed after fsync){cpu}",
+            self.size,
+            self.mailboxes,
+            self.producers,
+            self.window,
+            enq.as_secs_f64(),
+            messages as f64 / enq.as_secs_f64()
+        );
+        if no_drain {
+            return Ok(());
+        }
+        let (n, connect, d, cpu) = self.drain().await?;
+        println!(
+            "{label} drain: {n} fetched + acked (durable deletes), {} mailboxes {} at a time, pages of {}: {:.2} s, {:.0} msgs/s (after connecting and authenticating {} devices in {:.2} s){cpu}",
+            self.mailboxes,
+            self.consumers,
+            self.page,
+            d.as_secs_f64(),
+            n as f64 / d.as_secs_f64(),
+            self.mailboxes,
+            connect.as_secs_f64()
+        );
+        if n != messages as u64 {
+            return Err(format!("drained {n}, expected {messages}").into());
+        }
+        Ok(())
+    }
+
+    /// `producers` connections x `window` sends in flight, each confirmed
+    /// only once durable.
+    async fn enqueue(&self, messages: usize) -> Result<Duration, BoxError> {
+        let ids: Arc<Vec<MailboxId>> = Arc::new(
+            (0..self.mailboxes)
+                .map(|i| MailboxId(mailbox_key(&self.seed, i).verifying_key().to_bytes()))
+                .collect(),
+        );
+        let next = Arc::new(AtomicU64::new(0));
+        let mut clients = Vec::new();
+        for p in 0..self.producers {
+            clients.push(Arc::new(
+                RelayClient::connect(self.addr, self.pin, &mailbox_key("producer", p)).await?,
+            ));
+        }
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for client in &clients {
+            for _ in 0..self.window {
+                let (client, next, ids) = (client.clone(), next.clone(), ids.clone());
+                let size = self.size;
+                tasks.push(tokio::spawn(async move {
+                    let payload = vec![0xa5u8; size];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if i >= messages {
+                            return Ok::<_, sotto_relay::RelayError>(());
+                        }
+                        client.send(&ids[i % ids.len()], payload.clone()).await?;
                     }
-                    client.send(&ids[i % ids.len()], payload.clone()).await?;
+                }));
+            }
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let took = started.elapsed();
+        for c in clients {
+            if let Ok(c) = Arc::try_unwrap(c) {
+                c.close().await;
+            }
+        }
+        Ok(took)
+    }
+
+    /// Connects every mailbox's device first (a device online before its
+    /// backlog is drained, like a broker's consumers), then drains
+    /// `consumers` mailboxes at a time: each fetches pages after the last id
+    /// it saw while the previous page's ack is in flight.
+    /// Returns (envelopes acked, connect time, drain time).
+    async fn drain(&self) -> Result<(u64, Duration, Duration, String), BoxError> {
+        let started = Instant::now();
+        let eps = (0..4)
+            .map(|_| sotto_relay::client::endpoint(self.pin, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut clients = Vec::with_capacity(self.mailboxes);
+        let mut batch = Vec::new();
+        for i in 0..self.mailboxes {
+            let (ep, addr, key) = (
+                eps[i % eps.len()].clone(),
+                self.addr,
+                mailbox_key(&self.seed, i),
+            );
+            batch.push(tokio::spawn(async move {
+                RelayClient::connect_on(&ep, addr, &key).await
+            }));
+            if batch.len() == 64 || i + 1 == self.mailboxes {
+                for t in batch.drain(..) {
+                    clients.push(Arc::new(t.await??));
+                }
+            }
+        }
+        let connect = started.elapsed();
+        let clients = Arc::new(std::sync::Mutex::new(clients));
+        let drained = Arc::new(AtomicU64::new(0));
+        let mark = CpuMark::now(self.cpu_pid);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..self.consumers {
+            let (clients, drained, page) = (clients.clone(), drained.clone(), self.page);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let client = match clients.lock() {
+                        Ok(mut c) => c.pop(),
+                        Err(_) => None,
+                    };
+                    let Some(client) = client else {
+                        return Ok::<_, sotto_relay::RelayError>(());
+                    };
+                    let mut fetched = client.fetch(None, page).await?;
+                    while let Some(last) = fetched.envelopes.last().map(|e| e.id) {
+                        let ids: Vec<_> = fetched.envelopes.iter().map(|e| e.id).collect();
+                        if fetched.more {
+                            let (acked, next) =
+                                tokio::join!(client.ack(&ids), client.fetch(Some(last), page));
+                            drained.fetch_add(u64::from(acked?), Ordering::Relaxed);
+                            fetched = next?;
+                        } else {
+                            drained
+                                .fetch_add(u64::from(client.ack(&ids).await?), Ordering::Relaxed);
+                            break;
+                        }
+                    }
                 }
             }));
         }
+        for t in tasks {
+            t.await??;
+        }
+        let took = started.elapsed();
+        let n = drained.load(Ordering::Relaxed);
+        let cpu = mark.since(self.cpu_pid, n);
+        for ep in eps {
+            ep.close(0u32.into(), b"done");
+        }
+        Ok((n, connect, took, cpu))
     }
-    for t in tasks {
-        t.await??;
-    }
-    let enq = started.elapsed();
-    println!(
-        "W1 enqueue: {messages} x {size} B to {mailboxes} mailboxes, {producers} producers x {window} in flight: {:.2} s, {:.0} msgs/s (each confirmed after fsync)",
-        enq.as_secs_f64(),
-        messages as f64 / enq.as_secs_f64()
-    );
-
-    let started = Instant::now();
-    let drained = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for c in 0..consumers {
-        let seed = seed.to_owned();
-        let drained = drained.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in (c..mailboxes).step_by(consumers) {
-                let client = RelayClient::connect(addr, pin, &mailbox_key(&seed, i)).await?;
-                loop {
-                    let page = client.fetch(None, 1000).await?;
-                    if page.envelopes.is_empty() {
-                        break;
-                    }
-                    let ids: Vec<_> = page.envelopes.iter().map(|e| e.id).collect();
-                    let n = client.ack(&ids).await?;
-                    drained.fetch_add(u64::from(n), Ordering::Relaxed);
-                }
-                client.close().await;
-            }
-            Ok::<_, sotto_relay::RelayError>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let d = started.elapsed();
-    let n = drained.load(Ordering::Relaxed);
-    println!(
-        "W1 drain: {n} fetched + acked (durable deletes) by {consumers} consumers: {:.2} s, {:.0} msgs/s",
-        d.as_secs_f64(),
-        n as f64 / d.as_secs_f64()
-    );
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments, clippy::print_stdout)]
@@ -219,6 +395,7 @@ async fn w2(
     seconds: u64,
     size: usize,
     producers: usize,
+    cpu_pid: Option<u32>,
 ) -> Result<(), BoxError> {
     let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
@@ -287,6 +464,7 @@ async fn w2(
     let ids = Arc::new(ids);
     let failures = Arc::new(AtomicU64::new(0));
     tokio::time::sleep_until(t0.into()).await;
+    let mark = CpuMark::now(cpu_pid);
     let mut inflight = Vec::with_capacity(total as usize);
     for i in 0..total {
         let offset_us = i * 1_000_000 / rate;
@@ -312,9 +490,10 @@ async fn w2(
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let cpu = mark.since(cpu_pid, total);
     let h = hist.lock().map_err(|_| "poisoned")?;
     println!(
-        "W2 rate {rate}/s for {seconds} s to {mailboxes} subscribed mailboxes ({size} B): offered {total}, received {}, failed {}, sends finished at {:.2} s",
+        "W2 rate {rate}/s for {seconds} s to {mailboxes} subscribed mailboxes ({size} B): offered {total}, received {}, failed {}, sends finished at {:.2} s{cpu}",
         received.load(Ordering::Relaxed),
         failures.load(Ordering::Relaxed),
         send_done.as_secs_f64()
@@ -329,6 +508,35 @@ async fn w2(
     for r in receivers {
         r.abort();
     }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn startup(data_dir: &std::path::Path) -> Result<(), BoxError> {
+    use sotto_relay::server::db::{Cf, Db};
+    let db = Db::open(&data_dir.join("db"))?;
+    let scan = |cf: Cf| -> Result<(u64, u64, Duration), BoxError> {
+        let started = Instant::now();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        db.scan(cf, &[], &[0xff; 41], |_, v| {
+            n += 1;
+            bytes += v.len() as u64;
+            Ok(true)
+        })?;
+        Ok((n, bytes, started.elapsed()))
+    };
+    let (n, bytes, full) = scan(Cf::Envelopes)?;
+    println!(
+        "startup: full scan of every envelope: {n} records, {:.1} MiB, {:.3} s",
+        bytes as f64 / 1048576.0,
+        full.as_secs_f64()
+    );
+    let (n, bytes, index) = scan(Cf::EnvelopeIndex)?;
+    println!(
+        "startup: scan of the index records: {n} records, {:.1} MiB, {:.3} s",
+        bytes as f64 / 1048576.0,
+        index.as_secs_f64()
+    );
     Ok(())
 }
 

@@ -48,6 +48,26 @@ pub fn load_or_generate(cert_path: &Path, key_path: &Path) -> Result<Identity> {
     })
 }
 
+/// Loads the 32-byte stateless-reset key, generating it on first start.
+///
+/// QUIC lets a server that lost a connection's state (a restart) tell the
+/// client at once with a stateless reset, but only if the reset token comes
+/// from the same key as before: keeping it in the data dir lets clients of a
+/// crashed relay notice on their next packet instead of at the idle timeout.
+pub fn load_or_generate_reset_key(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+    if !path.exists() {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, key.as_mut());
+        write_private(path, key.as_ref())?;
+    }
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path)?);
+    let key: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| RelayError::Config(format!("{} is not a 32-byte key", path.display())))?;
+    Ok(zeroize::Zeroizing::new(key))
+}
+
 #[cfg(unix)]
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;

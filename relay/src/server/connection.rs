@@ -28,6 +28,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Application close codes.
 const CLOSE_AUTH: u32 = 1;
+/// Stream reset code for a push stream replaced by a newer subscription.
+const CLOSE_SUPERSEDED: u32 = 2;
 /// Fetch page bounds.
 const MAX_PAGE: usize = 1000;
 const MAX_PAGE_BYTES: usize = 4 << 20;
@@ -441,13 +443,19 @@ async fn dispatch(
 }
 
 /// The push stream: backlog, `QueueEmpty`, then live envelopes and
-/// prekey-low notices, until the client or the relay closes it.
+/// prekey-low notices, until the client or the relay closes it, or a newer
+/// subscription for the same mailbox replaces it (the stream is then
+/// finished, or reset if it was stuck mid-write on a stale connection).
 async fn subscribe(state: &State, ctx: &Conn, rid: u64, send: &mut quinn::SendStream) {
-    let mut changed = state.mailboxes.watch(&ctx.mailbox);
+    let (mut changed, mut slot) = state.mailboxes.subscribe(&ctx.mailbox);
     let mut shutdown = state.shutdown.clone();
     let mut cursor = 0u64;
     let mut sent_empty = false;
     loop {
+        if slot.is_superseded() {
+            let _ = send.finish();
+            return;
+        }
         changed.borrow_and_update();
         if let Some(c) = state.mailboxes.take_prekeys_low(&ctx.mailbox) {
             if frame::write_frame(send, &server_frame(rid, Resp::PrekeyCounts(c)))
@@ -482,12 +490,15 @@ async fn subscribe(state: &State, ctx: &Conn, rid: u64, send: &mut quinn::SendSt
             )));
             sent_empty = true;
         }
-        if !buf.is_empty()
-            && tokio::io::AsyncWriteExt::write_all(send, &buf)
-                .await
-                .is_err()
-        {
-            return;
+        if !buf.is_empty() {
+            tokio::select! {
+                r = tokio::io::AsyncWriteExt::write_all(send, &buf) => if r.is_err() { return },
+                _ = slot.superseded() => {
+                    // A frame may be half written: abort rather than finish.
+                    let _ = send.reset(CLOSE_SUPERSEDED.into());
+                    return;
+                }
+            }
         }
         if more {
             continue;
@@ -495,6 +506,10 @@ async fn subscribe(state: &State, ctx: &Conn, rid: u64, send: &mut quinn::SendSt
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
             _ = send.stopped() => return,
+            _ = slot.superseded() => {
+                let _ = send.finish();
+                return;
+            }
             _ = shutdown.changed() => {
                 let _ = send.finish();
                 return;

@@ -26,7 +26,12 @@ use super::metrics::Metrics;
 use super::writer::{DbOp, Writer};
 use crate::error::{RelayError, Result};
 use crate::ids::MailboxId;
-use crate::limits::TokenBucket;
+use crate::limits::BucketMap;
+
+/// Most requesters (and targets) with a rate-limit bucket in memory at once;
+/// buckets that refilled are pruned, so only keys active in the last
+/// `burst / rate` seconds count. Past this bound new keys are refused.
+const MAX_TRACKED: usize = 1 << 18;
 
 const KIND_EC: u8 = 1;
 const KIND_KEM: u8 = 2;
@@ -84,10 +89,8 @@ pub struct Directory {
     writer: Arc<Writer>,
     metrics: Arc<Metrics>,
     pools: Arc<Mutex<HashMap<MailboxId, Pools>>>,
-    buckets: Mutex<(
-        HashMap<MailboxId, TokenBucket>,
-        HashMap<MailboxId, TokenBucket>,
-    )>,
+    /// Per-requester and per-target bundle-fetch buckets.
+    buckets: Mutex<(BucketMap<MailboxId>, BucketMap<MailboxId>)>,
     device_list_lock: tokio::sync::Mutex<()>,
     limits: DirectoryLimits,
 }
@@ -129,7 +132,10 @@ impl Directory {
             writer,
             metrics,
             pools: Arc::new(Mutex::new(pools)),
-            buckets: Mutex::new((HashMap::new(), HashMap::new())),
+            buckets: Mutex::new((
+                BucketMap::new(limits.requester_burst, limits.rate, MAX_TRACKED),
+                BucketMap::new(limits.target_burst, limits.rate, MAX_TRACKED),
+            )),
             device_list_lock: tokio::sync::Mutex::new(()),
             limits,
         })
@@ -211,18 +217,20 @@ impl Directory {
 
     fn rate_ok(&self, requester: &MailboxId, target: &MailboxId) -> bool {
         let now = Instant::now();
-        let l = &self.limits;
         let mut b = lock(&self.buckets);
         let (req, tgt) = &mut *b;
-        let r = req
-            .entry(*requester)
-            .or_insert_with(|| TokenBucket::new(l.requester_burst, l.rate, now));
-        if !r.try_take(1, now) {
-            return false;
-        }
-        tgt.entry(*target)
-            .or_insert_with(|| TokenBucket::new(l.target_burst, l.rate, now))
-            .try_take(1, now)
+        req.try_take(*requester, 1, now) && tgt.try_take(*target, 1, now)
+    }
+
+    /// Forgets rate-limit buckets that have refilled (periodic sweep);
+    /// returns how many are still tracked.
+    pub fn prune_rate_limits(&self) -> usize {
+        let now = Instant::now();
+        let mut b = lock(&self.buckets);
+        let (req, tgt) = &mut *b;
+        req.prune(now);
+        tgt.prune(now);
+        req.len() + tgt.len()
     }
 
     /// Hands out `target`'s bundle with at most one one-time item per kind.

@@ -2,7 +2,9 @@
 //!
 //! RocksDB holds the truth (`mailbox || seq` -> `created_ms || payload`); an
 //! in-memory index per mailbox (sequence -> size, time, committed flag) is
-//! rebuilt by one bounded scan at start. Reads therefore never seek through
+//! rebuilt at start by one bounded scan of the small index records
+//! (`created_ms || len`, written and deleted in the same batch as each
+//! envelope), so startup reads ~12 bytes per envelope, not its payload. Reads therefore never seek through
 //! the tombstones that acked heads leave behind: a fetch knows exactly which
 //! keys are live. Entries are inserted "pending" under the index lock in the
 //! same critical section that enqueues their write, and flipped to committed
@@ -32,6 +34,17 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Meta key present once every envelope has its index record (databases
+/// written before the index existed are migrated by one full scan).
+const INDEX_MARKER: &[u8] = b"envelope_index_v1";
+
+fn index_value(created_ms: u64, len: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    v.extend_from_slice(&created_ms.to_be_bytes());
+    v.extend_from_slice(&len.to_be_bytes());
+    v
+}
+
 fn key(m: &MailboxId, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(40);
     k.extend_from_slice(&m.0);
@@ -52,6 +65,9 @@ struct Mailbox {
     bytes: u64,
     /// Bumped on every commit; subscribers wait on it.
     changed: watch::Sender<u64>,
+    /// Generation of the current push subscription: a new subscription bumps
+    /// it, which tells the previous one to end.
+    subscriber: watch::Sender<u64>,
     push_token: Option<Vec<u8>>,
     prekeys_low: Option<PrekeyCounts>,
 }
@@ -62,6 +78,7 @@ impl Mailbox {
             entries: BTreeMap::new(),
             bytes: 0,
             changed: watch::Sender::new(0),
+            subscriber: watch::Sender::new(0),
             push_token: None,
             prekeys_low: None,
         }
@@ -76,6 +93,30 @@ struct Index {
     mailboxes: HashMap<MailboxId, Mailbox>,
     next_seq: u64,
     last_ms: u64,
+}
+
+/// A push subscription's claim on its mailbox; see [`Mailboxes::subscribe`].
+#[derive(Debug)]
+pub struct SubscriberSlot {
+    rx: watch::Receiver<u64>,
+    generation: u64,
+}
+
+impl SubscriberSlot {
+    /// Whether a newer subscription has replaced this one.
+    pub fn is_superseded(&self) -> bool {
+        *self.rx.borrow() != self.generation
+    }
+
+    /// Resolves once a newer subscription replaces this one (or the mailbox
+    /// is forgotten, which cannot happen while a subscription watches it).
+    pub async fn superseded(&mut self) {
+        while !self.is_superseded() {
+            if self.rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Quotas applied at submission.
@@ -122,6 +163,7 @@ impl Mailboxes {
         notifier: Option<Arc<Notifier>>,
         quota: Quota,
     ) -> Result<Self> {
+        let started = std::time::Instant::now();
         let mut index = Index::default();
         let mut max_seq = match db.get(Cf::Meta, b"seq")? {
             Some(v) if v.len() == 8 => {
@@ -130,15 +172,9 @@ impl Mailboxes {
             _ => 0,
         };
         let (mut depth, mut bytes) = (0u64, 0u64);
-        db.scan(Cf::Envelopes, &[], &[0xff; 41], |k, v| {
-            if k.len() != 40 || v.len() < 8 {
-                tracing::warn!("skipping malformed envelope record");
-                return Ok(true);
-            }
+        let mut add = |index: &mut Index, k: &[u8], created_ms: u64, len: u32| -> Result<()> {
             let m = MailboxId::from_slice(&k[..32])?;
             let seq = u64::from_be_bytes(k[32..].try_into().unwrap_or([0; 8]));
-            let created_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
-            let len = u32::try_from(v.len() - 8).unwrap_or(u32::MAX);
             let mb = index.mailboxes.entry(m).or_insert_with(Mailbox::new);
             mb.entries.insert(
                 seq,
@@ -153,8 +189,48 @@ impl Mailboxes {
             index.last_ms = index.last_ms.max(created_ms);
             depth += 1;
             bytes += u64::from(len);
-            Ok(true)
-        })?;
+            Ok(())
+        };
+        if db.get(Cf::Meta, INDEX_MARKER)?.is_some() {
+            db.scan(Cf::EnvelopeIndex, &[], &[0xff; 41], |k, v| {
+                if k.len() != 40 || v.len() != 12 {
+                    tracing::warn!("skipping malformed envelope index record");
+                    return Ok(true);
+                }
+                let created_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+                let len = u32::from_be_bytes(v[8..].try_into().unwrap_or([0; 4]));
+                add(&mut index, k, created_ms, len)?;
+                Ok(true)
+            })?;
+        } else {
+            // Written before the index existed (or empty): read every
+            // envelope once and persist its index record, all in one atomic
+            // batch with the marker so a crash mid-way simply redoes it.
+            let mut batch = rocksdb::WriteBatch::default();
+            let icf = db.cf(Cf::EnvelopeIndex)?;
+            db.scan(Cf::Envelopes, &[], &[0xff; 41], |k, v| {
+                if k.len() != 40 || v.len() < 8 {
+                    tracing::warn!("skipping malformed envelope record");
+                    return Ok(true);
+                }
+                let created_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+                let len = u32::try_from(v.len() - 8).unwrap_or(u32::MAX);
+                batch.put_cf(icf, k, index_value(created_ms, len));
+                add(&mut index, k, created_ms, len)?;
+                Ok(true)
+            })?;
+            batch.put_cf(db.cf(Cf::Meta)?, INDEX_MARKER, b"1");
+            let mut sync = rocksdb::WriteOptions::default();
+            sync.set_sync(true);
+            db.raw()
+                .write_opt(batch, &sync)
+                .map_err(super::db::storage)?;
+            tracing::info!(
+                envelopes = depth,
+                ms = started.elapsed().as_millis() as u64,
+                "envelope index built by a full scan"
+            );
+        }
         db.scan(Cf::PushTokens, &[], &[0xff; 33], |k, v| {
             if let Ok(m) = MailboxId::from_slice(k) {
                 index
@@ -168,7 +244,13 @@ impl Mailboxes {
         index.next_seq = max_seq + 1;
         metrics.queue_depth.store(depth, Relaxed);
         metrics.bytes_stored.store(bytes, Relaxed);
-        tracing::info!(envelopes = depth, bytes, "mailbox index loaded");
+        tracing::info!(
+            envelopes = depth,
+            bytes,
+            mailboxes = index.mailboxes.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "mailbox index loaded"
+        );
         Ok(Self {
             db,
             writer,
@@ -222,7 +304,13 @@ impl Mailboxes {
                 let mut value = Vec::with_capacity(8 + payload.len());
                 value.extend_from_slice(&ms.to_be_bytes());
                 value.extend_from_slice(&payload);
-                ops.push(DbOp::Put(Cf::Envelopes, key(&to, seq), value));
+                let k = key(&to, seq);
+                ops.push(DbOp::Put(
+                    Cf::EnvelopeIndex,
+                    k.clone(),
+                    index_value(ms, len),
+                ));
+                ops.push(DbOp::Put(Cf::Envelopes, k, value));
                 accepted.push((to, seq, len));
                 results.push(Ok(EnvelopeId::new(ms, seq)));
             }
@@ -331,7 +419,9 @@ impl Mailboxes {
         };
         let cf = self.db.cf(Cf::Envelopes)?;
         let keys: Vec<Vec<u8>> = picked.iter().map(|(s, _)| key(m, *s)).collect();
-        let values = self.db.raw().multi_get_cf(keys.iter().map(|k| (cf, k)));
+        // Keys are ascending: one sorted batched lookup, values pinned in
+        // RocksDB's blocks and copied once into the reply.
+        let values = self.db.raw().batched_multi_get_cf(cf, &keys, true);
         let mut out = Vec::with_capacity(picked.len());
         for ((seq, ms), v) in picked.into_iter().zip(values) {
             // Acked concurrently: simply not returned.
@@ -369,16 +459,19 @@ impl Mailboxes {
                     if let Some(e) = mb.entries.remove(&seq) {
                         mb.bytes -= u64::from(e.len);
                         freed += u64::from(e.len);
-                        ops.push(DbOp::SingleDelete(Cf::Envelopes, key(m, seq)));
+                        let k = key(m, seq);
+                        ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
+                        ops.push(DbOp::SingleDelete(Cf::Envelopes, k));
                     }
                 }
             }
             self.metrics
                 .queue_depth
-                .fetch_sub(ops.len() as u64, Relaxed);
+                .fetch_sub(ops.len() as u64 / 2, Relaxed);
             self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
         }
-        let n = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+        // Two deletes (envelope + index record) per envelope.
+        let n = u32::try_from(ops.len() / 2).unwrap_or(u32::MAX);
         if n > 0 {
             self.writer.write(ops, None).await?;
             self.metrics
@@ -404,19 +497,25 @@ impl Mailboxes {
                     mb.entries.remove(&seq);
                     mb.bytes -= len;
                     freed += len;
-                    ops.push(DbOp::SingleDelete(Cf::Envelopes, key(m, seq)));
+                    let k = key(m, seq);
+                    ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
+                    ops.push(DbOp::SingleDelete(Cf::Envelopes, k));
                 }
             }
             // Forget empty, idle mailboxes so the index does not grow forever.
             idx.mailboxes.retain(|_, mb| {
-                !mb.entries.is_empty() || mb.push_token.is_some() || mb.changed.receiver_count() > 0
+                !mb.entries.is_empty()
+                    || mb.push_token.is_some()
+                    || mb.prekeys_low.is_some()
+                    || mb.changed.receiver_count() > 0
             });
             self.metrics
                 .queue_depth
-                .fetch_sub(ops.len() as u64, Relaxed);
+                .fetch_sub(ops.len() as u64 / 2, Relaxed);
             self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
         }
-        let n = ops.len();
+        // Two deletes (envelope + index record) per envelope.
+        let n = ops.len() / 2;
         if n > 0 {
             self.writer.write(ops, None).await?;
             self.metrics.envelopes_expired.fetch_add(n as u64, Relaxed);
@@ -424,15 +523,22 @@ impl Mailboxes {
         Ok(n)
     }
 
-    /// A receiver that changes whenever the mailbox gains an envelope or a
-    /// prekey-low notice. Holding it marks the device as online (no webhook).
-    pub fn watch(&self, m: &MailboxId) -> watch::Receiver<u64> {
-        lock(&self.index)
-            .mailboxes
-            .entry(*m)
-            .or_insert_with(Mailbox::new)
-            .changed
-            .subscribe()
+    /// Makes the caller the mailbox's only push subscription: the receiver it
+    /// gets changes whenever the mailbox gains an envelope or a prekey-low
+    /// notice (holding it marks the device online: no webhook), and the returned
+    /// [`SubscriberSlot`] resolves once a newer subscription replaces this one
+    /// (so pushes never go to a stale connection).
+    pub fn subscribe(&self, m: &MailboxId) -> (watch::Receiver<u64>, SubscriberSlot) {
+        let mut idx = lock(&self.index);
+        let mb = idx.mailboxes.entry(*m).or_insert_with(Mailbox::new);
+        let mut generation = 0;
+        mb.subscriber.send_modify(|g| {
+            *g = g.wrapping_add(1);
+            generation = *g;
+        });
+        let mut rx = mb.subscriber.subscribe();
+        rx.mark_unchanged();
+        (mb.changed.subscribe(), SubscriberSlot { rx, generation })
     }
 
     /// Records that `m`'s one-time prekeys are low and wakes its subscription.
@@ -465,5 +571,94 @@ impl Mailboxes {
             .or_insert_with(Mailbox::new)
             .push_token = (!token.is_empty()).then_some(token);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Mailboxes {
+        let db = Arc::new(Db::open(dir).unwrap());
+        let metrics = Arc::new(Metrics::default());
+        let writer = Arc::new(Writer::start(db.clone(), metrics.clone()).unwrap());
+        let quota = Quota {
+            max_envelopes: 100,
+            max_bytes: 1 << 20,
+            max_envelope_bytes: 1024,
+        };
+        Mailboxes::load(db, writer, metrics, None, quota).unwrap()
+    }
+
+    #[tokio::test]
+    async fn index_records_rebuild_the_queue_and_old_databases_are_migrated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (MailboxId([1; 32]), MailboxId([2; 32]));
+        // A database written before index records existed: envelopes only.
+        {
+            let db = Db::open(tmp.path()).unwrap();
+            for (m, seq) in [(a, 3u64), (b, 4), (a, 7)] {
+                let mut v = 1000u64.to_be_bytes().to_vec();
+                v.extend_from_slice(&[seq as u8; 10]);
+                db.raw()
+                    .put_cf(db.cf(Cf::Envelopes).unwrap(), key(&m, seq), v)
+                    .unwrap();
+            }
+        }
+        let check = |mbx: &Mailboxes| {
+            let (page, more) = mbx.fetch(&a, 0, 10, 1 << 20).unwrap();
+            assert!(!more);
+            let ids: Vec<_> = page.iter().map(|s| s.id).collect();
+            assert_eq!(
+                ids,
+                vec![EnvelopeId::new(1000, 3), EnvelopeId::new(1000, 7)]
+            );
+            assert_eq!(page[1].payload, vec![7u8; 10]);
+            assert_eq!(mbx.fetch(&b, 0, 10, 1 << 20).unwrap().0.len(), 1);
+        };
+        let mbx = open(tmp.path());
+        check(&mbx);
+        // New envelopes continue the sequence and write index records.
+        let id = mbx
+            .submit(vec![(b, vec![9; 5])])
+            .await
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert!(id.seq() > 7);
+        assert_eq!(mbx.ack(&a, &[EnvelopeId::new(1000, 3)]).await.unwrap(), 1);
+        mbx.writer.shutdown();
+        drop(mbx);
+
+        // Restart: read from the index records only.
+        let mbx = open(tmp.path());
+        assert!(mbx.db.get(Cf::Meta, INDEX_MARKER).unwrap().is_some());
+        let (page, _) = mbx.fetch(&a, 0, 10, 1 << 20).unwrap();
+        assert_eq!(
+            page.iter().map(|s| s.id).collect::<Vec<_>>(),
+            vec![EnvelopeId::new(1000, 7)]
+        );
+        let (page, _) = mbx.fetch(&b, 0, 10, 1 << 20).unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[1].id, id);
+        assert_eq!(page[1].payload, vec![9; 5]);
+        mbx.writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_new_subscription_supersedes_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mbx = open(tmp.path());
+        let m = MailboxId([5; 32]);
+        let (_c1, mut s1) = mbx.subscribe(&m);
+        assert!(!s1.is_superseded());
+        let (_c2, s2) = mbx.subscribe(&m);
+        tokio::time::timeout(std::time::Duration::from_secs(5), s1.superseded())
+            .await
+            .unwrap();
+        assert!(s1.is_superseded());
+        assert!(!s2.is_superseded());
+        mbx.writer.shutdown();
     }
 }

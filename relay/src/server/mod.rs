@@ -142,7 +142,18 @@ impl Relay {
             metrics.clone(),
             config.max_blob_bytes,
         );
-        let endpoint = quinn::Endpoint::server(server_config(&config, identity)?, config.listen)?;
+        let reset_key = cert::load_or_generate_reset_key(&config.data_dir.join("reset.key"))?;
+        let endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            reset_key.as_ref(),
+        )));
+        let socket = std::net::UdpSocket::bind(config.listen)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server_config(&config, identity)?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         let addr = endpoint.local_addr()?;
         let metrics_addr = match config.metrics_listen {
             Some(a) => {
@@ -242,12 +253,15 @@ async fn sweep(state: Arc<State>) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let tracked = state.directory.prune_rate_limits();
+        tracing::debug!(tracked, "pruned idle rate-limit buckets");
         let ttl = state.config.envelope_ttl_secs.saturating_mul(1000);
         match state.mailboxes.expire(ttl).await {
             Ok(n) if n > 0 => tracing::info!(expired = n, "expired envelopes"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "envelope expiry failed"),
         }
+        reclaim(&state).await;
         match state
             .blobs
             .expire(state.config.blob_ttl_secs.saturating_mul(1000))
@@ -257,5 +271,45 @@ async fn sweep(state: Arc<State>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "blob expiry failed"),
         }
+    }
+}
+
+/// Gives the disk back once the queue has drained. Deletion-triggered
+/// compaction only picks SST files dense in tombstones; envelopes flushed
+/// before their acks stay in older files until something compacts over them,
+/// and an idle relay's memtable (with its WAL on disk) never fills up to be
+/// flushed (nor lets its WAL files go). When most of the envelope family's bytes are dead (live payload
+/// under a quarter of its SST + memtable bytes, and those over 64 MiB), one
+/// flush and full compaction is cheap (little live data to rewrite) and
+/// returns the space.
+async fn reclaim(state: &Arc<State>) {
+    use db::Cf;
+    let live = state
+        .metrics
+        .bytes_stored
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let before = state.db.family_bytes(Cf::Envelopes);
+    if before < 64 << 20 || live >= before / 4 {
+        return;
+    }
+    let db = state.db.clone();
+    let started = std::time::Instant::now();
+    let done = tokio::task::spawn_blocking(move || {
+        // Every family: `meta` is touched by each send, and a WAL file is
+        // only deleted once every family holding writes from it has flushed.
+        db.flush_all()?;
+        db.flush_and_compact(Cf::Envelopes)?;
+        db.flush_and_compact(Cf::EnvelopeIndex)
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => tracing::info!(
+            bytes_before = before,
+            bytes_after = state.db.family_bytes(Cf::Envelopes),
+            ms = started.elapsed().as_millis() as u64,
+            "compacted drained envelope files"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "envelope compaction failed"),
+        Err(_) => tracing::warn!("envelope compaction task failed"),
     }
 }

@@ -608,56 +608,35 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 
 
 /**
- * Messages from one peer, decrypted in order for one consumer.
+ * A file attached to a received message. Opaque: it carries the file's
+ * decryption key, which never leaves Rust; download it with
+ * `SottoClient.downloadAttachment`.
  */
-public protocol ConversationProtocol: AnyObject, Sendable {
+public protocol AttachmentProtocol: AnyObject, Sendable {
     
     /**
-     * Encrypts `plaintext` for the peer; returns the ciphertext to transport.
+     * The relay blob id (public), e.g. as a cache key.
      */
-    func encrypt(plaintext: Data) throws  -> Data
+    func blobId()  -> Data
     
     /**
-     * No more messages will be received; consumers finish what is queued.
+     * The file name the sender gave (untrusted: sanitise before using it
+     * as a path).
      */
-    func end() 
+    func fileName()  -> String
     
     /**
-     * Decrypts and returns the next message, waiting for one; `null`/`nil`
-     * after `end()` once all were read. A message that fails to decrypt is
-     * consumed and its typed error thrown (`DecryptFailed`,
-     * `DuplicateMessage`, ...); the next call goes on with the following one.
+     * Plaintext size in bytes (from the authenticated pointer).
      */
-    func next() async throws  -> ReceivedMessage?
-    
-    /**
-     * The peer this conversation is with.
-     */
-    func peer()  -> PeerAddress
-    
-    /**
-     * Queues a ciphertext received from the peer; returns its sequence
-     * number. Fails with `Busy` when `capacity` messages wait undelivered,
-     * `TooLarge` above 96 KiB, `Closed` after `end()`.
-     */
-    func receive(ciphertext: Data) throws  -> UInt64
-    
-    /**
-     * Like `receive`, but suspends while the conversation is full.
-     */
-    func receiveWaiting(ciphertext: Data) async throws  -> UInt64
-    
-    /**
-     * Decrypts every queued and future message on the shared runtime and
-     * delivers `Message` or `Failed` events, then `Closed` after `end()`.
-     */
-    func subscribe(listener: EventListener) throws  -> Subscription
+    func size()  -> UInt64
     
 }
 /**
- * Messages from one peer, decrypted in order for one consumer.
+ * A file attached to a received message. Opaque: it carries the file's
+ * decryption key, which never leaves Rust; download it with
+ * `SottoClient.downloadAttachment`.
  */
-open class Conversation: ConversationProtocol, @unchecked Sendable {
+open class Attachment: AttachmentProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
 
     /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
@@ -694,7 +673,7 @@ open class Conversation: ConversationProtocol, @unchecked Sendable {
     @_documentation(visibility: private)
 #endif
     public func uniffiCloneHandle() -> UInt64 {
-        return try! rustCall { uniffi_sotto_ffi_fn_clone_conversation(self.handle, $0) }
+        return try! rustCall { uniffi_sotto_ffi_fn_clone_attachment(self.handle, $0) }
     }
     // No primary constructor declared for this class.
 
@@ -704,114 +683,45 @@ open class Conversation: ConversationProtocol, @unchecked Sendable {
             return
         }
 
-        try! rustCall { uniffi_sotto_ffi_fn_free_conversation(handle, $0) }
+        try! rustCall { uniffi_sotto_ffi_fn_free_attachment(handle, $0) }
     }
 
     
 
     
     /**
-     * Encrypts `plaintext` for the peer; returns the ciphertext to transport.
+     * The relay blob id (public), e.g. as a cache key.
      */
-open func encrypt(plaintext: Data)throws  -> Data  {
-    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+open func blobId() -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_conversation_encrypt(
-            self.uniffiCloneHandle(),
-        FfiConverterData.lower(plaintext),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * No more messages will be received; consumers finish what is queued.
-     */
-open func end()  {try! rustCall() {
-        uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_conversation_end(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-}
-}
-    
-    /**
-     * Decrypts and returns the next message, waiting for one; `null`/`nil`
-     * after `end()` once all were read. A message that fails to decrypt is
-     * consumed and its typed error thrown (`DecryptFailed`,
-     * `DuplicateMessage`, ...); the next call goes on with the following one.
-     */
-open func next()async throws  -> ReceivedMessage?  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_sotto_ffi_fn_method_conversation_next(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
-            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
-            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterOptionTypeReceivedMessage.lift,
-            errorHandler: FfiConverterTypeSottoError_lift
-        )
-}
-    
-    /**
-     * The peer this conversation is with.
-     */
-open func peer() -> PeerAddress  {
-    return try!  FfiConverterTypePeerAddress_lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_conversation_peer(
+    uniffi_sotto_ffi_fn_method_attachment_blob_id(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
     
     /**
-     * Queues a ciphertext received from the peer; returns its sequence
-     * number. Fails with `Busy` when `capacity` messages wait undelivered,
-     * `TooLarge` above 96 KiB, `Closed` after `end()`.
+     * The file name the sender gave (untrusted: sanitise before using it
+     * as a path).
      */
-open func receive(ciphertext: Data)throws  -> UInt64  {
-    return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+open func fileName() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_conversation_receive(
-            self.uniffiCloneHandle(),
-        FfiConverterData.lower(ciphertext),uniffiCallStatus
+    uniffi_sotto_ffi_fn_method_attachment_file_name(
+            self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
     
     /**
-     * Like `receive`, but suspends while the conversation is full.
+     * Plaintext size in bytes (from the authenticated pointer).
      */
-open func receiveWaiting(ciphertext: Data)async throws  -> UInt64  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_sotto_ffi_fn_method_conversation_receive_waiting(
-                        self.uniffiCloneHandle(),FfiConverterData.lower(ciphertext)
-                )
-            },
-            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
-            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
-            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
-            liftFunc: FfiConverterUInt64.lift,
-            errorHandler: FfiConverterTypeSottoError_lift
-        )
-}
-    
-    /**
-     * Decrypts every queued and future message on the shared runtime and
-     * delivers `Message` or `Failed` events, then `Closed` after `end()`.
-     */
-open func subscribe(listener: EventListener)throws  -> Subscription  {
-    return try  FfiConverterTypeSubscription_lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+open func size() -> UInt64  {
+    return try!  FfiConverterUInt64.lift(try! rustCall() {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_conversation_subscribe(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeEventListener_lower(listener),uniffiCallStatus
+    uniffi_sotto_ffi_fn_method_attachment_size(
+            self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
@@ -824,24 +734,24 @@ open func subscribe(listener: EventListener)throws  -> Subscription  {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public struct FfiConverterTypeConversation: FfiConverter {
+public struct FfiConverterTypeAttachment: FfiConverter {
     typealias FfiType = UInt64
-    typealias SwiftType = Conversation
+    typealias SwiftType = Attachment
 
-    public static func lift(_ handle: UInt64) throws -> Conversation {
-        return Conversation(unsafeFromHandle: handle)
+    public static func lift(_ handle: UInt64) throws -> Attachment {
+        return Attachment(unsafeFromHandle: handle)
     }
 
-    public static func lower(_ value: Conversation) -> UInt64 {
+    public static func lower(_ value: Attachment) -> UInt64 {
         return value.uniffiCloneHandle()
     }
 
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Conversation {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Attachment {
         let handle: UInt64 = try readInt(&buf)
         return try lift(handle)
     }
 
-    public static func write(_ value: Conversation, into buf: inout [UInt8]) {
+    public static func write(_ value: Attachment, into buf: inout [UInt8]) {
         writeInt(&buf, lower(value))
     }
 }
@@ -850,15 +760,15 @@ public struct FfiConverterTypeConversation: FfiConverter {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeConversation_lift(_ handle: UInt64) throws -> Conversation {
-    return try FfiConverterTypeConversation.lift(handle)
+public func FfiConverterTypeAttachment_lift(_ handle: UInt64) throws -> Attachment {
+    return try FfiConverterTypeAttachment.lift(handle)
 }
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeConversation_lower(_ value: Conversation) -> UInt64 {
-    return FfiConverterTypeConversation.lower(value)
+public func FfiConverterTypeAttachment_lower(_ value: Attachment) -> UInt64 {
+    return FfiConverterTypeAttachment.lower(value)
 }
 
 
@@ -876,13 +786,6 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * contact becomes unverified).
      */
     func acceptIdentity(user: Data, identityKey: Data) throws 
-    
-    /**
-     * An in-process conversation with `peer`: ciphertexts handed to
-     * `receive` are decrypted in order and delivered through `next()` or a
-     * listener. `capacity` bounds the undelivered ciphertexts (1 to 65,536).
-     */
-    func conversation(peer: PeerAddress, capacity: UInt32) throws  -> Conversation
     
     /**
      * Decrypts a message from `peer`. Every failure is a typed error
@@ -1069,22 +972,6 @@ open func acceptIdentity(user: Data, identityKey: Data)throws   {try rustCallWit
         FfiConverterData.lower(identityKey),uniffiCallStatus
     )
 }
-}
-    
-    /**
-     * An in-process conversation with `peer`: ciphertexts handed to
-     * `receive` are decrypted in order and delivered through `next()` or a
-     * listener. `capacity` bounds the undelivered ciphertexts (1 to 65,536).
-     */
-open func conversation(peer: PeerAddress, capacity: UInt32)throws  -> Conversation  {
-    return try  FfiConverterTypeConversation_lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
-        uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_device_conversation(
-            self.uniffiCloneHandle(),
-        FfiConverterTypePeerAddress_lower(peer),
-        FfiConverterUInt32.lower(capacity),uniffiCallStatus
-    )
-})
 }
     
     /**
@@ -1314,12 +1201,12 @@ public func FfiConverterTypeDevice_lower(_ value: Device) -> UInt64 {
 
 
 /**
- * Implemented by the application to receive [`Event`]s.
+ * Implemented by the application to receive the client's events.
  *
  * Called on a Rust worker thread, one event at a time, in order. It must
- * not block: post the event to your own thread or queue and return. A
- * thrown exception is counted (see [`Subscription::listener_failures`]) and
- * delivery continues with the next event.
+ * not block: post the event to your own thread or queue and return. Return
+ * normally only once the event is safely handled (stored, shown): that is
+ * when it is acknowledged. Throwing makes it come again.
  */
 public protocol EventListener: AnyObject, Sendable {
     
@@ -1330,12 +1217,12 @@ public protocol EventListener: AnyObject, Sendable {
     
 }
 /**
- * Implemented by the application to receive [`Event`]s.
+ * Implemented by the application to receive the client's events.
  *
  * Called on a Rust worker thread, one event at a time, in order. It must
- * not block: post the event to your own thread or queue and return. A
- * thrown exception is counted (see [`Subscription::listener_failures`]) and
- * delivery continues with the next event.
+ * not block: post the event to your own thread or queue and return. Return
+ * normally only once the event is safely handled (stored, shown): that is
+ * when it is acknowledged. Throwing makes it come again.
  */
 open class EventListenerImpl: EventListener, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -1535,65 +1422,40 @@ public func FfiConverterTypeEventListener_lower(_ value: EventListener) -> UInt6
 
 
 /**
- * An ordered in-process message stream with exactly one consumer at a time.
+ * A running delivery of a client's events to an [`EventListener`]. Stop it
+ * with `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
+ * Swift `deinit`); the client's `shutdown()` stops it too.
  */
-public protocol MessageQueueProtocol: AnyObject, Sendable {
+public protocol EventSubscriptionProtocol: AnyObject, Sendable {
     
     /**
-     * The buffer size given at creation.
+     * Stops delivery. Idempotent; may be called from inside the listener.
      */
-    func capacity()  -> UInt32
+    func cancel() 
     
     /**
-     * Ends the stream: later sends fail with `Closed`; readers get what is
-     * buffered, then the end. Idempotent.
+     * Events the listener accepted (and that were acknowledged) so far.
      */
-    func end() 
+    func delivered()  -> UInt64
     
     /**
-     * Waits for the next message; `null`/`nil` once `end()` was called and
-     * every message was read. Fails with `Busy` while a subscription or
-     * another read is active. Cancel-safe: a cancelled `next()` loses no
-     * message.
+     * Whether events may still arrive: false once cancelled or once the
+     * client was shut down.
      */
-    func next() async throws  -> ReceivedMessage?
+    func isActive()  -> Bool
     
     /**
-     * Waits for at least one message, then returns up to `max` (1 to 1,024)
-     * of those already buffered, in one boundary crossing. An empty list
-     * means the stream ended. Same rules as `next()`.
+     * Callbacks that threw (each such event is delivered again).
      */
-    func nextBatch(max: UInt32) async throws  -> [ReceivedMessage]
-    
-    /**
-     * Enqueues `body`, suspending while the buffer is full; returns its
-     * sequence number. Cancelling while suspended enqueues nothing.
-     */
-    func send(body: Data) async throws  -> UInt64
-    
-    /**
-     * Messages accepted so far.
-     */
-    func sent()  -> UInt64
-    
-    /**
-     * Delivers every message, then `Closed` after `end()`, to `listener` on
-     * the shared runtime until the returned handle is cancelled or closed.
-     * Fails with `Busy` if the queue already has a consumer.
-     */
-    func subscribe(listener: EventListener) throws  -> Subscription
-    
-    /**
-     * Enqueues `body` without waiting; fails with `Busy` when the buffer is
-     * full.
-     */
-    func trySend(body: Data) throws  -> UInt64
+    func listenerFailures()  -> UInt64
     
 }
 /**
- * An ordered in-process message stream with exactly one consumer at a time.
+ * A running delivery of a client's events to an [`EventListener`]. Stop it
+ * with `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
+ * Swift `deinit`); the client's `shutdown()` stops it too.
  */
-open class MessageQueue: MessageQueueProtocol, @unchecked Sendable {
+open class EventSubscription: EventSubscriptionProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
 
     /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
@@ -1630,21 +1492,9 @@ open class MessageQueue: MessageQueueProtocol, @unchecked Sendable {
     @_documentation(visibility: private)
 #endif
     public func uniffiCloneHandle() -> UInt64 {
-        return try! rustCall { uniffi_sotto_ffi_fn_clone_messagequeue(self.handle, $0) }
+        return try! rustCall { uniffi_sotto_ffi_fn_clone_eventsubscription(self.handle, $0) }
     }
-    /**
-     * A queue buffering at most `capacity` unread messages (1 to 65,536).
-     */
-public convenience init(capacity: UInt32)throws  {
-    let handle =
-        try rustCallWithError(FfiConverterTypeSottoError_lift) {
-        uniffiCallStatus in
-    uniffi_sotto_ffi_fn_constructor_messagequeue_new(
-        FfiConverterUInt32.lower(capacity),uniffiCallStatus
-    )
-}
-    self.init(unsafeFromHandle: handle)
-}
+    // No primary constructor declared for this class.
 
     deinit {
         if handle == 0 {
@@ -1652,136 +1502,56 @@ public convenience init(capacity: UInt32)throws  {
             return
         }
 
-        try! rustCall { uniffi_sotto_ffi_fn_free_messagequeue(handle, $0) }
+        try! rustCall { uniffi_sotto_ffi_fn_free_eventsubscription(handle, $0) }
     }
 
     
 
     
     /**
-     * The buffer size given at creation.
+     * Stops delivery. Idempotent; may be called from inside the listener.
      */
-open func capacity() -> UInt32  {
-    return try!  FfiConverterUInt32.lift(try! rustCall() {
+open func cancel()  {try! rustCall() {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_messagequeue_capacity(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * Ends the stream: later sends fail with `Closed`; readers get what is
-     * buffered, then the end. Idempotent.
-     */
-open func end()  {try! rustCall() {
-        uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_messagequeue_end(
+    uniffi_sotto_ffi_fn_method_eventsubscription_cancel(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 }
 }
     
     /**
-     * Waits for the next message; `null`/`nil` once `end()` was called and
-     * every message was read. Fails with `Busy` while a subscription or
-     * another read is active. Cancel-safe: a cancelled `next()` loses no
-     * message.
+     * Events the listener accepted (and that were acknowledged) so far.
      */
-open func next()async throws  -> ReceivedMessage?  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_sotto_ffi_fn_method_messagequeue_next(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
-            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
-            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterOptionTypeReceivedMessage.lift,
-            errorHandler: FfiConverterTypeSottoError_lift
-        )
-}
-    
-    /**
-     * Waits for at least one message, then returns up to `max` (1 to 1,024)
-     * of those already buffered, in one boundary crossing. An empty list
-     * means the stream ended. Same rules as `next()`.
-     */
-open func nextBatch(max: UInt32)async throws  -> [ReceivedMessage]  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_sotto_ffi_fn_method_messagequeue_next_batch(
-                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(max)
-                )
-            },
-            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
-            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
-            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterSequenceTypeReceivedMessage.lift,
-            errorHandler: FfiConverterTypeSottoError_lift
-        )
-}
-    
-    /**
-     * Enqueues `body`, suspending while the buffer is full; returns its
-     * sequence number. Cancelling while suspended enqueues nothing.
-     */
-open func send(body: Data)async throws  -> UInt64  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_sotto_ffi_fn_method_messagequeue_send(
-                        self.uniffiCloneHandle(),FfiConverterData.lower(body)
-                )
-            },
-            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
-            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
-            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
-            liftFunc: FfiConverterUInt64.lift,
-            errorHandler: FfiConverterTypeSottoError_lift
-        )
-}
-    
-    /**
-     * Messages accepted so far.
-     */
-open func sent() -> UInt64  {
+open func delivered() -> UInt64  {
     return try!  FfiConverterUInt64.lift(try! rustCall() {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_messagequeue_sent(
+    uniffi_sotto_ffi_fn_method_eventsubscription_delivered(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
     
     /**
-     * Delivers every message, then `Closed` after `end()`, to `listener` on
-     * the shared runtime until the returned handle is cancelled or closed.
-     * Fails with `Busy` if the queue already has a consumer.
+     * Whether events may still arrive: false once cancelled or once the
+     * client was shut down.
      */
-open func subscribe(listener: EventListener)throws  -> Subscription  {
-    return try  FfiConverterTypeSubscription_lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+open func isActive() -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_messagequeue_subscribe(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeEventListener_lower(listener),uniffiCallStatus
+    uniffi_sotto_ffi_fn_method_eventsubscription_is_active(
+            self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
     
     /**
-     * Enqueues `body` without waiting; fails with `Busy` when the buffer is
-     * full.
+     * Callbacks that threw (each such event is delivered again).
      */
-open func trySend(body: Data)throws  -> UInt64  {
-    return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+open func listenerFailures() -> UInt64  {
+    return try!  FfiConverterUInt64.lift(try! rustCall() {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_messagequeue_try_send(
-            self.uniffiCloneHandle(),
-        FfiConverterData.lower(body),uniffiCallStatus
+    uniffi_sotto_ffi_fn_method_eventsubscription_listener_failures(
+            self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
@@ -1794,24 +1564,24 @@ open func trySend(body: Data)throws  -> UInt64  {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public struct FfiConverterTypeMessageQueue: FfiConverter {
+public struct FfiConverterTypeEventSubscription: FfiConverter {
     typealias FfiType = UInt64
-    typealias SwiftType = MessageQueue
+    typealias SwiftType = EventSubscription
 
-    public static func lift(_ handle: UInt64) throws -> MessageQueue {
-        return MessageQueue(unsafeFromHandle: handle)
+    public static func lift(_ handle: UInt64) throws -> EventSubscription {
+        return EventSubscription(unsafeFromHandle: handle)
     }
 
-    public static func lower(_ value: MessageQueue) -> UInt64 {
+    public static func lower(_ value: EventSubscription) -> UInt64 {
         return value.uniffiCloneHandle()
     }
 
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> MessageQueue {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> EventSubscription {
         let handle: UInt64 = try readInt(&buf)
         return try lift(handle)
     }
 
-    public static func write(_ value: MessageQueue, into buf: inout [UInt8]) {
+    public static func write(_ value: EventSubscription, into buf: inout [UInt8]) {
         writeInt(&buf, lower(value))
     }
 }
@@ -1820,15 +1590,346 @@ public struct FfiConverterTypeMessageQueue: FfiConverter {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeMessageQueue_lift(_ handle: UInt64) throws -> MessageQueue {
-    return try FfiConverterTypeMessageQueue.lift(handle)
+public func FfiConverterTypeEventSubscription_lift(_ handle: UInt64) throws -> EventSubscription {
+    return try FfiConverterTypeEventSubscription.lift(handle)
 }
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeMessageQueue_lower(_ value: MessageQueue) -> UInt64 {
-    return FfiConverterTypeMessageQueue.lower(value)
+public func FfiConverterTypeEventSubscription_lower(_ value: EventSubscription) -> UInt64 {
+    return FfiConverterTypeEventSubscription.lower(value)
+}
+
+
+
+
+
+
+/**
+ * A new device being linked to an existing user (this device's side).
+ */
+public protocol LinkingProtocol: AnyObject, Sendable {
+    
+    /**
+     * The code to show (as text or QR code) to the existing device.
+     */
+    func code()  -> String
+    
+    /**
+     * The user confirmed the digits here: waits up to `timeout_ms` for the
+     * identity from the existing device and returns this device's client.
+     * Used once; later calls fail with `Closed`.
+     */
+    func finish(timeoutMs: UInt64) async throws  -> SottoClient
+    
+    /**
+     * Waits up to `timeout_ms` for the existing device's offer; returns the
+     * six digits to compare with the ones it shows.
+     */
+    func waitOffer(timeoutMs: UInt64) async throws  -> String
+    
+}
+/**
+ * A new device being linked to an existing user (this device's side).
+ */
+open class Linking: LinkingProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_sotto_ffi_fn_clone_linking(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_sotto_ffi_fn_free_linking(handle, $0) }
+    }
+
+    
+    /**
+     * Prepares this device, whose encrypted store `db_path` must be new,
+     * on the user's home relay `relay` (`host:port/fingerprint`).
+     */
+public static func start(dbPath: String, storageKey: Data, relay: String)async throws  -> Linking  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_constructor_linking_start(FfiConverterString.lower(dbPath),FfiConverterData.lower(storageKey),FfiConverterString.lower(relay)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
+            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterTypeLinking_lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+
+    
+    /**
+     * The code to show (as text or QR code) to the existing device.
+     */
+open func code() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_linking_code(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The user confirmed the digits here: waits up to `timeout_ms` for the
+     * identity from the existing device and returns this device's client.
+     * Used once; later calls fail with `Closed`.
+     */
+open func finish(timeoutMs: UInt64)async throws  -> SottoClient  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_linking_finish(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
+            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterTypeSottoClient_lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Waits up to `timeout_ms` for the existing device's offer; returns the
+     * six digits to compare with the ones it shows.
+     */
+open func waitOffer(timeoutMs: UInt64)async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_linking_wait_offer(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeLinking: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = Linking
+
+    public static func lift(_ handle: UInt64) throws -> Linking {
+        return Linking(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: Linking) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Linking {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: Linking, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLinking_lift(_ handle: UInt64) throws -> Linking {
+    return try FfiConverterTypeLinking.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLinking_lower(_ value: Linking) -> UInt64 {
+    return FfiConverterTypeLinking.lower(value)
+}
+
+
+
+
+
+
+/**
+ * A link in progress on the existing device.
+ */
+public protocol PendingLinkProtocol: AnyObject, Sendable {
+    
+    /**
+     * The six digits to compare with the new device's screen.
+     */
+    func digits()  -> String
+    
+}
+/**
+ * A link in progress on the existing device.
+ */
+open class PendingLink: PendingLinkProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_sotto_ffi_fn_clone_pendinglink(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_sotto_ffi_fn_free_pendinglink(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * The six digits to compare with the new device's screen.
+     */
+open func digits() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_pendinglink_digits(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePendingLink: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = PendingLink
+
+    public static func lift(_ handle: UInt64) throws -> PendingLink {
+        return PendingLink(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: PendingLink) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PendingLink {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: PendingLink, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePendingLink_lift(_ handle: UInt64) throws -> PendingLink {
+    return try FfiConverterTypePendingLink.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePendingLink_lower(_ value: PendingLink) -> UInt64 {
+    return FfiConverterTypePendingLink.lower(value)
 }
 
 
@@ -2195,41 +2296,144 @@ public func FfiConverterTypeSafetyNumber_lower(_ value: SafetyNumber) -> UInt64 
 
 
 /**
- * A running delivery of events to an [`EventListener`]. Cancel it with
- * `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
- * Swift `deinit`).
+ * This user's device of the Sotto messenger: sends, receives, links
+ * devices. Thread-safe; share one per store.
  */
-public protocol SubscriptionProtocol: AnyObject, Sendable {
+public protocol SottoClientProtocol: AnyObject, Sendable {
     
     /**
-     * Stops delivery. Idempotent. No callback starts after it returns; it
-     * may be called from inside the listener.
+     * Removes a handled event from the queue.
      */
-    func cancel() 
+    func ackEvent(seq: UInt64) throws 
     
     /**
-     * Events the listener accepted so far.
+     * This user's address (`user@host:port/fingerprint`): give it to contacts.
      */
-    func delivered()  -> UInt64
+    func address()  -> String
     
     /**
-     * Whether events may still arrive: false once cancelled or once the
-     * source ended and `Closed` was delivered.
+     * The user confirmed the digits: sends the identity to the new device.
+     * Returns the new device's id. A pending link is used once.
      */
-    func isActive()  -> Bool
+    func confirmLink(pending: PendingLink) async throws  -> UInt32
     
     /**
-     * Events for which the listener threw.
+     * Per-device delivery state of a message this device sent (empty until
+     * the first recipient relay accepted it).
      */
-    func listenerFailures()  -> UInt64
+    func delivery(messageId: Data) throws  -> [DeviceDelivery]
+    
+    /**
+     * This device's id within the user.
+     */
+    func deviceId()  -> UInt32
+    
+    /**
+     * This user's device ids, from the signed list on the home relay.
+     */
+    func devices() async throws  -> [UInt32]
+    
+    /**
+     * Downloads `attachment` (of a message from `from`), verifies and
+     * decrypts it into `dest` (written only when complete and verified);
+     * returns its size.
+     */
+    func downloadAttachment(from: String, attachment: Attachment, dest: String) async throws  -> UInt64
+    
+    /**
+     * Waits until everything queued went out, or fails with `Timeout`.
+     */
+    func flush(timeoutMs: UInt64) async throws 
+    
+    /**
+     * Whether the user verified `peer`'s safety number (false if unknown).
+     */
+    func isVerified(peer: String) throws  -> Bool
+    
+    /**
+     * Linking, on this (existing) device: reads the new device's `code`
+     * and sends it an offer. Compare `PendingLink.digits()` with the
+     * digits the new device shows, then call `confirmLink`.
+     */
+    func linkDevice(code: String) async throws  -> PendingLink
+    
+    /**
+     * Sends read receipts to `peer` for the given 16-byte message ids.
+     */
+    func markRead(peer: String, messageIds: [Data]) throws 
+    
+    /**
+     * Records that the user compared the safety number with `peer`.
+     */
+    func markVerified(peer: String) throws 
+    
+    /**
+     * Waits for the oldest unacknowledged event. The same event comes again
+     * until `ackEvent(seq)` (also after a restart). Fails with `Busy` while
+     * a subscription is active.
+     */
+    func nextEvent() async throws  -> Event
+    
+    /**
+     * Messages and receipts still waiting to go out.
+     */
+    func pendingOutgoing() throws  -> UInt64
+    
+    /**
+     * The safety number to compare with `peer` (known once a message was
+     * exchanged with them).
+     */
+    func safetyNumber(peer: String) throws  -> SafetyNumber
+    
+    /**
+     * Encrypts the file at `path`, uploads it to this user's relay and
+     * queues a message with `text` carrying it; returns the message id.
+     */
+    func sendFile(to: String, text: String, path: String) async throws  -> Data
+    
+    /**
+     * Queues `text` to the user at `to`; returns the 16-byte message id.
+     * Durable on return; progress arrives as `Delivery` events.
+     */
+    func sendText(to: String, text: String) throws  -> Data
+    
+    /**
+     * Stops the listener tasks and background work and closes the relay
+     * connections. Idempotent; later calls fail with `Closed`. Then free the
+     * object (`close()` / `use {}` in Kotlin).
+     */
+    func shutdown() async throws 
+    
+    /**
+     * Delivers every event to `listener` on a Rust thread, acknowledging
+     * each once the callback returns normally (at-least-once). One consumer
+     * at a time: fails with `Busy` if another subscription or a
+     * `nextEvent()` is active.
+     */
+    func subscribe(listener: EventListener) throws  -> EventSubscription
+    
+    /**
+     * The oldest unacknowledged event, or null/nil if there is none.
+     */
+    func tryNextEvent() throws  -> Event?
+    
+    /**
+     * Removes another device of this user.
+     */
+    func unlinkDevice(deviceId: UInt32) async throws 
+    
+    /**
+     * Waits until the backlog waiting at the relay when this device
+     * (re)connected was processed, or fails with `Timeout`.
+     */
+    func waitSynced(timeoutMs: UInt64) async throws 
     
 }
 /**
- * A running delivery of events to an [`EventListener`]. Cancel it with
- * `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
- * Swift `deinit`).
+ * This user's device of the Sotto messenger: sends, receives, links
+ * devices. Thread-safe; share one per store.
  */
-open class Subscription: SubscriptionProtocol, @unchecked Sendable {
+open class SottoClient: SottoClientProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
 
     /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
@@ -2266,7 +2470,7 @@ open class Subscription: SubscriptionProtocol, @unchecked Sendable {
     @_documentation(visibility: private)
 #endif
     public func uniffiCloneHandle() -> UInt64 {
-        return try! rustCall { uniffi_sotto_ffi_fn_clone_subscription(self.handle, $0) }
+        return try! rustCall { uniffi_sotto_ffi_fn_clone_sottoclient(self.handle, $0) }
     }
     // No primary constructor declared for this class.
 
@@ -2276,59 +2480,409 @@ open class Subscription: SubscriptionProtocol, @unchecked Sendable {
             return
         }
 
-        try! rustCall { uniffi_sotto_ffi_fn_free_subscription(handle, $0) }
+        try! rustCall { uniffi_sotto_ffi_fn_free_sottoclient(handle, $0) }
     }
 
     
+    /**
+     * Registers a new user on the relay at `relay` (`host:port/fingerprint`)
+     * with a fresh identity, storing everything in the encrypted SQLite file
+     * `db_path` under `storage_key` (32 bytes from the platform keystore).
+     * Needs the relay to be reachable.
+     */
+public static func create(dbPath: String, storageKey: Data, relay: String)async throws  -> SottoClient  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_constructor_sottoclient_create(FfiConverterString.lower(dbPath),FfiConverterData.lower(storageKey),FfiConverterString.lower(relay)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
+            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterTypeSottoClient_lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Opens the user stored in `db_path`. Works offline: sends queue and go
+     * out once the relay is reachable. A wrong `storage_key` fails with
+     * `CorruptRecord`.
+     */
+public static func `open`(dbPath: String, storageKey: Data)async throws  -> SottoClient  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_constructor_sottoclient_open(FfiConverterString.lower(dbPath),FfiConverterData.lower(storageKey)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
+            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterTypeSottoClient_lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
 
     
     /**
-     * Stops delivery. Idempotent. No callback starts after it returns; it
-     * may be called from inside the listener.
+     * Removes a handled event from the queue.
      */
-open func cancel()  {try! rustCall() {
+open func ackEvent(seq: UInt64)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_subscription_cancel(
-            self.uniffiCloneHandle(),uniffiCallStatus
+    uniffi_sotto_ffi_fn_method_sottoclient_ack_event(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt64.lower(seq),uniffiCallStatus
     )
 }
 }
     
     /**
-     * Events the listener accepted so far.
+     * This user's address (`user@host:port/fingerprint`): give it to contacts.
      */
-open func delivered() -> UInt64  {
-    return try!  FfiConverterUInt64.lift(try! rustCall() {
+open func address() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_subscription_delivered(
+    uniffi_sotto_ffi_fn_method_sottoclient_address(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
     
     /**
-     * Whether events may still arrive: false once cancelled or once the
-     * source ended and `Closed` was delivered.
+     * The user confirmed the digits: sends the identity to the new device.
+     * Returns the new device's id. A pending link is used once.
      */
-open func isActive() -> Bool  {
-    return try!  FfiConverterBool.lift(try! rustCall() {
+open func confirmLink(pending: PendingLink)async throws  -> UInt32  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_confirm_link(
+                        self.uniffiCloneHandle(),FfiConverterTypePendingLink_lower(pending)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_u32,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_u32,
+            freeFunc: ffi_sotto_ffi_rust_future_free_u32,
+            liftFunc: FfiConverterUInt32.lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Per-device delivery state of a message this device sent (empty until
+     * the first recipient relay accepted it).
+     */
+open func delivery(messageId: Data)throws  -> [DeviceDelivery]  {
+    return try  FfiConverterSequenceTypeDeviceDelivery.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_subscription_is_active(
+    uniffi_sotto_ffi_fn_method_sottoclient_delivery(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(messageId),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This device's id within the user.
+     */
+open func deviceId() -> UInt32  {
+    return try!  FfiConverterUInt32.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_device_id(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
     
     /**
-     * Events for which the listener threw.
+     * This user's device ids, from the signed list on the home relay.
      */
-open func listenerFailures() -> UInt64  {
-    return try!  FfiConverterUInt64.lift(try! rustCall() {
+open func devices()async throws  -> [UInt32]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_devices(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceUInt32.lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Downloads `attachment` (of a message from `from`), verifies and
+     * decrypts it into `dest` (written only when complete and verified);
+     * returns its size.
+     */
+open func downloadAttachment(from: String, attachment: Attachment, dest: String)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_download_attachment(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(from),FfiConverterTypeAttachment_lower(attachment),FfiConverterString.lower(dest)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
+            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Waits until everything queued went out, or fails with `Timeout`.
+     */
+open func flush(timeoutMs: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_flush(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_void,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_void,
+            freeFunc: ffi_sotto_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Whether the user verified `peer`'s safety number (false if unknown).
+     */
+open func isVerified(peer: String)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
         uniffiCallStatus in
-    uniffi_sotto_ffi_fn_method_subscription_listener_failures(
+    uniffi_sotto_ffi_fn_method_sottoclient_is_verified(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(peer),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Linking, on this (existing) device: reads the new device's `code`
+     * and sends it an offer. Compare `PendingLink.digits()` with the
+     * digits the new device shows, then call `confirmLink`.
+     */
+open func linkDevice(code: String)async throws  -> PendingLink  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_link_device(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(code)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
+            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterTypePendingLink_lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Sends read receipts to `peer` for the given 16-byte message ids.
+     */
+open func markRead(peer: String, messageIds: [Data])throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_mark_read(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(peer),
+        FfiConverterSequenceData.lower(messageIds),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Records that the user compared the safety number with `peer`.
+     */
+open func markVerified(peer: String)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_mark_verified(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(peer),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Waits for the oldest unacknowledged event. The same event comes again
+     * until `ackEvent(seq)` (also after a restart). Fails with `Busy` while
+     * a subscription is active.
+     */
+open func nextEvent()async throws  -> Event  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_next_event(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeEvent_lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Messages and receipts still waiting to go out.
+     */
+open func pendingOutgoing()throws  -> UInt64  {
+    return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_pending_outgoing(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * The safety number to compare with `peer` (known once a message was
+     * exchanged with them).
+     */
+open func safetyNumber(peer: String)throws  -> SafetyNumber  {
+    return try  FfiConverterTypeSafetyNumber_lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_safety_number(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(peer),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Encrypts the file at `path`, uploads it to this user's relay and
+     * queues a message with `text` carrying it; returns the message id.
+     */
+open func sendFile(to: String, text: String, path: String)async throws  -> Data  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_send_file(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(to),FfiConverterString.lower(text),FfiConverterString.lower(path)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterData.lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Queues `text` to the user at `to`; returns the 16-byte message id.
+     * Durable on return; progress arrives as `Delivery` events.
+     */
+open func sendText(to: String, text: String)throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_send_text(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(to),
+        FfiConverterString.lower(text),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Stops the listener tasks and background work and closes the relay
+     * connections. Idempotent; later calls fail with `Closed`. Then free the
+     * object (`close()` / `use {}` in Kotlin).
+     */
+open func shutdown()async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_shutdown(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_void,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_void,
+            freeFunc: ffi_sotto_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Delivers every event to `listener` on a Rust thread, acknowledging
+     * each once the callback returns normally (at-least-once). One consumer
+     * at a time: fails with `Busy` if another subscription or a
+     * `nextEvent()` is active.
+     */
+open func subscribe(listener: EventListener)throws  -> EventSubscription  {
+    return try  FfiConverterTypeEventSubscription_lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_subscribe(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeEventListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The oldest unacknowledged event, or null/nil if there is none.
+     */
+open func tryNextEvent()throws  -> Event?  {
+    return try  FfiConverterOptionTypeEvent.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_try_next_event(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Removes another device of this user.
+     */
+open func unlinkDevice(deviceId: UInt32)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_unlink_device(
+                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(deviceId)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_void,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_void,
+            freeFunc: ffi_sotto_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Waits until the backlog waiting at the relay when this device
+     * (re)connected was processed, or fails with `Timeout`.
+     */
+open func waitSynced(timeoutMs: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_void,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_void,
+            freeFunc: ffi_sotto_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
 }
     
 
@@ -2339,24 +2893,24 @@ open func listenerFailures() -> UInt64  {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public struct FfiConverterTypeSubscription: FfiConverter {
+public struct FfiConverterTypeSottoClient: FfiConverter {
     typealias FfiType = UInt64
-    typealias SwiftType = Subscription
+    typealias SwiftType = SottoClient
 
-    public static func lift(_ handle: UInt64) throws -> Subscription {
-        return Subscription(unsafeFromHandle: handle)
+    public static func lift(_ handle: UInt64) throws -> SottoClient {
+        return SottoClient(unsafeFromHandle: handle)
     }
 
-    public static func lower(_ value: Subscription) -> UInt64 {
+    public static func lower(_ value: SottoClient) -> UInt64 {
         return value.uniffiCloneHandle()
     }
 
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Subscription {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SottoClient {
         let handle: UInt64 = try readInt(&buf)
         return try lift(handle)
     }
 
-    public static func write(_ value: Subscription, into buf: inout [UInt8]) {
+    public static func write(_ value: SottoClient, into buf: inout [UInt8]) {
         writeInt(&buf, lower(value))
     }
 }
@@ -2365,18 +2919,177 @@ public struct FfiConverterTypeSubscription: FfiConverter {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeSubscription_lift(_ handle: UInt64) throws -> Subscription {
-    return try FfiConverterTypeSubscription.lift(handle)
+public func FfiConverterTypeSottoClient_lift(_ handle: UInt64) throws -> SottoClient {
+    return try FfiConverterTypeSottoClient.lift(handle)
 }
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeSubscription_lower(_ value: Subscription) -> UInt64 {
-    return FfiConverterTypeSubscription.lower(value)
+public func FfiConverterTypeSottoClient_lower(_ value: SottoClient) -> UInt64 {
+    return FfiConverterTypeSottoClient.lower(value)
 }
 
 
+
+
+/**
+ * The delivery state of a sent message at one recipient device.
+ */
+public struct DeviceDelivery: Equatable, Hashable {
+    /**
+     * The recipient's device id.
+     */
+    public var deviceId: UInt32
+    /**
+     * How far the message got there.
+     */
+    public var state: DeliveryState
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The recipient's device id.
+         */deviceId: UInt32, 
+        /**
+         * How far the message got there.
+         */state: DeliveryState) {
+        self.deviceId = deviceId
+        self.state = state
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DeviceDelivery: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDeviceDelivery: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DeviceDelivery {
+        return
+            try DeviceDelivery(
+                deviceId: FfiConverterUInt32.read(from: &buf), 
+                state: FfiConverterTypeDeliveryState.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DeviceDelivery, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.deviceId, into: &buf)
+        FfiConverterTypeDeliveryState.write(value.state, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeviceDelivery_lift(_ buf: RustBuffer) throws -> DeviceDelivery {
+    return try FfiConverterTypeDeviceDelivery.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeviceDelivery_lower(_ value: DeviceDelivery) -> RustBuffer {
+    return FfiConverterTypeDeviceDelivery.lower(value)
+}
+
+
+/**
+ * One event for the app. Acknowledge it (`ackEvent(seq)`) once handled;
+ * until then it is delivered again, also after a restart.
+ */
+public struct Event {
+    /**
+     * Position in the durable event queue; stable across replays.
+     */
+    public var seq: UInt64
+    /**
+     * The other party's address, when known.
+     */
+    public var peer: String?
+    /**
+     * The other party's device, when relevant (0 otherwise).
+     */
+    public var peerDevice: UInt32
+    /**
+     * What happened.
+     */
+    public var kind: EventKind
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Position in the durable event queue; stable across replays.
+         */seq: UInt64, 
+        /**
+         * The other party's address, when known.
+         */peer: String?, 
+        /**
+         * The other party's device, when relevant (0 otherwise).
+         */peerDevice: UInt32, 
+        /**
+         * What happened.
+         */kind: EventKind) {
+        self.seq = seq
+        self.peer = peer
+        self.peerDevice = peerDevice
+        self.kind = kind
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Event: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Event {
+        return
+            try Event(
+                seq: FfiConverterUInt64.read(from: &buf), 
+                peer: FfiConverterOptionString.read(from: &buf), 
+                peerDevice: FfiConverterUInt32.read(from: &buf), 
+                kind: FfiConverterTypeEventKind.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Event, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.seq, into: &buf)
+        FfiConverterOptionString.write(value.peer, into: &buf)
+        FfiConverterUInt32.write(value.peerDevice, into: &buf)
+        FfiConverterTypeEventKind.write(value.kind, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEvent_lift(_ buf: RustBuffer) throws -> Event {
+    return try FfiConverterTypeEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEvent_lower(_ value: Event) -> RustBuffer {
+    return FfiConverterTypeEvent.lower(value)
+}
 
 
 /**
@@ -2587,31 +3300,45 @@ public func FfiConverterTypePrekeyUpload_lower(_ value: PrekeyUpload) -> RustBuf
 
 
 /**
- * A message handed to the application: already decrypted and authenticated.
+ * A received (or synced from another own device) chat message.
  */
-public struct ReceivedMessage: Equatable, Hashable {
+public struct ReceivedMessage {
     /**
-     * Position in its stream, starting at 0, without gaps.
+     * The sender's 16-byte id for it (receipts and `markRead` use it).
      */
-    public var sequence: UInt64
+    public var id: Data
     /**
-     * The plaintext. Once it crosses the boundary it is the app's memory:
-     * Sotto cannot wipe the foreign copy.
+     * Sender's clock, milliseconds since 1970.
      */
-    public var body: Data
+    public var sentAtMs: UInt64
+    /**
+     * The text. Once across the boundary it is the app's memory.
+     */
+    public var text: String
+    /**
+     * Attached files.
+     */
+    public var attachments: [Attachment]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(
         /**
-         * Position in its stream, starting at 0, without gaps.
-         */sequence: UInt64, 
+         * The sender's 16-byte id for it (receipts and `markRead` use it).
+         */id: Data, 
         /**
-         * The plaintext. Once it crosses the boundary it is the app's memory:
-         * Sotto cannot wipe the foreign copy.
-         */body: Data) {
-        self.sequence = sequence
-        self.body = body
+         * Sender's clock, milliseconds since 1970.
+         */sentAtMs: UInt64, 
+        /**
+         * The text. Once across the boundary it is the app's memory.
+         */text: String, 
+        /**
+         * Attached files.
+         */attachments: [Attachment]) {
+        self.id = id
+        self.sentAtMs = sentAtMs
+        self.text = text
+        self.attachments = attachments
     }
 
     
@@ -2630,14 +3357,18 @@ public struct FfiConverterTypeReceivedMessage: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReceivedMessage {
         return
             try ReceivedMessage(
-                sequence: FfiConverterUInt64.read(from: &buf), 
-                body: FfiConverterData.read(from: &buf)
+                id: FfiConverterData.read(from: &buf), 
+                sentAtMs: FfiConverterUInt64.read(from: &buf), 
+                text: FfiConverterString.read(from: &buf), 
+                attachments: FfiConverterSequenceTypeAttachment.read(from: &buf)
         )
     }
 
     public static func write(_ value: ReceivedMessage, into buf: inout [UInt8]) {
-        FfiConverterUInt64.write(value.sequence, into: &buf)
-        FfiConverterData.write(value.body, into: &buf)
+        FfiConverterData.write(value.id, into: &buf)
+        FfiConverterUInt64.write(value.sentAtMs, into: &buf)
+        FfiConverterString.write(value.text, into: &buf)
+        FfiConverterSequenceTypeAttachment.write(value.attachments, into: &buf)
     }
 }
 
@@ -2658,35 +3389,23 @@ public func FfiConverterTypeReceivedMessage_lower(_ value: ReceivedMessage) -> R
 
 
 /**
- * What a listener is told, in order.
+ * How far a sent message got with one recipient device.
  */
 
-public enum Event: Equatable, Hashable {
+public enum DeliveryState: Equatable, Hashable {
     
     /**
-     * A message arrived.
+     * The recipient's relay accepted it (durably).
      */
-    case message(
-        /**
-         * The message.
-         */message: ReceivedMessage
-    )
+    case sent
     /**
-     * An item of the stream could not be processed (for example it failed to
-     * decrypt). The subscription goes on with the next item.
+     * The device decrypted and stored it.
      */
-    case failed(
-        /**
-         * Position of the failed item in the stream.
-         */sequence: UInt64, 
-        /**
-         * Why it failed, without secret material.
-         */reason: String
-    )
+    case delivered
     /**
-     * The source ended; this is the last event of the subscription.
+     * The user read it.
      */
-    case closed
+    case read
 
 
 
@@ -2695,47 +3414,42 @@ public enum Event: Equatable, Hashable {
 }
 
 #if compiler(>=6)
-extension Event: Sendable {}
+extension DeliveryState: Sendable {}
 #endif
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
-    typealias SwiftType = Event
+public struct FfiConverterTypeDeliveryState: FfiConverterRustBuffer {
+    typealias SwiftType = DeliveryState
 
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Event {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DeliveryState {
         let variant: Int32 = try readInt(&buf)
         switch variant {
         
-        case 1: return .message(message: try FfiConverterTypeReceivedMessage.read(from: &buf)
-        )
+        case 1: return .sent
         
-        case 2: return .failed(sequence: try FfiConverterUInt64.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
-        )
+        case 2: return .delivered
         
-        case 3: return .closed
+        case 3: return .read
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
 
-    public static func write(_ value: Event, into buf: inout [UInt8]) {
+    public static func write(_ value: DeliveryState, into buf: inout [UInt8]) {
         switch value {
         
         
-        case let .message(message):
+        case .sent:
             writeInt(&buf, Int32(1))
-            FfiConverterTypeReceivedMessage.write(message, into: &buf)
-            
         
-        case let .failed(sequence,reason):
+        
+        case .delivered:
             writeInt(&buf, Int32(2))
-            FfiConverterUInt64.write(sequence, into: &buf)
-            FfiConverterString.write(reason, into: &buf)
-            
         
-        case .closed:
+        
+        case .read:
             writeInt(&buf, Int32(3))
         
         }
@@ -2746,15 +3460,315 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeEvent_lift(_ buf: RustBuffer) throws -> Event {
-    return try FfiConverterTypeEvent.lift(buf)
+public func FfiConverterTypeDeliveryState_lift(_ buf: RustBuffer) throws -> DeliveryState {
+    return try FfiConverterTypeDeliveryState.lift(buf)
 }
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeEvent_lower(_ value: Event) -> RustBuffer {
-    return FfiConverterTypeEvent.lower(value)
+public func FfiConverterTypeDeliveryState_lower(_ value: DeliveryState) -> RustBuffer {
+    return FfiConverterTypeDeliveryState.lower(value)
+}
+
+
+
+/**
+ * What happened.
+ */
+
+public enum EventKind {
+    
+    /**
+     * A message from the peer.
+     */
+    case message(
+        /**
+         * The message.
+         */message: ReceivedMessage
+    )
+    /**
+     * A receipt for messages this user sent.
+     */
+    case receipt(
+        /**
+         * Delivered or read.
+         */kind: ReceiptKind, 
+        /**
+         * The 16-byte ids of the messages it covers.
+         */messageIds: [Data]
+    )
+    /**
+     * A message this user sent from another of their devices.
+     */
+    case sentFromOtherDevice(
+        /**
+         * Its recipient's address.
+         */to: String, 
+        /**
+         * The message.
+         */message: ReceivedMessage
+    )
+    /**
+     * A message from the peer device could not be decrypted; a retry was
+     * requested from the sender.
+     */
+    case decryptFailed(
+        /**
+         * Why (no secrets, no content).
+         */reason: String
+    )
+    /**
+     * The session with the peer device was set up afresh (repair).
+     */
+    case sessionReset
+    /**
+     * The peer's identity key is not the recorded one: nothing from it is
+     * accepted until the user decides. Show it prominently.
+     */
+    case identityChanged
+    /**
+     * The peer added a device (`peerDevice`).
+     */
+    case newDevice
+    /**
+     * The peer removed a device (`peerDevice`).
+     */
+    case deviceRemoved
+    /**
+     * A sent message progressed with one recipient device (`peerDevice`).
+     */
+    case delivery(
+        /**
+         * The 16-byte message id.
+         */messageId: Data, 
+        /**
+         * Its new state.
+         */state: DeliveryState
+    )
+    /**
+     * A queued message could not be sent (e.g. the recipient has no devices).
+     */
+    case sendFailed(
+        /**
+         * The 16-byte message id.
+         */messageId: Data, 
+        /**
+         * Why.
+         */reason: String
+    )
+    /**
+     * An event kind this version of the bindings does not know yet.
+     */
+    case other(
+        /**
+         * Its debug name.
+         */description: String
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension EventKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeEventKind: FfiConverterRustBuffer {
+    typealias SwiftType = EventKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> EventKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .message(message: try FfiConverterTypeReceivedMessage.read(from: &buf)
+        )
+        
+        case 2: return .receipt(kind: try FfiConverterTypeReceiptKind.read(from: &buf), messageIds: try FfiConverterSequenceData.read(from: &buf)
+        )
+        
+        case 3: return .sentFromOtherDevice(to: try FfiConverterString.read(from: &buf), message: try FfiConverterTypeReceivedMessage.read(from: &buf)
+        )
+        
+        case 4: return .decryptFailed(reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 5: return .sessionReset
+        
+        case 6: return .identityChanged
+        
+        case 7: return .newDevice
+        
+        case 8: return .deviceRemoved
+        
+        case 9: return .delivery(messageId: try FfiConverterData.read(from: &buf), state: try FfiConverterTypeDeliveryState.read(from: &buf)
+        )
+        
+        case 10: return .sendFailed(messageId: try FfiConverterData.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 11: return .other(description: try FfiConverterString.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: EventKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .message(message):
+            writeInt(&buf, Int32(1))
+            FfiConverterTypeReceivedMessage.write(message, into: &buf)
+            
+        
+        case let .receipt(kind,messageIds):
+            writeInt(&buf, Int32(2))
+            FfiConverterTypeReceiptKind.write(kind, into: &buf)
+            FfiConverterSequenceData.write(messageIds, into: &buf)
+            
+        
+        case let .sentFromOtherDevice(to,message):
+            writeInt(&buf, Int32(3))
+            FfiConverterString.write(to, into: &buf)
+            FfiConverterTypeReceivedMessage.write(message, into: &buf)
+            
+        
+        case let .decryptFailed(reason):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case .sessionReset:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .identityChanged:
+            writeInt(&buf, Int32(6))
+        
+        
+        case .newDevice:
+            writeInt(&buf, Int32(7))
+        
+        
+        case .deviceRemoved:
+            writeInt(&buf, Int32(8))
+        
+        
+        case let .delivery(messageId,state):
+            writeInt(&buf, Int32(9))
+            FfiConverterData.write(messageId, into: &buf)
+            FfiConverterTypeDeliveryState.write(state, into: &buf)
+            
+        
+        case let .sendFailed(messageId,reason):
+            writeInt(&buf, Int32(10))
+            FfiConverterData.write(messageId, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .other(description):
+            writeInt(&buf, Int32(11))
+            FfiConverterString.write(description, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEventKind_lift(_ buf: RustBuffer) throws -> EventKind {
+    return try FfiConverterTypeEventKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEventKind_lower(_ value: EventKind) -> RustBuffer {
+    return FfiConverterTypeEventKind.lower(value)
+}
+
+
+
+/**
+ * Kinds of receipts.
+ */
+
+public enum ReceiptKind: Equatable, Hashable {
+    
+    /**
+     * The recipient device has the message.
+     */
+    case delivered
+    /**
+     * The recipient read it.
+     */
+    case read
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension ReceiptKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReceiptKind: FfiConverterRustBuffer {
+    typealias SwiftType = ReceiptKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReceiptKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .delivered
+        
+        case 2: return .read
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ReceiptKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .delivered:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .read:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptKind_lift(_ buf: RustBuffer) throws -> ReceiptKind {
+    return try FfiConverterTypeReceiptKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptKind_lower(_ value: ReceiptKind) -> RustBuffer {
+    return FfiConverterTypeReceiptKind.lower(value)
 }
 
 
@@ -2776,23 +3790,12 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
          */reason: String
     )
     /**
-     * A payload exceeded a size limit.
-     */
-    case TooLarge(
-        /**
-         * Size of the rejected payload.
-         */size: UInt64, 
-        /**
-         * The limit it exceeded.
-         */limit: UInt64
-    )
-    /**
-     * The object was closed (or its other end dropped) before the call.
+     * The object was closed (`shutdown()`) before the call.
      */
     case Closed
     /**
-     * Another consumer (a listener or a pending `next()`) already reads from
-     * this object; each stream has exactly one consumer at a time.
+     * Another consumer (a subscription or a pending `nextEvent()`) already
+     * reads the event queue; it has exactly one consumer at a time.
      */
     case Busy(
         /**
@@ -2933,6 +3936,56 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
          * The backend's description.
          */reason: String
     )
+    /**
+     * A user, relay or link-code address did not parse.
+     */
+    case InvalidAddress(
+        /**
+         * Which part was wrong.
+         */reason: String
+    )
+    /**
+     * The user has no published device list on their relay (wrong address,
+     * or the user never registered there).
+     */
+    case UnknownUser
+    /**
+     * A wait (`flush`, `waitSynced`, linking) ended before what it waited for.
+     */
+    case Timeout
+    /**
+     * A relay refused a request (`code` is the protocol's error code name,
+     * such as `RATE_LIMITED`) or could not be reached (`code` is null/nil).
+     */
+    case Relay(
+        /**
+         * The relay's typed refusal, if it answered.
+         */code: String?, 
+        /**
+         * Description, without content or keys.
+         */reason: String
+    )
+    /**
+     * An attachment failed verification: corrupt or truncated blob, a blob
+     * that is not the one the sender uploaded, or an inconsistent pointer.
+     */
+    case AttachmentRejected(
+        /**
+         * Which check failed.
+         */reason: String
+    )
+    /**
+     * The file exceeds the largest attachment size.
+     */
+    case AttachmentTooLarge
+    /**
+     * Reading the source file or writing the destination failed.
+     */
+    case AttachmentIo(
+        /**
+         * The OS error.
+         */reason: String
+    )
 
     
 
@@ -2965,59 +4018,71 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
         case 1: return .InvalidInput(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 2: return .TooLarge(
-            size: try FfiConverterUInt64.read(from: &buf), 
-            limit: try FfiConverterUInt64.read(from: &buf)
-            )
-        case 3: return .Closed
-        case 4: return .Busy(
+        case 2: return .Closed
+        case 3: return .Busy(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 5: return .Listener(
+        case 4: return .Listener(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 6: return .Internal(
+        case 5: return .Internal(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 7: return .Malformed(
+        case 6: return .Malformed(
             what: try FfiConverterString.read(from: &buf)
             )
-        case 8: return .UnsupportedVersion(
+        case 7: return .UnsupportedVersion(
             version: try FfiConverterUInt8.read(from: &buf)
             )
-        case 9: return .BadSignature(
+        case 8: return .BadSignature(
             what: try FfiConverterString.read(from: &buf)
             )
-        case 10: return .InvalidKey(
+        case 9: return .InvalidKey(
             what: try FfiConverterString.read(from: &buf)
             )
-        case 11: return .DecryptFailed
-        case 12: return .DuplicateMessage(
+        case 10: return .DecryptFailed
+        case 11: return .DuplicateMessage(
             counter: try FfiConverterUInt32.read(from: &buf)
             )
-        case 13: return .MessageKeyEvicted(
+        case 12: return .MessageKeyEvicted(
             counter: try FfiConverterUInt32.read(from: &buf)
             )
-        case 14: return .TooFarInFuture(
+        case 13: return .TooFarInFuture(
             gap: try FfiConverterUInt32.read(from: &buf)
             )
-        case 15: return .NoSession
-        case 16: return .UnknownPrekey(
+        case 14: return .NoSession
+        case 15: return .UnknownPrekey(
             what: try FfiConverterString.read(from: &buf), 
             id: try FfiConverterUInt32.read(from: &buf)
             )
-        case 17: return .ReplayedPreKeyMessage
-        case 18: return .IdentityChanged(
+        case 16: return .ReplayedPreKeyMessage
+        case 17: return .IdentityChanged(
             newIdentity: try FfiConverterData.read(from: &buf)
             )
-        case 19: return .WrongDevice(
+        case 18: return .WrongDevice(
             deviceId: try FfiConverterUInt32.read(from: &buf)
             )
-        case 20: return .NoIdentity
-        case 21: return .CorruptRecord(
+        case 19: return .NoIdentity
+        case 20: return .CorruptRecord(
             table: try FfiConverterString.read(from: &buf)
             )
-        case 22: return .Storage(
+        case 21: return .Storage(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 22: return .InvalidAddress(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 23: return .UnknownUser
+        case 24: return .Timeout
+        case 25: return .Relay(
+            code: try FfiConverterOptionString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 26: return .AttachmentRejected(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 27: return .AttachmentTooLarge
+        case 28: return .AttachmentIo(
             reason: try FfiConverterString.read(from: &buf)
             )
 
@@ -3037,105 +4102,132 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .TooLarge(size,limit):
-            writeInt(&buf, Int32(2))
-            FfiConverterUInt64.write(size, into: &buf)
-            FfiConverterUInt64.write(limit, into: &buf)
-            
-        
         case .Closed:
-            writeInt(&buf, Int32(3))
+            writeInt(&buf, Int32(2))
         
         
         case let .Busy(reason):
-            writeInt(&buf, Int32(4))
+            writeInt(&buf, Int32(3))
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .Listener(reason):
-            writeInt(&buf, Int32(5))
+            writeInt(&buf, Int32(4))
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .Internal(reason):
-            writeInt(&buf, Int32(6))
+            writeInt(&buf, Int32(5))
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .Malformed(what):
-            writeInt(&buf, Int32(7))
+            writeInt(&buf, Int32(6))
             FfiConverterString.write(what, into: &buf)
             
         
         case let .UnsupportedVersion(version):
-            writeInt(&buf, Int32(8))
+            writeInt(&buf, Int32(7))
             FfiConverterUInt8.write(version, into: &buf)
             
         
         case let .BadSignature(what):
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(8))
             FfiConverterString.write(what, into: &buf)
             
         
         case let .InvalidKey(what):
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(9))
             FfiConverterString.write(what, into: &buf)
             
         
         case .DecryptFailed:
-            writeInt(&buf, Int32(11))
+            writeInt(&buf, Int32(10))
         
         
         case let .DuplicateMessage(counter):
-            writeInt(&buf, Int32(12))
+            writeInt(&buf, Int32(11))
             FfiConverterUInt32.write(counter, into: &buf)
             
         
         case let .MessageKeyEvicted(counter):
-            writeInt(&buf, Int32(13))
+            writeInt(&buf, Int32(12))
             FfiConverterUInt32.write(counter, into: &buf)
             
         
         case let .TooFarInFuture(gap):
-            writeInt(&buf, Int32(14))
+            writeInt(&buf, Int32(13))
             FfiConverterUInt32.write(gap, into: &buf)
             
         
         case .NoSession:
-            writeInt(&buf, Int32(15))
+            writeInt(&buf, Int32(14))
         
         
         case let .UnknownPrekey(what,id):
-            writeInt(&buf, Int32(16))
+            writeInt(&buf, Int32(15))
             FfiConverterString.write(what, into: &buf)
             FfiConverterUInt32.write(id, into: &buf)
             
         
         case .ReplayedPreKeyMessage:
-            writeInt(&buf, Int32(17))
+            writeInt(&buf, Int32(16))
         
         
         case let .IdentityChanged(newIdentity):
-            writeInt(&buf, Int32(18))
+            writeInt(&buf, Int32(17))
             FfiConverterData.write(newIdentity, into: &buf)
             
         
         case let .WrongDevice(deviceId):
-            writeInt(&buf, Int32(19))
+            writeInt(&buf, Int32(18))
             FfiConverterUInt32.write(deviceId, into: &buf)
             
         
         case .NoIdentity:
-            writeInt(&buf, Int32(20))
+            writeInt(&buf, Int32(19))
         
         
         case let .CorruptRecord(table):
-            writeInt(&buf, Int32(21))
+            writeInt(&buf, Int32(20))
             FfiConverterString.write(table, into: &buf)
             
         
         case let .Storage(reason):
+            writeInt(&buf, Int32(21))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .InvalidAddress(reason):
             writeInt(&buf, Int32(22))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case .UnknownUser:
+            writeInt(&buf, Int32(23))
+        
+        
+        case .Timeout:
+            writeInt(&buf, Int32(24))
+        
+        
+        case let .Relay(code,reason):
+            writeInt(&buf, Int32(25))
+            FfiConverterOptionString.write(code, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .AttachmentRejected(reason):
+            writeInt(&buf, Int32(26))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case .AttachmentTooLarge:
+            writeInt(&buf, Int32(27))
+        
+        
+        case let .AttachmentIo(reason):
+            writeInt(&buf, Int32(28))
             FfiConverterString.write(reason, into: &buf)
             
         }
@@ -3235,6 +4327,30 @@ public func FfiConverterTypeVerification_lower(_ value: Verification) -> RustBuf
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
+    typealias SwiftType = String?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterString.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
     typealias SwiftType = Data?
 
@@ -3259,8 +4375,8 @@ fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-fileprivate struct FfiConverterOptionTypeReceivedMessage: FfiConverterRustBuffer {
-    typealias SwiftType = ReceivedMessage?
+fileprivate struct FfiConverterOptionTypeEvent: FfiConverterRustBuffer {
+    typealias SwiftType = Event?
 
     public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
         guard let value = value else {
@@ -3268,13 +4384,13 @@ fileprivate struct FfiConverterOptionTypeReceivedMessage: FfiConverterRustBuffer
             return
         }
         writeInt(&buf, Int8(1))
-        FfiConverterTypeReceivedMessage.write(value, into: &buf)
+        FfiConverterTypeEvent.write(value, into: &buf)
     }
 
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
-        case 1: return try FfiConverterTypeReceivedMessage.read(from: &buf)
+        case 1: return try FfiConverterTypeEvent.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -3307,6 +4423,106 @@ fileprivate struct FfiConverterOptionTypeVerification: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceUInt32: FfiConverterRustBuffer {
+    typealias SwiftType = [UInt32]
+
+    public static func write(_ value: [UInt32], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterUInt32.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [UInt32] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [UInt32]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterUInt32.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceData: FfiConverterRustBuffer {
+    typealias SwiftType = [Data]
+
+    public static func write(_ value: [Data], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterData.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Data] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Data]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterData.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeAttachment: FfiConverterRustBuffer {
+    typealias SwiftType = [Attachment]
+
+    public static func write(_ value: [Attachment], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeAttachment.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Attachment] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Attachment]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeAttachment.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeDeviceDelivery: FfiConverterRustBuffer {
+    typealias SwiftType = [DeviceDelivery]
+
+    public static func write(_ value: [DeviceDelivery], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeDeviceDelivery.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [DeviceDelivery] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [DeviceDelivery]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeDeviceDelivery.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer {
     typealias SwiftType = [PrekeyUpload]
 
@@ -3324,31 +4540,6 @@ fileprivate struct FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer 
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypePrekeyUpload.read(from: &buf))
-        }
-        return seq
-    }
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-fileprivate struct FfiConverterSequenceTypeReceivedMessage: FfiConverterRustBuffer {
-    typealias SwiftType = [ReceivedMessage]
-
-    public static func write(_ value: [ReceivedMessage], into buf: inout [UInt8]) {
-        let len = Int32(value.count)
-        writeInt(&buf, len)
-        for item in value {
-            FfiConverterTypeReceivedMessage.write(item, into: &buf)
-        }
-    }
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ReceivedMessage] {
-        let len: Int32 = try readInt(&buf)
-        var seq = [ReceivedMessage]()
-        seq.reserveCapacity(Int(len))
-        for _ in 0 ..< len {
-            seq.append(try FfiConverterTypeReceivedMessage.read(from: &buf))
         }
         return seq
     }
@@ -3430,31 +4621,73 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_func_version() != 38245) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_conversation_encrypt() != 27133) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_ack_event() != 29765) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_conversation_end() != 22200) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_address() != 57426) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_conversation_next() != 14089) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link() != 51513) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_conversation_peer() != 34318) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_delivery() != 50892) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_conversation_receive() != 36598) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_device_id() != 8149) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_conversation_receive_waiting() != 6332) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_devices() != 5199) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_conversation_subscribe() != 28177) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_download_attachment() != 61108) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_flush() != 6703) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_is_verified() != 47503) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_link_device() != 43650) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_mark_read() != 48992) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_mark_verified() != 50705) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_next_event() != 40487) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_pending_outgoing() != 329) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_safety_number() != 59279) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_send_file() != 63440) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_send_text() != 35228) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_shutdown() != 5933) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_subscribe() != 43541) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_try_next_event() != 39434) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_unlink_device() != 54514) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() != 7269) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_device_accept_identity() != 37354) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_sotto_ffi_checksum_method_device_conversation() != 57080) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_device_decrypt() != 27948) {
@@ -3505,6 +4738,15 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_prekeybundle_uses_last_resort_kem() != 44038) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_sotto_ffi_checksum_method_attachment_blob_id() != 28033) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_attachment_file_name() != 41169) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_attachment_size() != 5319) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_sotto_ffi_checksum_method_safetynumber_digits() != 17849) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -3514,43 +4756,37 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_safetynumber_scannable() != 53155) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_eventlistener_on_event() != 54590) {
+    if (uniffi_sotto_ffi_checksum_method_linking_code() != 58900) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_subscription_cancel() != 19211) {
+    if (uniffi_sotto_ffi_checksum_method_linking_finish() != 12457) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_subscription_delivered() != 8760) {
+    if (uniffi_sotto_ffi_checksum_method_linking_wait_offer() != 36156) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_subscription_is_active() != 9399) {
+    if (uniffi_sotto_ffi_checksum_method_pendinglink_digits() != 60880) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_subscription_listener_failures() != 47509) {
+    if (uniffi_sotto_ffi_checksum_method_eventlistener_on_event() != 31085) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_messagequeue_capacity() != 46071) {
+    if (uniffi_sotto_ffi_checksum_method_eventsubscription_cancel() != 48734) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_messagequeue_end() != 36065) {
+    if (uniffi_sotto_ffi_checksum_method_eventsubscription_delivered() != 59358) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_messagequeue_next() != 20489) {
+    if (uniffi_sotto_ffi_checksum_method_eventsubscription_is_active() != 46895) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_messagequeue_next_batch() != 37445) {
+    if (uniffi_sotto_ffi_checksum_method_eventsubscription_listener_failures() != 56970) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_messagequeue_send() != 46677) {
+    if (uniffi_sotto_ffi_checksum_constructor_sottoclient_create() != 46503) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_messagequeue_sent() != 57649) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_sotto_ffi_checksum_method_messagequeue_subscribe() != 37708) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_sotto_ffi_checksum_method_messagequeue_try_send() != 41151) {
+    if (uniffi_sotto_ffi_checksum_constructor_sottoclient_open() != 8711) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_constructor_device_create_in_memory() != 63154) {
@@ -3568,7 +4804,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_constructor_safetynumber_of() != 30279) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_constructor_messagequeue_new() != 6347) {
+    if (uniffi_sotto_ffi_checksum_constructor_linking_start() != 65222) {
         return InitializationResult.apiChecksumMismatch
     }
 

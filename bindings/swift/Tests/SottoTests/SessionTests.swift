@@ -1,6 +1,6 @@
 // Mirrors bindings/kotlin/src/test/kotlin/dev/sotto/SessionTest.kt: two
 // devices in one process exchange messages through sotto-core, typed errors
-// for garbage, safety numbers, and a Conversation delivering to a listener.
+// for garbage and safety numbers (ClientTests covers SottoClient).
 import Foundation
 import XCTest
 @testable import Sotto
@@ -57,47 +57,5 @@ final class SessionTests: XCTestCase {
         XCTAssertEqual(ab.digits().count, 60)
         XCTAssertEqual(ab.digits(), ba.digits())
         XCTAssertTrue(ab.matchesScanned(scanned: ba.scannable()))
-    }
-
-    func testConversationListenerGetsPlaintextAndFailures() async throws {
-        let a = try Device.createInMemory(deviceId: 1)
-        let b = try Device.createInMemory(deviceId: 7)
-        try a.processBundle(peer: bob, bundle: bundle(of: b))
-        let fromAlice = try b.conversation(peer: alice, capacity: 64)
-        let closed = expectation(description: "Closed delivered")
-        let listener = CollectingListener(onClosed: closed)
-        let sub = try fromAlice.subscribe(listener: listener)
-        _ = try fromAlice.receive(ciphertext: a.encrypt(peer: bob, plaintext: Data("hello".utf8)))
-        _ = try fromAlice.receive(ciphertext: Data([1, 2, 3]))
-        _ = try fromAlice.receive(ciphertext: a.encrypt(peer: bob, plaintext: Data("again".utf8)))
-        fromAlice.end()
-        await fulfillment(of: [closed], timeout: 10)
-        let events = listener.events
-        XCTAssertEqual(events.count, 4)
-        guard case let .message(first) = events[0] else { return XCTFail("\(events[0])") }
-        XCTAssertEqual(first.body, Data("hello".utf8))
-        guard case let .failed(sequence, _) = events[1] else { return XCTFail("\(events[1])") }
-        XCTAssertEqual(sequence, 1)
-        guard case let .message(third) = events[2] else { return XCTFail("\(events[2])") }
-        XCTAssertEqual(third.body, Data("again".utf8))
-        sub.cancel()
-    }
-
-    func testConversationNextDecryptsInOrder() async throws {
-        let a = try Device.createInMemory(deviceId: 1)
-        let b = try Device.createInMemory(deviceId: 7)
-        try a.processBundle(peer: bob, bundle: bundle(of: b))
-        let toBob = try a.conversation(peer: bob, capacity: 64)
-        let fromAlice = try b.conversation(peer: alice, capacity: 64)
-        for i in 0..<10 {
-            _ = try await fromAlice.receiveWaiting(ciphertext: toBob.encrypt(plaintext: Data("msg \(i)".utf8)))
-        }
-        for i in 0..<10 {
-            let msg = try await fromAlice.next()
-            XCTAssertEqual(msg?.body, Data("msg \(i)".utf8))
-        }
-        fromAlice.end()
-        let end = try await fromAlice.next()
-        XCTAssertNil(end)
     }
 }

@@ -706,23 +706,51 @@ internal object IntegrityCheckingUniffiLib {
     internal fun ensureInitialized() = Unit
     external fun uniffi_sotto_ffi_checksum_func_version(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_conversation_encrypt(
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_ack_event(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_conversation_end(
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_address(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_conversation_next(
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_conversation_peer(
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_delivery(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_conversation_receive(
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_device_id(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_conversation_receive_waiting(
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_devices(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_conversation_subscribe(
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_download_attachment(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_flush(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_is_verified(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_link_device(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_mark_read(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_mark_verified(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_next_event(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_pending_outgoing(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_safety_number(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_send_file(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_send_text(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_shutdown(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_subscribe(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_try_next_event(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_unlink_device(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_device_accept_identity(
-    ): Int
-    external fun uniffi_sotto_ffi_checksum_method_device_conversation(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_device_decrypt(
     ): Int
@@ -756,37 +784,39 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_prekeybundle_uses_last_resort_kem(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_method_attachment_blob_id(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_attachment_file_name(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_attachment_size(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_safetynumber_digits(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_safetynumber_matches_scanned(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_safetynumber_scannable(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_method_linking_code(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_linking_finish(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_linking_wait_offer(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_pendinglink_digits(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_eventlistener_on_event(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_subscription_cancel(
+    external fun uniffi_sotto_ffi_checksum_method_eventsubscription_cancel(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_subscription_delivered(
+    external fun uniffi_sotto_ffi_checksum_method_eventsubscription_delivered(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_subscription_is_active(
+    external fun uniffi_sotto_ffi_checksum_method_eventsubscription_is_active(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_subscription_listener_failures(
+    external fun uniffi_sotto_ffi_checksum_method_eventsubscription_listener_failures(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_messagequeue_capacity(
+    external fun uniffi_sotto_ffi_checksum_constructor_sottoclient_create(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_messagequeue_end(
-    ): Int
-    external fun uniffi_sotto_ffi_checksum_method_messagequeue_next(
-    ): Int
-    external fun uniffi_sotto_ffi_checksum_method_messagequeue_next_batch(
-    ): Int
-    external fun uniffi_sotto_ffi_checksum_method_messagequeue_send(
-    ): Int
-    external fun uniffi_sotto_ffi_checksum_method_messagequeue_sent(
-    ): Int
-    external fun uniffi_sotto_ffi_checksum_method_messagequeue_subscribe(
-    ): Int
-    external fun uniffi_sotto_ffi_checksum_method_messagequeue_try_send(
+    external fun uniffi_sotto_ffi_checksum_constructor_sottoclient_open(
     ): Int
     external fun uniffi_sotto_ffi_checksum_constructor_device_create_in_memory(
     ): Int
@@ -798,7 +828,7 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_constructor_safetynumber_of(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_constructor_messagequeue_new(
+    external fun uniffi_sotto_ffi_checksum_constructor_linking_start(
     ): Int
     external fun ffi_sotto_ffi_uniffi_contract_version(
     ): Int
@@ -821,23 +851,57 @@ internal object UniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
-    external fun uniffi_sotto_ffi_fn_clone_conversation(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_clone_sottoclient(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
-    external fun uniffi_sotto_ffi_fn_free_conversation(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_free_sottoclient(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_sotto_ffi_fn_method_conversation_encrypt(`ptr`: Long,`plaintext`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_sotto_ffi_fn_method_conversation_end(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_constructor_sottoclient_create(`dbPath`: RustBuffer.ByValue,`storageKey`: RustBuffer.ByValue,`relay`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_constructor_sottoclient_open(`dbPath`: RustBuffer.ByValue,`storageKey`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_ack_event(`ptr`: Long,`seq`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_sotto_ffi_fn_method_conversation_next(`ptr`: Long,
-    ): Long
-    external fun uniffi_sotto_ffi_fn_method_conversation_peer(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_address(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_sotto_ffi_fn_method_conversation_receive(`ptr`: Long,`ciphertext`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_confirm_link(`ptr`: Long,`pending`: Long,
     ): Long
-    external fun uniffi_sotto_ffi_fn_method_conversation_receive_waiting(`ptr`: Long,`ciphertext`: RustBuffer.ByValue,
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_delivery(`ptr`: Long,`messageId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_device_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Int
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_devices(`ptr`: Long,
     ): Long
-    external fun uniffi_sotto_ffi_fn_method_conversation_subscribe(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_download_attachment(`ptr`: Long,`from`: RustBuffer.ByValue,`attachment`: Long,`dest`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_flush(`ptr`: Long,`timeoutMs`: Long,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_is_verified(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_link_device(`ptr`: Long,`code`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_mark_read(`ptr`: Long,`peer`: RustBuffer.ByValue,`messageIds`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_mark_verified(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_next_event(`ptr`: Long,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_pending_outgoing(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_safety_number(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_send_file(`ptr`: Long,`to`: RustBuffer.ByValue,`text`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_send_text(`ptr`: Long,`to`: RustBuffer.ByValue,`text`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_shutdown(`ptr`: Long,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_subscribe(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_try_next_event(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_unlink_device(`ptr`: Long,`deviceId`: Int,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(`ptr`: Long,`timeoutMs`: Long,
     ): Long
     external fun uniffi_sotto_ffi_fn_clone_device(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -851,8 +915,6 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_sotto_ffi_fn_method_device_accept_identity(`ptr`: Long,`user`: RustBuffer.ByValue,`identityKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_sotto_ffi_fn_method_device_conversation(`ptr`: Long,`peer`: RustBuffer.ByValue,`capacity`: Int,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
     external fun uniffi_sotto_ffi_fn_method_device_decrypt(`ptr`: Long,`peer`: RustBuffer.ByValue,`ciphertext`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_method_device_device_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -891,6 +953,16 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_method_prekeybundle_uses_last_resort_kem(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
+    external fun uniffi_sotto_ffi_fn_clone_attachment(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_sotto_ffi_fn_free_attachment(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_attachment_blob_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_attachment_file_name(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_attachment_size(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
     external fun uniffi_sotto_ffi_fn_clone_safetynumber(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_sotto_ffi_fn_free_safetynumber(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -903,6 +975,24 @@ internal object UniffiLib {
     ): Byte
     external fun uniffi_sotto_ffi_fn_method_safetynumber_scannable(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_clone_linking(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_sotto_ffi_fn_free_linking(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_constructor_linking_start(`dbPath`: RustBuffer.ByValue,`storageKey`: RustBuffer.ByValue,`relay`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_linking_code(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_linking_finish(`ptr`: Long,`timeoutMs`: Long,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_linking_wait_offer(`ptr`: Long,`timeoutMs`: Long,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_clone_pendinglink(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_sotto_ffi_fn_free_pendinglink(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_pendinglink_digits(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_clone_eventlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_sotto_ffi_fn_free_eventlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -911,39 +1001,17 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_eventlistener_on_event(`ptr`: Long,`event`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_sotto_ffi_fn_clone_subscription(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_clone_eventsubscription(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
-    external fun uniffi_sotto_ffi_fn_free_subscription(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_free_eventsubscription(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_sotto_ffi_fn_method_subscription_cancel(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_eventsubscription_cancel(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_sotto_ffi_fn_method_subscription_delivered(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_eventsubscription_delivered(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
-    external fun uniffi_sotto_ffi_fn_method_subscription_is_active(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_eventsubscription_is_active(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
-    external fun uniffi_sotto_ffi_fn_method_subscription_listener_failures(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_sotto_ffi_fn_clone_messagequeue(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_sotto_ffi_fn_free_messagequeue(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Unit
-    external fun uniffi_sotto_ffi_fn_constructor_messagequeue_new(`capacity`: Int,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_sotto_ffi_fn_method_messagequeue_capacity(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Int
-    external fun uniffi_sotto_ffi_fn_method_messagequeue_end(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Unit
-    external fun uniffi_sotto_ffi_fn_method_messagequeue_next(`ptr`: Long,
-    ): Long
-    external fun uniffi_sotto_ffi_fn_method_messagequeue_next_batch(`ptr`: Long,`max`: Int,
-    ): Long
-    external fun uniffi_sotto_ffi_fn_method_messagequeue_send(`ptr`: Long,`body`: RustBuffer.ByValue,
-    ): Long
-    external fun uniffi_sotto_ffi_fn_method_messagequeue_sent(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_sotto_ffi_fn_method_messagequeue_subscribe(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_sotto_ffi_fn_method_messagequeue_try_send(`ptr`: Long,`body`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_eventsubscription_listener_failures(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_sotto_ffi_fn_func_version(uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -1069,31 +1137,73 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_func_version() and 0xFFFF) != 38245) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_conversation_encrypt() and 0xFFFF) != 27133) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_ack_event() and 0xFFFF) != 29765) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_conversation_end() and 0xFFFF) != 22200) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_address() and 0xFFFF) != 57426) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_conversation_next() and 0xFFFF) != 14089) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link() and 0xFFFF) != 51513) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_conversation_peer() and 0xFFFF) != 34318) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_delivery() and 0xFFFF) != 50892) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_conversation_receive() and 0xFFFF) != 36598) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_device_id() and 0xFFFF) != 8149) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_conversation_receive_waiting() and 0xFFFF) != 6332) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_devices() and 0xFFFF) != 5199) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_conversation_subscribe() and 0xFFFF) != 28177) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_download_attachment() and 0xFFFF) != 61108) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_flush() and 0xFFFF) != 6703) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_is_verified() and 0xFFFF) != 47503) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_link_device() and 0xFFFF) != 43650) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_mark_read() and 0xFFFF) != 48992) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_mark_verified() and 0xFFFF) != 50705) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_next_event() and 0xFFFF) != 40487) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_pending_outgoing() and 0xFFFF) != 329) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_safety_number() and 0xFFFF) != 59279) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_send_file() and 0xFFFF) != 63440) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_send_text() and 0xFFFF) != 35228) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_shutdown() and 0xFFFF) != 5933) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_subscribe() and 0xFFFF) != 43541) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_try_next_event() and 0xFFFF) != 39434) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_unlink_device() and 0xFFFF) != 54514) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() and 0xFFFF) != 7269) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_device_accept_identity() and 0xFFFF) != 37354) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_sotto_ffi_checksum_method_device_conversation() and 0xFFFF) != 57080) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_device_decrypt() and 0xFFFF) != 27948) {
@@ -1144,6 +1254,15 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_prekeybundle_uses_last_resort_kem() and 0xFFFF) != 44038) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_sotto_ffi_checksum_method_attachment_blob_id() and 0xFFFF) != 28033) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_attachment_file_name() and 0xFFFF) != 41169) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_attachment_size() and 0xFFFF) != 5319) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_sotto_ffi_checksum_method_safetynumber_digits() and 0xFFFF) != 17849) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1153,43 +1272,37 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_safetynumber_scannable() and 0xFFFF) != 53155) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_eventlistener_on_event() and 0xFFFF) != 54590) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_linking_code() and 0xFFFF) != 58900) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_subscription_cancel() and 0xFFFF) != 19211) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_linking_finish() and 0xFFFF) != 12457) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_subscription_delivered() and 0xFFFF) != 8760) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_linking_wait_offer() and 0xFFFF) != 36156) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_subscription_is_active() and 0xFFFF) != 9399) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_pendinglink_digits() and 0xFFFF) != 60880) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_subscription_listener_failures() and 0xFFFF) != 47509) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_eventlistener_on_event() and 0xFFFF) != 31085) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_messagequeue_capacity() and 0xFFFF) != 46071) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_eventsubscription_cancel() and 0xFFFF) != 48734) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_messagequeue_end() and 0xFFFF) != 36065) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_eventsubscription_delivered() and 0xFFFF) != 59358) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_messagequeue_next() and 0xFFFF) != 20489) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_eventsubscription_is_active() and 0xFFFF) != 46895) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_messagequeue_next_batch() and 0xFFFF) != 37445) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_eventsubscription_listener_failures() and 0xFFFF) != 56970) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_messagequeue_send() and 0xFFFF) != 46677) {
+    if ((lib.uniffi_sotto_ffi_checksum_constructor_sottoclient_create() and 0xFFFF) != 46503) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_messagequeue_sent() and 0xFFFF) != 57649) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_sotto_ffi_checksum_method_messagequeue_subscribe() and 0xFFFF) != 37708) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_sotto_ffi_checksum_method_messagequeue_try_send() and 0xFFFF) != 41151) {
+    if ((lib.uniffi_sotto_ffi_checksum_constructor_sottoclient_open() and 0xFFFF) != 8711) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_constructor_device_create_in_memory() and 0xFFFF) != 63154) {
@@ -1207,7 +1320,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_constructor_safetynumber_of() and 0xFFFF) != 30279) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_constructor_messagequeue_new() and 0xFFFF) != 6347) {
+    if ((lib.uniffi_sotto_ffi_checksum_constructor_linking_start() and 0xFFFF) != 65222) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -1707,58 +1820,37 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 
 
 /**
- * Messages from one peer, decrypted in order for one consumer.
+ * A file attached to a received message. Opaque: it carries the file's
+ * decryption key, which never leaves Rust; download it with
+ * `SottoClient.downloadAttachment`.
  */
-public interface ConversationInterface {
+public interface AttachmentInterface {
     
     /**
-     * Encrypts `plaintext` for the peer; returns the ciphertext to transport.
+     * The relay blob id (public), e.g. as a cache key.
      */
-    fun `encrypt`(`plaintext`: kotlin.ByteArray): kotlin.ByteArray
+    fun `blobId`(): kotlin.ByteArray
     
     /**
-     * No more messages will be received; consumers finish what is queued.
+     * The file name the sender gave (untrusted: sanitise before using it
+     * as a path).
      */
-    fun `end`()
+    fun `fileName`(): kotlin.String
     
     /**
-     * Decrypts and returns the next message, waiting for one; `null`/`nil`
-     * after `end()` once all were read. A message that fails to decrypt is
-     * consumed and its typed error thrown (`DecryptFailed`,
-     * `DuplicateMessage`, ...); the next call goes on with the following one.
+     * Plaintext size in bytes (from the authenticated pointer).
      */
-    suspend fun `next`(): ReceivedMessage?
-    
-    /**
-     * The peer this conversation is with.
-     */
-    fun `peer`(): PeerAddress
-    
-    /**
-     * Queues a ciphertext received from the peer; returns its sequence
-     * number. Fails with `Busy` when `capacity` messages wait undelivered,
-     * `TooLarge` above 96 KiB, `Closed` after `end()`.
-     */
-    fun `receive`(`ciphertext`: kotlin.ByteArray): kotlin.ULong
-    
-    /**
-     * Like `receive`, but suspends while the conversation is full.
-     */
-    suspend fun `receiveWaiting`(`ciphertext`: kotlin.ByteArray): kotlin.ULong
-    
-    /**
-     * Decrypts every queued and future message on the shared runtime and
-     * delivers `Message` or `Failed` events, then `Closed` after `end()`.
-     */
-    fun `subscribe`(`listener`: EventListener): Subscription
+    fun `size`(): kotlin.ULong
     
     companion object
 }
 
 /**
- * Messages from one peer, decrypted in order for one consumer.
+ * A file attached to a received message. Opaque: it carries the file's
+ * decryption key, which never leaves Rust; download it with
+ * `SottoClient.downloadAttachment`.
  */
-open class Conversation: Disposable, AutoCloseable, ConversationInterface
+open class Attachment: Disposable, AutoCloseable, AttachmentInterface
 {
 
     @Suppress("UNUSED_PARAMETER")
@@ -1842,7 +1934,7 @@ open class Conversation: Disposable, AutoCloseable, ConversationInterface
                 return;
             }
             uniffiRustCall { status ->
-                UniffiLib.uniffi_sotto_ffi_fn_free_conversation(handle, status)
+                UniffiLib.uniffi_sotto_ffi_fn_free_attachment(handle, status)
             }
         }
     }
@@ -1855,78 +1947,18 @@ open class Conversation: Disposable, AutoCloseable, ConversationInterface
             throw InternalException("uniffiCloneHandle() called on NoHandle object");
         }
         return uniffiRustCall() { status ->
-            UniffiLib.uniffi_sotto_ffi_fn_clone_conversation(handle, status)
+            UniffiLib.uniffi_sotto_ffi_fn_clone_attachment(handle, status)
         }
     }
 
     
     /**
-     * Encrypts `plaintext` for the peer; returns the ciphertext to transport.
-     */
-    @Throws(SottoException::class)override fun `encrypt`(`plaintext`: kotlin.ByteArray): kotlin.ByteArray {
+     * The relay blob id (public), e.g. as a cache key.
+     */override fun `blobId`(): kotlin.ByteArray {
             return FfiConverterByteArray.lift(
     callWithHandle {
-    uniffiRustCallWithError(SottoException) { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_conversation_encrypt(
-        it,
-        
-        FfiConverterByteArray.lower(`plaintext`),_status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * No more messages will be received; consumers finish what is queued.
-     */override fun `end`()
-        = 
-    callWithHandle {
     uniffiRustCall() { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_conversation_end(
-        it,
-        _status)
-}
-    }
-    
-    
-
-    
-    /**
-     * Decrypts and returns the next message, waiting for one; `null`/`nil`
-     * after `end()` once all were read. A message that fails to decrypt is
-     * consumed and its typed error thrown (`DecryptFailed`,
-     * `DuplicateMessage`, ...); the next call goes on with the following one.
-     */
-    @Throws(SottoException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `next`() : ReceivedMessage? {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_sotto_ffi_fn_method_conversation_next(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
-        // lift function
-        { FfiConverterOptionalTypeReceivedMessage.lift(it) },
-        // Error FFI converter
-        SottoException.ErrorHandler,
-    )
-    }
-
-    
-    /**
-     * The peer this conversation is with.
-     */override fun `peer`(): PeerAddress {
-            return FfiConverterTypePeerAddress.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_conversation_peer(
+    UniffiLib.uniffi_sotto_ffi_fn_method_attachment_blob_id(
         it,
         _status)
 }
@@ -1937,62 +1969,31 @@ open class Conversation: Disposable, AutoCloseable, ConversationInterface
 
     
     /**
-     * Queues a ciphertext received from the peer; returns its sequence
-     * number. Fails with `Busy` when `capacity` messages wait undelivered,
-     * `TooLarge` above 96 KiB, `Closed` after `end()`.
-     */
-    @Throws(SottoException::class)override fun `receive`(`ciphertext`: kotlin.ByteArray): kotlin.ULong {
+     * The file name the sender gave (untrusted: sanitise before using it
+     * as a path).
+     */override fun `fileName`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_attachment_file_name(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Plaintext size in bytes (from the authenticated pointer).
+     */override fun `size`(): kotlin.ULong {
             return FfiConverterULong.lift(
     callWithHandle {
-    uniffiRustCallWithError(SottoException) { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_conversation_receive(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_attachment_size(
         it,
-        
-        FfiConverterByteArray.lower(`ciphertext`),_status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * Like `receive`, but suspends while the conversation is full.
-     */
-    @Throws(SottoException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `receiveWaiting`(`ciphertext`: kotlin.ByteArray) : kotlin.ULong {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_sotto_ffi_fn_method_conversation_receive_waiting(
-                uniffiHandle,
-                
-        FfiConverterByteArray.lower(`ciphertext`),
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
-        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
-        // lift function
-        { FfiConverterULong.lift(it) },
-        // Error FFI converter
-        SottoException.ErrorHandler,
-    )
-    }
-
-    
-    /**
-     * Decrypts every queued and future message on the shared runtime and
-     * delivers `Message` or `Failed` events, then `Closed` after `end()`.
-     */
-    @Throws(SottoException::class)override fun `subscribe`(`listener`: EventListener): Subscription {
-            return FfiConverterTypeSubscription.lift(
-    callWithHandle {
-    uniffiRustCallWithError(SottoException) { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_conversation_subscribe(
-        it,
-        
-        FfiConverterTypeEventListener.lower(`listener`),_status)
+        _status)
 }
     }
     )
@@ -2017,22 +2018,22 @@ open class Conversation: Disposable, AutoCloseable, ConversationInterface
 /**
  * @suppress
  */
-public object FfiConverterTypeConversation: FfiConverter<Conversation, Long> {
-    override fun lower(value: Conversation): Long {
+public object FfiConverterTypeAttachment: FfiConverter<Attachment, Long> {
+    override fun lower(value: Attachment): Long {
         return value.uniffiCloneHandle()
     }
 
-    override fun lift(value: Long): Conversation {
-        return Conversation(UniffiWithHandle, value)
+    override fun lift(value: Long): Attachment {
+        return Attachment(UniffiWithHandle, value)
     }
 
-    override fun read(buf: ByteBuffer): Conversation {
+    override fun read(buf: ByteBuffer): Attachment {
         return lift(buf.getLong())
     }
 
-    override fun allocationSize(value: Conversation) = 8UL
+    override fun allocationSize(value: Attachment) = 8UL
 
-    override fun write(value: Conversation, buf: ByteBuffer) {
+    override fun write(value: Attachment, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -2143,13 +2144,6 @@ public interface DeviceInterface {
      * contact becomes unverified).
      */
     fun `acceptIdentity`(`user`: kotlin.ByteArray, `identityKey`: kotlin.ByteArray)
-    
-    /**
-     * An in-process conversation with `peer`: ciphertexts handed to
-     * `receive` are decrypted in order and delivered through `next()` or a
-     * listener. `capacity` bounds the undelivered ciphertexts (1 to 65,536).
-     */
-    fun `conversation`(`peer`: PeerAddress, `capacity`: kotlin.UInt): Conversation
     
     /**
      * Decrypts a message from `peer`. Every failure is a typed error
@@ -2349,27 +2343,6 @@ open class Device: Disposable, AutoCloseable, DeviceInterface
 }
     }
     
-    
-
-    
-    /**
-     * An in-process conversation with `peer`: ciphertexts handed to
-     * `receive` are decrypted in order and delivered through `next()` or a
-     * listener. `capacity` bounds the undelivered ciphertexts (1 to 65,536).
-     */
-    @Throws(SottoException::class)override fun `conversation`(`peer`: PeerAddress, `capacity`: kotlin.UInt): Conversation {
-            return FfiConverterTypeConversation.lift(
-    callWithHandle {
-    uniffiRustCallWithError(SottoException) { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_device_conversation(
-        it,
-        
-        FfiConverterTypePeerAddress.lower(`peer`),
-        FfiConverterUInt.lower(`capacity`),_status)
-}
-    }
-    )
-    }
     
 
     
@@ -2797,12 +2770,12 @@ public object FfiConverterTypeDevice: FfiConverter<Device, Long> {
 
 
 /**
- * Implemented by the application to receive [`Event`]s.
+ * Implemented by the application to receive the client's events.
  *
  * Called on a Rust worker thread, one event at a time, in order. It must
- * not block: post the event to your own thread or queue and return. A
- * thrown exception is counted (see [`Subscription::listener_failures`]) and
- * delivery continues with the next event.
+ * not block: post the event to your own thread or queue and return. Return
+ * normally only once the event is safely handled (stored, shown): that is
+ * when it is acknowledged. Throwing makes it come again.
  */
 public interface EventListener {
     
@@ -2815,12 +2788,12 @@ public interface EventListener {
 }
 
 /**
- * Implemented by the application to receive [`Event`]s.
+ * Implemented by the application to receive the client's events.
  *
  * Called on a Rust worker thread, one event at a time, in order. It must
- * not block: post the event to your own thread or queue and return. A
- * thrown exception is counted (see [`Subscription::listener_failures`]) and
- * delivery continues with the next event.
+ * not block: post the event to your own thread or queue and return. Return
+ * normally only once the event is safely handled (stored, shown): that is
+ * when it is acknowledged. Throwing makes it come again.
  */
 open class EventListenerImpl: Disposable, AutoCloseable, EventListener
 {
@@ -3136,67 +3109,42 @@ public object FfiConverterTypeEventListener: FfiConverter<EventListener, Long> {
 
 
 /**
- * An ordered in-process message stream with exactly one consumer at a time.
+ * A running delivery of a client's events to an [`EventListener`]. Stop it
+ * with `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
+ * Swift `deinit`); the client's `shutdown()` stops it too.
  */
-public interface MessageQueueInterface {
+public interface EventSubscriptionInterface {
     
     /**
-     * The buffer size given at creation.
+     * Stops delivery. Idempotent; may be called from inside the listener.
      */
-    fun `capacity`(): kotlin.UInt
+    fun `cancel`()
     
     /**
-     * Ends the stream: later sends fail with `Closed`; readers get what is
-     * buffered, then the end. Idempotent.
+     * Events the listener accepted (and that were acknowledged) so far.
      */
-    fun `end`()
+    fun `delivered`(): kotlin.ULong
     
     /**
-     * Waits for the next message; `null`/`nil` once `end()` was called and
-     * every message was read. Fails with `Busy` while a subscription or
-     * another read is active. Cancel-safe: a cancelled `next()` loses no
-     * message.
+     * Whether events may still arrive: false once cancelled or once the
+     * client was shut down.
      */
-    suspend fun `next`(): ReceivedMessage?
+    fun `isActive`(): kotlin.Boolean
     
     /**
-     * Waits for at least one message, then returns up to `max` (1 to 1,024)
-     * of those already buffered, in one boundary crossing. An empty list
-     * means the stream ended. Same rules as `next()`.
+     * Callbacks that threw (each such event is delivered again).
      */
-    suspend fun `nextBatch`(`max`: kotlin.UInt): List<ReceivedMessage>
-    
-    /**
-     * Enqueues `body`, suspending while the buffer is full; returns its
-     * sequence number. Cancelling while suspended enqueues nothing.
-     */
-    suspend fun `send`(`body`: kotlin.ByteArray): kotlin.ULong
-    
-    /**
-     * Messages accepted so far.
-     */
-    fun `sent`(): kotlin.ULong
-    
-    /**
-     * Delivers every message, then `Closed` after `end()`, to `listener` on
-     * the shared runtime until the returned handle is cancelled or closed.
-     * Fails with `Busy` if the queue already has a consumer.
-     */
-    fun `subscribe`(`listener`: EventListener): Subscription
-    
-    /**
-     * Enqueues `body` without waiting; fails with `Busy` when the buffer is
-     * full.
-     */
-    fun `trySend`(`body`: kotlin.ByteArray): kotlin.ULong
+    fun `listenerFailures`(): kotlin.ULong
     
     companion object
 }
 
 /**
- * An ordered in-process message stream with exactly one consumer at a time.
+ * A running delivery of a client's events to an [`EventListener`]. Stop it
+ * with `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
+ * Swift `deinit`); the client's `shutdown()` stops it too.
  */
-open class MessageQueue: Disposable, AutoCloseable, MessageQueueInterface
+open class EventSubscription: Disposable, AutoCloseable, EventSubscriptionInterface
 {
 
     @Suppress("UNUSED_PARAMETER")
@@ -3220,18 +3168,6 @@ open class MessageQueue: Disposable, AutoCloseable, MessageQueueInterface
         this.handle = 0
         this.cleanable = null
     }
-    /**
-     * A queue buffering at most `capacity` unread messages (1 to 65,536).
-     */
-    constructor(`capacity`: kotlin.UInt) :
-        this(UniffiWithHandle, 
-    uniffiRustCallWithError(SottoException) { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_constructor_messagequeue_new(
-    
-        
-        FfiConverterUInt.lower(`capacity`),_status)
-}
-    )
 
     protected val handle: Long
     protected val cleanable: UniffiCleaner.Cleanable?
@@ -3292,7 +3228,7 @@ open class MessageQueue: Disposable, AutoCloseable, MessageQueueInterface
                 return;
             }
             uniffiRustCall { status ->
-                UniffiLib.uniffi_sotto_ffi_fn_free_messagequeue(handle, status)
+                UniffiLib.uniffi_sotto_ffi_fn_free_eventsubscription(handle, status)
             }
         }
     }
@@ -3305,35 +3241,18 @@ open class MessageQueue: Disposable, AutoCloseable, MessageQueueInterface
             throw InternalException("uniffiCloneHandle() called on NoHandle object");
         }
         return uniffiRustCall() { status ->
-            UniffiLib.uniffi_sotto_ffi_fn_clone_messagequeue(handle, status)
+            UniffiLib.uniffi_sotto_ffi_fn_clone_eventsubscription(handle, status)
         }
     }
 
     
     /**
-     * The buffer size given at creation.
-     */override fun `capacity`(): kotlin.UInt {
-            return FfiConverterUInt.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_messagequeue_capacity(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * Ends the stream: later sends fail with `Closed`; readers get what is
-     * buffered, then the end. Idempotent.
-     */override fun `end`()
+     * Stops delivery. Idempotent; may be called from inside the listener.
+     */override fun `cancel`()
         = 
     callWithHandle {
     uniffiRustCall() { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_messagequeue_end(
+    UniffiLib.uniffi_sotto_ffi_fn_method_eventsubscription_cancel(
         it,
         _status)
 }
@@ -3343,92 +3262,12 @@ open class MessageQueue: Disposable, AutoCloseable, MessageQueueInterface
 
     
     /**
-     * Waits for the next message; `null`/`nil` once `end()` was called and
-     * every message was read. Fails with `Busy` while a subscription or
-     * another read is active. Cancel-safe: a cancelled `next()` loses no
-     * message.
-     */
-    @Throws(SottoException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `next`() : ReceivedMessage? {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_sotto_ffi_fn_method_messagequeue_next(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
-        // lift function
-        { FfiConverterOptionalTypeReceivedMessage.lift(it) },
-        // Error FFI converter
-        SottoException.ErrorHandler,
-    )
-    }
-
-    
-    /**
-     * Waits for at least one message, then returns up to `max` (1 to 1,024)
-     * of those already buffered, in one boundary crossing. An empty list
-     * means the stream ended. Same rules as `next()`.
-     */
-    @Throws(SottoException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `nextBatch`(`max`: kotlin.UInt) : List<ReceivedMessage> {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_sotto_ffi_fn_method_messagequeue_next_batch(
-                uniffiHandle,
-                
-        FfiConverterUInt.lower(`max`),
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
-        // lift function
-        { FfiConverterSequenceTypeReceivedMessage.lift(it) },
-        // Error FFI converter
-        SottoException.ErrorHandler,
-    )
-    }
-
-    
-    /**
-     * Enqueues `body`, suspending while the buffer is full; returns its
-     * sequence number. Cancelling while suspended enqueues nothing.
-     */
-    @Throws(SottoException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `send`(`body`: kotlin.ByteArray) : kotlin.ULong {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_sotto_ffi_fn_method_messagequeue_send(
-                uniffiHandle,
-                
-        FfiConverterByteArray.lower(`body`),
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
-        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
-        // lift function
-        { FfiConverterULong.lift(it) },
-        // Error FFI converter
-        SottoException.ErrorHandler,
-    )
-    }
-
-    
-    /**
-     * Messages accepted so far.
-     */override fun `sent`(): kotlin.ULong {
+     * Events the listener accepted (and that were acknowledged) so far.
+     */override fun `delivered`(): kotlin.ULong {
             return FfiConverterULong.lift(
     callWithHandle {
     uniffiRustCall() { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_messagequeue_sent(
+    UniffiLib.uniffi_sotto_ffi_fn_method_eventsubscription_delivered(
         it,
         _status)
 }
@@ -3439,18 +3278,15 @@ open class MessageQueue: Disposable, AutoCloseable, MessageQueueInterface
 
     
     /**
-     * Delivers every message, then `Closed` after `end()`, to `listener` on
-     * the shared runtime until the returned handle is cancelled or closed.
-     * Fails with `Busy` if the queue already has a consumer.
-     */
-    @Throws(SottoException::class)override fun `subscribe`(`listener`: EventListener): Subscription {
-            return FfiConverterTypeSubscription.lift(
+     * Whether events may still arrive: false once cancelled or once the
+     * client was shut down.
+     */override fun `isActive`(): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
     callWithHandle {
-    uniffiRustCallWithError(SottoException) { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_messagequeue_subscribe(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_eventsubscription_is_active(
         it,
-        
-        FfiConverterTypeEventListener.lower(`listener`),_status)
+        _status)
 }
     }
     )
@@ -3459,17 +3295,14 @@ open class MessageQueue: Disposable, AutoCloseable, MessageQueueInterface
 
     
     /**
-     * Enqueues `body` without waiting; fails with `Busy` when the buffer is
-     * full.
-     */
-    @Throws(SottoException::class)override fun `trySend`(`body`: kotlin.ByteArray): kotlin.ULong {
+     * Callbacks that threw (each such event is delivered again).
+     */override fun `listenerFailures`(): kotlin.ULong {
             return FfiConverterULong.lift(
     callWithHandle {
-    uniffiRustCallWithError(SottoException) { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_messagequeue_try_send(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_eventsubscription_listener_failures(
         it,
-        
-        FfiConverterByteArray.lower(`body`),_status)
+        _status)
 }
     }
     )
@@ -3494,22 +3327,643 @@ open class MessageQueue: Disposable, AutoCloseable, MessageQueueInterface
 /**
  * @suppress
  */
-public object FfiConverterTypeMessageQueue: FfiConverter<MessageQueue, Long> {
-    override fun lower(value: MessageQueue): Long {
+public object FfiConverterTypeEventSubscription: FfiConverter<EventSubscription, Long> {
+    override fun lower(value: EventSubscription): Long {
         return value.uniffiCloneHandle()
     }
 
-    override fun lift(value: Long): MessageQueue {
-        return MessageQueue(UniffiWithHandle, value)
+    override fun lift(value: Long): EventSubscription {
+        return EventSubscription(UniffiWithHandle, value)
     }
 
-    override fun read(buf: ByteBuffer): MessageQueue {
+    override fun read(buf: ByteBuffer): EventSubscription {
         return lift(buf.getLong())
     }
 
-    override fun allocationSize(value: MessageQueue) = 8UL
+    override fun allocationSize(value: EventSubscription) = 8UL
 
-    override fun write(value: MessageQueue, buf: ByteBuffer) {
+    override fun write(value: EventSubscription, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A new device being linked to an existing user (this device's side).
+ */
+public interface LinkingInterface {
+    
+    /**
+     * The code to show (as text or QR code) to the existing device.
+     */
+    fun `code`(): kotlin.String
+    
+    /**
+     * The user confirmed the digits here: waits up to `timeout_ms` for the
+     * identity from the existing device and returns this device's client.
+     * Used once; later calls fail with `Closed`.
+     */
+    suspend fun `finish`(`timeoutMs`: kotlin.ULong): SottoClient
+    
+    /**
+     * Waits up to `timeout_ms` for the existing device's offer; returns the
+     * six digits to compare with the ones it shows.
+     */
+    suspend fun `waitOffer`(`timeoutMs`: kotlin.ULong): kotlin.String
+    
+    companion object
+}
+
+/**
+ * A new device being linked to an existing user (this device's side).
+ */
+open class Linking: Disposable, AutoCloseable, LinkingInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_sotto_ffi_fn_free_linking(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_sotto_ffi_fn_clone_linking(handle, status)
+        }
+    }
+
+    
+    /**
+     * The code to show (as text or QR code) to the existing device.
+     */override fun `code`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_linking_code(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The user confirmed the digits here: waits up to `timeout_ms` for the
+     * identity from the existing device and returns this device's client.
+     * Used once; later calls fail with `Closed`.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `finish`(`timeoutMs`: kotlin.ULong) : SottoClient {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_linking_finish(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypeSottoClient.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Waits up to `timeout_ms` for the existing device's offer; returns the
+     * six digits to compare with the ones it shows.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `waitOffer`(`timeoutMs`: kotlin.ULong) : kotlin.String {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_linking_wait_offer(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterString.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+
+    
+
+
+    
+    companion object {
+        
+    /**
+     * Prepares this device, whose encrypted store `db_path` must be new,
+     * on the user's home relay `relay` (`host:port/fingerprint`).
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+     suspend fun `start`(`dbPath`: kotlin.String, `storageKey`: kotlin.ByteArray, `relay`: kotlin.String) : Linking {
+        return uniffiRustCallAsync(
+        UniffiLib.uniffi_sotto_ffi_fn_constructor_linking_start(
+        FfiConverterString.lower(`dbPath`),
+        FfiConverterByteArray.lower(`storageKey`),
+        FfiConverterString.lower(`relay`),),
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypeLinking.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+        
+    }
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeLinking: FfiConverter<Linking, Long> {
+    override fun lower(value: Linking): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): Linking {
+        return Linking(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): Linking {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: Linking) = 8UL
+
+    override fun write(value: Linking, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A link in progress on the existing device.
+ */
+public interface PendingLinkInterface {
+    
+    /**
+     * The six digits to compare with the new device's screen.
+     */
+    fun `digits`(): kotlin.String
+    
+    companion object
+}
+
+/**
+ * A link in progress on the existing device.
+ */
+open class PendingLink: Disposable, AutoCloseable, PendingLinkInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_sotto_ffi_fn_free_pendinglink(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_sotto_ffi_fn_clone_pendinglink(handle, status)
+        }
+    }
+
+    
+    /**
+     * The six digits to compare with the new device's screen.
+     */override fun `digits`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_pendinglink_digits(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypePendingLink: FfiConverter<PendingLink, Long> {
+    override fun lower(value: PendingLink): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): PendingLink {
+        return PendingLink(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): PendingLink {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: PendingLink) = 8UL
+
+    override fun write(value: PendingLink, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -4263,43 +4717,146 @@ public object FfiConverterTypeSafetyNumber: FfiConverter<SafetyNumber, Long> {
 
 
 /**
- * A running delivery of events to an [`EventListener`]. Cancel it with
- * `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
- * Swift `deinit`).
+ * This user's device of the Sotto messenger: sends, receives, links
+ * devices. Thread-safe; share one per store.
  */
-public interface SubscriptionInterface {
+public interface SottoClientInterface {
     
     /**
-     * Stops delivery. Idempotent. No callback starts after it returns; it
-     * may be called from inside the listener.
+     * Removes a handled event from the queue.
      */
-    fun `cancel`()
+    fun `ackEvent`(`seq`: kotlin.ULong)
     
     /**
-     * Events the listener accepted so far.
+     * This user's address (`user@host:port/fingerprint`): give it to contacts.
      */
-    fun `delivered`(): kotlin.ULong
+    fun `address`(): kotlin.String
     
     /**
-     * Whether events may still arrive: false once cancelled or once the
-     * source ended and `Closed` was delivered.
+     * The user confirmed the digits: sends the identity to the new device.
+     * Returns the new device's id. A pending link is used once.
      */
-    fun `isActive`(): kotlin.Boolean
+    suspend fun `confirmLink`(`pending`: PendingLink): kotlin.UInt
     
     /**
-     * Events for which the listener threw.
+     * Per-device delivery state of a message this device sent (empty until
+     * the first recipient relay accepted it).
      */
-    fun `listenerFailures`(): kotlin.ULong
+    fun `delivery`(`messageId`: kotlin.ByteArray): List<DeviceDelivery>
+    
+    /**
+     * This device's id within the user.
+     */
+    fun `deviceId`(): kotlin.UInt
+    
+    /**
+     * This user's device ids, from the signed list on the home relay.
+     */
+    suspend fun `devices`(): List<kotlin.UInt>
+    
+    /**
+     * Downloads `attachment` (of a message from `from`), verifies and
+     * decrypts it into `dest` (written only when complete and verified);
+     * returns its size.
+     */
+    suspend fun `downloadAttachment`(`from`: kotlin.String, `attachment`: Attachment, `dest`: kotlin.String): kotlin.ULong
+    
+    /**
+     * Waits until everything queued went out, or fails with `Timeout`.
+     */
+    suspend fun `flush`(`timeoutMs`: kotlin.ULong)
+    
+    /**
+     * Whether the user verified `peer`'s safety number (false if unknown).
+     */
+    fun `isVerified`(`peer`: kotlin.String): kotlin.Boolean
+    
+    /**
+     * Linking, on this (existing) device: reads the new device's `code`
+     * and sends it an offer. Compare `PendingLink.digits()` with the
+     * digits the new device shows, then call `confirmLink`.
+     */
+    suspend fun `linkDevice`(`code`: kotlin.String): PendingLink
+    
+    /**
+     * Sends read receipts to `peer` for the given 16-byte message ids.
+     */
+    fun `markRead`(`peer`: kotlin.String, `messageIds`: List<kotlin.ByteArray>)
+    
+    /**
+     * Records that the user compared the safety number with `peer`.
+     */
+    fun `markVerified`(`peer`: kotlin.String)
+    
+    /**
+     * Waits for the oldest unacknowledged event. The same event comes again
+     * until `ackEvent(seq)` (also after a restart). Fails with `Busy` while
+     * a subscription is active.
+     */
+    suspend fun `nextEvent`(): Event
+    
+    /**
+     * Messages and receipts still waiting to go out.
+     */
+    fun `pendingOutgoing`(): kotlin.ULong
+    
+    /**
+     * The safety number to compare with `peer` (known once a message was
+     * exchanged with them).
+     */
+    fun `safetyNumber`(`peer`: kotlin.String): SafetyNumber
+    
+    /**
+     * Encrypts the file at `path`, uploads it to this user's relay and
+     * queues a message with `text` carrying it; returns the message id.
+     */
+    suspend fun `sendFile`(`to`: kotlin.String, `text`: kotlin.String, `path`: kotlin.String): kotlin.ByteArray
+    
+    /**
+     * Queues `text` to the user at `to`; returns the 16-byte message id.
+     * Durable on return; progress arrives as `Delivery` events.
+     */
+    fun `sendText`(`to`: kotlin.String, `text`: kotlin.String): kotlin.ByteArray
+    
+    /**
+     * Stops the listener tasks and background work and closes the relay
+     * connections. Idempotent; later calls fail with `Closed`. Then free the
+     * object (`close()` / `use {}` in Kotlin).
+     */
+    suspend fun `shutdown`()
+    
+    /**
+     * Delivers every event to `listener` on a Rust thread, acknowledging
+     * each once the callback returns normally (at-least-once). One consumer
+     * at a time: fails with `Busy` if another subscription or a
+     * `nextEvent()` is active.
+     */
+    fun `subscribe`(`listener`: EventListener): EventSubscription
+    
+    /**
+     * The oldest unacknowledged event, or null/nil if there is none.
+     */
+    fun `tryNextEvent`(): Event?
+    
+    /**
+     * Removes another device of this user.
+     */
+    suspend fun `unlinkDevice`(`deviceId`: kotlin.UInt)
+    
+    /**
+     * Waits until the backlog waiting at the relay when this device
+     * (re)connected was processed, or fails with `Timeout`.
+     */
+    suspend fun `waitSynced`(`timeoutMs`: kotlin.ULong)
     
     companion object
 }
 
 /**
- * A running delivery of events to an [`EventListener`]. Cancel it with
- * `cancel()`, or close / drop the handle (Kotlin `close()` / `use {}`,
- * Swift `deinit`).
+ * This user's device of the Sotto messenger: sends, receives, links
+ * devices. Thread-safe; share one per store.
  */
-open class Subscription: Disposable, AutoCloseable, SubscriptionInterface
+open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 {
 
     @Suppress("UNUSED_PARAMETER")
@@ -4383,7 +4940,7 @@ open class Subscription: Disposable, AutoCloseable, SubscriptionInterface
                 return;
             }
             uniffiRustCall { status ->
-                UniffiLib.uniffi_sotto_ffi_fn_free_subscription(handle, status)
+                UniffiLib.uniffi_sotto_ffi_fn_free_sottoclient(handle, status)
             }
         }
     }
@@ -4396,21 +4953,22 @@ open class Subscription: Disposable, AutoCloseable, SubscriptionInterface
             throw InternalException("uniffiCloneHandle() called on NoHandle object");
         }
         return uniffiRustCall() { status ->
-            UniffiLib.uniffi_sotto_ffi_fn_clone_subscription(handle, status)
+            UniffiLib.uniffi_sotto_ffi_fn_clone_sottoclient(handle, status)
         }
     }
 
     
     /**
-     * Stops delivery. Idempotent. No callback starts after it returns; it
-     * may be called from inside the listener.
-     */override fun `cancel`()
+     * Removes a handled event from the queue.
+     */
+    @Throws(SottoException::class)override fun `ackEvent`(`seq`: kotlin.ULong)
         = 
     callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_subscription_cancel(
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_ack_event(
         it,
-        _status)
+        
+        FfiConverterULong.lower(`seq`),_status)
 }
     }
     
@@ -4418,12 +4976,12 @@ open class Subscription: Disposable, AutoCloseable, SubscriptionInterface
 
     
     /**
-     * Events the listener accepted so far.
-     */override fun `delivered`(): kotlin.ULong {
-            return FfiConverterULong.lift(
+     * This user's address (`user@host:port/fingerprint`): give it to contacts.
+     */override fun `address`(): kotlin.String {
+            return FfiConverterString.lift(
     callWithHandle {
     uniffiRustCall() { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_subscription_delivered(
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_address(
         it,
         _status)
 }
@@ -4434,15 +4992,156 @@ open class Subscription: Disposable, AutoCloseable, SubscriptionInterface
 
     
     /**
-     * Whether events may still arrive: false once cancelled or once the
-     * source ended and `Closed` was delivered.
-     */override fun `isActive`(): kotlin.Boolean {
+     * The user confirmed the digits: sends the identity to the new device.
+     * Returns the new device's id. A pending link is used once.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `confirmLink`(`pending`: PendingLink) : kotlin.UInt {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_confirm_link(
+                uniffiHandle,
+                
+        FfiConverterTypePendingLink.lower(`pending`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u32(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u32(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u32(future) },
+        // lift function
+        { FfiConverterUInt.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Per-device delivery state of a message this device sent (empty until
+     * the first recipient relay accepted it).
+     */
+    @Throws(SottoException::class)override fun `delivery`(`messageId`: kotlin.ByteArray): List<DeviceDelivery> {
+            return FfiConverterSequenceTypeDeviceDelivery.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_delivery(
+        it,
+        
+        FfiConverterByteArray.lower(`messageId`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This device's id within the user.
+     */override fun `deviceId`(): kotlin.UInt {
+            return FfiConverterUInt.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_device_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This user's device ids, from the signed list on the home relay.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `devices`() : List<kotlin.UInt> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_devices(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceUInt.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Downloads `attachment` (of a message from `from`), verifies and
+     * decrypts it into `dest` (written only when complete and verified);
+     * returns its size.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `downloadAttachment`(`from`: kotlin.String, `attachment`: Attachment, `dest`: kotlin.String) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_download_attachment(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`from`),
+        FfiConverterTypeAttachment.lower(`attachment`),
+        FfiConverterString.lower(`dest`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Waits until everything queued went out, or fails with `Timeout`.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `flush`(`timeoutMs`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_flush(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Whether the user verified `peer`'s safety number (false if unknown).
+     */
+    @Throws(SottoException::class)override fun `isVerified`(`peer`: kotlin.String): kotlin.Boolean {
             return FfiConverterBoolean.lift(
     callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_subscription_is_active(
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_is_verified(
         it,
-        _status)
+        
+        FfiConverterString.lower(`peer`),_status)
 }
     }
     )
@@ -4451,12 +5150,101 @@ open class Subscription: Disposable, AutoCloseable, SubscriptionInterface
 
     
     /**
-     * Events for which the listener threw.
-     */override fun `listenerFailures`(): kotlin.ULong {
+     * Linking, on this (existing) device: reads the new device's `code`
+     * and sends it an offer. Compare `PendingLink.digits()` with the
+     * digits the new device shows, then call `confirmLink`.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `linkDevice`(`code`: kotlin.String) : PendingLink {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_link_device(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`code`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypePendingLink.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Sends read receipts to `peer` for the given 16-byte message ids.
+     */
+    @Throws(SottoException::class)override fun `markRead`(`peer`: kotlin.String, `messageIds`: List<kotlin.ByteArray>)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_mark_read(
+        it,
+        
+        FfiConverterString.lower(`peer`),
+        FfiConverterSequenceByteArray.lower(`messageIds`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Records that the user compared the safety number with `peer`.
+     */
+    @Throws(SottoException::class)override fun `markVerified`(`peer`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_mark_verified(
+        it,
+        
+        FfiConverterString.lower(`peer`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Waits for the oldest unacknowledged event. The same event comes again
+     * until `ackEvent(seq)` (also after a restart). Fails with `Busy` while
+     * a subscription is active.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `nextEvent`() : Event {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_next_event(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeEvent.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Messages and receipts still waiting to go out.
+     */
+    @Throws(SottoException::class)override fun `pendingOutgoing`(): kotlin.ULong {
             return FfiConverterULong.lift(
     callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_sotto_ffi_fn_method_subscription_listener_failures(
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_pending_outgoing(
         it,
         _status)
 }
@@ -4466,16 +5254,247 @@ open class Subscription: Disposable, AutoCloseable, SubscriptionInterface
     
 
     
-
+    /**
+     * The safety number to compare with `peer` (known once a message was
+     * exchanged with them).
+     */
+    @Throws(SottoException::class)override fun `safetyNumber`(`peer`: kotlin.String): SafetyNumber {
+            return FfiConverterTypeSafetyNumber.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_safety_number(
+        it,
+        
+        FfiConverterString.lower(`peer`),_status)
+}
+    }
+    )
+    }
     
 
-
-    
     
     /**
-     * @suppress
+     * Encrypts the file at `path`, uploads it to this user's relay and
+     * queues a message with `text` carrying it; returns the message id.
      */
-    companion object
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `sendFile`(`to`: kotlin.String, `text`: kotlin.String, `path`: kotlin.String) : kotlin.ByteArray {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_send_file(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`to`),
+        FfiConverterString.lower(`text`),
+        FfiConverterString.lower(`path`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterByteArray.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Queues `text` to the user at `to`; returns the 16-byte message id.
+     * Durable on return; progress arrives as `Delivery` events.
+     */
+    @Throws(SottoException::class)override fun `sendText`(`to`: kotlin.String, `text`: kotlin.String): kotlin.ByteArray {
+            return FfiConverterByteArray.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_send_text(
+        it,
+        
+        FfiConverterString.lower(`to`),
+        FfiConverterString.lower(`text`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Stops the listener tasks and background work and closes the relay
+     * connections. Idempotent; later calls fail with `Closed`. Then free the
+     * object (`close()` / `use {}` in Kotlin).
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `shutdown`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_shutdown(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Delivers every event to `listener` on a Rust thread, acknowledging
+     * each once the callback returns normally (at-least-once). One consumer
+     * at a time: fails with `Busy` if another subscription or a
+     * `nextEvent()` is active.
+     */
+    @Throws(SottoException::class)override fun `subscribe`(`listener`: EventListener): EventSubscription {
+            return FfiConverterTypeEventSubscription.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_subscribe(
+        it,
+        
+        FfiConverterTypeEventListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The oldest unacknowledged event, or null/nil if there is none.
+     */
+    @Throws(SottoException::class)override fun `tryNextEvent`(): Event? {
+            return FfiConverterOptionalTypeEvent.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_try_next_event(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Removes another device of this user.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `unlinkDevice`(`deviceId`: kotlin.UInt) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_unlink_device(
+                uniffiHandle,
+                
+        FfiConverterUInt.lower(`deviceId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Waits until the backlog waiting at the relay when this device
+     * (re)connected was processed, or fails with `Timeout`.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `waitSynced`(`timeoutMs`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+
+    
+
+
+    
+    companion object {
+        
+    /**
+     * Registers a new user on the relay at `relay` (`host:port/fingerprint`)
+     * with a fresh identity, storing everything in the encrypted SQLite file
+     * `db_path` under `storage_key` (32 bytes from the platform keystore).
+     * Needs the relay to be reachable.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+     suspend fun `create`(`dbPath`: kotlin.String, `storageKey`: kotlin.ByteArray, `relay`: kotlin.String) : SottoClient {
+        return uniffiRustCallAsync(
+        UniffiLib.uniffi_sotto_ffi_fn_constructor_sottoclient_create(
+        FfiConverterString.lower(`dbPath`),
+        FfiConverterByteArray.lower(`storageKey`),
+        FfiConverterString.lower(`relay`),),
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypeSottoClient.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+        
+    /**
+     * Opens the user stored in `db_path`. Works offline: sends queue and go
+     * out once the relay is reachable. A wrong `storage_key` fails with
+     * `CorruptRecord`.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+     suspend fun `open`(`dbPath`: kotlin.String, `storageKey`: kotlin.ByteArray) : SottoClient {
+        return uniffiRustCallAsync(
+        UniffiLib.uniffi_sotto_ffi_fn_constructor_sottoclient_open(
+        FfiConverterString.lower(`dbPath`),
+        FfiConverterByteArray.lower(`storageKey`),),
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypeSottoClient.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+        
+    }
     
 }
 
@@ -4483,23 +5502,145 @@ open class Subscription: Disposable, AutoCloseable, SubscriptionInterface
 /**
  * @suppress
  */
-public object FfiConverterTypeSubscription: FfiConverter<Subscription, Long> {
-    override fun lower(value: Subscription): Long {
+public object FfiConverterTypeSottoClient: FfiConverter<SottoClient, Long> {
+    override fun lower(value: SottoClient): Long {
         return value.uniffiCloneHandle()
     }
 
-    override fun lift(value: Long): Subscription {
-        return Subscription(UniffiWithHandle, value)
+    override fun lift(value: Long): SottoClient {
+        return SottoClient(UniffiWithHandle, value)
     }
 
-    override fun read(buf: ByteBuffer): Subscription {
+    override fun read(buf: ByteBuffer): SottoClient {
         return lift(buf.getLong())
     }
 
-    override fun allocationSize(value: Subscription) = 8UL
+    override fun allocationSize(value: SottoClient) = 8UL
 
-    override fun write(value: Subscription, buf: ByteBuffer) {
+    override fun write(value: SottoClient, buf: ByteBuffer) {
         buf.putLong(lower(value))
+    }
+}
+
+
+
+/**
+ * The delivery state of a sent message at one recipient device.
+ */
+data class DeviceDelivery (
+    /**
+     * The recipient's device id.
+     */
+    var `deviceId`: kotlin.UInt
+    , 
+    /**
+     * How far the message got there.
+     */
+    var `state`: DeliveryState
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDeviceDelivery: FfiConverterRustBuffer<DeviceDelivery> {
+    override fun read(buf: ByteBuffer): DeviceDelivery {
+        return DeviceDelivery(
+            FfiConverterUInt.read(buf),
+            FfiConverterTypeDeliveryState.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DeviceDelivery) = (
+            FfiConverterUInt.allocationSize(value.`deviceId`) +
+            FfiConverterTypeDeliveryState.allocationSize(value.`state`)
+    )
+
+    override fun write(value: DeviceDelivery, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`deviceId`, buf)
+            FfiConverterTypeDeliveryState.write(value.`state`, buf)
+    }
+}
+
+
+
+/**
+ * One event for the app. Acknowledge it (`ackEvent(seq)`) once handled;
+ * until then it is delivered again, also after a restart.
+ */
+data class Event (
+    /**
+     * Position in the durable event queue; stable across replays.
+     */
+    var `seq`: kotlin.ULong
+    , 
+    /**
+     * The other party's address, when known.
+     */
+    var `peer`: kotlin.String?
+    , 
+    /**
+     * The other party's device, when relevant (0 otherwise).
+     */
+    var `peerDevice`: kotlin.UInt
+    , 
+    /**
+     * What happened.
+     */
+    var `kind`: EventKind
+    
+): Disposable{
+    
+
+    
+
+    
+    @Suppress("UNNECESSARY_SAFE_CALL") // codegen is much simpler if we unconditionally emit safe calls here
+    override fun destroy() {
+        
+    Disposable.destroy(
+        this.`seq`,
+        this.`peer`,
+        this.`peerDevice`,
+        this.`kind`
+    )
+    }
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeEvent: FfiConverterRustBuffer<Event> {
+    override fun read(buf: ByteBuffer): Event {
+        return Event(
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterTypeEventKind.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: Event) = (
+            FfiConverterULong.allocationSize(value.`seq`) +
+            FfiConverterOptionalString.allocationSize(value.`peer`) +
+            FfiConverterUInt.allocationSize(value.`peerDevice`) +
+            FfiConverterTypeEventKind.allocationSize(value.`kind`)
+    )
+
+    override fun write(value: Event, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`seq`, buf)
+            FfiConverterOptionalString.write(value.`peer`, buf)
+            FfiConverterUInt.write(value.`peerDevice`, buf)
+            FfiConverterTypeEventKind.write(value.`kind`, buf)
     }
 }
 
@@ -4647,25 +5788,45 @@ public object FfiConverterTypePrekeyUpload: FfiConverterRustBuffer<PrekeyUpload>
 
 
 /**
- * A message handed to the application: already decrypted and authenticated.
+ * A received (or synced from another own device) chat message.
  */
 data class ReceivedMessage (
     /**
-     * Position in its stream, starting at 0, without gaps.
+     * The sender's 16-byte id for it (receipts and `markRead` use it).
      */
-    var `sequence`: kotlin.ULong
+    var `id`: kotlin.ByteArray
     , 
     /**
-     * The plaintext. Once it crosses the boundary it is the app's memory:
-     * Sotto cannot wipe the foreign copy.
+     * Sender's clock, milliseconds since 1970.
      */
-    var `body`: kotlin.ByteArray
+    var `sentAtMs`: kotlin.ULong
+    , 
+    /**
+     * The text. Once across the boundary it is the app's memory.
+     */
+    var `text`: kotlin.String
+    , 
+    /**
+     * Attached files.
+     */
+    var `attachments`: List<Attachment>
     
-){
+): Disposable{
     
 
     
 
+    
+    @Suppress("UNNECESSARY_SAFE_CALL") // codegen is much simpler if we unconditionally emit safe calls here
+    override fun destroy() {
+        
+    Disposable.destroy(
+        this.`id`,
+        this.`sentAtMs`,
+        this.`text`,
+        this.`attachments`
+    )
+    }
     
     companion object
 }
@@ -4676,37 +5837,92 @@ data class ReceivedMessage (
 public object FfiConverterTypeReceivedMessage: FfiConverterRustBuffer<ReceivedMessage> {
     override fun read(buf: ByteBuffer): ReceivedMessage {
         return ReceivedMessage(
-            FfiConverterULong.read(buf),
             FfiConverterByteArray.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterSequenceTypeAttachment.read(buf),
         )
     }
 
     override fun allocationSize(value: ReceivedMessage) = (
-            FfiConverterULong.allocationSize(value.`sequence`) +
-            FfiConverterByteArray.allocationSize(value.`body`)
+            FfiConverterByteArray.allocationSize(value.`id`) +
+            FfiConverterULong.allocationSize(value.`sentAtMs`) +
+            FfiConverterString.allocationSize(value.`text`) +
+            FfiConverterSequenceTypeAttachment.allocationSize(value.`attachments`)
     )
 
     override fun write(value: ReceivedMessage, buf: ByteBuffer) {
-            FfiConverterULong.write(value.`sequence`, buf)
-            FfiConverterByteArray.write(value.`body`, buf)
+            FfiConverterByteArray.write(value.`id`, buf)
+            FfiConverterULong.write(value.`sentAtMs`, buf)
+            FfiConverterString.write(value.`text`, buf)
+            FfiConverterSequenceTypeAttachment.write(value.`attachments`, buf)
     }
 }
 
 
 
 /**
- * What a listener is told, in order.
+ * How far a sent message got with one recipient device.
  */
-sealed class Event {
+
+enum class DeliveryState {
     
     /**
-     * A message arrived.
+     * The recipient's relay accepted it (durably).
+     */
+    SENT,
+    /**
+     * The device decrypted and stored it.
+     */
+    DELIVERED,
+    /**
+     * The user read it.
+     */
+    READ;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDeliveryState: FfiConverterRustBuffer<DeliveryState> {
+    override fun read(buf: ByteBuffer) = try {
+        
+        DeliveryState.entries[buf.getInt() - 1]
+        
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: DeliveryState) = 4UL
+
+    override fun write(value: DeliveryState, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * What happened.
+ */
+sealed class EventKind: Disposable  {
+    
+    /**
+     * A message from the peer.
      */
     data class Message(
         /**
          * The message.
          */
-        val `message`: dev.sotto.ReceivedMessage) : Event()
+        val `message`: dev.sotto.ReceivedMessage) : EventKind()
         
     {
         
@@ -4715,18 +5931,17 @@ sealed class Event {
     }
     
     /**
-     * An item of the stream could not be processed (for example it failed to
-     * decrypt). The subscription goes on with the next item.
+     * A receipt for messages this user sent.
      */
-    data class Failed(
+    data class Receipt(
         /**
-         * Position of the failed item in the stream.
+         * Delivered or read.
          */
-        val `sequence`: kotlin.ULong, 
+        val `kind`: dev.sotto.ReceiptKind, 
         /**
-         * Why it failed, without secret material.
+         * The 16-byte ids of the messages it covers.
          */
-        val `reason`: kotlin.String) : Event()
+        val `messageIds`: List<kotlin.ByteArray>) : EventKind()
         
     {
         
@@ -4735,12 +5950,186 @@ sealed class Event {
     }
     
     /**
-     * The source ended; this is the last event of the subscription.
+     * A message this user sent from another of their devices.
      */
-    object Closed : Event()
+    data class SentFromOtherDevice(
+        /**
+         * Its recipient's address.
+         */
+        val `to`: kotlin.String, 
+        /**
+         * The message.
+         */
+        val `message`: dev.sotto.ReceivedMessage) : EventKind()
+        
+    {
+        
+
+        companion object
+    }
     
+    /**
+     * A message from the peer device could not be decrypted; a retry was
+     * requested from the sender.
+     */
+    data class DecryptFailed(
+        /**
+         * Why (no secrets, no content).
+         */
+        val `reason`: kotlin.String) : EventKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The session with the peer device was set up afresh (repair).
+     */
+    object SessionReset : EventKind()
+    
+    
+    /**
+     * The peer's identity key is not the recorded one: nothing from it is
+     * accepted until the user decides. Show it prominently.
+     */
+    object IdentityChanged : EventKind()
+    
+    
+    /**
+     * The peer added a device (`peerDevice`).
+     */
+    object NewDevice : EventKind()
+    
+    
+    /**
+     * The peer removed a device (`peerDevice`).
+     */
+    object DeviceRemoved : EventKind()
+    
+    
+    /**
+     * A sent message progressed with one recipient device (`peerDevice`).
+     */
+    data class Delivery(
+        /**
+         * The 16-byte message id.
+         */
+        val `messageId`: kotlin.ByteArray, 
+        /**
+         * Its new state.
+         */
+        val `state`: dev.sotto.DeliveryState) : EventKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A queued message could not be sent (e.g. the recipient has no devices).
+     */
+    data class SendFailed(
+        /**
+         * The 16-byte message id.
+         */
+        val `messageId`: kotlin.ByteArray, 
+        /**
+         * Why.
+         */
+        val `reason`: kotlin.String) : EventKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * An event kind this version of the bindings does not know yet.
+     */
+    data class Other(
+        /**
+         * Its debug name.
+         */
+        val `description`: kotlin.String) : EventKind()
+        
+    {
+        
+
+        companion object
+    }
     
 
+    
+    @Suppress("UNNECESSARY_SAFE_CALL") // codegen is much simpler if we unconditionally emit safe calls here
+    override fun destroy() {
+        when(this) {
+            is EventKind.Message -> {
+                
+    Disposable.destroy(
+        this.`message`
+    )
+                
+            }
+            is EventKind.Receipt -> {
+                
+    Disposable.destroy(
+        this.`kind`,
+        this.`messageIds`
+    )
+                
+            }
+            is EventKind.SentFromOtherDevice -> {
+                
+    Disposable.destroy(
+        this.`to`,
+        this.`message`
+    )
+                
+            }
+            is EventKind.DecryptFailed -> {
+                
+    Disposable.destroy(
+        this.`reason`
+    )
+                
+            }
+            is EventKind.SessionReset -> {// Nothing to destroy
+            }
+            is EventKind.IdentityChanged -> {// Nothing to destroy
+            }
+            is EventKind.NewDevice -> {// Nothing to destroy
+            }
+            is EventKind.DeviceRemoved -> {// Nothing to destroy
+            }
+            is EventKind.Delivery -> {
+                
+    Disposable.destroy(
+        this.`messageId`,
+        this.`state`
+    )
+                
+            }
+            is EventKind.SendFailed -> {
+                
+    Disposable.destroy(
+        this.`messageId`,
+        this.`reason`
+    )
+                
+            }
+            is EventKind.Other -> {
+                
+    Disposable.destroy(
+        this.`description`
+    )
+                
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
     
 
     
@@ -4753,63 +6142,225 @@ sealed class Event {
 /**
  * @suppress
  */
-public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
-    override fun read(buf: ByteBuffer): Event {
+public object FfiConverterTypeEventKind : FfiConverterRustBuffer<EventKind>{
+    override fun read(buf: ByteBuffer): EventKind {
         return when(buf.getInt()) {
-            1 -> Event.Message(
+            1 -> EventKind.Message(
                 FfiConverterTypeReceivedMessage.read(buf),
                 )
-            2 -> Event.Failed(
-                FfiConverterULong.read(buf),
+            2 -> EventKind.Receipt(
+                FfiConverterTypeReceiptKind.read(buf),
+                FfiConverterSequenceByteArray.read(buf),
+                )
+            3 -> EventKind.SentFromOtherDevice(
+                FfiConverterString.read(buf),
+                FfiConverterTypeReceivedMessage.read(buf),
+                )
+            4 -> EventKind.DecryptFailed(
                 FfiConverterString.read(buf),
                 )
-            3 -> Event.Closed
+            5 -> EventKind.SessionReset
+            6 -> EventKind.IdentityChanged
+            7 -> EventKind.NewDevice
+            8 -> EventKind.DeviceRemoved
+            9 -> EventKind.Delivery(
+                FfiConverterByteArray.read(buf),
+                FfiConverterTypeDeliveryState.read(buf),
+                )
+            10 -> EventKind.SendFailed(
+                FfiConverterByteArray.read(buf),
+                FfiConverterString.read(buf),
+                )
+            11 -> EventKind.Other(
+                FfiConverterString.read(buf),
+                )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
         }
     }
 
-    override fun allocationSize(value: Event): ULong = when(value) {
-        is Event.Message -> {
+    override fun allocationSize(value: EventKind): ULong = when(value) {
+        is EventKind.Message -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
                 4UL
                 + FfiConverterTypeReceivedMessage.allocationSize(value.`message`)
             )
         }
-        is Event.Failed -> {
+        is EventKind.Receipt -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
                 4UL
-                + FfiConverterULong.allocationSize(value.`sequence`)
+                + FfiConverterTypeReceiptKind.allocationSize(value.`kind`)
+                + FfiConverterSequenceByteArray.allocationSize(value.`messageIds`)
+            )
+        }
+        is EventKind.SentFromOtherDevice -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`to`)
+                + FfiConverterTypeReceivedMessage.allocationSize(value.`message`)
+            )
+        }
+        is EventKind.DecryptFailed -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
                 + FfiConverterString.allocationSize(value.`reason`)
             )
         }
-        is Event.Closed -> {
+        is EventKind.SessionReset -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
                 4UL
+            )
+        }
+        is EventKind.IdentityChanged -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is EventKind.NewDevice -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is EventKind.DeviceRemoved -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is EventKind.Delivery -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterByteArray.allocationSize(value.`messageId`)
+                + FfiConverterTypeDeliveryState.allocationSize(value.`state`)
+            )
+        }
+        is EventKind.SendFailed -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterByteArray.allocationSize(value.`messageId`)
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+        }
+        is EventKind.Other -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`description`)
             )
         }
     }
 
-    override fun write(value: Event, buf: ByteBuffer) {
+    override fun write(value: EventKind, buf: ByteBuffer) {
         when(value) {
-            is Event.Message -> {
+            is EventKind.Message -> {
                 buf.putInt(1)
                 FfiConverterTypeReceivedMessage.write(value.`message`, buf)
                 Unit
             }
-            is Event.Failed -> {
+            is EventKind.Receipt -> {
                 buf.putInt(2)
-                FfiConverterULong.write(value.`sequence`, buf)
+                FfiConverterTypeReceiptKind.write(value.`kind`, buf)
+                FfiConverterSequenceByteArray.write(value.`messageIds`, buf)
+                Unit
+            }
+            is EventKind.SentFromOtherDevice -> {
+                buf.putInt(3)
+                FfiConverterString.write(value.`to`, buf)
+                FfiConverterTypeReceivedMessage.write(value.`message`, buf)
+                Unit
+            }
+            is EventKind.DecryptFailed -> {
+                buf.putInt(4)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
-            is Event.Closed -> {
-                buf.putInt(3)
+            is EventKind.SessionReset -> {
+                buf.putInt(5)
+                Unit
+            }
+            is EventKind.IdentityChanged -> {
+                buf.putInt(6)
+                Unit
+            }
+            is EventKind.NewDevice -> {
+                buf.putInt(7)
+                Unit
+            }
+            is EventKind.DeviceRemoved -> {
+                buf.putInt(8)
+                Unit
+            }
+            is EventKind.Delivery -> {
+                buf.putInt(9)
+                FfiConverterByteArray.write(value.`messageId`, buf)
+                FfiConverterTypeDeliveryState.write(value.`state`, buf)
+                Unit
+            }
+            is EventKind.SendFailed -> {
+                buf.putInt(10)
+                FfiConverterByteArray.write(value.`messageId`, buf)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is EventKind.Other -> {
+                buf.putInt(11)
+                FfiConverterString.write(value.`description`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
+
+
+
+/**
+ * Kinds of receipts.
+ */
+
+enum class ReceiptKind {
+    
+    /**
+     * The recipient device has the message.
+     */
+    DELIVERED,
+    /**
+     * The recipient read it.
+     */
+    READ;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReceiptKind: FfiConverterRustBuffer<ReceiptKind> {
+    override fun read(buf: ByteBuffer) = try {
+        
+        ReceiptKind.entries[buf.getInt() - 1]
+        
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: ReceiptKind) = 4UL
+
+    override fun write(value: ReceiptKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
     }
 }
 
@@ -4839,26 +6390,7 @@ sealed class SottoException: kotlin.Exception() {
     }
     
     /**
-     * A payload exceeded a size limit.
-     */
-    class TooLarge(
-        
-        /**
-         * Size of the rejected payload.
-         */
-        val `size`: kotlin.ULong, 
-        
-        /**
-         * The limit it exceeded.
-         */
-        val `limit`: kotlin.ULong
-        ) : SottoException() {
-        override val message
-            get() = "size=${ `size` }, limit=${ `limit` }"
-    }
-    
-    /**
-     * The object was closed (or its other end dropped) before the call.
+     * The object was closed (`shutdown()`) before the call.
      */
     class Closed(
         ) : SottoException() {
@@ -4867,8 +6399,8 @@ sealed class SottoException: kotlin.Exception() {
     }
     
     /**
-     * Another consumer (a listener or a pending `next()`) already reads from
-     * this object; each stream has exactly one consumer at a time.
+     * Another consumer (a subscription or a pending `nextEvent()`) already
+     * reads the event queue; it has exactly one consumer at a time.
      */
     class Busy(
         
@@ -5121,6 +6653,97 @@ sealed class SottoException: kotlin.Exception() {
             get() = "reason=${ `reason` }"
     }
     
+    /**
+     * A user, relay or link-code address did not parse.
+     */
+    class InvalidAddress(
+        
+        /**
+         * Which part was wrong.
+         */
+        val `reason`: kotlin.String
+        ) : SottoException() {
+        override val message
+            get() = "reason=${ `reason` }"
+    }
+    
+    /**
+     * The user has no published device list on their relay (wrong address,
+     * or the user never registered there).
+     */
+    class UnknownUser(
+        ) : SottoException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * A wait (`flush`, `waitSynced`, linking) ended before what it waited for.
+     */
+    class Timeout(
+        ) : SottoException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * A relay refused a request (`code` is the protocol's error code name,
+     * such as `RATE_LIMITED`) or could not be reached (`code` is null/nil).
+     */
+    class Relay(
+        
+        /**
+         * The relay's typed refusal, if it answered.
+         */
+        val `code`: kotlin.String?, 
+        
+        /**
+         * Description, without content or keys.
+         */
+        val `reason`: kotlin.String
+        ) : SottoException() {
+        override val message
+            get() = "code=${ `code` }, reason=${ `reason` }"
+    }
+    
+    /**
+     * An attachment failed verification: corrupt or truncated blob, a blob
+     * that is not the one the sender uploaded, or an inconsistent pointer.
+     */
+    class AttachmentRejected(
+        
+        /**
+         * Which check failed.
+         */
+        val `reason`: kotlin.String
+        ) : SottoException() {
+        override val message
+            get() = "reason=${ `reason` }"
+    }
+    
+    /**
+     * The file exceeds the largest attachment size.
+     */
+    class AttachmentTooLarge(
+        ) : SottoException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * Reading the source file or writing the destination failed.
+     */
+    class AttachmentIo(
+        
+        /**
+         * The OS error.
+         */
+        val `reason`: kotlin.String
+        ) : SottoException() {
+        override val message
+            get() = "reason=${ `reason` }"
+    }
+    
 
     
 
@@ -5143,59 +6766,71 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             1 -> SottoException.InvalidInput(
                 FfiConverterString.read(buf),
                 )
-            2 -> SottoException.TooLarge(
-                FfiConverterULong.read(buf),
-                FfiConverterULong.read(buf),
-                )
-            3 -> SottoException.Closed()
-            4 -> SottoException.Busy(
+            2 -> SottoException.Closed()
+            3 -> SottoException.Busy(
                 FfiConverterString.read(buf),
                 )
-            5 -> SottoException.Listener(
+            4 -> SottoException.Listener(
                 FfiConverterString.read(buf),
                 )
-            6 -> SottoException.Internal(
+            5 -> SottoException.Internal(
                 FfiConverterString.read(buf),
                 )
-            7 -> SottoException.Malformed(
+            6 -> SottoException.Malformed(
                 FfiConverterString.read(buf),
                 )
-            8 -> SottoException.UnsupportedVersion(
+            7 -> SottoException.UnsupportedVersion(
                 FfiConverterUByte.read(buf),
                 )
-            9 -> SottoException.BadSignature(
+            8 -> SottoException.BadSignature(
                 FfiConverterString.read(buf),
                 )
-            10 -> SottoException.InvalidKey(
+            9 -> SottoException.InvalidKey(
                 FfiConverterString.read(buf),
                 )
-            11 -> SottoException.DecryptFailed()
-            12 -> SottoException.DuplicateMessage(
+            10 -> SottoException.DecryptFailed()
+            11 -> SottoException.DuplicateMessage(
                 FfiConverterUInt.read(buf),
                 )
-            13 -> SottoException.MessageKeyEvicted(
+            12 -> SottoException.MessageKeyEvicted(
                 FfiConverterUInt.read(buf),
                 )
-            14 -> SottoException.TooFarInFuture(
+            13 -> SottoException.TooFarInFuture(
                 FfiConverterUInt.read(buf),
                 )
-            15 -> SottoException.NoSession()
-            16 -> SottoException.UnknownPrekey(
+            14 -> SottoException.NoSession()
+            15 -> SottoException.UnknownPrekey(
                 FfiConverterString.read(buf),
                 FfiConverterUInt.read(buf),
                 )
-            17 -> SottoException.ReplayedPreKeyMessage()
-            18 -> SottoException.IdentityChanged(
+            16 -> SottoException.ReplayedPreKeyMessage()
+            17 -> SottoException.IdentityChanged(
                 FfiConverterByteArray.read(buf),
                 )
-            19 -> SottoException.WrongDevice(
+            18 -> SottoException.WrongDevice(
                 FfiConverterUInt.read(buf),
                 )
-            20 -> SottoException.NoIdentity()
-            21 -> SottoException.CorruptRecord(
+            19 -> SottoException.NoIdentity()
+            20 -> SottoException.CorruptRecord(
                 FfiConverterString.read(buf),
                 )
-            22 -> SottoException.Storage(
+            21 -> SottoException.Storage(
+                FfiConverterString.read(buf),
+                )
+            22 -> SottoException.InvalidAddress(
+                FfiConverterString.read(buf),
+                )
+            23 -> SottoException.UnknownUser()
+            24 -> SottoException.Timeout()
+            25 -> SottoException.Relay(
+                FfiConverterOptionalString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            26 -> SottoException.AttachmentRejected(
+                FfiConverterString.read(buf),
+                )
+            27 -> SottoException.AttachmentTooLarge()
+            28 -> SottoException.AttachmentIo(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
@@ -5208,12 +6843,6 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterString.allocationSize(value.`reason`)
-            )
-            is SottoException.TooLarge -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterULong.allocationSize(value.`size`)
-                + FfiConverterULong.allocationSize(value.`limit`)
             )
             is SottoException.Closed -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -5311,6 +6940,39 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 4UL
                 + FfiConverterString.allocationSize(value.`reason`)
             )
+            is SottoException.InvalidAddress -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+            is SottoException.UnknownUser -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is SottoException.Timeout -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is SottoException.Relay -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterOptionalString.allocationSize(value.`code`)
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+            is SottoException.AttachmentRejected -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+            is SottoException.AttachmentTooLarge -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is SottoException.AttachmentIo -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
         }
     }
 
@@ -5321,105 +6983,132 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
-            is SottoException.TooLarge -> {
-                buf.putInt(2)
-                FfiConverterULong.write(value.`size`, buf)
-                FfiConverterULong.write(value.`limit`, buf)
-                Unit
-            }
             is SottoException.Closed -> {
-                buf.putInt(3)
+                buf.putInt(2)
                 Unit
             }
             is SottoException.Busy -> {
-                buf.putInt(4)
+                buf.putInt(3)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.Listener -> {
-                buf.putInt(5)
+                buf.putInt(4)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.Internal -> {
-                buf.putInt(6)
+                buf.putInt(5)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.Malformed -> {
-                buf.putInt(7)
+                buf.putInt(6)
                 FfiConverterString.write(value.`what`, buf)
                 Unit
             }
             is SottoException.UnsupportedVersion -> {
-                buf.putInt(8)
+                buf.putInt(7)
                 FfiConverterUByte.write(value.`version`, buf)
                 Unit
             }
             is SottoException.BadSignature -> {
-                buf.putInt(9)
+                buf.putInt(8)
                 FfiConverterString.write(value.`what`, buf)
                 Unit
             }
             is SottoException.InvalidKey -> {
-                buf.putInt(10)
+                buf.putInt(9)
                 FfiConverterString.write(value.`what`, buf)
                 Unit
             }
             is SottoException.DecryptFailed -> {
-                buf.putInt(11)
+                buf.putInt(10)
                 Unit
             }
             is SottoException.DuplicateMessage -> {
-                buf.putInt(12)
+                buf.putInt(11)
                 FfiConverterUInt.write(value.`counter`, buf)
                 Unit
             }
             is SottoException.MessageKeyEvicted -> {
-                buf.putInt(13)
+                buf.putInt(12)
                 FfiConverterUInt.write(value.`counter`, buf)
                 Unit
             }
             is SottoException.TooFarInFuture -> {
-                buf.putInt(14)
+                buf.putInt(13)
                 FfiConverterUInt.write(value.`gap`, buf)
                 Unit
             }
             is SottoException.NoSession -> {
-                buf.putInt(15)
+                buf.putInt(14)
                 Unit
             }
             is SottoException.UnknownPrekey -> {
-                buf.putInt(16)
+                buf.putInt(15)
                 FfiConverterString.write(value.`what`, buf)
                 FfiConverterUInt.write(value.`id`, buf)
                 Unit
             }
             is SottoException.ReplayedPreKeyMessage -> {
-                buf.putInt(17)
+                buf.putInt(16)
                 Unit
             }
             is SottoException.IdentityChanged -> {
-                buf.putInt(18)
+                buf.putInt(17)
                 FfiConverterByteArray.write(value.`newIdentity`, buf)
                 Unit
             }
             is SottoException.WrongDevice -> {
-                buf.putInt(19)
+                buf.putInt(18)
                 FfiConverterUInt.write(value.`deviceId`, buf)
                 Unit
             }
             is SottoException.NoIdentity -> {
-                buf.putInt(20)
+                buf.putInt(19)
                 Unit
             }
             is SottoException.CorruptRecord -> {
-                buf.putInt(21)
+                buf.putInt(20)
                 FfiConverterString.write(value.`table`, buf)
                 Unit
             }
             is SottoException.Storage -> {
+                buf.putInt(21)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is SottoException.InvalidAddress -> {
                 buf.putInt(22)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is SottoException.UnknownUser -> {
+                buf.putInt(23)
+                Unit
+            }
+            is SottoException.Timeout -> {
+                buf.putInt(24)
+                Unit
+            }
+            is SottoException.Relay -> {
+                buf.putInt(25)
+                FfiConverterOptionalString.write(value.`code`, buf)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is SottoException.AttachmentRejected -> {
+                buf.putInt(26)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is SottoException.AttachmentTooLarge -> {
+                buf.putInt(27)
+                Unit
+            }
+            is SottoException.AttachmentIo -> {
+                buf.putInt(28)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
@@ -5479,6 +7168,38 @@ public object FfiConverterTypeVerification: FfiConverterRustBuffer<Verification>
 /**
  * @suppress
  */
+public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
+    override fun read(buf: ByteBuffer): kotlin.String? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterString.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.String?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterString.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.String?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterString.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalByteArray: FfiConverterRustBuffer<kotlin.ByteArray?> {
     override fun read(buf: ByteBuffer): kotlin.ByteArray? {
         if (buf.get().toInt() == 0) {
@@ -5511,28 +7232,28 @@ public object FfiConverterOptionalByteArray: FfiConverterRustBuffer<kotlin.ByteA
 /**
  * @suppress
  */
-public object FfiConverterOptionalTypeReceivedMessage: FfiConverterRustBuffer<ReceivedMessage?> {
-    override fun read(buf: ByteBuffer): ReceivedMessage? {
+public object FfiConverterOptionalTypeEvent: FfiConverterRustBuffer<Event?> {
+    override fun read(buf: ByteBuffer): Event? {
         if (buf.get().toInt() == 0) {
             return null
         }
-        return FfiConverterTypeReceivedMessage.read(buf)
+        return FfiConverterTypeEvent.read(buf)
     }
 
-    override fun allocationSize(value: ReceivedMessage?): ULong {
+    override fun allocationSize(value: Event?): ULong {
         if (value == null) {
             return 1UL
         } else {
-            return 1UL + FfiConverterTypeReceivedMessage.allocationSize(value)
+            return 1UL + FfiConverterTypeEvent.allocationSize(value)
         }
     }
 
-    override fun write(value: ReceivedMessage?, buf: ByteBuffer) {
+    override fun write(value: Event?, buf: ByteBuffer) {
         if (value == null) {
             buf.put(0)
         } else {
             buf.put(1)
-            FfiConverterTypeReceivedMessage.write(value, buf)
+            FfiConverterTypeEvent.write(value, buf)
         }
     }
 }
@@ -5575,6 +7296,118 @@ public object FfiConverterOptionalTypeVerification: FfiConverterRustBuffer<Verif
 /**
  * @suppress
  */
+public object FfiConverterSequenceUInt: FfiConverterRustBuffer<List<kotlin.UInt>> {
+    override fun read(buf: ByteBuffer): List<kotlin.UInt> {
+        val len = buf.getInt()
+        return List<kotlin.UInt>(len) {
+            FfiConverterUInt.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.UInt>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterUInt.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.UInt>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterUInt.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceByteArray: FfiConverterRustBuffer<List<kotlin.ByteArray>> {
+    override fun read(buf: ByteBuffer): List<kotlin.ByteArray> {
+        val len = buf.getInt()
+        return List<kotlin.ByteArray>(len) {
+            FfiConverterByteArray.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.ByteArray>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterByteArray.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.ByteArray>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterByteArray.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeAttachment: FfiConverterRustBuffer<List<Attachment>> {
+    override fun read(buf: ByteBuffer): List<Attachment> {
+        val len = buf.getInt()
+        return List<Attachment>(len) {
+            FfiConverterTypeAttachment.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<Attachment>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeAttachment.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<Attachment>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeAttachment.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeDeviceDelivery: FfiConverterRustBuffer<List<DeviceDelivery>> {
+    override fun read(buf: ByteBuffer): List<DeviceDelivery> {
+        val len = buf.getInt()
+        return List<DeviceDelivery>(len) {
+            FfiConverterTypeDeviceDelivery.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<DeviceDelivery>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeDeviceDelivery.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<DeviceDelivery>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeDeviceDelivery.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer<List<PrekeyUpload>> {
     override fun read(buf: ByteBuffer): List<PrekeyUpload> {
         val len = buf.getInt()
@@ -5593,34 +7426,6 @@ public object FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer<List<
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypePrekeyUpload.write(it, buf)
-        }
-    }
-}
-
-
-
-
-/**
- * @suppress
- */
-public object FfiConverterSequenceTypeReceivedMessage: FfiConverterRustBuffer<List<ReceivedMessage>> {
-    override fun read(buf: ByteBuffer): List<ReceivedMessage> {
-        val len = buf.getInt()
-        return List<ReceivedMessage>(len) {
-            FfiConverterTypeReceivedMessage.read(buf)
-        }
-    }
-
-    override fun allocationSize(value: List<ReceivedMessage>): ULong {
-        val sizeForLength = 4UL
-        val sizeForItems = value.map { FfiConverterTypeReceivedMessage.allocationSize(it) }.sum()
-        return sizeForLength + sizeForItems
-    }
-
-    override fun write(value: List<ReceivedMessage>, buf: ByteBuffer) {
-        buf.putInt(value.size)
-        value.iterator().forEach {
-            FfiConverterTypeReceivedMessage.write(it, buf)
         }
     }
 }

@@ -1,12 +1,9 @@
 // Two parties in one JVM exchange messages through sotto-core via the
 // bindings: prekey bundles, PQXDH session setup, the Double Ratchet, safety
-// numbers, typed exceptions for garbage, and a Conversation delivering
-// decrypted messages to a listener on a Rust thread.
+// numbers and typed exceptions for garbage: the low-level crypto surface
+// for apps that bring their own transport (ClientTest covers SottoClient).
 package dev.sotto
 
-import kotlinx.coroutines.runBlocking
-import kotlinx.coroutines.withTimeout
-import kotlinx.coroutines.withTimeoutOrNull
 import org.junit.jupiter.api.Assertions.assertArrayEquals
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
@@ -16,7 +13,6 @@ import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Path
-import java.util.concurrent.TimeUnit
 
 val ALICE = PeerAddress("alice".toByteArray(), 1u)
 val BOB = PeerAddress("bob".toByteArray(), 7u)
@@ -131,59 +127,6 @@ class SessionTest {
                 assertEquals("two", String(bob.decrypt(ALICE, alice.encrypt(BOB, "two".toByteArray()))))
             }
             assertThrows<SottoException> { Device.openPersistent(path, ByteArray(32) { 7 }) }
-        }
-    }
-
-    @Test
-    fun `a conversation decrypts in order with suspend next`() = runBlocking {
-        Device.createInMemory(1u).use { alice ->
-            Device.createInMemory(7u).use { bob ->
-                bundleOf(bob).use { alice.processBundle(BOB, it) }
-                alice.conversation(BOB, 64u).use { toBob ->
-                    bob.conversation(ALICE, 64u).use { fromAlice ->
-                        assertArrayEquals(ALICE.user, fromAlice.peer().user)
-                        assertEquals(ALICE.deviceId, fromAlice.peer().deviceId)
-                        val wire = (0 until 10).map { toBob.encrypt("msg $it".toByteArray()) }
-                        // Delivered out of order by the network: the ratchet copes.
-                        fromAlice.receive(wire[0])
-                        for (i in 9 downTo 1) fromAlice.receiveWaiting(wire[i])
-                        val texts = (0 until 10).map { String(fromAlice.next()!!.body) }
-                        assertEquals(listOf("msg 0") + (9 downTo 1).map { "msg $it" }, texts)
-                        // A replay is consumed as a typed error; the stream goes on.
-                        fromAlice.receive(wire[3])
-                        assertThrows<SottoException.DuplicateMessage> { runBlocking { fromAlice.next() } }
-                        assertNull(withTimeoutOrNull(50) { fromAlice.next() })
-                        fromAlice.end()
-                        assertNull(fromAlice.next())
-                    }
-                }
-            }
-        }
-    }
-
-    @Test
-    fun `a conversation listener receives decrypted messages and failures`() {
-        Device.createInMemory(1u).use { alice ->
-            Device.createInMemory(7u).use { bob ->
-                bundleOf(bob).use { alice.processBundle(BOB, it) }
-                bob.conversation(ALICE, 64u).use { fromAlice ->
-                    val listener = CollectingListener()
-                    fromAlice.subscribe(listener).use { sub ->
-                        val hello = alice.encrypt(BOB, "hello".toByteArray())
-                        fromAlice.receive(hello)
-                        fromAlice.receive(byteArrayOf(1, 2, 3))
-                        fromAlice.receive(alice.encrypt(BOB, "again".toByteArray()))
-                        fromAlice.end()
-                        val first = listener.take() as Event.Message
-                        assertEquals("hello", String(first.message.body))
-                        val failed = listener.take() as Event.Failed
-                        assertEquals(1uL, failed.sequence)
-                        assertEquals("again", String((listener.take() as Event.Message).message.body))
-                        assertEquals(Event.Closed, listener.take())
-                        awaitInactive(sub)
-                    }
-                }
-            }
         }
     }
 }

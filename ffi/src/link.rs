@@ -1,0 +1,120 @@
+//! Linking a new device to an existing user, confirmed on both screens:
+//! [`Linking`] is the new device's side, [`PendingLink`] the existing
+//! device's (from `SottoClient.linkDevice`). The protocol is sotto-core's
+//! `client::link`; this module only holds its states as foreign objects.
+//!
+//! New device: `Linking.start(db, key, relay)` → show `code()` → `waitOffer()`
+//! returns six digits → the user confirms they match → `finish()` returns
+//! the new `SottoClient`. Existing device: `linkDevice(code)` → show
+//! `PendingLink.digits()` → the user confirms → `confirmLink(pending)`.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sotto_core::client::link;
+use sotto_core::SqliteStore;
+
+use crate::client::{open_store, parse_relay, SottoClient};
+use crate::error::{Result, SottoError};
+use crate::runtime::in_runtime;
+
+/// A new device being linked to an existing user (this device's side).
+#[derive(uniffi::Object)]
+pub struct Linking {
+    // Async mutex: `waitOffer` holds it across awaits; `finish` takes it.
+    state: tokio::sync::Mutex<Option<link::Linking<SqliteStore>>>,
+    code: String,
+}
+
+impl fmt::Debug for Linking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Linking").finish_non_exhaustive()
+    }
+}
+
+#[uniffi::export]
+impl Linking {
+    /// Prepares this device, whose encrypted store `db_path` must be new,
+    /// on the user's home relay `relay` (`host:port/fingerprint`).
+    #[uniffi::constructor]
+    pub async fn start(db_path: String, storage_key: Vec<u8>, relay: String) -> Result<Arc<Self>> {
+        let home = parse_relay(&relay)?;
+        let store = open_store(&db_path, storage_key)?;
+        in_runtime(async move {
+            let l = link::Linking::start(store, home).await?;
+            Ok(Arc::new(Self {
+                code: l.code(),
+                state: tokio::sync::Mutex::new(Some(l)),
+            }))
+        })?
+        .await
+    }
+
+    /// The code to show (as text or QR code) to the existing device.
+    pub fn code(&self) -> String {
+        self.code.clone()
+    }
+
+    /// Waits up to `timeout_ms` for the existing device's offer; returns the
+    /// six digits to compare with the ones it shows.
+    pub async fn wait_offer(&self, timeout_ms: u64) -> Result<String> {
+        in_runtime(async move {
+            let mut state = self.state.lock().await;
+            let l = state.as_mut().ok_or(SottoError::Closed)?;
+            Ok(l.wait_offer(Duration::from_millis(timeout_ms)).await?)
+        })?
+        .await
+    }
+
+    /// The user confirmed the digits here: waits up to `timeout_ms` for the
+    /// identity from the existing device and returns this device's client.
+    /// Used once; later calls fail with `Closed`.
+    pub async fn finish(&self, timeout_ms: u64) -> Result<Arc<SottoClient>> {
+        in_runtime(async move {
+            let l = self.state.lock().await.take().ok_or(SottoError::Closed)?;
+            let client = l.finish(Duration::from_millis(timeout_ms)).await?;
+            Ok(SottoClient::wrap(client))
+        })?
+        .await
+    }
+}
+
+/// A link in progress on the existing device.
+#[derive(uniffi::Object)]
+pub struct PendingLink {
+    digits: String,
+    pending: Mutex<Option<link::PendingLink>>,
+}
+
+impl fmt::Debug for PendingLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingLink").finish_non_exhaustive()
+    }
+}
+
+impl PendingLink {
+    pub(crate) fn wrap(p: link::PendingLink) -> Arc<Self> {
+        Arc::new(Self {
+            digits: p.digits().to_owned(),
+            pending: Mutex::new(Some(p)),
+        })
+    }
+
+    /// Takes the link out for `confirmLink` (once).
+    pub(crate) fn take(&self) -> Result<link::PendingLink> {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or(SottoError::Closed)
+    }
+}
+
+#[uniffi::export]
+impl PendingLink {
+    /// The six digits to compare with the new device's screen.
+    pub fn digits(&self) -> String {
+        self.digits.clone()
+    }
+}
