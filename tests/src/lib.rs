@@ -6,20 +6,23 @@
 
 use std::path::PathBuf;
 
-/// Path of the `sotto-relay` binary: `$SOTTO_RELAY_BIN`, or the one beside
-/// the running test executable's `deps/` directory.
-pub fn relay_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("SOTTO_RELAY_BIN") {
+/// Path of the workspace binary `name`: the path in `$env_var` if set, else
+/// the one in the target directory this test executable was built into
+/// (`target/debug/deps/<test>` -> `target/debug/<name>`).
+pub fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/debug/deps/<test> -> target/debug/sotto-relay
-    let dir = exe
-        .parent()
+    exe.parent()
         .and_then(|deps| deps.parent())
-        .map(|p| p.to_path_buf())
-        .unwrap_or_default();
-    dir.join("sotto-relay")
+        .map(|dir| dir.join(name))
+        .unwrap_or_default()
+}
+
+/// Path of the `sotto-relay` binary (`$SOTTO_RELAY_BIN` overrides).
+pub fn relay_binary() -> PathBuf {
+    workspace_binary("sotto-relay", "SOTTO_RELAY_BIN")
 }
 
 pub use sotto_examples::relay_process::RelayProcess;

@@ -13,7 +13,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use sotto_core::client::RelayAddress;
-use sotto_e2e::{relay_binary, RelayProcess};
+use sotto_e2e::{relay_binary, workspace_binary, RelayProcess};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -21,16 +21,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// target directory this test was built into (the freshest build, the same
 /// one `cargo test --workspace` just made); else the one beside the relay.
 fn chat_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("SOTTO_CHAT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    // target/debug/deps/<test> -> target/debug/sotto-chat
-    let own = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join("sotto-chat"))
-        .unwrap_or_default();
+    let own = workspace_binary("sotto-chat", "SOTTO_CHAT_BIN");
     if own.exists() {
         return own;
     }

@@ -86,6 +86,24 @@ impl<S: Store> Inner<S> {
         self.relays.get(relay).await
     }
 
+    /// Passes a request's result through; a connection-level failure also
+    /// drops the connection, so the next request reconnects.
+    pub(crate) async fn checked<T, E: Into<Error>>(
+        &self,
+        relay: &RelayAddress,
+        conn: &Arc<RelayClient>,
+        result: core::result::Result<T, E>,
+    ) -> Result<T> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let e = e.into();
+                self.relay_failed(relay, conn, &e).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Drops a connection after a connection-level failure.
     pub(crate) async fn relay_failed(
         &self,
@@ -366,16 +384,11 @@ impl<S: Store + Send + 'static> Client<S> {
         let upload = tokio::fs::File::open(tmp.path())
             .await
             .map_err(Error::AttachmentIo)?;
-        let blob = match conn.upload_blob(pointer.ciphertext_len, upload).await {
-            Ok(b) => b,
-            Err(e) => {
-                let e = Error::from(e);
-                self.inner
-                    .relay_failed(&self.inner.me.relay, &conn, &e)
-                    .await;
-                return Err(e);
-            }
-        };
+        let uploaded = conn.upload_blob(pointer.ciphertext_len, upload).await;
+        let blob = self
+            .inner
+            .checked(&self.inner.me.relay, &conn, uploaded)
+            .await?;
         let att = pb::AttachmentRef {
             blob_id: blob.0.to_vec(),
             pointer: pointer.to_bytes().to_vec(),
@@ -399,14 +412,10 @@ impl<S: Store + Send + 'static> Client<S> {
         let mut out = tokio::fs::File::create(tmp.path())
             .await
             .map_err(Error::AttachmentIo)?;
-        if let Err(e) = conn
+        let downloaded = conn
             .download_blob(&sotto_relay::BlobId(attachment.blob_id), 0, &mut out)
-            .await
-        {
-            let e = Error::from(e);
-            self.inner.relay_failed(&from.relay, &conn, &e).await;
-            return Err(e);
-        }
+            .await;
+        self.inner.checked(&from.relay, &conn, downloaded).await?;
         tokio::io::AsyncWriteExt::flush(&mut out)
             .await
             .map_err(Error::AttachmentIo)?;

@@ -140,13 +140,8 @@ async fn send_item<S: Store + Send + 'static>(
 
     // The recipient's devices.
     let conn = inner.relay(&to.relay).await?;
-    let list = match fetch_devices(&conn, &to).await {
-        Ok(l) => l,
-        Err(e) => {
-            inner.relay_failed(&to.relay, &conn, &e).await;
-            return Err(e);
-        }
-    };
+    let fetched = fetch_devices(&conn, &to).await;
+    let list = inner.checked(&to.relay, &conn, fetched).await?;
     let mut targets: Vec<(UserAddress, u32, sotto_relay::MailboxId, Vec<u8>, bool)> = Vec::new();
     let me_user = inner.me.user;
     for d in &list.devices {
@@ -205,14 +200,8 @@ async fn send_item<S: Store + Send + 'static>(
         let addr = DeviceAddress::new(user.user.to_vec(), device_id);
         let needs_session = item.reset_session || !inner.with_device(|d| d.has_session(&addr))?;
         if needs_session {
-            let fetched = match conn.fetch_bundle(&mailbox).await {
-                Ok(f) => f,
-                Err(e) => {
-                    let e = Error::from(e);
-                    inner.relay_failed(&user.relay, &conn, &e).await;
-                    return Err(e);
-                }
-            };
+            let fetched = conn.fetch_bundle(&mailbox).await;
+            let fetched = inner.checked(&user.relay, &conn, fetched).await?;
             let bundle = PrekeyBundle::assemble(
                 &fetched.signed_bundle,
                 fetched.one_time_ec.as_ref().map(|(_, b)| b.as_slice()),
@@ -253,14 +242,8 @@ async fn send_item<S: Store + Send + 'static>(
             })),
         }
         .encode_to_vec();
-        let envelope_id = match conn.send(&mailbox, envelope).await {
-            Ok(id) => id,
-            Err(e) => {
-                let e = Error::from(e);
-                inner.relay_failed(&user.relay, &conn, &e).await;
-                return Err(e);
-            }
-        };
+        let sent = conn.send(&mailbox, envelope).await;
+        let envelope_id = inner.checked(&user.relay, &conn, sent).await?;
         // Progress, sent log and delivery state in one commit.
         if own {
             item.done_own_devices.push(device_id);
