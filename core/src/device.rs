@@ -14,7 +14,7 @@
 use prost::Message;
 use rand_core::CryptoRngCore;
 use sotto_proto::store as rec;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Result};
 use crate::identity::{IdentityKey, IdentityKeyPair, SafetyNumber};
@@ -25,6 +25,7 @@ use crate::prekeys::{
     KEM_PREKEY_MAX_AGE_SECS, RETIRED_PREKEY_GRACE_SECS, SIGNED_PREKEY_MAX_AGE_SECS,
 };
 use crate::session::{MessageKind, OutgoingMessage, PreKeyMessage, SessionState, SkippedKeys};
+use crate::session_cache::SessionCache;
 use crate::store::{Store, Table, Txn};
 use crate::trust::{self, Contact, TrustCheck, Verification};
 
@@ -213,31 +214,58 @@ fn save_index(tx: &mut impl Txn, addr: &[u8], ids: &[[u8; 32]]) -> Result<()> {
     )
 }
 
-fn load_session(tx: &impl Txn, addr: &[u8], sid: &[u8; 32]) -> Result<SessionState> {
-    let mut r = get_proto::<rec::SessionRecord>(tx, Table::Session, &cat(&[addr, sid]))?.ok_or(
-        Error::CorruptRecord {
-            table: "session_index",
-        },
-    )?;
+fn load_session(
+    tx: &impl Txn,
+    cache: &mut SessionCache,
+    addr: &[u8],
+    sid: &[u8; 32],
+) -> Result<SessionState> {
+    let key = cat(&[addr, sid]);
+    let row = tx.get(Table::Session, &key)?.ok_or(Error::CorruptRecord {
+        table: "session_index",
+    })?;
+    if let Some(state) = cache.get(&key, &row) {
+        return Ok(state);
+    }
+    let mut r = rec::SessionRecord::decode(row.as_slice())
+        .map_err(|_| Error::CorruptRecord { table: "session" })?;
     let out = SessionState::from_record(&r).map_err(|_| Error::CorruptRecord { table: "session" });
     scrub_session(&mut r);
-    out
+    let state = out?;
+    cache.put(key, row, state.clone());
+    Ok(state)
 }
 
-fn save_session(tx: &mut impl Txn, addr: &[u8], state: &SessionState) -> Result<()> {
+fn save_session(
+    tx: &mut impl Txn,
+    cache: &mut SessionCache,
+    addr: &[u8],
+    state: &SessionState,
+) -> Result<()> {
     let mut r = state.to_record();
-    let out = put_proto(tx, Table::Session, &cat(&[addr, &state.base_key]), &r);
+    let row = Zeroizing::new(r.encode_to_vec());
     scrub_session(&mut r);
-    out
+    let key = cat(&[addr, &state.base_key]);
+    tx.put(Table::Session, &key, &row)?;
+    cache.put(key, row, state.clone());
+    Ok(())
 }
 
 /// Puts `sid` first in the index; drops (and deletes) sessions beyond the archive limit.
-fn promote(tx: &mut impl Txn, addr: &[u8], mut ids: Vec<[u8; 32]>, sid: [u8; 32]) -> Result<()> {
+fn promote(
+    tx: &mut impl Txn,
+    cache: &mut SessionCache,
+    addr: &[u8],
+    mut ids: Vec<[u8; 32]>,
+    sid: [u8; 32],
+) -> Result<()> {
     ids.retain(|s| s != &sid);
     ids.insert(0, sid);
     while ids.len() > 1 + MAX_ARCHIVED_SESSIONS {
         if let Some(old) = ids.pop() {
-            tx.delete(Table::Session, &cat(&[addr, &old]))?;
+            let key = cat(&[addr, &old]);
+            tx.delete(Table::Session, &key)?;
+            cache.forget(&key);
             tx.delete_prefix(Table::SkippedKey, &cat(&[addr, &old]))?;
         }
     }
@@ -266,12 +294,13 @@ impl<T: Txn> SkippedKeys for TxSkipped<'_, T> {
 /// Writes a decrypt's change set: chain state row plus skipped-key rows.
 fn commit_decrypt(
     tx: &mut impl Txn,
+    cache: &mut SessionCache,
     addr: &[u8],
     state: &SessionState,
     changes: crate::ratchet::RatchetChanges,
 ) -> Result<()> {
     let prefix = cat(&[addr, &state.base_key]);
-    save_session(tx, addr, state)?;
+    save_session(tx, cache, addr, state)?;
     if let Some((chain, n)) = changes.skipped_consumed {
         tx.delete(
             Table::SkippedKey,
@@ -315,6 +344,8 @@ pub struct Device<S: Store> {
     identity: IdentityKeyPair,
     device_id: u32,
     padding: Padding,
+    /// Decoded session rows, checked against the store on every use.
+    sessions: SessionCache,
 }
 
 impl<S: Store> core::fmt::Debug for Device<S> {
@@ -384,6 +415,7 @@ impl<S: Store> Device<S> {
             identity,
             device_id,
             padding: Padding::default(),
+            sessions: SessionCache::default(),
         })
     }
 
@@ -402,6 +434,7 @@ impl<S: Store> Device<S> {
             identity: identity?,
             device_id: r.device_id,
             padding: Padding::default(),
+            sessions: SessionCache::default(),
         })
     }
 
@@ -571,11 +604,12 @@ impl<S: Store> Device<S> {
         }
         let a = addr.encode()?;
         let state = SessionState::initiate(&self.identity, bundle, now, rng)?;
+        let cache = &mut self.sessions;
         self.store.transaction(|tx| {
             check_and_record_trust(tx, &addr.user, &bundle.identity, now)?;
-            save_session(tx, &a, &state)?;
+            save_session(tx, cache, &a, &state)?;
             let ids = load_index(tx, &a)?;
-            promote(tx, &a, ids, state.base_key)
+            promote(tx, cache, &a, ids, state.base_key)
         })
     }
 
@@ -596,12 +630,13 @@ impl<S: Store> Device<S> {
     ) -> Result<OutgoingMessage> {
         let a = addr.encode()?;
         let padding = self.padding;
+        let cache = &mut self.sessions;
         self.store.transaction(|tx| {
             let ids = load_index(tx, &a)?;
             let sid = ids.first().ok_or(Error::NoSession)?;
-            let mut state = load_session(tx, &a, sid)?;
+            let mut state = load_session(tx, cache, &a, sid)?;
             let out = state.encrypt(plaintext, padding, rng)?;
-            save_session(tx, &a, &state)?;
+            save_session(tx, cache, &a, &state)?;
             Ok(out)
         })
     }
@@ -645,9 +680,10 @@ impl<S: Store> Device<S> {
         let a = addr.encode()?;
         let kind = MessageKind::of(message)?;
         let (identity, device_id) = (&self.identity, self.device_id);
+        let cache = &mut self.sessions;
         self.store.transaction(|tx| {
             let plaintext = match kind {
-                MessageKind::Ratchet => decrypt_ratchet(tx, &a, message)?,
+                MessageKind::Ratchet => decrypt_ratchet(tx, cache, &a, message)?,
                 MessageKind::PreKey => {
                     let m = PreKeyMessage::parse(message)?;
                     if m.responder_device_id != device_id {
@@ -657,7 +693,7 @@ impl<S: Store> Device<S> {
                     let ids = load_index(tx, &a)?;
                     if ids.contains(&m.base_key) {
                         // A later message of a session we already accepted.
-                        let mut state = load_session(tx, &a, &m.base_key)?;
+                        let mut state = load_session(tx, cache, &a, &m.base_key)?;
                         let (pt, changes) = {
                             let skipped = TxSkipped {
                                 tx: &*tx,
@@ -665,11 +701,11 @@ impl<S: Store> Device<S> {
                             };
                             state.decrypt(&m.inner, &skipped)?
                         };
-                        commit_decrypt(tx, &a, &state, changes)?;
-                        promote(tx, &a, ids, m.base_key)?;
+                        commit_decrypt(tx, cache, &a, &state, changes)?;
+                        promote(tx, cache, &a, ids, m.base_key)?;
                         pt
                     } else {
-                        accept_prekey_message(tx, identity, &a, ids, &m)?
+                        accept_prekey_message(tx, cache, identity, &a, ids, &m)?
                     }
                 }
             };
@@ -741,14 +777,19 @@ fn check_and_record_trust(
 
 /// Tries the current session, then archived ones; commits the first that
 /// authenticates (promoting it to current).
-fn decrypt_ratchet(tx: &mut impl Txn, a: &[u8], message: &[u8]) -> Result<Vec<u8>> {
+fn decrypt_ratchet(
+    tx: &mut impl Txn,
+    cache: &mut SessionCache,
+    a: &[u8],
+    message: &[u8],
+) -> Result<Vec<u8>> {
     let ids = load_index(tx, a)?;
     if ids.is_empty() {
         return Err(Error::NoSession);
     }
     let mut first_err = None;
     for (pos, sid) in ids.iter().enumerate() {
-        let mut state = load_session(tx, a, sid)?;
+        let mut state = load_session(tx, cache, a, sid)?;
         let attempt = {
             let skipped = TxSkipped {
                 tx: &*tx,
@@ -758,9 +799,9 @@ fn decrypt_ratchet(tx: &mut impl Txn, a: &[u8], message: &[u8]) -> Result<Vec<u8
         };
         match attempt {
             Ok((pt, changes)) => {
-                commit_decrypt(tx, a, &state, changes)?;
+                commit_decrypt(tx, cache, a, &state, changes)?;
                 if pos != 0 {
-                    promote(tx, a, ids.clone(), *sid)?;
+                    promote(tx, cache, a, ids.clone(), *sid)?;
                 }
                 return Ok(pt);
             }
@@ -778,6 +819,7 @@ fn decrypt_ratchet(tx: &mut impl Txn, a: &[u8], message: &[u8]) -> Result<Vec<u8
 /// that stores the session.
 fn accept_prekey_message(
     tx: &mut impl Txn,
+    cache: &mut SessionCache,
     identity: &IdentityKeyPair,
     a: &[u8],
     ids: Vec<[u8; 32]>,
@@ -830,7 +872,7 @@ fn accept_prekey_message(
     } else {
         tx.delete(Table::KemPrekey, &kem.id.to_be_bytes())?;
     }
-    commit_decrypt(tx, a, &state, changes)?;
-    promote(tx, a, ids, m.base_key)?;
+    commit_decrypt(tx, cache, a, &state, changes)?;
+    promote(tx, cache, a, ids, m.base_key)?;
     Ok(pt)
 }

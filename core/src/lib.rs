@@ -60,6 +60,7 @@ pub mod pqxdh;
 pub mod prekeys;
 pub mod ratchet;
 pub mod session;
+mod session_cache;
 pub mod store;
 pub mod trust;
 

@@ -86,6 +86,98 @@ fn failed_or_interrupted_commits_neither_lose_nor_reuse_a_message_key() {
     );
 }
 
+/// Alice and Bob with a session both ways (so later messages are plain
+/// ratchet messages), each in its own database file under `dir`.
+fn established(
+    dir: &std::path::Path,
+    r: &mut rand_chacha::ChaCha20Rng,
+) -> (Device<SqliteStore>, Device<SqliteStore>) {
+    let mut alice = Device::create(
+        SqliteStore::open(dir.join("a.db"), &key()).unwrap(),
+        1,
+        NOW,
+        r,
+    )
+    .unwrap();
+    let mut bob = Device::create(
+        SqliteStore::open(dir.join("b.db"), &key()).unwrap(),
+        2,
+        NOW,
+        r,
+    )
+    .unwrap();
+    let bundle = bundle_of(&mut bob, true, r);
+    alice.process_bundle(&bob_addr(), &bundle, NOW, r).unwrap();
+    let hi = alice.encrypt(&bob_addr(), b"hi", r).unwrap();
+    bob.decrypt(&alice_addr(), &hi.bytes, NOW).unwrap();
+    let back = bob.encrypt(&alice_addr(), b"hi", r).unwrap();
+    alice.decrypt(&bob_addr(), &back.bytes, NOW).unwrap();
+    (alice, bob)
+}
+
+#[test]
+fn a_rolled_back_decrypt_leaves_no_advanced_state_in_memory() {
+    // The device keeps decoded session rows in memory; after a failed commit
+    // the store (old row) must win over the state the failed attempt made.
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rng(31);
+    let (mut alice, mut bob) = established(dir.path(), &mut r);
+    let m = alice.encrypt(&bob_addr(), b"once", &mut r).unwrap();
+    let err = bob
+        .decrypt_with(&alice_addr(), &m.bytes, NOW, |_| {
+            Err(Error::Hook("disk full".into()))
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Hook(_)));
+    assert_eq!(bob.decrypt(&alice_addr(), &m.bytes, NOW).unwrap(), b"once");
+    assert!(matches!(
+        bob.decrypt(&alice_addr(), &m.bytes, NOW),
+        Err(Error::DuplicateMessage { .. })
+    ));
+}
+
+#[test]
+fn a_second_handle_on_the_same_database_sees_every_committed_step() {
+    // Two `Device`s over one file (e.g. an app process and its notification
+    // extension): each must read the other's commits, never its own stale
+    // in-memory state, or a message key could be used twice.
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rng(32);
+    let (mut alice, mut bob) = established(dir.path(), &mut r);
+    let mut bob2 =
+        Device::open(SqliteStore::open(dir.path().join("b.db"), &key()).unwrap()).unwrap();
+    let m1 = alice.encrypt(&bob_addr(), b"one", &mut r).unwrap();
+    let m2 = alice.encrypt(&bob_addr(), b"two", &mut r).unwrap();
+    let m3 = alice.encrypt(&bob_addr(), b"three", &mut r).unwrap();
+    assert_eq!(bob.decrypt(&alice_addr(), &m1.bytes, NOW).unwrap(), b"one");
+    assert_eq!(bob2.decrypt(&alice_addr(), &m2.bytes, NOW).unwrap(), b"two");
+    assert!(matches!(
+        bob.decrypt(&alice_addr(), &m2.bytes, NOW),
+        Err(Error::DuplicateMessage { .. })
+    ));
+    assert_eq!(
+        bob.decrypt(&alice_addr(), &m3.bytes, NOW).unwrap(),
+        b"three"
+    );
+    assert!(matches!(
+        bob2.decrypt(&alice_addr(), &m3.bytes, NOW),
+        Err(Error::DuplicateMessage { .. })
+    ));
+    // Replies from either handle continue one chain.
+    let reply = bob2
+        .encrypt(&alice_addr(), b"from the other handle", &mut r)
+        .unwrap();
+    assert_eq!(
+        alice.decrypt(&bob_addr(), &reply.bytes, NOW).unwrap(),
+        b"from the other handle"
+    );
+    let reply = bob.encrypt(&alice_addr(), b"and this one", &mut r).unwrap();
+    assert_eq!(
+        alice.decrypt(&bob_addr(), &reply.bytes, NOW).unwrap(),
+        b"and this one"
+    );
+}
+
 #[test]
 fn database_file_is_encrypted_and_bound_to_its_key() {
     let dir = tempfile::tempdir().unwrap();
