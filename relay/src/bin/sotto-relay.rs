@@ -3,6 +3,12 @@
 //! fingerprint it prints for clients to pin). SIGINT/SIGTERM shut it down
 //! gracefully, finishing in-flight durable writes.
 
+/// glibc malloc took about 12 % of the relay's CPU under load (many small,
+/// short-lived buffers per request, freed on other threads); mimalloc is
+/// built for exactly that pattern.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use sotto_relay::server::config::{Config, Flags};
 use sotto_relay::server::Relay;
