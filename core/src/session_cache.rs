@@ -19,13 +19,23 @@ const CAPACITY: usize = 32;
 struct Entry {
     key: Vec<u8>,
     row: Zeroizing<Vec<u8>>,
-    state: SessionState,
+    /// Boxed so that reordering the cache moves a pointer, never key material.
+    state: Box<SessionState>,
 }
 
-/// Most recently used first; secrets zeroized when an entry is dropped.
-#[derive(Default)]
+/// Most recently used first. Every secret an entry holds (the row bytes, the
+/// decoded state) lives in its own heap allocation, zeroized when the entry is
+/// dropped; reordering and growth move only pointers.
 pub(crate) struct SessionCache {
     entries: Vec<Entry>,
+}
+
+impl Default for SessionCache {
+    fn default() -> Self {
+        Self {
+            entries: Vec::with_capacity(CAPACITY + 1),
+        }
+    }
 }
 
 impl core::fmt::Debug for SessionCache {
@@ -41,9 +51,12 @@ impl SessionCache {
         let e = &self.entries[pos];
         // The rows hold chain keys: compare them in constant time.
         if e.row.len() != row.len() || !bool::from(e.row.as_slice().ct_eq(row)) {
+            // The store moved on (another handle, or a rolled-back write of
+            // ours): drop the stale keys now rather than at eviction.
+            self.entries.remove(pos);
             return None;
         }
-        let state = e.state.clone();
+        let state = SessionState::clone(&e.state);
         let entry = self.entries.remove(pos);
         self.entries.insert(0, entry);
         Some(state)
@@ -52,11 +65,20 @@ impl SessionCache {
     /// Remembers that `row` (stored under `key`) decodes to `state`.
     pub(crate) fn put(&mut self, key: Vec<u8>, row: Zeroizing<Vec<u8>>, state: SessionState) {
         self.forget(&key);
-        self.entries.insert(0, Entry { key, row, state });
+        self.entries.insert(
+            0,
+            Entry {
+                key,
+                row,
+                state: Box::new(state),
+            },
+        );
         self.entries.truncate(CAPACITY);
     }
 
     /// Drops a deleted session's keys from memory at once (forward secrecy).
+    /// Deletions made through another handle on the same store are noticed
+    /// at this handle's next read of that session, or at eviction.
     pub(crate) fn forget(&mut self, key: &[u8]) {
         self.entries.retain(|e| e.key != key);
     }

@@ -2,7 +2,9 @@
 //! commit (the caller's hook fails, or the process dies mid-transaction)
 //! leaves the message decryptable exactly once later; a committed one is gone
 //! for good, also after reopening the database file. Also checks that the
-//! file holds no plaintext secrets and rejects a wrong storage key.
+//! file holds no plaintext secrets and rejects a wrong storage key, and that
+//! the device's in-memory copy of session rows never outlives a rolled-back
+//! commit or a commit made through another handle on the same file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -116,7 +118,7 @@ fn established(
 }
 
 #[test]
-fn a_rolled_back_decrypt_leaves_no_advanced_state_in_memory() {
+fn a_rolled_back_decrypt_is_not_reused_from_memory() {
     // The device keeps decoded session rows in memory; after a failed commit
     // the store (old row) must win over the state the failed attempt made.
     let dir = tempfile::tempdir().unwrap();

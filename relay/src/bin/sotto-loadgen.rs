@@ -4,9 +4,9 @@
 //! fixed offered rates; idle: connections held and relay RSS).
 //! Every run is bounded in message count and time.
 
-/// glibc malloc took about 12 % of the relay's CPU under load (many small,
-/// short-lived buffers per request, freed on other threads); mimalloc is
-/// built for exactly that pattern.
+/// The same allocator as the relay: the load generator shares the machine's
+/// two cores with it, so every cycle it wastes in glibc malloc (per-request
+/// buffers freed on other threads) is taken from the relay being measured.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -15,9 +15,15 @@ fn olm_pair() -> (OlmSession, OlmSession) {
     bob.generate_one_time_keys(1);
     let otk = *bob.one_time_keys().values().next().unwrap();
     bob.mark_keys_as_published();
-    let mut a = alice.create_outbound_session(SessionConfig::version_2(), bob.curve25519_key(), otk);
-    let OlmMessage::PreKey(m) = a.encrypt("hi") else { panic!() };
-    let mut b = bob.create_inbound_session(alice.curve25519_key(), &m).unwrap().session;
+    let mut a =
+        alice.create_outbound_session(SessionConfig::version_2(), bob.curve25519_key(), otk);
+    let OlmMessage::PreKey(m) = a.encrypt("hi") else {
+        panic!()
+    };
+    let mut b = bob
+        .create_inbound_session(alice.curve25519_key(), &m)
+        .unwrap()
+        .session;
     let r = b.encrypt("hi");
     a.decrypt(&r).unwrap();
     (a, b)
@@ -40,8 +46,11 @@ fn olm(c: &mut Criterion) {
                     bob.curve25519_key(),
                     otk,
                 );
-                let OlmMessage::PreKey(m) = a.encrypt("hello") else { panic!() };
-                bob.create_inbound_session(alice.curve25519_key(), &m).unwrap()
+                let OlmMessage::PreKey(m) = a.encrypt("hello") else {
+                    panic!()
+                };
+                bob.create_inbound_session(alice.curve25519_key(), &m)
+                    .unwrap()
             },
             BatchSize::SmallInput,
         )

@@ -1,3 +1,6 @@
+// JMH benchmarks of libsignal 0.86.5 (its Java API over the bundled Rust library): session setup
+// both sides, one-way 256 B and ping-pong, timed like Sotto's and Olm's in ../../benches/olm.rs so
+// that the three can be compared on one machine in one run. See README.md for what is timed.
 package org.sotto.bench;
 
 import java.io.IOException;
