@@ -224,30 +224,28 @@ fn load_session(
     let row = tx.get(Table::Session, &key)?.ok_or(Error::CorruptRecord {
         table: "session_index",
     })?;
-    if let Some(state) = cache.get(&key, &row) {
+    if let Some(state) = cache.take(&key, &row) {
         return Ok(state);
     }
     let mut r = rec::SessionRecord::decode(row.as_slice())
         .map_err(|_| Error::CorruptRecord { table: "session" })?;
     let out = SessionState::from_record(&r).map_err(|_| Error::CorruptRecord { table: "session" });
     scrub_session(&mut r);
-    let state = out?;
-    cache.put(key, row, state.clone());
-    Ok(state)
+    out
 }
 
 fn save_session(
     tx: &mut impl Txn,
     cache: &mut SessionCache,
     addr: &[u8],
-    state: &SessionState,
+    state: SessionState,
 ) -> Result<()> {
     let mut r = state.to_record();
     let row = Zeroizing::new(r.encode_to_vec());
     scrub_session(&mut r);
     let key = cat(&[addr, &state.base_key]);
     tx.put(Table::Session, &key, &row)?;
-    cache.put(key, row, state.clone());
+    cache.put(key, row, state);
     Ok(())
 }
 
@@ -296,7 +294,7 @@ fn commit_decrypt(
     tx: &mut impl Txn,
     cache: &mut SessionCache,
     addr: &[u8],
-    state: &SessionState,
+    state: SessionState,
     changes: crate::ratchet::RatchetChanges,
 ) -> Result<()> {
     let prefix = cat(&[addr, &state.base_key]);
@@ -607,9 +605,10 @@ impl<S: Store> Device<S> {
         let cache = &mut self.sessions;
         self.store.transaction(|tx| {
             check_and_record_trust(tx, &addr.user, &bundle.identity, now)?;
-            save_session(tx, cache, &a, &state)?;
+            let sid = state.base_key;
+            save_session(tx, cache, &a, state)?;
             let ids = load_index(tx, &a)?;
-            promote(tx, cache, &a, ids, state.base_key)
+            promote(tx, cache, &a, ids, sid)
         })
     }
 
@@ -636,7 +635,7 @@ impl<S: Store> Device<S> {
             let sid = ids.first().ok_or(Error::NoSession)?;
             let mut state = load_session(tx, cache, &a, sid)?;
             let out = state.encrypt(plaintext, padding, rng)?;
-            save_session(tx, cache, &a, &state)?;
+            save_session(tx, cache, &a, state)?;
             Ok(out)
         })
     }
@@ -701,7 +700,7 @@ impl<S: Store> Device<S> {
                             };
                             state.decrypt(&m.inner, &skipped)?
                         };
-                        commit_decrypt(tx, cache, &a, &state, changes)?;
+                        commit_decrypt(tx, cache, &a, state, changes)?;
                         promote(tx, cache, &a, ids, m.base_key)?;
                         pt
                     } else {
@@ -799,7 +798,7 @@ fn decrypt_ratchet(
         };
         match attempt {
             Ok((pt, changes)) => {
-                commit_decrypt(tx, cache, a, &state, changes)?;
+                commit_decrypt(tx, cache, a, state, changes)?;
                 if pos != 0 {
                     promote(tx, cache, a, ids.clone(), *sid)?;
                 }
@@ -872,7 +871,7 @@ fn accept_prekey_message(
     } else {
         tx.delete(Table::KemPrekey, &kem.id.to_be_bytes())?;
     }
-    commit_decrypt(tx, cache, a, &state, changes)?;
+    commit_decrypt(tx, cache, a, state, changes)?;
     promote(tx, cache, a, ids, m.base_key)?;
     Ok(pt)
 }

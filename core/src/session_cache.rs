@@ -1,4 +1,5 @@
-//! A small memo of decoded session rows, keyed by the exact stored bytes.
+//! A small memo of decoded session rows, keyed by the exact stored bytes:
+//! a save puts its state in, the next load of the same row takes it out.
 //!
 //! Decoding a session row costs two Ed25519 point decompressions (the
 //! identities) and an X25519 base-point multiplication (our ratchet public
@@ -45,21 +46,17 @@ impl core::fmt::Debug for SessionCache {
 }
 
 impl SessionCache {
-    /// The state decoded from `row`, if `row` is exactly what was cached for `key`.
-    pub(crate) fn get(&mut self, key: &[u8], row: &[u8]) -> Option<SessionState> {
+    /// Takes out the state decoded from `row`, if `row` is exactly what was
+    /// cached for `key`. The entry leaves the cache either way: the caller
+    /// puts the state back once it has saved it, so nothing is cloned, and a
+    /// state whose transaction fails is simply gone (the next read decodes).
+    pub(crate) fn take(&mut self, key: &[u8], row: &[u8]) -> Option<SessionState> {
         let pos = self.entries.iter().position(|e| e.key == key)?;
-        let e = &self.entries[pos];
-        // The rows hold chain keys: compare them in constant time.
-        if e.row.len() != row.len() || !bool::from(e.row.as_slice().ct_eq(row)) {
-            // The store moved on (another handle, or a rolled-back write of
-            // ours): drop the stale keys now rather than at eviction.
-            self.entries.remove(pos);
-            return None;
-        }
-        let state = SessionState::clone(&e.state);
-        let entry = self.entries.remove(pos);
-        self.entries.insert(0, entry);
-        Some(state)
+        let e = self.entries.remove(pos);
+        // The rows hold chain keys: compare them in constant time. A mismatch
+        // means the store moved on (another handle, or a rolled-back write).
+        let same = e.row.len() == row.len() && bool::from(e.row.as_slice().ct_eq(row));
+        same.then_some(*e.state)
     }
 
     /// Remembers that `row` (stored under `key`) decodes to `state`.
