@@ -720,6 +720,125 @@ async fn crash_during_load_loses_nothing_accepted_and_resurrects_nothing_acked()
     }
 }
 
+/// Pushes go out before the fsync (only the sender's "accepted" waits for
+/// it), so a crash may lose an envelope its recipient already saw. That is
+/// allowed (its sender never got "accepted" and retransmits); what is not:
+/// losing an accepted envelope, resurrecting an acked one, or giving a later
+/// envelope an id some recipient already saw (clients de-duplicate by id).
+#[tokio::test]
+async fn crash_with_live_pushes_reuses_no_id_and_resurrects_nothing_acked() {
+    let mut relay = RelayProc::start(&[]);
+    let recipients: Vec<_> = (0..4).map(|_| key()).collect();
+    let rids: Vec<_> = recipients
+        .iter()
+        .map(|k| MailboxId(k.verifying_key().to_bytes()))
+        .collect();
+    let pushed = Arc::new(std::sync::Mutex::new(HashMap::<EnvelopeId, Vec<u8>>::new()));
+    // Acks sent (the relay may have applied them without the reply arriving)
+    // and acks confirmed.
+    let tried = Arc::new(std::sync::Mutex::new(HashSet::<EnvelopeId>::new()));
+    let acked = Arc::new(std::sync::Mutex::new(HashSet::<EnvelopeId>::new()));
+    let accepted = Arc::new(std::sync::Mutex::new(
+        HashMap::<EnvelopeId, (usize, Vec<u8>)>::new(),
+    ));
+    let mut tasks = Vec::new();
+    for k in &recipients {
+        let c = Arc::new(relay.client(k).await);
+        let mut sub = c.subscribe().await.unwrap();
+        let (pushed, tried, acked) = (pushed.clone(), tried.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(p)) = sub.next().await {
+                if let Pushed::Envelope(e) = p {
+                    pushed.lock().unwrap().insert(e.id, e.payload);
+                    // Every other one acked (without holding up the pushes),
+                    // so both kinds meet the crash.
+                    if e.id.0[15] % 2 == 0 {
+                        tried.lock().unwrap().insert(e.id);
+                        let (c, acked) = (c.clone(), acked.clone());
+                        tokio::spawn(async move {
+                            if let Ok(1) = c.ack(&[e.id]).await {
+                                acked.lock().unwrap().insert(e.id);
+                            }
+                        });
+                    }
+                }
+            }
+        }));
+    }
+    for s in 0..4usize {
+        let c = Arc::new(relay.client(&key()).await);
+        let acc = accepted.clone();
+        let rids = rids.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0usize.. {
+                let mut inflight = Vec::new();
+                for j in 0..16 {
+                    let to = (s + i + j) % rids.len();
+                    let payload = format!("s{s}-{i}-{j}").into_bytes();
+                    let (c, r) = (c.clone(), rids[to]);
+                    inflight.push(tokio::spawn(async move {
+                        (to, payload.clone(), c.send(&r, payload).await)
+                    }));
+                }
+                for f in inflight {
+                    match f.await.unwrap() {
+                        (to, p, Ok(id)) => {
+                            acc.lock().unwrap().insert(id, (to, p));
+                        }
+                        (_, _, Err(_)) => return,
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.kill9();
+    for t in tasks {
+        t.abort();
+    }
+    let pushed = pushed.lock().unwrap().clone();
+    let acked = acked.lock().unwrap().clone();
+    let tried = tried.lock().unwrap().clone();
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(pushed.len() > 100 && !acked.is_empty(), "load actually ran");
+
+    relay.restart();
+    let mut after = HashMap::new();
+    for (i, k) in recipients.iter().enumerate() {
+        let c = relay.client(k).await;
+        let mut cursor = None;
+        loop {
+            let page = c.fetch(cursor, 1000).await.unwrap();
+            for e in &page.envelopes {
+                assert!(!acked.contains(&e.id), "acked envelope {} came back", e.id);
+                if let Some(p) = pushed.get(&e.id) {
+                    assert_eq!(p, &e.payload, "id {} now names another envelope", e.id);
+                }
+                after.insert(e.id, (i, e.payload.clone()));
+            }
+            cursor = page.envelopes.last().map(|e| e.id).or(cursor);
+            if !page.more {
+                break;
+            }
+        }
+    }
+    for (id, v) in &accepted {
+        assert!(
+            tried.contains(id) || after.get(id) == Some(v),
+            "accepted envelope {id} lost"
+        );
+    }
+    // New envelopes continue above every id handed out before the crash.
+    let highest = pushed
+        .keys()
+        .chain(accepted.keys())
+        .map(|id| id.seq())
+        .max();
+    let sender = relay.client(&key()).await;
+    let fresh = sender.send(&rids[0], b"after".to_vec()).await.unwrap();
+    assert!(Some(fresh.seq()) > highest, "sequence reused after restart");
+}
+
 #[tokio::test]
 async fn disk_returns_near_empty_after_everything_is_acked() {
     let mut relay = RelayProc::start(&[

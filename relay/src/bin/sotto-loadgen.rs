@@ -407,7 +407,10 @@ async fn w2(
         1, 60_000_000, 3,
     )?));
     let received = Arc::new(AtomicU64::new(0));
-    let t0 = Instant::now() + Duration::from_secs(2) + Duration::from_millis(mailboxes as u64 * 2);
+    // The schedule starts once every device is connected and subscribed:
+    // setting up 1,000 connections can take seconds on a busy machine, and a
+    // schedule already running by then would count that as latency.
+    let start = Arc::new(std::sync::OnceLock::<Instant>::new());
     let mut receivers = Vec::new();
     let mut ids = Vec::new();
     let eps = (0..4)
@@ -419,7 +422,7 @@ async fn w2(
         );
         ids.push(client.mailbox());
         let mut sub = client.subscribe().await?;
-        let (hist, received) = (hist.clone(), received.clone());
+        let (hist, received, start) = (hist.clone(), received.clone(), start.clone());
         // Subscription::next is not cancel-safe: read in its own task and
         // hand envelopes over a channel, so the ack timer can time out safely.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -428,7 +431,8 @@ async fn w2(
                 if let Pushed::Envelope(e) = p {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(e.payload.get(..8).unwrap_or(&[0; 8]));
-                    let scheduled = t0 + Duration::from_micros(u64::from_be_bytes(b));
+                    let Some(t0) = start.get() else { continue };
+                    let scheduled = *t0 + Duration::from_micros(u64::from_be_bytes(b));
                     let lat = Instant::now().saturating_duration_since(scheduled);
                     if let Ok(mut h) = hist.lock() {
                         let _ = h.record(u64::try_from(lat.as_micros()).unwrap_or(u64::MAX).max(1));
@@ -477,6 +481,7 @@ async fn w2(
     let total = rate * seconds;
     let ids = Arc::new(ids);
     let failures = Arc::new(AtomicU64::new(0));
+    let t0 = *start.get_or_init(|| Instant::now() + Duration::from_millis(500));
     tokio::time::sleep_until(t0.into()).await;
     let mark = CpuMark::now(cpu_pid);
     let mut inflight = Vec::with_capacity(total as usize);

@@ -465,7 +465,10 @@ async fn subscribe(state: &State, ctx: &Conn, rid: u64, send: &mut quinn::SendSt
                 return;
             }
         }
-        let (page, more) = match state.mailboxes.fetch(&ctx.mailbox, cursor, 256, 1 << 20) {
+        let (page, more) = match state
+            .mailboxes
+            .fetch_live(&ctx.mailbox, cursor, 256, 1 << 20)
+        {
             Ok(x) => x,
             Err(e) => {
                 reply(send, &error_frame(rid, e.code(), "storage failure")).await;

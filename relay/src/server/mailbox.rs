@@ -10,6 +10,15 @@
 //! same critical section that enqueues their write, and flipped to committed
 //! by the writer in commit order, so readers (which stop at the first pending
 //! entry) can never see sequence 6 before 5.
+//!
+//! Push does not wait for the fsync: an envelope is handed to its recipient's
+//! live subscription as soon as it is queued for the durable write (as a
+//! broker delivers before its confirm), so send-to-push latency carries no
+//! disk wait. Only the sender's "accepted" waits for durability. A crash can
+//! thus lose an envelope that was pushed but never confirmed to its sender
+//! (who retransmits; recipients drop the duplicate), but it can never reuse
+//! its id: early pushes are allowed only for sequence numbers below a
+//! durably written lease, and a restart continues above the lease.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -52,12 +61,20 @@ fn key(m: &MailboxId, seq: u64) -> Vec<u8> {
     k
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Entry {
     len: u32,
     created_ms: u64,
     committed: bool,
+    /// The payload of an envelope not yet durable but already pushable (its
+    /// sequence number lies under the durable lease); dropped at commit.
+    early: Option<Arc<[u8]>>,
 }
+
+/// Sequence numbers reserved by one durable lease write: a restart resumes
+/// above the lease, so an id pushed before its envelope was durable is never
+/// handed out again. Renewed (in an ordinary batch) when half is used.
+const SEQ_LEASE: u64 = 1 << 20;
 
 #[derive(Debug)]
 struct Mailbox {
@@ -93,6 +110,10 @@ struct Index {
     mailboxes: HashMap<MailboxId, Mailbox>,
     next_seq: u64,
     last_ms: u64,
+    /// Highest sequence number durably reserved (`Meta` key `"seq"`).
+    lease: u64,
+    /// A renewal of the lease is queued and not yet durable.
+    lease_renewing: bool,
 }
 
 /// A push subscription's claim on its mailbox; see [`Mailboxes::subscribe`].
@@ -182,6 +203,7 @@ impl Mailboxes {
                     len,
                     created_ms,
                     committed: true,
+                    early: None,
                 },
             );
             mb.bytes += u64::from(len);
@@ -242,6 +264,17 @@ impl Mailboxes {
             Ok(true)
         })?;
         index.next_seq = max_seq + 1;
+        // Reserve a first lease before serving (see `SEQ_LEASE`).
+        index.lease = max_seq + SEQ_LEASE;
+        {
+            let mut sync = rocksdb::WriteOptions::default();
+            sync.set_sync(true);
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(db.cf(Cf::Meta)?, b"seq", index.lease.to_be_bytes());
+            db.raw()
+                .write_opt(batch, &sync)
+                .map_err(super::db::storage)?;
+        }
         metrics.queue_depth.store(depth, Relaxed);
         metrics.bytes_stored.store(bytes, Relaxed);
         tracing::info!(
@@ -266,7 +299,8 @@ impl Mailboxes {
     pub async fn submit(&self, items: Vec<(MailboxId, Vec<u8>)>) -> Vec<Result<EnvelopeId>> {
         let mut results: Vec<Result<EnvelopeId>> = Vec::with_capacity(items.len());
         let mut ops = Vec::with_capacity(items.len() + 1);
-        let mut accepted: Vec<(MailboxId, u64, u32)> = Vec::new();
+        // (recipient, sequence, length, pushed before commit)
+        let mut accepted: Vec<(MailboxId, u64, u32, bool)> = Vec::new();
         let rx = {
             let mut idx = lock(&self.index);
             let ms = now_ms().max(idx.last_ms);
@@ -281,6 +315,7 @@ impl Mailboxes {
                 }
                 let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
                 let seq = idx.next_seq;
+                let pushable = seq <= idx.lease;
                 let mb = idx.mailboxes.entry(to).or_insert_with(Mailbox::new);
                 if mb.entries.len() >= self.quota.max_envelopes
                     || mb.bytes + u64::from(len) > self.quota.max_bytes
@@ -291,15 +326,20 @@ impl Mailboxes {
                     )));
                     continue;
                 }
+                let early = pushable.then(|| Arc::<[u8]>::from(payload.as_slice()));
                 mb.entries.insert(
                     seq,
                     Entry {
                         len,
                         created_ms: ms,
                         committed: false,
+                        early,
                     },
                 );
                 mb.bytes += u64::from(len);
+                if pushable {
+                    mb.bump();
+                }
                 idx.next_seq += 1;
                 let mut value = Vec::with_capacity(8 + payload.len());
                 value.extend_from_slice(&ms.to_be_bytes());
@@ -311,7 +351,7 @@ impl Mailboxes {
                     index_value(ms, len),
                 ));
                 ops.push(DbOp::Put(Cf::Envelopes, k, value));
-                accepted.push((to, seq, len));
+                accepted.push((to, seq, len, pushable));
                 results.push(Ok(EnvelopeId::new(ms, seq)));
             }
             if accepted.is_empty() {
@@ -320,11 +360,18 @@ impl Mailboxes {
                     .fetch_add(results.len() as u64, Relaxed);
                 return results;
             }
-            ops.push(DbOp::Put(
-                Cf::Meta,
-                b"seq".to_vec(),
-                (idx.next_seq - 1).to_be_bytes().to_vec(),
-            ));
+            let renewal = if !idx.lease_renewing && idx.next_seq + SEQ_LEASE / 2 > idx.lease {
+                let lease = idx.next_seq - 1 + SEQ_LEASE;
+                idx.lease_renewing = true;
+                ops.push(DbOp::Put(
+                    Cf::Meta,
+                    b"seq".to_vec(),
+                    lease.to_be_bytes().to_vec(),
+                ));
+                Some(lease)
+            } else {
+                None
+            };
             let index = self.index.clone();
             let metrics = self.metrics.clone();
             let notifier = self.notifier.clone();
@@ -334,18 +381,34 @@ impl Mailboxes {
                 ops,
                 Some(Box::new(move |ok| {
                     let mut idx = lock(&index);
+                    if let Some(lease) = renewal {
+                        idx.lease_renewing = false;
+                        if ok {
+                            idx.lease = idx.lease.max(lease);
+                        }
+                    }
+                    if ok {
+                        metrics
+                            .envelopes_accepted
+                            .fetch_add(done.len() as u64, Relaxed);
+                    }
+                    // Depth and bytes count committed entries still queued (an
+                    // early-pushed envelope may be acked before its commit).
                     let (mut n, mut b) = (0u64, 0u64);
-                    for (to, seq, len) in &done {
+                    for (to, seq, len, pushed) in &done {
                         let Some(mb) = idx.mailboxes.get_mut(to) else {
                             continue;
                         };
                         if ok {
                             if let Some(e) = mb.entries.get_mut(seq) {
                                 e.committed = true;
+                                e.early = None;
+                                n += 1;
+                                b += u64::from(*len);
                             }
-                            n += 1;
-                            b += u64::from(*len);
-                            mb.bump();
+                            if !pushed {
+                                mb.bump();
+                            }
                             if mb.changed.receiver_count() == 0 {
                                 if let (Some(t), Some(nf)) = (&mb.push_token, &notifier) {
                                     nf.notify(t.clone());
@@ -355,7 +418,6 @@ impl Mailboxes {
                             mb.bytes -= u64::from(*len);
                         }
                     }
-                    metrics.envelopes_accepted.fetch_add(n, Relaxed);
                     metrics.queue_depth.fetch_add(n, Relaxed);
                     metrics.bytes_stored.fetch_add(b, Relaxed);
                 })),
@@ -394,6 +456,29 @@ impl Mailboxes {
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Stored>, bool)> {
+        self.read(m, after_seq, limit, max_bytes, false)
+    }
+
+    /// As [`Self::fetch`], but also the envelopes already pushable before
+    /// their commit (for the live subscription; see the module docs).
+    pub fn fetch_live(
+        &self,
+        m: &MailboxId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Stored>, bool)> {
+        self.read(m, after_seq, limit, max_bytes, true)
+    }
+
+    fn read(
+        &self,
+        m: &MailboxId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+        live: bool,
+    ) -> Result<(Vec<Stored>, bool)> {
         let (picked, more) = {
             let idx = lock(&self.index);
             let Some(mb) = idx.mailboxes.get(m) else {
@@ -403,9 +488,12 @@ impl Mailboxes {
             let mut bytes = 0usize;
             let mut more = false;
             for (&seq, e) in mb.entries.range(after_seq.saturating_add(1)..) {
-                if !e.committed {
-                    break; // later entries wait until this one is durable
-                }
+                let early = match (e.committed, &e.early) {
+                    (true, _) => None,
+                    (false, Some(p)) if live => Some(p.clone()),
+                    // Later entries wait until this one is durable.
+                    (false, _) => break,
+                };
                 if picked.len() >= limit
                     || (!picked.is_empty() && bytes + e.len as usize > max_bytes)
                 {
@@ -413,26 +501,37 @@ impl Mailboxes {
                     break;
                 }
                 bytes += e.len as usize;
-                picked.push((seq, e.created_ms));
+                picked.push((seq, e.created_ms, early));
             }
             (picked, more)
         };
         let cf = self.db.cf(Cf::Envelopes)?;
-        let keys: Vec<Vec<u8>> = picked.iter().map(|(s, _)| key(m, *s)).collect();
+        let keys: Vec<Vec<u8>> = picked
+            .iter()
+            .filter(|(_, _, early)| early.is_none())
+            .map(|(s, _, _)| key(m, *s))
+            .collect();
         // Keys are ascending: one sorted batched lookup, values pinned in
         // RocksDB's blocks and copied once into the reply.
-        let values = self.db.raw().batched_multi_get_cf(cf, &keys, true);
+        let mut values = self
+            .db
+            .raw()
+            .batched_multi_get_cf(cf, &keys, true)
+            .into_iter();
         let mut out = Vec::with_capacity(picked.len());
-        for ((seq, ms), v) in picked.into_iter().zip(values) {
-            // Acked concurrently: simply not returned.
-            if let Some(v) = v.map_err(super::db::storage)? {
-                if v.len() >= 8 {
-                    out.push(Stored {
-                        id: EnvelopeId::new(ms, seq),
-                        payload: v[8..].to_vec(),
-                    });
-                }
-            }
+        for (seq, ms, early) in picked {
+            let payload = match early {
+                Some(p) => p.to_vec(),
+                // Acked concurrently: simply not returned.
+                None => match values.next().transpose().map_err(super::db::storage)? {
+                    Some(Some(v)) if v.len() >= 8 => v[8..].to_vec(),
+                    _ => continue,
+                },
+            };
+            out.push(Stored {
+                id: EnvelopeId::new(ms, seq),
+                payload,
+            });
         }
         self.metrics
             .envelopes_delivered
@@ -448,26 +547,30 @@ impl Mailboxes {
             let Some(mb) = idx.mailboxes.get_mut(m) else {
                 return Ok(0);
             };
-            let mut freed = 0u64;
+            let (mut committed, mut freed) = (0u64, 0u64);
             for id in ids {
                 let seq = id.seq();
-                let matches = mb
-                    .entries
-                    .get(&seq)
-                    .is_some_and(|e| e.committed && e.created_ms == id.millis());
+                // Delivered ones only: committed, or pushed ahead of their
+                // commit. Deleting the latter is safe because this job is
+                // queued after their put, so it commits in the same or a
+                // later batch (and the reply waits for it).
+                let matches = mb.entries.get(&seq).is_some_and(|e| {
+                    (e.committed || e.early.is_some()) && e.created_ms == id.millis()
+                });
                 if matches {
                     if let Some(e) = mb.entries.remove(&seq) {
                         mb.bytes -= u64::from(e.len);
-                        freed += u64::from(e.len);
+                        if e.committed {
+                            committed += 1;
+                            freed += u64::from(e.len);
+                        }
                         let k = key(m, seq);
                         ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
                         ops.push(DbOp::SingleDelete(Cf::Envelopes, k));
                     }
                 }
             }
-            self.metrics
-                .queue_depth
-                .fetch_sub(ops.len() as u64 / 2, Relaxed);
+            self.metrics.queue_depth.fetch_sub(committed, Relaxed);
             self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
         }
         // Two deletes (envelope + index record) per envelope.
@@ -643,6 +746,40 @@ mod tests {
         assert_eq!(page.len(), 2);
         assert_eq!(page[1].id, id);
         assert_eq!(page[1].payload, vec![9; 5]);
+        mbx.writer.shutdown();
+    }
+
+    fn lease(mbx: &Mailboxes) -> u64 {
+        let v = mbx.db.get(Cf::Meta, b"seq").unwrap().unwrap();
+        u64::from_be_bytes(v.as_slice().try_into().unwrap())
+    }
+
+    #[tokio::test]
+    async fn early_pushes_stay_under_the_durable_lease_and_restarts_resume_above_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = MailboxId([6; 32]);
+        let mbx = open(tmp.path());
+        let first = lease(&mbx);
+        let ids: Vec<_> = mbx
+            .submit((0..10u8).map(|i| (m, vec![i; 4])).collect())
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        let (live, _) = mbx.fetch_live(&m, 0, 100, 1 << 20).unwrap();
+        assert_eq!(live.iter().map(|s| s.id).collect::<Vec<_>>(), ids);
+        assert!(
+            ids.iter().all(|id| id.seq() <= first),
+            "pushable above the lease"
+        );
+        mbx.writer.shutdown();
+        drop(mbx);
+        // After a restart (a crash may have lost envelopes already pushed),
+        // sequence numbers continue above everything the old lease covered.
+        let mbx = open(tmp.path());
+        assert!(lease(&mbx) > first);
+        let id = mbx.submit(vec![(m, vec![1])]).await.pop().unwrap().unwrap();
+        assert!(id.seq() > first);
         mbx.writer.shutdown();
     }
 
