@@ -17,6 +17,7 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod limits;
+pub mod udp;
 
 #[cfg(feature = "server")]
 pub mod server;

@@ -9,6 +9,7 @@ pub mod pin;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use sotto_proto::relay::{
@@ -126,7 +127,13 @@ pub fn endpoint(pin: [u8; 32], ipv6: bool) -> Result<quinn::Endpoint> {
     } else {
         SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
     };
-    let mut endpoint = quinn::Endpoint::client(bind)?;
+    let socket = crate::udp::bind(bind, crate::udp::CLIENT_BUFFER_BYTES)?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     endpoint.set_default_client_config(pin::client_config(pin)?);
     Ok(endpoint)
 }

@@ -147,7 +147,7 @@ impl Relay {
             ring::hmac::HMAC_SHA256,
             reset_key.as_ref(),
         )));
-        let socket = std::net::UdpSocket::bind(config.listen)?;
+        let socket = crate::udp::bind(config.listen, crate::udp::RELAY_BUFFER_BYTES)?;
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server_config(&config, identity)?),
