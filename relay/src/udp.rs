@@ -39,6 +39,16 @@ pub fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// What each side asks its peer (QUIC ACK frequency extension): acknowledge
+/// after 8 ack-eliciting packets or the usual delay, not after every second
+/// one, so a busy sender's requests are not each answered by an ACK-only
+/// datagram (every datagram costs both ends a system call and a wake-up).
+pub fn ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut a = quinn::AckFrequencyConfig::default();
+    a.ack_eliciting_threshold(quinn::VarInt::from_u32(8));
+    a
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -413,6 +413,7 @@ async fn w2(
     let start = Arc::new(std::sync::OnceLock::<Instant>::new());
     let mut receivers = Vec::new();
     let mut ids = Vec::new();
+    let mut conns = Vec::new();
     let eps = (0..4)
         .map(|_| sotto_relay::client::endpoint(pin, false))
         .collect::<Result<Vec<_>, _>>()?;
@@ -421,6 +422,7 @@ async fn w2(
             RelayClient::connect_on(&eps[i % eps.len()], addr, &mailbox_key(seed, i)).await?,
         );
         ids.push(client.mailbox());
+        conns.push(client.connection().clone());
         let mut sub = client.subscribe().await?;
         let (hist, received, start) = (hist.clone(), received.clone(), start.clone());
         // Subscription::next is not cancel-safe: read in its own task and
@@ -474,9 +476,9 @@ async fn w2(
     }
     let mut senders = Vec::new();
     for p in 0..producers {
-        senders.push(Arc::new(
-            RelayClient::connect(addr, pin, &mailbox_key("producer", p)).await?,
-        ));
+        let c = RelayClient::connect(addr, pin, &mailbox_key("producer", p)).await?;
+        conns.push(c.connection().clone());
+        senders.push(Arc::new(c));
     }
     let total = rate * seconds;
     let ids = Arc::new(ids);
@@ -484,21 +486,43 @@ async fn w2(
     let t0 = *start.get_or_init(|| Instant::now() + Duration::from_millis(500));
     tokio::time::sleep_until(t0.into()).await;
     let mark = CpuMark::now(cpu_pid);
-    let mut inflight = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let offset_us = i * 1_000_000 / rate;
-        tokio::time::sleep_until((t0 + Duration::from_micros(offset_us)).into()).await;
-        let client = senders[(i as usize) % producers].clone();
-        let to = ids[(i as usize) % ids.len()];
-        let mut payload = vec![0x3cu8; size.max(8)];
-        payload[..8].copy_from_slice(&offset_us.to_be_bytes());
-        let failures = failures.clone();
-        inflight.push(tokio::spawn(async move {
-            if client.send(&to, payload).await.is_err() {
-                failures.fetch_add(1, Ordering::Relaxed);
+    let wire0 = Wire::sum(&conns);
+    let lag = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    // The schedule runs on its own thread: tokio's timer has a 1 ms
+    // granularity, which would add about a millisecond to every figure.
+    let runtime = tokio::runtime::Handle::current();
+    let (sched_failures, sched_lag) = (failures.clone(), lag.clone());
+    let inflight = tokio::task::spawn_blocking(move || {
+        let mut inflight = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let offset_us = i * 1_000_000 / rate;
+            let scheduled = t0 + Duration::from_micros(offset_us);
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
             }
-        }));
-    }
+            let client = senders[(i as usize) % producers].clone();
+            let to = ids[(i as usize) % ids.len()];
+            let mut payload = vec![0x3cu8; size.max(8)];
+            payload[..8].copy_from_slice(&offset_us.to_be_bytes());
+            let (failures, lag) = (sched_failures.clone(), sched_lag.clone());
+            inflight.push(runtime.spawn(async move {
+                // How late the load generator itself starts the send: part
+                // of every latency figure below, but not the relay's doing.
+                let late = Instant::now().saturating_duration_since(scheduled);
+                if let Ok(mut h) = lag.lock() {
+                    let _ = h.record(u64::try_from(late.as_micros()).unwrap_or(u64::MAX).max(1));
+                }
+                if client.send(&to, payload).await.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        inflight
+    })
+    .await?;
     for t in inflight {
         let _ = t.await;
     }
@@ -510,6 +534,7 @@ async fn w2(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu = mark.since(cpu_pid, total);
+    let wire = Wire::sum(&conns).minus(&wire0).per(total);
     let h = hist.lock().map_err(|_| "poisoned")?;
     println!(
         "W2 rate {rate}/s for {seconds} s to {mailboxes} subscribed mailboxes ({size} B): offered {total}, received {}, failed {}, sends finished at {:.2} s{cpu}",
@@ -524,10 +549,69 @@ async fn w2(
         h.value_at_quantile(0.999) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
+    let lag = lag.lock().map_err(|_| "poisoned")?;
+    println!(
+        "W2 of which the load generator's own lag (scheduled -> send started): p50 {:.2} ms, p99 {:.2} ms",
+        lag.value_at_quantile(0.5) as f64 / 1000.0,
+        lag.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    println!("W2 client-side QUIC per message: {wire}");
     for r in receivers {
         r.abort();
     }
     Ok(())
+}
+
+/// Client-side QUIC traffic summed over connections (what the relay
+/// receives and sends, seen from the other end).
+#[derive(Default)]
+struct Wire([f64; 8]);
+
+impl Wire {
+    fn sum(conns: &[quinn::Connection]) -> Self {
+        let mut w = Wire::default();
+        for c in conns {
+            let s = c.stats();
+            let v = [
+                s.udp_tx.datagrams,
+                s.udp_rx.datagrams,
+                s.frame_tx.acks,
+                s.frame_rx.acks,
+                s.frame_tx.stream,
+                s.frame_rx.stream,
+                s.frame_tx.max_streams_bidi + s.frame_tx.max_data + s.frame_tx.max_stream_data,
+                s.frame_rx.max_streams_bidi + s.frame_rx.max_data + s.frame_rx.max_stream_data,
+            ];
+            for (a, b) in w.0.iter_mut().zip(v) {
+                *a += b as f64;
+            }
+        }
+        w
+    }
+    fn minus(mut self, o: &Self) -> Self {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a -= b;
+        }
+        self
+    }
+    fn per(mut self, n: u64) -> Self {
+        for a in self.0.iter_mut() {
+            *a /= n.max(1) as f64;
+        }
+        self
+    }
+}
+
+impl std::fmt::Display for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = &self.0;
+        write!(
+            f,
+            "datagrams to relay {:.2}, from relay {:.2}; ACK frames {:.2} / {:.2}; \
+             STREAM frames {:.2} / {:.2}; flow-control frames {:.2} / {:.2}",
+            v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+        )
+    }
 }
 
 #[allow(clippy::print_stdout)]

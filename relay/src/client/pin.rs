@@ -111,6 +111,7 @@ pub fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
             .map_err(|_| rustls::Error::General("idle timeout".into()))?,
     ));
     transport.max_concurrent_uni_streams(0u8.into());
+    transport.ack_frequency_config(Some(crate::udp::ack_frequency()));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

@@ -84,6 +84,7 @@ fn server_config(config: &Config, id: cert::Identity) -> Result<quinn::ServerCon
     t.stream_receive_window((256u32 * 1024).into());
     t.receive_window((1024u32 * 1024).into());
     t.send_window(2 * 1024 * 1024);
+    t.ack_frequency_config(Some(crate::udp::ack_frequency()));
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs))
             .map_err(|_| RelayError::Config("idle timeout too large".into()))?,
