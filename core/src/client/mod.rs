@@ -647,28 +647,55 @@ async fn receive_once<S: Store + Send + 'static>(
         let mut sub = conn.subscribe().await?;
         backoff.reset();
         inner.outbox.notify_one(); // reconnected: retry what waits
-        while let Some(push) = sub.next().await? {
-            match push {
-                Pushed::Envelope(e) => {
-                    let outcome = inner.with_device(|d| {
-                        inbound::process(d, &inner.me, &e.id.0, &e.payload, now_ms())
-                    })?;
-                    if !inner.skip_acks.load(Ordering::SeqCst) {
-                        conn.ack(&[e.id]).await?;
+
+        // Acks leave from a second future, batched while one is in flight, so
+        // processing never waits for the relay's durable round trip (one per
+        // envelope made catching up a backlog over a slow link take minutes).
+        // An ack lost to a crash or a dropped connection only means a
+        // redelivery, which `inbound` recognises as already processed.
+        let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel();
+        let receive = async {
+            let acks = acks;
+            while let Some(push) = sub.next().await? {
+                match push {
+                    Pushed::Envelope(e) => {
+                        let outcome = inner.with_device(|d| {
+                            inbound::process(d, &inner.me, &e.id.0, &e.payload, now_ms())
+                        })?;
+                        if !inner.skip_acks.load(Ordering::SeqCst) {
+                            let _ = acks.send(e.id);
+                        }
+                        if outcome.events {
+                            inner.events_ready();
+                        }
+                        if outcome.outbox {
+                            inner.outbox.notify_one();
+                        }
                     }
-                    if outcome.events {
-                        inner.events_ready();
+                    Pushed::QueueEmpty => {
+                        inner.synced.send_replace(true);
                     }
-                    if outcome.outbox {
-                        inner.outbox.notify_one();
-                    }
+                    Pushed::PrekeysLow(_) => publish_prekeys(inner, &conn, false).await?,
                 }
-                Pushed::QueueEmpty => {
-                    inner.synced.send_replace(true);
-                }
-                Pushed::PrekeysLow(_) => publish_prekeys(inner, &conn, false).await?,
             }
-        }
+            Ok::<(), Error>(())
+        };
+        let acker = async {
+            let mut ids = Vec::new();
+            while let Some(id) = to_ack.recv().await {
+                ids.push(id);
+                while ids.len() < MAX_ACK_BATCH {
+                    match to_ack.try_recv() {
+                        Ok(id) => ids.push(id),
+                        Err(_) => break,
+                    }
+                }
+                conn.ack(&ids).await?;
+                ids.clear();
+            }
+            Ok::<(), Error>(())
+        };
+        tokio::try_join!(receive, acker)?;
         Ok(())
     }
     .await;
@@ -679,6 +706,9 @@ async fn receive_once<S: Store + Send + 'static>(
     }
     result
 }
+
+/// Most envelope ids in one ack request (the relay's limit is 1,000).
+const MAX_ACK_BATCH: usize = 256;
 
 /// How often a running client checks its signed prekeys' age (rotation is
 /// due per `crate::prekeys::SIGNED_PREKEY_MAX_AGE_SECS`) and the one-time
