@@ -433,8 +433,15 @@ async fn w2(
         receivers.push(tokio::spawn(async move {
             while let Ok(Some(p)) = sub.next().await {
                 if let Pushed::Envelope(e) = p {
-                    let Some(t0) = start.get() else { continue };
                     let now = Instant::now();
+                    let Some(t0) = start.get() else {
+                        // Left over from an earlier run on the same seed:
+                        // acknowledge it, but it is not part of this one.
+                        if tx.send(e.id).is_err() {
+                            return;
+                        }
+                        continue;
+                    };
                     let since = |range: std::ops::Range<usize>| {
                         let mut b = [0u8; 8];
                         b.copy_from_slice(e.payload.get(range).unwrap_or(&[0; 8]));

@@ -32,7 +32,8 @@ pub enum Cf {
     BlobMeta,
     /// `mailbox` -> push token.
     PushTokens,
-    /// Relay bookkeeping (`"seq"` -> last allocated sequence).
+    /// Relay bookkeeping (`"seq"` -> highest reserved sequence number, at or
+    /// above every one handed out).
     Meta,
 }
 

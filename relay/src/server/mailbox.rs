@@ -4,21 +4,23 @@
 //! in-memory index per mailbox (sequence -> size, time, committed flag) is
 //! rebuilt at start by one bounded scan of the small index records
 //! (`created_ms || len`, written and deleted in the same batch as each
-//! envelope), so startup reads ~12 bytes per envelope, not its payload. Reads therefore never seek through
-//! the tombstones that acked heads leave behind: a fetch knows exactly which
-//! keys are live. Entries are inserted "pending" under the index lock in the
-//! same critical section that enqueues their write, and flipped to committed
-//! by the writer in commit order, so readers (which stop at the first pending
-//! entry) can never see sequence 6 before 5.
+//! envelope), so startup reads ~12 bytes per envelope, not its payload. Reads
+//! therefore never seek through the tombstones that acked heads leave behind:
+//! a fetch knows exactly which keys are live. Entries are inserted "pending"
+//! under the index lock in the same critical section that enqueues their
+//! write, and flipped to committed by the writer in commit order; readers stop
+//! at the first entry they may not return yet (fetch: any pending one; the
+//! live subscription: a pending one without an early copy), so none can see
+//! sequence 6 before 5.
 //!
 //! Push does not wait for the fsync: an envelope is handed to its recipient's
 //! live subscription as soon as it is queued for the durable write (as a
 //! broker delivers before its confirm), so send-to-push latency carries no
 //! disk wait. Only the sender's "accepted" waits for durability. A crash can
-//! thus lose an envelope that was pushed but never confirmed to its sender
-//! (who retransmits; recipients drop the duplicate), but it can never reuse
-//! its id: early pushes are allowed only for sequence numbers below a
-//! durably written lease, and a restart continues above the lease.
+//! (or a failed write) can thus lose an envelope that was pushed but never
+//! confirmed to its sender (who retransmits; recipients drop the duplicate),
+//! but never reuse its id: early pushes are allowed only for sequence numbers
+//! under a durably written lease, and a restart continues above it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -80,7 +82,8 @@ const SEQ_LEASE: u64 = 1 << 20;
 struct Mailbox {
     entries: BTreeMap<u64, Entry>,
     bytes: u64,
-    /// Bumped on every commit; subscribers wait on it.
+    /// Bumped when an envelope becomes pushable (queued with an early copy,
+    /// or committed) or a notice arrives; subscribers wait on it.
     changed: watch::Sender<u64>,
     /// Generation of the current push subscription: a new subscription bumps
     /// it, which tells the previous one to end.
@@ -110,10 +113,16 @@ struct Index {
     mailboxes: HashMap<MailboxId, Mailbox>,
     next_seq: u64,
     last_ms: u64,
-    /// Highest sequence number durably reserved (`Meta` key `"seq"`).
+    /// Highest sequence number durably reserved (`Meta` key `"seq"`): ids
+    /// up to it may be pushed before their own commit.
     lease: u64,
-    /// A renewal of the lease is queued and not yet durable.
-    lease_renewing: bool,
+    /// Highest value queued for `"seq"` (durable or not). Every allocated
+    /// sequence number is at most this, and the write that reserved it is
+    /// queued before the envelope's, so a committed envelope's number is
+    /// always covered by a durable reservation (a restart never reuses it).
+    reserved: u64,
+    /// Sequence numbers per reservation (`SEQ_LEASE`; small in tests).
+    lease_size: u64,
 }
 
 /// A push subscription's claim on its mailbox; see [`Mailboxes::subscribe`].
@@ -183,6 +192,19 @@ impl Mailboxes {
         metrics: Arc<Metrics>,
         notifier: Option<Arc<Notifier>>,
         quota: Quota,
+    ) -> Result<Self> {
+        Self::load_with_lease(db, writer, metrics, notifier, quota, SEQ_LEASE)
+    }
+
+    /// [`Self::load`] with a given lease size (tests use tiny ones to
+    /// exercise renewals).
+    fn load_with_lease(
+        db: Arc<Db>,
+        writer: Arc<Writer>,
+        metrics: Arc<Metrics>,
+        notifier: Option<Arc<Notifier>>,
+        quota: Quota,
+        lease_size: u64,
     ) -> Result<Self> {
         let started = std::time::Instant::now();
         let mut index = Index::default();
@@ -265,7 +287,9 @@ impl Mailboxes {
         })?;
         index.next_seq = max_seq + 1;
         // Reserve a first lease before serving (see `SEQ_LEASE`).
-        index.lease = max_seq + SEQ_LEASE;
+        index.lease_size = lease_size.max(2);
+        index.lease = max_seq + index.lease_size;
+        index.reserved = index.lease;
         {
             let mut sync = rocksdb::WriteOptions::default();
             sync.set_sync(true);
@@ -315,7 +339,7 @@ impl Mailboxes {
                 }
                 let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
                 let seq = idx.next_seq;
-                let pushable = seq <= idx.lease;
+                let under_lease = seq <= idx.lease;
                 let mb = idx.mailboxes.entry(to).or_insert_with(Mailbox::new);
                 if mb.entries.len() >= self.quota.max_envelopes
                     || mb.bytes + u64::from(len) > self.quota.max_bytes
@@ -326,6 +350,8 @@ impl Mailboxes {
                     )));
                     continue;
                 }
+                // Only a live subscription needs the early copy.
+                let pushable = under_lease && mb.changed.receiver_count() > 0;
                 let early = pushable.then(|| Arc::<[u8]>::from(payload.as_slice()));
                 mb.entries.insert(
                     seq,
@@ -360,9 +386,11 @@ impl Mailboxes {
                     .fetch_add(results.len() as u64, Relaxed);
                 return results;
             }
-            let renewal = if !idx.lease_renewing && idx.next_seq + SEQ_LEASE / 2 > idx.lease {
-                let lease = idx.next_seq - 1 + SEQ_LEASE;
-                idx.lease_renewing = true;
+            // Renew once half of what is reserved is used (queued ahead of
+            // this batch's envelopes: same write, so never behind them).
+            let renewal = if idx.next_seq + idx.lease_size / 2 > idx.reserved {
+                let lease = idx.next_seq - 1 + idx.lease_size;
+                idx.reserved = lease;
                 ops.push(DbOp::Put(
                     Cf::Meta,
                     b"seq".to_vec(),
@@ -382,7 +410,6 @@ impl Mailboxes {
                 Some(Box::new(move |ok| {
                     let mut idx = lock(&index);
                     if let Some(lease) = renewal {
-                        idx.lease_renewing = false;
                         if ok {
                             idx.lease = idx.lease.max(lease);
                         }
@@ -544,34 +571,33 @@ impl Mailboxes {
         let mut ops = Vec::new();
         {
             let mut idx = lock(&self.index);
-            let Some(mb) = idx.mailboxes.get_mut(m) else {
-                return Ok(0);
-            };
-            let (mut committed, mut freed) = (0u64, 0u64);
-            for id in ids {
-                let seq = id.seq();
-                // Delivered ones only: committed, or pushed ahead of their
-                // commit. Deleting the latter is safe because this job is
-                // queued after their put, so it commits in the same or a
-                // later batch (and the reply waits for it).
-                let matches = mb.entries.get(&seq).is_some_and(|e| {
-                    (e.committed || e.early.is_some()) && e.created_ms == id.millis()
-                });
-                if matches {
-                    if let Some(e) = mb.entries.remove(&seq) {
-                        mb.bytes -= u64::from(e.len);
-                        if e.committed {
-                            committed += 1;
-                            freed += u64::from(e.len);
+            if let Some(mb) = idx.mailboxes.get_mut(m) {
+                let (mut committed, mut freed) = (0u64, 0u64);
+                for id in ids {
+                    let seq = id.seq();
+                    // Delivered ones only: committed, or pushed ahead of their
+                    // commit. Deleting the latter is safe because this job is
+                    // queued after their put, so it commits in the same or a
+                    // later batch (and the reply waits for it).
+                    let matches = mb.entries.get(&seq).is_some_and(|e| {
+                        (e.committed || e.early.is_some()) && e.created_ms == id.millis()
+                    });
+                    if matches {
+                        if let Some(e) = mb.entries.remove(&seq) {
+                            mb.bytes -= u64::from(e.len);
+                            if e.committed {
+                                committed += 1;
+                                freed += u64::from(e.len);
+                            }
+                            let k = key(m, seq);
+                            ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
+                            ops.push(DbOp::SingleDelete(Cf::Envelopes, k));
                         }
-                        let k = key(m, seq);
-                        ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
-                        ops.push(DbOp::SingleDelete(Cf::Envelopes, k));
                     }
                 }
+                self.metrics.queue_depth.fetch_sub(committed, Relaxed);
+                self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
             }
-            self.metrics.queue_depth.fetch_sub(committed, Relaxed);
-            self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
         }
         // Two deletes (envelope + index record) per envelope.
         let n = u32::try_from(ops.len() / 2).unwrap_or(u32::MAX);
@@ -580,6 +606,11 @@ impl Mailboxes {
             self.metrics
                 .envelopes_acked
                 .fetch_add(u64::from(n), Relaxed);
+        } else if !ids.is_empty() {
+            // Nothing left to delete, perhaps because another ack of the same
+            // ids is still being written: wait for the writer to pass this
+            // point, so the reply still means "durably gone".
+            self.writer.write(Vec::new(), None).await?;
         }
         Ok(n)
     }
@@ -683,6 +714,10 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path) -> Mailboxes {
+        open_with_lease(dir, SEQ_LEASE)
+    }
+
+    fn open_with_lease(dir: &std::path::Path, lease: u64) -> Mailboxes {
         let db = Arc::new(Db::open(dir).unwrap());
         let metrics = Arc::new(Metrics::default());
         let writer = Arc::new(Writer::start(db.clone(), metrics.clone()).unwrap());
@@ -691,7 +726,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_envelope_bytes: 1024,
         };
-        Mailboxes::load(db, writer, metrics, None, quota).unwrap()
+        Mailboxes::load_with_lease(db, writer, metrics, None, quota, lease).unwrap()
     }
 
     #[tokio::test]
@@ -780,6 +815,48 @@ mod tests {
         assert!(lease(&mbx) > first);
         let id = mbx.submit(vec![(m, vec![1])]).await.pop().unwrap().unwrap();
         assert!(id.seq() > first);
+        mbx.writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn renewals_under_load_keep_every_number_covered_and_restarts_above_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = MailboxId([7; 32]);
+        // A lease of 4: nearly every batch renews, while other batches are
+        // still allocating numbers.
+        let mbx = Arc::new(open_with_lease(tmp.path(), 4));
+        let (_changed, _slot) = mbx.subscribe(&m); // so envelopes go out early
+        let tasks: Vec<_> = (0..30u8)
+            .map(|i| {
+                let mbx = mbx.clone();
+                tokio::spawn(async move { mbx.submit(vec![(m, vec![i; 4]); 3]).await })
+            })
+            .collect();
+        let mut highest = 0;
+        for t in tasks {
+            for r in t.await.unwrap() {
+                highest = highest.max(r.unwrap().seq());
+            }
+        }
+        assert!(
+            lease(&mbx) >= highest,
+            "a committed number above the stored reservation"
+        );
+        let (live, _) = mbx.fetch_live(&m, 0, 100, 1 << 20).unwrap();
+        assert_eq!(live.len(), 90);
+        assert!(
+            live.windows(2).all(|w| w[0].id.seq() < w[1].id.seq()),
+            "FIFO"
+        );
+        mbx.writer.shutdown();
+        drop(live);
+        let Ok(mbx) = Arc::try_unwrap(mbx) else {
+            panic!("still shared")
+        };
+        drop(mbx);
+        let mbx = open_with_lease(tmp.path(), 4);
+        let id = mbx.submit(vec![(m, vec![1])]).await.pop().unwrap().unwrap();
+        assert!(id.seq() > highest, "a number reused after restart");
         mbx.writer.shutdown();
     }
 

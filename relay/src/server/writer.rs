@@ -90,13 +90,9 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         let job = Job { ops, done, reply };
         if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
-            if let Some(done) = job.done {
-                done(false);
-            }
-            let _ = job.reply.send(Err(RelayError::refusal(
-                sotto_proto::relay::ErrorCode::ShuttingDown,
-                "relay shutting down",
-            )));
+            // The writer has stopped. Callers enqueue under their own lock,
+            // which the completion may take too: run it on its own thread.
+            fail(job);
         }
         rx
     }
@@ -172,6 +168,27 @@ fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
             });
         }
     }
+    // Jobs that arrived after the final batch are answered, not dropped.
+    for m in rx.try_iter() {
+        if let Msg::Job(j) = m {
+            fail(j);
+        }
+    }
+}
+
+/// Fails a job that will never be written (the writer stopped): its
+/// completion runs on a thread of its own, since the caller may hold the lock
+/// that the completion takes.
+fn fail(job: Job) {
+    if let Some(done) = job.done {
+        let _ = std::thread::Builder::new()
+            .name("sotto-writer-fail".into())
+            .spawn(move || done(false));
+    }
+    let _ = job.reply.send(Err(RelayError::refusal(
+        sotto_proto::relay::ErrorCode::ShuttingDown,
+        "relay shutting down",
+    )));
 }
 
 /// Moves whatever is queued into `jobs`, up to the batch bounds; on `Stop`,
@@ -185,9 +202,10 @@ fn drain(rx: &mpsc::Receiver<Msg>, jobs: &mut Vec<Job>, bytes: &mut usize, stopp
             }
             Ok(Msg::Stop) => {
                 *stopping = true;
-                while let Ok(Msg::Job(j)) = rx.try_recv() {
-                    jobs.push(j);
-                }
+                jobs.extend(rx.try_iter().filter_map(|m| match m {
+                    Msg::Job(j) => Some(j),
+                    Msg::Stop => None,
+                }));
                 return;
             }
             Err(_) => return,
