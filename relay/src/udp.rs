@@ -39,6 +39,32 @@ pub fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// Datagrams the kernel dropped because the socket bound to `local`'s port
+/// had a full receive buffer (the `drops` column of `/proc/net/udp` and
+/// `udp6`); `None` where that is not available. A growing count means the
+/// buffer (see [`RELAY_BUFFER_BYTES`] and `net.core.rmem_max`) is too small
+/// for the bursts this relay sees.
+pub fn receive_drops(local: SocketAddr) -> Option<u64> {
+    let port = format!("{:04X}", local.port());
+    let mut found = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some(addr) = fields.get(1) else { continue };
+            if addr.rsplit(':').next() != Some(port.as_str()) {
+                continue;
+            }
+            if let Some(d) = fields.last().and_then(|d| d.parse::<u64>().ok()) {
+                *found.get_or_insert(0) += d;
+            }
+        }
+    }
+    found
+}
+
 /// What each side asks its peer (QUIC ACK frequency extension): acknowledge
 /// after 8 ack-eliciting packets or the usual delay, not after every second
 /// one, so a busy sender's requests are not each answered by an ACK-only
@@ -53,6 +79,12 @@ pub fn ack_frequency() -> quinn::AckFrequencyConfig {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn drops_are_read_for_a_bound_socket() {
+        let s = bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        assert_eq!(receive_drops(s.local_addr().unwrap()), Some(0));
+    }
 
     #[test]
     fn binds_and_asks_for_bigger_buffers() {

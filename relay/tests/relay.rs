@@ -623,6 +623,7 @@ async fn metrics_and_health_answer() {
     assert!(relay.metric("sotto_connections").await >= 1);
     let (_, body) = relay.http_get("/metrics").await;
     assert!(body.contains("sotto_send_seconds_bucket"));
+    assert_eq!(relay.metric("sotto_udp_receive_drops_total").await, 0);
     assert!(
         !body.contains(&hex::encode([3u8; 32])),
         "no mailbox ids in metrics"

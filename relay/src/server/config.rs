@@ -67,7 +67,7 @@ pub struct Config {
     pub push_coalesce_ms: u64,
     /// Interval of the expiry sweep.
     pub sweep_interval_secs: u64,
-    /// QUIC idle timeout; clients keep alive every 15 s.
+    /// QUIC idle timeout; clients keep alive every 10 s.
     pub idle_timeout_secs: u64,
     /// Most concurrent request streams per connection.
     pub max_concurrent_streams: u32,

@@ -105,8 +105,9 @@ impl Metrics {
         self.commit_latency.observe(took);
     }
 
-    /// Prometheus text exposition; `disk_bytes` is sampled by the caller.
-    pub fn render(&self, disk_bytes: u64) -> String {
+    /// Prometheus text exposition; `disk_bytes` and `udp_drops` are sampled
+    /// by the caller.
+    pub fn render(&self, disk_bytes: u64, udp_drops: Option<u64>) -> String {
         let mut out = String::with_capacity(4096);
         let counters: [(&str, &str, &AtomicU64, &str); 16] = [
             (
@@ -217,6 +218,12 @@ impl Metrics {
             out,
             "# HELP sotto_disk_bytes RocksDB SST and memtable bytes\n# TYPE sotto_disk_bytes gauge\nsotto_disk_bytes {disk_bytes}"
         );
+        if let Some(d) = udp_drops {
+            let _ = writeln!(
+                out,
+                "# HELP sotto_udp_receive_drops_total Datagrams dropped by the kernel: the relay socket's receive buffer was full\n# TYPE sotto_udp_receive_drops_total counter\nsotto_udp_receive_drops_total {d}"
+            );
+        }
         self.commit_latency.render(
             "sotto_commit_seconds",
             "Synced write batch latency",

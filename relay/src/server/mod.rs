@@ -164,7 +164,9 @@ impl Relay {
                 let w = writer.clone();
                 tokio::spawn(metrics::serve(
                     l,
-                    Arc::new(move || m.render(d.approximate_bytes())),
+                    Arc::new(move || {
+                        m.render(d.approximate_bytes(), crate::udp::receive_drops(addr))
+                    }),
                     Arc::new(move || w.is_running()),
                 ));
                 Some(bound)
