@@ -82,6 +82,10 @@ enum Mode {
         size: usize,
         #[arg(long, default_value_t = 8)]
         producers: usize,
+        /// Each device acks what it received after this many milliseconds
+        /// (or 32 envelopes), in one request.
+        #[arg(long, default_value_t = 20)]
+        ack_window_ms: u64,
     },
     /// With the relay STOPPED: time its startup index rebuild on the data
     /// dir given as `--relay-dir`, by reading the small index records (what
@@ -200,16 +204,20 @@ async fn main() -> Result<(), BoxError> {
             seconds,
             size,
             producers,
+            ack_window_ms,
         } => {
             w2(
                 addr,
                 pin,
                 &args.seed,
-                mailboxes,
-                rate,
-                seconds,
-                size,
-                producers,
+                W2 {
+                    mailboxes,
+                    rate,
+                    seconds,
+                    size,
+                    producers,
+                    ack_window: Duration::from_millis(ack_window_ms),
+                },
                 args.cpu_pid,
             )
             .await
@@ -392,17 +400,31 @@ impl W1 {
 }
 
 #[allow(clippy::too_many_arguments, clippy::print_stdout)]
-async fn w2(
-    addr: SocketAddr,
-    pin: [u8; 32],
-    seed: &str,
+/// W2 parameters.
+struct W2 {
     mailboxes: usize,
     rate: u64,
     seconds: u64,
     size: usize,
     producers: usize,
+    ack_window: Duration,
+}
+
+async fn w2(
+    addr: SocketAddr,
+    pin: [u8; 32],
+    seed: &str,
+    params: W2,
     cpu_pid: Option<u32>,
 ) -> Result<(), BoxError> {
+    let W2 {
+        mailboxes,
+        rate,
+        seconds,
+        size,
+        producers,
+        ack_window,
+    } = params;
     // Latency from the scheduled send, and from the moment it really started.
     let hist = Arc::new(std::sync::Mutex::new((
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
@@ -463,17 +485,22 @@ async fn w2(
         }));
         receivers.push(tokio::spawn(async move {
             let mut pending = Vec::new();
+            let mut due = tokio::time::Instant::now();
             loop {
                 // Idle mailboxes sleep on the channel; a timer runs only while
                 // acks are pending (1,000 idle 20 ms timers cost the machine
-                // 50,000 wake-ups a second, CPU the relay then lacks).
+                // 50,000 wake-ups a second, CPU the relay then lacks). The
+                // window counts from the first envelope waiting for its ack.
                 let next = if pending.is_empty() {
                     Ok(rx.recv().await)
                 } else {
-                    tokio::time::timeout(Duration::from_millis(20), rx.recv()).await
+                    tokio::time::timeout_at(due, rx.recv()).await
                 };
                 match next {
                     Ok(Some(id)) => {
+                        if pending.is_empty() {
+                            due = tokio::time::Instant::now() + ack_window;
+                        }
                         pending.push(id);
                         if pending.len() >= 32 {
                             let _ = client.ack(&std::mem::take(&mut pending)).await;
