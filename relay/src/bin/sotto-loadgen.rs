@@ -399,7 +399,6 @@ impl W1 {
     }
 }
 
-#[allow(clippy::too_many_arguments, clippy::print_stdout)]
 /// W2 parameters.
 struct W2 {
     mailboxes: usize,
@@ -410,6 +409,7 @@ struct W2 {
     ack_window: Duration,
 }
 
+#[allow(clippy::print_stdout)]
 async fn w2(
     addr: SocketAddr,
     pin: [u8; 32],
