@@ -25,6 +25,8 @@ pub mod server;
 /// Generated protobuf types of the relay protocol.
 pub use sotto_proto::relay as wire;
 
-pub use client::{FetchPage, FetchedBundle, Pushed, ReceivedEnvelope, RelayClient, Subscription};
+pub use client::{
+    FetchPage, FetchedBundle, Pushed, ReceivedEnvelope, RelayClient, StreamAcks, Subscription,
+};
 pub use error::{RelayError, Result};
 pub use ids::{BlobId, EnvelopeId, MailboxId};

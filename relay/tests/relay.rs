@@ -116,6 +116,69 @@ async fn live_push_in_order_and_redelivery_on_resubscribe() {
     assert_eq!(again, sent[10..], "only unacked envelopes are redelivered");
 }
 
+/// Waits until a relay metric reaches `want`.
+async fn metric_reaches(relay: &RelayProc, name: &str, want: u64) {
+    let deadline = tokio::time::Instant::now() + T;
+    while relay.metric(name).await != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never reached {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn acks_on_the_push_stream_delete_and_bad_ones_stop_only_the_acks() {
+    let relay = RelayProc::start(&[]);
+    let (ka, kb) = (key(), key());
+    let a = relay.client(&ka).await;
+    let b = relay.client(&kb).await;
+    let mut sub = b.subscribe().await.unwrap();
+    let mut acks = sub.acks().unwrap();
+    assert!(sub.acks().is_none(), "one ack half per subscription");
+    assert!(matches!(next_push(&mut sub).await, Pushed::QueueEmpty));
+    let mut sent = Vec::new();
+    for i in 0..3u8 {
+        sent.push(a.send(&b.mailbox(), vec![i; 8]).await.unwrap());
+    }
+    for want in &sent {
+        let Pushed::Envelope(e) = next_push(&mut sub).await else {
+            panic!("expected an envelope")
+        };
+        assert_eq!(&e.id, want);
+    }
+    // Two acked on the stream (no reply): gone from the queue.
+    acks.ack(&sent[..2]).await.unwrap();
+    metric_reaches(&relay, "sotto_queue_depth", 1).await;
+    assert_eq!(relay.metric("sotto_envelopes_acked_total").await, 2);
+
+    // An over-long ack (1,001 ids) on the ack half: the relay stops reading
+    // it and acks nothing of it; the pushes go on.
+    let before = relay.metric("sotto_malformed_frames_total").await;
+    acks.ack(&vec![sent[2]; 1001]).await.unwrap();
+    metric_reaches(&relay, "sotto_malformed_frames_total", before + 1).await;
+    let late = a.send(&b.mailbox(), b"late".to_vec()).await.unwrap();
+    let Pushed::Envelope(e) = next_push(&mut sub).await else {
+        panic!("expected an envelope")
+    };
+    assert_eq!(e.id, late);
+    drop(sub);
+
+    // A new subscription redelivers only what was not acked.
+    let b = relay.client(&kb).await;
+    let mut sub = b.subscribe().await.unwrap();
+    let mut again = Vec::new();
+    loop {
+        match next_push(&mut sub).await {
+            Pushed::Envelope(e) => again.push(e.id),
+            Pushed::QueueEmpty => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(again, vec![sent[2], late]);
+}
+
 #[tokio::test]
 async fn a_new_subscription_replaces_the_previous_one() {
     let relay = RelayProc::start(&[]);

@@ -648,11 +648,14 @@ async fn receive_once<S: Store + Send + 'static>(
         backoff.reset();
         inner.outbox.notify_one(); // reconnected: retry what waits
 
-        // Acks leave from a second future, batched while one is in flight, so
-        // processing never waits for the relay's durable round trip (one per
-        // envelope made catching up a backlog over a slow link take minutes).
-        // An ack lost to a crash or a dropped connection only means a
-        // redelivery, which `inbound` recognises as already processed.
+        // Acks leave from a second future, on the push stream itself (no
+        // stream or reply of their own), batched while one is being written,
+        // so processing never waits for the relay. An ack lost to a crash or
+        // a dropped connection only means a redelivery, which `inbound`
+        // recognises as already processed.
+        let mut stream_acks = sub.acks().ok_or(Error::Malformed {
+            what: "subscription without its ack half",
+        })?;
         let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel();
         let receive = async {
             let acks = acks;
@@ -690,7 +693,7 @@ async fn receive_once<S: Store + Send + 'static>(
                         Err(_) => break,
                     }
                 }
-                conn.ack(&ids).await?;
+                stream_acks.ack(&ids).await?;
                 ids.clear();
             }
             Ok::<(), Error>(())

@@ -86,6 +86,10 @@ enum Mode {
         /// (or 32 envelopes), in one request.
         #[arg(long, default_value_t = 20)]
         ack_window_ms: u64,
+        /// Ack with `Ack` requests (a stream and a durable reply each) instead
+        /// of on the push stream (what `sotto-core`'s client does).
+        #[arg(long)]
+        request_acks: bool,
     },
     /// With the relay STOPPED: time its startup index rebuild on the data
     /// dir given as `--relay-dir`, by reading the small index records (what
@@ -205,6 +209,7 @@ async fn main() -> Result<(), BoxError> {
             size,
             producers,
             ack_window_ms,
+            request_acks,
         } => {
             w2(
                 addr,
@@ -217,6 +222,7 @@ async fn main() -> Result<(), BoxError> {
                     size,
                     producers,
                     ack_window: Duration::from_millis(ack_window_ms),
+                    request_acks,
                 },
                 args.cpu_pid,
             )
@@ -399,6 +405,25 @@ impl W1 {
     }
 }
 
+/// Acks a W2 device's envelopes on its push stream or by request.
+struct Acker {
+    client: Arc<RelayClient>,
+    stream: Option<sotto_relay::StreamAcks>,
+}
+
+impl Acker {
+    async fn ack(&mut self, ids: &[sotto_relay::EnvelopeId]) {
+        match &mut self.stream {
+            Some(s) => {
+                let _ = s.ack(ids).await;
+            }
+            None => {
+                let _ = self.client.ack(ids).await;
+            }
+        }
+    }
+}
+
 /// W2 parameters.
 struct W2 {
     mailboxes: usize,
@@ -407,6 +432,7 @@ struct W2 {
     size: usize,
     producers: usize,
     ack_window: Duration,
+    request_acks: bool,
 }
 
 #[allow(clippy::print_stdout)]
@@ -424,6 +450,7 @@ async fn w2(
         size,
         producers,
         ack_window,
+        request_acks,
     } = params;
     // Latency from the scheduled send, and from the moment it really started.
     let hist = Arc::new(std::sync::Mutex::new((
@@ -448,6 +475,10 @@ async fn w2(
         ids.push(client.mailbox());
         conns.push(client.connection().clone());
         let mut sub = client.subscribe().await?;
+        let mut acker = Acker {
+            client: client.clone(),
+            stream: (!request_acks).then(|| sub.acks()).flatten(),
+        };
         let (hist, received, start) = (hist.clone(), received.clone(), start.clone());
         // Subscription::next is not cancel-safe: read in its own task and
         // hand envelopes over a channel, so the ack timer can time out safely.
@@ -503,13 +534,13 @@ async fn w2(
                         }
                         pending.push(id);
                         if pending.len() >= 32 {
-                            let _ = client.ack(&std::mem::take(&mut pending)).await;
+                            acker.ack(&std::mem::take(&mut pending)).await;
                         }
                     }
                     Ok(None) => return,
                     Err(_) => {
                         if !pending.is_empty() {
-                            let _ = client.ack(&std::mem::take(&mut pending)).await;
+                            acker.ack(&std::mem::take(&mut pending)).await;
                         }
                     }
                 }

@@ -83,10 +83,37 @@ pub enum Pushed {
 #[derive(Debug)]
 pub struct Subscription {
     recv: quinn::RecvStream,
-    _send: quinn::SendStream,
+    send: Option<quinn::SendStream>,
+}
+
+/// The sending half of a [`Subscription`]: acks written here ride on the
+/// push stream (no stream and no reply of their own, and the QUIC ACK of the
+/// push travels with them), which halves the datagrams a received envelope
+/// costs. There is no confirmation: the relay deletes the envelopes at once
+/// in memory and durably with its next group commit, so a relay crash in
+/// between may deliver them again (clients de-duplicate). Use
+/// [`RelayClient::ack`] when a confirmation is needed.
+#[derive(Debug)]
+pub struct StreamAcks {
+    send: quinn::SendStream,
+}
+
+impl StreamAcks {
+    /// Acknowledges up to 1,000 envelopes of this subscription's mailbox.
+    pub async fn ack(&mut self, ids: &[EnvelopeId]) -> Result<()> {
+        let body = Req::Ack(Ack {
+            ids: ids.iter().map(|i| i.0.to_vec()).collect(),
+        });
+        frame::write_frame(&mut self.send, &frame::client_frame(0, body)).await
+    }
 }
 
 impl Subscription {
+    /// Takes the sending half, for acks on this stream; `None` the second time.
+    pub fn acks(&mut self) -> Option<StreamAcks> {
+        self.send.take().map(|send| StreamAcks { send })
+    }
+
     /// The next push; `Ok(None)` when the relay closed the stream.
     ///
     /// Not cancel-safe: dropping the future mid-frame loses that frame and
@@ -338,7 +365,10 @@ impl RelayClient {
     /// Opens the push stream for this mailbox.
     pub async fn subscribe(&self) -> Result<Subscription> {
         let (send, recv, _) = self.open(Req::Subscribe(Subscribe {})).await?;
-        Ok(Subscription { recv, _send: send })
+        Ok(Subscription {
+            recv,
+            send: Some(send),
+        })
     }
 
     /// Publishes (replaces) the signed bundle and/or adds one-time prekeys.

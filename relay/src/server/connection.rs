@@ -30,6 +30,11 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_AUTH: u32 = 1;
 /// Stream reset code for a push stream replaced by a newer subscription.
 const CLOSE_SUPERSEDED: u32 = 2;
+/// Stop-sending code for a push stream whose client half carried something
+/// other than well-formed acks (the pushes go on).
+const STOP_BAD_ACKS: u32 = 3;
+/// Largest ack frame on a push stream (1,000 ids of 16 bytes, framed).
+const MAX_ACK_FRAME: usize = 32 * 1024;
 /// Fetch page bounds.
 const MAX_PAGE: usize = 1000;
 const MAX_PAGE_BYTES: usize = 4 << 20;
@@ -228,7 +233,10 @@ async fn serve_stream(
     };
     drop(bytes);
     if let Req::Subscribe(_) = body {
+        // Acks may follow on the same stream: read them on the side.
+        let acks = AbortOnDrop(tokio::spawn(stream_acks(state.clone(), ctx.mailbox, recv)));
         subscribe(&state, &ctx, rid, &mut send).await;
+        drop(acks);
         return;
     }
     state.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -440,6 +448,47 @@ async fn dispatch(
             ok(Resp::Ok(sotto_proto::relay::Ok {}))
         }
     }
+}
+
+/// Aborts a task when dropped (the ack reader of a push stream ends with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads `Ack` frames from the client half of a push stream and applies
+/// them without a reply (see `PROTOCOL.md`, Part II section 4). Anything
+/// else ends the reading with STOP_SENDING; the pushes go on.
+async fn stream_acks(state: Arc<State>, mailbox: MailboxId, mut recv: quinn::RecvStream) {
+    loop {
+        let bytes = match frame::read_frame(&mut recv, MAX_ACK_FRAME).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(_) => break,
+        };
+        let Ok((_, Req::Ack(a))) = frame::decode_client(&bytes) else {
+            break;
+        };
+        if a.ids.len() > MAX_PAGE {
+            break;
+        }
+        let Ok(ids) = a
+            .ids
+            .iter()
+            .map(|i| EnvelopeId::from_slice(i))
+            .collect::<Result<Vec<_>>>()
+        else {
+            break;
+        };
+        state.mailboxes.ack_unconfirmed(&mailbox, &ids);
+    }
+    state
+        .metrics
+        .malformed_frames
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = recv.stop(STOP_BAD_ACKS.into());
 }
 
 /// The push stream: backlog, `QueueEmpty`, then live envelopes and

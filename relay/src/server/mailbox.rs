@@ -568,37 +568,7 @@ impl Mailboxes {
 
     /// Durably deletes the caller's own envelopes; returns how many existed.
     pub async fn ack(&self, m: &MailboxId, ids: &[EnvelopeId]) -> Result<u32> {
-        let mut ops = Vec::new();
-        {
-            let mut idx = lock(&self.index);
-            if let Some(mb) = idx.mailboxes.get_mut(m) {
-                let (mut committed, mut freed) = (0u64, 0u64);
-                for id in ids {
-                    let seq = id.seq();
-                    // Delivered ones only: committed, or pushed ahead of their
-                    // commit. Deleting the latter is safe because this job is
-                    // queued after their put, so it commits in the same or a
-                    // later batch (and the reply waits for it).
-                    let matches = mb.entries.get(&seq).is_some_and(|e| {
-                        (e.committed || e.early.is_some()) && e.created_ms == id.millis()
-                    });
-                    if matches {
-                        if let Some(e) = mb.entries.remove(&seq) {
-                            mb.bytes -= u64::from(e.len);
-                            if e.committed {
-                                committed += 1;
-                                freed += u64::from(e.len);
-                            }
-                            let k = key(m, seq);
-                            ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
-                            ops.push(DbOp::SingleDelete(Cf::Envelopes, k));
-                        }
-                    }
-                }
-                self.metrics.queue_depth.fetch_sub(committed, Relaxed);
-                self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
-            }
-        }
+        let ops = self.remove_acked(m, ids);
         // Two deletes (envelope + index record) per envelope.
         let n = u32::try_from(ops.len() / 2).unwrap_or(u32::MAX);
         if n > 0 {
@@ -613,6 +583,57 @@ impl Mailboxes {
             self.writer.write(Vec::new(), None).await?;
         }
         Ok(n)
+    }
+
+    /// Deletes the caller's own envelopes without waiting (acks on the push
+    /// stream, which get no reply): gone from memory at once, durable with
+    /// the next group commit. Returns how many existed.
+    pub fn ack_unconfirmed(&self, m: &MailboxId, ids: &[EnvelopeId]) -> u32 {
+        let ops = self.remove_acked(m, ids);
+        let n = u32::try_from(ops.len() / 2).unwrap_or(u32::MAX);
+        if n > 0 {
+            drop(self.writer.enqueue(ops, None));
+            self.metrics
+                .envelopes_acked
+                .fetch_add(u64::from(n), Relaxed);
+        }
+        n
+    }
+
+    /// Takes acked envelopes out of the index; returns their deletes.
+    fn remove_acked(&self, m: &MailboxId, ids: &[EnvelopeId]) -> Vec<DbOp> {
+        let mut ops = Vec::new();
+        let mut idx = lock(&self.index);
+        let Some(mb) = idx.mailboxes.get_mut(m) else {
+            return ops;
+        };
+        let (mut committed, mut freed) = (0u64, 0u64);
+        for id in ids {
+            let seq = id.seq();
+            // Delivered ones only: committed, or pushed ahead of their
+            // commit. Deleting the latter is safe because the deletes are
+            // queued after their put, so they commit in the same or a later
+            // batch.
+            let matches = mb
+                .entries
+                .get(&seq)
+                .is_some_and(|e| (e.committed || e.early.is_some()) && e.created_ms == id.millis());
+            if matches {
+                if let Some(e) = mb.entries.remove(&seq) {
+                    mb.bytes -= u64::from(e.len);
+                    if e.committed {
+                        committed += 1;
+                        freed += u64::from(e.len);
+                    }
+                    let k = key(m, seq);
+                    ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
+                    ops.push(DbOp::SingleDelete(Cf::Envelopes, k));
+                }
+            }
+        }
+        self.metrics.queue_depth.fetch_sub(committed, Relaxed);
+        self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
+        ops
     }
 
     /// Deletes every committed envelope older than `ttl_ms`; returns the count.
