@@ -35,6 +35,9 @@ const CLOSE_SUPERSEDED: u32 = 2;
 const STOP_BAD_ACKS: u32 = 3;
 /// Largest ack frame on a push stream (1,000 ids of 16 bytes, framed).
 const MAX_ACK_FRAME: usize = 32 * 1024;
+/// Stream-ack rate per subscription: ids per second, and the burst.
+const ACK_IDS_PER_SEC: f64 = 20_000.0;
+const ACK_IDS_BURST: u32 = 20_000;
 /// Fetch page bounds.
 const MAX_PAGE: usize = 1000;
 const MAX_PAGE_BYTES: usize = 4 << 20;
@@ -460,18 +463,22 @@ impl Drop for AbortOnDrop {
 
 /// Reads `Ack` frames from the client half of a push stream and applies
 /// them without a reply (see `PROTOCOL.md`, Part II section 4). Anything
-/// else ends the reading with STOP_SENDING; the pushes go on.
+/// else ends the reading with STOP_SENDING; the pushes go on. Ids are
+/// rate-limited (the reader then simply pauses, and QUIC flow control holds
+/// the client back), so acks cannot monopolise the mailbox index.
 async fn stream_acks(state: Arc<State>, mailbox: MailboxId, mut recv: quinn::RecvStream) {
+    let mut budget = TokenBucket::new(ACK_IDS_BURST, ACK_IDS_PER_SEC, Instant::now());
     loop {
         let bytes = match frame::read_frame(&mut recv, MAX_ACK_FRAME).await {
             Ok(Some(b)) => b,
-            Ok(None) => return,
+            // Finished, or the connection went away: nothing malformed.
+            Ok(None) | Err(RelayError::Io(_)) => return,
             Err(_) => break,
         };
         let Ok((_, Req::Ack(a))) = frame::decode_client(&bytes) else {
             break;
         };
-        if a.ids.len() > MAX_PAGE {
+        if a.ids.is_empty() || a.ids.len() > MAX_PAGE {
             break;
         }
         let Ok(ids) = a
@@ -482,6 +489,10 @@ async fn stream_acks(state: Arc<State>, mailbox: MailboxId, mut recv: quinn::Rec
         else {
             break;
         };
+        let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        while !budget.try_take(n, Instant::now()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         state.mailboxes.ack_unconfirmed(&mailbox, &ids);
     }
     state
