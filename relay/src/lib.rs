@@ -6,7 +6,7 @@
 //! lists and encrypted attachment blobs. It never sees plaintext.
 //!
 //! Layout: protocol pieces shared by both sides ([`frame`], [`auth`], [`ids`],
-//! [`limits`]), the [`client`], and behind the default `server` feature the
+//! [`limits`], [`udp`]), the [`client`], and behind the default `server` feature the
 //! relay itself ([`server`] and its storage and operations modules).
 //! The wire protocol is specified in `PROTOCOL.md` Part II.
 

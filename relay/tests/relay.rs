@@ -77,6 +77,23 @@ async fn offline_delivery_is_fifo_ack_deletes_and_unacked_redelivers() {
     assert!(b.fetch(None, 10).await.unwrap().envelopes.is_empty());
 }
 
+/// What a new connection's subscription delivers before `QueueEmpty`.
+async fn backlog_on_a_new_subscription(
+    relay: &RelayProc,
+    k: &ed25519_dalek::SigningKey,
+) -> Vec<EnvelopeId> {
+    let c = relay.client(k).await;
+    let mut sub = c.subscribe().await.unwrap();
+    let mut ids = Vec::new();
+    loop {
+        match next_push(&mut sub).await {
+            Pushed::Envelope(e) => ids.push(e.id),
+            Pushed::QueueEmpty => return ids,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn live_push_in_order_and_redelivery_on_resubscribe() {
     let relay = RelayProc::start(&[]);
@@ -103,16 +120,7 @@ async fn live_push_in_order_and_redelivery_on_resubscribe() {
     b.ack(&got[..10]).await.unwrap();
     b.close().await;
 
-    let b = relay.client(&kb).await;
-    let mut sub = b.subscribe().await.unwrap();
-    let mut again = Vec::new();
-    loop {
-        match next_push(&mut sub).await {
-            Pushed::Envelope(e) => again.push(e.id),
-            Pushed::QueueEmpty => break,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let again = backlog_on_a_new_subscription(&relay, &kb).await;
     assert_eq!(again, sent[10..], "only unacked envelopes are redelivered");
 }
 
@@ -166,16 +174,7 @@ async fn acks_on_the_push_stream_delete_and_bad_ones_stop_only_the_acks() {
     drop(sub);
 
     // A new subscription redelivers only what was not acked.
-    let b = relay.client(&kb).await;
-    let mut sub = b.subscribe().await.unwrap();
-    let mut again = Vec::new();
-    loop {
-        match next_push(&mut sub).await {
-            Pushed::Envelope(e) => again.push(e.id),
-            Pushed::QueueEmpty => break,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let again = backlog_on_a_new_subscription(&relay, &kb).await;
     assert_eq!(again, vec![sent[2], late]);
 }
 
@@ -694,6 +693,87 @@ async fn metrics_and_health_answer() {
     assert_eq!(relay.http_get("/nope").await.0, 404);
 }
 
+/// Envelopes the relay accepted: id -> (recipient index, payload).
+type Accepted = Arc<std::sync::Mutex<HashMap<EnvelopeId, (usize, Vec<u8>)>>>;
+
+/// Runs four senders for 1.5 s, kills the relay with SIGKILL, stops them and
+/// the other `tasks`, and returns what the relay had accepted.
+async fn load_then_kill9(
+    relay: &mut RelayProc,
+    rids: &[MailboxId],
+    mut tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> HashMap<EnvelopeId, (usize, Vec<u8>)> {
+    let accepted = Accepted::default();
+    for s in 0..4usize {
+        let c = relay.client(&key()).await;
+        tasks.push(spawn_sender(c, s, rids.to_vec(), accepted.clone()));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.kill9();
+    // In-flight sends to the dead relay only end at the QUIC idle timeout;
+    // no further reply can arrive, so stop waiting for them.
+    for t in tasks {
+        t.abort();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    accepted
+}
+
+/// Every envelope stored for `recipients`: id -> (recipient index, payload).
+async fn fetch_all(
+    relay: &RelayProc,
+    recipients: &[ed25519_dalek::SigningKey],
+) -> HashMap<EnvelopeId, (usize, Vec<u8>)> {
+    let mut all = HashMap::new();
+    for (i, k) in recipients.iter().enumerate() {
+        let c = relay.client(k).await;
+        let mut cursor = None;
+        loop {
+            let page = c.fetch(cursor, 1000).await.unwrap();
+            for e in &page.envelopes {
+                all.insert(e.id, (i, e.payload.clone()));
+            }
+            cursor = page.envelopes.last().map(|e| e.id).or(cursor);
+            if !page.more {
+                break;
+            }
+        }
+    }
+    all
+}
+
+/// A sender keeping 16 sends in flight, round robin over `rids`, recording
+/// each accepted envelope, until a send fails (the relay died).
+fn spawn_sender(
+    c: RelayClient,
+    s: usize,
+    rids: Vec<MailboxId>,
+    acc: Accepted,
+) -> tokio::task::JoinHandle<()> {
+    let c = Arc::new(c);
+    tokio::spawn(async move {
+        for i in 0usize.. {
+            let mut inflight = Vec::new();
+            for j in 0..16 {
+                let to = (s + i + j) % rids.len();
+                let payload = format!("s{s}-{i}-{j}").into_bytes();
+                let (c, r) = (c.clone(), rids[to]);
+                inflight.push(tokio::spawn(async move {
+                    (to, payload.clone(), c.send(&r, payload).await)
+                }));
+            }
+            for f in inflight {
+                match f.await.unwrap() {
+                    (to, p, Ok(id)) => {
+                        acc.lock().unwrap().insert(id, (to, p));
+                    }
+                    (_, _, Err(_)) => return,
+                }
+            }
+        }
+    })
+}
+
 #[tokio::test]
 async fn crash_during_load_loses_nothing_accepted_and_resurrects_nothing_acked() {
     let mut relay = RelayProc::start(&[]);
@@ -710,48 +790,7 @@ async fn crash_during_load_loses_nothing_accepted_and_resurrects_nothing_acked()
     assert_eq!(r0.ack(&[acked]).await.unwrap(), 1);
 
     // Phase 2: concurrent senders; kill -9 mid-load.
-    let accepted = Arc::new(std::sync::Mutex::new(
-        HashMap::<EnvelopeId, (usize, Vec<u8>)>::new(),
-    ));
-    let mut tasks = Vec::new();
-    for s in 0..4usize {
-        let c = relay.client(&key()).await;
-        let acc = accepted.clone();
-        let rids = rids.clone();
-        tasks.push(tokio::spawn(async move {
-            let c = Arc::new(c);
-            let mut i = 0usize;
-            loop {
-                let mut inflight = Vec::new();
-                for _ in 0..16 {
-                    let to = (s + i) % rids.len();
-                    let payload = format!("s{s}-{i}").into_bytes();
-                    i += 1;
-                    let c = c.clone();
-                    let r = rids[to];
-                    inflight.push(tokio::spawn(async move {
-                        (to, payload.clone(), c.send(&r, payload).await)
-                    }));
-                }
-                for f in inflight {
-                    match f.await.unwrap() {
-                        (to, p, Ok(id)) => {
-                            acc.lock().unwrap().insert(id, (to, p));
-                        }
-                        (_, _, Err(_)) => return,
-                    }
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    relay.kill9();
-    // In-flight sends to the dead relay only end at the QUIC idle timeout;
-    // no further reply can arrive, so stop waiting for them.
-    for t in tasks {
-        t.abort();
-    }
-    let accepted = accepted.lock().unwrap().clone();
+    let accepted = load_then_kill9(&mut relay, &rids, Vec::new()).await;
     assert!(
         accepted.len() > 100,
         "load actually ran ({})",
@@ -759,22 +798,8 @@ async fn crash_during_load_loses_nothing_accepted_and_resurrects_nothing_acked()
     );
 
     relay.restart();
-    let mut seen = HashMap::new();
-    for (i, k) in recipients.iter().enumerate() {
-        let c = relay.client(k).await;
-        let mut after = None;
-        loop {
-            let page = c.fetch(after, 1000).await.unwrap();
-            for e in &page.envelopes {
-                assert_ne!(e.id, acked, "acked envelope came back");
-                seen.insert(e.id, (i, e.payload.clone()));
-            }
-            after = page.envelopes.last().map(|e| e.id).or(after);
-            if !page.more {
-                break;
-            }
-        }
-    }
+    let seen = fetch_all(&relay, &recipients).await;
+    assert!(!seen.contains_key(&acked), "acked envelope came back");
     for (id, (to, payload)) in &accepted {
         assert_eq!(
             seen.get(id),
@@ -805,9 +830,6 @@ async fn crash_with_live_pushes_reuses_no_id_and_resurrects_nothing_acked() {
     // and acks confirmed.
     let tried = Arc::new(std::sync::Mutex::new(HashSet::<EnvelopeId>::new()));
     let acked = Arc::new(std::sync::Mutex::new(HashSet::<EnvelopeId>::new()));
-    let accepted = Arc::new(std::sync::Mutex::new(
-        HashMap::<EnvelopeId, (usize, Vec<u8>)>::new(),
-    ));
     let mut tasks = Vec::new();
     for k in &recipients {
         let c = Arc::new(relay.client(k).await);
@@ -832,59 +854,16 @@ async fn crash_with_live_pushes_reuses_no_id_and_resurrects_nothing_acked() {
             }
         }));
     }
-    for s in 0..4usize {
-        let c = Arc::new(relay.client(&key()).await);
-        let acc = accepted.clone();
-        let rids = rids.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0usize.. {
-                let mut inflight = Vec::new();
-                for j in 0..16 {
-                    let to = (s + i + j) % rids.len();
-                    let payload = format!("s{s}-{i}-{j}").into_bytes();
-                    let (c, r) = (c.clone(), rids[to]);
-                    inflight.push(tokio::spawn(async move {
-                        (to, payload.clone(), c.send(&r, payload).await)
-                    }));
-                }
-                for f in inflight {
-                    match f.await.unwrap() {
-                        (to, p, Ok(id)) => {
-                            acc.lock().unwrap().insert(id, (to, p));
-                        }
-                        (_, _, Err(_)) => return,
-                    }
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    relay.kill9();
-    for t in tasks {
-        t.abort();
-    }
+    let accepted = load_then_kill9(&mut relay, &rids, tasks).await;
     let pushed = pushed.lock().unwrap().clone();
     let acked = acked.lock().unwrap().clone();
     let tried = tried.lock().unwrap().clone();
-    let accepted = accepted.lock().unwrap().clone();
     assert!(pushed.len() > 100 && !acked.is_empty(), "load actually ran");
 
     relay.restart();
-    let mut after = HashMap::new();
-    for (i, k) in recipients.iter().enumerate() {
-        let c = relay.client(k).await;
-        let mut cursor = None;
-        loop {
-            let page = c.fetch(cursor, 1000).await.unwrap();
-            for e in &page.envelopes {
-                assert!(!acked.contains(&e.id), "acked envelope {} came back", e.id);
-                after.insert(e.id, (i, e.payload.clone()));
-            }
-            cursor = page.envelopes.last().map(|e| e.id).or(cursor);
-            if !page.more {
-                break;
-            }
-        }
+    let after = fetch_all(&relay, &recipients).await;
+    for id in after.keys() {
+        assert!(!acked.contains(id), "acked envelope {id} came back");
     }
     for (id, v) in &accepted {
         assert!(

@@ -382,14 +382,7 @@ async fn dispatch(
             ok(Resp::FetchOk(FetchOk { envelopes, more }))
         }
         Req::Ack(a) => {
-            if a.ids.len() > MAX_PAGE {
-                return Err(RelayError::refusal(ErrorCode::TooManyItems, "too many ids"));
-            }
-            let ids = a
-                .ids
-                .iter()
-                .map(|i| EnvelopeId::from_slice(i))
-                .collect::<Result<Vec<_>>>()?;
+            let ids = ack_ids(&a)?;
             let removed = state.mailboxes.ack(&ctx.mailbox, &ids).await?;
             ok(Resp::AckOk(AckOk { removed }))
         }
@@ -453,6 +446,14 @@ async fn dispatch(
     }
 }
 
+/// The ids of an `Ack` (request or stream frame): at most a page of them.
+fn ack_ids(a: &sotto_proto::relay::Ack) -> Result<Vec<EnvelopeId>> {
+    if a.ids.len() > MAX_PAGE {
+        return Err(RelayError::refusal(ErrorCode::TooManyItems, "too many ids"));
+    }
+    a.ids.iter().map(|i| EnvelopeId::from_slice(i)).collect()
+}
+
 /// Aborts a task when dropped (the ack reader of a push stream ends with it).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
@@ -478,17 +479,10 @@ async fn stream_acks(state: Arc<State>, mailbox: MailboxId, mut recv: quinn::Rec
         let Ok((_, Req::Ack(a))) = frame::decode_client(&bytes) else {
             break;
         };
-        if a.ids.is_empty() || a.ids.len() > MAX_PAGE {
+        let Ok(ids) = ack_ids(&a) else { break };
+        if ids.is_empty() {
             break;
         }
-        let Ok(ids) = a
-            .ids
-            .iter()
-            .map(|i| EnvelopeId::from_slice(i))
-            .collect::<Result<Vec<_>>>()
-        else {
-            break;
-        };
         let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
         while !budget.try_take(n, Instant::now()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
