@@ -710,7 +710,7 @@ async fn receive_once<S: Store + Send + 'static>(
     result
 }
 
-/// Most envelope ids in one ack request (the relay's limit is 1,000).
+/// Most envelope ids in one stream-ack frame (the relay's limit is 1,000).
 const MAX_ACK_BATCH: usize = 256;
 
 /// How often a running client checks its signed prekeys' age (rotation is
