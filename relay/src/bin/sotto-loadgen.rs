@@ -454,8 +454,8 @@ async fn w2(
     } = params;
     // Latency from the scheduled send, and from the moment it really started.
     let hist = Arc::new(std::sync::Mutex::new((
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+        latency_histogram()?,
+        latency_histogram()?,
     )));
     let received = Arc::new(AtomicU64::new(0));
     // The schedule starts once every device is connected and subscribed:
@@ -499,8 +499,7 @@ async fn w2(
                         let mut b = [0u8; 8];
                         b.copy_from_slice(e.payload.get(range).unwrap_or(&[0; 8]));
                         let at = *t0 + Duration::from_micros(u64::from_be_bytes(b));
-                        let us = now.saturating_duration_since(at).as_micros();
-                        u64::try_from(us).unwrap_or(u64::MAX).max(1)
+                        micros(now.saturating_duration_since(at))
                     };
                     let (scheduled, started) = (since(0..8), since(8..16));
                     if let Ok(mut h) = hist.lock() {
@@ -560,9 +559,7 @@ async fn w2(
     tokio::time::sleep_until(t0.into()).await;
     let mark = CpuMark::now(cpu_pid);
     let wire0 = Wire::sum(&conns);
-    let lag = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let lag = Arc::new(std::sync::Mutex::new(latency_histogram()?));
     // Scheduled on tokio's timer (1 ms granularity): a precise OS-thread
     // schedule cost the load generator a wake-up per send, CPU the relay
     // then lacked. The lag is reported, and a second latency figure starts
@@ -579,10 +576,9 @@ async fn w2(
             let started = Instant::now();
             let late = started.saturating_duration_since(scheduled);
             if let Ok(mut h) = lag.lock() {
-                let _ = h.record(u64::try_from(late.as_micros()).unwrap_or(u64::MAX).max(1));
+                let _ = h.record(micros(late));
             }
-            let started_us = u64::try_from(started.saturating_duration_since(t0).as_micros())
-                .unwrap_or(u64::MAX);
+            let started_us = micros(started.saturating_duration_since(t0));
             let mut payload = vec![0x3cu8; size.max(16)];
             payload[..8].copy_from_slice(&offset_us.to_be_bytes());
             payload[8..16].copy_from_slice(&started_us.to_be_bytes());
@@ -613,28 +609,43 @@ async fn w2(
     );
     println!(
         "W2 latency scheduled-send -> push: p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.value_at_quantile(0.999) as f64 / 1000.0,
+        ms(h, 0.5),
+        ms(h, 0.99),
+        ms(h, 0.999),
         h.max() as f64 / 1000.0
     );
     let lag = lag.lock().map_err(|_| "poisoned")?;
     println!(
         "W2 of which the load generator's own lag (scheduled -> send started): p50 {:.2} ms, p99 {:.2} ms",
-        lag.value_at_quantile(0.5) as f64 / 1000.0,
-        lag.value_at_quantile(0.99) as f64 / 1000.0,
+        ms(&lag, 0.5),
+        ms(&lag, 0.99),
     );
     println!(
         "W2 latency send started -> push: p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
-        from_start.value_at_quantile(0.5) as f64 / 1000.0,
-        from_start.value_at_quantile(0.99) as f64 / 1000.0,
-        from_start.value_at_quantile(0.999) as f64 / 1000.0,
+        ms(from_start, 0.5),
+        ms(from_start, 0.99),
+        ms(from_start, 0.999),
     );
     println!("W2 client-side QUIC per message: {wire}");
     for r in receivers {
         r.abort();
     }
     Ok(())
+}
+
+/// A latency histogram: 1 us to 60 s, three significant digits.
+fn latency_histogram() -> Result<Histogram<u64>, BoxError> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+/// A duration in whole microseconds, at least 1 (the histograms' floor).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The `q` quantile of a microsecond histogram, in milliseconds.
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// Client-side QUIC traffic summed over connections (what the relay

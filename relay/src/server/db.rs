@@ -146,6 +146,14 @@ impl Db {
         self.db.get_cf(self.cf(cf)?, key).map_err(storage)
     }
 
+    /// Writes `batch` and fsyncs the WAL before returning (start-up writes;
+    /// the serving path goes through the group-committing writer).
+    pub fn write_synced(&self, batch: rocksdb::WriteBatch) -> Result<()> {
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        self.db.write_opt(batch, &sync).map_err(storage)
+    }
+
     /// Unsynced point write (blob chunks; made durable by the next synced write).
     pub fn put_unsynced(&self, cf: Cf, key: &[u8], value: &[u8]) -> Result<()> {
         self.db.put_cf(self.cf(cf)?, key, value).map_err(storage)

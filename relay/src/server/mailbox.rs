@@ -16,7 +16,7 @@
 //! Push does not wait for the fsync: an envelope is handed to its recipient's
 //! live subscription as soon as it is queued for the durable write (as a
 //! broker delivers before its confirm), so send-to-push latency carries no
-//! disk wait. Only the sender's "accepted" waits for durability. A crash can
+//! disk wait. Only the sender's "accepted" waits for durability. A crash
 //! (or a failed write) can thus lose an envelope that was pushed but never
 //! confirmed to its sender (who retransmits; recipients drop the duplicate),
 //! but never reuse its id: early pushes are allowed only for sequence numbers
@@ -264,11 +264,7 @@ impl Mailboxes {
                 Ok(true)
             })?;
             batch.put_cf(db.cf(Cf::Meta)?, INDEX_MARKER, b"1");
-            let mut sync = rocksdb::WriteOptions::default();
-            sync.set_sync(true);
-            db.raw()
-                .write_opt(batch, &sync)
-                .map_err(super::db::storage)?;
+            db.write_synced(batch)?;
             tracing::info!(
                 envelopes = depth,
                 ms = started.elapsed().as_millis() as u64,
@@ -290,15 +286,9 @@ impl Mailboxes {
         index.lease_size = lease_size.max(2);
         index.lease = max_seq + index.lease_size;
         index.reserved = index.lease;
-        {
-            let mut sync = rocksdb::WriteOptions::default();
-            sync.set_sync(true);
-            let mut batch = rocksdb::WriteBatch::default();
-            batch.put_cf(db.cf(Cf::Meta)?, b"seq", index.lease.to_be_bytes());
-            db.raw()
-                .write_opt(batch, &sync)
-                .map_err(super::db::storage)?;
-        }
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(db.cf(Cf::Meta)?, b"seq", index.lease.to_be_bytes());
+        db.write_synced(batch)?;
         metrics.queue_depth.store(depth, Relaxed);
         metrics.bytes_stored.store(bytes, Relaxed);
         tracing::info!(
