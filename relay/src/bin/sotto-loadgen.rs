@@ -166,12 +166,24 @@ fn read_relay(dir: &std::path::Path) -> Result<(SocketAddr, [u8; 32]), BoxError>
     Ok((f.quic, f.fingerprint))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     if let Mode::Startup = args.mode {
         return startup(&args.relay_dir);
     }
+    // W2 measures latency on a machine it shares with the relay: one thread
+    // drives every device, so no send or push waits for a wake-up from
+    // another of the load generator's threads (a quarter less CPU per
+    // message than tokio's multi-thread scheduler here). The throughput
+    // workloads keep a worker per core.
+    let mut runtime = match args.mode {
+        Mode::W2 { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
     let (addr, pin) = read_relay(&args.relay_dir)?;
     match args.mode {
         Mode::W1 {

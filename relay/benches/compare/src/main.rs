@@ -1,0 +1,571 @@
+//! `rabbitmq-load`: the relay's W1 and W2 workloads (see `sotto-loadgen`)
+//! run against a local RabbitMQ, so that "ahead of RabbitMQ" is measured on
+//! this machine in the same hour, not read from a table.
+//!
+//! The mapping, kept as close as AMQP allows:
+//! - mailbox = durable classic queue, envelope = persistent message (1 KiB);
+//! - send confirmed only by a publisher confirm (RabbitMQ confirms a
+//!   persistent message once it is fsynced, as the relay's `SendOk`);
+//! - device = one connection with one consumer (manual acks, prefetch 256),
+//!   acking with `multiple` after 32 deliveries or 20 ms, as the W2 devices do
+//!   on their push streams;
+//! - producers = 8 connections with one confirm-mode channel each.
+//!
+//! Not production code: a benchmark driver outside the workspace.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amqprs::callbacks::{ChannelCallback, DefaultConnectionCallback};
+use amqprs::channel::{
+    BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments, Channel,
+    ConfirmSelectArguments, QueueDeclareArguments,
+};
+use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use tokio::sync::oneshot;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rabbitmq-load",
+    about = "W1/W2 against RabbitMQ on 127.0.0.1:5672"
+)]
+struct Args {
+    /// The broker's process id (beam.smp): report its CPU time per phase.
+    #[arg(long)]
+    cpu_pid: Option<u32>,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// W1: durable enqueue with N producers x W unconfirmed publishes, then drain.
+    W1 {
+        #[arg(long, default_value_t = 1000)]
+        mailboxes: usize,
+        #[arg(long, default_value_t = 200_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 8)]
+        producers: usize,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long, default_value_t = 8)]
+        consumers: usize,
+    },
+    /// W2: every queue consumed, open-loop publishes at a fixed rate.
+    W2 {
+        #[arg(long, default_value_t = 1000)]
+        mailboxes: usize,
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 8)]
+        producers: usize,
+        #[arg(long, default_value_t = 20)]
+        ack_window_ms: u64,
+        /// Consumer connections: by default one per queue (a device per
+        /// connection, as on the relay); fewer multiplexes the consumers as
+        /// channels over them, RabbitMQ's cheaper layout.
+        #[arg(long)]
+        device_connections: Option<usize>,
+    },
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    // W2 measures latency: one thread, as sotto-loadgen's W2, so neither
+    // driver pays for cross-thread wake-ups the other does not.
+    let mut rt = match args.mode {
+        Mode::W2 { .. } => tokio::runtime::Builder::new_current_thread(),
+        Mode::W1 { .. } => tokio::runtime::Builder::new_multi_thread(),
+    };
+    rt.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    match args.mode {
+        Mode::W1 {
+            mailboxes,
+            messages,
+            size,
+            producers,
+            window,
+            consumers,
+        } => {
+            w1(
+                mailboxes,
+                messages,
+                size,
+                producers,
+                window,
+                consumers,
+                args.cpu_pid,
+            )
+            .await
+        }
+        Mode::W2 {
+            mailboxes,
+            rate,
+            seconds,
+            size,
+            producers,
+            ack_window_ms,
+            device_connections,
+        } => {
+            w2(
+                mailboxes,
+                device_connections.unwrap_or(mailboxes).clamp(1, mailboxes),
+                rate,
+                seconds,
+                size,
+                producers,
+                Duration::from_millis(ack_window_ms),
+                args.cpu_pid,
+            )
+            .await
+        }
+    }
+}
+
+async fn connect() -> Result<Connection, BoxError> {
+    let c = Connection::open(&OpenConnectionArguments::new(
+        "127.0.0.1",
+        5672,
+        "guest",
+        "guest",
+    ))
+    .await?;
+    c.register_callback(DefaultConnectionCallback).await?;
+    Ok(c)
+}
+
+fn queue(i: usize) -> String {
+    format!("sotto-compare-{i}")
+}
+
+async fn declare(ch: &Channel, i: usize) -> Result<(), BoxError> {
+    ch.queue_declare(QueueDeclareArguments::durable_client_named(&queue(i)))
+        .await?;
+    Ok(())
+}
+
+/// Publisher confirms of one channel: delivery tag -> waiting publisher.
+#[derive(Default)]
+struct Confirms(Mutex<BTreeMap<u64, oneshot::Sender<bool>>>);
+
+impl Confirms {
+    fn settle(&self, tag: u64, multiple: bool, ok: bool) {
+        let Ok(mut m) = self.0.lock() else { return };
+        if multiple {
+            let rest = m.split_off(&(tag + 1));
+            for (_, tx) in std::mem::replace(&mut *m, rest) {
+                let _ = tx.send(ok);
+            }
+        } else if let Some(tx) = m.remove(&tag) {
+            let _ = tx.send(ok);
+        }
+    }
+}
+
+struct ConfirmCallback(Arc<Confirms>);
+
+#[async_trait::async_trait]
+impl ChannelCallback for ConfirmCallback {
+    async fn close(&mut self, _: &Channel, _: CloseChannel) -> Result<(), amqprs::error::Error> {
+        Ok(())
+    }
+    async fn cancel(&mut self, _: &Channel, _: Cancel) -> Result<(), amqprs::error::Error> {
+        Ok(())
+    }
+    async fn flow(&mut self, _: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
+        self.0.settle(ack.delivery_tag(), ack.mutiple(), true);
+    }
+    async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
+        self.0.settle(nack.delivery_tag(), nack.multiple(), false);
+    }
+    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
+}
+
+/// A confirm-mode channel: `publish` resolves once the broker confirmed.
+struct Publisher {
+    _conn: Connection,
+    ch: Channel,
+    next_tag: tokio::sync::Mutex<u64>,
+    confirms: Arc<Confirms>,
+}
+
+impl Publisher {
+    async fn open() -> Result<Self, BoxError> {
+        let conn = connect().await?;
+        let ch = conn.open_channel(None).await?;
+        let confirms = Arc::new(Confirms::default());
+        ch.register_callback(ConfirmCallback(confirms.clone()))
+            .await?;
+        ch.confirm_select(ConfirmSelectArguments::default()).await?;
+        Ok(Self {
+            _conn: conn,
+            ch,
+            next_tag: tokio::sync::Mutex::new(0),
+            confirms,
+        })
+    }
+
+    async fn publish(&self, to: &str, payload: Vec<u8>) -> bool {
+        let rx = {
+            // Tags are assigned in publish order on the channel: hold the
+            // lock until the frame is queued.
+            let mut tag = self.next_tag.lock().await;
+            *tag += 1;
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut m) = self.confirms.0.lock() {
+                m.insert(*tag, tx);
+            }
+            let props = BasicProperties::default().with_persistence(true).finish();
+            if self
+                .ch
+                .basic_publish(props, payload, BasicPublishArguments::new("", to))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            rx
+        };
+        rx.await.unwrap_or(false)
+    }
+}
+
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// CPU of the broker and of this driver since `mark`, per message.
+struct CpuMark(Option<f64>, Option<f64>);
+
+impl CpuMark {
+    fn now(pid: Option<u32>) -> Self {
+        Self(pid.and_then(cpu_secs), cpu_secs(std::process::id()))
+    }
+    fn since(&self, pid: Option<u32>, n: u64) -> String {
+        let now = Self::now(pid);
+        match (self.0, now.0, self.1, now.1) {
+            (Some(b0), Some(b1), Some(o0), Some(o1)) => format!(
+                "; CPU: broker {:.2} s ({:.1} us per msg), driver {:.2} s",
+                b1 - b0,
+                (b1 - b0) * 1e6 / n.max(1) as f64,
+                o1 - o0
+            ),
+            _ => String::new(),
+        }
+    }
+}
+
+async fn w1(
+    mailboxes: usize,
+    messages: usize,
+    size: usize,
+    producers: usize,
+    window: usize,
+    consumers: usize,
+    cpu_pid: Option<u32>,
+) -> Result<(), BoxError> {
+    let setup = connect().await?;
+    let ch = setup.open_channel(None).await?;
+    for i in 0..mailboxes {
+        declare(&ch, i).await?;
+    }
+    let mut pubs = Vec::new();
+    for _ in 0..producers {
+        pubs.push(Arc::new(Publisher::open().await?));
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let mark = CpuMark::now(cpu_pid);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in &pubs {
+        for _ in 0..window {
+            let (p, next) = (p.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= messages {
+                        return true;
+                    }
+                    if !p.publish(&queue(i % mailboxes), vec![0xa5; size]).await {
+                        return false;
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        if !t.await? {
+            return Err("a publish was refused".into());
+        }
+    }
+    let took = started.elapsed();
+    println!(
+        "W1 enqueue: {messages} x {size} B to {mailboxes} queues, {producers} producers x {window} in flight: {:.2} s, {:.0} msgs/s (each publisher-confirmed){}",
+        took.as_secs_f64(),
+        messages as f64 / took.as_secs_f64(),
+        mark.since(cpu_pid, messages as u64)
+    );
+    // Drain: each consumer connection consumes its share of the queues on
+    // one channel and acks with `multiple` every 256 deliveries.
+    let received = Arc::new(AtomicU64::new(0));
+    let mark = CpuMark::now(cpu_pid);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..consumers {
+        let conn = connect().await?;
+        let ch = conn.open_channel(None).await?;
+        ch.basic_qos(BasicQosArguments::new(0, 64, false)).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in (c..mailboxes).step_by(consumers) {
+            let (_, mut q) = ch
+                .basic_consume_rx(
+                    BasicConsumeArguments::new(&queue(i), &format!("c{i}"))
+                        .manual_ack(true)
+                        .finish(),
+                )
+                .await?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(m) = q.recv().await {
+                    if let Some(d) = m.deliver {
+                        if tx.send(d.delivery_tag()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        let received = received.clone();
+        tasks.push(tokio::spawn(async move {
+            let _conn = conn;
+            let mut since_ack = 0;
+            while let Some(tag) = rx.recv().await {
+                since_ack += 1;
+                let total = received.fetch_add(1, Ordering::Relaxed) + 1;
+                if since_ack >= 256 || total >= messages as u64 {
+                    since_ack = 0;
+                    let _ = ch.basic_ack(BasicAckArguments::new(tag, true)).await;
+                }
+                if total >= messages as u64 {
+                    break;
+                }
+            }
+            // Flush this channel's last acks.
+            while let Ok(tag) = rx.try_recv() {
+                let _ = ch.basic_ack(BasicAckArguments::new(tag, true)).await;
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while received.load(Ordering::Relaxed) < messages as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    let n = received.load(Ordering::Relaxed);
+    println!(
+        "W1 drain: {n} consumed + acked, {consumers} consumers over {mailboxes} queues: {:.2} s, {:.0} msgs/s{}",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64(),
+        mark.since(cpu_pid, n)
+    );
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+fn histogram() -> Result<Histogram<u64>, BoxError> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn w2(
+    mailboxes: usize,
+    device_connections: usize,
+    rate: u64,
+    seconds: u64,
+    size: usize,
+    producers: usize,
+    ack_window: Duration,
+    cpu_pid: Option<u32>,
+) -> Result<(), BoxError> {
+    let hist = Arc::new(Mutex::new((histogram()?, histogram()?)));
+    let received = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let mut devices = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..device_connections {
+        conns.push(Arc::new(connect().await?));
+    }
+    for i in 0..mailboxes {
+        let conn = conns[i % device_connections].clone();
+        let ch = conn.open_channel(None).await?;
+        declare(&ch, i).await?;
+        ch.basic_qos(BasicQosArguments::new(0, 256, false)).await?;
+        let (_, mut q) = ch
+            .basic_consume_rx(
+                BasicConsumeArguments::new(&queue(i), "device")
+                    .manual_ack(true)
+                    .finish(),
+            )
+            .await?;
+        let (hist, received, start) = (hist.clone(), received.clone(), start.clone());
+        devices.push(tokio::spawn(async move {
+            let _conn = conn;
+            let mut pending: Option<u64> = None;
+            let mut count = 0;
+            let mut due = tokio::time::Instant::now();
+            loop {
+                let next = if pending.is_none() {
+                    Ok(q.recv().await)
+                } else {
+                    tokio::time::timeout_at(due, q.recv()).await
+                };
+                match next {
+                    Ok(Some(m)) => {
+                        let (Some(d), Some(body)) = (m.deliver, m.content) else {
+                            continue;
+                        };
+                        let now = Instant::now();
+                        if let Some(t0) = start.get() {
+                            let since = |r: std::ops::Range<usize>| {
+                                let mut b = [0u8; 8];
+                                b.copy_from_slice(body.get(r).unwrap_or(&[0; 8]));
+                                let at = *t0 + Duration::from_micros(u64::from_be_bytes(b));
+                                micros(now.saturating_duration_since(at))
+                            };
+                            if let Ok(mut h) = hist.lock() {
+                                let _ = h.0.record(since(0..8));
+                                let _ = h.1.record(since(8..16));
+                            }
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if pending.is_none() {
+                            due = tokio::time::Instant::now() + ack_window;
+                        }
+                        pending = Some(d.delivery_tag());
+                        count += 1;
+                        if count >= 32 {
+                            let _ = ch
+                                .basic_ack(BasicAckArguments::new(d.delivery_tag(), true))
+                                .await;
+                            (pending, count) = (None, 0);
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(_) => {
+                        if let Some(tag) = pending.take() {
+                            let _ = ch.basic_ack(BasicAckArguments::new(tag, true)).await;
+                            count = 0;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut pubs = Vec::new();
+    for _ in 0..producers {
+        pubs.push(Arc::new(Publisher::open().await?));
+    }
+    let total = rate * seconds;
+    let failures = Arc::new(AtomicU64::new(0));
+    let t0 = *start.get_or_init(|| Instant::now() + Duration::from_millis(500));
+    tokio::time::sleep_until(t0.into()).await;
+    let mark = CpuMark::now(cpu_pid);
+    let lag = Arc::new(Mutex::new(histogram()?));
+    let mut inflight = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let offset_us = i * 1_000_000 / rate;
+        let scheduled = t0 + Duration::from_micros(offset_us);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let p = pubs[(i as usize) % producers].clone();
+        let to = queue((i as usize) % mailboxes);
+        let (failures, lag) = (failures.clone(), lag.clone());
+        inflight.push(tokio::spawn(async move {
+            let started = Instant::now();
+            if let Ok(mut h) = lag.lock() {
+                let _ = h.record(micros(started.saturating_duration_since(scheduled)));
+            }
+            let started_us = micros(started.saturating_duration_since(t0));
+            let mut payload = vec![0x3cu8; size.max(16)];
+            payload[..8].copy_from_slice(&offset_us.to_be_bytes());
+            payload[8..16].copy_from_slice(&started_us.to_be_bytes());
+            if !p.publish(&to, payload).await {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in inflight {
+        let _ = t.await;
+    }
+    let send_done = t0.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) + failures.load(Ordering::Relaxed) < total
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu = mark.since(cpu_pid, total);
+    let h = hist.lock().map_err(|_| "poisoned")?;
+    let lag = lag.lock().map_err(|_| "poisoned")?;
+    println!(
+        "W2 rate {rate}/s for {seconds} s to {mailboxes} consumed queues over {device_connections} connections ({size} B): offered {total}, received {}, failed {}, publishes finished at {:.2} s{cpu}",
+        received.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+        send_done.as_secs_f64()
+    );
+    println!(
+        "W2 latency scheduled-send -> push: p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
+        ms(&h.0, 0.5),
+        ms(&h.0, 0.99),
+        ms(&h.0, 0.999),
+        h.0.max() as f64 / 1000.0
+    );
+    println!(
+        "W2 of which the driver's own lag (scheduled -> send started): p50 {:.2} ms, p99 {:.2} ms",
+        ms(&lag, 0.5),
+        ms(&lag, 0.99)
+    );
+    println!(
+        "W2 latency send started -> push: p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
+        ms(&h.1, 0.5),
+        ms(&h.1, 0.99),
+        ms(&h.1, 0.999)
+    );
+    for d in devices {
+        d.abort();
+    }
+    Ok(())
+}
