@@ -27,6 +27,7 @@ fi
 cargo build --release --manifest-path "$here/Cargo.toml"
 bin=$CARGO_TARGET_DIR/release
 work=$(mktemp -d /var/tmp/sotto-compare.XXXXXX)
+chmod 755 "$work" # the broker runs as the rabbitmq user
 trap 'stop_relay; stop_rabbit; rm -rf "$work"' EXIT
 
 relay_pid=""
@@ -36,7 +37,10 @@ start_relay() {
     "$bin/sotto-relay" --data-dir "$work/relay" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
         --send-rate-per-sec 1000000 --send-burst 1000000 >"$work/relay.out" 2>"$work/relay.log" &
     relay_pid=$!
-    until [ -s "$work/relay/relay.addr" ]; do sleep 0.05; done
+    until [ -s "$work/relay/relay.addr" ]; do
+        kill -0 "$relay_pid" 2>/dev/null || { tail -n 20 "$work/relay.log" >&2; exit 1; }
+        sleep 0.05
+    done
 }
 stop_relay() {
     [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null || true
@@ -57,7 +61,12 @@ start_rabbit() {
         RABBITMQ_NODE_PORT=5672 \
         su rabbitmq -s /bin/sh -c "ulimit -n 20000; exec /usr/lib/rabbitmq/bin/rabbitmq-server" \
         >"$work/rabbit.out" 2>&1 &
-    until (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; do sleep 0.2; done
+    local tries=0
+    until (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; do
+        tries=$((tries + 1))
+        if [ $tries -gt 600 ]; then tail -n 20 "$work/rabbit.out" >&2; exit 1; fi
+        sleep 0.2
+    done
     rabbit_pid=$(pgrep -u rabbitmq beam.smp | head -n 1)
 }
 stop_rabbit() {
