@@ -7,7 +7,8 @@
 #   relay/benches/compare/run.sh                 # W1, then W2 at 1k 2k 5k 7k 10k /s
 #   RATES="2000 5000" SECONDS_EACH=30 relay/benches/compare/run.sh w2
 #
-# Needs root (or sudo) once, to install rabbitmq-server through apt. Release
+# Needs root or sudo: to install rabbitmq-server through apt (once), and on
+# every run to start the broker as the rabbitmq user and clean up after it. Release
 # builds go to $CARGO_TARGET_DIR (default /var/tmp/sotto-release-target);
 # RocksDB's C++ at -O3 takes about 40 minutes there the first time.
 set -euo pipefail
@@ -19,16 +20,22 @@ secs=${SECONDS_EACH:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/sotto-release-target}
 sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
 
-if ! command -v rabbitmq-server >/dev/null; then
+broker=/usr/lib/rabbitmq/bin/rabbitmq-server
+if [ ! -x "$broker" ]; then
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rabbitmq-server
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rabbitmq-server
+    # On a systemd machine the package starts its own node on port 5672: this
+    # script runs its own, on fresh data, so stop that one.
+    if command -v systemctl >/dev/null && systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
+        $sudo systemctl stop rabbitmq-server
+    fi
 fi
 (cd "$root" && cargo build --release --locked -p sotto-relay --bins)
 cargo build --release --manifest-path "$here/Cargo.toml"
 bin=$CARGO_TARGET_DIR/release
 work=$(mktemp -d /var/tmp/sotto-compare.XXXXXX)
 chmod 755 "$work" # the broker runs as the rabbitmq user
-trap 'stop_relay; stop_rabbit; rm -rf "$work"' EXIT
+trap 'stop_relay; stop_rabbit; $sudo rm -rf "$work"' EXIT
 
 relay_pid=""
 start_relay() {
@@ -53,13 +60,13 @@ start_rabbit() {
     if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
         echo "error: something already listens on 127.0.0.1:5672; stop it first" >&2; exit 1
     fi
-    rm -rf "$d"; mkdir -p "$d/mnesia" "$d/log"; $sudo chown -R rabbitmq:rabbitmq "$d"
+    $sudo rm -rf "$d"; mkdir -p "$d/mnesia" "$d/log"; $sudo chown -R rabbitmq:rabbitmq "$d"
     # Debian's wrapper drops to the rabbitmq user with 1,024 file handles,
     # too few for 1,000 device connections: start the server directly.
     $sudo env RABBITMQ_MNESIA_BASE="$d/mnesia" RABBITMQ_LOG_BASE="$d/log" \
         RABBITMQ_NODENAME=sottocompare@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
         RABBITMQ_NODE_PORT=5672 \
-        su rabbitmq -s /bin/sh -c "ulimit -n 20000; exec /usr/lib/rabbitmq/bin/rabbitmq-server" \
+        su rabbitmq -s /bin/sh -c "ulimit -n 20000 || exit 1; exec $broker" \
         >"$work/rabbit.out" 2>&1 &
     local tries=0
     until (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; do
@@ -67,22 +74,24 @@ start_rabbit() {
         if [ $tries -gt 600 ]; then tail -n 20 "$work/rabbit.out" >&2; exit 1; fi
         sleep 0.2
     done
-    rabbit_pid=$(pgrep -u rabbitmq beam.smp | head -n 1)
+    rabbit_pid=$(cat "$d/mnesia/sottocompare@localhost.pid" 2>/dev/null || true)
+    [ -n "$rabbit_pid" ] || { echo "error: RabbitMQ started but its pid was not found" >&2; exit 1; }
 }
 stop_rabbit() {
     [ -n "$rabbit_pid" ] && $sudo kill "$rabbit_pid" 2>/dev/null || true
-    while [ -n "$rabbit_pid" ] && kill -0 "$rabbit_pid" 2>/dev/null; do sleep 0.2; done
+    # kill -0 would fail with EPERM on the rabbitmq user's process.
+    while [ -n "$rabbit_pid" ] && [ -e "/proc/$rabbit_pid" ]; do sleep 0.2; done
     rabbit_pid=""
 }
 
 if [ "$what" = all ] || [ "$what" = w1 ]; then
     echo "== W1, sotto-relay"
     start_relay
-    "$bin/sotto-loadgen" --relay-dir "$work/relay" --cpu-pid "$relay_pid" w1
+    timeout 900 "$bin/sotto-loadgen" --relay-dir "$work/relay" --cpu-pid "$relay_pid" w1
     stop_relay
     echo "== W1, RabbitMQ"
     start_rabbit
-    "$bin/rabbitmq-load" --cpu-pid "$rabbit_pid" w1
+    timeout 900 "$bin/rabbitmq-load" --cpu-pid "$rabbit_pid" w1
     stop_rabbit
 fi
 if [ "$what" = all ] || [ "$what" = w2 ]; then

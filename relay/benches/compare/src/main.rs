@@ -21,13 +21,18 @@ use std::time::{Duration, Instant};
 use amqprs::callbacks::{ChannelCallback, DefaultConnectionCallback};
 use amqprs::channel::{
     BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments, Channel,
-    ConfirmSelectArguments, QueueDeclareArguments,
+    ConfirmSelectArguments, QueueDeclareArguments, QueuePurgeArguments,
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use tokio::sync::oneshot;
+
+/// The same allocator as `sotto-loadgen`: both drivers share the cores with
+/// the server they measure.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -329,16 +334,26 @@ async fn w1(
         messages as f64 / took.as_secs_f64(),
         mark.since(cpu_pid, messages as u64)
     );
-    // Drain: each consumer connection consumes its share of the queues on
-    // one channel and acks with `multiple` every 256 deliveries.
-    let received = Arc::new(AtomicU64::new(0));
-    let mark = CpuMark::now(cpu_pid);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..consumers {
+    // Drain: each consumer connection takes its share of the queues on one
+    // channel (prefetch 64 per queue) and acks with `multiple`, after 32
+    // deliveries or 20 ms, as the W2 devices do. The clock runs from the
+    // first consume (connections are opened before it, as the relay's
+    // devices are) until every message is consumed and each channel's last
+    // ack has been followed by a synchronous request, so the broker has
+    // processed the acks (basic.ack has no reply of its own).
+    let mut chans = Vec::new();
+    for _ in 0..consumers {
         let conn = connect().await?;
         let ch = conn.open_channel(None).await?;
         ch.basic_qos(BasicQosArguments::new(0, 64, false)).await?;
+        chans.push((conn, ch));
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let mark = CpuMark::now(cpu_pid);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, (conn, ch)) in chans.into_iter().enumerate() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for i in (c..mailboxes).step_by(consumers) {
             let (_, mut q) = ch
@@ -359,41 +374,67 @@ async fn w1(
                 }
             });
         }
-        let received = received.clone();
+        let (received, mut done) = (received.clone(), done_rx.clone());
         tasks.push(tokio::spawn(async move {
             let _conn = conn;
-            let mut since_ack = 0;
-            while let Some(tag) = rx.recv().await {
-                since_ack += 1;
-                let total = received.fetch_add(1, Ordering::Relaxed) + 1;
-                if since_ack >= 256 || total >= messages as u64 {
-                    since_ack = 0;
-                    let _ = ch.basic_ack(BasicAckArguments::new(tag, true)).await;
-                }
-                if total >= messages as u64 {
-                    break;
+            // Tags reach this task out of order (one forwarding task per
+            // queue): ack the highest seen, never one at or below the last
+            // acked (the broker refuses a tag it no longer knows).
+            let (mut highest, mut acked, mut since) = (0u64, 0u64, 0u32);
+            let mut due = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = done.changed() => break,
+                    tag = rx.recv() => {
+                        let Some(tag) = tag else { break };
+                        received.fetch_add(1, Ordering::Relaxed);
+                        highest = highest.max(tag);
+                        if since == 0 {
+                            due = tokio::time::Instant::now() + Duration::from_millis(20);
+                        }
+                        since += 1;
+                        if since >= 32 && highest > acked {
+                            ch.basic_ack(BasicAckArguments::new(highest, true)).await?;
+                            (acked, since) = (highest, 0);
+                        }
+                    }
+                    _ = tokio::time::sleep_until(due), if since > 0 => {
+                        if highest > acked {
+                            ch.basic_ack(BasicAckArguments::new(highest, true)).await?;
+                            acked = highest;
+                        }
+                        since = 0;
+                    }
                 }
             }
-            // Flush this channel's last acks.
-            while let Ok(tag) = rx.try_recv() {
-                let _ = ch.basic_ack(BasicAckArguments::new(tag, true)).await;
+            if highest > acked {
+                ch.basic_ack(BasicAckArguments::new(highest, true)).await?;
             }
+            // Frames on a channel are handled in order: the qos-ok says
+            // every ack before it was processed.
+            ch.basic_qos(BasicQosArguments::new(0, 64, false)).await?;
+            Ok::<_, amqprs::error::Error>(())
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     while received.load(Ordering::Relaxed) < messages as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let _ = done_tx.send(true);
+    for t in tasks {
+        t.await??;
+    }
     let took = started.elapsed();
     let n = received.load(Ordering::Relaxed);
     println!(
-        "W1 drain: {n} consumed + acked, {consumers} consumers over {mailboxes} queues: {:.2} s, {:.0} msgs/s{}",
+        "W1 drain: {n} consumed + acked (acks not fsynced by RabbitMQ), {consumers} consumers over {mailboxes} queues: {:.2} s, {:.0} msgs/s{}",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64(),
         mark.since(cpu_pid, n)
     );
-    for t in tasks {
-        t.abort();
+    if n != messages as u64 {
+        return Err(format!("drained {n}, expected {messages}").into());
     }
     Ok(())
 }
@@ -433,6 +474,9 @@ async fn w2(
         let conn = conns[i % device_connections].clone();
         let ch = conn.open_channel(None).await?;
         declare(&ch, i).await?;
+        // The queues outlive a run: drop what an earlier (overloaded) run
+        // left, so every message counted here was sent by this run.
+        ch.queue_purge(QueuePurgeArguments::new(&queue(i))).await?;
         ch.basic_qos(BasicQosArguments::new(0, 256, false)).await?;
         let (_, mut q) = ch
             .basic_consume_rx(
