@@ -97,9 +97,10 @@ fi
 if [ "$what" = all ] || [ "$what" = w2 ]; then
     echo "== W2, sotto-relay (1,000 devices, one connection each)"
     start_relay
-    # Warm-up (not a figure): both systems get one short run first.
+    # Warm-up (not a figure): both systems first get 10 s at 1,000/s (a
+    # fresh RabbitMQ node is still busy with its new queues for seconds).
     "$bin/sotto-loadgen" --relay-dir "$work/relay" --seed warm --cpu-pid "$relay_pid" \
-        w2 --rate 500 --seconds 3 >/dev/null
+        w2 --rate 1000 --seconds 10 >/dev/null
     for r in $rates; do
         timeout 300 "$bin/sotto-loadgen" --relay-dir "$work/relay" --seed "w2-$r" --cpu-pid "$relay_pid" \
             w2 --rate "$r" --seconds "$secs" || echo "rate $r: not completed"
@@ -108,7 +109,7 @@ if [ "$what" = all ] || [ "$what" = w2 ]; then
     for conns in 1000 8; do
         echo "== W2, RabbitMQ (1,000 consumers over $conns connections)"
         start_rabbit
-        "$bin/rabbitmq-load" w2 --rate 500 --seconds 3 --device-connections "$conns" >/dev/null
+        "$bin/rabbitmq-load" w2 --rate 1000 --seconds 10 --device-connections "$conns" >/dev/null
         for r in $rates; do
             timeout 300 "$bin/rabbitmq-load" --cpu-pid "$rabbit_pid" \
                 w2 --rate "$r" --seconds "$secs" --device-connections "$conns" || echo "rate $r: not completed"

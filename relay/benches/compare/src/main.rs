@@ -160,10 +160,12 @@ fn queue(i: usize) -> String {
     format!("sotto-compare-{i}")
 }
 
-async fn declare(ch: &Channel, i: usize) -> Result<(), BoxError> {
-    ch.queue_declare(QueueDeclareArguments::durable_client_named(&queue(i)))
+/// Declares queue `i`; returns how many messages it already holds.
+async fn declare(ch: &Channel, i: usize) -> Result<u32, BoxError> {
+    let declared = ch
+        .queue_declare(QueueDeclareArguments::durable_client_named(&queue(i)))
         .await?;
-    Ok(())
+    Ok(declared.map_or(0, |(_, messages, _)| messages))
 }
 
 /// Publisher confirms of one channel: delivery tag -> waiting publisher.
@@ -473,10 +475,12 @@ async fn w2(
     for i in 0..mailboxes {
         let conn = conns[i % device_connections].clone();
         let ch = conn.open_channel(None).await?;
-        declare(&ch, i).await?;
         // The queues outlive a run: drop what an earlier (overloaded) run
-        // left, so every message counted here was sent by this run.
-        ch.queue_purge(QueuePurgeArguments::new(&queue(i))).await?;
+        // left, so every message counted here was sent by this run. Only
+        // where there is something (a purge sets the queue to work).
+        if declare(&ch, i).await? > 0 {
+            ch.queue_purge(QueuePurgeArguments::new(&queue(i))).await?;
+        }
         ch.basic_qos(BasicQosArguments::new(0, 256, false)).await?;
         let (_, mut q) = ch
             .basic_consume_rx(
