@@ -577,12 +577,14 @@ impl Mailboxes {
 
     /// Deletes the caller's own envelopes without waiting (acks on the push
     /// stream, which get no reply): gone from memory at once, durable with
-    /// the next group commit. Returns how many existed.
+    /// the next synced commit, never an fsync of their own (a crash before
+    /// it redelivers them; the client's processed marks absorb that).
+    /// Returns how many existed.
     pub fn ack_unconfirmed(&self, m: &MailboxId, ids: &[EnvelopeId]) -> u32 {
         let ops = self.remove_acked(m, ids);
         let n = u32::try_from(ops.len() / 2).unwrap_or(u32::MAX);
         if n > 0 {
-            drop(self.writer.enqueue(ops, None));
+            self.writer.enqueue_lazy(ops);
             self.metrics
                 .envelopes_acked
                 .fetch_add(u64::from(n), Relaxed);
@@ -792,6 +794,42 @@ mod tests {
         assert_eq!(page.len(), 2);
         assert_eq!(page[1].id, id);
         assert_eq!(page[1].payload, vec![9; 5]);
+        mbx.writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn stream_acks_cost_no_fsync_of_their_own_and_survive_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = MailboxId([5; 32]);
+        let mbx = open(tmp.path());
+        let mut ids = Vec::new();
+        for i in 0..3u8 {
+            ids.push(
+                mbx.submit(vec![(a, vec![i; 8])])
+                    .await
+                    .pop()
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let commits = || mbx.metrics.commits.load(Relaxed);
+        let before = commits();
+        assert_eq!(mbx.ack_unconfirmed(&a, &ids[..2]), 2);
+        // Gone from the mailbox at once.
+        let (page, _) = mbx.fetch(&a, 0, 10, 1 << 20).unwrap();
+        assert_eq!(page.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[2]]);
+        // Written on its own (the writer is idle), without an fsync.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(commits(), before, "a batch of stream acks was fsynced");
+        // A confirmed ack of the same ids finds nothing to delete and waits
+        // for a synced barrier, which makes the stream acks durable too.
+        assert_eq!(mbx.ack(&a, &ids[..2]).await.unwrap(), 0);
+        assert_eq!(commits(), before + 1);
+        mbx.writer.shutdown();
+        drop(mbx);
+        let mbx = open(tmp.path());
+        let (page, _) = mbx.fetch(&a, 0, 10, 1 << 20).unwrap();
+        assert_eq!(page.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[2]]);
         mbx.writer.shutdown();
     }
 

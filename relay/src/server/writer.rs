@@ -5,6 +5,12 @@
 //! `WriteBatch` and one fsynced WAL write, then runs each job's completion in
 //! submission order (which is what keeps per-mailbox FIFO visibility exact)
 //! and answers the waiters. N concurrent sends cost one fsync.
+//!
+//! Lazy jobs ([`Writer::enqueue_lazy`], the unconfirmed acks of the push
+//! stream) ride in the same order but never cost an fsync of their own: a
+//! batch made only of them is written without one and becomes durable with
+//! the next synced commit (a relay crash before that loses it, which such a
+//! job's caller accepts).
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -39,6 +45,8 @@ struct Job {
     ops: Vec<DbOp>,
     done: Option<Completion>,
     reply: oneshot::Sender<Result<()>>,
+    /// Needs the fsync before its reply (false: [`Writer::enqueue_lazy`]).
+    durable: bool,
 }
 
 enum Msg {
@@ -87,8 +95,29 @@ impl Writer {
         ops: Vec<DbOp>,
         done: Option<Completion>,
     ) -> oneshot::Receiver<Result<()>> {
+        self.send(ops, done, true)
+    }
+
+    /// Queues a job that needs no fsync of its own and gets no answer: it is
+    /// applied in enqueue order and made durable by the next synced commit
+    /// (the next durable job, or an empty [`Writer::write`] used as a barrier).
+    pub fn enqueue_lazy(&self, ops: Vec<DbOp>) {
+        drop(self.send(ops, None, false));
+    }
+
+    fn send(
+        &self,
+        ops: Vec<DbOp>,
+        done: Option<Completion>,
+        durable: bool,
+    ) -> oneshot::Receiver<Result<()>> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { ops, done, reply };
+        let job = Job {
+            ops,
+            done,
+            reply,
+            durable,
+        };
         if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
             // The writer has stopped. Callers enqueue under their own lock,
             // which the completion may take too: run it on its own thread.
@@ -129,6 +158,9 @@ impl Writer {
 fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
+    let lazy = WriteOptions::default();
+    // A lazy batch was written since the last synced commit.
+    let mut unsynced = false;
     let mut stopping = false;
     let mut last_end: Option<Instant> = None;
     while !stopping {
@@ -143,6 +175,7 @@ fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
         // jobs wake nobody) lets several share one fsync. Pushes do not wait
         // for commits, only the senders' "accepted" does.
         if !stopping
+            && jobs.iter().any(|j| j.durable)
             && jobs.len() < WINDOW_JOBS
             && bytes < WINDOW_BYTES
             && last_end.is_some_and(|t| t.elapsed() < BUSY_WITHIN)
@@ -150,10 +183,15 @@ fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
             std::thread::sleep(WINDOW);
             drain(rx, &mut jobs, &mut bytes, &mut stopping);
         }
+        // A shutdown syncs whatever it writes, lazy or not.
+        let durable = stopping || jobs.iter().any(|j| j.durable);
         let started = Instant::now();
-        let result = commit(db, &sync, &jobs);
-        last_end = Some(Instant::now());
-        metrics.observe_commit(jobs.len(), started.elapsed());
+        let result = commit(db, if durable { &sync } else { &lazy }, durable, &jobs);
+        if durable {
+            last_end = Some(Instant::now());
+            metrics.observe_commit(jobs.len(), started.elapsed());
+        }
+        unsynced = !durable;
         let ok = result.is_ok();
         if let Err(e) = &result {
             tracing::error!(error = %e, "durable write failed");
@@ -166,6 +204,11 @@ fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
                 Ok(()) => Ok(()),
                 Err(e) => Err(RelayError::Storage(e.to_string())),
             });
+        }
+    }
+    if unsynced {
+        if let Err(e) = db.raw().flush_wal(true) {
+            tracing::error!(error = %storage(e), "final WAL sync failed");
         }
     }
     // Jobs that arrived after the final batch are answered, not dropped.
@@ -221,7 +264,13 @@ fn op_len(op: &DbOp) -> usize {
     }
 }
 
-fn commit(db: &Db, sync: &WriteOptions, jobs: &[Job]) -> Result<()> {
+fn commit(db: &Db, opts: &WriteOptions, durable: bool, jobs: &[Job]) -> Result<()> {
+    if jobs.iter().all(|j| j.ops.is_empty()) {
+        // Only barriers: make everything written so far durable, including
+        // lazy batches (a synced write syncs them too, but an empty batch
+        // may not reach the WAL at all).
+        return db.raw().flush_wal(durable).map_err(storage);
+    }
     let mut batch = WriteBatch::default();
     for job in jobs {
         for op in &job.ops {
@@ -233,5 +282,5 @@ fn commit(db: &Db, sync: &WriteOptions, jobs: &[Job]) -> Result<()> {
             }
         }
     }
-    db.raw().write_opt(batch, sync).map_err(storage)
+    db.raw().write_opt(batch, opts).map_err(storage)
 }
