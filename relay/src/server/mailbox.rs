@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sotto_proto::relay::{ErrorCode, PrekeyCounts};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::db::{Cf, Db};
 use super::metrics::Metrics;
@@ -558,18 +558,17 @@ impl Mailboxes {
 
     /// Durably deletes the caller's own envelopes; returns how many existed.
     pub async fn ack(&self, m: &MailboxId, ids: &[EnvelopeId]) -> Result<u32> {
-        let ops = self.remove_acked(m, ids);
-        // Two deletes (envelope + index record) per envelope.
-        let n = u32::try_from(ops.len() / 2).unwrap_or(u32::MAX);
-        if n > 0 {
-            self.writer.write(ops, None).await?;
+        let (n, queued) = self.remove_acked(m, ids, false);
+        if let Some(rx) = queued {
+            Writer::wait(rx).await?;
             self.metrics
                 .envelopes_acked
                 .fetch_add(u64::from(n), Relaxed);
         } else if !ids.is_empty() {
             // Nothing left to delete, perhaps because another ack of the same
-            // ids is still being written: wait for the writer to pass this
-            // point, so the reply still means "durably gone".
+            // ids (confirmed or on the push stream) took them: their deletes
+            // were queued before that ack let go of the index, so a barrier
+            // behind them makes the reply still mean "durably gone".
             self.writer.write(Vec::new(), None).await?;
         }
         Ok(n)
@@ -577,14 +576,12 @@ impl Mailboxes {
 
     /// Deletes the caller's own envelopes without waiting (acks on the push
     /// stream, which get no reply): gone from memory at once, durable with
-    /// the next synced commit, never an fsync of their own (a crash before
-    /// it redelivers them; the client's processed marks absorb that).
+    /// the next synced commit, never an fsync of their own (a machine crash
+    /// before it redelivers them; the client's processed marks absorb that).
     /// Returns how many existed.
     pub fn ack_unconfirmed(&self, m: &MailboxId, ids: &[EnvelopeId]) -> u32 {
-        let ops = self.remove_acked(m, ids);
-        let n = u32::try_from(ops.len() / 2).unwrap_or(u32::MAX);
+        let (n, _) = self.remove_acked(m, ids, true);
         if n > 0 {
-            self.writer.enqueue_lazy(ops);
             self.metrics
                 .envelopes_acked
                 .fetch_add(u64::from(n), Relaxed);
@@ -592,12 +589,20 @@ impl Mailboxes {
         n
     }
 
-    /// Takes acked envelopes out of the index; returns their deletes.
-    fn remove_acked(&self, m: &MailboxId, ids: &[EnvelopeId]) -> Vec<DbOp> {
+    /// Takes acked envelopes out of the index and queues their deletes
+    /// before letting go of it, so any ack that then finds them gone queues
+    /// its barrier behind them. Returns how many existed and, unless `lazy`,
+    /// the receiver of their durable write.
+    fn remove_acked(
+        &self,
+        m: &MailboxId,
+        ids: &[EnvelopeId],
+        lazy: bool,
+    ) -> (u32, Option<oneshot::Receiver<Result<()>>>) {
         let mut ops = Vec::new();
         let mut idx = lock(&self.index);
         let Some(mb) = idx.mailboxes.get_mut(m) else {
-            return ops;
+            return (0, None);
         };
         let (mut committed, mut freed) = (0u64, 0u64);
         for id in ids {
@@ -625,7 +630,17 @@ impl Mailboxes {
         }
         self.metrics.queue_depth.fetch_sub(committed, Relaxed);
         self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
-        ops
+        let n = u32::try_from(ops.len() / 2).unwrap_or(u32::MAX);
+        let queued = if ops.is_empty() {
+            None
+        } else if lazy {
+            self.writer.enqueue_lazy(ops);
+            None
+        } else {
+            Some(self.writer.enqueue(ops, None))
+        };
+        drop(idx);
+        (n, queued)
     }
 
     /// Deletes every committed envelope older than `ttl_ms`; returns the count.
@@ -798,19 +813,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stream_acks_cost_no_fsync_of_their_own_and_survive_a_restart() {
+    async fn stream_acks_cost_no_fsync_of_their_own_and_an_ack_barrier_covers_them() {
         let tmp = tempfile::tempdir().unwrap();
         let a = MailboxId([5; 32]);
         let mbx = open(tmp.path());
         let mut ids = Vec::new();
         for i in 0..3u8 {
-            ids.push(
-                mbx.submit(vec![(a, vec![i; 8])])
-                    .await
-                    .pop()
-                    .unwrap()
-                    .unwrap(),
-            );
+            let sent = mbx.submit(vec![(a, vec![i; 8])]).await;
+            ids.push(sent.into_iter().next().unwrap().unwrap());
         }
         let commits = || mbx.metrics.commits.load(Relaxed);
         let before = commits();
@@ -818,15 +828,26 @@ mod tests {
         // Gone from the mailbox at once.
         let (page, _) = mbx.fetch(&a, 0, 10, 1 << 20).unwrap();
         assert_eq!(page.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[2]]);
-        // Written on its own (the writer is idle), without an fsync.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Written on its own (nothing else is queued), and not as a commit.
+        let stored = |id: &EnvelopeId| {
+            mbx.db
+                .get(Cf::Envelopes, &key(&a, id.seq()))
+                .unwrap()
+                .is_some()
+        };
+        let t0 = std::time::Instant::now();
+        while stored(&ids[0]) || stored(&ids[1]) {
+            assert!(t0.elapsed().as_secs() < 10, "stream acks never written");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         assert_eq!(commits(), before, "a batch of stream acks was fsynced");
         // A confirmed ack of the same ids finds nothing to delete and waits
-        // for a synced barrier, which makes the stream acks durable too.
+        // for a barrier: one synced commit (a WAL sync), no more.
         assert_eq!(mbx.ack(&a, &ids[..2]).await.unwrap(), 0);
         assert_eq!(commits(), before + 1);
         mbx.writer.shutdown();
         drop(mbx);
+        // The deletes are kept across a restart.
         let mbx = open(tmp.path());
         let (page, _) = mbx.fetch(&a, 0, 10, 1 << 20).unwrap();
         assert_eq!(page.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[2]]);

@@ -9,8 +9,9 @@
 //! Lazy jobs ([`Writer::enqueue_lazy`], the unconfirmed acks of the push
 //! stream) ride in the same order but never cost an fsync of their own: a
 //! batch made only of them is written without one and becomes durable with
-//! the next synced commit (a relay crash before that loses it, which such a
-//! job's caller accepts).
+//! the next synced commit, or after at most a second of idleness (a machine
+//! crash before that loses it, which such a job's caller accepts; the write
+//! itself is in the kernel at once, so a crash of the relay alone does not).
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -73,6 +74,8 @@ const WINDOW_BYTES: usize = 16 << 10;
 const BUSY_WITHIN: std::time::Duration = std::time::Duration::from_millis(2);
 /// The wait: about one fsync on the disks this was measured on.
 const WINDOW: std::time::Duration = std::time::Duration::from_micros(400);
+/// An idle writer syncs lazy writes after this long.
+const LAZY_SYNC_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Writer {
     /// Starts the writer thread.
@@ -100,7 +103,8 @@ impl Writer {
 
     /// Queues a job that needs no fsync of its own and gets no answer: it is
     /// applied in enqueue order and made durable by the next synced commit
-    /// (the next durable job, or an empty [`Writer::write`] used as a barrier).
+    /// (the next durable job, an empty [`Writer::write`] used as a barrier,
+    /// or the writer's own sync after a second of idleness).
     pub fn enqueue_lazy(&self, ops: Vec<DbOp>) {
         drop(self.send(ops, None, false));
     }
@@ -128,7 +132,12 @@ impl Writer {
 
     /// Queues a job and waits until it is durable.
     pub async fn write(&self, ops: Vec<DbOp>, done: Option<Completion>) -> Result<()> {
-        self.enqueue(ops, done).await.map_err(|_| {
+        Self::wait(self.enqueue(ops, done)).await
+    }
+
+    /// Waits for a job queued with [`Writer::enqueue`] to be durable.
+    pub async fn wait(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
+        rx.await.map_err(|_| {
             RelayError::refusal(
                 sotto_proto::relay::ErrorCode::ShuttingDown,
                 "writer stopped",
@@ -164,7 +173,23 @@ fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
     let mut stopping = false;
     let mut last_end: Option<Instant> = None;
     while !stopping {
-        let mut jobs = match rx.recv() {
+        let next = if unsynced {
+            // Lazy writes wait at most this long for a synced commit.
+            match rx.recv_timeout(LAZY_SYNC_WITHIN) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = db.raw().flush_wal(true) {
+                        tracing::error!(error = %storage(e), "WAL sync of stream acks failed");
+                    }
+                    unsynced = false;
+                    continue;
+                }
+                Ok(m) => Ok(m),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
+            }
+        } else {
+            rx.recv()
+        };
+        let mut jobs = match next {
             Ok(Msg::Job(j)) => vec![j],
             Ok(Msg::Stop) | Err(_) => break,
         };
@@ -189,12 +214,13 @@ fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
         let result = commit(db, if durable { &sync } else { &lazy }, durable, &jobs);
         if durable {
             last_end = Some(Instant::now());
-            metrics.observe_commit(jobs.len(), started.elapsed());
+            let durable_jobs = jobs.iter().filter(|j| j.durable).count();
+            metrics.observe_commit(durable_jobs, started.elapsed());
         }
         unsynced = !durable;
         let ok = result.is_ok();
         if let Err(e) = &result {
-            tracing::error!(error = %e, "durable write failed");
+            tracing::error!(error = %e, durable, "write failed");
         }
         for job in jobs {
             if let Some(done) = job.done {
