@@ -89,6 +89,8 @@ pub struct Metrics {
     pub commits: AtomicU64,
     /// Jobs merged into those batches.
     pub committed_jobs: AtomicU64,
+    /// Batches of stream acks written without an fsync of their own.
+    pub lazy_writes: AtomicU64,
     /// Malformed frames received.
     pub malformed_frames: AtomicU64,
     /// Time of one synced write batch.
@@ -109,7 +111,7 @@ impl Metrics {
     /// by the caller.
     pub fn render(&self, disk_bytes: u64, udp_drops: Option<u64>) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64, &str); 16] = [
+        let counters: [(&str, &str, &AtomicU64, &str); 17] = [
             (
                 "sotto_connections",
                 "Open QUIC connections",
@@ -198,6 +200,12 @@ impl Metrics {
                 "sotto_committed_jobs_total",
                 "Jobs merged into synced batches",
                 &self.committed_jobs,
+                "counter",
+            ),
+            (
+                "sotto_lazy_writes_total",
+                "Batches of stream acks written without an fsync of their own",
+                &self.lazy_writes,
                 "counter",
             ),
             (

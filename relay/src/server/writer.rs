@@ -9,10 +9,11 @@
 //! Lazy jobs ([`Writer::enqueue_lazy`], the unconfirmed acks of the push
 //! stream) ride in the same order but never cost an fsync of their own: a
 //! batch made only of them is written without one and becomes durable with
-//! the next synced commit, or after at most a second of idleness (a machine
+//! the next synced commit, and at the latest a second after it (a machine
 //! crash before that loses it, which such a job's caller accepts; the write
 //! itself is in the kernel at once, so a crash of the relay alone does not).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -74,7 +75,7 @@ const WINDOW_BYTES: usize = 16 << 10;
 const BUSY_WITHIN: std::time::Duration = std::time::Duration::from_millis(2);
 /// The wait: about one fsync on the disks this was measured on.
 const WINDOW: std::time::Duration = std::time::Duration::from_micros(400);
-/// An idle writer syncs lazy writes after this long.
+/// Lazy writes are synced at the latest this long after the first of them.
 const LAZY_SYNC_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Writer {
@@ -104,7 +105,7 @@ impl Writer {
     /// Queues a job that needs no fsync of its own and gets no answer: it is
     /// applied in enqueue order and made durable by the next synced commit
     /// (the next durable job, an empty [`Writer::write`] used as a barrier,
-    /// or the writer's own sync after a second of idleness).
+    /// or the writer's own WAL sync at most a second after it).
     pub fn enqueue_lazy(&self, ops: Vec<DbOp>) {
         drop(self.send(ops, None, false));
     }
@@ -168,26 +169,24 @@ fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     let lazy = WriteOptions::default();
-    // A lazy batch was written since the last synced commit.
-    let mut unsynced = false;
+    // When the oldest lazy write not yet synced was written.
+    let mut unsynced_since: Option<Instant> = None;
     let mut stopping = false;
     let mut last_end: Option<Instant> = None;
     while !stopping {
-        let next = if unsynced {
-            // Lazy writes wait at most this long for a synced commit.
-            match rx.recv_timeout(LAZY_SYNC_WITHIN) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = db.raw().flush_wal(true) {
-                        tracing::error!(error = %storage(e), "WAL sync of stream acks failed");
+        let next = match unsynced_since {
+            // Lazy writes wait at most LAZY_SYNC_WITHIN for a synced commit.
+            Some(since) => {
+                match rx.recv_timeout(LAZY_SYNC_WITHIN.saturating_sub(since.elapsed())) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        unsynced_since = sync_lazy(db);
+                        continue;
                     }
-                    unsynced = false;
-                    continue;
+                    Ok(m) => Ok(m),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
                 }
-                Ok(m) => Ok(m),
-                Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
             }
-        } else {
-            rx.recv()
+            None => rx.recv(),
         };
         let mut jobs = match next {
             Ok(Msg::Job(j)) => vec![j],
@@ -217,8 +216,18 @@ fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
             let durable_jobs = jobs.iter().filter(|j| j.durable).count();
             metrics.observe_commit(durable_jobs, started.elapsed());
         }
-        unsynced = !durable;
         let ok = result.is_ok();
+        if durable && ok {
+            unsynced_since = None;
+        } else if !durable {
+            metrics.lazy_writes.fetch_add(1, Relaxed);
+            let since = *unsynced_since.get_or_insert_with(Instant::now);
+            // A steady trickle of lazy batches never lets the wait above
+            // time out: sync here once the oldest has waited long enough.
+            if since.elapsed() >= LAZY_SYNC_WITHIN {
+                unsynced_since = sync_lazy(db);
+            }
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, durable, "write failed");
         }
@@ -232,15 +241,26 @@ fn run(db: &Db, metrics: &Metrics, rx: &mpsc::Receiver<Msg>) {
             });
         }
     }
-    if unsynced {
-        if let Err(e) = db.raw().flush_wal(true) {
-            tracing::error!(error = %storage(e), "final WAL sync failed");
-        }
+    if unsynced_since.is_some() {
+        sync_lazy(db);
     }
     // Jobs that arrived after the final batch are answered, not dropped.
     for m in rx.try_iter() {
         if let Msg::Job(j) = m {
             fail(j);
+        }
+    }
+}
+
+/// Syncs the WAL, making earlier lazy writes durable. Returns when the
+/// oldest still-unsynced write dates from: `None` on success, now on failure
+/// (tried again a period later).
+fn sync_lazy(db: &Db) -> Option<Instant> {
+    match db.raw().flush_wal(true) {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::error!(error = %storage(e), "WAL sync of stream acks failed");
+            Some(Instant::now())
         }
     }
 }
