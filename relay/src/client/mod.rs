@@ -90,8 +90,9 @@ pub struct Subscription {
 /// push stream (no stream and no reply of their own, and the QUIC ACK of the
 /// push travels with them), which halves the datagrams a received envelope
 /// costs. There is no confirmation: the relay deletes the envelopes at once
-/// in memory and durably with its next group commit, so a relay crash in
-/// between may deliver them again (clients de-duplicate). Use
+/// in memory and durably with its next synced commit (at most a second
+/// later), so a machine crash in between may deliver them again (clients
+/// de-duplicate). Use
 /// [`RelayClient::ack`] when a confirmation is needed.
 #[derive(Debug)]
 pub struct StreamAcks {

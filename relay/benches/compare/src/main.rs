@@ -26,8 +26,13 @@ use amqprs::channel::{
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
 use tokio::sync::oneshot;
+
+/// The load generator's own measurement code, so both systems are measured
+/// the same way.
+#[path = "../../../src/bin/sotto-loadgen/measure.rs"]
+mod measure;
+use measure::{latency_histogram, micros, ms, CpuMark};
 
 /// The same allocator as `sotto-loadgen`: both drivers share the cores with
 /// the server they measure.
@@ -35,6 +40,9 @@ use tokio::sync::oneshot;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How CPU reports name the broker and this process.
+const CPU_NAMES: (&str, &str) = ("broker", "driver");
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,40 +60,46 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Mode {
     /// W1: durable enqueue with N producers x W unconfirmed publishes, then drain.
-    W1 {
-        #[arg(long, default_value_t = 1000)]
-        mailboxes: usize,
-        #[arg(long, default_value_t = 200_000)]
-        messages: usize,
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
-        #[arg(long, default_value_t = 8)]
-        producers: usize,
-        #[arg(long, default_value_t = 32)]
-        window: usize,
-        #[arg(long, default_value_t = 8)]
-        consumers: usize,
-    },
+    W1(W1),
     /// W2: every queue consumed, open-loop publishes at a fixed rate.
-    W2 {
-        #[arg(long, default_value_t = 1000)]
-        mailboxes: usize,
-        #[arg(long, default_value_t = 2000)]
-        rate: u64,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
-        #[arg(long, default_value_t = 8)]
-        producers: usize,
-        #[arg(long, default_value_t = 20)]
-        ack_window_ms: u64,
-        /// Consumer connections: by default one per queue (a device per
-        /// connection, as on the relay); fewer multiplexes the consumers as
-        /// channels over them, RabbitMQ's cheaper layout.
-        #[arg(long)]
-        device_connections: Option<usize>,
-    },
+    W2(W2),
+}
+
+#[derive(Debug, clap::Args)]
+struct W1 {
+    #[arg(long, default_value_t = 1000)]
+    mailboxes: usize,
+    #[arg(long, default_value_t = 200_000)]
+    messages: usize,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, default_value_t = 8)]
+    producers: usize,
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    #[arg(long, default_value_t = 8)]
+    consumers: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct W2 {
+    #[arg(long, default_value_t = 1000)]
+    mailboxes: usize,
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, default_value_t = 8)]
+    producers: usize,
+    #[arg(long, default_value_t = 20)]
+    ack_window_ms: u64,
+    /// Consumer connections: by default one per queue (a device per
+    /// connection, as on the relay); fewer multiplexes the consumers as
+    /// channels over them, RabbitMQ's cheaper layout.
+    #[arg(long)]
+    device_connections: Option<usize>,
 }
 
 fn main() -> Result<(), BoxError> {
@@ -93,55 +107,15 @@ fn main() -> Result<(), BoxError> {
     // W2 measures latency: one thread, as sotto-loadgen's W2, so neither
     // driver pays for cross-thread wake-ups the other does not.
     let mut rt = match args.mode {
-        Mode::W2 { .. } => tokio::runtime::Builder::new_current_thread(),
-        Mode::W1 { .. } => tokio::runtime::Builder::new_multi_thread(),
+        Mode::W2(_) => tokio::runtime::Builder::new_current_thread(),
+        Mode::W1(_) => tokio::runtime::Builder::new_multi_thread(),
     };
-    rt.enable_all().build()?.block_on(run(args))
-}
-
-async fn run(args: Args) -> Result<(), BoxError> {
-    match args.mode {
-        Mode::W1 {
-            mailboxes,
-            messages,
-            size,
-            producers,
-            window,
-            consumers,
-        } => {
-            w1(
-                mailboxes,
-                messages,
-                size,
-                producers,
-                window,
-                consumers,
-                args.cpu_pid,
-            )
-            .await
+    rt.enable_all().build()?.block_on(async {
+        match args.mode {
+            Mode::W1(w) => w1(w, args.cpu_pid).await,
+            Mode::W2(w) => w2(w, args.cpu_pid).await,
         }
-        Mode::W2 {
-            mailboxes,
-            rate,
-            seconds,
-            size,
-            producers,
-            ack_window_ms,
-            device_connections,
-        } => {
-            w2(
-                mailboxes,
-                device_connections.unwrap_or(mailboxes).clamp(1, mailboxes),
-                rate,
-                seconds,
-                size,
-                producers,
-                Duration::from_millis(ack_window_ms),
-                args.cpu_pid,
-            )
-            .await
-        }
-    }
+    })
 }
 
 async fn connect() -> Result<Connection, BoxError> {
@@ -257,44 +231,15 @@ impl Publisher {
     }
 }
 
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-/// CPU of the broker and of this driver since `mark`, per message.
-struct CpuMark(Option<f64>, Option<f64>);
-
-impl CpuMark {
-    fn now(pid: Option<u32>) -> Self {
-        Self(pid.and_then(cpu_secs), cpu_secs(std::process::id()))
-    }
-    fn since(&self, pid: Option<u32>, n: u64) -> String {
-        let now = Self::now(pid);
-        match (self.0, now.0, self.1, now.1) {
-            (Some(b0), Some(b1), Some(o0), Some(o1)) => format!(
-                "; CPU: broker {:.2} s ({:.1} us per msg), driver {:.2} s",
-                b1 - b0,
-                (b1 - b0) * 1e6 / n.max(1) as f64,
-                o1 - o0
-            ),
-            _ => String::new(),
-        }
-    }
-}
-
-async fn w1(
-    mailboxes: usize,
-    messages: usize,
-    size: usize,
-    producers: usize,
-    window: usize,
-    consumers: usize,
-    cpu_pid: Option<u32>,
-) -> Result<(), BoxError> {
+async fn w1(params: W1, cpu_pid: Option<u32>) -> Result<(), BoxError> {
+    let W1 {
+        mailboxes,
+        messages,
+        size,
+        producers,
+        window,
+        consumers,
+    } = params;
     let setup = connect().await?;
     let ch = setup.open_channel(None).await?;
     for i in 0..mailboxes {
@@ -305,7 +250,7 @@ async fn w1(
         pubs.push(Arc::new(Publisher::open().await?));
     }
     let next = Arc::new(AtomicU64::new(0));
-    let mark = CpuMark::now(cpu_pid);
+    let mark = CpuMark::now(cpu_pid, CPU_NAMES);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for p in &pubs {
@@ -352,7 +297,7 @@ async fn w1(
     }
     let received = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let mark = CpuMark::now(cpu_pid);
+    let mark = CpuMark::now(cpu_pid, CPU_NAMES);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, (conn, ch)) in chans.into_iter().enumerate() {
@@ -441,30 +386,19 @@ async fn w1(
     Ok(())
 }
 
-fn histogram() -> Result<Histogram<u64>, BoxError> {
-    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn w2(
-    mailboxes: usize,
-    device_connections: usize,
-    rate: u64,
-    seconds: u64,
-    size: usize,
-    producers: usize,
-    ack_window: Duration,
-    cpu_pid: Option<u32>,
-) -> Result<(), BoxError> {
-    let hist = Arc::new(Mutex::new((histogram()?, histogram()?)));
+async fn w2(params: W2, cpu_pid: Option<u32>) -> Result<(), BoxError> {
+    let W2 {
+        mailboxes,
+        rate,
+        seconds,
+        size,
+        producers,
+        ack_window_ms,
+        device_connections,
+    } = params;
+    let device_connections = device_connections.unwrap_or(mailboxes).clamp(1, mailboxes);
+    let ack_window = Duration::from_millis(ack_window_ms);
+    let hist = Arc::new(Mutex::new((latency_histogram()?, latency_histogram()?)));
     let received = Arc::new(AtomicU64::new(0));
     let start = Arc::new(std::sync::OnceLock::<Instant>::new());
     let mut devices = Vec::new();
@@ -551,8 +485,8 @@ async fn w2(
     let failures = Arc::new(AtomicU64::new(0));
     let t0 = *start.get_or_init(|| Instant::now() + Duration::from_millis(500));
     tokio::time::sleep_until(t0.into()).await;
-    let mark = CpuMark::now(cpu_pid);
-    let lag = Arc::new(Mutex::new(histogram()?));
+    let mark = CpuMark::now(cpu_pid, CPU_NAMES);
+    let lag = Arc::new(Mutex::new(latency_histogram()?));
     let mut inflight = Vec::with_capacity(total as usize);
     for i in 0..total {
         let offset_us = i * 1_000_000 / rate;

@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
-use hdrhistogram::Histogram;
 use sha2::{Digest, Sha256};
 use sotto_relay::{MailboxId, Pushed, RelayClient};
+
+mod measure;
+use measure::{latency_histogram, micros, ms, CpuMark};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -109,48 +111,8 @@ enum Mode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`
-/// (clock ticks of 1/100 s, the Linux x86 default).
-fn cpu_secs(pid: &str) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-/// CPU used by the relay and by this process between two points.
-#[derive(Clone, Copy)]
-struct CpuMark {
-    relay: Option<f64>,
-    own: Option<f64>,
-}
-
-impl CpuMark {
-    fn now(relay: Option<u32>) -> Self {
-        Self {
-            relay: relay.and_then(|p| cpu_secs(&p.to_string())),
-            own: cpu_secs("self"),
-        }
-    }
-
-    /// `"; CPU: relay X s (Y us per msg), loadgen Z s"` since `self`.
-    fn since(&self, relay: Option<u32>, msgs: u64) -> String {
-        let now = Self::now(relay);
-        let mut out = String::new();
-        if let (Some(a), Some(b)) = (self.relay, now.relay) {
-            out += &format!(
-                "; CPU: relay {:.2} s ({:.1} us per msg)",
-                b - a,
-                (b - a) * 1e6 / msgs.max(1) as f64
-            );
-        }
-        if let (Some(a), Some(b)) = (self.own, now.own) {
-            out += &format!(", loadgen {:.2} s", b - a);
-        }
-        out
-    }
-}
+/// How CPU reports name the relay and this process.
+const CPU_NAMES: (&str, &str) = ("relay", "loadgen");
 
 fn mailbox_key(seed: &str, i: usize) -> SigningKey {
     let d: [u8; 32] = Sha256::digest(format!("{seed}/{i}").as_bytes()).into();
@@ -266,7 +228,7 @@ struct W1 {
 impl W1 {
     #[allow(clippy::print_stdout)]
     async fn run(&self, messages: usize, label: &str, no_drain: bool) -> Result<(), BoxError> {
-        let mark = CpuMark::now(self.cpu_pid);
+        let mark = CpuMark::now(self.cpu_pid, CPU_NAMES);
         let enq = self.enqueue(messages).await?;
         let cpu = mark.since(self.cpu_pid, messages as u64);
         println!(
@@ -373,7 +335,7 @@ impl W1 {
         let connect = started.elapsed();
         let clients = Arc::new(std::sync::Mutex::new(clients));
         let drained = Arc::new(AtomicU64::new(0));
-        let mark = CpuMark::now(self.cpu_pid);
+        let mark = CpuMark::now(self.cpu_pid, CPU_NAMES);
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..self.consumers {
@@ -569,7 +531,7 @@ async fn w2(
     let failures = Arc::new(AtomicU64::new(0));
     let t0 = *start.get_or_init(|| Instant::now() + Duration::from_millis(500));
     tokio::time::sleep_until(t0.into()).await;
-    let mark = CpuMark::now(cpu_pid);
+    let mark = CpuMark::now(cpu_pid, CPU_NAMES);
     let wire0 = Wire::sum(&conns);
     let lag = Arc::new(std::sync::Mutex::new(latency_histogram()?));
     // Scheduled on tokio's timer (1 ms granularity): a precise OS-thread
@@ -643,21 +605,6 @@ async fn w2(
         r.abort();
     }
     Ok(())
-}
-
-/// A latency histogram: 1 us to 60 s, three significant digits.
-fn latency_histogram() -> Result<Histogram<u64>, BoxError> {
-    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
-}
-
-/// A duration in whole microseconds, at least 1 (the histograms' floor).
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
-}
-
-/// The `q` quantile of a microsecond histogram, in milliseconds.
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// Client-side QUIC traffic summed over connections (what the relay
