@@ -22,7 +22,7 @@ use crate::keys::{KemKeyPair, Secret32, X25519KeyPair};
 use crate::padding::Padding;
 use crate::prekeys::{
     signed_bundle_blob, KemPrekey, OneTimePrekey, PrekeyBundle, SignedPrekey, UploadItem,
-    KEM_PREKEY_MAX_AGE_SECS, RETIRED_PREKEY_GRACE_SECS, SIGNED_PREKEY_MAX_AGE_SECS,
+    RETIRED_PREKEY_GRACE_SECS,
 };
 use crate::session::{MessageKind, OutgoingMessage, PreKeyMessage, SessionState, SkippedKeys};
 use crate::session_cache::SessionCache;
@@ -36,6 +36,8 @@ use crate::trust::{self, Contact, TrustCheck, Verification};
 pub const MAX_ARCHIVED_SESSIONS: usize = 5;
 
 const IDENTITY_KEY: &[u8] = b"identity";
+/// HKDF salt of [`Device::sender_mac_key`].
+pub const SENDER_MAC_SALT: &[u8] = b"Sotto_v1_SenderMac";
 const COUNTERS_KEY: &[u8] = b"prekey_counters";
 
 /// A remote device: an opaque user id (shared by all the user's devices,
@@ -124,6 +126,7 @@ fn load_signed(tx: &impl Txn, id: u32) -> Result<Option<SignedPrekey>> {
         key: key?,
         signature: r.signature.as_slice().try_into().map_err(|_| corrupt)?,
         created_at: r.created_at,
+        retired_at: (r.retired_at != 0).then_some(r.retired_at),
     }))
 }
 
@@ -133,6 +136,7 @@ fn save_signed(tx: &mut impl Txn, k: &SignedPrekey) -> Result<()> {
         secret: k.key.secret_bytes().to_vec(),
         signature: k.signature.to_vec(),
         created_at: k.created_at,
+        retired_at: k.retired_at.unwrap_or(0),
     };
     let out = put_proto(tx, Table::SignedPrekey, &k.id.to_be_bytes(), &r);
     r.secret.zeroize();
@@ -155,6 +159,7 @@ fn load_kem(tx: &impl Txn, id: u32) -> Result<Option<KemPrekey>> {
         signature: r.signature.as_slice().try_into().map_err(|_| corrupt)?,
         created_at: r.created_at,
         last_resort: r.last_resort,
+        retired_at: (r.retired_at != 0).then_some(r.retired_at),
     }))
 }
 
@@ -165,6 +170,7 @@ fn save_kem(tx: &mut impl Txn, k: &KemPrekey) -> Result<()> {
         signature: k.signature.to_vec(),
         created_at: k.created_at,
         last_resort: k.last_resort,
+        retired_at: k.retired_at.unwrap_or(0),
     };
     let out = put_proto(tx, Table::KemPrekey, &k.id.to_be_bytes(), &r);
     r.seed.zeroize();
@@ -182,11 +188,38 @@ fn load_one_time(tx: &impl Txn, id: u32) -> Result<Option<OneTimePrekey>> {
     Ok(Some(OneTimePrekey { id, key: key? }))
 }
 
-fn load_contact(tx: &impl Txn, user: &[u8]) -> Result<Option<Contact>> {
-    match tx.get(Table::Contact, user)? {
+/// The recorded identity of the remote device at encoded address `addr`.
+fn load_contact(tx: &impl Txn, addr: &[u8]) -> Result<Option<Contact>> {
+    match tx.get(Table::Contact, addr)? {
         None => Ok(None),
         Some(v) => Contact::decode(&v).map(Some),
     }
+}
+
+/// Fails with [`Error::IdentityChanged`] unless `state` belongs to the
+/// identity recorded for `addr`: a session never outlives the trust it was
+/// set up under (see [`Device::accept_identity`]).
+fn require_session_trusted(tx: &impl Txn, addr: &[u8], state: &SessionState) -> Result<()> {
+    let recorded = load_contact(tx, addr)?.ok_or(Error::CorruptRecord { table: "contact" })?;
+    if !recorded.identity.ct_eq(&state.remote_identity) {
+        return Err(Error::IdentityChanged {
+            new_identity: Box::new(state.remote_identity),
+        });
+    }
+    Ok(())
+}
+
+/// Deletes one stored session: its row, its skipped keys, and its cache entry.
+fn delete_session(
+    tx: &mut impl Txn,
+    cache: &mut SessionCache,
+    addr: &[u8],
+    sid: &[u8; 32],
+) -> Result<()> {
+    let key = cat(&[addr, sid]);
+    tx.delete(Table::Session, &key)?;
+    cache.forget(&key);
+    tx.delete_prefix(Table::SkippedKey, &key)
 }
 
 fn load_index(tx: &impl Txn, addr: &[u8]) -> Result<Vec<[u8; 32]>> {
@@ -234,6 +267,21 @@ fn load_session(
     out
 }
 
+/// Puts an unchanged, loaded session back into the cache (a load takes it out).
+fn return_session(
+    tx: &impl Txn,
+    cache: &mut SessionCache,
+    addr: &[u8],
+    sid: &[u8; 32],
+    state: SessionState,
+) -> Result<()> {
+    let key = cat(&[addr, sid]);
+    if let Some(row) = tx.get(Table::Session, &key)? {
+        cache.put(key, row, state);
+    }
+    Ok(())
+}
+
 fn save_session(
     tx: &mut impl Txn,
     cache: &mut SessionCache,
@@ -261,10 +309,7 @@ fn promote(
     ids.insert(0, sid);
     while ids.len() > 1 + MAX_ARCHIVED_SESSIONS {
         if let Some(old) = ids.pop() {
-            let key = cat(&[addr, &old]);
-            tx.delete(Table::Session, &key)?;
-            cache.forget(&key);
-            tx.delete_prefix(Table::SkippedKey, &cat(&[addr, &old]))?;
+            delete_session(tx, cache, addr, &old)?;
         }
     }
     save_index(tx, addr, &ids)
@@ -461,12 +506,6 @@ impl<S: Store> Device<S> {
         &mut self.store
     }
 
-    /// The identity key pair (for signing device lists and for linking a new
-    /// device of this user).
-    pub fn identity_pair(&self) -> &IdentityKeyPair {
-        &self.identity
-    }
-
     /// Gives the store back (e.g. to simulate a restart in tests).
     pub fn into_store(self) -> S {
         self.store
@@ -498,7 +537,7 @@ impl<S: Store> Device<S> {
             let mut ec_items = Vec::with_capacity(ec as usize);
             for _ in 0..ec {
                 let k = OneTimePrekey::generate(c.next_one_time_prekey_id, rng);
-                c.next_one_time_prekey_id += 1;
+                c.next_one_time_prekey_id = next_id(c.next_one_time_prekey_id)?;
                 let mut r = rec::OneTimePrekeyRecord {
                     id: k.id,
                     secret: k.key.secret_bytes().to_vec(),
@@ -512,7 +551,7 @@ impl<S: Store> Device<S> {
             for _ in 0..kem {
                 let k =
                     KemPrekey::generate(identity, device_id, c.next_kem_prekey_id, false, now, rng);
-                c.next_kem_prekey_id += 1;
+                c.next_kem_prekey_id = next_id(c.next_kem_prekey_id)?;
                 save_kem(tx, &k)?;
                 kem_items.push(k.upload_item());
             }
@@ -522,31 +561,43 @@ impl<S: Store> Device<S> {
     }
 
     /// Rotates the signed prekey and the last-resort KEM prekey when they are
-    /// older than their maximum age, and deletes retired ones past the grace
-    /// period. Returns true when the signed bundle changed (re-upload it).
+    /// older than their maximum age, and deletes what expired: retired keys
+    /// [`RETIRED_PREKEY_GRACE_SECS`] after their *retirement* (a device that
+    /// was offline for months still accepts first messages made with the key
+    /// it published last for a full grace period), and consumed one-time
+    /// prekey records as old. Returns true when the signed bundle changed
+    /// (re-upload it). A client should process its mailbox backlog first.
     pub fn rotate_prekeys(&mut self, now: u64, rng: &mut impl CryptoRngCore) -> Result<bool> {
         let (identity, device_id) = (&self.identity, self.device_id);
         self.store.transaction(|tx| {
             let mut c = load_counters(tx)?;
             let mut changed = false;
-            let signed = load_signed(tx, c.current_signed_prekey_id)?.ok_or(Error::NoIdentity)?;
+            let mut signed =
+                load_signed(tx, c.current_signed_prekey_id)?.ok_or(Error::NoIdentity)?;
             if signed.needs_rotation(now) {
                 let k =
                     SignedPrekey::generate(identity, device_id, c.next_signed_prekey_id, now, rng);
+                signed.retired_at = Some(now);
+                save_signed(tx, &signed)?;
                 c.current_signed_prekey_id = k.id;
-                c.next_signed_prekey_id += 1;
+                c.next_signed_prekey_id = next_id(c.next_signed_prekey_id)?;
                 save_signed(tx, &k)?;
                 changed = true;
             }
-            let kem = load_kem(tx, c.current_kem_prekey_id)?.ok_or(Error::NoIdentity)?;
+            let mut kem = load_kem(tx, c.current_kem_prekey_id)?.ok_or(Error::NoIdentity)?;
             if kem.needs_rotation(now) {
                 let k =
                     KemPrekey::generate(identity, device_id, c.next_kem_prekey_id, true, now, rng);
+                kem.retired_at = Some(now);
+                save_kem(tx, &kem)?;
                 c.current_kem_prekey_id = k.id;
-                c.next_kem_prekey_id += 1;
+                c.next_kem_prekey_id = next_id(c.next_kem_prekey_id)?;
                 save_kem(tx, &k)?;
                 changed = true;
             }
+            let expired = |retired_at: Option<u64>| {
+                retired_at.is_some_and(|t| now.saturating_sub(t) > RETIRED_PREKEY_GRACE_SECS)
+            };
             for key in tx.keys_with_prefix(Table::SignedPrekey, &[])? {
                 let Ok(id_bytes) = <[u8; 4]>::try_from(key.as_slice()) else {
                     continue;
@@ -555,12 +606,8 @@ impl<S: Store> Device<S> {
                 if id == c.current_signed_prekey_id {
                     continue;
                 }
-                if let Some(k) = load_signed(tx, id)? {
-                    if now.saturating_sub(k.created_at)
-                        > SIGNED_PREKEY_MAX_AGE_SECS + RETIRED_PREKEY_GRACE_SECS
-                    {
-                        tx.delete(Table::SignedPrekey, &key)?;
-                    }
+                if load_signed(tx, id)?.is_some_and(|k| expired(k.retired_at)) {
+                    tx.delete(Table::SignedPrekey, &key)?;
                 }
             }
             for key in tx.keys_with_prefix(Table::KemPrekey, &[])? {
@@ -571,14 +618,19 @@ impl<S: Store> Device<S> {
                 if id == c.current_kem_prekey_id {
                     continue;
                 }
-                if let Some(k) = load_kem(tx, id)? {
-                    if k.last_resort
-                        && now.saturating_sub(k.created_at)
-                            > KEM_PREKEY_MAX_AGE_SECS + RETIRED_PREKEY_GRACE_SECS
-                    {
-                        tx.delete(Table::KemPrekey, &key)?;
-                        tx.delete_prefix(Table::SeenBaseKey, &key)?;
-                    }
+                if load_kem(tx, id)?.is_some_and(|k| k.last_resort && expired(k.retired_at)) {
+                    tx.delete(Table::KemPrekey, &key)?;
+                    tx.delete_prefix(Table::SeenBaseKey, &key)?;
+                }
+            }
+            for key in tx.keys_with_prefix(Table::ConsumedPrekey, &[])? {
+                let at = tx
+                    .get(Table::ConsumedPrekey, &key)?
+                    .and_then(|v| v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()))
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if now.saturating_sub(at) > RETIRED_PREKEY_GRACE_SECS {
+                    tx.delete(Table::ConsumedPrekey, &key)?;
                 }
             }
             put_proto(tx, Table::Local, COUNTERS_KEY, &c)?;
@@ -587,9 +639,9 @@ impl<S: Store> Device<S> {
     }
 
     /// Starts a session with a remote device from its verified bundle. A
-    /// changed identity for a known user fails with
-    /// [`Error::IdentityChanged`] and changes nothing. An existing session is
-    /// archived (its in-flight messages still decrypt).
+    /// bundle whose identity differs from the one recorded for `addr` fails
+    /// with [`Error::IdentityChanged`] and changes nothing. An existing
+    /// session is archived (its in-flight messages still decrypt).
     pub fn process_bundle(
         &mut self,
         addr: &DeviceAddress,
@@ -604,7 +656,7 @@ impl<S: Store> Device<S> {
         let state = SessionState::initiate(&self.identity, bundle, now, rng)?;
         let cache = &mut self.sessions;
         self.store.transaction(|tx| {
-            check_and_record_trust(tx, &addr.user, &bundle.identity, now)?;
+            check_and_record_trust(tx, &a, &bundle.identity, now)?;
             let sid = state.base_key;
             save_session(tx, cache, &a, state)?;
             let ids = load_index(tx, &a)?;
@@ -619,8 +671,25 @@ impl<S: Store> Device<S> {
             .transaction(|tx| Ok(!load_index(tx, &a)?.is_empty()))
     }
 
+    /// The identity of the current session with `addr`, if there is one.
+    pub fn session_identity(&mut self, addr: &DeviceAddress) -> Result<Option<IdentityKey>> {
+        let a = addr.encode()?;
+        let cache = &mut self.sessions;
+        self.store.transaction(|tx| {
+            let ids = load_index(tx, &a)?;
+            let Some(sid) = ids.first() else {
+                return Ok(None);
+            };
+            let state = load_session(tx, cache, &a, sid)?;
+            let id = state.remote_identity;
+            return_session(tx, cache, &a, sid, state)?;
+            Ok(Some(id))
+        })
+    }
+
     /// Encrypts for `addr` with its current session; the advanced chain is
-    /// committed before the message is returned.
+    /// committed before the message is returned. A session whose identity is
+    /// no longer the recorded one is refused ([`Error::IdentityChanged`]).
     pub fn encrypt(
         &mut self,
         addr: &DeviceAddress,
@@ -634,6 +703,7 @@ impl<S: Store> Device<S> {
             let ids = load_index(tx, &a)?;
             let sid = ids.first().ok_or(Error::NoSession)?;
             let mut state = load_session(tx, cache, &a, sid)?;
+            require_session_trusted(tx, &a, &state)?;
             let out = state.encrypt(plaintext, padding, rng)?;
             save_session(tx, cache, &a, state)?;
             Ok(out)
@@ -665,7 +735,8 @@ impl<S: Store> Device<S> {
     }
 
     /// Like [`Device::decrypt_with`], but the hook also sees the plaintext
-    /// (to store what it says in the same transaction) and returns a value.
+    /// (to store what it says in the same transaction) and the identity of
+    /// the session that authenticated it, and returns a value.
     pub fn decrypt_then<F, R>(
         &mut self,
         addr: &DeviceAddress,
@@ -674,25 +745,35 @@ impl<S: Store> Device<S> {
         hook: F,
     ) -> Result<(Vec<u8>, R)>
     where
-        F: FnOnce(&mut S::Txn<'_>, &[u8]) -> Result<R>,
+        F: FnOnce(&mut S::Txn<'_>, &Decrypted<'_>) -> Result<R>,
     {
         let a = addr.encode()?;
         let kind = MessageKind::of(message)?;
         let (identity, device_id) = (&self.identity, self.device_id);
         let cache = &mut self.sessions;
         self.store.transaction(|tx| {
-            let plaintext = match kind {
-                MessageKind::Ratchet => decrypt_ratchet(tx, cache, &a, message)?,
+            let (plaintext, remote, new_session) = match kind {
+                MessageKind::Ratchet => {
+                    let (pt, remote) = decrypt_ratchet(tx, cache, &a, message)?;
+                    (pt, remote, false)
+                }
                 MessageKind::PreKey => {
                     let m = PreKeyMessage::parse(message)?;
                     if m.responder_device_id != device_id {
                         return Err(Error::WrongDevice(m.responder_device_id));
                     }
-                    check_and_record_trust(tx, &addr.user, &m.initiator_identity, now)?;
                     let ids = load_index(tx, &a)?;
                     if ids.contains(&m.base_key) {
-                        // A later message of a session we already accepted.
+                        // A later message of a session we already accepted:
+                        // its identity is the session's, whatever the
+                        // (unauthenticated) header field says.
                         let mut state = load_session(tx, cache, &a, &m.base_key)?;
+                        if !state.remote_identity.ct_eq(&m.initiator_identity) {
+                            return Err(Error::Malformed {
+                                what: "prekey message identity differs from its session",
+                            });
+                        }
+                        require_session_trusted(tx, &a, &state)?;
                         let (pt, changes) = {
                             let skipped = TxSkipped {
                                 tx: &*tx,
@@ -700,67 +781,206 @@ impl<S: Store> Device<S> {
                             };
                             state.decrypt(&m.inner, &skipped)?
                         };
+                        let remote = state.remote_identity;
                         commit_decrypt(tx, cache, &a, state, changes)?;
                         promote(tx, cache, &a, ids, m.base_key)?;
-                        pt
+                        (pt, remote, false)
                     } else {
-                        accept_prekey_message(tx, cache, identity, &a, ids, &m)?
+                        let pt = accept_prekey_message(tx, cache, identity, &a, ids, &m, now)?;
+                        (pt, m.initiator_identity, true)
                     }
                 }
             };
-            let r = hook(tx, &plaintext)?;
+            let r = hook(
+                tx,
+                &Decrypted {
+                    plaintext: &plaintext,
+                    remote_identity: &remote,
+                    new_session,
+                },
+            )?;
             Ok((plaintext, r))
         })
     }
 
-    /// The recorded trust state of `user`, if known.
-    pub fn contact(&mut self, user: &[u8]) -> Result<Option<Contact>> {
-        self.store.transaction(|tx| load_contact(tx, user))
+    /// The identity recorded for the remote device `addr`, if known.
+    pub fn contact(&mut self, addr: &DeviceAddress) -> Result<Option<Contact>> {
+        let a = addr.encode()?;
+        self.store.transaction(|tx| load_contact(tx, &a))
     }
 
-    /// Records that the user verified `identity` for `user` (e.g. by safety
+    /// Records that the user verified `identity` for `addr` (e.g. by safety
     /// number). Fails with [`Error::IdentityChanged`] if it is not the recorded key.
-    pub fn mark_verified(&mut self, user: &[u8], identity: &IdentityKey, now: u64) -> Result<()> {
+    pub fn mark_verified(
+        &mut self,
+        addr: &DeviceAddress,
+        identity: &IdentityKey,
+        now: u64,
+    ) -> Result<()> {
+        let a = addr.encode()?;
         self.store.transaction(|tx| {
-            let existing = load_contact(tx, user)?;
+            let existing = load_contact(tx, &a)?;
             trust::require_not_changed(trust::check(existing.as_ref(), identity), identity)?;
             let c = Contact {
                 identity: *identity,
                 verification: Verification::Verified,
                 first_seen: existing.map(|c| c.first_seen).unwrap_or(now),
             };
-            tx.put(Table::Contact, user, &c.encode())
+            tx.put(Table::Contact, &a, &c.encode())
         })
     }
 
-    /// Accepts a changed identity for `user` after the user confirmed it;
-    /// the contact becomes unverified.
-    pub fn accept_identity(&mut self, user: &[u8], identity: &IdentityKey, now: u64) -> Result<()> {
+    /// Accepts `identity` for `addr` after the user confirmed a change; the
+    /// device becomes unverified, and every session (current or archived)
+    /// bound to another identity is deleted with its keys in the same
+    /// transaction, so nothing set up under the old key decrypts or encrypts
+    /// again.
+    pub fn accept_identity(
+        &mut self,
+        addr: &DeviceAddress,
+        identity: &IdentityKey,
+        now: u64,
+    ) -> Result<()> {
+        let a = addr.encode()?;
+        let cache = &mut self.sessions;
         self.store.transaction(|tx| {
+            let unchanged = load_contact(tx, &a)?.is_some_and(|c| c.identity.ct_eq(identity));
+            if unchanged {
+                return Ok(());
+            }
             let c = Contact {
                 identity: *identity,
                 verification: Verification::Unverified,
                 first_seen: now,
             };
-            tx.put(Table::Contact, user, &c.encode())
+            tx.put(Table::Contact, &a, &c.encode())?;
+            let ids = load_index(tx, &a)?;
+            let mut keep = Vec::with_capacity(ids.len());
+            for sid in ids {
+                let state = load_session(tx, cache, &a, &sid)?;
+                if state.remote_identity.ct_eq(identity) {
+                    return_session(tx, cache, &a, &sid, state)?;
+                    keep.push(sid);
+                } else {
+                    delete_session(tx, cache, &a, &sid)?;
+                }
+            }
+            save_index(tx, &a, &keep)
         })
     }
 
-    /// The safety number between this device's identity and `user`'s recorded one.
-    pub fn safety_number(&mut self, user: &[u8]) -> Result<SafetyNumber> {
+    /// Deletes every session with `addr` (e.g. a revoked device) and its keys;
+    /// the recorded identity stays, so the device id cannot come back under
+    /// another key unnoticed.
+    pub fn delete_sessions(&mut self, addr: &DeviceAddress) -> Result<()> {
+        let a = addr.encode()?;
+        let cache = &mut self.sessions;
+        self.store.transaction(|tx| {
+            for sid in load_index(tx, &a)? {
+                delete_session(tx, cache, &a, &sid)?;
+            }
+            tx.delete(Table::SessionIndex, &a)
+        })
+    }
+
+    /// The key that authenticates envelopes from device identity `sender`
+    /// to device identity `recipient`, one of which must be this device's:
+    /// `HKDF-SHA256(salt = "Sotto_v1_SenderMac", ikm = X25519 of the two
+    /// identities' X25519 halves, info = sender IK (64) || recipient IK (64))`.
+    /// Both ends compute it from identity keys alone, so it still works when
+    /// a session is lost; the info order makes each direction's key distinct.
+    pub fn sender_mac_key(
+        &self,
+        sender: &IdentityKey,
+        recipient: &IdentityKey,
+    ) -> Result<Secret32> {
+        let ours = self.identity.public();
+        let other = if ours.ct_eq(sender) {
+            recipient
+        } else if ours.ct_eq(recipient) {
+            sender
+        } else {
+            return Err(Error::InvalidArgument("neither identity is this device's"));
+        };
+        let shared = self
+            .identity
+            .dh()
+            .agree(other.dh_public(), "peer identity key")?;
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(SENDER_MAC_SALT), shared.as_bytes());
+        let mut okm = Zeroizing::new([0u8; 32]);
+        let info = cat(&[sender.as_bytes(), recipient.as_bytes()]);
+        // 32 bytes is within HKDF's output limit.
+        let _ = hk.expand(&info, &mut okm[..]);
+        Ok(Secret32::copy_from(&okm[..]))
+    }
+
+    /// Deletes the sessions with every device of `user`.
+    pub fn delete_user_sessions(&mut self, user: &[u8]) -> Result<()> {
+        let len = u16::try_from(user.len()).map_err(|_| Error::Malformed {
+            what: "user id too long",
+        })?;
+        let prefix = cat(&[&len.to_be_bytes(), user]);
+        let cache = &mut self.sessions;
+        self.store.transaction(|tx| {
+            for a in tx.keys_with_prefix(Table::SessionIndex, &prefix)? {
+                if a.len() != prefix.len() + 4 {
+                    continue;
+                }
+                for sid in load_index(tx, &a)? {
+                    delete_session(tx, cache, &a, &sid)?;
+                }
+                tx.delete(Table::SessionIndex, &a)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The safety number between this device's identity and the one recorded
+    /// for `addr`.
+    pub fn safety_number(&mut self, addr: &DeviceAddress) -> Result<SafetyNumber> {
         let ours = *self.identity.public();
-        let c = self.contact(user)?.ok_or(Error::NoSession)?;
+        let c = self.contact(addr)?.ok_or(Error::NoSession)?;
         Ok(SafetyNumber::compute(&ours, &c.identity))
     }
 }
 
+/// What a decrypt hook sees: the authenticated plaintext and who it came from.
+#[derive(Clone, Copy)]
+pub struct Decrypted<'a> {
+    /// The plaintext (padding removed).
+    pub plaintext: &'a [u8],
+    /// The identity of the session that authenticated the message.
+    pub remote_identity: &'a IdentityKey,
+    /// True when this message set up a new session (a PQXDH first message).
+    pub new_session: bool,
+}
+
+impl core::fmt::Debug for Decrypted<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Decrypted")
+            .field(
+                "plaintext",
+                &format_args!("<{} bytes>", self.plaintext.len()),
+            )
+            .field("remote_identity", self.remote_identity)
+            .field("new_session", &self.new_session)
+            .finish()
+    }
+}
+
+/// The id after `id`; an exhausted id space is an error, never a wrap-around.
+fn next_id(id: u32) -> Result<u32> {
+    id.checked_add(1)
+        .ok_or(Error::InvalidArgument("prekey ids exhausted"))
+}
+
 fn check_and_record_trust(
     tx: &mut impl Txn,
-    user: &[u8],
+    addr: &[u8],
     presented: &IdentityKey,
     now: u64,
 ) -> Result<()> {
-    let existing = load_contact(tx, user)?;
+    let existing = load_contact(tx, addr)?;
     let check = trust::check(existing.as_ref(), presented);
     trust::require_not_changed(check, presented)?;
     if check == TrustCheck::FirstUse {
@@ -769,26 +989,43 @@ fn check_and_record_trust(
             verification: Verification::Unverified,
             first_seen: now,
         };
-        tx.put(Table::Contact, user, &c.encode())?;
+        tx.put(Table::Contact, addr, &c.encode())?;
     }
     Ok(())
 }
 
+/// The error a decrypt reports when no session opened a message: a session
+/// that recognised the message's chain and counter (a duplicate or an
+/// evicted key) says more than one that never knew the chain, so a replay of
+/// an archived session's message is reported as a duplicate, not a failure.
+fn rank(e: &Error) -> u8 {
+    match e {
+        Error::DuplicateMessage { .. } | Error::MessageKeyEvicted { .. } => 2,
+        Error::TooFarInFuture { .. } => 1,
+        _ => 0,
+    }
+}
+
 /// Tries the current session, then archived ones; commits the first that
-/// authenticates (promoting it to current).
+/// authenticates (promoting it to current). Sessions bound to an identity
+/// other than the recorded one are never tried.
 fn decrypt_ratchet(
     tx: &mut impl Txn,
     cache: &mut SessionCache,
     a: &[u8],
     message: &[u8],
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, IdentityKey)> {
     let ids = load_index(tx, a)?;
     if ids.is_empty() {
         return Err(Error::NoSession);
     }
-    let mut first_err = None;
+    let recorded = load_contact(tx, a)?.ok_or(Error::CorruptRecord { table: "contact" })?;
+    let mut best: Option<Error> = None;
     for (pos, sid) in ids.iter().enumerate() {
         let mut state = load_session(tx, cache, a, sid)?;
+        if !state.remote_identity.ct_eq(&recorded.identity) {
+            continue;
+        }
         let attempt = {
             let skipped = TxSkipped {
                 tx: &*tx,
@@ -798,24 +1035,30 @@ fn decrypt_ratchet(
         };
         match attempt {
             Ok((pt, changes)) => {
+                let remote = state.remote_identity;
                 commit_decrypt(tx, cache, a, state, changes)?;
                 if pos != 0 {
                     promote(tx, cache, a, ids.clone(), *sid)?;
                 }
-                return Ok(pt);
+                return Ok((pt, remote));
             }
             Err(e @ (Error::Storage(_) | Error::CorruptRecord { .. })) => return Err(e),
             Err(e) => {
-                first_err.get_or_insert(e);
+                return_session(tx, cache, a, sid, state)?;
+                if best.as_ref().is_none_or(|b| rank(&e) > rank(b)) {
+                    best = Some(e);
+                }
             }
         }
     }
-    Err(first_err.unwrap_or(Error::NoSession))
+    Err(best.unwrap_or(Error::NoSession))
 }
 
 /// Accepts a PQXDH first message for a new session: consumes the one-time
 /// prekeys (or records the last-resort base key) in the same transaction
-/// that stores the session.
+/// that stores the session. The checks run in the order PROTOCOL.md I.3
+/// gives; trust is decided only after the inner message authenticated, so a
+/// forged header cannot raise an identity-change alarm.
 fn accept_prekey_message(
     tx: &mut impl Txn,
     cache: &mut SessionCache,
@@ -823,33 +1066,49 @@ fn accept_prekey_message(
     a: &[u8],
     ids: Vec<[u8; 32]>,
     m: &PreKeyMessage,
+    now: u64,
 ) -> Result<Vec<u8>> {
     let counters = load_counters(tx)?;
     let signed = load_signed(tx, m.signed_prekey_id)?.ok_or(Error::UnknownPrekey {
         what: "signed prekey",
         id: m.signed_prekey_id,
     })?;
-    let gone = |issued: bool, what: &'static str, id: u32| {
-        if issued {
-            Error::ReplayedPreKeyMessage
-        } else {
-            Error::UnknownPrekey { what, id }
+    // A one-time key that was issued (id below the counter) but is gone was
+    // consumed: by this very message (a replay), or by another initiator (the
+    // relay served it twice). The consumed-key record tells them apart.
+    let gone = |tx: &mut _, kind: u8, issued: bool, what: &'static str, id: u32| -> Error {
+        if !issued {
+            return Error::UnknownPrekey { what, id };
+        }
+        match consumed_by(tx, kind, id) {
+            Ok(Some(base)) if base != m.base_key => Error::OneTimePrekeyReused { what, id },
+            Ok(_) => Error::ReplayedPreKeyMessage,
+            Err(e) => e,
         }
     };
-    let one_time =
-        match m.one_time_prekey_id {
-            None => None,
-            Some(id) => Some(load_one_time(tx, id)?.ok_or_else(|| {
-                gone(id < counters.next_one_time_prekey_id, "one-time prekey", id)
-            })?),
-        };
-    let kem = load_kem(tx, m.kem_prekey_id)?.ok_or_else(|| {
-        gone(
-            m.kem_prekey_id < counters.next_kem_prekey_id,
-            "KEM prekey",
-            m.kem_prekey_id,
-        )
-    })?;
+    let one_time = match m.one_time_prekey_id {
+        None => None,
+        Some(id) => match load_one_time(tx, id)? {
+            Some(k) => Some(k),
+            None => {
+                let issued = id < counters.next_one_time_prekey_id;
+                return Err(gone(tx, CONSUMED_EC, issued, "one-time prekey", id));
+            }
+        },
+    };
+    let kem = match load_kem(tx, m.kem_prekey_id)? {
+        Some(k) => k,
+        None => {
+            let issued = m.kem_prekey_id < counters.next_kem_prekey_id;
+            return Err(gone(
+                tx,
+                CONSUMED_KEM,
+                issued,
+                "KEM prekey",
+                m.kem_prekey_id,
+            ));
+        }
+    };
     let seen_key = cat(&[&m.kem_prekey_id.to_be_bytes(), &m.base_key]);
     if kem.last_resort && tx.get(Table::SeenBaseKey, &seen_key)?.is_some() {
         return Err(Error::ReplayedPreKeyMessage);
@@ -862,16 +1121,44 @@ fn accept_prekey_message(
         };
         state.decrypt(&m.inner, &skipped)?
     };
-    // Authenticated: consume the prekeys together with storing the session.
+    // Authenticated: the initiator holds the X25519 half it presented.
+    check_and_record_trust(tx, a, &m.initiator_identity, now)?;
+    // Consume the prekeys together with storing the session.
+    let consumed = cat(&[&now.to_be_bytes(), &m.base_key]);
     if let Some(k) = &one_time {
         tx.delete(Table::OneTimePrekey, &k.id.to_be_bytes())?;
+        tx.put(
+            Table::ConsumedPrekey,
+            &consumed_key(CONSUMED_EC, k.id),
+            &consumed,
+        )?;
     }
     if kem.last_resort {
         tx.put(Table::SeenBaseKey, &seen_key, &[])?;
     } else {
         tx.delete(Table::KemPrekey, &kem.id.to_be_bytes())?;
+        tx.put(
+            Table::ConsumedPrekey,
+            &consumed_key(CONSUMED_KEM, kem.id),
+            &consumed,
+        )?;
     }
     commit_decrypt(tx, cache, a, state, changes)?;
     promote(tx, cache, a, ids, m.base_key)?;
     Ok(pt)
+}
+
+const CONSUMED_EC: u8 = 1;
+const CONSUMED_KEM: u8 = 2;
+
+fn consumed_key(kind: u8, id: u32) -> Vec<u8> {
+    cat(&[&[kind], &id.to_be_bytes()])
+}
+
+/// The base key of the session that consumed one-time prekey `(kind, id)`,
+/// while its record is kept.
+fn consumed_by(tx: &impl Txn, kind: u8, id: u32) -> Result<Option<[u8; 32]>> {
+    Ok(tx
+        .get(Table::ConsumedPrekey, &consumed_key(kind, id))?
+        .and_then(|v| v.get(8..40).and_then(|b| <[u8; 32]>::try_from(b).ok())))
 }

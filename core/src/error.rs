@@ -69,10 +69,21 @@ pub enum Error {
         /// The id the message named.
         id: u32,
     },
-    /// A PQXDH first message was replayed: its one-time key is gone, or the
-    /// (last-resort KEM key, base key) pair was already used.
+    /// A PQXDH first message was replayed: its one-time key was consumed by
+    /// this same base key, or the (last-resort KEM key, base key) pair was
+    /// already used.
     #[error("replayed PQXDH first message")]
     ReplayedPreKeyMessage,
+    /// A PQXDH first message names a one-time prekey that another session
+    /// (another base key) already consumed: the relay served the key twice,
+    /// or someone replays an old bundle. The message is refused and reported.
+    #[error("{what} {id} was already used by another session")]
+    OneTimePrekeyReused {
+        /// Which kind of prekey.
+        what: &'static str,
+        /// Its id.
+        id: u32,
+    },
     /// The remote identity key differs from the one recorded for this contact.
     /// Nothing was changed; the app must ask the user, then call
     /// `accept_identity` to trust the new key.
@@ -128,6 +139,19 @@ pub enum Error {
     /// A wait ended before what it waited for happened.
     #[error("timed out")]
     Timeout,
+    /// A device list was refused against the one already seen for that
+    /// user (rolled back, equivocating, jumping too far, re-using a device
+    /// id); nothing was sent with it.
+    #[error("device list refused: {0}")]
+    DeviceListRejected(&'static str),
+    /// Only the user's primary device (the one holding the account key) can
+    /// do this: link or unlink devices.
+    #[error("only the primary device can do this")]
+    NotPrimary,
+    /// The peer is not an accepted contact yet (a message request): accept
+    /// the request first.
+    #[error("the peer is not an accepted contact")]
+    NotAccepted,
     /// A relay refused a request or the connection failed.
     #[cfg(feature = "client")]
     #[error("relay: {0}")]

@@ -115,6 +115,20 @@ impl IdentityKeyPair {
         }
     }
 
+    /// An attacker's key pair for tests: its public identity claims
+    /// `ed_public` (someone else's Ed25519 half, whose secret it lacks) with
+    /// its own X25519 half. PQXDH's initiator never signs, so such a pair can
+    /// start sessions: exactly the forgery certificates must stop.
+    #[cfg(test)]
+    pub(crate) fn forged(ed_public: &[u8; 32], rng: &mut impl CryptoRngCore) -> Self {
+        let mut pair = Self::generate(rng);
+        pair.public.bytes[..32].copy_from_slice(ed_public);
+        if let Ok(v) = VerifyingKey::from_bytes(ed_public) {
+            pair.public.verifying = v;
+        }
+        pair
+    }
+
     /// Rebuilds from persisted (or linked) secrets.
     pub fn from_secret_bytes(signing: &[u8], dh: &[u8]) -> Result<Self> {
         let seed: Zeroizing<[u8; 32]> =
@@ -126,9 +140,9 @@ impl IdentityKeyPair {
         Ok(Self::from_parts(signing, dh))
     }
 
-    /// The Ed25519 seed, for moving this identity to a new device of the
-    /// same user (linking). Handle as the most sensitive secret there is.
-    pub fn signing_secret(&self) -> Zeroizing<[u8; 32]> {
+    /// The Ed25519 seed, for persistence only: a device identity never
+    /// leaves its device.
+    pub(crate) fn signing_secret(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.signing.to_bytes())
     }
 
@@ -172,6 +186,12 @@ pub struct SafetyNumber {
 impl SafetyNumber {
     /// Computes the safety number of `a` and `b` (argument order does not matter).
     pub fn compute(a: &IdentityKey, b: &IdentityKey) -> Self {
+        Self::of_keys(a.as_bytes(), b.as_bytes())
+    }
+
+    /// The same over any two public keys: the messenger compares users'
+    /// 32-byte account keys, Part I compares 64-byte device identities.
+    pub fn of_keys(a: &[u8], b: &[u8]) -> Self {
         let fa = fingerprint_half(a);
         let fb = fingerprint_half(b);
         let (lo, hi) = if fa <= fb { (fa, fb) } else { (fb, fa) };
@@ -209,16 +229,16 @@ impl fmt::Debug for SafetyNumber {
 
 /// `H_0 = SHA-512(0x0000 || "Sotto_SafetyNumber_v1" || key)`,
 /// `H_i = SHA-512(H_{i-1} || key)`; the half is the first 32 bytes of `H_5200`.
-fn fingerprint_half(key: &IdentityKey) -> [u8; 32] {
+fn fingerprint_half(key: &[u8]) -> [u8; 32] {
     let mut h = Sha512::new();
     h.update([0u8, 0u8]);
     h.update(b"Sotto_SafetyNumber_v1");
-    h.update(key.as_bytes());
+    h.update(key);
     let mut out = h.finalize();
     for _ in 0..SAFETY_NUMBER_ITERATIONS {
         let mut h = Sha512::new();
         h.update(out);
-        h.update(key.as_bytes());
+        h.update(key);
         out = h.finalize();
     }
     let mut half = [0u8; 32];

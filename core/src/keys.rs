@@ -19,8 +19,10 @@ pub const KEM_PUBLIC_LEN: usize = 1184;
 /// Length of an ML-KEM-768 ciphertext.
 pub const KEM_CIPHERTEXT_LEN: usize = 1088;
 
-/// A 32-byte symmetric secret (root key, chain key, message key) zeroized on drop.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+/// A 32-byte symmetric secret (root key, chain key, message key) zeroized on
+/// drop. It has no `PartialEq`: code that must compare secrets says so with
+/// [`Secret32::ct_eq`], which takes constant time.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Secret32(pub(crate) [u8; 32]);
 
 impl Secret32 {
@@ -34,9 +36,26 @@ impl Secret32 {
         &self.0
     }
 
+    /// Constant-time equality.
+    pub fn ct_eq(&self, other: &Secret32) -> bool {
+        subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]).into()
+    }
+
     pub(crate) fn from_slice(bytes: &[u8], what: &'static str) -> Result<Self> {
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::Malformed { what })?;
-        Ok(Secret32(arr))
+        let mut out = Secret32([0u8; 32]);
+        if bytes.len() != 32 {
+            return Err(Error::Malformed { what });
+        }
+        out.0.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    /// Copies the first 32 bytes of `bytes` (at least 32 long) into a new
+    /// secret, so callers can zeroize their own buffer afterwards.
+    pub(crate) fn copy_from(bytes: &[u8]) -> Self {
+        let mut out = Secret32([0u8; 32]);
+        out.0.copy_from_slice(&bytes[..32]);
+        out
     }
 }
 
@@ -56,7 +75,9 @@ pub struct X25519KeyPair {
 impl X25519KeyPair {
     /// A fresh random key pair.
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        Self::from_secret_bytes(random_32(rng))
+        let secret = StaticSecret::random_from_rng(rng);
+        let public = PublicKey::from(&secret);
+        X25519KeyPair { secret, public }
     }
 
     /// Rebuilds a key pair from its 32 secret bytes (as persisted).
@@ -87,11 +108,13 @@ impl X25519KeyPair {
     /// X25519 agreement; rejects a non-contributory (all-zero) result, which
     /// only a malicious low-order public key can produce.
     pub(crate) fn agree(&self, their_public: &[u8; 32], what: &'static str) -> Result<Secret32> {
+        // `SharedSecret` zeroizes itself on drop; copy out of it, not via a
+        // stack array that would outlive the call.
         let shared = self.secret.diffie_hellman(&PublicKey::from(*their_public));
         if !shared.was_contributory() {
             return Err(Error::InvalidKey { what });
         }
-        Ok(Secret32(shared.to_bytes()))
+        Ok(Secret32::copy_from(shared.as_bytes()))
     }
 }
 
@@ -182,10 +205,10 @@ impl KemKeyPair {
             ml_kem::Ciphertext::<MlKem768>::try_from(ciphertext).map_err(|_| Error::Malformed {
                 what: "ML-KEM ciphertext",
             })?;
-        let ss = self.dk.decapsulate(&ct).map_err(|_| Error::DecryptFailed)?;
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ss.as_slice());
-        Ok(Secret32(out))
+        let mut ss = self.dk.decapsulate(&ct).map_err(|_| Error::DecryptFailed)?;
+        let out = Secret32::copy_from(ss.as_slice());
+        ss.as_mut_slice().zeroize();
+        Ok(out)
     }
 }
 
@@ -204,12 +227,12 @@ pub(crate) fn kem_encapsulate(
     rng.fill_bytes(m.as_mut_slice());
     let result = ek.encapsulate_deterministic(&m);
     m.zeroize();
-    let (ct, ss) = result.map_err(|_| Error::InvalidKey {
+    let (ct, mut ss) = result.map_err(|_| Error::InvalidKey {
         what: "ML-KEM prekey",
     })?;
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ss.as_slice());
-    Ok((ct.as_slice().to_vec(), Secret32(out)))
+    let out = Secret32::copy_from(ss.as_slice());
+    ss.as_mut_slice().zeroize();
+    Ok((ct.as_slice().to_vec(), out))
 }
 
 impl fmt::Debug for KemKeyPair {
@@ -219,13 +242,6 @@ impl fmt::Debug for KemKeyPair {
             .field("seed", &"<redacted>")
             .finish()
     }
-}
-
-/// 32 random bytes.
-pub(crate) fn random_32(rng: &mut impl CryptoRngCore) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    rng.fill_bytes(&mut b);
-    b
 }
 
 /// Lowercase hex for `Debug` of public values.

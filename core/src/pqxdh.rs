@@ -6,9 +6,14 @@
 //! DH4 = DH(EK_A, OPK_B)   (only if a one-time prekey was served)
 //! (CT, SS) = ML-KEM-768.Encaps(PQPK_B)
 //! RK || CK = HKDF-SHA256(salt = 0^32, ikm = 0xFF^32 || DH1 || DH2 || DH3 [|| DH4] || SS,
-//!                        info = "Sotto_v1_PQXDH_X25519_SHA-256_ML-KEM-768", L = 64)
+//!                        info = "Sotto_v1_PQXDH_X25519_SHA-256_ML-KEM-768"
+//!                               || SHA-256(PQPK_B) || SHA-256(CT), L = 64)
 //! AD = IK_A || IK_B   (64-byte identity encodings, initiator first)
 //! ```
+//!
+//! Hashing the KEM public key and ciphertext into `info` binds the session
+//! to the exact KEM exchange even if ML-KEM's shared secret turned out not to
+//! commit to them (re-encapsulation attacks); it costs two hashes per setup.
 //!
 //! `RK` becomes the Double Ratchet root key and `CK` the initiator's first
 //! sending chain, whose ratchet key is `EK_A` itself: the responder's first
@@ -18,7 +23,7 @@
 
 use hkdf::Hkdf;
 use rand_core::CryptoRngCore;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -45,7 +50,17 @@ pub(crate) struct Initiated {
     pub(crate) kem_ciphertext: Vec<u8>,
 }
 
-fn kdf(dhs: &[&Secret32], kem_secret: &Secret32) -> (Secret32, Secret32) {
+/// The HKDF info: the label, then SHA-256 of the KEM public key and of the
+/// KEM ciphertext.
+pub(crate) fn kdf_info(kem_public: &[u8], kem_ciphertext: &[u8]) -> Vec<u8> {
+    let mut info = Vec::with_capacity(PQXDH_INFO.len() + 64);
+    info.extend_from_slice(PQXDH_INFO);
+    info.extend_from_slice(&Sha256::digest(kem_public));
+    info.extend_from_slice(&Sha256::digest(kem_ciphertext));
+    info
+}
+
+fn kdf(dhs: &[&Secret32], kem_secret: &Secret32, info: &[u8]) -> (Secret32, Secret32) {
     let mut ikm = Zeroizing::new(Vec::with_capacity(32 * 6));
     ikm.extend_from_slice(&[0xFF; 32]);
     for dh in dhs {
@@ -55,11 +70,11 @@ fn kdf(dhs: &[&Secret32], kem_secret: &Secret32) -> (Secret32, Secret32) {
     let hk = Hkdf::<Sha256>::new(Some(&[0u8; 32]), &ikm);
     let mut okm = Zeroizing::new([0u8; 64]);
     // 64 bytes never exceeds HKDF's output limit.
-    let _ = hk.expand(PQXDH_INFO, &mut okm[..]);
-    let (mut rk, mut ck) = ([0u8; 32], [0u8; 32]);
-    rk.copy_from_slice(&okm[..32]);
-    ck.copy_from_slice(&okm[32..]);
-    (Secret32(rk), Secret32(ck))
+    let _ = hk.expand(info, &mut okm[..]);
+    (
+        Secret32::copy_from(&okm[..32]),
+        Secret32::copy_from(&okm[32..]),
+    )
 }
 
 /// The initiator's side: agree on keys with a verified bundle.
@@ -77,9 +92,10 @@ pub(crate) fn initiate(
         None => None,
     };
     let (kem_ciphertext, ss) = kem_encapsulate(&bundle.kem_prekey, rng)?;
+    let info = kdf_info(&bundle.kem_prekey, &kem_ciphertext);
     let (root_key, chain_key) = match &dh4 {
-        Some(dh4) => kdf(&[&dh1, &dh2, &dh3, dh4], &ss),
-        None => kdf(&[&dh1, &dh2, &dh3], &ss),
+        Some(dh4) => kdf(&[&dh1, &dh2, &dh3, dh4], &ss, &info),
+        None => kdf(&[&dh1, &dh2, &dh3], &ss, &info),
     };
     Ok(Initiated {
         root_key,
@@ -107,9 +123,10 @@ pub(crate) fn respond(
         None => None,
     };
     let ss = kem_prekey.decapsulate(kem_ciphertext)?;
+    let info = kdf_info(kem_prekey.public(), kem_ciphertext);
     Ok(match &dh4 {
-        Some(dh4) => kdf(&[&dh1, &dh2, &dh3, dh4], &ss),
-        None => kdf(&[&dh1, &dh2, &dh3], &ss),
+        Some(dh4) => kdf(&[&dh1, &dh2, &dh3, dh4], &ss, &info),
+        None => kdf(&[&dh1, &dh2, &dh3], &ss, &info),
     })
 }
 

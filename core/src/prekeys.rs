@@ -41,19 +41,41 @@ pub const ONE_TIME_PREKEY_TARGET: u32 = 100;
 /// The blob type as uploaded to the relay.
 pub use sotto_proto::session::SignedBundle;
 
-/// The message an identity signs for a prekey: `context || device_id || id || public`.
-pub(crate) fn prekey_signed_message(
-    context: &[u8],
-    device_id: u32,
-    id: u32,
-    public: &[u8],
-) -> Vec<u8> {
-    let mut m = Vec::with_capacity(context.len() + 8 + public.len());
-    m.extend_from_slice(context);
-    m.extend_from_slice(&device_id.to_be_bytes());
-    m.extend_from_slice(&id.to_be_bytes());
-    m.extend_from_slice(public);
-    m
+/// What a prekey's signature covers: `context || IK (64) || u32be(device_id)
+/// || u32be(id) || u64be(created_at) || public`.
+///
+/// The whole 64-byte identity is signed, not just the Ed25519 half that
+/// verifies: a relay that swaps the X25519 half of a bundle's identity breaks
+/// every signature. The creation time is signed so a relay cannot make a
+/// stale key look fresh (or hide that a device stopped rotating).
+pub(crate) struct PrekeyStatement<'a> {
+    pub(crate) context: &'a [u8],
+    pub(crate) identity: &'a IdentityKey,
+    pub(crate) device_id: u32,
+    pub(crate) id: u32,
+    pub(crate) created_at: u64,
+    pub(crate) public: &'a [u8],
+}
+
+impl PrekeyStatement<'_> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(self.context.len() + 64 + 16 + self.public.len());
+        m.extend_from_slice(self.context);
+        m.extend_from_slice(self.identity.as_bytes());
+        m.extend_from_slice(&self.device_id.to_be_bytes());
+        m.extend_from_slice(&self.id.to_be_bytes());
+        m.extend_from_slice(&self.created_at.to_be_bytes());
+        m.extend_from_slice(self.public);
+        m
+    }
+
+    fn sign(&self, identity: &IdentityKeyPair) -> [u8; 64] {
+        identity.sign(&self.bytes())
+    }
+
+    fn verify(&self, signature: &[u8], what: &'static str) -> Result<()> {
+        self.identity.verify(&self.bytes(), signature, what)
+    }
 }
 
 /// A signed X25519 prekey (private side).
@@ -63,6 +85,8 @@ pub struct SignedPrekey {
     pub(crate) key: X25519KeyPair,
     pub(crate) signature: [u8; 64],
     pub(crate) created_at: u64,
+    /// When a newer signed prekey replaced it (unix seconds).
+    pub(crate) retired_at: Option<u64>,
 }
 
 impl SignedPrekey {
@@ -75,17 +99,21 @@ impl SignedPrekey {
         rng: &mut impl CryptoRngCore,
     ) -> Self {
         let key = X25519KeyPair::generate(rng);
-        let signature = identity.sign(&prekey_signed_message(
-            SIGNED_PREKEY_CONTEXT,
+        let signature = PrekeyStatement {
+            context: SIGNED_PREKEY_CONTEXT,
+            identity: identity.public(),
             device_id,
             id,
-            key.public(),
-        ));
+            created_at: now,
+            public: key.public(),
+        }
+        .sign(identity);
         SignedPrekey {
             id,
             key,
             signature,
             created_at: now,
+            retired_at: None,
         }
     }
 
@@ -117,6 +145,8 @@ pub struct KemPrekey {
     pub(crate) signature: [u8; 64],
     pub(crate) created_at: u64,
     pub(crate) last_resort: bool,
+    /// When a newer last-resort key replaced it (unix seconds).
+    pub(crate) retired_at: Option<u64>,
 }
 
 impl KemPrekey {
@@ -130,18 +160,22 @@ impl KemPrekey {
         rng: &mut impl CryptoRngCore,
     ) -> Self {
         let key = KemKeyPair::generate(rng);
-        let signature = identity.sign(&prekey_signed_message(
-            KEM_PREKEY_CONTEXT,
+        let signature = PrekeyStatement {
+            context: KEM_PREKEY_CONTEXT,
+            identity: identity.public(),
             device_id,
             id,
-            key.public(),
-        ));
+            created_at: now,
+            public: key.public(),
+        }
+        .sign(identity);
         KemPrekey {
             id,
             key,
             signature,
             created_at: now,
             last_resort,
+            retired_at: None,
         }
     }
 
@@ -168,6 +202,7 @@ impl KemPrekey {
                 id: self.id,
                 public_key: self.key.public().to_vec(),
                 signature: self.signature.to_vec(),
+                created_at: self.created_at,
             }
             .encode_to_vec(),
         }
@@ -303,16 +338,15 @@ impl PrekeyBundle {
         }
         let identity = IdentityKey::from_bytes(&blob.identity_key)?;
         let signed_prekey = key32(&blob.signed_prekey, "signed prekey")?;
-        identity.verify(
-            &prekey_signed_message(
-                SIGNED_PREKEY_CONTEXT,
-                blob.device_id,
-                blob.signed_prekey_id,
-                &signed_prekey,
-            ),
-            &blob.signed_prekey_signature,
-            "signed prekey",
-        )?;
+        PrekeyStatement {
+            context: SIGNED_PREKEY_CONTEXT,
+            identity: &identity,
+            device_id: blob.device_id,
+            id: blob.signed_prekey_id,
+            created_at: blob.signed_prekey_created_at,
+            public: &signed_prekey,
+        }
+        .verify(&blob.signed_prekey_signature, "signed prekey")?;
         let one_time_prekey = match one_time_ec {
             None => None,
             Some(bytes) => {
@@ -322,34 +356,42 @@ impl PrekeyBundle {
                 Some((item.id, key32(&item.public_key, "one-time prekey")?))
             }
         };
-        let (kem_prekey_id, kem_prekey, signature, kem_is_last_resort) = match one_time_kem {
-            Some(bytes) => {
-                let item =
-                    wire::SignedOneTimeKemPrekey::decode(bytes).map_err(|_| Error::Malformed {
-                        what: "one-time KEM prekey",
+        let (kem_prekey_id, kem_prekey, signature, created_at, kem_is_last_resort) =
+            match one_time_kem {
+                Some(bytes) => {
+                    let item = wire::SignedOneTimeKemPrekey::decode(bytes).map_err(|_| {
+                        Error::Malformed {
+                            what: "one-time KEM prekey",
+                        }
                     })?;
-                (item.id, item.public_key, item.signature, false)
-            }
-            None => (
-                blob.kem_prekey_id,
-                blob.kem_prekey,
-                blob.kem_prekey_signature,
-                true,
-            ),
-        };
+                    (
+                        item.id,
+                        item.public_key,
+                        item.signature,
+                        item.created_at,
+                        false,
+                    )
+                }
+                None => (
+                    blob.kem_prekey_id,
+                    blob.kem_prekey,
+                    blob.kem_prekey_signature,
+                    blob.kem_prekey_created_at,
+                    true,
+                ),
+            };
         if kem_prekey.len() != KEM_PUBLIC_LEN {
             return Err(Error::Malformed { what: "KEM prekey" });
         }
-        identity.verify(
-            &prekey_signed_message(
-                KEM_PREKEY_CONTEXT,
-                blob.device_id,
-                kem_prekey_id,
-                &kem_prekey,
-            ),
-            &signature,
-            "KEM prekey",
-        )?;
+        PrekeyStatement {
+            context: KEM_PREKEY_CONTEXT,
+            identity: &identity,
+            device_id: blob.device_id,
+            id: kem_prekey_id,
+            created_at,
+            public: &kem_prekey,
+        }
+        .verify(&signature, "KEM prekey")?;
         Ok(PrekeyBundle {
             identity,
             device_id: blob.device_id,

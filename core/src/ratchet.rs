@@ -54,14 +54,13 @@ type HmacSha256 = Hmac<Sha256>;
 /// key material; 64 bytes = new root key || chain key.
 pub fn kdf_rk(root: &Secret32, dh: &Secret32) -> (Secret32, Secret32) {
     let hk = Hkdf::<Sha256>::new(Some(root.as_bytes()), dh.as_bytes());
-    let mut okm = [0u8; 64];
+    let mut okm = zeroize::Zeroizing::new([0u8; 64]);
     // 64 bytes is far below HKDF-SHA256's 8160-byte limit, so this cannot fail.
-    let _ = hk.expand(ROOT_KDF_INFO, &mut okm);
-    let (mut rk, mut ck) = ([0u8; 32], [0u8; 32]);
-    rk.copy_from_slice(&okm[..32]);
-    ck.copy_from_slice(&okm[32..]);
-    zeroize::Zeroize::zeroize(&mut okm);
-    (Secret32(rk), Secret32(ck))
+    let _ = hk.expand(ROOT_KDF_INFO, &mut okm[..]);
+    (
+        Secret32::copy_from(&okm[..32]),
+        Secret32::copy_from(&okm[32..]),
+    )
 }
 
 /// `KDF_CK`: message key = HMAC(CK, 0x01), next chain key = HMAC(CK, 0x02).
@@ -76,10 +75,13 @@ pub fn kdf_ck(chain: &Secret32) -> (Secret32, Secret32) {
     m1.update(&[0x01]);
     let mut m2 = keyed;
     m2.update(&[0x02]);
-    (
-        Secret32(m1.finalize().into_bytes().into()),
-        Secret32(m2.finalize().into_bytes().into()),
-    )
+    let take = |m: HmacSha256| {
+        let mut out = m.finalize().into_bytes();
+        let key = Secret32::copy_from(&out);
+        zeroize::Zeroize::zeroize(out.as_mut_slice());
+        key
+    };
+    (take(m1), take(m2))
 }
 
 #[cold]
@@ -311,7 +313,7 @@ impl RatchetState {
             let plaintext = open(&mk, n, ad, message)?;
             let chain = &mut self.receiving[idx];
             chain.chain_key = next_ck;
-            chain.counter = n + 1;
+            chain.counter = next_counter(n)?;
             record_skipped(chain, skipped, &mut changes);
             return Ok((plaintext, changes));
         }
@@ -357,7 +359,7 @@ impl RatchetState {
         }
         let mut fresh = fresh;
         fresh.chain_key = next_ck;
-        fresh.counter = n + 1;
+        fresh.counter = next_counter(n)?;
         record_skipped(&mut fresh, skipped, &mut changes);
         self.receiving.push(fresh);
         while self.receiving.len() > MAX_RECEIVING_CHAINS {
@@ -369,6 +371,13 @@ impl RatchetState {
         self.sending = None;
         Ok((plaintext, changes))
     }
+}
+
+/// The counter after `n`; a chain that reached `u32::MAX` is exhausted.
+fn next_counter(n: u32) -> Result<u32> {
+    n.checked_add(1).ok_or(Error::Malformed {
+        what: "receiving chain exhausted",
+    })
 }
 
 /// Message keys passed over while advancing a chain, by counter.
@@ -403,7 +412,7 @@ fn record_skipped(
     changes: &mut RatchetChanges,
 ) {
     if let Some((last, _)) = skipped.last() {
-        chain.skipped_end = last + 1;
+        chain.skipped_end = last.saturating_add(1);
     }
     // Keep keys for at most the MAX_SKIPPED_KEYS_PER_CHAIN counters below the
     // last decrypted one (`chain.counter - 1`).

@@ -362,14 +362,16 @@ fn identity_change_is_detected_and_needs_explicit_acceptance() {
     let (mut alice, mut bob) = devices(MemoryStore::new, false, 22);
     let m = alice.encrypt(&bob_addr(), b"x", &mut r).unwrap();
     bob.decrypt(&alice_addr(), &m.bytes, NOW).unwrap();
-    let sn_a = alice.safety_number(b"bob").unwrap();
-    let sn_b = bob.safety_number(b"alice").unwrap();
+    let sn_a = alice.safety_number(&bob_addr()).unwrap();
+    let sn_b = bob.safety_number(&alice_addr()).unwrap();
     assert_eq!(sn_a.digits(), sn_b.digits());
     assert_eq!(sn_a.digits().len(), 60);
     assert!(sn_a.matches_scanned(sn_b.scannable()));
-    alice.mark_verified(b"bob", bob.identity(), NOW).unwrap();
+    alice
+        .mark_verified(&bob_addr(), bob.identity(), NOW)
+        .unwrap();
     assert_eq!(
-        alice.contact(b"bob").unwrap().unwrap().verification,
+        alice.contact(&bob_addr()).unwrap().unwrap().verification,
         Verification::Verified
     );
 
@@ -391,11 +393,24 @@ fn identity_change_is_detected_and_needs_explicit_acceptance() {
         sn_a
     );
 
-    alice.accept_identity(b"bob", bob2.identity(), NOW).unwrap();
+    // Old Bob's message in flight, sent before Alice accepts the change.
+    let stale = bob
+        .encrypt(&alice_addr(), b"from the old key", &mut r)
+        .unwrap();
+    alice
+        .accept_identity(&bob_addr(), bob2.identity(), NOW)
+        .unwrap();
     assert_eq!(
-        alice.contact(b"bob").unwrap().unwrap().verification,
+        alice.contact(&bob_addr()).unwrap().unwrap().verification,
         Verification::Unverified
     );
+    // Accepting the new key retired every session of the old one: it neither
+    // encrypts nor decrypts any more.
+    assert!(matches!(
+        alice.encrypt(&bob_addr(), b"x", &mut r),
+        Err(Error::NoSession)
+    ));
+    assert!(alice.decrypt(&bob_addr(), &stale.bytes, NOW).is_err());
     alice
         .process_bundle(&bob_addr(), &bundle, NOW, &mut r)
         .unwrap();

@@ -260,11 +260,11 @@ impl SottoClient {
         .await
     }
 
-    /// The safety number to compare with `peer` (known once a message was
-    /// exchanged with them).
+    /// The safety number to compare with `peer`: computed from both users'
+    /// account keys, the same on every device of both.
     pub fn safety_number(&self, peer: String) -> Result<Arc<SafetyNumber>> {
         let peer = parse_user(&peer)?;
-        Ok(Arc::new(self.core()?.safety_number(&peer)?.into()))
+        Ok(Arc::new(self.core()?.safety_number(&peer).into()))
     }
 
     /// Records that the user compared the safety number with `peer`.
@@ -276,10 +276,25 @@ impl SottoClient {
     /// Whether the user verified `peer`'s safety number (false if unknown).
     pub fn is_verified(&self, peer: String) -> Result<bool> {
         let peer = parse_user(&peer)?;
-        Ok(self
-            .core()?
-            .contact(&peer)?
-            .is_some_and(|c| c.verification == sotto_core::Verification::Verified))
+        Ok(self.core()?.is_verified(&peer)?)
+    }
+
+    /// True if this is the primary device (only it links and unlinks devices).
+    pub fn is_primary(&self) -> Result<bool> {
+        Ok(self.core()?.is_primary())
+    }
+
+    /// Accepts `peer`'s message request: its messages become ordinary ones
+    /// and the held ones get their delivered receipts.
+    pub fn accept_request(&self, peer: String) -> Result<()> {
+        let peer = parse_user(&peer)?;
+        Ok(self.core()?.accept_request(&peer)?)
+    }
+
+    /// Blocks `peer`: its envelopes are dropped unread, its sessions deleted.
+    pub fn block(&self, peer: String) -> Result<()> {
+        let peer = parse_user(&peer)?;
+        Ok(self.core()?.block(&peer)?)
     }
 
     /// This user's device ids, from the signed list on the home relay.

@@ -288,32 +288,37 @@ impl Device {
         self.decrypt_from(&DeviceAddress::from(&peer), &ciphertext)
     }
 
-    /// The safety number with `user`'s recorded identity.
-    pub fn safety_number(&self, user: Vec<u8>) -> Result<Arc<SafetyNumber>> {
-        let n = with_core!(self, d => d.safety_number(&user))?;
+    /// The safety number with the identity recorded for `peer`.
+    pub fn safety_number(&self, peer: PeerAddress) -> Result<Arc<SafetyNumber>> {
+        let peer = DeviceAddress::from(&peer);
+        let n = with_core!(self, d => d.safety_number(&peer))?;
         Ok(Arc::new(SafetyNumber::from(n)))
     }
 
-    /// How far `user`'s identity is trusted; `null`/`nil` if never seen.
-    pub fn verification(&self, user: Vec<u8>) -> Result<Option<Verification>> {
-        let contact = with_core!(self, d => d.contact(&user))?;
+    /// How far `peer`'s identity is trusted; `null`/`nil` if never seen.
+    pub fn verification(&self, peer: PeerAddress) -> Result<Option<Verification>> {
+        let peer = DeviceAddress::from(&peer);
+        let contact = with_core!(self, d => d.contact(&peer))?;
         Ok(contact.map(|c| match c.verification {
             sotto_core::Verification::Verified => Verification::Verified,
             sotto_core::Verification::Unverified => Verification::Unverified,
         }))
     }
 
-    /// Records that the user compared safety numbers for `user`'s
+    /// Records that the user compared safety numbers for `peer`'s
     /// `identity_key`. Fails with `IdentityChanged` if it is not the recorded key.
-    pub fn mark_verified(&self, user: Vec<u8>, identity_key: Vec<u8>) -> Result<()> {
+    pub fn mark_verified(&self, peer: PeerAddress, identity_key: Vec<u8>) -> Result<()> {
+        let peer = DeviceAddress::from(&peer);
         let identity = sotto_core::IdentityKey::from_bytes(&identity_key)?;
-        Ok(with_core!(self, d => d.mark_verified(&user, &identity, unix_now()))?)
+        Ok(with_core!(self, d => d.mark_verified(&peer, &identity, unix_now()))?)
     }
 
-    /// Trusts a changed identity of `user` after the user confirmed it (the
-    /// contact becomes unverified).
-    pub fn accept_identity(&self, user: Vec<u8>, identity_key: Vec<u8>) -> Result<()> {
+    /// Trusts a changed identity of `peer` after the user confirmed it (the
+    /// device becomes unverified, and every session set up under the old
+    /// identity is deleted).
+    pub fn accept_identity(&self, peer: PeerAddress, identity_key: Vec<u8>) -> Result<()> {
+        let peer = DeviceAddress::from(&peer);
         let identity = sotto_core::IdentityKey::from_bytes(&identity_key)?;
-        Ok(with_core!(self, d => d.accept_identity(&user, &identity, unix_now()))?)
+        Ok(with_core!(self, d => d.accept_identity(&peer, &identity, unix_now()))?)
     }
 }

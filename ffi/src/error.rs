@@ -98,6 +98,15 @@ pub enum SottoError {
     /// A session's first message was replayed.
     #[error("replayed first message")]
     ReplayedPreKeyMessage,
+    /// A first message names a one-time prekey another session already used
+    /// (served twice by the relay, or an old bundle replayed).
+    #[error("{what} {id} was already used by another session")]
+    OneTimePrekeyReused {
+        /// Which kind of prekey.
+        what: String,
+        /// Its id.
+        id: u32,
+    },
     /// The contact's identity key changed. Nothing was changed: ask the user,
     /// then call `acceptIdentity` with `new_identity` to trust it.
     #[error("identity key of this contact changed")]
@@ -164,6 +173,19 @@ pub enum SottoError {
         /// The OS error.
         reason: String,
     },
+    /// A device list was refused against the one already seen (rolled back,
+    /// equivocating, jumping too far, re-using a device id).
+    #[error("device list refused: {reason}")]
+    DeviceListRejected {
+        /// Which rule it broke.
+        reason: String,
+    },
+    /// Only the primary device (holding the account key) links and unlinks.
+    #[error("only the primary device can do this")]
+    NotPrimary,
+    /// The peer's message request was not accepted yet.
+    #[error("the peer is not an accepted contact")]
+    NotAccepted,
 }
 
 /// Every core error keeps its own variant, so apps can react precisely
@@ -186,6 +208,15 @@ impl From<sotto_core::Error> for SottoError {
                 id,
             },
             E::ReplayedPreKeyMessage => Self::ReplayedPreKeyMessage,
+            E::OneTimePrekeyReused { what, id } => Self::OneTimePrekeyReused {
+                what: what.into(),
+                id,
+            },
+            E::DeviceListRejected(reason) => Self::DeviceListRejected {
+                reason: reason.into(),
+            },
+            E::NotPrimary => Self::NotPrimary,
+            E::NotAccepted => Self::NotAccepted,
             E::IdentityChanged { new_identity } => Self::IdentityChanged {
                 new_identity: new_identity.as_bytes().to_vec(),
             },

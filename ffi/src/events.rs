@@ -142,6 +142,13 @@ pub enum EventKind {
         /// The message.
         message: ReceivedMessage,
     },
+    /// A message from a user not accepted yet (a stranger): no receipt was
+    /// sent and its relay was not contacted. `acceptRequest(peer)` or
+    /// `block(peer)`.
+    MessageRequest {
+        /// The message.
+        message: ReceivedMessage,
+    },
     /// A receipt for messages this user sent.
     Receipt {
         /// Delivered or read.
@@ -156,8 +163,8 @@ pub enum EventKind {
         /// The message.
         message: ReceivedMessage,
     },
-    /// A message from the peer device could not be decrypted; a retry was
-    /// requested from the sender.
+    /// A message from the peer device could not be decrypted or used (the
+    /// claimed sender is not authenticated: show it as such).
     DecryptFailed {
         /// Why (no secrets, no content).
         reason: String,
@@ -182,6 +189,12 @@ pub enum EventKind {
     SendFailed {
         /// The 16-byte message id.
         message_id: Vec<u8>,
+        /// Why.
+        reason: String,
+    },
+    /// A stored event could not be read back: acknowledge it; the queue
+    /// never stalls on it.
+    Unreadable {
         /// Why.
         reason: String,
     },
@@ -215,6 +228,8 @@ impl From<core::Event> for Event {
         use core::EventKind as K;
         let kind = match e.kind {
             K::Message(m) => EventKind::Message { message: m.into() },
+            K::MessageRequest(m) => EventKind::MessageRequest { message: m.into() },
+            K::Unreadable { reason } => EventKind::Unreadable { reason },
             K::Receipt { kind, message_ids } => EventKind::Receipt {
                 kind: match kind {
                     core::ReceiptKind::Delivered => ReceiptKind::Delivered,

@@ -83,7 +83,7 @@ fn safety_numbers_match_across_sides() {
     assert_eq!(ab.digits(), ba.digits());
     assert!(ab.matches_scanned(ba.scannable()));
     assert_eq!(
-        alice.safety_number(b"bob".to_vec()).unwrap().digits(),
+        alice.safety_number(bob_addr()).unwrap().digits(),
         ab.digits()
     );
 }

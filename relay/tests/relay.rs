@@ -577,6 +577,16 @@ async fn device_lists_are_signed_and_versioned() {
     let d = relay.client(&key()).await;
     d.publish_device_list(list(2, b"devices v2")).await.unwrap();
     assert_eq!(c.fetch_device_list(&uk).await.unwrap().unwrap().version, 2);
+    // Freezing the list at u64::MAX (or any jump past the step) is refused.
+    for v in [u64::MAX, 2 + 1_001] {
+        assert_eq!(
+            code(&d.publish_device_list(list(v, b"frozen")).await.unwrap_err()),
+            ErrorCode::InvalidArgument
+        );
+    }
+    d.publish_device_list(list(2 + 1_000, b"v1002"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -241,9 +241,11 @@ fn a_second_device_links_with_matching_digits_and_reads_along() {
 
     // Alice is told about the new device, and her message reaches both.
     alice.type_line("to both of your devices");
+    // Alice is still a stranger to Bob (he never named her): a request on
+    // the phone, and on the laptop too (it inherited no contact for her).
     for dev in [&mut phone, &mut laptop] {
         dev.expect("Alice's message", |l| {
-            l.starts_with("[unknown ") && l.ends_with("] to both of your devices")
+            l.starts_with("[request from unknown ") && l.ends_with("] to both of your devices")
         });
     }
     alice.expect("new device notice", |l| {

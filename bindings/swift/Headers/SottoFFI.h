@@ -279,6 +279,11 @@ uint64_t uniffi_sotto_ffi_fn_constructor_sottoclient_create(RustBuffer db_path, 
 uint64_t uniffi_sotto_ffi_fn_constructor_sottoclient_open(RustBuffer db_path, RustBuffer storage_key
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ACCEPT_REQUEST
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ACCEPT_REQUEST
+void uniffi_sotto_ffi_fn_method_sottoclient_accept_request(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ACK_EVENT
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ACK_EVENT
 void uniffi_sotto_ffi_fn_method_sottoclient_ack_event(uint64_t ptr, uint64_t seq, RustCallStatus *_Nonnull out_status
@@ -287,6 +292,11 @@ void uniffi_sotto_ffi_fn_method_sottoclient_ack_event(uint64_t ptr, uint64_t seq
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ADDRESS
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ADDRESS
 RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_address(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_BLOCK
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_BLOCK
+void uniffi_sotto_ffi_fn_method_sottoclient_block(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_CONFIRM_LINK
@@ -317,6 +327,11 @@ uint64_t uniffi_sotto_ffi_fn_method_sottoclient_download_attachment(uint64_t ptr
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_FLUSH
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_FLUSH
 uint64_t uniffi_sotto_ffi_fn_method_sottoclient_flush(uint64_t ptr, uint64_t timeout_ms
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_IS_PRIMARY
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_IS_PRIMARY
+int8_t uniffi_sotto_ffi_fn_method_sottoclient_is_primary(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_IS_VERIFIED
@@ -416,7 +431,7 @@ uint64_t uniffi_sotto_ffi_fn_constructor_device_open_persistent(RustBuffer path,
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_ACCEPT_IDENTITY
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_ACCEPT_IDENTITY
-void uniffi_sotto_ffi_fn_method_device_accept_identity(uint64_t ptr, RustBuffer user, RustBuffer identity_key, RustCallStatus *_Nonnull out_status
+void uniffi_sotto_ffi_fn_method_device_accept_identity(uint64_t ptr, RustBuffer peer, RustBuffer identity_key, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_DECRYPT
@@ -451,7 +466,7 @@ RustBuffer uniffi_sotto_ffi_fn_method_device_identity_key(uint64_t ptr, RustCall
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_MARK_VERIFIED
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_MARK_VERIFIED
-void uniffi_sotto_ffi_fn_method_device_mark_verified(uint64_t ptr, RustBuffer user, RustBuffer identity_key, RustCallStatus *_Nonnull out_status
+void uniffi_sotto_ffi_fn_method_device_mark_verified(uint64_t ptr, RustBuffer peer, RustBuffer identity_key, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_PROCESS_BUNDLE
@@ -466,7 +481,7 @@ int8_t uniffi_sotto_ffi_fn_method_device_rotate_prekeys(uint64_t ptr, RustCallSt
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_SAFETY_NUMBER
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_SAFETY_NUMBER
-uint64_t uniffi_sotto_ffi_fn_method_device_safety_number(uint64_t ptr, RustBuffer user, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_sotto_ffi_fn_method_device_safety_number(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_SET_PADDING
@@ -481,7 +496,7 @@ RustBuffer uniffi_sotto_ffi_fn_method_device_signed_bundle(uint64_t ptr, RustCal
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_VERIFICATION
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_DEVICE_VERIFICATION
-RustBuffer uniffi_sotto_ffi_fn_method_device_verification(uint64_t ptr, RustBuffer user, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_sotto_ffi_fn_method_device_verification(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_CLONE_PREKEYBUNDLE
@@ -936,6 +951,12 @@ uint16_t uniffi_sotto_ffi_checksum_func_version(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ACCEPT_REQUEST
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ACCEPT_REQUEST
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_accept_request(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ACK_EVENT
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ACK_EVENT
 uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_ack_event(void
@@ -945,6 +966,12 @@ uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_ack_event(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ADDRESS
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ADDRESS
 uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_address(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_BLOCK
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_BLOCK
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_block(void
     
 );
 #endif
@@ -981,6 +1008,12 @@ uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_download_attachment(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_FLUSH
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_FLUSH
 uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_flush(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_IS_PRIMARY
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_IS_PRIMARY
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_is_primary(void
     
 );
 #endif

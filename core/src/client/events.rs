@@ -33,16 +33,62 @@ impl std::fmt::Debug for MessageId {
 
 /// An attachment a message refers to (download it with
 /// [`super::Client::download_attachment`]).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AttachmentRef {
     /// The relay blob holding the ciphertext (on the sender's home relay).
     pub blob_id: [u8; 32],
     /// Encoded attachment pointer (key, digest, sizes): secret.
     pub(crate) pointer: Vec<u8>,
-    /// The file name the sender gave.
+    /// The file name the sender gave, made safe to show and to use as the
+    /// last component of a path (see [`sanitize_file_name`]). Still the
+    /// sender's choice: never trust its extension.
     pub file_name: String,
     /// Plaintext size in bytes.
     pub size: u64,
+}
+
+impl PartialEq for AttachmentRef {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        // The pointer holds the attachment key: compared in constant time.
+        self.blob_id == other.blob_id
+            && self.file_name == other.file_name
+            && self.size == other.size
+            && self.pointer.len() == other.pointer.len()
+            && bool::from(self.pointer.ct_eq(&other.pointer))
+    }
+}
+
+impl Eq for AttachmentRef {}
+
+/// Most attachments one message may carry.
+pub const MAX_ATTACHMENTS: usize = 32;
+/// Longest file name kept, in bytes (longer names are cut at a character boundary).
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Makes a sender's file name safe to show and to use as one path component:
+/// only the part after the last `/` or `\`, control and bidirectional-override
+/// characters removed, leading dots and spaces stripped (no `..`, no hidden
+/// files), at most [`MAX_FILE_NAME_BYTES`] bytes; `attachment` if nothing is left.
+pub fn sanitize_file_name(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let mut out = String::with_capacity(last.len().min(MAX_FILE_NAME_BYTES));
+    for c in last.chars() {
+        let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}');
+        if c.is_control() || bidi {
+            continue;
+        }
+        if out.len() + c.len_utf8() > MAX_FILE_NAME_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    let trimmed = out.trim_start_matches(['.', ' ']).trim_end();
+    if trimmed.is_empty() {
+        "attachment".to_string()
+    } else {
+        trimmed.to_string()
+    }
 }
 
 impl std::fmt::Debug for AttachmentRef {
@@ -95,7 +141,7 @@ fn attachment_from_pb(a: &pb::AttachmentRef) -> Result<AttachmentRef> {
     Ok(AttachmentRef {
         blob_id,
         pointer: a.pointer.clone(),
-        file_name: a.file_name.clone(),
+        file_name: sanitize_file_name(&a.file_name),
         size,
     })
 }
@@ -167,6 +213,10 @@ impl DeliveryState {
 pub enum EventKind {
     /// A message from the peer.
     Message(ReceivedMessage),
+    /// A message from a user this user has not accepted yet (a stranger):
+    /// no receipt was sent, the sender's relay was not contacted, and its
+    /// attachments cannot be downloaded until [`super::Client::accept_request`].
+    MessageRequest(ReceivedMessage),
     /// A receipt for messages this user sent.
     Receipt {
         /// Delivered or read.
@@ -210,6 +260,12 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A queued event could not be read back (a damaged row): acknowledge it
+    /// like any other; the queue never stalls on it.
+    Unreadable {
+        /// Why (no content).
+        reason: String,
+    },
 }
 
 /// One event for the app.
@@ -226,6 +282,11 @@ pub struct Event {
 }
 
 pub(crate) fn message_from_pb(m: &pb::Message) -> Result<ReceivedMessage> {
+    if m.attachments.len() > MAX_ATTACHMENTS {
+        return Err(Error::Malformed {
+            what: "message (too many attachments)",
+        });
+    }
     let attachments = m
         .attachments
         .iter()
@@ -239,7 +300,27 @@ pub(crate) fn message_from_pb(m: &pb::Message) -> Result<ReceivedMessage> {
     })
 }
 
+/// Most message ids one receipt may name.
+pub const MAX_RECEIPT_IDS: usize = 1_000;
+
 impl Event {
+    /// A stored event as the app sees it: a row that cannot be decoded
+    /// becomes [`EventKind::Unreadable`] with its sequence number, so the app
+    /// acknowledges it and the queue moves on.
+    pub(crate) fn from_stored(seq: u64, stored: Result<pb::ClientEvent>) -> Self {
+        match stored.and_then(|e| Self::from_pb(&e)) {
+            Ok(e) => e,
+            Err(e) => Event {
+                seq,
+                peer: None,
+                peer_device: 0,
+                kind: EventKind::Unreadable {
+                    reason: e.to_string(),
+                },
+            },
+        }
+    }
+
     pub(crate) fn from_pb(e: &pb::ClientEvent) -> Result<Self> {
         use pb::client_event::Kind as K;
         let peer = if e.peer.is_empty() {
@@ -250,6 +331,7 @@ impl Event {
         let corrupt = Error::CorruptRecord { table: "app" };
         let kind = match e.kind.as_ref().ok_or(corrupt)? {
             K::Message(m) => EventKind::Message(message_from_pb(m)?),
+            K::MessageRequest(m) => EventKind::MessageRequest(message_from_pb(m)?),
             K::Receipt(r) => EventKind::Receipt {
                 kind: if r.kind == pb::receipt::Kind::Read as i32 {
                     ReceiptKind::Read

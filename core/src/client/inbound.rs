@@ -1,24 +1,54 @@
 //! Processing one envelope from this device's mailbox: the sans-IO half of
 //! receiving. Everything an envelope causes (ratchet step, de-duplication
-//! marks, events for the app, receipts and retries to send) commits in ONE
+//! marks, events for the app, receipts and repairs to send) commits in ONE
 //! store transaction; the caller acknowledges the envelope to the relay only
 //! after that commit. So a crash before the commit redelivers the envelope
 //! and it is processed as if new; a crash after it redelivers an envelope
 //! marked processed, which is acknowledged quietly.
 //!
-//! An envelope that cannot be decrypted never blocks the mailbox: it becomes
-//! a [`super::events::EventKind::DecryptFailed`] event, a session repair
-//! (fresh session plus a retry request) is queued, and it is acknowledged.
+//! Every byte here is hostile, including the plaintext of a message that
+//! decrypted: a valid tag proves which session sent it, not that it is well
+//! formed or that the sender may say it. So:
+//! - the sender fields of the envelope are a claim; a first (PreKey) message
+//!   must carry the account's certificate for exactly the identity that
+//!   PQXDH authenticates, and a device the pinned list revoked is refused;
+//! - nothing automatic (a repair, a reset, a connection to the sender's
+//!   relay) ever follows from an unauthenticated claim: a failure is an
+//!   event; a retry request goes only to an accepted contact whose device
+//!   the envelope's MAC proves (see [`super::envelope`]), within a
+//!   per-device budget;
+//! - content that decrypted but is invalid commits the ratchet step and
+//!   becomes an event, never a retry loop;
+//! - a stranger's messages are held as a message request (no receipt, no
+//!   relay contact) in bounded number.
 
 use prost::Message as _;
 use sotto_proto::client as pb;
+use sotto_proto::relay::SignedDeviceList;
 
-use super::address::UserAddress;
-use super::records;
+use super::account::DeviceCertificate;
+use super::address::{RelayAddress, UserAddress};
+use super::devices::DeviceList;
+use super::envelope::verify_sender_mac;
+use super::events::{message_from_pb, MAX_RECEIPT_IDS};
+use super::records::{self, ACCEPTED, BLOCKED, STRANGER};
 use crate::device::{Device, DeviceAddress};
 use crate::error::{Error, Result};
+use crate::identity::IdentityKey;
 use crate::session::{MessageKind, PreKeyMessage};
-use crate::store::Store;
+use crate::store::{Store, Txn};
+
+/// Messages (and invalid contents) kept from one stranger before the app
+/// accepts or blocks the request; later ones are dropped.
+pub const MAX_HELD_PER_REQUEST: u32 = 50;
+/// Repair items queued at once per peer device.
+pub(crate) const MAX_PENDING_REPAIRS: usize = 4;
+/// Re-sends of one sent envelope answering retry requests.
+pub(crate) const MAX_RESENDS_PER_ENVELOPE: u32 = 2;
+/// Failure events nobody authenticated (garbage, forged senders) reported in
+/// a burst, and how fast the allowance returns (one per 36 s: 100 an hour).
+pub(crate) const FAILURE_EVENT_BURST: u32 = 100;
+pub(crate) const FAILURE_EVENT_REFILL_MS: u64 = 36_000;
 
 /// What processing decided, for the async layer.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,6 +57,23 @@ pub(crate) struct Outcome {
     pub(crate) events: bool,
     /// New outbox items wait to be sent.
     pub(crate) outbox: bool,
+    /// Devices a newer list removed: their sessions are deleted after the commit.
+    pub(crate) revoked: Vec<DeviceAddress>,
+}
+
+/// Who sent what, as far as it is known before decrypting.
+struct Sender<'a> {
+    me: &'a UserAddress,
+    user: [u8; 32],
+    device: u32,
+    state: u32,
+    now_ms: u64,
+}
+
+impl Sender<'_> {
+    fn is_own_user(&self) -> bool {
+        self.user == self.me.user
+    }
 }
 
 /// Processes one envelope; `Ok` means: acknowledge it to the relay now.
@@ -45,6 +92,17 @@ pub(crate) fn process<S: Store>(
         // Redelivery of an envelope whose effects are committed.
         return Ok(Outcome::default());
     }
+    let unauthenticated = |device: &mut Device<S>, peer: Option<&UserAddress>, d, reason: &str| {
+        finish_failure(
+            device,
+            envelope_id,
+            now_ms,
+            peer,
+            d,
+            reason,
+            Authenticity::Claimed,
+        )
+    };
     let sealed = match pb::Envelope::decode(payload) {
         Ok(pb::Envelope {
             version: 1,
@@ -54,136 +112,195 @@ pub(crate) fn process<S: Store>(
             version: 1,
             body: Some(_),
         }) => {
-            // Link messages are for a device that is still linking; a linked
-            // device ignores strays (acknowledged, nothing else).
+            // Link messages are for a device that is still linking.
+            return unauthenticated(device, None, 0, "unexpected link message");
+        }
+        _ => return unauthenticated(device, None, 0, "malformed envelope"),
+    };
+    let Ok(sender_user) = <[u8; 32]>::try_from(sealed.sender_user.as_slice()) else {
+        return unauthenticated(device, None, 0, "malformed sender");
+    };
+    let sender_device = sealed.sender_device;
+    let from_self = sender_user == me.user;
+    if from_self && sender_device == device.device_id() {
+        return unauthenticated(device, None, 0, "message claims to come from this device");
+    }
+    let contact = device
+        .store_mut()
+        .transaction(|tx| records::contact(tx, &sender_user))?
+        .unwrap_or_default();
+    let state = if from_self { ACCEPTED } else { contact.state };
+    if state == BLOCKED {
+        // The user's decision, not a failure: nothing is decrypted or shown.
+        device
+            .store_mut()
+            .transaction(|tx| records::mark_processed(tx, envelope_id, now_ms))?;
+        return Ok(Outcome::default());
+    }
+    let peer: Option<UserAddress> = if from_self {
+        Some(me.clone())
+    } else {
+        contact.address.parse().ok()
+    };
+    let pinned = records::pinned_list(&contact)?;
+    let addr = DeviceAddress::new(sender_user.to_vec(), sender_device);
+    if pinned.as_ref().is_some_and(|l| l.is_revoked(sender_device)) {
+        device.delete_sessions(&addr)?;
+        return unauthenticated(
+            device,
+            peer.as_ref(),
+            sender_device,
+            "message from a removed device",
+        );
+    }
+    let listed: Option<IdentityKey> = pinned
+        .as_ref()
+        .and_then(|l| l.get(sender_device))
+        .map(|e| e.identity);
+    let Ok(kind) = MessageKind::of(&sealed.message) else {
+        return unauthenticated(device, peer.as_ref(), sender_device, "malformed message");
+    };
+    let mut certified: Option<IdentityKey> = None;
+    if kind == MessageKind::PreKey {
+        let Ok(m) = PreKeyMessage::parse(&sealed.message) else {
+            return unauthenticated(
+                device,
+                peer.as_ref(),
+                sender_device,
+                "malformed prekey message",
+            );
+        };
+        let cert = match sealed
+            .sender_certificate
+            .as_ref()
+            .map(DeviceCertificate::from_pb)
+        {
+            Some(Ok(c)) => c,
+            Some(Err(_)) => {
+                return unauthenticated(
+                    device,
+                    peer.as_ref(),
+                    sender_device,
+                    "invalid device certificate",
+                )
+            }
+            None => {
+                return unauthenticated(
+                    device,
+                    peer.as_ref(),
+                    sender_device,
+                    "first message without a device certificate",
+                )
+            }
+        };
+        if !cert.binds(&sender_user, sender_device, &m.initiator_identity) {
+            return unauthenticated(
+                device,
+                peer.as_ref(),
+                sender_device,
+                "device certificate does not match the sender",
+            );
+        }
+        certified = Some(m.initiator_identity);
+    }
+
+    let sender = Sender {
+        me,
+        user: sender_user,
+        device: sender_device,
+        state,
+        now_ms,
+    };
+    let result = device.decrypt_then(&addr, &sealed.message, now_ms / 1000, |tx, dec| {
+        // A device the pinned list names must use the identity it lists.
+        if let Some(listed) = &listed {
+            if !listed.ct_eq(dec.remote_identity) {
+                return Err(Error::IdentityChanged {
+                    new_identity: Box::new(*dec.remote_identity),
+                });
+            }
+        }
+        records::mark_processed(tx, envelope_id, now_ms)?;
+        apply(tx, &sender, dec.plaintext)
+    });
+    let mut outcome = match result {
+        Ok((_, outcome)) => outcome,
+        Err(Error::DuplicateMessage { .. } | Error::ReplayedPreKeyMessage) => {
+            // A replay (the relay redelivering an acknowledged envelope is
+            // caught above by its processed mark): reported, never repaired.
+            return unauthenticated(device, peer.as_ref(), sender_device, "duplicate message");
+        }
+        Err(Error::IdentityChanged { .. }) => {
+            return identity_changed(device, envelope_id, now_ms, peer.as_ref(), sender_device)
+        }
+        Err(e @ (Error::Storage(_) | Error::CorruptRecord { .. } | Error::Hook(_))) => {
+            return Err(e)
+        }
+        Err(e) => {
+            // Could not decrypt. The sender fields are a claim; the envelope's
+            // MAC (under the static identities, so it survives a lost
+            // session) tells a genuine sender from a forger. Only a genuine,
+            // accepted sender gets a repair: a retry request over the
+            // session we have, or over a fresh one if we lost it, within its
+            // budget. A forged claim is an event and nothing else.
+            let claimed = listed
+                .or(certified)
+                .or(device.contact(&addr)?.map(|c| c.identity));
+            let own = *device.identity();
+            let genuine = match claimed {
+                Some(theirs) => device.sender_mac_key(&theirs, &own).is_ok_and(|k| {
+                    verify_sender_mac(
+                        &k,
+                        &sender_user,
+                        sender_device,
+                        &sealed.message,
+                        &sealed.sender_mac,
+                    )
+                }),
+                None => false,
+            };
+            let authenticity = match (&peer, genuine, state == ACCEPTED) {
+                (Some(p), true, true) => Authenticity::Repair {
+                    peer: p.clone(),
+                    has_session: device.has_session(&addr)?,
+                },
+                (_, true, _) => Authenticity::Genuine,
+                _ => Authenticity::Claimed,
+            };
+            let reason = e.to_string();
             return finish_failure(
                 device,
                 envelope_id,
                 now_ms,
-                None,
-                0,
-                "unexpected link message",
-            );
-        }
-        _ => return finish_failure(device, envelope_id, now_ms, None, 0, "malformed envelope"),
-    };
-    let Ok(sender_user) = <[u8; 32]>::try_from(sealed.sender_user.as_slice()) else {
-        return finish_failure(device, envelope_id, now_ms, None, 0, "malformed sender");
-    };
-    let addr = DeviceAddress::new(sender_user.to_vec(), sealed.sender_device);
-    let known = device
-        .store_mut()
-        .transaction(|tx| records::contact(tx, &sender_user))?;
-    let known_address: Option<UserAddress> = known.as_ref().and_then(|c| c.address.parse().ok());
-
-    // A PreKey message names the initiator's identity: it must be the key the
-    // envelope claims to come from, or anyone could pose as a known user.
-    if let Ok(MessageKind::PreKey) = MessageKind::of(&sealed.message) {
-        match PreKeyMessage::parse(&sealed.message) {
-            Ok(m) if m.initiator_identity.as_bytes()[..32] == sender_user => {}
-            Ok(_) => {
-                return finish_failure(
-                    device,
-                    envelope_id,
-                    now_ms,
-                    known_address.as_ref(),
-                    sealed.sender_device,
-                    "identity does not match the claimed sender",
-                )
-            }
-            Err(_) => {
-                return finish_failure(
-                    device,
-                    envelope_id,
-                    now_ms,
-                    known_address.as_ref(),
-                    sealed.sender_device,
-                    "malformed prekey message",
-                )
-            }
-        }
-    }
-
-    let me = me.clone();
-    let sender_device = sealed.sender_device;
-    let result = device.decrypt_then(&addr, &sealed.message, now_ms / 1000, |tx, plaintext| {
-        records::mark_processed(tx, envelope_id, now_ms)?;
-        let content =
-            pb::Content::decode(plaintext).map_err(|_| Error::Malformed { what: "content" })?;
-        apply(tx, &me, &sender_user, sender_device, content, now_ms)
-    });
-    match result {
-        Ok((_, outcome)) => Ok(outcome),
-        Err(Error::DuplicateMessage { .. }) | Err(Error::ReplayedPreKeyMessage) => {
-            // The same ciphertext twice (a sender retransmission): nothing new.
-            device
-                .store_mut()
-                .transaction(|tx| records::mark_processed(tx, envelope_id, now_ms))?;
-            Ok(Outcome::default())
-        }
-        Err(Error::IdentityChanged { .. }) => device.store_mut().transaction(|tx| {
-            records::mark_processed(tx, envelope_id, now_ms)?;
-            let peer = known_address
-                .as_ref()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            records::push_event(
-                tx,
-                pb::ClientEvent {
-                    peer,
-                    peer_device: sender_device,
-                    kind: Some(pb::client_event::Kind::IdentityChanged(true)),
-                    ..Default::default()
-                },
-            )?;
-            Ok(Outcome {
-                events: true,
-                outbox: false,
-            })
-        }),
-        Err(e @ (Error::Storage(_) | Error::CorruptRecord { .. } | Error::Hook(_))) => Err(e),
-        Err(e) => {
-            let reason = e.to_string();
-            finish_failure(
-                device,
-                envelope_id,
-                now_ms,
-                known_address.as_ref(),
+                peer.as_ref(),
                 sender_device,
                 &reason,
-            )
-            .map(|mut o| {
-                if let Some(peer) = &known_address {
-                    // Repair: a fresh session to that device carrying a retry
-                    // request for this envelope.
-                    let item = pb::OutboxItem {
-                        recipient: peer.to_string(),
-                        content: pb::Content {
-                            sender_relay: String::new(),
-                            body: Some(pb::content::Body::Retry(pb::RetryRequest {
-                                envelope_id: envelope_id.to_vec(),
-                            })),
-                        }
-                        .encode_to_vec(),
-                        only_devices: vec![sender_device],
-                        reset_session: true,
-                        ..Default::default()
-                    };
-                    if device
-                        .store_mut()
-                        .transaction(|tx| records::push_outbox(tx, &item))
-                        .is_ok()
-                    {
-                        o.outbox = true;
-                    }
-                }
-                o
-            })
+                authenticity,
+            );
         }
+    };
+    for revoked in std::mem::take(&mut outcome.revoked) {
+        device.delete_sessions(&revoked)?;
     }
+    Ok(outcome)
 }
 
-/// Records an envelope that yields nothing but a `DecryptFailed` event.
+/// How far the sender of a failed envelope is known.
+enum Authenticity {
+    /// Only claimed (no valid MAC): the event shares a bounded allowance.
+    Claimed,
+    /// The MAC proves the sender device, not an accepted contact.
+    Genuine,
+    /// The MAC proves an accepted contact's device: ask it to re-send.
+    Repair {
+        peer: UserAddress,
+        has_session: bool,
+    },
+}
+
+/// Records an envelope that yields nothing but a failure event; for a
+/// proven, accepted sender also queues a retry request (within its budget).
+/// Failure events nobody authenticated share one bounded allowance.
 fn finish_failure<S: Store>(
     device: &mut Device<S>,
     envelope_id: &[u8; 16],
@@ -191,61 +308,213 @@ fn finish_failure<S: Store>(
     peer: Option<&UserAddress>,
     peer_device: u32,
     reason: &str,
+    authenticity: Authenticity,
+) -> Result<Outcome> {
+    device.store_mut().transaction(|tx| {
+        records::mark_processed(tx, envelope_id, now_ms)?;
+        let mut out = Outcome::default();
+        let reported = match authenticity {
+            Authenticity::Claimed => failure_allowance(tx, reason, now_ms)?,
+            _ => Some(reason.to_string()),
+        };
+        if let Some(reason) = reported {
+            records::push_event(
+                tx,
+                pb::ClientEvent {
+                    peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+                    peer_device,
+                    kind: Some(pb::client_event::Kind::DecryptFailed(reason)),
+                    ..Default::default()
+                },
+            )?;
+            out.events = true;
+        }
+        if let Authenticity::Repair { peer, has_session } = authenticity {
+            out.outbox =
+                queue_retry_request(tx, &peer, peer_device, envelope_id, !has_session, now_ms)?;
+        }
+        Ok(out)
+    })
+}
+
+/// Takes one token of the failure-event allowance; the reason to report
+/// (with the count of failures suppressed since the last report), or `None`
+/// when the allowance is used up.
+fn failure_allowance(tx: &mut impl Txn, reason: &str, now_ms: u64) -> Result<Option<String>> {
+    let mut cfg: pb::ClientConfig = records::get(tx, records::CONFIG)?.ok_or(Error::NoIdentity)?;
+    if cfg.failure_at_ms == 0 {
+        cfg.failure_tokens = FAILURE_EVENT_BURST;
+        cfg.failure_at_ms = now_ms;
+    }
+    let refill = now_ms.saturating_sub(cfg.failure_at_ms) / FAILURE_EVENT_REFILL_MS;
+    if refill > 0 {
+        let tokens = u64::from(cfg.failure_tokens).saturating_add(refill);
+        cfg.failure_tokens = u32::try_from(tokens.min(u64::from(FAILURE_EVENT_BURST)))
+            .unwrap_or(FAILURE_EVENT_BURST);
+        cfg.failure_at_ms = now_ms;
+    }
+    let out = if cfg.failure_tokens == 0 {
+        cfg.failures_suppressed = cfg.failures_suppressed.saturating_add(1);
+        None
+    } else {
+        cfg.failure_tokens -= 1;
+        let suppressed = std::mem::take(&mut cfg.failures_suppressed);
+        Some(if suppressed > 0 {
+            format!("{reason} ({suppressed} earlier failures not reported)")
+        } else {
+            reason.to_string()
+        })
+    };
+    records::put(tx, records::CONFIG, &cfg)?;
+    Ok(out)
+}
+
+/// Queues "please re-send envelope `envelope_id`" to one accepted peer
+/// device (over a fresh session with `reset`, when ours is gone), if its
+/// repair budget allows and not too many are already waiting. Returns true
+/// if one was queued.
+fn queue_retry_request(
+    tx: &mut impl Txn,
+    peer: &UserAddress,
+    device_id: u32,
+    envelope_id: &[u8; 16],
+    reset: bool,
+    now_ms: u64,
+) -> Result<bool> {
+    let recipient = peer.to_string();
+    if records::pending_repairs(tx, &recipient, device_id)? >= MAX_PENDING_REPAIRS {
+        return Ok(false);
+    }
+    let mut contact = records::contact(tx, &peer.user)?.unwrap_or_default();
+    if !records::take_repair_token(&mut contact, device_id, now_ms) {
+        return Ok(false);
+    }
+    records::put_contact(tx, &peer.user, &contact)?;
+    records::push_outbox(
+        tx,
+        &pb::OutboxItem {
+            recipient,
+            content: pb::Content {
+                sender_relay: String::new(),
+                body: Some(pb::content::Body::Retry(pb::RetryRequest {
+                    envelope_id: envelope_id.to_vec(),
+                })),
+            }
+            .encode_to_vec(),
+            only_devices: vec![device_id],
+            reset_session: reset,
+            repair: true,
+            ..Default::default()
+        },
+    )?;
+    Ok(true)
+}
+
+/// The `IdentityChanged` event: a device presented an identity other than
+/// the one its account certified or this device recorded. Never repaired.
+fn identity_changed<S: Store>(
+    device: &mut Device<S>,
+    envelope_id: &[u8; 16],
+    now_ms: u64,
+    peer: Option<&UserAddress>,
+    peer_device: u32,
 ) -> Result<Outcome> {
     device.store_mut().transaction(|tx| {
         records::mark_processed(tx, envelope_id, now_ms)?;
         records::push_event(
             tx,
             pb::ClientEvent {
-                peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+                peer: peer.map(|a| a.to_string()).unwrap_or_default(),
                 peer_device,
-                kind: Some(pb::client_event::Kind::DecryptFailed(reason.to_string())),
+                kind: Some(pb::client_event::Kind::IdentityChanged(true)),
                 ..Default::default()
             },
         )?;
         Ok(Outcome {
             events: true,
-            outbox: false,
+            ..Outcome::default()
         })
     })
 }
 
-/// Applies decrypted content inside the decrypt's transaction.
-fn apply(
-    tx: &mut impl crate::store::Txn,
-    me: &UserAddress,
-    sender_user: &[u8; 32],
-    sender_device: u32,
-    content: pb::Content,
-    now_ms: u64,
+/// Content that decrypted but may not be used: the ratchet step commits and
+/// the app hears of it (bounded for strangers), nothing else happens.
+fn invalid_content(
+    tx: &mut impl Txn,
+    sender: &Sender<'_>,
+    peer: Option<&UserAddress>,
+    why: &str,
 ) -> Result<Outcome> {
-    let _ = now_ms;
-    // Learn (or confirm) the sender's home relay for replies.
-    let peer: UserAddress = if content.sender_relay.is_empty() {
-        let c = records::contact(tx, sender_user)?;
-        match c.and_then(|c| c.address.parse().ok()) {
-            Some(a) => a,
+    if sender.state == STRANGER && !sender.is_own_user() && !count_held(tx, sender)? {
+        return Ok(Outcome::default());
+    }
+    records::push_event(
+        tx,
+        pb::ClientEvent {
+            peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+            peer_device: sender.device,
+            kind: Some(pb::client_event::Kind::DecryptFailed(format!(
+                "invalid content: {why}"
+            ))),
+            ..Default::default()
+        },
+    )?;
+    Ok(Outcome {
+        events: true,
+        ..Outcome::default()
+    })
+}
+
+/// Counts one more item held for a stranger's request; false when the
+/// request is full (the item is dropped).
+fn count_held(tx: &mut impl Txn, sender: &Sender<'_>) -> Result<bool> {
+    let mut c = records::contact(tx, &sender.user)?.unwrap_or_default();
+    if c.held >= MAX_HELD_PER_REQUEST {
+        return Ok(false);
+    }
+    c.held += 1;
+    records::put_contact(tx, &sender.user, &c)?;
+    Ok(true)
+}
+
+/// Applies decrypted content inside the decrypt's transaction. Anything
+/// invalid becomes an event; only a local failure is an `Err` (which rolls
+/// the whole envelope back for a later retry).
+fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Outcome> {
+    let mut contact = records::contact(tx, &sender.user)?.unwrap_or_default();
+    let known_peer: Option<UserAddress> = if sender.is_own_user() {
+        Some(sender.me.clone())
+    } else {
+        contact.address.parse().ok()
+    };
+    let Ok(content) = pb::Content::decode(plaintext) else {
+        return invalid_content(tx, sender, known_peer.as_ref(), "undecodable");
+    };
+    // Learn (or confirm) the sender's home relay for replies. A stranger's
+    // relay is only recorded: nothing connects to it until the user accepts.
+    let peer = if content.sender_relay.is_empty() || sender.is_own_user() {
+        match known_peer {
+            Some(p) => p,
             None => {
-                return Err(Error::Malformed {
-                    what: "content without sender relay from an unknown user",
-                })
+                return invalid_content(tx, sender, None, "no sender relay from an unknown user")
             }
         }
     } else {
-        UserAddress {
-            user: *sender_user,
-            relay: content.sender_relay.parse()?,
+        match content.sender_relay.parse::<RelayAddress>() {
+            Ok(relay) => UserAddress {
+                user: sender.user,
+                relay,
+            },
+            Err(_) => return invalid_content(tx, sender, known_peer.as_ref(), "bad sender relay"),
         }
     };
-    let mut contact = records::contact(tx, sender_user)?.unwrap_or_default();
-    if contact.address != peer.to_string() {
+    if !sender.is_own_user() && contact.address != peer.to_string() {
         contact.address = peer.to_string();
-        records::put_contact(tx, sender_user, &contact)?;
+        records::put_contact(tx, &sender.user, &contact)?;
     }
-    let from_self = sender_user == &me.user;
     let event = |kind| pb::ClientEvent {
         peer: peer.to_string(),
-        peer_device: sender_device,
+        peer_device: sender.device,
         kind: Some(kind),
         ..Default::default()
     };
@@ -253,80 +522,168 @@ fn apply(
     use pb::client_event::Kind as K;
     match content.body {
         Some(pb::content::Body::Message(m)) => {
-            let _ = super::events::message_from_pb(&m)?; // validate before storing
-            if records::first_sight(tx, sender_user, &m.id)? {
+            if sender.is_own_user() {
+                return invalid_content(tx, sender, Some(&peer), "message from this user's device");
+            }
+            if message_from_pb(&m).is_err() {
+                return invalid_content(tx, sender, Some(&peer), "invalid message");
+            }
+            if !records::first_sight(tx, &sender.user, &m.id, sender.now_ms)? {
+                return Ok(out);
+            }
+            if sender.state == ACCEPTED {
                 // A delivered receipt to every device of the sender.
-                let receipt = pb::OutboxItem {
-                    recipient: peer.to_string(),
-                    content: receipt_content(me, pb::receipt::Kind::Delivered, vec![m.id.clone()]),
-                    ..Default::default()
-                };
-                records::push_outbox(tx, &receipt)?;
+                records::push_outbox(
+                    tx,
+                    &pb::OutboxItem {
+                        recipient: peer.to_string(),
+                        content: receipt_content(
+                            sender.me,
+                            pb::receipt::Kind::Delivered,
+                            vec![m.id.clone()],
+                        ),
+                        ..Default::default()
+                    },
+                )?;
                 out.outbox = true;
                 records::push_event(tx, event(K::Message(m)))?;
+                out.events = true;
+            } else if count_held(tx, sender)? {
+                records::hold(tx, &sender.user, &m.id)?;
+                records::push_event(tx, event(K::MessageRequest(m)))?;
                 out.events = true;
             }
         }
         Some(pb::content::Body::Receipt(r)) => {
-            let state = if r.kind == pb::receipt::Kind::Read as i32 {
-                3
-            } else {
-                2
+            let state = match pb::receipt::Kind::try_from(r.kind) {
+                Ok(pb::receipt::Kind::Delivered) => 2,
+                Ok(pb::receipt::Kind::Read) => 3,
+                Err(_) => return invalid_content(tx, sender, Some(&peer), "unknown receipt kind"),
             };
+            if r.message_ids.len() > MAX_RECEIPT_IDS || r.message_ids.iter().any(|i| i.len() != 16)
+            {
+                return invalid_content(tx, sender, Some(&peer), "invalid receipt");
+            }
+            // Only for messages that went to this very device.
+            let mut matched = Vec::new();
             for id in &r.message_ids {
-                if records::raise_delivery(tx, id, sender_user, sender_device, state)? {
+                let rec = records::delivery(tx, id)?;
+                if !rec
+                    .devices
+                    .iter()
+                    .any(|d| d.user == sender.user && d.device_id == sender.device)
+                {
+                    continue;
+                }
+                if records::raise_delivery(
+                    tx,
+                    id,
+                    &sender.user,
+                    sender.device,
+                    state,
+                    sender.now_ms,
+                )? {
                     let mut e = event(K::Delivery(pb::DeviceDelivery {
-                        user: sender_user.to_vec(),
-                        device_id: sender_device,
+                        user: sender.user.to_vec(),
+                        device_id: sender.device,
                         state,
                     }));
                     e.message_id = id.clone();
                     records::push_event(tx, e)?;
                 }
+                matched.push(id.clone());
             }
-            records::push_event(tx, event(K::Receipt(r)))?;
-            out.events = true;
+            if !matched.is_empty() {
+                records::push_event(
+                    tx,
+                    event(K::Receipt(pb::Receipt {
+                        kind: r.kind,
+                        message_ids: matched,
+                    })),
+                )?;
+                out.events = true;
+            }
         }
         Some(pb::content::Body::Retry(r)) => {
-            // Only the device the envelope went to may ask for it again.
-            if let Some(entry) = records::sent(tx, &r.envelope_id)? {
-                if entry.recipient_user == sender_user.as_slice()
-                    && entry.recipient_device == sender_device
+            if sender.state != ACCEPTED {
+                return Ok(out);
+            }
+            // Only the device the envelope went to may ask for it again,
+            // and only a few times.
+            if let Some(mut entry) = records::sent(tx, &r.envelope_id)? {
+                if entry.recipient_user == sender.user.as_slice()
+                    && entry.recipient_device == sender.device
+                    && entry.retries < MAX_RESENDS_PER_ENVELOPE
                 {
+                    entry.retries += 1;
+                    if let Ok(id) = <[u8; 16]>::try_from(r.envelope_id.as_slice()) {
+                        records::log_sent(tx, &id, &entry)?;
+                    }
+                    let mut c = records::contact(tx, &sender.user)?.unwrap_or_default();
+                    let reset = records::take_repair_token(&mut c, sender.device, sender.now_ms);
+                    records::put_contact(tx, &sender.user, &c)?;
                     records::push_outbox(
                         tx,
                         &pb::OutboxItem {
                             recipient: entry.recipient.clone(),
                             content: entry.content.clone(),
-                            only_devices: vec![sender_device],
-                            to_own_devices: false,
+                            only_devices: vec![sender.device],
+                            reset_session: reset,
+                            repair: true,
                             ..Default::default()
                         },
                     )?;
                     out.outbox = true;
                 }
             }
-            records::push_event(tx, event(K::SessionReset(true)))?;
-            out.events = true;
         }
-        Some(pb::content::Body::SentSync(s)) if from_self => {
-            if let Some(m) = &s.message {
-                let _ = super::events::message_from_pb(m)?;
-                if records::first_sight(tx, sender_user, &m.id)? {
-                    records::push_event(tx, event(K::SentSync(s)))?;
-                    out.events = true;
+        Some(pb::content::Body::SentSync(s)) => {
+            if !sender.is_own_user() {
+                return invalid_content(tx, sender, Some(&peer), "sent sync from another user");
+            }
+            let Ok(recipient) = s.recipient.parse::<UserAddress>() else {
+                return invalid_content(tx, sender, Some(&peer), "sent sync recipient");
+            };
+            let Some(m) = &s.message else {
+                return invalid_content(tx, sender, Some(&peer), "sent sync without message");
+            };
+            if message_from_pb(m).is_err() {
+                return invalid_content(tx, sender, Some(&peer), "invalid message");
+            }
+            if records::first_sight(tx, &sender.user, &m.id, sender.now_ms)? {
+                // This user wrote to them from another device: a contact.
+                if recipient.user != sender.me.user {
+                    let mut c = records::contact(tx, &recipient.user)?.unwrap_or_default();
+                    if c.state != BLOCKED {
+                        c.state = ACCEPTED;
+                        c.address = recipient.to_string();
+                        records::put_contact(tx, &recipient.user, &c)?;
+                    }
                 }
+                records::push_event(tx, event(K::SentSync(s)))?;
+                out.events = true;
             }
         }
-        Some(pb::content::Body::SentSync(_)) => {
-            return Err(Error::Malformed {
-                what: "sent sync from another user",
-            })
+        Some(pb::content::Body::DeviceListChanged(c)) => {
+            let Ok(signed) = SignedDeviceList::decode(c.signed_list.as_slice()) else {
+                return invalid_content(tx, sender, Some(&peer), "undecodable device list");
+            };
+            let list = match DeviceList::verify(&sender.user, &signed) {
+                Ok(l) => l,
+                Err(_) => return invalid_content(tx, sender, Some(&peer), "invalid device list"),
+            };
+            match records::apply_list(tx, &peer, &list, sender.now_ms) {
+                Ok(applied) => {
+                    out.events |= applied.events;
+                    out.revoked = applied.revoked;
+                }
+                Err(Error::DeviceListRejected(why)) => {
+                    return invalid_content(tx, sender, Some(&peer), why)
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Some(pb::content::Body::DeviceListChanged(_)) => {
-            // The next send refreshes the list; nothing to store.
-        }
-        None => return Err(Error::Malformed { what: "content" }),
+        None => return invalid_content(tx, sender, Some(&peer), "no body"),
     }
     Ok(out)
 }
@@ -348,175 +705,4 @@ pub(crate) fn receipt_content(
 }
 
 #[cfg(test)]
-mod tests {
-    //! The receive state machine under a hostile network: envelopes delivered
-    //! in random order, redelivered (ack lost), and the receiver restarted
-    //! from its store at random points. Every message must surface exactly
-    //! once, and nothing may become a decrypt failure.
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use proptest::prelude::*;
-    use rand_core::OsRng;
-
-    use super::*;
-    use crate::client::address::RelayAddress;
-    use crate::prekeys::PrekeyBundle;
-    use crate::store::memory::MemoryStore;
-    use crate::store::Txn as _;
-
-    fn user(device: &Device<MemoryStore>) -> UserAddress {
-        let mut u = [0u8; 32];
-        u.copy_from_slice(&device.identity().as_bytes()[..32]);
-        UserAddress {
-            user: u,
-            relay: RelayAddress::new("127.0.0.1:1".parse().unwrap(), [7; 32]),
-        }
-    }
-
-    fn with_config(mut d: Device<MemoryStore>) -> Device<MemoryStore> {
-        d.store_mut()
-            .transaction(|tx| {
-                records::put(
-                    tx,
-                    records::CONFIG,
-                    &pb::ClientConfig {
-                        version: 1,
-                        next_seq: 1,
-                        ..Default::default()
-                    },
-                )
-            })
-            .unwrap();
-        d
-    }
-
-    /// Alice's `n` messages to Bob as relay envelopes `(id, payload)`.
-    /// Relay envelopes as `(id, payload)`.
-    type Envelopes = Vec<([u8; 16], Vec<u8>)>;
-
-    fn conversation(n: usize) -> (Device<MemoryStore>, UserAddress, Envelopes) {
-        let mut alice = Device::create(MemoryStore::new(), 1, 0, &mut OsRng).unwrap();
-        let mut bob = with_config(Device::create(MemoryStore::new(), 1, 0, &mut OsRng).unwrap());
-        let (a, b) = (user(&alice), user(&bob));
-        let blob = bob.signed_bundle().unwrap();
-        let bundle = PrekeyBundle::assemble(&blob, None, None).unwrap();
-        let bob_addr = DeviceAddress::new(b.user.to_vec(), 1);
-        alice
-            .process_bundle(&bob_addr, &bundle, 0, &mut OsRng)
-            .unwrap();
-        let mut envelopes = Vec::new();
-        for i in 0..n {
-            let content = pb::Content {
-                sender_relay: a.relay.to_string(),
-                body: Some(pb::content::Body::Message(pb::Message {
-                    id: vec![i as u8; 16],
-                    sent_at_ms: 0,
-                    text: format!("m{i}"),
-                    attachments: vec![],
-                })),
-            }
-            .encode_to_vec();
-            let m = alice.encrypt(&bob_addr, &content, &mut OsRng).unwrap();
-            let payload = pb::Envelope {
-                version: 1,
-                body: Some(pb::envelope::Body::Sealed(pb::Sealed {
-                    sender_user: a.user.to_vec(),
-                    sender_device: 1,
-                    message: m.bytes,
-                })),
-            }
-            .encode_to_vec();
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&1_000u64.to_be_bytes());
-            id[8..].copy_from_slice(&(i as u64).to_be_bytes());
-            envelopes.push((id, payload));
-        }
-        (bob, b, envelopes)
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-        #[test]
-        fn every_message_surfaces_exactly_once(
-            n in 1usize..12,
-            steps in proptest::collection::vec((0usize..64, 0u8..4), 0..60),
-        ) {
-            let (mut bob, me, envelopes) = conversation(n);
-            // The relay's view: envelopes not yet acknowledged, in FIFO order.
-            let mut pending: Vec<usize> = (0..n).collect();
-            for (pick, action) in steps {
-                if pending.is_empty() {
-                    break;
-                }
-                let i = pending[pick % pending.len()];
-                let (id, payload) = &envelopes[i];
-                match action {
-                    // Deliver and acknowledge.
-                    0 | 1 => {
-                        process(&mut bob, &me, id, payload, 1_000).unwrap();
-                        pending.retain(|&p| p != i);
-                    }
-                    // Deliver, but the ack is lost: it will come again.
-                    2 => {
-                        process(&mut bob, &me, id, payload, 1_000).unwrap();
-                    }
-                    // The receiver restarts from its store.
-                    _ => {
-                        let store = bob.into_store();
-                        bob = Device::open(store).unwrap();
-                    }
-                }
-            }
-            for i in pending {
-                let (id, payload) = &envelopes[i];
-                process(&mut bob, &me, id, payload, 1_000).unwrap();
-            }
-            let events = bob.store_mut().transaction(|tx| records::events(tx, 10_000)).unwrap();
-            let mut texts = Vec::new();
-            for e in events {
-                match e.kind {
-                    Some(pb::client_event::Kind::Message(m)) => texts.push(m.text),
-                    other => panic!("unexpected event {other:?}"),
-                }
-            }
-            texts.sort();
-            let mut want: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
-            want.sort();
-            prop_assert_eq!(texts, want);
-            // Each message produced exactly one delivered receipt.
-            let receipts = bob.store_mut().transaction(|tx| records::outbox(tx)).unwrap();
-            prop_assert_eq!(receipts.len(), n);
-        }
-    }
-
-    #[test]
-    fn garbage_envelopes_are_failures_not_panics_and_are_acked() {
-        let (mut bob, me, envelopes) = conversation(1);
-        for junk in [
-            &b""[..],
-            b"\x08\x01",
-            b"\xff\xff\xff",
-            &envelopes[0].1[..20],
-        ] {
-            let o = process(&mut bob, &me, &[9; 16], junk, 1_000).unwrap();
-            assert!(o.events);
-            // Redelivery of the same junk: already processed, nothing new.
-            assert_eq!(
-                process(&mut bob, &me, &[9; 16], junk, 1_000).unwrap(),
-                Outcome::default()
-            );
-            bob.store_mut()
-                .transaction(|tx| {
-                    tx.delete(
-                        crate::store::Table::App,
-                        &[b"in/".as_slice(), &[9; 16]].concat(),
-                    )
-                })
-                .unwrap();
-        }
-        // The real message still decrypts afterwards.
-        let (id, payload) = &envelopes[0];
-        assert!(process(&mut bob, &me, id, payload, 1_000).unwrap().events);
-    }
-}
+mod tests;

@@ -1,48 +1,61 @@
 //! Linking a new device to an existing user, confirmed on both screens.
+//! No secret key ever crosses: the new device keeps the identity it made,
+//! and the primary device (the only one holding the account key) certifies it.
 //!
-//! 1. The new device creates its mailbox key and a one-off X25519 link key,
-//!    connects to the user's home relay and shows a link code (text or QR):
-//!    `link:` + mailbox key hex + link public key hex.
-//! 2. The existing device reads the code, picks an ephemeral X25519 key,
-//!    sends `LinkOffer{ephemeral}` to the new device's mailbox, and both
-//!    derive the link key and six confirmation digits from the shared secret.
-//!    Both screens show the digits; a swapped code gives different digits.
-//! 3. Once the user confirms on the existing device, it sends `LinkGrant`:
-//!    the identity secrets and the new device id, sealed with the link key.
-//! 4. Once the user confirms on the new device, it opens the grant, creates
-//!    its device with the shared identity, publishes its prekeys and then
-//!    the user's device list with itself added (signed by the identity key),
-//!    so contacts only see it once it can receive.
+//! 1. The new device N creates its mailbox key `M`, a one-off X25519 link
+//!    key `L` and its own device identity `IK_N`, connects to the user's
+//!    home relay and shows a link code (text or QR):
+//!    `link:` + hex(M) + hex(L) + hex(IK_N).
+//! 2. The primary device P reads the code, picks the next device id from
+//!    the user's list and an ephemeral X25519 key `E`, and sends
+//!    `LinkOffer{E, device_id}` to `M`. Both derive the link key and six
+//!    confirmation digits from the shared secret, `M`, `L`, `E`, `IK_N` and
+//!    the device id; both screens show the digits, and a swapped code or
+//!    offer gives different ones.
+//! 3. Once the user confirms on P, it signs a device list with N added
+//!    (version + 1) and a certificate for `IK_N`, and sends them in
+//!    `LinkGrant`, sealed with the link key.
+//! 4. Once the user confirms on N, it opens the grant, checks that both
+//!    name exactly its own identity, mailbox and id, creates its device,
+//!    publishes its prekeys and then the signed list, so contacts only see
+//!    it once it can receive.
 //!
-//! Key derivation: `HKDF-SHA256(ikm = X25519(link, ephemeral), salt = empty,
-//! info = "sotto-link/v1" || mailbox || link public || ephemeral public)`,
-//! 40 bytes: a ChaCha20-Poly1305 key (32) and the digits (8, as a big-endian
-//! u64 modulo 1,000,000, zero-padded to six).
+//! Junk on the way (undecodable offers, grants that do not open) is skipped,
+//! never fatal; a list that would re-use a device id is never produced.
+//!
+//! Key derivation: `HKDF-SHA256(ikm = X25519(L, E), salt = empty, info =
+//! "sotto-link/v2" || M || L_pub || E_pub || IK_N || u32be(device_id))`, 40
+//! bytes: a ChaCha20-Poly1305 key (32) and the digits (8, as a big-endian
+//! u64 modulo 1,000,000, zero-padded to six). The grant is sealed with a
+//! random 12-byte nonce and associated data `"sotto-link/v2 grant" || M`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use ed25519_dalek::SigningKey;
 use prost::Message as _;
 use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
 use sotto_proto::client as pb;
+use sotto_proto::relay::SignedDeviceList;
 use sotto_relay::{MailboxId, Pushed, RelayClient};
 use x25519_dalek::{PublicKey, StaticSecret};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use super::address::{hex_lower, parse_hex32, RelayAddress};
-use super::devices::DeviceEntry;
+use super::account::DeviceCertificate;
+use super::address::{hex_lower, parse_hex32, RelayAddress, UserAddress};
+use super::devices::{DeviceEntry, DeviceList};
 use super::{outbound, Client};
 use crate::device::{unix_now, Device};
 use crate::error::{Error, Result};
-use crate::identity::IdentityKeyPair;
+use crate::identity::{IdentityKey, IdentityKeyPair};
 use crate::store::Store;
 
 const CODE_PREFIX: &str = "link:";
-const INFO: &[u8] = b"sotto-link/v1";
+const INFO: &[u8] = b"sotto-link/v2";
+const GRANT_AD: &[u8] = b"sotto-link/v2 grant";
 
 /// Link key and confirmation digits.
 struct LinkSecret {
@@ -50,16 +63,22 @@ struct LinkSecret {
     digits: String,
 }
 
-fn derive(
-    shared: &[u8; 32],
-    mailbox: &[u8; 32],
-    link: &[u8; 32],
-    eph: &[u8; 32],
-) -> Result<LinkSecret> {
+/// The public values both sides bind into the link key.
+struct Transcript<'a> {
+    mailbox: &'a [u8; 32],
+    link: &'a [u8; 32],
+    eph: &'a [u8; 32],
+    identity: &'a IdentityKey,
+    device_id: u32,
+}
+
+fn derive(shared: &[u8; 32], t: &Transcript<'_>) -> Result<LinkSecret> {
     let mut info = INFO.to_vec();
-    info.extend_from_slice(mailbox);
-    info.extend_from_slice(link);
-    info.extend_from_slice(eph);
+    info.extend_from_slice(t.mailbox);
+    info.extend_from_slice(t.link);
+    info.extend_from_slice(t.eph);
+    info.extend_from_slice(t.identity.as_bytes());
+    info.extend_from_slice(&t.device_id.to_be_bytes());
     let mut okm = Zeroizing::new([0u8; 40]);
     hkdf::Hkdf::<Sha256>::new(None, shared)
         .expand(&info, okm.as_mut())
@@ -82,14 +101,25 @@ fn agree(secret: &StaticSecret, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>
     Ok(Zeroizing::new(shared.to_bytes()))
 }
 
+fn grant_ad(mailbox: &[u8; 32]) -> Vec<u8> {
+    [GRANT_AD, mailbox.as_slice()].concat()
+}
+
+/// An offer accepted on the new device: the link key and the id assigned.
+struct Offer {
+    secret: LinkSecret,
+    device_id: u32,
+}
+
 /// A device being linked (the new device's side).
 pub struct Linking<S: Store + Send + 'static> {
     store: Option<S>,
     home: RelayAddress,
     mailbox: SigningKey,
     link: StaticSecret,
+    identity: IdentityKeyPair,
     conn: Arc<RelayClient>,
-    secret: Option<LinkSecret>,
+    offer: Option<Offer>,
     subscription: Option<sotto_relay::Subscription>,
 }
 
@@ -106,6 +136,7 @@ impl<S: Store + Send + 'static> Linking<S> {
     pub async fn start(store: S, home: RelayAddress) -> Result<Self> {
         let mailbox = SigningKey::generate(&mut OsRng);
         let link = StaticSecret::random_from_rng(OsRng);
+        let identity = IdentityKeyPair::generate(&mut OsRng);
         let conn = super::relays::Relays::new(mailbox.clone())
             .get(&home)
             .await?;
@@ -114,26 +145,30 @@ impl<S: Store + Send + 'static> Linking<S> {
             home,
             mailbox,
             link,
+            identity,
             conn,
-            secret: None,
+            offer: None,
             subscription: None,
         })
     }
 
-    /// The code to show (as text or QR) to the existing device.
+    /// The code to show (as text or QR) to the primary device.
     pub fn code(&self) -> String {
         format!(
-            "{CODE_PREFIX}{}{}",
+            "{CODE_PREFIX}{}{}{}",
             hex_lower(self.mailbox.verifying_key().as_bytes()),
-            hex_lower(PublicKey::from(&self.link).as_bytes())
+            hex_lower(PublicKey::from(&self.link).as_bytes()),
+            hex_lower(self.identity.public().as_bytes())
         )
     }
 
-    async fn next_link_body(&mut self, timeout: Duration) -> Result<pb::envelope::Body> {
+    async fn next_link_body(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<pb::envelope::Body> {
         if self.subscription.is_none() {
             self.subscription = Some(self.conn.subscribe().await?);
         }
-        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let sub = self.subscription.as_mut().ok_or(Error::Timeout)?;
             let push = tokio::time::timeout_at(deadline, sub.next())
@@ -161,95 +196,166 @@ impl<S: Store + Send + 'static> Linking<S> {
         }
     }
 
-    /// Step 2: waits for the existing device's offer; returns the six digits
-    /// to compare with the ones it shows.
+    /// Step 2: waits for the primary device's offer; returns the six digits
+    /// to compare with the ones it shows. Offers that do not parse are
+    /// skipped; a later valid offer replaces an earlier one.
     pub async fn wait_offer(&mut self, timeout: Duration) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let pb::envelope::Body::LinkOffer(o) = self.next_link_body(timeout).await? {
-                let eph = <[u8; 32]>::try_from(o.ephemeral.as_slice())
-                    .map_err(|_| Error::Malformed { what: "link offer" })?;
-                let shared = agree(&self.link, &eph)?;
-                let secret = derive(
-                    &shared,
-                    self.mailbox.verifying_key().as_bytes(),
-                    PublicKey::from(&self.link).as_bytes(),
-                    &eph,
-                )?;
-                let digits = secret.digits.clone();
-                self.secret = Some(secret);
-                return Ok(digits);
-            }
+            let pb::envelope::Body::LinkOffer(o) = self.next_link_body(deadline).await? else {
+                continue;
+            };
+            let Ok(eph) = <[u8; 32]>::try_from(o.ephemeral.as_slice()) else {
+                continue;
+            };
+            let Ok(shared) = agree(&self.link, &eph) else {
+                continue;
+            };
+            let secret = derive(
+                &shared,
+                &Transcript {
+                    mailbox: self.mailbox.verifying_key().as_bytes(),
+                    link: PublicKey::from(&self.link).as_bytes(),
+                    eph: &eph,
+                    identity: self.identity.public(),
+                    device_id: o.device_id,
+                },
+            )?;
+            let digits = secret.digits.clone();
+            self.offer = Some(Offer {
+                secret,
+                device_id: o.device_id,
+            });
+            return Ok(digits);
         }
     }
 
-    /// Step 4: the user confirmed the digits here; waits for the grant and
-    /// becomes a full client of the user.
-    pub async fn finish(mut self, timeout: Duration) -> Result<Client<S>> {
-        let secret = self
-            .secret
-            .take()
-            .ok_or(Error::InvalidArgument("no offer yet"))?;
-        let grant = loop {
-            if let pb::envelope::Body::LinkGrant(g) = self.next_link_body(timeout).await? {
-                break g;
-            }
-        };
-        let nonce: [u8; 12] = grant
-            .nonce
+    /// Opens and checks a grant; `None` if it is not one for this link.
+    fn open_grant(&self, offer: &Offer, grant: &pb::LinkGrant) -> Option<Result<Granted>> {
+        let nonce: [u8; 12] = grant.nonce.as_slice().try_into().ok()?;
+        let mailbox = self.mailbox.verifying_key().to_bytes();
+        let plain = Zeroizing::new(
+            ChaCha20Poly1305::new(Key::from_slice(offer.secret.key.as_ref()))
+                .decrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: &grant.ciphertext,
+                        aad: &grant_ad(&mailbox),
+                    },
+                )
+                .ok()?,
+        );
+        // From here on the grant is authentic (only the primary holds the
+        // link key): anything wrong in it is an error, not junk.
+        Some(self.check_grant(offer, &plain, &mailbox))
+    }
+
+    fn check_grant(&self, offer: &Offer, plain: &[u8], mailbox: &[u8; 32]) -> Result<Granted> {
+        let bad = |what| Error::Malformed { what };
+        let body = pb::LinkGrantBody::decode(plain).map_err(|_| bad("link grant"))?;
+        let account: [u8; 32] = body
+            .account_key
             .as_slice()
             .try_into()
-            .map_err(|_| Error::Malformed { what: "link grant" })?;
-        let plain = Zeroizing::new(
-            ChaCha20Poly1305::new(Key::from_slice(secret.key.as_ref()))
-                .decrypt(Nonce::from_slice(&nonce), grant.ciphertext.as_slice())
-                .map_err(|_| Error::DecryptFailed)?,
-        );
-        let mut secrets =
-            pb::LinkSecrets::decode(plain.as_slice()).map_err(|_| Error::Malformed {
-                what: "link secrets",
-            })?;
-        let identity = IdentityKeyPair::from_secret_bytes(
-            &secrets.identity_signing_secret,
-            &secrets.identity_dh_secret,
-        );
-        secrets.identity_signing_secret.zeroize();
-        secrets.identity_dh_secret.zeroize();
-        let identity = identity?;
+            .map_err(|_| bad("link grant account"))?;
+        let certificate = body
+            .certificate
+            .as_ref()
+            .ok_or(bad("link grant certificate"))
+            .and_then(DeviceCertificate::from_pb)?;
+        if !certificate.binds(&account, offer.device_id, self.identity.public()) {
+            return Err(bad("link grant certificate"));
+        }
+        let signed = SignedDeviceList::decode(body.signed_list.as_slice())
+            .map_err(|_| bad("link grant list"))?;
+        let list = DeviceList::verify(&account, &signed)?;
+        match list.get(offer.device_id) {
+            Some(e) if e.mailbox.0 == *mailbox && e.identity.ct_eq(self.identity.public()) => {}
+            _ => return Err(bad("link grant list")),
+        }
+        if body.contacts.len() > MAX_GRANTED_CONTACTS {
+            return Err(bad("link grant contacts"));
+        }
+        let contacts = body
+            .contacts
+            .iter()
+            .filter_map(|c| c.parse::<UserAddress>().ok())
+            .collect();
+        Ok(Granted {
+            account,
+            certificate,
+            signed,
+            list,
+            contacts,
+        })
+    }
+
+    /// Step 4: the user confirmed the digits here; waits for the grant and
+    /// becomes a full client of the user. Grants that do not open with this
+    /// link's key are skipped.
+    pub async fn finish(mut self, timeout: Duration) -> Result<Client<S>> {
+        let offer = self
+            .offer
+            .take()
+            .ok_or(Error::InvalidArgument("no offer yet"))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let granted = loop {
+            let pb::envelope::Body::LinkGrant(g) = self.next_link_body(deadline).await? else {
+                continue;
+            };
+            if let Some(r) = self.open_grant(&offer, &g) {
+                break r?;
+            }
+        };
         let store = self
             .store
             .take()
             .ok_or(Error::InvalidArgument("already finished"))?;
         let device = Device::create_with_identity(
             store,
-            identity,
-            secrets.device_id,
+            self.identity.clone(),
+            offer.device_id,
             unix_now(),
             &mut OsRng,
         )?;
         self.subscription = None;
         self.conn.connection().close(0u32.into(), b"linked");
-        let client = Client::setup(device, self.mailbox.clone(), self.home.clone())?;
+        debug_assert_eq!(granted.certificate.account, granted.account);
+        let client = Client::setup(
+            device,
+            self.mailbox.clone(),
+            self.home.clone(),
+            None,
+            granted.certificate,
+        )?;
         let inner = client.inner().clone();
+        inner.accept_contacts(&granted.contacts)?;
         let conn = inner.relay(&inner.me.relay).await?;
-        super::publish_prekeys(&inner, &conn, true).await?;
+        super::publish_prekeys(&inner, &conn, true, false).await?;
         // Join the user's device list, now that this device can receive.
-        let mut list = outbound::fetch_devices(&conn, &inner.me).await?;
-        list.devices.retain(|d| d.device_id != secrets.device_id);
-        list.devices.push(DeviceEntry {
-            device_id: secrets.device_id,
-            mailbox: MailboxId(self.mailbox.verifying_key().to_bytes()),
-        });
-        list.devices.sort_by_key(|d| d.device_id);
-        list.version += 1;
-        let signed = inner.with_device(|d| Ok(list.sign(d.identity_pair())))?;
-        conn.publish_device_list(signed).await?;
+        conn.publish_device_list(granted.signed).await?;
+        inner.pin_list(&inner.me, &granted.list)?;
         Ok(client.start())
     }
 }
 
-/// A link in progress on the existing device.
+/// What a checked grant gives the new device.
+struct Granted {
+    account: [u8; 32],
+    certificate: DeviceCertificate,
+    signed: SignedDeviceList,
+    list: DeviceList,
+    contacts: Vec<UserAddress>,
+}
+
+/// Most accepted contacts a grant carries.
+const MAX_GRANTED_CONTACTS: usize = 10_000;
+
+/// A link in progress on the primary device.
 pub struct PendingLink {
     mailbox: MailboxId,
+    identity: IdentityKey,
+    device_id: u32,
     secret: LinkSecret,
 }
 
@@ -257,6 +363,7 @@ impl std::fmt::Debug for PendingLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingLink")
             .field("mailbox", &self.mailbox)
+            .field("device_id", &self.device_id)
             .finish_non_exhaustive()
     }
 }
@@ -266,63 +373,134 @@ impl PendingLink {
     pub fn digits(&self) -> &str {
         &self.secret.digits
     }
+
+    /// The device id the new device will get.
+    pub fn device_id(&self) -> u32 {
+        self.device_id
+    }
+}
+
+/// Parses `link:` + hex(M) + hex(L) + hex(IK_N).
+fn parse_code(code: &str) -> Result<([u8; 32], [u8; 32], IdentityKey)> {
+    let hex = code
+        .trim()
+        .strip_prefix(CODE_PREFIX)
+        .ok_or(Error::InvalidAddress("not a link code"))?;
+    if hex.len() != 256 || !hex.is_ascii() {
+        return Err(Error::InvalidAddress("link code length"));
+    }
+    let bad = || Error::InvalidAddress("link code");
+    let mailbox = parse_hex32(&hex[..64]).ok_or_else(bad)?;
+    let link = parse_hex32(&hex[64..128]).ok_or_else(bad)?;
+    let mut id = [0u8; 64];
+    id[..32].copy_from_slice(&parse_hex32(&hex[128..192]).ok_or_else(bad)?);
+    id[32..].copy_from_slice(&parse_hex32(&hex[192..]).ok_or_else(bad)?);
+    let identity = IdentityKey::from_bytes(&id).map_err(|_| bad())?;
+    Ok((mailbox, link, identity))
 }
 
 impl<S: Store + Send + 'static> Client<S> {
-    /// Step 2 on the existing device: reads the new device's code and sends
+    /// Step 2 on the primary device: reads the new device's code and sends
     /// it an offer; compare [`PendingLink::digits`] on both screens.
     pub async fn link_device(&self, code: &str) -> Result<PendingLink> {
-        let hex = code
-            .trim()
-            .strip_prefix(CODE_PREFIX)
-            .ok_or(Error::InvalidAddress("not a link code"))?;
-        if hex.len() != 128 || !hex.is_ascii() {
-            return Err(Error::InvalidAddress("link code length"));
+        self.inner.account()?;
+        let (mailbox, link, identity) = parse_code(code)?;
+        let conn = self.inner.relay(&self.inner.me.relay).await?;
+        let list = outbound::fetch_and_pin(&self.inner, &conn, &self.inner.me).await?;
+        if list
+            .devices
+            .iter()
+            .any(|d| d.mailbox.0 == mailbox || d.identity.ct_eq(&identity))
+        {
+            return Err(Error::InvalidArgument("that device is already linked"));
         }
-        let mailbox = parse_hex32(&hex[..64]).ok_or(Error::InvalidAddress("link code"))?;
-        let link = parse_hex32(&hex[64..]).ok_or(Error::InvalidAddress("link code"))?;
+        if list.devices.len() >= super::devices::MAX_DEVICES {
+            return Err(Error::InvalidArgument("too many devices"));
+        }
+        let device_id = list.next_device_id;
         let eph = StaticSecret::random_from_rng(OsRng);
         let eph_pub = PublicKey::from(&eph);
         let shared = agree(&eph, &link)?;
-        let secret = derive(&shared, &mailbox, &link, eph_pub.as_bytes())?;
+        let secret = derive(
+            &shared,
+            &Transcript {
+                mailbox: &mailbox,
+                link: &link,
+                eph: eph_pub.as_bytes(),
+                identity: &identity,
+                device_id,
+            },
+        )?;
         let offer = pb::Envelope {
             version: 1,
             body: Some(pb::envelope::Body::LinkOffer(pb::LinkOffer {
                 ephemeral: eph_pub.as_bytes().to_vec(),
+                device_id,
             })),
         };
-        let conn = self.inner.relay(&self.inner.me.relay).await?;
         conn.send(&MailboxId(mailbox), offer.encode_to_vec())
             .await?;
         Ok(PendingLink {
             mailbox: MailboxId(mailbox),
+            identity,
+            device_id,
             secret,
         })
     }
 
-    /// Step 3 on the existing device: the user confirmed the digits; sends
-    /// the identity to the new device, which joins the device list itself.
+    /// Step 3 on the primary device: the user confirmed the digits; signs
+    /// the list with the new device added and its certificate, and sends
+    /// them to it (the new device publishes the list once it can receive).
     /// Returns the new device's id.
     pub async fn confirm_link(&self, pending: PendingLink) -> Result<u32> {
+        let account = self.inner.account()?;
         let conn = self.inner.relay(&self.inner.me.relay).await?;
-        let list = outbound::fetch_devices(&conn, &self.inner.me).await?;
-        let device_id = list.devices.iter().map(|d| d.device_id).max().unwrap_or(0) + 1;
-        let mut secrets = self.inner.with_device(|d| {
-            let id = d.identity_pair();
-            Ok(pb::LinkSecrets {
-                identity_signing_secret: id.signing_secret().to_vec(),
-                identity_dh_secret: id.dh().secret_bytes().to_vec(),
-                device_id,
-                device_list_version: list.version,
-            })
-        })?;
-        let plain = Zeroizing::new(secrets.encode_to_vec());
-        secrets.identity_signing_secret.zeroize();
-        secrets.identity_dh_secret.zeroize();
+        let mut list = outbound::fetch_and_pin(&self.inner, &conn, &self.inner.me).await?;
+        if list.next_device_id != pending.device_id {
+            return Err(Error::InvalidArgument(
+                "the device list changed during linking: link again",
+            ));
+        }
+        list.devices.push(DeviceEntry {
+            device_id: pending.device_id,
+            mailbox: pending.mailbox,
+            identity: pending.identity,
+        });
+        list.devices.sort_by_key(|d| d.device_id);
+        list.next_device_id = pending
+            .device_id
+            .checked_add(1)
+            .ok_or(Error::InvalidArgument("device ids exhausted"))?;
+        list.version += 1;
+        let signed = list.sign(account);
+        let contacts = self.inner.accepted_contacts()?;
+        let body = Zeroizing::new(
+            pb::LinkGrantBody {
+                account_key: account.public().to_vec(),
+                certificate: Some(
+                    account
+                        .certify(pending.device_id, &pending.identity)
+                        .to_pb(),
+                ),
+                signed_list: signed.encode_to_vec(),
+                contacts: contacts
+                    .iter()
+                    .take(MAX_GRANTED_CONTACTS)
+                    .map(|c| c.to_string())
+                    .collect(),
+            }
+            .encode_to_vec(),
+        );
         let mut nonce = [0u8; 12];
         OsRng.fill_bytes(&mut nonce);
         let ciphertext = ChaCha20Poly1305::new(Key::from_slice(pending.secret.key.as_ref()))
-            .encrypt(Nonce::from_slice(&nonce), plain.as_slice())
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: body.as_slice(),
+                    aad: &grant_ad(&pending.mailbox.0),
+                },
+            )
             .map_err(|_| Error::InvalidKey { what: "link key" })?;
         let grant = pb::Envelope {
             version: 1,
@@ -332,7 +510,7 @@ impl<S: Store + Send + 'static> Client<S> {
             })),
         };
         conn.send(&pending.mailbox, grant.encode_to_vec()).await?;
-        Ok(device_id)
+        Ok(pending.device_id)
     }
 }
 
@@ -341,23 +519,36 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn vector_identity() -> IdentityKey {
+        // A fixed valid identity: the Ed25519 base point's encoding is not
+        // weak, so use a key derived from a fixed seed.
+        let id = IdentityKeyPair::from_secret_bytes(&[0x0b; 32], &[0x0c; 32]).unwrap();
+        *id.public()
+    }
+
     /// The vector printed in PROTOCOL.md §III.6.
     #[test]
     fn link_key_known_answer() {
         let link = StaticSecret::from([1u8; 32]);
         let eph = StaticSecret::from([2u8; 32]);
         let (lp, ep) = (PublicKey::from(&link), PublicKey::from(&eph));
+        let identity = vector_identity();
         let s = derive(
             &agree(&eph, lp.as_bytes()).unwrap(),
-            &[9u8; 32],
-            lp.as_bytes(),
-            ep.as_bytes(),
+            &Transcript {
+                mailbox: &[9u8; 32],
+                link: lp.as_bytes(),
+                eph: ep.as_bytes(),
+                identity: &identity,
+                device_id: 2,
+            },
         )
         .unwrap();
         let got = format!(
-            "link_pub={} eph_pub={} key={} digits={}",
+            "link_pub={} eph_pub={} identity={} key={} digits={}",
             hex_lower(lp.as_bytes()),
             hex_lower(ep.as_bytes()),
+            hex_lower(identity.as_bytes()),
             hex_lower(s.key.as_ref()),
             s.digits
         );
@@ -367,40 +558,53 @@ mod tests {
     const LINK_VECTOR: &str =
         "link_pub=a4e09292b651c278b9772c569f5fa9bb13d906b46ab68c9df9dc2b4409f8a209 \
         eph_pub=ce8d3ad1ccb633ec7b70c17814a5c76ecd029685050d344745ba05870e587d59 \
-        key=f02c211c2d239a6c0b8d5ec8f574f198d59741b85a48e5f063c7a662fdd30f4b digits=092231";
+        identity=66be7e332c7a453332bd9d0a7f7db055f5c5ef1a06ada66d98b39fb6810c473a\
+        97c3b10b4d6c133a78ea5dcc1cf6421d3f81ae37b1f628ce14ca6fce7730f333 \
+        key=154f6b811f204e45f561924c4ea861a8a878bed927f16cdf8b6b984a13505797 digits=347781";
 
     #[test]
     fn both_sides_derive_the_same_key_and_digits() {
         let link = StaticSecret::random_from_rng(OsRng);
         let eph = StaticSecret::random_from_rng(OsRng);
         let (lp, ep) = (PublicKey::from(&link), PublicKey::from(&eph));
-        let mb = [9u8; 32];
-        let a = derive(
-            &agree(&link, ep.as_bytes()).unwrap(),
-            &mb,
-            lp.as_bytes(),
-            ep.as_bytes(),
-        )
-        .unwrap();
-        let b = derive(
-            &agree(&eph, lp.as_bytes()).unwrap(),
-            &mb,
-            lp.as_bytes(),
-            ep.as_bytes(),
-        )
-        .unwrap();
+        let identity = vector_identity();
+        let mailbox = [9u8; 32];
+        let t = |device_id| Transcript {
+            mailbox: &mailbox,
+            link: lp.as_bytes(),
+            eph: ep.as_bytes(),
+            identity: &identity,
+            device_id,
+        };
+        let a = derive(&agree(&link, ep.as_bytes()).unwrap(), &t(2)).unwrap();
+        let b = derive(&agree(&eph, lp.as_bytes()).unwrap(), &t(2)).unwrap();
         assert_eq!(a.digits, b.digits);
         assert_eq!(a.digits.len(), 6);
         assert_eq!(*a.key, *b.key);
-        // Another ephemeral key (a swapped code) changes the digits' input.
-        let other = StaticSecret::random_from_rng(OsRng);
-        let c = derive(
-            &agree(&other, lp.as_bytes()).unwrap(),
-            &mb,
-            lp.as_bytes(),
-            PublicKey::from(&other).as_bytes(),
-        )
-        .unwrap();
+        // Another device id (an offer altered on the way) changes the key.
+        let c = derive(&agree(&link, ep.as_bytes()).unwrap(), &t(3)).unwrap();
         assert_ne!(*a.key, *c.key);
+    }
+
+    #[test]
+    fn codes_round_trip_and_junk_is_refused() {
+        let identity = vector_identity();
+        let code = format!(
+            "link:{}{}{}",
+            hex_lower(&[9; 32]),
+            hex_lower(&[1; 32]),
+            hex_lower(identity.as_bytes())
+        );
+        let (m, l, id) = parse_code(&code).unwrap();
+        assert_eq!((m, l), ([9; 32], [1; 32]));
+        assert!(id.ct_eq(&identity));
+        for bad in [
+            "",
+            "link:",
+            &code[..code.len() - 2],
+            &code.replace("link:", "lnk:"),
+        ] {
+            assert!(parse_code(bad).is_err(), "{bad}");
+        }
     }
 }

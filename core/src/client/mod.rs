@@ -18,14 +18,18 @@
 //! acknowledged to the relay only after its effects (and its event) are
 //! committed; events stay queued until [`Client::ack_event`].
 
+pub mod account;
 pub mod address;
 pub mod devices;
+mod envelope;
 pub mod events;
 mod inbound;
 pub mod link;
 mod outbound;
 mod records;
 mod relays;
+#[cfg(test)]
+mod testkit;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,22 +40,29 @@ use ed25519_dalek::SigningKey;
 use prost::Message as _;
 use rand_core::{OsRng, RngCore};
 use sotto_proto::client as pb;
+use sotto_proto::relay::SignedDeviceList;
 use sotto_relay::{Pushed, RelayClient};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
+pub use account::{AccountKeyPair, DeviceCertificate};
 pub use address::{RelayAddress, UserAddress};
 pub use devices::{DeviceEntry, DeviceList};
 pub use events::{
     AttachmentRef, DeliveryState, Event, EventKind, MessageId, ReceiptKind, ReceivedMessage,
 };
+pub use inbound::MAX_HELD_PER_REQUEST;
 pub use relays::{BACKOFF_MAX, BACKOFF_MIN};
 
 use crate::device::{unix_now, Device};
 use crate::error::{Error, Result};
-use crate::identity::SafetyNumber;
+use crate::identity::{IdentityKey, SafetyNumber};
+use crate::keys::Secret32;
 use crate::store::Store;
 use relays::{Backoff, Relays};
+
+/// Peer devices whose sender-MAC key is kept in memory.
+const MAC_KEY_CACHE: usize = 1024;
 
 /// One-time prekeys of each kind published at registration and kept
 /// available (the relay warns when fewer than a quarter remain).
@@ -65,7 +76,13 @@ pub(crate) struct Inner<S: Store> {
     device: std::sync::Mutex<Device<S>>,
     pub(crate) me: UserAddress,
     pub(crate) device_id: u32,
+    /// The account key: only on the primary device.
+    account: Option<AccountKeyPair>,
+    /// This device's certificate from the account key.
+    pub(crate) certificate: DeviceCertificate,
     relays: Relays,
+    /// Sender-MAC keys by peer device identity.
+    mac_keys: std::sync::Mutex<std::collections::HashMap<[u8; 64], Secret32>>,
     events: tokio::sync::Notify,
     outbox: tokio::sync::Notify,
     synced: tokio::sync::watch::Sender<bool>,
@@ -125,60 +142,79 @@ impl<S: Store> Inner<S> {
         self.events.notify_one();
     }
 
-    /// Records a contact's device list; new and removed devices become events.
-    pub(crate) fn note_device_list(&self, user: &UserAddress, list: &DeviceList) -> Result<()> {
-        if user.user == self.me.user {
-            return Ok(());
-        }
-        let changed = self.with_device(|d| {
-            d.store_mut().transaction(|tx| {
-                let old = records::contact(tx, &user.user)?;
-                let mut changed = false;
-                if let Some(old) = &old {
-                    if old.device_list_version >= list.version && !old.devices.is_empty() {
-                        return Ok(false);
-                    }
-                    let event = |kind| pb::ClientEvent {
-                        peer: user.to_string(),
-                        kind: Some(kind),
-                        ..Default::default()
-                    };
-                    if !old.devices.is_empty() {
-                        for d in &list.devices {
-                            if !old.devices.iter().any(|o| o.device_id == d.device_id) {
-                                let mut e = event(pb::client_event::Kind::NewDevice(d.device_id));
-                                e.peer_device = d.device_id;
-                                records::push_event(tx, e)?;
-                                changed = true;
-                            }
-                        }
-                        for o in &old.devices {
-                            if list.get(o.device_id).is_none() {
-                                let mut e =
-                                    event(pb::client_event::Kind::DeviceRemoved(o.device_id));
-                                e.peer_device = o.device_id;
-                                records::push_event(tx, e)?;
-                                changed = true;
-                            }
-                        }
-                    }
-                }
-                records::put_contact(
-                    tx,
-                    &user.user,
-                    &pb::ContactRecord {
-                        address: user.to_string(),
-                        device_list_version: list.version,
-                        devices: list.entries(),
-                    },
-                )?;
-                Ok(changed)
-            })
+    /// Pins a verified list of `user` (refusing a rollback or equivocation),
+    /// queues events for added and removed devices and deletes the sessions
+    /// of removed ones.
+    pub(crate) fn pin_list(&self, user: &UserAddress, list: &DeviceList) -> Result<()> {
+        let applied = self.with_device(|d| {
+            let applied = d
+                .store_mut()
+                .transaction(|tx| records::apply_list(tx, user, list, now_ms()))?;
+            for addr in &applied.revoked {
+                d.delete_sessions(addr)?;
+            }
+            Ok(applied)
         })?;
-        if changed {
+        if applied.events {
             self.events_ready();
         }
         Ok(())
+    }
+
+    /// The sender-MAC key towards a peer device identity (cached: one X25519
+    /// per peer device and process).
+    pub(crate) fn sender_mac_key(&self, peer: &IdentityKey) -> Result<Secret32> {
+        let mut cache = self
+            .mac_keys
+            .lock()
+            .map_err(|_| Error::Storage("key cache lock poisoned".into()))?;
+        if let Some(k) = cache.get(peer.as_bytes()) {
+            return Ok(k.clone());
+        }
+        let key = self.with_device(|d| d.sender_mac_key(d.identity(), peer))?;
+        if cache.len() >= MAC_KEY_CACHE {
+            cache.clear();
+        }
+        cache.insert(*peer.as_bytes(), key.clone());
+        Ok(key)
+    }
+
+    /// Every accepted contact (not this user).
+    pub(crate) fn accepted_contacts(&self) -> Result<Vec<UserAddress>> {
+        self.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                Ok(records::contacts(tx)?
+                    .into_iter()
+                    .filter(|(user, c)| c.state == records::ACCEPTED && *user != self.me.user)
+                    .filter_map(|(_, c)| c.address.parse().ok())
+                    .collect())
+            })
+        })
+    }
+
+    /// Marks users as accepted contacts (those a linked device inherits).
+    pub(crate) fn accept_contacts(&self, contacts: &[UserAddress]) -> Result<()> {
+        self.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                for a in contacts {
+                    if a.user == self.me.user {
+                        continue;
+                    }
+                    let mut c = records::contact(tx, &a.user)?.unwrap_or_default();
+                    if c.state == records::STRANGER {
+                        c.state = records::ACCEPTED;
+                        c.address = a.to_string();
+                        records::put_contact(tx, &a.user, &c)?;
+                    }
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// The account key, or [`Error::NotPrimary`].
+    pub(crate) fn account(&self) -> Result<&AccountKeyPair> {
+        self.account.as_ref().ok_or(Error::NotPrimary)
     }
 }
 
@@ -207,7 +243,7 @@ impl<S: Store + Send + 'static> Drop for Client<S> {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -215,22 +251,29 @@ fn now_ms() -> u64 {
 }
 
 impl<S: Store + Send + 'static> Client<S> {
-    /// Registers a new user (fresh identity, device 1) on `home`, publishing
-    /// prekeys and the signed device list. Needs the relay to be reachable.
+    /// Registers a new user on `home`: a fresh account key and this device as
+    /// device 1, the **primary** (the only one holding the account key, so
+    /// the only one that links and unlinks devices). Publishes prekeys and
+    /// the signed device list. Needs the relay to be reachable.
     pub async fn create(store: S, home: RelayAddress) -> Result<Self> {
+        let account = AccountKeyPair::generate(&mut OsRng);
         let device = Device::create(store, 1, unix_now(), &mut OsRng)?;
         let mailbox = SigningKey::generate(&mut OsRng);
+        let certificate = account.certify(1, device.identity());
         let list = DeviceList {
             version: 1,
             devices: vec![DeviceEntry {
                 device_id: 1,
                 mailbox: sotto_relay::MailboxId(mailbox.verifying_key().to_bytes()),
+                identity: *device.identity(),
             }],
+            next_device_id: 2,
         };
-        let signed = list.sign(device.identity_pair());
-        let client = Self::setup(device, mailbox, home)?;
+        let signed = list.sign(&account);
+        let client = Self::setup(device, mailbox, home, Some(account), certificate)?;
+        client.inner.pin_list(&client.inner.me, &list)?;
         let conn = client.inner.relay(&client.inner.me.relay).await?;
-        publish_prekeys(&client.inner, &conn, true).await?;
+        publish_prekeys(&client.inner, &conn, true, false).await?;
         conn.publish_device_list(signed).await?;
         Ok(client.start())
     }
@@ -239,22 +282,48 @@ impl<S: Store + Send + 'static> Client<S> {
     /// queues, and the background tasks connect when the relay is reachable.
     pub async fn open(store: S) -> Result<Self> {
         let device = Device::open(store)?;
+        let corrupt = || Error::CorruptRecord { table: "app" };
         let cfg: pb::ClientConfig = device
             .store()
             .get(crate::store::Table::App, records::CONFIG)?
             .map(|v| pb::ClientConfig::decode(v.as_slice()))
             .transpose()
-            .map_err(|_| Error::CorruptRecord { table: "app" })?
+            .map_err(|_| corrupt())?
             .ok_or(Error::NoIdentity)?;
         let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
             cfg.mailbox_secret
                 .as_slice()
                 .try_into()
-                .map_err(|_| Error::CorruptRecord { table: "app" })?,
+                .map_err(|_| corrupt())?,
         );
         let mailbox = SigningKey::from_bytes(&seed);
         let home: RelayAddress = cfg.home_relay.parse()?;
-        Ok(Self::load(device, mailbox, home).start())
+        let account = if cfg.account_secret.is_empty() {
+            None
+        } else {
+            Some(AccountKeyPair::from_seed(&cfg.account_secret)?)
+        };
+        let certificate = cfg
+            .certificate
+            .as_ref()
+            .map(DeviceCertificate::from_pb)
+            .transpose()
+            .map_err(|_| corrupt())?
+            .ok_or_else(corrupt)?;
+        let account_key: [u8; 32] = cfg
+            .account_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt())?;
+        if !certificate.binds(&account_key, device.device_id(), device.identity())
+            || account.as_ref().is_some_and(|a| a.public() != account_key)
+        {
+            return Err(corrupt());
+        }
+        let mut cfg = cfg;
+        zeroize::Zeroize::zeroize(&mut cfg.account_secret);
+        zeroize::Zeroize::zeroize(&mut cfg.mailbox_secret);
+        Ok(Self::load(device, mailbox, home, account, certificate).start())
     }
 
     /// Writes the config row and builds the client (no tasks yet).
@@ -262,33 +331,61 @@ impl<S: Store + Send + 'static> Client<S> {
         mut device: Device<S>,
         mailbox: SigningKey,
         home: RelayAddress,
+        account: Option<AccountKeyPair>,
+        certificate: DeviceCertificate,
     ) -> Result<Self> {
-        let cfg = pb::ClientConfig {
+        let mut cfg = pb::ClientConfig {
             version: 1,
             mailbox_secret: mailbox.to_bytes().to_vec(),
             home_relay: home.to_string(),
             next_seq: 1,
+            account_key: certificate.account.to_vec(),
+            account_secret: account
+                .as_ref()
+                .map(|a| a.seed().to_vec())
+                .unwrap_or_default(),
+            certificate: Some(certificate.to_pb()),
+            ..Default::default()
         };
-        let r = device
-            .store_mut()
-            .transaction(|tx| records::put(tx, records::CONFIG, &cfg));
-        let mut secret = cfg.mailbox_secret;
-        zeroize::Zeroize::zeroize(&mut secret);
+        let r = device.store_mut().transaction(|tx| {
+            records::put(tx, records::CONFIG, &cfg)?;
+            // This user is its own first contact: its pinned list lives there.
+            let mut own = records::contact(tx, &certificate.account)?.unwrap_or_default();
+            own.state = records::ACCEPTED;
+            own.address = UserAddress {
+                user: certificate.account,
+                relay: home.clone(),
+            }
+            .to_string();
+            records::put_contact(tx, &certificate.account, &own)
+        });
+        zeroize::Zeroize::zeroize(&mut cfg.mailbox_secret);
+        zeroize::Zeroize::zeroize(&mut cfg.account_secret);
         r?;
-        Ok(Self::load(device, mailbox, home))
+        Ok(Self::load(device, mailbox, home, account, certificate))
     }
 
-    fn load(device: Device<S>, mailbox: SigningKey, home: RelayAddress) -> Self {
-        let mut user = [0u8; 32];
-        user.copy_from_slice(&device.identity().as_bytes()[..32]);
+    fn load(
+        device: Device<S>,
+        mailbox: SigningKey,
+        home: RelayAddress,
+        account: Option<AccountKeyPair>,
+        certificate: DeviceCertificate,
+    ) -> Self {
         let device_id = device.device_id();
         let (synced, _) = tokio::sync::watch::channel(false);
         Client {
             inner: Arc::new(Inner {
                 device: std::sync::Mutex::new(device),
-                me: UserAddress { user, relay: home },
+                me: UserAddress {
+                    user: certificate.account,
+                    relay: home,
+                },
                 device_id,
+                account,
+                certificate,
                 relays: Relays::new(mailbox),
+                mac_keys: Default::default(),
                 events: tokio::sync::Notify::new(),
                 outbox: tokio::sync::Notify::new(),
                 synced,
@@ -350,11 +447,68 @@ impl<S: Store + Send + 'static> Client<S> {
             ..Default::default()
         };
         self.inner.with_device(|d| {
-            d.store_mut()
-                .transaction(|tx| records::push_outbox(tx, &item))
+            d.store_mut().transaction(|tx| {
+                // Writing to someone makes them a contact (their messages are
+                // no longer requests), unless the user blocked them.
+                if records::contact(tx, &to.user)?.is_some_and(|c| c.state == records::BLOCKED) {
+                    return Err(Error::NotAccepted);
+                }
+                accept(tx, &self.inner.me, to)?;
+                records::push_outbox(tx, &item)
+            })
         })?;
         self.inner.outbox.notify_one();
         Ok(MessageId(id))
+    }
+
+    /// Accepts the message request of `peer`: from now on its messages are
+    /// ordinary messages, the held ones get their delivered receipts, and
+    /// its relay may be contacted (replies, attachments).
+    pub fn accept_request(&self, peer: &UserAddress) -> Result<()> {
+        self.inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| accept(tx, &self.inner.me, peer))
+        })?;
+        self.inner.outbox.notify_one();
+        Ok(())
+    }
+
+    /// Blocks `peer`: its envelopes are dropped unread from now on, its
+    /// sessions are deleted, nothing is sent to it.
+    pub fn block(&self, peer: &UserAddress) -> Result<()> {
+        if peer.user == self.inner.me.user {
+            return Err(Error::InvalidArgument("cannot block this user"));
+        }
+        self.inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                let mut c = records::contact(tx, &peer.user)?.unwrap_or_default();
+                c.state = records::BLOCKED;
+                if c.address.is_empty() {
+                    c.address = peer.to_string();
+                }
+                records::put_contact(tx, &peer.user, &c)?;
+                records::take_held(tx, &peer.user).map(|_| ())
+            })?;
+            d.delete_user_sessions(&peer.user)
+        })
+    }
+
+    /// True if `peer` is an accepted contact (this user wrote to them or
+    /// accepted their request).
+    pub fn is_accepted(&self, peer: &UserAddress) -> Result<bool> {
+        Ok(self.contact_state(peer)? == records::ACCEPTED)
+    }
+
+    fn contact_state(&self, peer: &UserAddress) -> Result<u32> {
+        if peer.user == self.inner.me.user {
+            return Ok(records::ACCEPTED);
+        }
+        self.inner
+            .with_device(|d| {
+                d.store_mut()
+                    .transaction(|tx| Ok(records::contact(tx, &peer.user)?.map(|c| c.state)))
+            })
+            .map(|s| s.unwrap_or(records::STRANGER))
     }
 
     /// Encrypts the file at `path` with a fresh key, uploads the ciphertext
@@ -405,6 +559,10 @@ impl<S: Store + Send + 'static> Client<S> {
         attachment: &AttachmentRef,
         dest: &Path,
     ) -> Result<u64> {
+        // A stranger's relay is not contacted before the user accepts.
+        if self.contact_state(from)? != records::ACCEPTED {
+            return Err(Error::NotAccepted);
+        }
         let pointer = crate::attachment::AttachmentPointer::from_bytes(&attachment.pointer)?;
         let conn = self.inner.relay(&from.relay).await?;
         let tmp =
@@ -412,8 +570,14 @@ impl<S: Store + Send + 'static> Client<S> {
         let mut out = tokio::fs::File::create(tmp.path())
             .await
             .map_err(Error::AttachmentIo)?;
+        // Exactly the blob length the pointer names, and not one byte more.
         let downloaded = conn
-            .download_blob(&sotto_relay::BlobId(attachment.blob_id), 0, &mut out)
+            .download_blob_exact(
+                &sotto_relay::BlobId(attachment.blob_id),
+                0,
+                pointer.ciphertext_len,
+                &mut out,
+            )
             .await;
         self.inner.checked(&from.relay, &conn, downloaded).await?;
         tokio::io::AsyncWriteExt::flush(&mut out)
@@ -431,8 +595,11 @@ impl<S: Store + Send + 'static> Client<S> {
         .map_err(|_| Error::Storage("attachment task failed".into()))?
     }
 
-    /// Sends read receipts for messages from `peer`.
+    /// Sends read receipts for messages from `peer` (an accepted contact).
     pub fn mark_read(&self, peer: &UserAddress, ids: &[MessageId]) -> Result<()> {
+        if self.contact_state(peer)? != records::ACCEPTED {
+            return Err(Error::NotAccepted);
+        }
         let item = pb::OutboxItem {
             recipient: peer.to_string(),
             content: inbound::receipt_content(
@@ -450,12 +617,16 @@ impl<S: Store + Send + 'static> Client<S> {
         Ok(())
     }
 
-    /// The oldest event not yet acknowledged, if any.
+    /// The oldest event not yet acknowledged, if any. A stored event that
+    /// cannot be read comes back as [`EventKind::Unreadable`], never as an
+    /// error that would stall the queue.
     pub fn try_next_event(&self) -> Result<Option<Event>> {
         let e = self
             .inner
             .with_device(|d| d.store_mut().transaction(|tx| records::events(tx, 1)))?;
-        e.first().map(Event::from_pb).transpose()
+        Ok(e.into_iter()
+            .next()
+            .map(|(seq, stored)| Event::from_stored(seq, stored)))
     }
 
     /// Waits for the oldest event not yet acknowledged. The same event is
@@ -524,45 +695,108 @@ impl<S: Store + Send + 'static> Client<S> {
         Ok(())
     }
 
-    /// The safety number to compare with `peer` (one per pair of users,
-    /// whatever their devices). Known once a session exists with them.
-    pub fn safety_number(&self, peer: &UserAddress) -> Result<SafetyNumber> {
-        self.inner.with_device(|d| d.safety_number(&peer.user))
+    /// The safety number to compare with `peer`: one per pair of users,
+    /// computed from the two account keys (the addresses name them), so it
+    /// is the same on every device of both users.
+    pub fn safety_number(&self, peer: &UserAddress) -> SafetyNumber {
+        SafetyNumber::of_keys(&self.inner.me.user, &peer.user)
     }
 
     /// Records that the user compared the safety number with `peer`.
     pub fn mark_verified(&self, peer: &UserAddress) -> Result<()> {
         self.inner.with_device(|d| {
-            let c = d.contact(&peer.user)?.ok_or(Error::UnknownUser)?;
-            d.mark_verified(&peer.user, &c.identity, unix_now())
+            d.store_mut().transaction(|tx| {
+                let mut c = records::contact(tx, &peer.user)?.unwrap_or_default();
+                c.verified = true;
+                if c.address.is_empty() {
+                    c.address = peer.to_string();
+                }
+                records::put_contact(tx, &peer.user, &c)
+            })
         })
     }
 
-    /// The trust state recorded for `peer`.
-    pub fn contact(&self, peer: &UserAddress) -> Result<Option<crate::trust::Contact>> {
-        self.inner.with_device(|d| d.contact(&peer.user))
+    /// True if the user compared the safety number with `peer`.
+    pub fn is_verified(&self, peer: &UserAddress) -> Result<bool> {
+        self.inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| Ok(records::contact(tx, &peer.user)?.is_some_and(|c| c.verified)))
+        })
     }
 
-    /// This user's current device list, from the home relay.
+    /// True if this is the primary device (it holds the account key: only
+    /// it can link and unlink devices).
+    pub fn is_primary(&self) -> bool {
+        self.inner.account.is_some()
+    }
+
+    /// This user's current device list, from the home relay (checked
+    /// against, and pinned as, the highest version seen).
     pub async fn devices(&self) -> Result<DeviceList> {
         let conn = self.inner.relay(&self.inner.me.relay).await?;
-        outbound::fetch_devices(&conn, &self.inner.me).await
+        outbound::fetch_and_pin(&self.inner, &conn, &self.inner.me).await
     }
 
-    /// Removes a device of this user: contacts stop encrypting to it at
-    /// their next message (they re-fetch the signed list before each send).
+    /// Removes a device of this user (primary only). This is revocation: the
+    /// removed device holds no key that could add it back, contacts stop
+    /// encrypting to it at their next message, and the new signed list goes
+    /// to this user's other devices and to every accepted contact at once,
+    /// so they refuse its messages from then on.
     pub async fn unlink_device(&self, device_id: u32) -> Result<()> {
+        let account = self.inner.account()?;
         if device_id == self.inner.device_id {
             return Err(Error::InvalidArgument("cannot unlink this device"));
         }
         let conn = self.inner.relay(&self.inner.me.relay).await?;
-        let mut list = outbound::fetch_devices(&conn, &self.inner.me).await?;
+        let mut list = outbound::fetch_and_pin(&self.inner, &conn, &self.inner.me).await?;
+        if list.get(device_id).is_none() {
+            return Err(Error::InvalidArgument("no such device"));
+        }
         list.devices.retain(|d| d.device_id != device_id);
         list.version += 1;
-        let signed = self
-            .inner
-            .with_device(|d| Ok(list.sign(d.identity_pair())))?;
-        conn.publish_device_list(signed).await?;
+        let signed = list.sign(account);
+        conn.publish_device_list(signed.clone()).await?;
+        self.inner.pin_list(&self.inner.me, &list)?;
+        self.broadcast_device_list(&signed)?;
+        Ok(())
+    }
+
+    /// Queues this user's new signed device list to its other devices and
+    /// to every accepted contact.
+    pub(crate) fn broadcast_device_list(&self, signed: &SignedDeviceList) -> Result<()> {
+        let content = pb::Content {
+            sender_relay: self.inner.me.relay.to_string(),
+            body: Some(pb::content::Body::DeviceListChanged(
+                pb::DeviceListChanged {
+                    version: signed.version,
+                    signed_list: signed.encode_to_vec(),
+                },
+            )),
+        }
+        .encode_to_vec();
+        self.inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                for (user, c) in records::contacts(tx)? {
+                    if c.state != records::ACCEPTED || c.address.is_empty() {
+                        continue;
+                    }
+                    let Ok(address) = c.address.parse::<UserAddress>() else {
+                        continue;
+                    };
+                    debug_assert_eq!(address.user, user);
+                    records::push_outbox(
+                        tx,
+                        &pb::OutboxItem {
+                            recipient: address.to_string(),
+                            content: content.clone(),
+                            ..Default::default()
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+        })?;
+        self.inner.outbox.notify_one();
         Ok(())
     }
 
@@ -593,15 +827,45 @@ impl<S: Store + Send + 'static> Client<S> {
     }
 }
 
+/// Makes `peer` an accepted contact; the messages held in its request get
+/// their delivered receipts now.
+fn accept(tx: &mut impl crate::store::Txn, me: &UserAddress, peer: &UserAddress) -> Result<()> {
+    let mut c = records::contact(tx, &peer.user)?.unwrap_or_default();
+    if c.state == records::ACCEPTED && !c.address.is_empty() {
+        return Ok(());
+    }
+    c.state = records::ACCEPTED;
+    c.held = 0;
+    if c.address.is_empty() {
+        c.address = peer.to_string();
+    }
+    records::put_contact(tx, &peer.user, &c)?;
+    let held = records::take_held(tx, &peer.user)?;
+    if !held.is_empty() {
+        records::push_outbox(
+            tx,
+            &pb::OutboxItem {
+                recipient: c.address.clone(),
+                content: inbound::receipt_content(me, pb::receipt::Kind::Delivered, held),
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Publishes the signed bundle (when `bundle` or when the relay lacks it) and
-/// tops up one-time prekeys; rotates the signed prekeys when due.
+/// tops up one-time prekeys; with `rotate`, rotates the signed prekeys when due.
 async fn publish_prekeys<S: Store + Send + 'static>(
     inner: &Arc<Inner<S>>,
     conn: &RelayClient,
     mut bundle: bool,
+    rotate: bool,
 ) -> Result<()> {
     let counts = conn.prekey_counts().await?;
-    let rotated = inner.with_device(|d| d.rotate_prekeys(unix_now(), &mut OsRng))?;
+    // Rotation (and deleting retired keys) only once the mailbox backlog is
+    // processed, so first messages waiting there still find their keys.
+    let rotated = rotate && inner.with_device(|d| d.rotate_prekeys(unix_now(), &mut OsRng))?;
     bundle |= rotated || !counts.has_signed_bundle;
     let want_ec = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_ec);
     let want_kem = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_kem);
@@ -641,7 +905,7 @@ async fn receive_once<S: Store + Send + 'static>(
     let home = inner.me.relay.clone();
     let conn = inner.relay(&home).await?;
     let result = async {
-        publish_prekeys(inner, &conn, false).await?;
+        publish_prekeys(inner, &conn, false, false).await?;
         let cutoff = now_ms().saturating_sub(RECORD_RETENTION_MS);
         inner.with_device(|d| d.store_mut().transaction(|tx| records::prune(tx, cutoff)))?;
         let mut sub = conn.subscribe().await?;
@@ -665,6 +929,9 @@ async fn receive_once<S: Store + Send + 'static>(
                         let outcome = inner.with_device(|d| {
                             inbound::process(d, &inner.me, &e.id.0, &e.payload, now_ms())
                         })?;
+                        if !outcome.revoked.is_empty() {
+                            inner.events_ready();
+                        }
                         if !inner.skip_acks.load(Ordering::SeqCst) {
                             let _ = acks.send(e.id);
                         }
@@ -677,8 +944,9 @@ async fn receive_once<S: Store + Send + 'static>(
                     }
                     Pushed::QueueEmpty => {
                         inner.synced.send_replace(true);
+                        publish_prekeys(inner, &conn, false, true).await?;
                     }
-                    Pushed::PrekeysLow(_) => publish_prekeys(inner, &conn, false).await?,
+                    Pushed::PrekeysLow(_) => publish_prekeys(inner, &conn, false, false).await?,
                 }
             }
             Ok::<(), Error>(())
@@ -723,7 +991,8 @@ async fn maintain_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
         tokio::time::sleep(MAINTENANCE_INTERVAL).await;
         let home = inner.me.relay.clone();
         if let Ok(conn) = inner.relay(&home).await {
-            if let Err(e) = publish_prekeys(&inner, &conn, false).await {
+            let synced = *inner.synced.borrow();
+            if let Err(e) = publish_prekeys(&inner, &conn, false, synced).await {
                 tracing::debug!(error = %e, "prekey maintenance failed");
                 inner.relay_failed(&home, &conn, &e).await;
             }

@@ -6,9 +6,16 @@
 //! message id, so a crash between "relay accepted" and "progress recorded"
 //! shows nothing twice.
 //!
-//! Device lists are fetched from the recipient's relay and verified against
-//! the recipient's identity before every item, so a device added or removed
-//! since the last send is never missed or kept.
+//! Device lists are fetched from the recipient's relay, verified against the
+//! recipient's account key and checked against the pinned list before every
+//! item, so a device added or removed since the last send is never missed or
+//! kept, and a relay replaying an old list is refused. A bundle is used only
+//! if its identity is the one the list certifies for that device.
+//!
+//! Two lanes: ordinary items go strictly in order (a network failure stops
+//! the pass, so later messages never overtake earlier ones); repair items
+//! (retry requests and re-sends) never block them and are dropped after a
+//! few attempts.
 
 use std::sync::Arc;
 
@@ -18,16 +25,20 @@ use sotto_proto::client as pb;
 use sotto_relay::RelayClient;
 
 use super::address::UserAddress;
-use super::devices::DeviceList;
+use super::devices::{DeviceEntry, DeviceList};
+use super::envelope::sender_mac;
 use super::{records, Inner};
 use crate::device::DeviceAddress;
 use crate::error::{Error, Result};
 use crate::prekeys::PrekeyBundle;
+use crate::session::MessageKind;
 use crate::store::Store;
 
 /// Attempts before a queued item is given up (with a `SendFailed` event)
 /// when the failure is the recipient's (no devices, bad list), not the network.
 pub(crate) const MAX_PERMANENT_FAILURES: u32 = 3;
+/// Attempts before a repair item is dropped, whatever the failure.
+pub(crate) const MAX_REPAIR_ATTEMPTS: u32 = 5;
 
 /// Longest one outbox item may take before its relay connections are
 /// considered dead and replaced (a relay killed without closing its
@@ -62,6 +73,19 @@ pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> R
         };
         match result {
             Ok(()) => {}
+            Err(e) if item.repair => {
+                // Repairs never hold up the conversation: count, move on.
+                tracing::debug!(error = %e, "repair item deferred");
+                inner.with_device(|d| {
+                    d.store_mut().transaction(|tx| {
+                        let mut item = item.clone();
+                        item.attempts += 1;
+                        let keep = item.attempts < MAX_REPAIR_ATTEMPTS;
+                        records::update_outbox(tx, seq, keep.then_some(&item))
+                    })
+                })?;
+                pass.pending = true;
+            }
             Err(e) if is_transient(&e) => {
                 // Stop here: later items must not overtake this one (the
                 // conversation's order is the outbox's order).
@@ -115,13 +139,27 @@ fn is_transient(e: &Error) -> bool {
     }
 }
 
-/// The verified device list of `user` from its relay.
+/// The verified device list of `user` from its relay (not yet pinned).
 pub(crate) async fn fetch_devices(conn: &RelayClient, user: &UserAddress) -> Result<DeviceList> {
     let signed = conn
         .fetch_device_list(&user.user)
         .await?
         .ok_or(Error::UnknownUser)?;
     DeviceList::verify(&user.user, &signed)
+}
+
+/// Fetches `user`'s list, checks it against the pinned one (refusing a
+/// rollback or an equivocation) and pins it; sessions of devices it removed
+/// are deleted.
+pub(crate) async fn fetch_and_pin<S: Store + Send + 'static>(
+    inner: &Arc<Inner<S>>,
+    conn: &Arc<RelayClient>,
+    user: &UserAddress,
+) -> Result<DeviceList> {
+    let fetched = fetch_devices(conn, user).await;
+    let list = inner.checked(&user.relay, conn, fetched).await?;
+    inner.pin_list(user, &list)?;
+    Ok(list)
 }
 
 async fn send_item<S: Store + Send + 'static>(
@@ -138,11 +176,10 @@ async fn send_item<S: Store + Send + 'static>(
     }
     let content_bytes = content.encode_to_vec();
 
-    // The recipient's devices.
+    // The recipient's devices, checked against the pinned list.
     let conn = inner.relay(&to.relay).await?;
-    let fetched = fetch_devices(&conn, &to).await;
-    let list = inner.checked(&to.relay, &conn, fetched).await?;
-    let mut targets: Vec<(UserAddress, u32, sotto_relay::MailboxId, Vec<u8>, bool)> = Vec::new();
+    let list = fetch_and_pin(inner, &conn, &to).await?;
+    let mut targets: Vec<Target> = Vec::new();
     let me_user = inner.me.user;
     for d in &list.devices {
         if to.user == me_user && d.device_id == inner.device_id {
@@ -154,15 +191,13 @@ async fn send_item<S: Store + Send + 'static>(
         if item.done_devices.contains(&d.device_id) {
             continue;
         }
-        targets.push((
-            to.clone(),
-            d.device_id,
-            d.mailbox,
-            content_bytes.clone(),
-            false,
-        ));
+        targets.push(Target {
+            user: to.clone(),
+            device: d.clone(),
+            bytes: content_bytes.clone(),
+            own: false,
+        });
     }
-    inner.note_device_list(&to, &list)?;
 
     // Copies for this user's other devices (what I sent, from where).
     if item.to_own_devices && to.user != me_user {
@@ -176,10 +211,15 @@ async fn send_item<S: Store + Send + 'static>(
             }
             .encode_to_vec();
             let own_conn = inner.relay(&inner.me.relay).await?;
-            let own = fetch_devices(&own_conn, &inner.me).await?;
+            let own = fetch_and_pin(inner, &own_conn, &inner.me).await?;
             for d in &own.devices {
                 if d.device_id != inner.device_id && !item.done_own_devices.contains(&d.device_id) {
-                    targets.push((inner.me.clone(), d.device_id, d.mailbox, sync.clone(), true));
+                    targets.push(Target {
+                        user: inner.me.clone(),
+                        device: d.clone(),
+                        bytes: sync.clone(),
+                        own: true,
+                    });
                 }
             }
         }
@@ -195,24 +235,31 @@ async fn send_item<S: Store + Send + 'static>(
         return Err(Error::UnknownUser);
     }
 
-    for (user, device_id, mailbox, bytes, own) in targets {
+    for t in targets {
+        let (user, device_id) = (&t.user, t.device.device_id);
         let conn = inner.relay(&user.relay).await?;
         let addr = DeviceAddress::new(user.user.to_vec(), device_id);
-        let needs_session = item.reset_session || !inner.with_device(|d| d.has_session(&addr))?;
-        if needs_session {
-            let fetched = conn.fetch_bundle(&mailbox).await;
+        let has_session = inner.with_device(|d| d.has_session(&addr))?;
+        // A repair never sets up a session on its own: it answers a claim
+        // nobody authenticated, unless it is a re-send the retry asked for.
+        if item.repair && !has_session && !item.reset_session {
+            continue;
+        }
+        if item.reset_session || !has_session {
+            let fetched = conn.fetch_bundle(&t.device.mailbox).await;
             let fetched = inner.checked(&user.relay, &conn, fetched).await?;
             let bundle = PrekeyBundle::assemble(
                 &fetched.signed_bundle,
                 fetched.one_time_ec.as_ref().map(|(_, b)| b.as_slice()),
                 fetched.one_time_kem.as_ref().map(|(_, b)| b.as_slice()),
             )?;
-            if !user.is_identity(bundle.identity()) {
+            // The bundle must be the device the account certified.
+            if bundle.device_id() != device_id || !bundle.identity().ct_eq(&t.device.identity) {
                 return Err(Error::BadSignature {
-                    what: "bundle of another identity",
+                    what: "bundle does not match the device list",
                 });
             }
-            let reset = item.reset_session;
+            let reset = item.reset_session && has_session;
             inner.with_device(|d| {
                 d.process_bundle(&addr, &bundle, crate::device::unix_now(), &mut OsRng)?;
                 if reset {
@@ -232,20 +279,36 @@ async fn send_item<S: Store + Send + 'static>(
                 Ok(())
             })?;
         }
-        let message = inner.with_device(|d| d.encrypt(&addr, &bytes, &mut OsRng))?;
+        let message = inner.with_device(|d| {
+            // The session must belong to the identity the list certifies.
+            if !d
+                .session_identity(&addr)?
+                .is_some_and(|id| id.ct_eq(&t.device.identity))
+            {
+                return Err(Error::IdentityChanged {
+                    new_identity: Box::new(t.device.identity),
+                });
+            }
+            d.encrypt(&addr, &t.bytes, &mut OsRng)
+        })?;
+        let mac_key = inner.sender_mac_key(&t.device.identity)?;
+        let mac = sender_mac(&mac_key, &me_user, inner.device_id, &message.bytes);
         let envelope = pb::Envelope {
             version: 1,
             body: Some(pb::envelope::Body::Sealed(pb::Sealed {
                 sender_user: me_user.to_vec(),
                 sender_device: inner.device_id,
-                message: message.bytes.clone(),
+                sender_certificate: (message.kind == MessageKind::PreKey)
+                    .then(|| inner.certificate.to_pb()),
+                message: message.bytes,
+                sender_mac: mac.to_vec(),
             })),
         }
         .encode_to_vec();
-        let sent = conn.send(&mailbox, envelope).await;
+        let sent = conn.send(&t.device.mailbox, envelope).await;
         let envelope_id = inner.checked(&user.relay, &conn, sent).await?;
         // Progress, sent log and delivery state in one commit.
-        if own {
+        if t.own {
             item.done_own_devices.push(device_id);
         } else {
             item.done_devices.push(device_id);
@@ -253,6 +316,7 @@ async fn send_item<S: Store + Send + 'static>(
         item.reset_session = false;
         let message_id = item.message_id.clone();
         let progress = item.clone();
+        let now = super::now_ms();
         inner.with_device(|d| {
             d.store_mut().transaction(|tx| {
                 records::update_outbox(tx, seq, Some(&progress))?;
@@ -263,13 +327,14 @@ async fn send_item<S: Store + Send + 'static>(
                         recipient_user: user.user.to_vec(),
                         recipient_device: device_id,
                         recipient: user.to_string(),
-                        content: bytes.clone(),
+                        content: t.bytes.clone(),
                         at_ms: envelope_id.millis(),
+                        retries: 0,
                     },
                 )?;
                 if !message_id.is_empty()
-                    && !own
-                    && records::raise_delivery(tx, &message_id, &user.user, device_id, 1)?
+                    && !t.own
+                    && records::raise_delivery(tx, &message_id, &user.user, device_id, 1, now)?
                 {
                     records::push_event(
                         tx,
@@ -295,4 +360,12 @@ async fn send_item<S: Store + Send + 'static>(
         d.store_mut()
             .transaction(|tx| records::update_outbox(tx, seq, None))
     })
+}
+
+/// One device an item goes to.
+struct Target {
+    user: UserAddress,
+    device: DeviceEntry,
+    bytes: Vec<u8>,
+    own: bool,
 }

@@ -2,14 +2,19 @@
 //! they commit in the same transaction as the ratchet state they depend on
 //! (a decrypt, its de-duplication mark and its event are one commit).
 //!
-//! Key prefixes (all values are `sotto.client.v1` protobuf):
+//! Key prefixes (all values are `sotto.client.v1` protobuf unless noted):
 //! `cfg` config; `ob/`+seq outbox; `ev/`+seq events for the app;
-//! `in/`+envelope id processed envelopes; `mid/`+user+id seen message ids;
-//! `sl/`+envelope id sent log; `ds/`+message id delivery state;
-//! `ct/`+user contacts.
+//! `in/`+envelope id processed envelopes (value: u64be ms);
+//! `mid/`+user+id seen message ids (value: u64be ms) with the time index
+//! `mit/`+u64be(ms)+user+id; `sl/`+envelope id sent log; `ds/`+message id
+//! delivery state with the time index `dst/`+u64be(ms)+message id;
+//! `rq/`+user+id messages held in a message request; `ct/`+user contacts.
+//! Every row a peer can make us write is bounded: by time (pruned after
+//! [`super::RECORD_RETENTION_MS`]) or by count (requests).
 
 use sotto_proto::client as pb;
 
+use super::devices::DeviceList;
 use crate::error::{Error, Result};
 use crate::store::{Table, Txn};
 
@@ -18,9 +23,17 @@ const OUTBOX: &[u8] = b"ob/";
 const EVENTS: &[u8] = b"ev/";
 const PROCESSED: &[u8] = b"in/";
 const SEEN_MESSAGE: &[u8] = b"mid/";
+const SEEN_INDEX: &[u8] = b"mit/";
 const SENT_LOG: &[u8] = b"sl/";
 const DELIVERY: &[u8] = b"ds/";
+const DELIVERY_INDEX: &[u8] = b"dst/";
+const HELD: &[u8] = b"rq/";
 const CONTACT: &[u8] = b"ct/";
+
+/// What the local user decided about another user ([`pb::ContactRecord::state`]).
+pub(crate) const STRANGER: u32 = 0;
+pub(crate) const ACCEPTED: u32 = 1;
+pub(crate) const BLOCKED: u32 = 2;
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -49,7 +62,9 @@ pub(crate) fn put<M: prost::Message>(tx: &mut impl Txn, k: &[u8], m: &M) -> Resu
 pub(crate) fn next_seq(tx: &mut impl Txn) -> Result<u64> {
     let mut cfg: pb::ClientConfig = get(tx, CONFIG)?.ok_or(Error::NoIdentity)?;
     let seq = cfg.next_seq.max(1);
-    cfg.next_seq = seq + 1;
+    cfg.next_seq = seq
+        .checked_add(1)
+        .ok_or(Error::CorruptRecord { table: "app" })?;
     put(tx, CONFIG, &cfg)?;
     Ok(seq)
 }
@@ -73,6 +88,14 @@ pub(crate) fn outbox(tx: &impl Txn) -> Result<Vec<(u64, pb::OutboxItem)>> {
     Ok(out)
 }
 
+/// Queued repair items addressed to `recipient`'s device `device_id`.
+pub(crate) fn pending_repairs(tx: &impl Txn, recipient: &str, device_id: u32) -> Result<usize> {
+    Ok(outbox(tx)?
+        .iter()
+        .filter(|(_, i)| i.repair && i.recipient == recipient && i.only_devices == [device_id])
+        .count())
+}
+
 /// Rewrites (progress) or removes (`None`: done) an outbox item.
 pub(crate) fn update_outbox(
     tx: &mut impl Txn,
@@ -94,16 +117,28 @@ pub(crate) fn push_event(tx: &mut impl Txn, mut event: pb::ClientEvent) -> Resul
     Ok(seq)
 }
 
+/// One stored event: its sequence number and either the record or why it
+/// cannot be read (a damaged row never stalls the queue).
+pub(crate) type StoredEvent = (u64, Result<pb::ClientEvent>);
+
 /// The oldest events not yet acknowledged by the app (at most `limit`).
-pub(crate) fn events(tx: &impl Txn, limit: usize) -> Result<Vec<pb::ClientEvent>> {
+pub(crate) fn events(tx: &impl Txn, limit: usize) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::new();
     for k in tx
         .keys_with_prefix(Table::App, EVENTS)?
         .into_iter()
         .take(limit)
     {
-        if let Some(e) = get(tx, &k)? {
-            out.push(e);
+        let seq = seq_of(&k[EVENTS.len()..])?;
+        match tx.get(Table::App, &k) {
+            Ok(Some(v)) => out.push((
+                seq,
+                <pb::ClientEvent as prost::Message>::decode(v.as_slice())
+                    .map_err(|_| Error::CorruptRecord { table: "app" }),
+            )),
+            Ok(None) => {}
+            Err(e @ Error::CorruptRecord { .. }) => out.push((seq, Err(e))),
+            Err(e) => return Err(e),
         }
     }
     Ok(out)
@@ -130,12 +165,17 @@ pub(crate) fn is_processed(tx: &impl Txn, envelope: &[u8; 16]) -> Result<bool> {
 
 /// Records a message id from `user`; false if it was already seen (a
 /// re-sent copy of a message the app already has).
-pub(crate) fn first_sight(tx: &mut impl Txn, user: &[u8], id: &[u8]) -> Result<bool> {
+pub(crate) fn first_sight(tx: &mut impl Txn, user: &[u8], id: &[u8], now_ms: u64) -> Result<bool> {
     let k = key(SEEN_MESSAGE, &[user, id]);
     if tx.get(Table::App, &k)?.is_some() {
         return Ok(false);
     }
-    tx.put(Table::App, &k, &[])?;
+    tx.put(Table::App, &k, &now_ms.to_be_bytes())?;
+    tx.put(
+        Table::App,
+        &key(SEEN_INDEX, &[&now_ms.to_be_bytes(), user, id]),
+        &[],
+    )?;
     Ok(true)
 }
 
@@ -149,13 +189,28 @@ pub(crate) fn sent(tx: &impl Txn, envelope: &[u8]) -> Result<Option<pb::SentLogE
     get(tx, &key(SENT_LOG, &[envelope]))
 }
 
-/// Deletes sent-log entries and processed marks older than `cutoff_ms`
-/// (relay envelope ids start with their millisecond timestamp).
+/// Deletes every row kept for a limited time that is older than
+/// `cutoff_ms`: sent-log entries and processed marks (relay envelope ids
+/// start with their millisecond timestamp), seen message ids and delivery
+/// states (through their time indexes).
 pub(crate) fn prune(tx: &mut impl Txn, cutoff_ms: u64) -> Result<()> {
     for prefix in [SENT_LOG, PROCESSED] {
-        let mut to = prefix.to_vec();
-        to.extend_from_slice(&cutoff_ms.to_be_bytes());
+        let to = key(prefix, &[&cutoff_ms.to_be_bytes()]);
         tx.delete_range(Table::App, prefix, &to)?;
+    }
+    for (index, main) in [(SEEN_INDEX, SEEN_MESSAGE), (DELIVERY_INDEX, DELIVERY)] {
+        for k in tx.keys_with_prefix(Table::App, index)? {
+            let rest = &k[index.len()..];
+            let Some((at, suffix)) = rest.split_first_chunk::<8>() else {
+                tx.delete(Table::App, &k)?;
+                continue;
+            };
+            if u64::from_be_bytes(*at) >= cutoff_ms {
+                break;
+            }
+            tx.delete(Table::App, &key(main, &[suffix]))?;
+            tx.delete(Table::App, &k)?;
+        }
     }
     Ok(())
 }
@@ -166,12 +221,15 @@ pub(crate) fn delivery(tx: &impl Txn, message_id: &[u8]) -> Result<pb::DeliveryR
 }
 
 /// Raises one device's delivery state (never lowers it); true if it changed.
+/// Only `Sent` (1) may create the entry: a receipt (2, 3) from a device the
+/// message never went to changes nothing.
 pub(crate) fn raise_delivery(
     tx: &mut impl Txn,
     message_id: &[u8],
     user: &[u8],
     device_id: u32,
     state: u32,
+    now_ms: u64,
 ) -> Result<bool> {
     let mut rec = delivery(tx, message_id)?;
     let changed = match rec
@@ -184,7 +242,7 @@ pub(crate) fn raise_delivery(
             d.state = state;
             true
         }
-        None => {
+        None if state == 1 => {
             rec.devices.push(pb::DeviceDelivery {
                 user: user.to_vec(),
                 device_id,
@@ -192,8 +250,17 @@ pub(crate) fn raise_delivery(
             });
             true
         }
+        None => false,
     };
     if changed {
+        if rec.at_ms == 0 {
+            rec.at_ms = now_ms;
+            tx.put(
+                Table::App,
+                &key(DELIVERY_INDEX, &[&now_ms.to_be_bytes(), message_id]),
+                &[],
+            )?;
+        }
         put(tx, &key(DELIVERY, &[message_id]), &rec)?;
     }
     Ok(changed)
@@ -207,6 +274,149 @@ pub(crate) fn contact(tx: &impl Txn, user: &[u8]) -> Result<Option<pb::ContactRe
 /// Writes a contact's record.
 pub(crate) fn put_contact(tx: &mut impl Txn, user: &[u8], c: &pb::ContactRecord) -> Result<()> {
     put(tx, &key(CONTACT, &[user]), c)
+}
+
+/// Every contact record, with its user id.
+pub(crate) fn contacts(tx: &impl Txn) -> Result<Vec<([u8; 32], pb::ContactRecord)>> {
+    let mut out = Vec::new();
+    for k in tx.keys_with_prefix(Table::App, CONTACT)? {
+        let Ok(user) = <[u8; 32]>::try_from(&k[CONTACT.len()..]) else {
+            continue;
+        };
+        if let Some(c) = get(tx, &k)? {
+            out.push((user, c));
+        }
+    }
+    Ok(out)
+}
+
+/// The device list pinned in a contact record (the highest version seen).
+pub(crate) fn pinned_list(c: &pb::ContactRecord) -> Result<Option<DeviceList>> {
+    if c.device_list_version == 0 {
+        return Ok(None);
+    }
+    DeviceList::from_body(
+        c.device_list_version,
+        &pb::DeviceListBody {
+            devices: c.devices.clone(),
+            next_device_id: c.next_device_id,
+        },
+    )
+    .map(Some)
+    .map_err(|_| Error::CorruptRecord { table: "app" })
+}
+
+/// Pins `list` in a contact record.
+pub(crate) fn set_pinned(c: &mut pb::ContactRecord, list: &DeviceList, now_ms: u64) {
+    c.device_list_version = list.version;
+    c.devices = list.entries();
+    c.next_device_id = list.next_device_id;
+    c.device_list_hash = list.hash().to_vec();
+    c.list_checked_ms = now_ms;
+}
+
+/// What pinning a newly seen list did.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// `NewDevice` / `DeviceRemoved` events were queued.
+    pub(crate) events: bool,
+    /// Devices the list removed (delete their sessions).
+    pub(crate) revoked: Vec<crate::device::DeviceAddress>,
+}
+
+/// Pins a verified list of `user` if it is newer than the pinned one (see
+/// [`DeviceList::against`]; a refused list is an `Err` and changes nothing)
+/// and turns added and removed devices into events, for contacts and for
+/// this user's own list alike (a device linked to one's own account is worth
+/// knowing about).
+pub(crate) fn apply_list(
+    tx: &mut impl Txn,
+    user: &super::address::UserAddress,
+    list: &DeviceList,
+    now_ms: u64,
+) -> Result<Applied> {
+    let mut c = contact(tx, &user.user)?.unwrap_or_default();
+    let pinned = pinned_list(&c)?;
+    let change = list.against(pinned.as_ref())?;
+    let mut out = Applied::default();
+    if change.newer {
+        let event = |kind, device_id| pb::ClientEvent {
+            peer: user.to_string(),
+            peer_device: device_id,
+            kind: Some(kind),
+            ..Default::default()
+        };
+        use pb::client_event::Kind as K;
+        for id in &change.added {
+            push_event(tx, event(K::NewDevice(*id), *id))?;
+            out.events = true;
+        }
+        for id in &change.removed {
+            push_event(tx, event(K::DeviceRemoved(*id), *id))?;
+            out.events = true;
+            out.revoked
+                .push(crate::device::DeviceAddress::new(user.user.to_vec(), *id));
+        }
+        set_pinned(&mut c, list, now_ms);
+    } else {
+        c.list_checked_ms = now_ms;
+    }
+    if c.address.is_empty() {
+        c.address = user.to_string();
+    }
+    put_contact(tx, &user.user, &c)?;
+    Ok(out)
+}
+
+/// Holds a message of a request (stranger) so that accepting the request
+/// can send its delivered receipt.
+pub(crate) fn hold(tx: &mut impl Txn, user: &[u8], id: &[u8]) -> Result<()> {
+    tx.put(Table::App, &key(HELD, &[user, id]), &[])
+}
+
+/// Takes (and deletes) the held message ids of `user`.
+pub(crate) fn take_held(tx: &mut impl Txn, user: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let prefix = key(HELD, &[user]);
+    let mut ids = Vec::new();
+    for k in tx.keys_with_prefix(Table::App, &prefix)? {
+        ids.push(k[prefix.len()..].to_vec());
+        tx.delete(Table::App, &k)?;
+    }
+    Ok(ids)
+}
+
+/// Most automatic repairs (retry requests sent, sessions reset) in a burst
+/// per peer device, and how fast the allowance comes back.
+pub(crate) const REPAIR_BURST: u32 = 3;
+pub(crate) const REPAIR_REFILL_MS: u64 = 3600 * 1000;
+
+/// Takes one repair token for `device_id` from the contact's buckets; false
+/// when the device used its allowance (then nothing automatic happens).
+pub(crate) fn take_repair_token(c: &mut pb::ContactRecord, device_id: u32, now_ms: u64) -> bool {
+    let pos = match c.repairs.iter().position(|r| r.device_id == device_id) {
+        Some(p) => p,
+        None => {
+            c.repairs.push(pb::RepairBudget {
+                device_id,
+                tokens: REPAIR_BURST,
+                at_ms: now_ms,
+            });
+            c.repairs.len() - 1
+        }
+    };
+    let b = &mut c.repairs[pos];
+    let refill = now_ms.saturating_sub(b.at_ms) / REPAIR_REFILL_MS;
+    if refill > 0 {
+        b.tokens = u32::try_from(u64::from(b.tokens).saturating_add(refill))
+            .unwrap_or(REPAIR_BURST)
+            .min(REPAIR_BURST);
+        b.at_ms = now_ms;
+    }
+    if b.tokens == 0 {
+        return false;
+    }
+    b.tokens -= 1;
+    true
 }
 
 fn seq_of(b: &[u8]) -> Result<u64> {

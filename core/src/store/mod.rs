@@ -30,7 +30,7 @@ pub enum Table {
     KemPrekey = 3,
     /// One-time X25519 prekeys by id.
     OneTimePrekey = 4,
-    /// Known contacts (trust state) by user id.
+    /// Recorded identity (trust state) per remote device address.
     Contact = 5,
     /// Ordered session ids per remote device.
     SessionIndex = 6,
@@ -42,6 +42,10 @@ pub enum Table {
     SeenBaseKey = 9,
     /// Rows owned by the application, written atomically with a decrypt.
     App = 10,
+    /// One-time prekeys already consumed: `kind (1 EC, 2 KEM) || u32be(id)`
+    /// -> `u64be(consumed_at) || base key`, so a key served twice is told
+    /// apart from a replay.
+    ConsumedPrekey = 11,
 }
 
 impl Table {
@@ -58,6 +62,7 @@ impl Table {
             Table::SkippedKey => "skipped_key",
             Table::SeenBaseKey => "seen_base_key",
             Table::App => "app",
+            Table::ConsumedPrekey => "consumed_prekey",
         }
     }
 }

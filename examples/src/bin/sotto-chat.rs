@@ -34,7 +34,6 @@ use sotto_core::client::{
     AttachmentRef, Client, DeliveryState, Event, EventKind, MessageId, ReceiptKind, RelayAddress,
     UserAddress,
 };
-use sotto_core::trust::Verification;
 use sotto_core::SqliteStore;
 use sotto_examples::display::{safety_number_lines, short_id, short_user};
 use sotto_examples::profile::{AddressBook, Profile};
@@ -320,6 +319,14 @@ fn show(chat: &Chat, e: &Event) {
                 }
             }
         }
+        EventKind::MessageRequest(m) => {
+            println!("[request from {who}] {}", m.text);
+            if let Some(p) = peer {
+                println!(
+                    "    (a message request: nothing was sent back; /add <name> {p} to accept)"
+                );
+            }
+        }
         EventKind::SentFromOtherDevice { to, message } => {
             println!(
                 "[you -> {}, from another device] {}",
@@ -342,7 +349,7 @@ fn show(chat: &Chat, e: &Event) {
             }
         }
         EventKind::DecryptFailed { reason } => {
-            println!("! a message from {who} (device {dev}) could not be decrypted ({reason}); a resend was requested");
+            println!("! a message claiming to come from {who} (device {dev}) could not be used ({reason})");
         }
         EventKind::SessionReset => {
             println!("! the session with {who} (device {dev}) was set up afresh");
@@ -373,6 +380,7 @@ const HELP: &str = "\
 /get <n> <dest>         save the n-th received attachment to dest
 /read                   send read receipts for the messages shown
 /verify                 compare the safety number with the current contact
+/block                  block the current contact (drop their messages unread)
 /contacts               list contacts
 /link                   link a new device (start it with --link)
 /devices                list this user's devices
@@ -409,8 +417,15 @@ async fn command(chat: &Chat, line: &str, input: &mut UnboundedReceiver<String>)
             if addr.user == chat.client.address().user {
                 return Err(ExampleError::Usage("that is your own address".into()));
             }
-            chat.state().book.add(name, addr)?;
+            chat.state().book.add(name, addr.clone())?;
+            // Naming someone accepts them: their messages stop being requests.
+            chat.client.accept_request(&addr)?;
             println!("added {name}");
+        }
+        "/block" => {
+            let (name, addr) = chat.state().selected()?;
+            chat.client.block(&addr)?;
+            println!("blocked {name}: their messages are dropped unread");
         }
         "/to" => {
             let mut st = chat.state();
@@ -478,15 +493,8 @@ async fn command(chat: &Chat, line: &str, input: &mut UnboundedReceiver<String>)
         }
         "/verify" => {
             let (name, addr) = chat.state().selected()?;
-            let number = chat.client.safety_number(&addr).map_err(|e| {
-                ExampleError::Usage(format!(
-                    "no safety number with {name} yet ({e}): exchange a message first"
-                ))
-            })?;
-            let verified = matches!(
-                chat.client.contact(&addr)?,
-                Some(c) if c.verification == Verification::Verified
-            );
+            let number = chat.client.safety_number(&addr);
+            let verified = chat.client.is_verified(&addr)?;
             println!(
                 "safety number with {name}{}:",
                 if verified { " (verified)" } else { "" }

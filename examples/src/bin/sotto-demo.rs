@@ -289,15 +289,25 @@ async fn run(args: Args) -> Result<()> {
     .await?;
 
     // 1. First message: PQXDH from a relay-served bundle, then the ratchet.
+    // Alice is a stranger to Bob: her message is a request until he accepts
+    // (no receipt, no contact with her relay before that).
     let hello = alice.client.send_text(bob.addr(), HELLO)?;
-    receive(&bob, alice.addr(), HELLO).await?;
+    let (from, text) = wait_for(&bob, |e| match &e.kind {
+        EventKind::MessageRequest(m) => Some((e.peer.clone(), m.text.clone())),
+        _ => None,
+    })
+    .await?;
+    if text != HELLO || from.as_ref() != Some(alice.addr()) {
+        return Err(unexpected("bob's message request is not alice's hello"));
+    }
+    bob.client.accept_request(alice.addr())?;
     wait_delivery(&alice, &hello, all_at_least(DeliveryState::Delivered)).await?;
     obs.step(
         &[&alice, &bob],
         &[
             format!("alice -> bob: {HELLO}"),
-            format!("bob/phone reads: {HELLO}"),
-            "alice sees ✓✓ (delivered to bob's phone)".into(),
+            format!("bob/phone: message request: {HELLO}"),
+            "bob accepts it; alice sees ✓✓ (delivered)".into(),
         ],
     )
     .await?;
@@ -341,8 +351,8 @@ async fn run(args: Args) -> Result<()> {
             format!("bob/laptop shows a link code: {}…", &code[..21]),
             format!("bob/phone shows   {phone_digits}"),
             format!("bob/laptop shows  {laptop_digits}  (same: bob confirms both)"),
-            format!("bob/laptop joins as device {new_id} (identity sealed"),
-            " to the link key, device list re-signed)".into(),
+            format!("bob/laptop joins as device {new_id}: its own identity,"),
+            " certified by bob's account key; list re-signed".into(),
         ],
     )
     .await?;
@@ -478,9 +488,9 @@ async fn run(args: Args) -> Result<()> {
     .await?;
 
     // The safety number: one per pair of users, whatever their devices.
-    let sn_alice = alice.client.safety_number(bob.addr())?;
-    let sn_phone = bob.client.safety_number(alice.addr())?;
-    let sn_laptop = laptop.client.safety_number(alice.addr())?;
+    let sn_alice = alice.client.safety_number(bob.addr());
+    let sn_phone = bob.client.safety_number(alice.addr());
+    let sn_laptop = laptop.client.safety_number(alice.addr());
     println!();
     println!("safety number alice and bob compare (in person or on a call):");
     for line in safety_number_lines(&sn_alice) {

@@ -466,12 +466,37 @@ impl RelayClient {
         }
     }
 
-    /// Downloads a blob from `offset` (resume), streaming into `out`; returns
-    /// the blob's total length.
+    /// Downloads blob bytes from `offset` into `out`; returns the blob's
+    /// total length as the relay states it. Never reads past that length
+    /// (more bytes are [`RelayError::Malformed`]), so a relay cannot make the
+    /// client write more than it announced.
     pub async fn download_blob<W: AsyncWrite + Unpin>(
         &self,
         blob: &BlobId,
         offset: u64,
+        out: W,
+    ) -> Result<u64> {
+        self.download(blob, offset, None, out).await
+    }
+
+    /// Like [`RelayClient::download_blob`], for a blob whose total length the
+    /// caller knows (an attachment pointer names it): a relay announcing any
+    /// other length is refused before a byte is written.
+    pub async fn download_blob_exact<W: AsyncWrite + Unpin>(
+        &self,
+        blob: &BlobId,
+        offset: u64,
+        length: u64,
+        out: W,
+    ) -> Result<u64> {
+        self.download(blob, offset, Some(length), out).await
+    }
+
+    async fn download<W: AsyncWrite + Unpin>(
+        &self,
+        blob: &BlobId,
+        offset: u64,
+        expected: Option<u64>,
         mut out: W,
     ) -> Result<u64> {
         let req = Req::BlobDownload(BlobDownload {
@@ -483,11 +508,20 @@ impl RelayClient {
         let Resp::BlobInfo(info) = Self::read_reply(&mut recv, id).await? else {
             return Err(RelayError::UnexpectedReply);
         };
+        if expected.is_some_and(|want| want != info.length) {
+            return Err(RelayError::Malformed(
+                "blob length differs from the expected one",
+            ));
+        }
         let want = info.length.saturating_sub(offset);
-        let got = tokio::io::copy(&mut recv, &mut out).await?;
+        let got = tokio::io::copy(&mut (&mut recv).take_exact(want), &mut out).await?;
         out.flush().await?;
         if got != want {
             return Err(RelayError::Truncated);
+        }
+        let mut extra = [0u8; 1];
+        if tokio::io::AsyncReadExt::read(&mut recv, &mut extra).await? != 0 {
+            return Err(RelayError::Malformed("blob longer than announced"));
         }
         Ok(info.length)
     }

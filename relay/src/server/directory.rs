@@ -33,6 +33,10 @@ use crate::limits::BucketMap;
 /// `burst / rate` seconds count. Past this bound new keys are refused.
 const MAX_TRACKED: usize = 1 << 18;
 
+/// Largest version increase a published device list may make (clients
+/// apply the same bound to the lists they pin).
+pub const MAX_DEVICE_LIST_VERSION_STEP: u64 = 1_000;
+
 const KIND_EC: u8 = 1;
 const KIND_KEM: u8 = 2;
 
@@ -288,7 +292,9 @@ impl Directory {
         ))
     }
 
-    /// Verifies and stores a device list with a strictly higher version.
+    /// Verifies and stores a device list with a strictly higher version, at
+    /// most [`MAX_DEVICE_LIST_VERSION_STEP`] above the stored one (0 when
+    /// none): a signer cannot freeze its list by publishing `u64::MAX`.
     pub async fn publish_device_list(&self, l: SignedDeviceList) -> Result<()> {
         let uk: [u8; 32] =
             l.user_key.as_slice().try_into().map_err(|_| {
@@ -307,18 +313,25 @@ impl Directory {
             ));
         }
         let _g = self.device_list_lock.lock().await;
-        if let Some(cur) = self.db.get(Cf::DeviceLists, &uk)? {
-            let v = cur
+        let stored = match self.db.get(Cf::DeviceLists, &uk)? {
+            Some(cur) => cur
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            if l.version <= v {
-                return Err(RelayError::refusal(
-                    ErrorCode::StaleVersion,
-                    "device list version not increasing",
-                ));
-            }
+                .unwrap_or(0),
+            None => 0,
+        };
+        if l.version <= stored {
+            return Err(RelayError::refusal(
+                ErrorCode::StaleVersion,
+                "device list version not increasing",
+            ));
+        }
+        if l.version - stored > MAX_DEVICE_LIST_VERSION_STEP {
+            return Err(RelayError::refusal(
+                ErrorCode::InvalidArgument,
+                "device list version jumps too far",
+            ));
         }
         let mut value = Vec::with_capacity(72 + l.body.len());
         value.extend_from_slice(&l.version.to_be_bytes());

@@ -782,10 +782,11 @@ public func FfiConverterTypeAttachment_lower(_ value: Attachment) -> UInt64 {
 public protocol DeviceProtocol: AnyObject, Sendable {
     
     /**
-     * Trusts a changed identity of `user` after the user confirmed it (the
-     * contact becomes unverified).
+     * Trusts a changed identity of `peer` after the user confirmed it (the
+     * device becomes unverified, and every session set up under the old
+     * identity is deleted).
      */
-    func acceptIdentity(user: Data, identityKey: Data) throws 
+    func acceptIdentity(peer: PeerAddress, identityKey: Data) throws 
     
     /**
      * Decrypts a message from `peer`. Every failure is a typed error
@@ -822,10 +823,10 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func identityKey()  -> Data
     
     /**
-     * Records that the user compared safety numbers for `user`'s
+     * Records that the user compared safety numbers for `peer`'s
      * `identity_key`. Fails with `IdentityChanged` if it is not the recorded key.
      */
-    func markVerified(user: Data, identityKey: Data) throws 
+    func markVerified(peer: PeerAddress, identityKey: Data) throws 
     
     /**
      * Starts a session with `peer` from its verified bundle (PQXDH). Fails
@@ -841,9 +842,9 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func rotatePrekeys() throws  -> Bool
     
     /**
-     * The safety number with `user`'s recorded identity.
+     * The safety number with the identity recorded for `peer`.
      */
-    func safetyNumber(user: Data) throws  -> SafetyNumber
+    func safetyNumber(peer: PeerAddress) throws  -> SafetyNumber
     
     /**
      * Whether outgoing messages are padded to Padmé size buckets so the relay
@@ -857,9 +858,9 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func signedBundle() throws  -> Data
     
     /**
-     * How far `user`'s identity is trusted; `null`/`nil` if never seen.
+     * How far `peer`'s identity is trusted; `null`/`nil` if never seen.
      */
-    func verification(user: Data) throws  -> Verification?
+    func verification(peer: PeerAddress) throws  -> Verification?
     
 }
 /**
@@ -961,14 +962,15 @@ public static func openPersistent(path: String, storageKey: Data)throws  -> Devi
 
     
     /**
-     * Trusts a changed identity of `user` after the user confirmed it (the
-     * contact becomes unverified).
+     * Trusts a changed identity of `peer` after the user confirmed it (the
+     * device becomes unverified, and every session set up under the old
+     * identity is deleted).
      */
-open func acceptIdentity(user: Data, identityKey: Data)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+open func acceptIdentity(peer: PeerAddress, identityKey: Data)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
         uniffiCallStatus in
     uniffi_sotto_ffi_fn_method_device_accept_identity(
             self.uniffiCloneHandle(),
-        FfiConverterData.lower(user),
+        FfiConverterTypePeerAddress_lower(peer),
         FfiConverterData.lower(identityKey),uniffiCallStatus
     )
 }
@@ -1058,14 +1060,14 @@ open func identityKey() -> Data  {
 }
     
     /**
-     * Records that the user compared safety numbers for `user`'s
+     * Records that the user compared safety numbers for `peer`'s
      * `identity_key`. Fails with `IdentityChanged` if it is not the recorded key.
      */
-open func markVerified(user: Data, identityKey: Data)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+open func markVerified(peer: PeerAddress, identityKey: Data)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
         uniffiCallStatus in
     uniffi_sotto_ffi_fn_method_device_mark_verified(
             self.uniffiCloneHandle(),
-        FfiConverterData.lower(user),
+        FfiConverterTypePeerAddress_lower(peer),
         FfiConverterData.lower(identityKey),uniffiCallStatus
     )
 }
@@ -1100,14 +1102,14 @@ open func rotatePrekeys()throws  -> Bool  {
 }
     
     /**
-     * The safety number with `user`'s recorded identity.
+     * The safety number with the identity recorded for `peer`.
      */
-open func safetyNumber(user: Data)throws  -> SafetyNumber  {
+open func safetyNumber(peer: PeerAddress)throws  -> SafetyNumber  {
     return try  FfiConverterTypeSafetyNumber_lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
         uniffiCallStatus in
     uniffi_sotto_ffi_fn_method_device_safety_number(
             self.uniffiCloneHandle(),
-        FfiConverterData.lower(user),uniffiCallStatus
+        FfiConverterTypePeerAddress_lower(peer),uniffiCallStatus
     )
 })
 }
@@ -1138,14 +1140,14 @@ open func signedBundle()throws  -> Data  {
 }
     
     /**
-     * How far `user`'s identity is trusted; `null`/`nil` if never seen.
+     * How far `peer`'s identity is trusted; `null`/`nil` if never seen.
      */
-open func verification(user: Data)throws  -> Verification?  {
+open func verification(peer: PeerAddress)throws  -> Verification?  {
     return try  FfiConverterOptionTypeVerification.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
         uniffiCallStatus in
     uniffi_sotto_ffi_fn_method_device_verification(
             self.uniffiCloneHandle(),
-        FfiConverterData.lower(user),uniffiCallStatus
+        FfiConverterTypePeerAddress_lower(peer),uniffiCallStatus
     )
 })
 }
@@ -2302,6 +2304,12 @@ public func FfiConverterTypeSafetyNumber_lower(_ value: SafetyNumber) -> UInt64 
 public protocol SottoClientProtocol: AnyObject, Sendable {
     
     /**
+     * Accepts `peer`'s message request: its messages become ordinary ones
+     * and the held ones get their delivered receipts.
+     */
+    func acceptRequest(peer: String) throws 
+    
+    /**
      * Removes a handled event from the queue.
      */
     func ackEvent(seq: UInt64) throws 
@@ -2310,6 +2318,11 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
      * This user's address (`user@host:port/fingerprint`): give it to contacts.
      */
     func address()  -> String
+    
+    /**
+     * Blocks `peer`: its envelopes are dropped unread, its sessions deleted.
+     */
+    func block(peer: String) throws 
     
     /**
      * The user confirmed the digits: sends the identity to the new device.
@@ -2346,6 +2359,11 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
     func flush(timeoutMs: UInt64) async throws 
     
     /**
+     * True if this is the primary device (only it links and unlinks devices).
+     */
+    func isPrimary() throws  -> Bool
+    
+    /**
      * Whether the user verified `peer`'s safety number (false if unknown).
      */
     func isVerified(peer: String) throws  -> Bool
@@ -2380,8 +2398,8 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
     func pendingOutgoing() throws  -> UInt64
     
     /**
-     * The safety number to compare with `peer` (known once a message was
-     * exchanged with them).
+     * The safety number to compare with `peer`: computed from both users'
+     * account keys, the same on every device of both.
      */
     func safetyNumber(peer: String) throws  -> SafetyNumber
     
@@ -2528,6 +2546,19 @@ public static func `open`(dbPath: String, storageKey: Data)async throws  -> Sott
 
     
     /**
+     * Accepts `peer`'s message request: its messages become ordinary ones
+     * and the held ones get their delivered receipts.
+     */
+open func acceptRequest(peer: String)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_accept_request(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(peer),uniffiCallStatus
+    )
+}
+}
+    
+    /**
      * Removes a handled event from the queue.
      */
 open func ackEvent(seq: UInt64)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
@@ -2549,6 +2580,18 @@ open func address() -> String  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Blocks `peer`: its envelopes are dropped unread, its sessions deleted.
+     */
+open func block(peer: String)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_block(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(peer),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -2657,6 +2700,18 @@ open func flush(timeoutMs: UInt64)async throws   {
 }
     
     /**
+     * True if this is the primary device (only it links and unlinks devices).
+     */
+open func isPrimary()throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_is_primary(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Whether the user verified `peer`'s safety number (false if unknown).
      */
 open func isVerified(peer: String)throws  -> Bool  {
@@ -2749,8 +2804,8 @@ open func pendingOutgoing()throws  -> UInt64  {
 }
     
     /**
-     * The safety number to compare with `peer` (known once a message was
-     * exchanged with them).
+     * The safety number to compare with `peer`: computed from both users'
+     * account keys, the same on every device of both.
      */
 open func safetyNumber(peer: String)throws  -> SafetyNumber  {
     return try  FfiConverterTypeSafetyNumber_lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
@@ -3488,6 +3543,16 @@ public enum EventKind {
          */message: ReceivedMessage
     )
     /**
+     * A message from a user not accepted yet (a stranger): no receipt was
+     * sent and its relay was not contacted. `acceptRequest(peer)` or
+     * `block(peer)`.
+     */
+    case messageRequest(
+        /**
+         * The message.
+         */message: ReceivedMessage
+    )
+    /**
      * A receipt for messages this user sent.
      */
     case receipt(
@@ -3510,8 +3575,8 @@ public enum EventKind {
          */message: ReceivedMessage
     )
     /**
-     * A message from the peer device could not be decrypted; a retry was
-     * requested from the sender.
+     * A message from the peer device could not be decrypted or used (the
+     * claimed sender is not authenticated: show it as such).
      */
     case decryptFailed(
         /**
@@ -3558,6 +3623,15 @@ public enum EventKind {
          */reason: String
     )
     /**
+     * A stored event could not be read back: acknowledge it; the queue
+     * never stalls on it.
+     */
+    case unreadable(
+        /**
+         * Why.
+         */reason: String
+    )
+    /**
      * An event kind this version of the bindings does not know yet.
      */
     case other(
@@ -3589,30 +3663,36 @@ public struct FfiConverterTypeEventKind: FfiConverterRustBuffer {
         case 1: return .message(message: try FfiConverterTypeReceivedMessage.read(from: &buf)
         )
         
-        case 2: return .receipt(kind: try FfiConverterTypeReceiptKind.read(from: &buf), messageIds: try FfiConverterSequenceData.read(from: &buf)
+        case 2: return .messageRequest(message: try FfiConverterTypeReceivedMessage.read(from: &buf)
         )
         
-        case 3: return .sentFromOtherDevice(to: try FfiConverterString.read(from: &buf), message: try FfiConverterTypeReceivedMessage.read(from: &buf)
+        case 3: return .receipt(kind: try FfiConverterTypeReceiptKind.read(from: &buf), messageIds: try FfiConverterSequenceData.read(from: &buf)
         )
         
-        case 4: return .decryptFailed(reason: try FfiConverterString.read(from: &buf)
+        case 4: return .sentFromOtherDevice(to: try FfiConverterString.read(from: &buf), message: try FfiConverterTypeReceivedMessage.read(from: &buf)
         )
         
-        case 5: return .sessionReset
-        
-        case 6: return .identityChanged
-        
-        case 7: return .newDevice
-        
-        case 8: return .deviceRemoved
-        
-        case 9: return .delivery(messageId: try FfiConverterData.read(from: &buf), state: try FfiConverterTypeDeliveryState.read(from: &buf)
+        case 5: return .decryptFailed(reason: try FfiConverterString.read(from: &buf)
         )
         
-        case 10: return .sendFailed(messageId: try FfiConverterData.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
+        case 6: return .sessionReset
+        
+        case 7: return .identityChanged
+        
+        case 8: return .newDevice
+        
+        case 9: return .deviceRemoved
+        
+        case 10: return .delivery(messageId: try FfiConverterData.read(from: &buf), state: try FfiConverterTypeDeliveryState.read(from: &buf)
         )
         
-        case 11: return .other(description: try FfiConverterString.read(from: &buf)
+        case 11: return .sendFailed(messageId: try FfiConverterData.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 12: return .unreadable(reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 13: return .other(description: try FfiConverterString.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -3628,53 +3708,63 @@ public struct FfiConverterTypeEventKind: FfiConverterRustBuffer {
             FfiConverterTypeReceivedMessage.write(message, into: &buf)
             
         
-        case let .receipt(kind,messageIds):
+        case let .messageRequest(message):
             writeInt(&buf, Int32(2))
+            FfiConverterTypeReceivedMessage.write(message, into: &buf)
+            
+        
+        case let .receipt(kind,messageIds):
+            writeInt(&buf, Int32(3))
             FfiConverterTypeReceiptKind.write(kind, into: &buf)
             FfiConverterSequenceData.write(messageIds, into: &buf)
             
         
         case let .sentFromOtherDevice(to,message):
-            writeInt(&buf, Int32(3))
+            writeInt(&buf, Int32(4))
             FfiConverterString.write(to, into: &buf)
             FfiConverterTypeReceivedMessage.write(message, into: &buf)
             
         
         case let .decryptFailed(reason):
-            writeInt(&buf, Int32(4))
+            writeInt(&buf, Int32(5))
             FfiConverterString.write(reason, into: &buf)
             
         
         case .sessionReset:
-            writeInt(&buf, Int32(5))
-        
-        
-        case .identityChanged:
             writeInt(&buf, Int32(6))
         
         
-        case .newDevice:
+        case .identityChanged:
             writeInt(&buf, Int32(7))
         
         
-        case .deviceRemoved:
+        case .newDevice:
             writeInt(&buf, Int32(8))
         
         
-        case let .delivery(messageId,state):
+        case .deviceRemoved:
             writeInt(&buf, Int32(9))
+        
+        
+        case let .delivery(messageId,state):
+            writeInt(&buf, Int32(10))
             FfiConverterData.write(messageId, into: &buf)
             FfiConverterTypeDeliveryState.write(state, into: &buf)
             
         
         case let .sendFailed(messageId,reason):
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(11))
             FfiConverterData.write(messageId, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
+        case let .unreadable(reason):
+            writeInt(&buf, Int32(12))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
         case let .other(description):
-            writeInt(&buf, Int32(11))
+            writeInt(&buf, Int32(13))
             FfiConverterString.write(description, into: &buf)
             
         }
@@ -3900,6 +3990,18 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
      */
     case ReplayedPreKeyMessage
     /**
+     * A first message names a one-time prekey another session already used
+     * (served twice by the relay, or an old bundle replayed).
+     */
+    case OneTimePrekeyReused(
+        /**
+         * Which kind of prekey.
+         */what: String, 
+        /**
+         * Its id.
+         */id: UInt32
+    )
+    /**
      * The contact's identity key changed. Nothing was changed: ask the user,
      * then call `acceptIdentity` with `new_identity` to trust it.
      */
@@ -3986,6 +4088,23 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
          * The OS error.
          */reason: String
     )
+    /**
+     * A device list was refused against the one already seen (rolled back,
+     * equivocating, jumping too far, re-using a device id).
+     */
+    case DeviceListRejected(
+        /**
+         * Which rule it broke.
+         */reason: String
+    )
+    /**
+     * Only the primary device (holding the account key) links and unlinks.
+     */
+    case NotPrimary
+    /**
+     * The peer's message request was not accepted yet.
+     */
+    case NotAccepted
 
     
 
@@ -4056,35 +4175,44 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             id: try FfiConverterUInt32.read(from: &buf)
             )
         case 16: return .ReplayedPreKeyMessage
-        case 17: return .IdentityChanged(
+        case 17: return .OneTimePrekeyReused(
+            what: try FfiConverterString.read(from: &buf), 
+            id: try FfiConverterUInt32.read(from: &buf)
+            )
+        case 18: return .IdentityChanged(
             newIdentity: try FfiConverterData.read(from: &buf)
             )
-        case 18: return .WrongDevice(
+        case 19: return .WrongDevice(
             deviceId: try FfiConverterUInt32.read(from: &buf)
             )
-        case 19: return .NoIdentity
-        case 20: return .CorruptRecord(
+        case 20: return .NoIdentity
+        case 21: return .CorruptRecord(
             table: try FfiConverterString.read(from: &buf)
             )
-        case 21: return .Storage(
+        case 22: return .Storage(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 22: return .InvalidAddress(
+        case 23: return .InvalidAddress(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 23: return .UnknownUser
-        case 24: return .Timeout
-        case 25: return .Relay(
+        case 24: return .UnknownUser
+        case 25: return .Timeout
+        case 26: return .Relay(
             code: try FfiConverterOptionString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 26: return .AttachmentRejected(
+        case 27: return .AttachmentRejected(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 27: return .AttachmentTooLarge
-        case 28: return .AttachmentIo(
+        case 28: return .AttachmentTooLarge
+        case 29: return .AttachmentIo(
             reason: try FfiConverterString.read(from: &buf)
             )
+        case 30: return .DeviceListRejected(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 31: return .NotPrimary
+        case 32: return .NotAccepted
 
          default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -4174,62 +4302,81 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(16))
         
         
-        case let .IdentityChanged(newIdentity):
+        case let .OneTimePrekeyReused(what,id):
             writeInt(&buf, Int32(17))
+            FfiConverterString.write(what, into: &buf)
+            FfiConverterUInt32.write(id, into: &buf)
+            
+        
+        case let .IdentityChanged(newIdentity):
+            writeInt(&buf, Int32(18))
             FfiConverterData.write(newIdentity, into: &buf)
             
         
         case let .WrongDevice(deviceId):
-            writeInt(&buf, Int32(18))
+            writeInt(&buf, Int32(19))
             FfiConverterUInt32.write(deviceId, into: &buf)
             
         
         case .NoIdentity:
-            writeInt(&buf, Int32(19))
+            writeInt(&buf, Int32(20))
         
         
         case let .CorruptRecord(table):
-            writeInt(&buf, Int32(20))
+            writeInt(&buf, Int32(21))
             FfiConverterString.write(table, into: &buf)
             
         
         case let .Storage(reason):
-            writeInt(&buf, Int32(21))
-            FfiConverterString.write(reason, into: &buf)
-            
-        
-        case let .InvalidAddress(reason):
             writeInt(&buf, Int32(22))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case .UnknownUser:
+        case let .InvalidAddress(reason):
             writeInt(&buf, Int32(23))
+            FfiConverterString.write(reason, into: &buf)
+            
         
-        
-        case .Timeout:
+        case .UnknownUser:
             writeInt(&buf, Int32(24))
         
         
-        case let .Relay(code,reason):
+        case .Timeout:
             writeInt(&buf, Int32(25))
+        
+        
+        case let .Relay(code,reason):
+            writeInt(&buf, Int32(26))
             FfiConverterOptionString.write(code, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .AttachmentRejected(reason):
-            writeInt(&buf, Int32(26))
+            writeInt(&buf, Int32(27))
             FfiConverterString.write(reason, into: &buf)
             
         
         case .AttachmentTooLarge:
-            writeInt(&buf, Int32(27))
+            writeInt(&buf, Int32(28))
         
         
         case let .AttachmentIo(reason):
-            writeInt(&buf, Int32(28))
+            writeInt(&buf, Int32(29))
             FfiConverterString.write(reason, into: &buf)
             
+        
+        case let .DeviceListRejected(reason):
+            writeInt(&buf, Int32(30))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case .NotPrimary:
+            writeInt(&buf, Int32(31))
+        
+        
+        case .NotAccepted:
+            writeInt(&buf, Int32(32))
+        
         }
     }
 }
@@ -4621,10 +4768,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_func_version() != 38245) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_accept_request() != 26941) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_ack_event() != 29765) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_address() != 57426) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_block() != 60190) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link() != 51513) {
@@ -4645,6 +4798,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_sottoclient_flush() != 6703) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_is_primary() != 25845) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_is_verified() != 47503) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4663,7 +4819,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_sottoclient_pending_outgoing() != 329) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_sottoclient_safety_number() != 59279) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_safety_number() != 26546) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_send_file() != 63440) {
@@ -4687,7 +4843,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() != 7269) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_device_accept_identity() != 37354) {
+    if (uniffi_sotto_ffi_checksum_method_device_accept_identity() != 7907) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_device_decrypt() != 27948) {
@@ -4708,7 +4864,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_device_identity_key() != 8993) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_device_mark_verified() != 21661) {
+    if (uniffi_sotto_ffi_checksum_method_device_mark_verified() != 9156) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_device_process_bundle() != 17278) {
@@ -4717,7 +4873,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_device_rotate_prekeys() != 25753) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_device_safety_number() != 59311) {
+    if (uniffi_sotto_ffi_checksum_method_device_safety_number() != 28287) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_device_set_padding() != 1109) {
@@ -4726,7 +4882,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_device_signed_bundle() != 43835) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_device_verification() != 42193) {
+    if (uniffi_sotto_ffi_checksum_method_device_verification() != 5504) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_prekeybundle_device_id() != 3281) {

@@ -706,9 +706,13 @@ internal object IntegrityCheckingUniffiLib {
     internal fun ensureInitialized() = Unit
     external fun uniffi_sotto_ffi_checksum_func_version(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_accept_request(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_ack_event(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_address(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_block(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link(
     ): Int
@@ -721,6 +725,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_download_attachment(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_flush(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_is_primary(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_is_verified(
     ): Int
@@ -859,10 +865,14 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_sotto_ffi_fn_constructor_sottoclient_open(`dbPath`: RustBuffer.ByValue,`storageKey`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_accept_request(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_sotto_ffi_fn_method_sottoclient_ack_event(`ptr`: Long,`seq`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_sottoclient_address(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_block(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_sotto_ffi_fn_method_sottoclient_confirm_link(`ptr`: Long,`pending`: Long,
     ): Long
     external fun uniffi_sotto_ffi_fn_method_sottoclient_delivery(`ptr`: Long,`messageId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -875,6 +885,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_sotto_ffi_fn_method_sottoclient_flush(`ptr`: Long,`timeoutMs`: Long,
     ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_is_primary(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
     external fun uniffi_sotto_ffi_fn_method_sottoclient_is_verified(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
     external fun uniffi_sotto_ffi_fn_method_sottoclient_link_device(`ptr`: Long,`code`: RustBuffer.ByValue,
@@ -913,7 +925,7 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_sotto_ffi_fn_constructor_device_open_persistent(`path`: RustBuffer.ByValue,`storageKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
-    external fun uniffi_sotto_ffi_fn_method_device_accept_identity(`ptr`: Long,`user`: RustBuffer.ByValue,`identityKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_device_accept_identity(`ptr`: Long,`peer`: RustBuffer.ByValue,`identityKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_device_decrypt(`ptr`: Long,`peer`: RustBuffer.ByValue,`ciphertext`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -927,19 +939,19 @@ internal object UniffiLib {
     ): Byte
     external fun uniffi_sotto_ffi_fn_method_device_identity_key(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_sotto_ffi_fn_method_device_mark_verified(`ptr`: Long,`user`: RustBuffer.ByValue,`identityKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_device_mark_verified(`ptr`: Long,`peer`: RustBuffer.ByValue,`identityKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_device_process_bundle(`ptr`: Long,`peer`: RustBuffer.ByValue,`bundle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_device_rotate_prekeys(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
-    external fun uniffi_sotto_ffi_fn_method_device_safety_number(`ptr`: Long,`user`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_device_safety_number(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_sotto_ffi_fn_method_device_set_padding(`ptr`: Long,`padded`: Byte,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_device_signed_bundle(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_sotto_ffi_fn_method_device_verification(`ptr`: Long,`user`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_sotto_ffi_fn_method_device_verification(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_clone_prekeybundle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1137,10 +1149,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_func_version() and 0xFFFF) != 38245) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_accept_request() and 0xFFFF) != 26941) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_ack_event() and 0xFFFF) != 29765) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_address() and 0xFFFF) != 57426) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_block() and 0xFFFF) != 60190) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link() and 0xFFFF) != 51513) {
@@ -1161,6 +1179,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_flush() and 0xFFFF) != 6703) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_is_primary() and 0xFFFF) != 25845) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_is_verified() and 0xFFFF) != 47503) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1179,7 +1200,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_pending_outgoing() and 0xFFFF) != 329) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_safety_number() and 0xFFFF) != 59279) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_safety_number() and 0xFFFF) != 26546) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_send_file() and 0xFFFF) != 63440) {
@@ -1203,7 +1224,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() and 0xFFFF) != 7269) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_device_accept_identity() and 0xFFFF) != 37354) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_device_accept_identity() and 0xFFFF) != 7907) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_device_decrypt() and 0xFFFF) != 27948) {
@@ -1224,7 +1245,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_device_identity_key() and 0xFFFF) != 8993) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_device_mark_verified() and 0xFFFF) != 21661) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_device_mark_verified() and 0xFFFF) != 9156) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_device_process_bundle() and 0xFFFF) != 17278) {
@@ -1233,7 +1254,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_device_rotate_prekeys() and 0xFFFF) != 25753) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_device_safety_number() and 0xFFFF) != 59311) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_device_safety_number() and 0xFFFF) != 28287) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_device_set_padding() and 0xFFFF) != 1109) {
@@ -1242,7 +1263,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_device_signed_bundle() and 0xFFFF) != 43835) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_device_verification() and 0xFFFF) != 42193) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_device_verification() and 0xFFFF) != 5504) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_prekeybundle_device_id() and 0xFFFF) != 3281) {
@@ -2140,10 +2161,11 @@ public object FfiConverterTypeAttachment: FfiConverter<Attachment, Long> {
 public interface DeviceInterface {
     
     /**
-     * Trusts a changed identity of `user` after the user confirmed it (the
-     * contact becomes unverified).
+     * Trusts a changed identity of `peer` after the user confirmed it (the
+     * device becomes unverified, and every session set up under the old
+     * identity is deleted).
      */
-    fun `acceptIdentity`(`user`: kotlin.ByteArray, `identityKey`: kotlin.ByteArray)
+    fun `acceptIdentity`(`peer`: PeerAddress, `identityKey`: kotlin.ByteArray)
     
     /**
      * Decrypts a message from `peer`. Every failure is a typed error
@@ -2180,10 +2202,10 @@ public interface DeviceInterface {
     fun `identityKey`(): kotlin.ByteArray
     
     /**
-     * Records that the user compared safety numbers for `user`'s
+     * Records that the user compared safety numbers for `peer`'s
      * `identity_key`. Fails with `IdentityChanged` if it is not the recorded key.
      */
-    fun `markVerified`(`user`: kotlin.ByteArray, `identityKey`: kotlin.ByteArray)
+    fun `markVerified`(`peer`: PeerAddress, `identityKey`: kotlin.ByteArray)
     
     /**
      * Starts a session with `peer` from its verified bundle (PQXDH). Fails
@@ -2199,9 +2221,9 @@ public interface DeviceInterface {
     fun `rotatePrekeys`(): kotlin.Boolean
     
     /**
-     * The safety number with `user`'s recorded identity.
+     * The safety number with the identity recorded for `peer`.
      */
-    fun `safetyNumber`(`user`: kotlin.ByteArray): SafetyNumber
+    fun `safetyNumber`(`peer`: PeerAddress): SafetyNumber
     
     /**
      * Whether outgoing messages are padded to Padmé size buckets so the relay
@@ -2215,9 +2237,9 @@ public interface DeviceInterface {
     fun `signedBundle`(): kotlin.ByteArray
     
     /**
-     * How far `user`'s identity is trusted; `null`/`nil` if never seen.
+     * How far `peer`'s identity is trusted; `null`/`nil` if never seen.
      */
-    fun `verification`(`user`: kotlin.ByteArray): Verification?
+    fun `verification`(`peer`: PeerAddress): Verification?
     
     companion object
 }
@@ -2328,17 +2350,18 @@ open class Device: Disposable, AutoCloseable, DeviceInterface
 
     
     /**
-     * Trusts a changed identity of `user` after the user confirmed it (the
-     * contact becomes unverified).
+     * Trusts a changed identity of `peer` after the user confirmed it (the
+     * device becomes unverified, and every session set up under the old
+     * identity is deleted).
      */
-    @Throws(SottoException::class)override fun `acceptIdentity`(`user`: kotlin.ByteArray, `identityKey`: kotlin.ByteArray)
+    @Throws(SottoException::class)override fun `acceptIdentity`(`peer`: PeerAddress, `identityKey`: kotlin.ByteArray)
         = 
     callWithHandle {
     uniffiRustCallWithError(SottoException) { _status ->
     UniffiLib.uniffi_sotto_ffi_fn_method_device_accept_identity(
         it,
         
-        FfiConverterByteArray.lower(`user`),
+        FfiConverterTypePeerAddress.lower(`peer`),
         FfiConverterByteArray.lower(`identityKey`),_status)
 }
     }
@@ -2458,17 +2481,17 @@ open class Device: Disposable, AutoCloseable, DeviceInterface
 
     
     /**
-     * Records that the user compared safety numbers for `user`'s
+     * Records that the user compared safety numbers for `peer`'s
      * `identity_key`. Fails with `IdentityChanged` if it is not the recorded key.
      */
-    @Throws(SottoException::class)override fun `markVerified`(`user`: kotlin.ByteArray, `identityKey`: kotlin.ByteArray)
+    @Throws(SottoException::class)override fun `markVerified`(`peer`: PeerAddress, `identityKey`: kotlin.ByteArray)
         = 
     callWithHandle {
     uniffiRustCallWithError(SottoException) { _status ->
     UniffiLib.uniffi_sotto_ffi_fn_method_device_mark_verified(
         it,
         
-        FfiConverterByteArray.lower(`user`),
+        FfiConverterTypePeerAddress.lower(`peer`),
         FfiConverterByteArray.lower(`identityKey`),_status)
 }
     }
@@ -2515,16 +2538,16 @@ open class Device: Disposable, AutoCloseable, DeviceInterface
 
     
     /**
-     * The safety number with `user`'s recorded identity.
+     * The safety number with the identity recorded for `peer`.
      */
-    @Throws(SottoException::class)override fun `safetyNumber`(`user`: kotlin.ByteArray): SafetyNumber {
+    @Throws(SottoException::class)override fun `safetyNumber`(`peer`: PeerAddress): SafetyNumber {
             return FfiConverterTypeSafetyNumber.lift(
     callWithHandle {
     uniffiRustCallWithError(SottoException) { _status ->
     UniffiLib.uniffi_sotto_ffi_fn_method_device_safety_number(
         it,
         
-        FfiConverterByteArray.lower(`user`),_status)
+        FfiConverterTypePeerAddress.lower(`peer`),_status)
 }
     }
     )
@@ -2567,16 +2590,16 @@ open class Device: Disposable, AutoCloseable, DeviceInterface
 
     
     /**
-     * How far `user`'s identity is trusted; `null`/`nil` if never seen.
+     * How far `peer`'s identity is trusted; `null`/`nil` if never seen.
      */
-    @Throws(SottoException::class)override fun `verification`(`user`: kotlin.ByteArray): Verification? {
+    @Throws(SottoException::class)override fun `verification`(`peer`: PeerAddress): Verification? {
             return FfiConverterOptionalTypeVerification.lift(
     callWithHandle {
     uniffiRustCallWithError(SottoException) { _status ->
     UniffiLib.uniffi_sotto_ffi_fn_method_device_verification(
         it,
         
-        FfiConverterByteArray.lower(`user`),_status)
+        FfiConverterTypePeerAddress.lower(`peer`),_status)
 }
     }
     )
@@ -4723,6 +4746,12 @@ public object FfiConverterTypeSafetyNumber: FfiConverter<SafetyNumber, Long> {
 public interface SottoClientInterface {
     
     /**
+     * Accepts `peer`'s message request: its messages become ordinary ones
+     * and the held ones get their delivered receipts.
+     */
+    fun `acceptRequest`(`peer`: kotlin.String)
+    
+    /**
      * Removes a handled event from the queue.
      */
     fun `ackEvent`(`seq`: kotlin.ULong)
@@ -4731,6 +4760,11 @@ public interface SottoClientInterface {
      * This user's address (`user@host:port/fingerprint`): give it to contacts.
      */
     fun `address`(): kotlin.String
+    
+    /**
+     * Blocks `peer`: its envelopes are dropped unread, its sessions deleted.
+     */
+    fun `block`(`peer`: kotlin.String)
     
     /**
      * The user confirmed the digits: sends the identity to the new device.
@@ -4767,6 +4801,11 @@ public interface SottoClientInterface {
     suspend fun `flush`(`timeoutMs`: kotlin.ULong)
     
     /**
+     * True if this is the primary device (only it links and unlinks devices).
+     */
+    fun `isPrimary`(): kotlin.Boolean
+    
+    /**
      * Whether the user verified `peer`'s safety number (false if unknown).
      */
     fun `isVerified`(`peer`: kotlin.String): kotlin.Boolean
@@ -4801,8 +4840,8 @@ public interface SottoClientInterface {
     fun `pendingOutgoing`(): kotlin.ULong
     
     /**
-     * The safety number to compare with `peer` (known once a message was
-     * exchanged with them).
+     * The safety number to compare with `peer`: computed from both users'
+     * account keys, the same on every device of both.
      */
     fun `safetyNumber`(`peer`: kotlin.String): SafetyNumber
     
@@ -4959,6 +4998,24 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 
     
     /**
+     * Accepts `peer`'s message request: its messages become ordinary ones
+     * and the held ones get their delivered receipts.
+     */
+    @Throws(SottoException::class)override fun `acceptRequest`(`peer`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_accept_request(
+        it,
+        
+        FfiConverterString.lower(`peer`),_status)
+}
+    }
+    
+    
+
+    
+    /**
      * Removes a handled event from the queue.
      */
     @Throws(SottoException::class)override fun `ackEvent`(`seq`: kotlin.ULong)
@@ -4988,6 +5045,23 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
     }
     )
     }
+    
+
+    
+    /**
+     * Blocks `peer`: its envelopes are dropped unread, its sessions deleted.
+     */
+    @Throws(SottoException::class)override fun `block`(`peer`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_block(
+        it,
+        
+        FfiConverterString.lower(`peer`),_status)
+}
+    }
+    
     
 
     
@@ -5132,6 +5206,23 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 
     
     /**
+     * True if this is the primary device (only it links and unlinks devices).
+     */
+    @Throws(SottoException::class)override fun `isPrimary`(): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_is_primary(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Whether the user verified `peer`'s safety number (false if unknown).
      */
     @Throws(SottoException::class)override fun `isVerified`(`peer`: kotlin.String): kotlin.Boolean {
@@ -5255,8 +5346,8 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 
     
     /**
-     * The safety number to compare with `peer` (known once a message was
-     * exchanged with them).
+     * The safety number to compare with `peer`: computed from both users'
+     * account keys, the same on every device of both.
      */
     @Throws(SottoException::class)override fun `safetyNumber`(`peer`: kotlin.String): SafetyNumber {
             return FfiConverterTypeSafetyNumber.lift(
@@ -5931,6 +6022,23 @@ sealed class EventKind: Disposable  {
     }
     
     /**
+     * A message from a user not accepted yet (a stranger): no receipt was
+     * sent and its relay was not contacted. `acceptRequest(peer)` or
+     * `block(peer)`.
+     */
+    data class MessageRequest(
+        /**
+         * The message.
+         */
+        val `message`: dev.sotto.ReceivedMessage) : EventKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * A receipt for messages this user sent.
      */
     data class Receipt(
@@ -5969,8 +6077,8 @@ sealed class EventKind: Disposable  {
     }
     
     /**
-     * A message from the peer device could not be decrypted; a retry was
-     * requested from the sender.
+     * A message from the peer device could not be decrypted or used (the
+     * claimed sender is not authenticated: show it as such).
      */
     data class DecryptFailed(
         /**
@@ -6048,6 +6156,22 @@ sealed class EventKind: Disposable  {
     }
     
     /**
+     * A stored event could not be read back: acknowledge it; the queue
+     * never stalls on it.
+     */
+    data class Unreadable(
+        /**
+         * Why.
+         */
+        val `reason`: kotlin.String) : EventKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * An event kind this version of the bindings does not know yet.
      */
     data class Other(
@@ -6068,6 +6192,13 @@ sealed class EventKind: Disposable  {
     override fun destroy() {
         when(this) {
             is EventKind.Message -> {
+                
+    Disposable.destroy(
+        this.`message`
+    )
+                
+            }
+            is EventKind.MessageRequest -> {
                 
     Disposable.destroy(
         this.`message`
@@ -6121,6 +6252,13 @@ sealed class EventKind: Disposable  {
     )
                 
             }
+            is EventKind.Unreadable -> {
+                
+    Disposable.destroy(
+        this.`reason`
+    )
+                
+            }
             is EventKind.Other -> {
                 
     Disposable.destroy(
@@ -6148,30 +6286,36 @@ public object FfiConverterTypeEventKind : FfiConverterRustBuffer<EventKind>{
             1 -> EventKind.Message(
                 FfiConverterTypeReceivedMessage.read(buf),
                 )
-            2 -> EventKind.Receipt(
+            2 -> EventKind.MessageRequest(
+                FfiConverterTypeReceivedMessage.read(buf),
+                )
+            3 -> EventKind.Receipt(
                 FfiConverterTypeReceiptKind.read(buf),
                 FfiConverterSequenceByteArray.read(buf),
                 )
-            3 -> EventKind.SentFromOtherDevice(
+            4 -> EventKind.SentFromOtherDevice(
                 FfiConverterString.read(buf),
                 FfiConverterTypeReceivedMessage.read(buf),
                 )
-            4 -> EventKind.DecryptFailed(
+            5 -> EventKind.DecryptFailed(
                 FfiConverterString.read(buf),
                 )
-            5 -> EventKind.SessionReset
-            6 -> EventKind.IdentityChanged
-            7 -> EventKind.NewDevice
-            8 -> EventKind.DeviceRemoved
-            9 -> EventKind.Delivery(
+            6 -> EventKind.SessionReset
+            7 -> EventKind.IdentityChanged
+            8 -> EventKind.NewDevice
+            9 -> EventKind.DeviceRemoved
+            10 -> EventKind.Delivery(
                 FfiConverterByteArray.read(buf),
                 FfiConverterTypeDeliveryState.read(buf),
                 )
-            10 -> EventKind.SendFailed(
+            11 -> EventKind.SendFailed(
                 FfiConverterByteArray.read(buf),
                 FfiConverterString.read(buf),
                 )
-            11 -> EventKind.Other(
+            12 -> EventKind.Unreadable(
+                FfiConverterString.read(buf),
+                )
+            13 -> EventKind.Other(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
@@ -6180,6 +6324,13 @@ public object FfiConverterTypeEventKind : FfiConverterRustBuffer<EventKind>{
 
     override fun allocationSize(value: EventKind): ULong = when(value) {
         is EventKind.Message -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeReceivedMessage.allocationSize(value.`message`)
+            )
+        }
+        is EventKind.MessageRequest -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
                 4UL
@@ -6249,6 +6400,13 @@ public object FfiConverterTypeEventKind : FfiConverterRustBuffer<EventKind>{
                 + FfiConverterString.allocationSize(value.`reason`)
             )
         }
+        is EventKind.Unreadable -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+        }
         is EventKind.Other -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
@@ -6265,53 +6423,63 @@ public object FfiConverterTypeEventKind : FfiConverterRustBuffer<EventKind>{
                 FfiConverterTypeReceivedMessage.write(value.`message`, buf)
                 Unit
             }
-            is EventKind.Receipt -> {
+            is EventKind.MessageRequest -> {
                 buf.putInt(2)
+                FfiConverterTypeReceivedMessage.write(value.`message`, buf)
+                Unit
+            }
+            is EventKind.Receipt -> {
+                buf.putInt(3)
                 FfiConverterTypeReceiptKind.write(value.`kind`, buf)
                 FfiConverterSequenceByteArray.write(value.`messageIds`, buf)
                 Unit
             }
             is EventKind.SentFromOtherDevice -> {
-                buf.putInt(3)
+                buf.putInt(4)
                 FfiConverterString.write(value.`to`, buf)
                 FfiConverterTypeReceivedMessage.write(value.`message`, buf)
                 Unit
             }
             is EventKind.DecryptFailed -> {
-                buf.putInt(4)
+                buf.putInt(5)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is EventKind.SessionReset -> {
-                buf.putInt(5)
-                Unit
-            }
-            is EventKind.IdentityChanged -> {
                 buf.putInt(6)
                 Unit
             }
-            is EventKind.NewDevice -> {
+            is EventKind.IdentityChanged -> {
                 buf.putInt(7)
                 Unit
             }
-            is EventKind.DeviceRemoved -> {
+            is EventKind.NewDevice -> {
                 buf.putInt(8)
                 Unit
             }
-            is EventKind.Delivery -> {
+            is EventKind.DeviceRemoved -> {
                 buf.putInt(9)
+                Unit
+            }
+            is EventKind.Delivery -> {
+                buf.putInt(10)
                 FfiConverterByteArray.write(value.`messageId`, buf)
                 FfiConverterTypeDeliveryState.write(value.`state`, buf)
                 Unit
             }
             is EventKind.SendFailed -> {
-                buf.putInt(10)
+                buf.putInt(11)
                 FfiConverterByteArray.write(value.`messageId`, buf)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
+            is EventKind.Unreadable -> {
+                buf.putInt(12)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
             is EventKind.Other -> {
-                buf.putInt(11)
+                buf.putInt(13)
                 FfiConverterString.write(value.`description`, buf)
                 Unit
             }
@@ -6588,6 +6756,26 @@ sealed class SottoException: kotlin.Exception() {
     }
     
     /**
+     * A first message names a one-time prekey another session already used
+     * (served twice by the relay, or an old bundle replayed).
+     */
+    class OneTimePrekeyReused(
+        
+        /**
+         * Which kind of prekey.
+         */
+        val `what`: kotlin.String, 
+        
+        /**
+         * Its id.
+         */
+        val `id`: kotlin.UInt
+        ) : SottoException() {
+        override val message
+            get() = "what=${ `what` }, id=${ `id` }"
+    }
+    
+    /**
      * The contact's identity key changed. Nothing was changed: ask the user,
      * then call `acceptIdentity` with `new_identity` to trust it.
      */
@@ -6744,6 +6932,39 @@ sealed class SottoException: kotlin.Exception() {
             get() = "reason=${ `reason` }"
     }
     
+    /**
+     * A device list was refused against the one already seen (rolled back,
+     * equivocating, jumping too far, re-using a device id).
+     */
+    class DeviceListRejected(
+        
+        /**
+         * Which rule it broke.
+         */
+        val `reason`: kotlin.String
+        ) : SottoException() {
+        override val message
+            get() = "reason=${ `reason` }"
+    }
+    
+    /**
+     * Only the primary device (holding the account key) links and unlinks.
+     */
+    class NotPrimary(
+        ) : SottoException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * The peer's message request was not accepted yet.
+     */
+    class NotAccepted(
+        ) : SottoException() {
+        override val message
+            get() = ""
+    }
+    
 
     
 
@@ -6804,35 +7025,44 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 FfiConverterUInt.read(buf),
                 )
             16 -> SottoException.ReplayedPreKeyMessage()
-            17 -> SottoException.IdentityChanged(
-                FfiConverterByteArray.read(buf),
-                )
-            18 -> SottoException.WrongDevice(
+            17 -> SottoException.OneTimePrekeyReused(
+                FfiConverterString.read(buf),
                 FfiConverterUInt.read(buf),
                 )
-            19 -> SottoException.NoIdentity()
-            20 -> SottoException.CorruptRecord(
+            18 -> SottoException.IdentityChanged(
+                FfiConverterByteArray.read(buf),
+                )
+            19 -> SottoException.WrongDevice(
+                FfiConverterUInt.read(buf),
+                )
+            20 -> SottoException.NoIdentity()
+            21 -> SottoException.CorruptRecord(
                 FfiConverterString.read(buf),
                 )
-            21 -> SottoException.Storage(
+            22 -> SottoException.Storage(
                 FfiConverterString.read(buf),
                 )
-            22 -> SottoException.InvalidAddress(
+            23 -> SottoException.InvalidAddress(
                 FfiConverterString.read(buf),
                 )
-            23 -> SottoException.UnknownUser()
-            24 -> SottoException.Timeout()
-            25 -> SottoException.Relay(
+            24 -> SottoException.UnknownUser()
+            25 -> SottoException.Timeout()
+            26 -> SottoException.Relay(
                 FfiConverterOptionalString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            26 -> SottoException.AttachmentRejected(
+            27 -> SottoException.AttachmentRejected(
                 FfiConverterString.read(buf),
                 )
-            27 -> SottoException.AttachmentTooLarge()
-            28 -> SottoException.AttachmentIo(
+            28 -> SottoException.AttachmentTooLarge()
+            29 -> SottoException.AttachmentIo(
                 FfiConverterString.read(buf),
                 )
+            30 -> SottoException.DeviceListRejected(
+                FfiConverterString.read(buf),
+                )
+            31 -> SottoException.NotPrimary()
+            32 -> SottoException.NotAccepted()
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
     }
@@ -6916,6 +7146,12 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
             )
+            is SottoException.OneTimePrekeyReused -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`what`)
+                + FfiConverterUInt.allocationSize(value.`id`)
+            )
             is SottoException.IdentityChanged -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
@@ -6972,6 +7208,19 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterString.allocationSize(value.`reason`)
+            )
+            is SottoException.DeviceListRejected -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+            is SottoException.NotPrimary -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is SottoException.NotAccepted -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
             )
         }
     }
@@ -7055,61 +7304,80 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 buf.putInt(16)
                 Unit
             }
-            is SottoException.IdentityChanged -> {
+            is SottoException.OneTimePrekeyReused -> {
                 buf.putInt(17)
+                FfiConverterString.write(value.`what`, buf)
+                FfiConverterUInt.write(value.`id`, buf)
+                Unit
+            }
+            is SottoException.IdentityChanged -> {
+                buf.putInt(18)
                 FfiConverterByteArray.write(value.`newIdentity`, buf)
                 Unit
             }
             is SottoException.WrongDevice -> {
-                buf.putInt(18)
+                buf.putInt(19)
                 FfiConverterUInt.write(value.`deviceId`, buf)
                 Unit
             }
             is SottoException.NoIdentity -> {
-                buf.putInt(19)
+                buf.putInt(20)
                 Unit
             }
             is SottoException.CorruptRecord -> {
-                buf.putInt(20)
+                buf.putInt(21)
                 FfiConverterString.write(value.`table`, buf)
                 Unit
             }
             is SottoException.Storage -> {
-                buf.putInt(21)
-                FfiConverterString.write(value.`reason`, buf)
-                Unit
-            }
-            is SottoException.InvalidAddress -> {
                 buf.putInt(22)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
-            is SottoException.UnknownUser -> {
+            is SottoException.InvalidAddress -> {
                 buf.putInt(23)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
-            is SottoException.Timeout -> {
+            is SottoException.UnknownUser -> {
                 buf.putInt(24)
                 Unit
             }
-            is SottoException.Relay -> {
+            is SottoException.Timeout -> {
                 buf.putInt(25)
+                Unit
+            }
+            is SottoException.Relay -> {
+                buf.putInt(26)
                 FfiConverterOptionalString.write(value.`code`, buf)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.AttachmentRejected -> {
-                buf.putInt(26)
+                buf.putInt(27)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.AttachmentTooLarge -> {
-                buf.putInt(27)
+                buf.putInt(28)
                 Unit
             }
             is SottoException.AttachmentIo -> {
-                buf.putInt(28)
+                buf.putInt(29)
                 FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is SottoException.DeviceListRejected -> {
+                buf.putInt(30)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is SottoException.NotPrimary -> {
+                buf.putInt(31)
+                Unit
+            }
+            is SottoException.NotAccepted -> {
+                buf.putInt(32)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }

@@ -41,6 +41,11 @@ suspend fun SottoClient.nextMessage(): Pair<String, ReceivedMessage> = withTimeo
         ackEvent(e.seq)
         when (val k = e.kind) {
             is EventKind.Message -> return@withTimeout e.peer!! to k.message
+            // A stranger's first messages are a request: accept, as a user would.
+            is EventKind.MessageRequest -> {
+                acceptRequest(e.peer!!)
+                return@withTimeout e.peer!! to k.message
+            }
             is EventKind.DecryptFailed -> error("decrypt failed: ${k.reason}")
             else -> {}
         }
@@ -172,6 +177,7 @@ class ClientTest {
                 val e = events.poll(WAIT_MS, TimeUnit.MILLISECONDS) ?: error("no event in time")
                 val k = e.kind
                 if (k is EventKind.Message) return e to k.message
+                if (k is EventKind.MessageRequest) return e to k.message
             }
         }
     }
@@ -208,7 +214,10 @@ class ClientTest {
                 withTimeout(WAIT_MS) {
                     while (true) {
                         val e = bob.tryNextEvent() ?: break
-                        assertFalse(e.kind is EventKind.Message, "acked message came again: $e")
+                        assertFalse(
+                            e.kind is EventKind.Message || e.kind is EventKind.MessageRequest,
+                            "acked message came again: $e",
+                        )
                         bob.ackEvent(e.seq)
                     }
                 }

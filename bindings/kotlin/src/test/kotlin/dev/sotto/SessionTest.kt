@@ -94,15 +94,15 @@ class SessionTest {
 
                     // The device's own view after a session: trusted on first use.
                     bundleOf(bob).use { alice.processBundle(BOB, it) }
-                    assertEquals(Verification.UNVERIFIED, alice.verification("bob".toByteArray()))
-                    alice.safetyNumber("bob".toByteArray()).use {
+                    assertEquals(Verification.UNVERIFIED, alice.verification(BOB))
+                    alice.safetyNumber(BOB).use {
                         assertEquals(SafetyNumber.of(alice.identityKey(), bob.identityKey()).digits(), it.digits())
                     }
-                    alice.markVerified("bob".toByteArray(), bob.identityKey())
-                    assertEquals(Verification.VERIFIED, alice.verification("bob".toByteArray()))
-                    assertNull(alice.verification("carol".toByteArray()))
+                    alice.markVerified(BOB, bob.identityKey())
+                    assertEquals(Verification.VERIFIED, alice.verification(BOB))
+                    assertNull(alice.verification(PeerAddress("carol".toByteArray(), 1u)))
                     val changed = assertThrows<SottoException.IdentityChanged> {
-                        alice.markVerified("bob".toByteArray(), mallory.identityKey())
+                        alice.markVerified(BOB, mallory.identityKey())
                     }
                     assertArrayEquals(mallory.identityKey(), changed.newIdentity)
                 }

@@ -157,6 +157,9 @@ private suspend fun show(c: SottoClient, dir: Path, e: Event) {
             }
             c.markRead(e.peer!!, listOf(m.id))
         }
+        // A stranger's message: nothing was sent back and their relay was not
+        // contacted. Writing to them (/to, then a line) accepts them.
+        is EventKind.MessageRequest -> println("[request from $from] ${k.message.text}  (/to ${e.peer} then reply to accept)")
         is EventKind.Delivery -> println("(${hex(k.messageId).take(8)} ${k.state.name.lowercase()} on device ${e.peerDevice})")
         is EventKind.Receipt -> {}
         is EventKind.SentFromOtherDevice -> println("[me → ${short(k.to)}] ${k.message.text}")

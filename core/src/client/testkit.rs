@@ -1,0 +1,281 @@
+//! Users and devices for the sans-IO tests of receiving: accounts with
+//! certified devices on in-memory stores, and envelopes built exactly as the
+//! outbox builds them (or as an attacker would).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use prost::Message as _;
+use rand_core::OsRng;
+use sotto_proto::client as pb;
+use sotto_proto::relay::SignedDeviceList;
+
+use super::account::{AccountKeyPair, DeviceCertificate};
+use super::address::{RelayAddress, UserAddress};
+use super::devices::{DeviceEntry, DeviceList};
+use super::envelope::sender_mac;
+use super::inbound::{process, Outcome};
+use super::records;
+use crate::device::{Device, DeviceAddress};
+use crate::prekeys::PrekeyBundle;
+use crate::session::MessageKind;
+use crate::store::memory::MemoryStore;
+use crate::store::Store as _;
+
+/// One device of a test user.
+pub(crate) struct TestDevice {
+    pub(crate) device: Device<MemoryStore>,
+    pub(crate) cert: DeviceCertificate,
+    pub(crate) mailbox: [u8; 32],
+}
+
+/// A user: an account and its devices (ids 1..=n).
+pub(crate) struct TestUser {
+    pub(crate) account: AccountKeyPair,
+    pub(crate) relay: RelayAddress,
+    pub(crate) devices: Vec<TestDevice>,
+    pub(crate) next_envelope: u64,
+}
+
+impl TestUser {
+    pub(crate) fn new(n: u32) -> Self {
+        let account = AccountKeyPair::generate(&mut OsRng);
+        let relay = RelayAddress::new("127.0.0.1:1".parse().unwrap(), [7; 32]);
+        let mut devices = Vec::new();
+        for id in 1..=n {
+            let mut device = Device::create(MemoryStore::new(), id, 0, &mut OsRng).unwrap();
+            let cert = account.certify(id, device.identity());
+            device
+                .store_mut()
+                .transaction(|tx| {
+                    records::put(
+                        tx,
+                        records::CONFIG,
+                        &pb::ClientConfig {
+                            version: 1,
+                            next_seq: 1,
+                            account_key: account.public().to_vec(),
+                            certificate: Some(cert.to_pb()),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .unwrap();
+            devices.push(TestDevice {
+                device,
+                cert,
+                mailbox: [id as u8; 32],
+            });
+        }
+        let mut user = TestUser {
+            account,
+            relay,
+            devices,
+            next_envelope: 1,
+        };
+        let list = user.list(1);
+        for i in 0..user.devices.len() {
+            let me = user.address();
+            pin(&mut user.devices[i].device, &me, &list);
+        }
+        user
+    }
+
+    pub(crate) fn address(&self) -> UserAddress {
+        UserAddress {
+            user: self.account.public(),
+            relay: self.relay.clone(),
+        }
+    }
+
+    /// The list of all current devices at `version`.
+    pub(crate) fn list(&self, version: u64) -> DeviceList {
+        DeviceList {
+            version,
+            devices: self
+                .devices
+                .iter()
+                .map(|d| DeviceEntry {
+                    device_id: d.device.device_id(),
+                    mailbox: sotto_relay::MailboxId(d.mailbox),
+                    identity: *d.device.identity(),
+                })
+                .collect(),
+            next_device_id: self
+                .devices
+                .iter()
+                .map(|d| d.device.device_id())
+                .max()
+                .unwrap_or(0)
+                + 1,
+        }
+    }
+
+    pub(crate) fn signed_list(&self, list: &DeviceList) -> SignedDeviceList {
+        list.sign(&self.account)
+    }
+
+    /// Device `index` of this user encrypts `content` for `to`'s device
+    /// `to_index`; returns the relay envelope `(id, payload)` as the outbox
+    /// would build it (certificate on PreKey messages).
+    pub(crate) fn envelope(
+        &mut self,
+        index: usize,
+        to: &mut TestUser,
+        to_index: usize,
+        content: &pb::Content,
+    ) -> ([u8; 16], Vec<u8>) {
+        let to_addr = to.address();
+        let target = &mut to.devices[to_index];
+        let addr = DeviceAddress::new(to_addr.user.to_vec(), target.device.device_id());
+        let from = &mut self.devices[index];
+        if !from.device.has_session(&addr).unwrap() {
+            let blob = target.device.signed_bundle().unwrap();
+            let bundle = PrekeyBundle::assemble(&blob, None, None).unwrap();
+            from.device
+                .process_bundle(&addr, &bundle, 0, &mut OsRng)
+                .unwrap();
+        }
+        let m = from
+            .device
+            .encrypt(&addr, &content.encode_to_vec(), &mut OsRng)
+            .unwrap();
+        let key = from
+            .device
+            .sender_mac_key(from.device.identity(), target.device.identity())
+            .unwrap();
+        let mac = sender_mac(
+            &key,
+            &self.account.public(),
+            from.device.device_id(),
+            &m.bytes,
+        );
+        let mut payload = seal(
+            &self.account.public(),
+            from.device.device_id(),
+            (m.kind == MessageKind::PreKey).then_some(&from.cert),
+            m.bytes,
+        );
+        let mut env = pb::Envelope::decode(payload.as_slice()).unwrap();
+        if let Some(pb::envelope::Body::Sealed(s)) = env.body.as_mut() {
+            s.sender_mac = mac.to_vec();
+        }
+        payload = env.encode_to_vec();
+        (to.next_id(), payload)
+    }
+
+    /// A fresh relay envelope id for this user's mailbox.
+    pub(crate) fn next_id(&mut self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&1_000u64.to_be_bytes());
+        id[8..].copy_from_slice(&self.next_envelope.to_be_bytes());
+        self.next_envelope += 1;
+        id
+    }
+
+    /// Device `index` processes an envelope, as the receive loop does.
+    pub(crate) fn receive(&mut self, index: usize, (id, payload): &([u8; 16], Vec<u8>)) -> Outcome {
+        let me = self.address();
+        process(&mut self.devices[index].device, &me, id, payload, 1_000).unwrap()
+    }
+
+    pub(crate) fn events(&mut self, index: usize) -> Vec<pb::ClientEvent> {
+        self.devices[index]
+            .device
+            .store_mut()
+            .transaction(|tx| records::events(tx, 100_000))
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.unwrap())
+            .collect()
+    }
+
+    pub(crate) fn outbox(&mut self, index: usize) -> Vec<pb::OutboxItem> {
+        self.devices[index]
+            .device
+            .store_mut()
+            .transaction(|tx| records::outbox(tx))
+            .unwrap()
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect()
+    }
+
+    /// Makes `peer` an accepted contact of every device, with its list pinned.
+    pub(crate) fn accept(&mut self, peer: &TestUser) {
+        let addr = peer.address();
+        let list = peer.list(1);
+        for d in &mut self.devices {
+            pin(&mut d.device, &addr, &list);
+            d.device
+                .store_mut()
+                .transaction(|tx| {
+                    let mut c = records::contact(tx, &addr.user)?.unwrap_or_default();
+                    c.state = records::ACCEPTED;
+                    records::put_contact(tx, &addr.user, &c)
+                })
+                .unwrap();
+        }
+    }
+}
+
+/// Pins `list` of `user` in `device`'s records.
+pub(crate) fn pin(device: &mut Device<MemoryStore>, user: &UserAddress, list: &DeviceList) {
+    device
+        .store_mut()
+        .transaction(|tx| records::apply_list(tx, user, list, 0).map(|_| ()))
+        .unwrap();
+}
+
+/// A relay payload carrying a Part I message with the given sender claim.
+pub(crate) fn seal(
+    user: &[u8; 32],
+    device: u32,
+    cert: Option<&DeviceCertificate>,
+    message: Vec<u8>,
+) -> Vec<u8> {
+    pb::Envelope {
+        version: 1,
+        body: Some(pb::envelope::Body::Sealed(pb::Sealed {
+            sender_user: user.to_vec(),
+            sender_device: device,
+            message,
+            sender_certificate: cert.map(|c| c.to_pb()),
+            sender_mac: Vec::new(),
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// A chat message content from `from`.
+pub(crate) fn text(from: &TestUser, id: u8, body: &str) -> pb::Content {
+    pb::Content {
+        sender_relay: from.relay.to_string(),
+        body: Some(pb::content::Body::Message(pb::Message {
+            id: vec![id; 16],
+            sent_at_ms: 0,
+            text: body.to_string(),
+            attachments: vec![],
+        })),
+    }
+}
+
+/// The kinds of a list of events, for assertions.
+pub(crate) fn kinds(events: &[pb::ClientEvent]) -> Vec<&'static str> {
+    use pb::client_event::Kind as K;
+    events
+        .iter()
+        .map(|e| match e.kind {
+            Some(K::Message(_)) => "message",
+            Some(K::MessageRequest(_)) => "request",
+            Some(K::Receipt(_)) => "receipt",
+            Some(K::DecryptFailed(_)) => "failed",
+            Some(K::SessionReset(_)) => "reset",
+            Some(K::IdentityChanged(_)) => "identity_changed",
+            Some(K::SentSync(_)) => "sent_sync",
+            Some(K::NewDevice(_)) => "new_device",
+            Some(K::DeviceRemoved(_)) => "device_removed",
+            Some(K::Delivery(_)) => "delivery",
+            Some(K::SendFailed(_)) => "send_failed",
+            None => "none",
+        })
+        .collect()
+}
