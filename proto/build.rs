@@ -15,6 +15,27 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Keep in sync with `src/redacted.rs` (the build fails if one lacks a `Debug`).
+const REDACTED: &[&str] = &[
+    "sotto.store.v1.IdentityRecord",
+    "sotto.store.v1.SignedPrekeyRecord",
+    "sotto.store.v1.KemPrekeyRecord",
+    "sotto.store.v1.OneTimePrekeyRecord",
+    "sotto.store.v1.SessionRecord",
+    "sotto.store.v1.SendingChain",
+    "sotto.store.v1.ReceivingChain",
+    "sotto.store.v1.SkippedKeyRecord",
+    "sotto.client.v1.ClientConfig",
+    "sotto.client.v1.Content",
+    "sotto.client.v1.Message",
+    "sotto.client.v1.AttachmentRef",
+    "sotto.client.v1.SentSync",
+    "sotto.client.v1.OutboxItem",
+    "sotto.client.v1.SentLogEntry",
+    "sotto.client.v1.ClientEvent",
+    "sotto.client.v1.LinkGrantBody",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from("proto");
     let mut files = Vec::new();
@@ -24,6 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(&files, [&root])?;
     let mut config = prost_build::Config::new();
     // `bytes` fields as `Vec<u8>`: callers zeroize and move them freely.
+    // Messages that hold secret keys or plaintext get a redacted `Debug`
+    // (src/redacted.rs) instead of prost's, which would print every byte.
+    config.skip_debug(REDACTED.iter().map(|m| format!(".{m}")));
     config.compile_fds(descriptors)?;
     Ok(())
 }

@@ -196,15 +196,14 @@ fn load_contact(tx: &impl Txn, addr: &[u8]) -> Result<Option<Contact>> {
     }
 }
 
-/// Fails with [`Error::IdentityChanged`] unless `state` belongs to the
-/// identity recorded for `addr`: a session never outlives the trust it was
-/// set up under (see [`Device::accept_identity`]).
+/// Fails with [`Error::NoSession`] unless `state` belongs to the identity
+/// recorded for `addr`: a session never outlives the trust it was set up
+/// under (see [`Device::accept_identity`]), it is as if it did not exist.
 fn require_session_trusted(tx: &impl Txn, addr: &[u8], state: &SessionState) -> Result<()> {
     let recorded = load_contact(tx, addr)?.ok_or(Error::CorruptRecord { table: "contact" })?;
     if !recorded.identity.ct_eq(&state.remote_identity) {
-        return Err(Error::IdentityChanged {
-            new_identity: Box::new(state.remote_identity),
-        });
+        // A session of an identity no longer trusted does not exist.
+        return Err(Error::NoSession);
     }
     Ok(())
 }
@@ -689,7 +688,7 @@ impl<S: Store> Device<S> {
 
     /// Encrypts for `addr` with its current session; the advanced chain is
     /// committed before the message is returned. A session whose identity is
-    /// no longer the recorded one is refused ([`Error::IdentityChanged`]).
+    /// no longer the recorded one is refused ([`Error::NoSession`]).
     pub fn encrypt(
         &mut self,
         addr: &DeviceAddress,
@@ -914,12 +913,21 @@ impl<S: Store> Device<S> {
         Ok(Secret32::copy_from(&okm[..]))
     }
 
+    /// How many devices of `user` this device has a session with.
+    pub fn session_devices(&mut self, user: &[u8]) -> Result<usize> {
+        let prefix = user_prefix(user)?;
+        self.store.transaction(|tx| {
+            Ok(tx
+                .keys_with_prefix(Table::SessionIndex, &prefix)?
+                .iter()
+                .filter(|a| a.len() == prefix.len() + 4)
+                .count())
+        })
+    }
+
     /// Deletes the sessions with every device of `user`.
     pub fn delete_user_sessions(&mut self, user: &[u8]) -> Result<()> {
-        let len = u16::try_from(user.len()).map_err(|_| Error::Malformed {
-            what: "user id too long",
-        })?;
-        let prefix = cat(&[&len.to_be_bytes(), user]);
+        let prefix = user_prefix(user)?;
         let cache = &mut self.sessions;
         self.store.transaction(|tx| {
             for a in tx.keys_with_prefix(Table::SessionIndex, &prefix)? {
@@ -966,6 +974,14 @@ impl core::fmt::Debug for Decrypted<'_> {
             .field("new_session", &self.new_session)
             .finish()
     }
+}
+
+/// The prefix of every encoded address of `user`'s devices.
+fn user_prefix(user: &[u8]) -> Result<Vec<u8>> {
+    let len = u16::try_from(user.len()).map_err(|_| Error::Malformed {
+        what: "user id too long",
+    })?;
+    Ok(cat(&[&len.to_be_bytes(), user]))
 }
 
 /// The id after `id`; an exhausted id space is an error, never a wrap-around.
@@ -1068,7 +1084,6 @@ fn accept_prekey_message(
     m: &PreKeyMessage,
     now: u64,
 ) -> Result<Vec<u8>> {
-    let counters = load_counters(tx)?;
     let signed = load_signed(tx, m.signed_prekey_id)?.ok_or(Error::UnknownPrekey {
         what: "signed prekey",
         id: m.signed_prekey_id,
@@ -1076,13 +1091,13 @@ fn accept_prekey_message(
     // A one-time key that was issued (id below the counter) but is gone was
     // consumed: by this very message (a replay), or by another initiator (the
     // relay served it twice). The consumed-key record tells them apart.
-    let gone = |tx: &mut _, kind: u8, issued: bool, what: &'static str, id: u32| -> Error {
-        if !issued {
-            return Error::UnknownPrekey { what, id };
-        }
+    let gone = |tx: &mut _, kind: u8, what: &'static str, id: u32| -> Error {
         match consumed_by(tx, kind, id) {
-            Ok(Some(base)) if base != m.base_key => Error::OneTimePrekeyReused { what, id },
-            Ok(_) => Error::ReplayedPreKeyMessage,
+            Ok(Some(base)) if base == m.base_key => Error::ReplayedPreKeyMessage,
+            Ok(Some(_)) => Error::OneTimePrekeyReused { what, id },
+            // Never issued, expired (a retired last-resort key past its
+            // grace), or consumed so long ago that the record is gone.
+            Ok(None) => Error::UnknownPrekey { what, id },
             Err(e) => e,
         }
     };
@@ -1090,24 +1105,12 @@ fn accept_prekey_message(
         None => None,
         Some(id) => match load_one_time(tx, id)? {
             Some(k) => Some(k),
-            None => {
-                let issued = id < counters.next_one_time_prekey_id;
-                return Err(gone(tx, CONSUMED_EC, issued, "one-time prekey", id));
-            }
+            None => return Err(gone(tx, CONSUMED_EC, "one-time prekey", id)),
         },
     };
     let kem = match load_kem(tx, m.kem_prekey_id)? {
         Some(k) => k,
-        None => {
-            let issued = m.kem_prekey_id < counters.next_kem_prekey_id;
-            return Err(gone(
-                tx,
-                CONSUMED_KEM,
-                issued,
-                "KEM prekey",
-                m.kem_prekey_id,
-            ));
-        }
+        None => return Err(gone(tx, CONSUMED_KEM, "KEM prekey", m.kem_prekey_id)),
     };
     let seen_key = cat(&[&m.kem_prekey_id.to_be_bytes(), &m.base_key]);
     if kem.last_resort && tx.get(Table::SeenBaseKey, &seen_key)?.is_some() {

@@ -107,6 +107,16 @@ pub enum Error {
     /// The durable backend failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The database is older than the generation the app last saw: a
+    /// restored backup or a rolled-back file, whose sending chains would
+    /// re-use message keys. Nothing was changed; do not use this database.
+    #[error("store rolled back (generation {found}, expected at least {expected})")]
+    StoreRolledBack {
+        /// The generation the database holds.
+        found: u64,
+        /// The generation the app expected (at least).
+        expected: u64,
+    },
     /// The caller's own writes in a commit hook failed; nothing was committed.
     #[error("commit hook failed: {0}")]
     Hook(String),

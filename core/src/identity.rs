@@ -40,7 +40,9 @@ impl IdentityKey {
         let verifying = VerifyingKey::from_bytes(&ed).map_err(|_| Error::InvalidKey {
             what: "identity key",
         })?;
-        if verifying.is_weak() {
+        // Small-order keys and non-canonical encodings (y >= p) are refused:
+        // one identity has exactly one encoding, as other libraries expect.
+        if verifying.is_weak() || verifying.to_edwards().compress().to_bytes() != ed {
             return Err(Error::InvalidKey {
                 what: "identity key",
             });
@@ -119,8 +121,9 @@ impl IdentityKeyPair {
     /// `ed_public` (someone else's Ed25519 half, whose secret it lacks) with
     /// its own X25519 half. PQXDH's initiator never signs, so such a pair can
     /// start sessions: exactly the forgery certificates must stop.
-    #[cfg(test)]
-    pub(crate) fn forged(ed_public: &[u8; 32], rng: &mut impl CryptoRngCore) -> Self {
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[doc(hidden)]
+    pub fn forged(ed_public: &[u8; 32], rng: &mut impl CryptoRngCore) -> Self {
         let mut pair = Self::generate(rng);
         pair.public.bytes[..32].copy_from_slice(ed_public);
         if let Ok(v) = VerifyingKey::from_bytes(ed_public) {
@@ -254,4 +257,40 @@ fn digits_of(half: &[u8; 32]) -> String {
         s.push_str(&format!("{:05}", v % 100_000));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_non_canonical_or_small_order_identity_is_refused_at_parse_time() {
+        // y + p for the few y below 19 is a second encoding of a point.
+        let p_le = {
+            let mut p = [0xFFu8; 32];
+            p[0] = 0xED;
+            p[31] = 0x7F;
+            p
+        };
+        let mut refused = 0;
+        for y in 0u8..19 {
+            let mut enc = p_le;
+            let (sum, carry) = enc[0].overflowing_add(y);
+            enc[0] = sum;
+            assert!(!carry || y > 18);
+            let mut key = [0u8; 64];
+            key[..32].copy_from_slice(&enc);
+            key[32..].copy_from_slice(&[9u8; 32]);
+            if VerifyingKey::from_bytes(&enc).is_ok() {
+                assert!(IdentityKey::from_bytes(&key).is_err(), "y = {y}");
+                refused += 1;
+            }
+        }
+        assert!(refused > 0);
+        // The identity point (y = 1) is small order.
+        let mut small = [0u8; 64];
+        small[0] = 1;
+        assert!(IdentityKey::from_bytes(&small).is_err());
+    }
 }

@@ -212,17 +212,30 @@ impl KemKeyPair {
     }
 }
 
+/// Parses an ML-KEM-768 encapsulation key with FIPS 203's input check
+/// (7.2, "modulus check"): every coefficient must already be reduced, i.e.
+/// decoding then re-encoding gives the same bytes. ml-kem 0.2 decodes
+/// without it, so a key another implementation refuses would be used here.
+pub(crate) fn kem_public_key(public: &[u8]) -> Result<<MlKem768 as KemCore>::EncapsulationKey> {
+    let bad = || Error::InvalidKey {
+        what: "ML-KEM prekey",
+    };
+    let enc = ml_kem::Encoded::<<MlKem768 as KemCore>::EncapsulationKey>::try_from(public)
+        .map_err(|_| bad())?;
+    let ek = <MlKem768 as KemCore>::EncapsulationKey::from_bytes(&enc);
+    if ek.as_bytes().as_slice() != public {
+        return Err(bad());
+    }
+    Ok(ek)
+}
+
 /// Encapsulates to a peer's ML-KEM-768 key; the 32-byte message `m` is drawn
 /// from `rng` so that test vectors can fix it.
 pub(crate) fn kem_encapsulate(
     public: &[u8],
     rng: &mut impl CryptoRngCore,
 ) -> Result<(Vec<u8>, Secret32)> {
-    let enc = ml_kem::Encoded::<<MlKem768 as KemCore>::EncapsulationKey>::try_from(public)
-        .map_err(|_| Error::InvalidKey {
-            what: "ML-KEM prekey",
-        })?;
-    let ek = <MlKem768 as KemCore>::EncapsulationKey::from_bytes(&enc);
+    let ek = kem_public_key(public)?;
     let mut m = B32::default();
     rng.fill_bytes(m.as_mut_slice());
     let result = ek.encapsulate_deterministic(&m);
@@ -253,5 +266,24 @@ impl fmt::Debug for Hex<'_> {
             write!(f, "{b:02x}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rand_core::OsRng;
+
+    #[test]
+    fn an_unreduced_ml_kem_key_is_refused_before_use() {
+        let kp = KemKeyPair::generate(&mut OsRng);
+        assert!(kem_public_key(kp.public()).is_ok());
+        // The first 12-bit coefficient set to 4095 (>= q = 3329).
+        let mut bad = *kp.public();
+        bad[0] = 0xFF;
+        bad[1] |= 0x0F;
+        assert!(kem_public_key(&bad).is_err());
+        assert!(kem_encapsulate(&bad, &mut OsRng).is_err());
     }
 }

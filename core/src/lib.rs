@@ -53,6 +53,9 @@ pub mod attachment;
 pub mod client;
 pub mod device;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod keys;
 pub mod padding;

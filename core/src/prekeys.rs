@@ -383,6 +383,7 @@ impl PrekeyBundle {
         if kem_prekey.len() != KEM_PUBLIC_LEN {
             return Err(Error::Malformed { what: "KEM prekey" });
         }
+        crate::keys::kem_public_key(&kem_prekey)?;
         PrekeyStatement {
             context: KEM_PREKEY_CONTEXT,
             identity: &identity,

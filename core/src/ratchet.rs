@@ -243,6 +243,16 @@ impl RatchetState {
         padding: Padding,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>> {
+        // Nothing changes before every check passed: a chain at u32::MAX is
+        // exhausted, and the state stays as it was.
+        let counter = if self.sending.is_some() {
+            self.send_counter
+        } else {
+            0
+        };
+        let after = counter.checked_add(1).ok_or(Error::Malformed {
+            what: "sending chain exhausted",
+        })?;
         let chain = match self.sending.take() {
             Some(ck) => ck,
             None => {
@@ -252,16 +262,12 @@ impl RatchetState {
                 self.root_key = rk;
                 self.our_ratchet = Some(ours);
                 self.previous_counter = self.send_counter;
-                self.send_counter = 0;
                 ck
             }
         };
         let (mk, next) = kdf_ck(&chain);
         self.sending = Some(next);
-        let counter = self.send_counter;
-        self.send_counter = self.send_counter.checked_add(1).ok_or(Error::Malformed {
-            what: "sending chain exhausted",
-        })?;
+        self.send_counter = after;
         let ours = self.our_ratchet.as_ref().ok_or(Error::NoSession)?;
 
         let body_len = padding::padded_len(plaintext.len(), padding);
@@ -310,10 +316,11 @@ impl RatchetState {
                 return Err(Error::TooFarInFuture { gap });
             }
             let (mk, next_ck, skipped) = advance(chain, n)?;
+            let next = next_counter(n)?;
             let plaintext = open(&mk, n, ad, message)?;
             let chain = &mut self.receiving[idx];
             chain.chain_key = next_ck;
-            chain.counter = next_counter(n)?;
+            chain.counter = next;
             record_skipped(chain, skipped, &mut changes);
             return Ok((plaintext, changes));
         }
@@ -347,6 +354,7 @@ impl RatchetState {
             skipped_end: 0,
         };
         let (mk, next_ck, skipped) = advance(&fresh, n)?;
+        let next = next_counter(n)?;
         let plaintext = open(&mk, n, ad, message)?;
 
         // Authenticated: commit.
@@ -359,7 +367,7 @@ impl RatchetState {
         }
         let mut fresh = fresh;
         fresh.chain_key = next_ck;
-        fresh.counter = next_counter(n)?;
+        fresh.counter = next;
         record_skipped(&mut fresh, skipped, &mut changes);
         self.receiving.push(fresh);
         while self.receiving.len() > MAX_RECEIVING_CHAINS {

@@ -486,3 +486,43 @@ fn malformed_input_gives_typed_errors() {
         Err(Error::NoSession)
     ));
 }
+
+#[test]
+fn a_one_time_key_served_twice_is_reported_not_dropped_as_a_replay() {
+    let mut r = rng(71);
+    let mut bob = Device::create(MemoryStore::new(), 2, NOW, &mut r).unwrap();
+    let mut alice = Device::create(MemoryStore::new(), 1, NOW, &mut r).unwrap();
+    let mut carol = Device::create(MemoryStore::new(), 3, NOW, &mut r).unwrap();
+    // A relay hands the same one-time keys to Alice and to Carol.
+    let blob = bob.signed_bundle().unwrap();
+    let (ec, kem) = bob.generate_one_time_prekeys(1, 1, NOW, &mut r).unwrap();
+    let bundle = PrekeyBundle::assemble(&blob, Some(&ec[0].bytes), Some(&kem[0].bytes)).unwrap();
+    alice
+        .process_bundle(&bob_addr(), &bundle, NOW, &mut r)
+        .unwrap();
+    carol
+        .process_bundle(&bob_addr(), &bundle, NOW, &mut r)
+        .unwrap();
+    let from_alice = alice.encrypt(&bob_addr(), b"first", &mut r).unwrap();
+    let from_carol = carol.encrypt(&bob_addr(), b"second", &mut r).unwrap();
+    assert_eq!(
+        bob.decrypt(&alice_addr(), &from_alice.bytes, NOW).unwrap(),
+        b"first"
+    );
+    let carol_addr = sotto_core::DeviceAddress::new(b"carol".to_vec(), 3);
+    assert!(matches!(
+        bob.decrypt(&carol_addr, &from_carol.bytes, NOW),
+        Err(Error::OneTimePrekeyReused { .. })
+    ));
+    // Alice's own message again is what a replay is: her session's.
+    assert!(matches!(
+        bob.decrypt(&alice_addr(), &from_alice.bytes, NOW),
+        Err(Error::DuplicateMessage { .. })
+    ));
+    // With Alice's session gone, the same replay is told apart too.
+    bob.delete_sessions(&alice_addr()).unwrap();
+    assert!(matches!(
+        bob.decrypt(&alice_addr(), &from_alice.bytes, NOW),
+        Err(Error::ReplayedPreKeyMessage)
+    ));
+}

@@ -50,9 +50,9 @@ pub(crate) fn parse_relay(address: &str) -> Result<RelayAddress> {
 }
 
 /// Opens (or creates) the encrypted store at `db_path`.
-pub(crate) fn open_store(db_path: &str, key: Vec<u8>) -> Result<SqliteStore> {
+pub(crate) fn open_store(db_path: &str, key: Vec<u8>, min_generation: u64) -> Result<SqliteStore> {
     let key = storage_key(key)?;
-    Ok(SqliteStore::open(db_path, &key)?)
+    Ok(SqliteStore::open_checked(db_path, &key, min_generation)?)
 }
 
 /// This user's device of the Sotto messenger: sends, receives, links
@@ -62,6 +62,7 @@ pub struct SottoClient {
     client: Mutex<Option<Arc<CoreClient>>>,
     address: String,
     device_id: u32,
+    generation: u64,
     consumer: Arc<ConsumerSlot>,
     subscriptions: Mutex<Vec<AbortHandle>>,
 }
@@ -82,10 +83,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SottoClient {
     /// Wraps a started core client (also used by `Linking.finish`).
-    pub(crate) fn wrap(client: CoreClient) -> Arc<Self> {
+    pub(crate) fn wrap(client: CoreClient, generation: u64) -> Arc<Self> {
         Arc::new(Self {
             address: client.address().to_string(),
             device_id: client.device_id(),
+            generation,
             client: Mutex::new(Some(Arc::new(client))),
             consumer: Arc::new(ConsumerSlot::default()),
             subscriptions: Mutex::new(Vec::new()),
@@ -113,17 +115,43 @@ impl SottoClient {
     #[uniffi::constructor]
     pub async fn create(db_path: String, storage_key: Vec<u8>, relay: String) -> Result<Arc<Self>> {
         let home = parse_relay(&relay)?;
-        let store = open_store(&db_path, storage_key)?;
-        in_runtime(async move { Ok(Self::wrap(CoreClient::create(store, home).await?)) })?.await
+        let store = open_store(&db_path, storage_key, 0)?;
+        let generation = store.generation();
+        in_runtime(async move {
+            Ok(Self::wrap(
+                CoreClient::create(store, home).await?,
+                generation,
+            ))
+        })?
+        .await
     }
 
     /// Opens the user stored in `db_path`. Works offline: sends queue and go
     /// out once the relay is reachable. A wrong `storage_key` fails with
-    /// `CorruptRecord`.
+    /// `CorruptRecord`. Without a rollback check: prefer `openChecked`.
     #[uniffi::constructor]
     pub async fn open(db_path: String, storage_key: Vec<u8>) -> Result<Arc<Self>> {
-        let store = open_store(&db_path, storage_key)?;
-        in_runtime(async move { Ok(Self::wrap(CoreClient::open(store).await?)) })?.await
+        Self::open_checked(db_path, storage_key, 0).await
+    }
+
+    /// Like `open`, but refuses (`StoreRolledBack`) a database older than
+    /// `min_generation`: the `storeGeneration()` of the previous open, which
+    /// the app keeps beside the storage key (where a restored backup of the
+    /// database cannot reach). Save the new `storeGeneration()` after it.
+    #[uniffi::constructor]
+    pub async fn open_checked(
+        db_path: String,
+        storage_key: Vec<u8>,
+        min_generation: u64,
+    ) -> Result<Arc<Self>> {
+        let store = open_store(&db_path, storage_key, min_generation)?;
+        let generation = store.generation();
+        in_runtime(async move { Ok(Self::wrap(CoreClient::open(store).await?, generation)) })?.await
+    }
+
+    /// The database's generation as of this open (see `openChecked`).
+    pub fn store_generation(&self) -> u64 {
+        self.generation
     }
 
     /// This user's address (`user@host:port/fingerprint`): give it to contacts.
@@ -291,6 +319,13 @@ impl SottoClient {
         Ok(self.core()?.accept_request(&peer)?)
     }
 
+    /// Declines `peer`'s message request without blocking: what it sent is
+    /// deleted; a later message is a new request.
+    pub fn decline_request(&self, peer: String) -> Result<()> {
+        let peer = parse_user(&peer)?;
+        Ok(self.core()?.decline_request(&peer)?)
+    }
+
     /// Blocks `peer`: its envelopes are dropped unread, its sessions deleted.
     pub fn block(&self, peer: String) -> Result<()> {
         let peer = parse_user(&peer)?;
@@ -313,20 +348,24 @@ impl SottoClient {
         in_runtime(async move { Ok(client.unlink_device(device_id).await?) })?.await
     }
 
-    /// Linking, on this (existing) device: reads the new device's `code`
-    /// and sends it an offer. Compare `PendingLink.digits()` with the
-    /// digits the new device shows, then call `confirmLink`.
+    /// Linking, on this primary device: reads the new device's `code` and
+    /// sends it an offer. Then `PendingLink.waitDigits()`, compare them with
+    /// the digits the new device shows, and call `confirmLink`.
     pub async fn link_device(&self, code: String) -> Result<Arc<PendingLink>> {
         let client = self.core()?;
         in_runtime(async move { Ok(PendingLink::wrap(client.link_device(&code).await?)) })?.await
     }
 
-    /// The user confirmed the digits: sends the identity to the new device.
-    /// Returns the new device's id. A pending link is used once.
+    /// The user confirmed the digits: certifies the new device and sends it
+    /// the signed device list. Returns the new device's id. A pending link is
+    /// used once.
     pub async fn confirm_link(&self, pending: Arc<PendingLink>) -> Result<u32> {
         let client = self.core()?;
-        let pending = pending.take()?;
-        in_runtime(async move { Ok(client.confirm_link(pending).await?) })?.await
+        in_runtime(async move {
+            let pending = pending.take().await?;
+            Ok(client.confirm_link(pending).await?)
+        })?
+        .await
     }
 
     /// Stops the listener tasks and background work and closes the relay

@@ -129,6 +129,15 @@ pub enum SottoError {
         /// Table of the record.
         table: String,
     },
+    /// The database is older than the generation the app last saw (a
+    /// restored backup): refused, nothing changed.
+    #[error("store rolled back (generation {found}, expected at least {expected})")]
+    StoreRolledBack {
+        /// The generation the database holds.
+        found: u64,
+        /// The generation the app expected.
+        expected: u64,
+    },
     /// The durable store failed (I/O, disk full, locked database).
     #[error("storage: {reason}")]
     Storage {
@@ -216,6 +225,7 @@ impl From<sotto_core::Error> for SottoError {
                 reason: reason.into(),
             },
             E::NotPrimary => Self::NotPrimary,
+            E::StoreRolledBack { found, expected } => Self::StoreRolledBack { found, expected },
             E::NotAccepted => Self::NotAccepted,
             E::IdentityChanged { new_identity } => Self::IdentityChanged {
                 new_identity: new_identity.as_bytes().to_vec(),

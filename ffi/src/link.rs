@@ -5,8 +5,9 @@
 //!
 //! New device: `Linking.start(db, key, relay)` → show `code()` → `waitOffer()`
 //! returns six digits → the user confirms they match → `finish()` returns
-//! the new `SottoClient`. Existing device: `linkDevice(code)` → show
-//! `PendingLink.digits()` → the user confirms → `confirmLink(pending)`.
+//! the new `SottoClient`. Primary device: `linkDevice(code)` →
+//! `PendingLink.waitDigits()` → show them → the user confirms →
+//! `confirmLink(pending)`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +26,7 @@ pub struct Linking {
     // Async mutex: `waitOffer` holds it across awaits; `finish` takes it.
     state: tokio::sync::Mutex<Option<link::Linking<SqliteStore>>>,
     code: String,
+    generation: u64,
 }
 
 impl fmt::Debug for Linking {
@@ -40,12 +42,14 @@ impl Linking {
     #[uniffi::constructor]
     pub async fn start(db_path: String, storage_key: Vec<u8>, relay: String) -> Result<Arc<Self>> {
         let home = parse_relay(&relay)?;
-        let store = open_store(&db_path, storage_key)?;
+        let store = open_store(&db_path, storage_key, 0)?;
+        let generation = store.generation();
         in_runtime(async move {
             let l = link::Linking::start(store, home).await?;
             Ok(Arc::new(Self {
                 code: l.code(),
                 state: tokio::sync::Mutex::new(Some(l)),
+                generation,
             }))
         })?
         .await
@@ -68,13 +72,14 @@ impl Linking {
     }
 
     /// The user confirmed the digits here: waits up to `timeout_ms` for the
-    /// identity from the existing device and returns this device's client.
+    /// grant from the primary device (a certificate for this device's own
+    /// identity and the signed device list) and returns this device's client.
     /// Used once; later calls fail with `Closed`.
     pub async fn finish(&self, timeout_ms: u64) -> Result<Arc<SottoClient>> {
         in_runtime(async move {
             let l = self.state.lock().await.take().ok_or(SottoError::Closed)?;
             let client = l.finish(Duration::from_millis(timeout_ms)).await?;
-            Ok(SottoClient::wrap(client))
+            Ok(SottoClient::wrap(client, self.generation))
         })?
         .await
     }
@@ -83,8 +88,9 @@ impl Linking {
 /// A link in progress on the existing device.
 #[derive(uniffi::Object)]
 pub struct PendingLink {
-    digits: String,
-    pending: Mutex<Option<link::PendingLink>>,
+    // Async mutex: `waitDigits` holds it across awaits; `confirmLink` takes it.
+    pending: tokio::sync::Mutex<Option<link::PendingLink>>,
+    digits: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for PendingLink {
@@ -96,25 +102,37 @@ impl fmt::Debug for PendingLink {
 impl PendingLink {
     pub(crate) fn wrap(p: link::PendingLink) -> Arc<Self> {
         Arc::new(Self {
-            digits: p.digits().to_owned(),
-            pending: Mutex::new(Some(p)),
+            pending: tokio::sync::Mutex::new(Some(p)),
+            digits: Mutex::new(None),
         })
     }
 
     /// Takes the link out for `confirmLink` (once).
-    pub(crate) fn take(&self) -> Result<link::PendingLink> {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .ok_or(SottoError::Closed)
+    pub(crate) async fn take(&self) -> Result<link::PendingLink> {
+        self.pending.lock().await.take().ok_or(SottoError::Closed)
     }
 }
 
 #[uniffi::export]
 impl PendingLink {
-    /// The six digits to compare with the new device's screen.
-    pub fn digits(&self) -> String {
-        self.digits.clone()
+    /// Waits up to `timeout_ms` for the new device to answer the offer and
+    /// returns the six digits to compare with its screen.
+    pub async fn wait_digits(&self, timeout_ms: u64) -> Result<String> {
+        in_runtime(async move {
+            let mut pending = self.pending.lock().await;
+            let p = pending.as_mut().ok_or(SottoError::Closed)?;
+            let digits = p.wait_digits(Duration::from_millis(timeout_ms)).await?;
+            *self.digits.lock().unwrap_or_else(PoisonError::into_inner) = Some(digits.clone());
+            Ok(digits)
+        })?
+        .await
+    }
+
+    /// The six digits, once `waitDigits` returned them (`null`/`nil` before).
+    pub fn digits(&self) -> Option<String> {
+        self.digits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }

@@ -33,3 +33,5 @@ pub mod store {
 }
 
 pub use prost::Message;
+
+mod redacted;

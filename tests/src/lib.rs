@@ -26,3 +26,5 @@ pub fn relay_binary() -> PathBuf {
 }
 
 pub use sotto_examples::relay_process::RelayProcess;
+
+pub mod attacker;

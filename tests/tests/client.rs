@@ -257,11 +257,11 @@ async fn link(existing: &Dev, relay: &RelayProcess) -> Dev {
     let (dir, key, store) = Dev::fresh();
     let mut linking = Linking::start(store, relay_address(relay)).await.unwrap();
     let code = linking.code();
-    let pending = existing.c().link_device(&code).await.unwrap();
+    let mut pending = existing.c().link_device(&code).await.unwrap();
     let digits = linking.wait_offer(WAIT).await.unwrap();
     assert_eq!(
         digits,
-        pending.digits(),
+        pending.wait_digits(WAIT).await.unwrap(),
         "both screens show the same digits"
     );
     let id = existing.c().confirm_link(pending).await.unwrap();

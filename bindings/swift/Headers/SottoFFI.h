@@ -279,6 +279,11 @@ uint64_t uniffi_sotto_ffi_fn_constructor_sottoclient_create(RustBuffer db_path, 
 uint64_t uniffi_sotto_ffi_fn_constructor_sottoclient_open(RustBuffer db_path, RustBuffer storage_key
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_CONSTRUCTOR_SOTTOCLIENT_OPEN_CHECKED
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_CONSTRUCTOR_SOTTOCLIENT_OPEN_CHECKED
+uint64_t uniffi_sotto_ffi_fn_constructor_sottoclient_open_checked(RustBuffer db_path, RustBuffer storage_key, uint64_t min_generation
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ACCEPT_REQUEST
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ACCEPT_REQUEST
 void uniffi_sotto_ffi_fn_method_sottoclient_accept_request(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
@@ -302,6 +307,11 @@ void uniffi_sotto_ffi_fn_method_sottoclient_block(uint64_t ptr, RustBuffer peer,
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_CONFIRM_LINK
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_CONFIRM_LINK
 uint64_t uniffi_sotto_ffi_fn_method_sottoclient_confirm_link(uint64_t ptr, uint64_t pending
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_DECLINE_REQUEST
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_DECLINE_REQUEST
+void uniffi_sotto_ffi_fn_method_sottoclient_decline_request(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_DELIVERY
@@ -382,6 +392,11 @@ RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_send_text(uint64_t ptr, RustBu
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SHUTDOWN
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SHUTDOWN
 uint64_t uniffi_sotto_ffi_fn_method_sottoclient_shutdown(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_STORE_GENERATION
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_STORE_GENERATION
+uint64_t uniffi_sotto_ffi_fn_method_sottoclient_store_generation(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SUBSCRIBE
@@ -627,6 +642,11 @@ void uniffi_sotto_ffi_fn_free_pendinglink(uint64_t handle, RustCallStatus *_Nonn
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PENDINGLINK_DIGITS
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PENDINGLINK_DIGITS
 RustBuffer uniffi_sotto_ffi_fn_method_pendinglink_digits(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PENDINGLINK_WAIT_DIGITS
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PENDINGLINK_WAIT_DIGITS
+uint64_t uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(uint64_t ptr, uint64_t timeout_ms
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_CLONE_EVENTLISTENER
@@ -981,6 +1001,12 @@ uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_DECLINE_REQUEST
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_DECLINE_REQUEST
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_decline_request(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_DELIVERY
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_DELIVERY
 uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_delivery(void
@@ -1074,6 +1100,12 @@ uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_send_text(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SHUTDOWN
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SHUTDOWN
 uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_shutdown(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_STORE_GENERATION
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_STORE_GENERATION
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_store_generation(void
     
 );
 #endif
@@ -1263,6 +1295,12 @@ uint16_t uniffi_sotto_ffi_checksum_method_pendinglink_digits(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PENDINGLINK_WAIT_DIGITS
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PENDINGLINK_WAIT_DIGITS
+uint16_t uniffi_sotto_ffi_checksum_method_pendinglink_wait_digits(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_EVENT
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_EVENT
 uint16_t uniffi_sotto_ffi_checksum_method_eventlistener_on_event(void
@@ -1302,6 +1340,12 @@ uint16_t uniffi_sotto_ffi_checksum_constructor_sottoclient_create(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_CONSTRUCTOR_SOTTOCLIENT_OPEN
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_CONSTRUCTOR_SOTTOCLIENT_OPEN
 uint16_t uniffi_sotto_ffi_checksum_constructor_sottoclient_open(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_CONSTRUCTOR_SOTTOCLIENT_OPEN_CHECKED
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_CONSTRUCTOR_SOTTOCLIENT_OPEN_CHECKED
+uint16_t uniffi_sotto_ffi_checksum_constructor_sottoclient_open_checked(void
     
 );
 #endif

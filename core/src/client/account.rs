@@ -113,7 +113,10 @@ pub(crate) fn verify_account_signature(
     let Ok(sig) = Signature::from_slice(signature) else {
         return false;
     };
-    !key.is_weak() && key.verify_strict(message, &sig).is_ok()
+    // Small-order and non-canonically encoded keys are refused.
+    !key.is_weak()
+        && key.to_edwards().compress().to_bytes() == *account
+        && key.verify_strict(message, &sig).is_ok()
 }
 
 /// "Device `device_id` of account `account` has identity `identity`",
@@ -229,4 +232,64 @@ mod tests {
         assert!(shown.contains("redacted"));
         assert!(!shown.contains(&super::super::address::hex_lower(&seed[..8])));
     }
+}
+
+#[cfg(test)]
+mod vectors {
+    //! The known-answer values printed in PROTOCOL.md III.2.
+    #![allow(clippy::unwrap_used)]
+    use prost::Message as _;
+
+    use super::*;
+    use crate::client::address::hex_lower;
+    use crate::client::devices::{DeviceEntry, DeviceList};
+    use crate::client::envelope::sender_mac;
+    use crate::identity::IdentityKeyPair;
+    use crate::keys::Secret32;
+
+    pub(crate) fn vector() -> String {
+        let account = AccountKeyPair::from_seed(&[0x21; 32]).unwrap();
+        let device = IdentityKeyPair::from_secret_bytes(&[0x0b; 32], &[0x0c; 32]).unwrap();
+        let cert = account.certify(2, device.public());
+        let list = DeviceList {
+            version: 3,
+            devices: vec![DeviceEntry {
+                device_id: 2,
+                mailbox: sotto_relay::MailboxId([0x09; 32]),
+                identity: *device.public(),
+            }],
+            next_device_id: 3,
+        };
+        let signed = list.sign(&account);
+        let mac = sender_mac(
+            &Secret32::from_bytes([0x44; 32]),
+            &account.public(),
+            2,
+            b"message",
+        );
+        format!(
+            "account={} certificate.signature={} list.body={} list.signature={} mac={}",
+            hex_lower(&account.public()),
+            hex_lower(&cert.to_pb().signature),
+            hex_lower(&list.body().encode_to_vec()),
+            hex_lower(&signed.signature),
+            hex_lower(&mac),
+        )
+    }
+
+    #[test]
+    fn certificate_list_and_mac_known_answer() {
+        assert_eq!(vector(), VECTOR);
+    }
+
+    const VECTOR: &str =
+        "account=884b8857f4eaa1613c61504db34d4beaf346517a0e31de3cddd4d9b4201d9d0b \
+        certificate.signature=21d2d2ff1a04cebba4a99cc67d1c5db36a00ede3ae9ef14c176ac1c7bf770653\
+        b86dae3317a422be908e1075b1badcf0d99db9e3e37dbe6024af4bd58254ee07 \
+        list.body=0a660802122009090909090909090909090909090909090909090909090909090909090909091a40\
+        66be7e332c7a453332bd9d0a7f7db055f5c5ef1a06ada66d98b39fb6810c473a97c3b10b4d6c133a\
+        78ea5dcc1cf6421d3f81ae37b1f628ce14ca6fce7730f3331003 \
+        list.signature=109854c842e267617209586ba8c243978568eb482d55c3385c0d5ee724d6a794\
+        b80ba10bbac838b0b5c01e84fd9d2d5d827ab622c5b6022f0559a58b90d5ef06 \
+        mac=861a6e18d622ce5ccd9554601e30c40a";
 }

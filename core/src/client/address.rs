@@ -69,7 +69,15 @@ impl FromStr for RelayAddress {
         let bad = |what| Error::InvalidAddress(what);
         let (host_port, fp) = s.rsplit_once('/').ok_or(bad("missing /fingerprint"))?;
         let (host, port) = host_port.rsplit_once(':').ok_or(bad("missing :port"))?;
-        if host.is_empty() || host.len() > 253 || host.chars().any(|c| c.is_whitespace()) {
+        // A DNS name or IPv4 literal, or a bracketed IPv6 literal: nothing
+        // else (no control or bidirectional characters reach a screen).
+        let dns = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
+        let v6 = |c: char| c.is_ascii_hexdigit() || c == ':' || c == '.';
+        let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(inner) => !inner.is_empty() && inner.chars().all(v6),
+            None => host.chars().all(dns),
+        };
+        if host.is_empty() || host.len() > 253 || !ok {
             return Err(bad("bad host"));
         }
         let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
@@ -175,6 +183,9 @@ mod tests {
             &format!("{}@127.0.0.1/{}", "a".repeat(64), "0".repeat(64)),
             &format!("{}@127.0.0.1:99999/{}", "a".repeat(64), "0".repeat(64)),
             &format!("{}@127.0.0.1:1/{}", "g".repeat(64), "0".repeat(64)),
+            &format!("{}@evil\u{202e}moc:1/{}", "a".repeat(64), "0".repeat(64)),
+            &format!("{}@a b:1/{}", "a".repeat(64), "0".repeat(64)),
+            &format!("{}@[::1:1/{}", "a".repeat(64), "0".repeat(64)),
         ] {
             assert!(bad.parse::<UserAddress>().is_err(), "{bad}");
         }

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::keys::Secret32;
 
 /// Length of the truncated MAC.
-pub(crate) const SENDER_MAC_LEN: usize = 16;
+pub const SENDER_MAC_LEN: usize = 16;
 
 fn mac(key: &Secret32, user: &[u8; 32], device: u32, message: &[u8]) -> [u8; SENDER_MAC_LEN] {
     let mut h = match <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()) {
@@ -31,7 +31,7 @@ fn mac(key: &Secret32, user: &[u8; 32], device: u32, message: &[u8]) -> [u8; SEN
 }
 
 /// `HMAC-SHA256(key, sender_user || u32be(sender_device) || message)[..16]`.
-pub(crate) fn sender_mac(
+pub fn sender_mac(
     key: &Secret32,
     user: &[u8; 32],
     device: u32,

@@ -41,6 +41,13 @@ use crate::store::{Store, Txn};
 /// Messages (and invalid contents) kept from one stranger before the app
 /// accepts or blocks the request; later ones are dropped.
 pub const MAX_HELD_PER_REQUEST: u32 = 50;
+/// Strangers (users with a pending message request) kept at once; a new
+/// one past this is refused before anything of it is stored.
+pub const MAX_STRANGERS: usize = 256;
+/// Devices of one accepted contact (one stranger) this device keeps
+/// sessions with: the 16 a list may name, and a few newer ones.
+pub(crate) const MAX_DEVICES_PER_CONTACT: usize = 20;
+pub(crate) const MAX_DEVICES_PER_STRANGER: usize = 4;
 /// Repair items queued at once per peer device.
 pub(crate) const MAX_PENDING_REPAIRS: usize = 4;
 /// Re-sends of one sent envelope answering retry requests.
@@ -125,10 +132,11 @@ pub(crate) fn process<S: Store>(
     if from_self && sender_device == device.device_id() {
         return unauthenticated(device, None, 0, "message claims to come from this device");
     }
-    let contact = device
+    let existing = device
         .store_mut()
-        .transaction(|tx| records::contact(tx, &sender_user))?
-        .unwrap_or_default();
+        .transaction(|tx| records::contact(tx, &sender_user))?;
+    let first_contact = existing.is_none();
+    let contact = existing.unwrap_or_default();
     let state = if from_self { ACCEPTED } else { contact.state };
     if state == BLOCKED {
         // The user's decision, not a failure: nothing is decrypted or shown.
@@ -160,6 +168,28 @@ pub(crate) fn process<S: Store>(
     let Ok(kind) = MessageKind::of(&sealed.message) else {
         return unauthenticated(device, peer.as_ref(), sender_device, "malformed message");
     };
+    // Strangers are bounded in number: past the limit a new one is not even
+    // decrypted (nothing of it is stored but the processed mark).
+    if first_contact && !from_self {
+        let strangers = device
+            .store_mut()
+            .transaction(|tx| records::count_state(tx, STRANGER))?;
+        if strangers >= MAX_STRANGERS {
+            return unauthenticated(device, None, sender_device, "too many message requests");
+        }
+    }
+    // Devices per user are bounded too: a user can certify device ids at
+    // will, and each new one costs a session (and a PQXDH) here.
+    if kind == MessageKind::PreKey && !device.has_session(&addr)? {
+        let limit = if state == ACCEPTED {
+            MAX_DEVICES_PER_CONTACT
+        } else {
+            MAX_DEVICES_PER_STRANGER
+        };
+        if device.session_devices(&sender_user)? >= limit {
+            return unauthenticated(device, peer.as_ref(), sender_device, "too many devices");
+        }
+    }
     let mut certified: Option<IdentityKey> = None;
     if kind == MessageKind::PreKey {
         let Ok(m) = PreKeyMessage::parse(&sealed.message) else {
@@ -231,7 +261,14 @@ pub(crate) fn process<S: Store>(
             return unauthenticated(device, peer.as_ref(), sender_device, "duplicate message");
         }
         Err(Error::IdentityChanged { .. }) => {
-            return identity_changed(device, envelope_id, now_ms, peer.as_ref(), sender_device)
+            return identity_changed(
+                device,
+                envelope_id,
+                now_ms,
+                peer.as_ref(),
+                sender_device,
+                state == ACCEPTED,
+            )
         }
         Err(e @ (Error::Storage(_) | Error::CorruptRecord { .. } | Error::Hook(_))) => {
             return Err(e)
@@ -259,12 +296,13 @@ pub(crate) fn process<S: Store>(
                 }),
                 None => false,
             };
-            let authenticity = match (&peer, genuine, state == ACCEPTED) {
-                (Some(p), true, true) => Authenticity::Repair {
+            // A proven sender that is not an accepted contact (a stranger
+            // can prove its own devices) counts as a claim.
+            let authenticity = match (&peer, genuine && state == ACCEPTED) {
+                (Some(p), true) => Authenticity::Repair {
                     peer: p.clone(),
                     has_session: device.has_session(&addr)?,
                 },
-                (_, true, _) => Authenticity::Genuine,
                 _ => Authenticity::Claimed,
             };
             let reason = e.to_string();
@@ -287,11 +325,12 @@ pub(crate) fn process<S: Store>(
 
 /// How far the sender of a failed envelope is known.
 enum Authenticity {
-    /// Only claimed (no valid MAC): the event shares a bounded allowance.
+    /// Only claimed (no valid MAC, or not an accepted contact): the event
+    /// shares the bounded allowance of unproven failures.
     Claimed,
-    /// The MAC proves the sender device, not an accepted contact.
-    Genuine,
-    /// The MAC proves an accepted contact's device: ask it to re-send.
+    /// The MAC proves an accepted contact's device: ask it to re-send. The
+    /// event shares the (separate) allowance of proven failures, since a
+    /// relay can replay a contact's old genuine envelopes.
     Repair {
         peer: UserAddress,
         has_session: bool,
@@ -313,10 +352,8 @@ fn finish_failure<S: Store>(
     device.store_mut().transaction(|tx| {
         records::mark_processed(tx, envelope_id, now_ms)?;
         let mut out = Outcome::default();
-        let reported = match authenticity {
-            Authenticity::Claimed => failure_allowance(tx, reason, now_ms)?,
-            _ => Some(reason.to_string()),
-        };
+        let proven = matches!(authenticity, Authenticity::Repair { .. });
+        let reported = failure_allowance(tx, proven, reason, now_ms)?;
         if let Some(reason) = reported {
             records::push_event(
                 tx,
@@ -337,35 +374,48 @@ fn finish_failure<S: Store>(
     })
 }
 
-/// Takes one token of the failure-event allowance; the reason to report
-/// (with the count of failures suppressed since the last report), or `None`
-/// when the allowance is used up.
-fn failure_allowance(tx: &mut impl Txn, reason: &str, now_ms: u64) -> Result<Option<String>> {
-    let mut cfg: pb::ClientConfig = records::get(tx, records::CONFIG)?.ok_or(Error::NoIdentity)?;
-    if cfg.failure_at_ms == 0 {
-        cfg.failure_tokens = FAILURE_EVENT_BURST;
-        cfg.failure_at_ms = now_ms;
+/// Takes one token of a failure-event allowance (one for proven senders,
+/// one for everything else, so forgeries cannot silence genuine failures);
+/// the reason to report (with the count of failures suppressed since the
+/// last report), or `None` when the allowance is used up.
+fn failure_allowance(
+    tx: &mut impl Txn,
+    proven: bool,
+    reason: &str,
+    now_ms: u64,
+) -> Result<Option<String>> {
+    let mut counters = records::counters(tx)?;
+    let bucket = if proven {
+        counters
+            .proven_failures
+            .get_or_insert_with(Default::default)
+    } else {
+        counters.failures.get_or_insert_with(Default::default)
+    };
+    if bucket.at_ms == 0 {
+        bucket.tokens = FAILURE_EVENT_BURST;
+        bucket.at_ms = now_ms;
     }
-    let refill = now_ms.saturating_sub(cfg.failure_at_ms) / FAILURE_EVENT_REFILL_MS;
+    let refill = now_ms.saturating_sub(bucket.at_ms) / FAILURE_EVENT_REFILL_MS;
     if refill > 0 {
-        let tokens = u64::from(cfg.failure_tokens).saturating_add(refill);
-        cfg.failure_tokens = u32::try_from(tokens.min(u64::from(FAILURE_EVENT_BURST)))
+        let tokens = u64::from(bucket.tokens).saturating_add(refill);
+        bucket.tokens = u32::try_from(tokens.min(u64::from(FAILURE_EVENT_BURST)))
             .unwrap_or(FAILURE_EVENT_BURST);
-        cfg.failure_at_ms = now_ms;
+        bucket.at_ms = now_ms;
     }
-    let out = if cfg.failure_tokens == 0 {
-        cfg.failures_suppressed = cfg.failures_suppressed.saturating_add(1);
+    let out = if bucket.tokens == 0 {
+        bucket.suppressed = bucket.suppressed.saturating_add(1);
         None
     } else {
-        cfg.failure_tokens -= 1;
-        let suppressed = std::mem::take(&mut cfg.failures_suppressed);
+        bucket.tokens -= 1;
+        let suppressed = std::mem::take(&mut bucket.suppressed);
         Some(if suppressed > 0 {
             format!("{reason} ({suppressed} earlier failures not reported)")
         } else {
             reason.to_string()
         })
     };
-    records::put(tx, records::CONFIG, &cfg)?;
+    records::put_counters(tx, &counters)?;
     Ok(out)
 }
 
@@ -418,9 +468,14 @@ fn identity_changed<S: Store>(
     now_ms: u64,
     peer: Option<&UserAddress>,
     peer_device: u32,
+    accepted: bool,
 ) -> Result<Outcome> {
     device.store_mut().transaction(|tx| {
         records::mark_processed(tx, envelope_id, now_ms)?;
+        // Bounded like failures: a stranger can certify identities at will.
+        if failure_allowance(tx, accepted, "identity changed", now_ms)?.is_none() {
+            return Ok(Outcome::default());
+        }
         records::push_event(
             tx,
             pb::ClientEvent {
@@ -463,6 +518,11 @@ fn invalid_content(
         events: true,
         ..Outcome::default()
     })
+}
+
+/// True if a stranger's request can hold one more item.
+fn has_room(tx: &impl Txn, sender: &Sender<'_>) -> Result<bool> {
+    Ok(records::contact(tx, &sender.user)?.is_none_or(|c| c.held < MAX_HELD_PER_REQUEST))
 }
 
 /// Counts one more item held for a stranger's request; false when the
@@ -527,6 +587,10 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
             }
             if message_from_pb(&m).is_err() {
                 return invalid_content(tx, sender, Some(&peer), "invalid message");
+            }
+            // A full request stores nothing more, not even the message id.
+            if sender.state != ACCEPTED && !has_room(tx, sender)? {
+                return Ok(out);
             }
             if !records::first_sight(tx, &sender.user, &m.id, sender.now_ms)? {
                 return Ok(out);
@@ -610,14 +674,14 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
             }
             // Only the device the envelope went to may ask for it again,
             // and only a few times.
-            if let Some(mut entry) = records::sent(tx, &r.envelope_id)? {
+            if let Some(mut entry) = records::sent(tx, &sender.user, &r.envelope_id)? {
                 if entry.recipient_user == sender.user.as_slice()
                     && entry.recipient_device == sender.device
                     && entry.retries < MAX_RESENDS_PER_ENVELOPE
                 {
                     entry.retries += 1;
                     if let Ok(id) = <[u8; 16]>::try_from(r.envelope_id.as_slice()) {
-                        records::log_sent(tx, &id, &entry)?;
+                        records::update_sent(tx, &sender.user, &id, &entry)?;
                     }
                     let mut c = records::contact(tx, &sender.user)?.unwrap_or_default();
                     let reset = records::take_repair_token(&mut c, sender.device, sender.now_ms);
@@ -652,22 +716,28 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
             }
             if records::first_sight(tx, &sender.user, &m.id, sender.now_ms)? {
                 // This user wrote to them from another device: a contact.
-                if recipient.user != sender.me.user {
-                    let mut c = records::contact(tx, &recipient.user)?.unwrap_or_default();
-                    if c.state != BLOCKED {
-                        c.state = ACCEPTED;
-                        c.address = recipient.to_string();
-                        records::put_contact(tx, &recipient.user, &c)?;
-                    }
+                if recipient.user != sender.me.user
+                    && records::contact(tx, &recipient.user)?.is_none_or(|c| c.state != BLOCKED)
+                {
+                    accept(tx, sender.me, &recipient)?;
+                    out.outbox = true;
                 }
                 records::push_event(tx, event(K::SentSync(s)))?;
                 out.events = true;
             }
         }
         Some(pb::content::Body::DeviceListChanged(c)) => {
+            // Only the lists of users this device talks to matter; a
+            // stranger's is fetched if the user ever accepts it.
+            if sender.state != ACCEPTED {
+                return Ok(out);
+            }
             let Ok(signed) = SignedDeviceList::decode(c.signed_list.as_slice()) else {
                 return invalid_content(tx, sender, Some(&peer), "undecodable device list");
             };
+            if signed.version != c.version {
+                return invalid_content(tx, sender, Some(&peer), "device list version mismatch");
+            }
             let list = match DeviceList::verify(&sender.user, &signed) {
                 Ok(l) => l,
                 Err(_) => return invalid_content(tx, sender, Some(&peer), "invalid device list"),
@@ -686,6 +756,33 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
         None => return invalid_content(tx, sender, Some(&peer), "no body"),
     }
     Ok(out)
+}
+
+/// Makes `peer` an accepted contact; the messages held in its request get
+/// their delivered receipts now.
+pub(crate) fn accept(tx: &mut impl Txn, me: &UserAddress, peer: &UserAddress) -> Result<()> {
+    let mut c = records::contact(tx, &peer.user)?.unwrap_or_default();
+    if c.state == records::ACCEPTED && !c.address.is_empty() {
+        return Ok(());
+    }
+    c.state = records::ACCEPTED;
+    c.held = 0;
+    if c.address.is_empty() {
+        c.address = peer.to_string();
+    }
+    records::put_contact(tx, &peer.user, &c)?;
+    let held = records::take_held(tx, &peer.user)?;
+    if !held.is_empty() {
+        records::push_outbox(
+            tx,
+            &pb::OutboxItem {
+                recipient: c.address.clone(),
+                content: receipt_content(me, pb::receipt::Kind::Delivered, held),
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Encoded `Content` of a receipt.

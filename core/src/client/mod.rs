@@ -21,15 +21,15 @@
 pub mod account;
 pub mod address;
 pub mod devices;
-mod envelope;
+pub mod envelope;
 pub mod events;
-mod inbound;
+pub(crate) mod inbound;
 pub mod link;
 mod outbound;
-mod records;
+pub(crate) mod records;
 mod relays;
-#[cfg(test)]
-mod testkit;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod testkit;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,8 +51,8 @@ pub use devices::{DeviceEntry, DeviceList};
 pub use events::{
     AttachmentRef, DeliveryState, Event, EventKind, MessageId, ReceiptKind, ReceivedMessage,
 };
-pub use inbound::MAX_HELD_PER_REQUEST;
-pub use relays::{BACKOFF_MAX, BACKOFF_MIN};
+pub use inbound::{MAX_HELD_PER_REQUEST, MAX_STRANGERS};
+pub use relays::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
 
 use crate::device::{unix_now, Device};
 use crate::error::{Error, Result};
@@ -338,14 +338,12 @@ impl<S: Store + Send + 'static> Client<S> {
             version: 1,
             mailbox_secret: mailbox.to_bytes().to_vec(),
             home_relay: home.to_string(),
-            next_seq: 1,
             account_key: certificate.account.to_vec(),
             account_secret: account
                 .as_ref()
                 .map(|a| a.seed().to_vec())
                 .unwrap_or_default(),
             certificate: Some(certificate.to_pb()),
-            ..Default::default()
         };
         let r = device.store_mut().transaction(|tx| {
             records::put(tx, records::CONFIG, &cfg)?;
@@ -453,7 +451,7 @@ impl<S: Store + Send + 'static> Client<S> {
                 if records::contact(tx, &to.user)?.is_some_and(|c| c.state == records::BLOCKED) {
                     return Err(Error::NotAccepted);
                 }
-                accept(tx, &self.inner.me, to)?;
+                inbound::accept(tx, &self.inner.me, to)?;
                 records::push_outbox(tx, &item)
             })
         })?;
@@ -467,7 +465,7 @@ impl<S: Store + Send + 'static> Client<S> {
     pub fn accept_request(&self, peer: &UserAddress) -> Result<()> {
         self.inner.with_device(|d| {
             d.store_mut()
-                .transaction(|tx| accept(tx, &self.inner.me, peer))
+                .transaction(|tx| inbound::accept(tx, &self.inner.me, peer))
         })?;
         self.inner.outbox.notify_one();
         Ok(())
@@ -490,6 +488,29 @@ impl<S: Store + Send + 'static> Client<S> {
                 records::take_held(tx, &peer.user).map(|_| ())
             })?;
             d.delete_user_sessions(&peer.user)
+        })
+    }
+
+    /// Declines `peer`'s message request without blocking: the held
+    /// messages, the sessions and the record of the stranger are deleted (a
+    /// later message from them is a new request).
+    pub fn decline_request(&self, peer: &UserAddress) -> Result<()> {
+        self.inner.with_device(|d| {
+            let was_stranger = d.store_mut().transaction(|tx| {
+                let Some(c) = records::contact(tx, &peer.user)? else {
+                    return Ok(false);
+                };
+                if c.state != records::STRANGER {
+                    return Ok(false);
+                }
+                records::take_held(tx, &peer.user)?;
+                records::delete_contact(tx, &peer.user)?;
+                Ok(true)
+            })?;
+            if was_stranger {
+                d.delete_user_sessions(&peer.user)?;
+            }
+            Ok(())
         })
     }
 
@@ -753,7 +774,15 @@ impl<S: Store + Send + 'static> Client<S> {
             return Err(Error::InvalidArgument("no such device"));
         }
         list.devices.retain(|d| d.device_id != device_id);
-        list.version += 1;
+        // Past every id and version this primary ever issued (a grant whose
+        // device never joined included), so nothing it signed before can
+        // come back.
+        let (next, version) = self.next_issue(&list)?;
+        list.next_device_id = next;
+        list.version = version
+            .checked_add(1)
+            .ok_or(Error::InvalidArgument("list versions exhausted"))?;
+        self.record_issue(list.next_device_id, list.version)?;
         let signed = list.sign(account);
         conn.publish_device_list(signed.clone()).await?;
         self.inner.pin_list(&self.inner.me, &list)?;
@@ -825,33 +854,6 @@ impl<S: Store + Send + 'static> Client<S> {
     pub(crate) fn inner(&self) -> &Arc<Inner<S>> {
         &self.inner
     }
-}
-
-/// Makes `peer` an accepted contact; the messages held in its request get
-/// their delivered receipts now.
-fn accept(tx: &mut impl crate::store::Txn, me: &UserAddress, peer: &UserAddress) -> Result<()> {
-    let mut c = records::contact(tx, &peer.user)?.unwrap_or_default();
-    if c.state == records::ACCEPTED && !c.address.is_empty() {
-        return Ok(());
-    }
-    c.state = records::ACCEPTED;
-    c.held = 0;
-    if c.address.is_empty() {
-        c.address = peer.to_string();
-    }
-    records::put_contact(tx, &peer.user, &c)?;
-    let held = records::take_held(tx, &peer.user)?;
-    if !held.is_empty() {
-        records::push_outbox(
-            tx,
-            &pb::OutboxItem {
-                recipient: c.address.clone(),
-                content: inbound::receipt_content(me, pb::receipt::Kind::Delivered, held),
-                ..Default::default()
-            },
-        )?;
-    }
-    Ok(())
 }
 
 /// Publishes the signed bundle (when `bundle` or when the relay lacks it) and

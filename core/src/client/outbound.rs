@@ -58,16 +58,25 @@ pub(crate) struct Pass {
 pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> Result<Pass> {
     let items = inner.with_device(|d| d.store_mut().transaction(|tx| records::outbox(tx)))?;
     let mut pass = Pass::default();
+    // Relays whose queue is held: an ordinary item to one of them could not
+    // go, so later ones to it wait (order per relay), while items to other
+    // relays go on. An unreachable relay stalls only its own recipients.
+    let mut held: std::collections::HashSet<super::RelayAddress> = Default::default();
     for (seq, item) in items {
+        let relay = item.recipient.parse::<UserAddress>().ok().map(|a| a.relay);
+        if !item.repair && relay.as_ref().is_some_and(|r| held.contains(r)) {
+            pass.pending = true;
+            continue;
+        }
         let attempt = tokio::time::timeout(ITEM_TIMEOUT, send_item(inner, seq, item.clone()));
         let result = match attempt.await {
             Ok(r) => r,
             Err(_) => {
-                // A relay that stopped answering: drop its connection.
-                if let Ok(to) = item.recipient.parse::<UserAddress>() {
-                    inner.forget_relay(&to.relay).await;
+                // The recipient's relay stopped answering: drop that
+                // connection only (the home one serves everything else).
+                if let Some(r) = &relay {
+                    inner.forget_relay(r).await;
                 }
-                inner.forget_relay(&inner.me.relay).await;
                 Err(Error::Timeout)
             }
         };
@@ -87,11 +96,16 @@ pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> R
                 pass.pending = true;
             }
             Err(e) if is_transient(&e) => {
-                // Stop here: later items must not overtake this one (the
-                // conversation's order is the outbox's order).
+                // Later items to the same relay must not overtake this one
+                // (each conversation keeps the outbox's order).
                 tracing::debug!(error = %e, "outbox item deferred");
                 pass.pending = true;
-                break;
+                match relay {
+                    Some(r) => {
+                        held.insert(r);
+                    }
+                    None => break,
+                }
             }
             Err(e) => {
                 // The recipient's problem: count it, give up after a few.
@@ -168,6 +182,19 @@ async fn send_item<S: Store + Send + 'static>(
     mut item: pb::OutboxItem,
 ) -> Result<()> {
     let to: UserAddress = item.recipient.parse()?;
+    // Nothing goes to a user this user blocked (items queued before the block).
+    let blocked = to.user != inner.me.user
+        && inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                Ok(records::contact(tx, &to.user)?.is_some_and(|c| c.state == records::BLOCKED))
+            })
+        })?;
+    if blocked {
+        return inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| records::update_outbox(tx, seq, None))
+        });
+    }
     // Every content carries our home relay, so the peer can answer.
     let mut content = pb::Content::decode(item.content.as_slice())
         .map_err(|_| Error::CorruptRecord { table: "app" })?;
@@ -235,6 +262,21 @@ async fn send_item<S: Store + Send + 'static>(
         return Err(Error::UnknownUser);
     }
 
+    // The devices a message goes to are recorded before it leaves, so a
+    // receipt that overtakes the relay's "accepted" still counts (receipts
+    // only count for devices the message was sent to).
+    if !item.message_id.is_empty() {
+        let now = super::now_ms();
+        inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                for t in targets.iter().filter(|t| !t.own) {
+                    let (user, id) = (&t.user.user, t.device.device_id);
+                    records::raise_delivery(tx, &item.message_id, user, id, 0, now)?;
+                }
+                Ok(())
+            })
+        })?;
+    }
     for t in targets {
         let (user, device_id) = (&t.user, t.device.device_id);
         let conn = inner.relay(&user.relay).await?;
@@ -260,10 +302,16 @@ async fn send_item<S: Store + Send + 'static>(
                 });
             }
             let reset = item.reset_session && has_session;
+            // One reset per repair: the flag is cleared in the commit that
+            // follows the new session, so a retry of this item does not
+            // reset (and spend the peer's prekeys) again.
+            item.reset_session = false;
+            let progress = item.clone();
             inner.with_device(|d| {
                 d.process_bundle(&addr, &bundle, crate::device::unix_now(), &mut OsRng)?;
-                if reset {
-                    d.store_mut().transaction(|tx| {
+                d.store_mut().transaction(|tx| {
+                    records::update_outbox(tx, seq, Some(&progress))?;
+                    if reset {
                         records::push_event(
                             tx,
                             pb::ClientEvent {
@@ -272,11 +320,10 @@ async fn send_item<S: Store + Send + 'static>(
                                 kind: Some(pb::client_event::Kind::SessionReset(true)),
                                 ..Default::default()
                             },
-                        )
-                        .map(|_| ())
-                    })?;
-                }
-                Ok(())
+                        )?;
+                    }
+                    Ok(())
+                })
             })?;
         }
         let message = inner.with_device(|d| {
@@ -328,9 +375,10 @@ async fn send_item<S: Store + Send + 'static>(
                         recipient_device: device_id,
                         recipient: user.to_string(),
                         content: t.bytes.clone(),
-                        at_ms: envelope_id.millis(),
+                        at_ms: now,
                         retries: 0,
                     },
+                    now,
                 )?;
                 if !message_id.is_empty()
                     && !t.own

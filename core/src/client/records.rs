@@ -3,8 +3,9 @@
 //! (a decrypt, its de-duplication mark and its event are one commit).
 //!
 //! Key prefixes (all values are `sotto.client.v1` protobuf unless noted):
-//! `cfg` config; `ob/`+seq outbox; `ev/`+seq events for the app;
-//! `in/`+envelope id processed envelopes (value: u64be ms);
+//! `cfg` config (written once); `ctr` counters; `ob/`+seq outbox; `ev/`+seq events for the app;
+//! `in/`+envelope id processed envelopes (value: u64be ms) with the time
+//! index `int/`+u64be(ms)+envelope id;
 //! `mid/`+user+id seen message ids (value: u64be ms) with the time index
 //! `mit/`+u64be(ms)+user+id; `sl/`+envelope id sent log; `ds/`+message id
 //! delivery state with the time index `dst/`+u64be(ms)+message id;
@@ -19,12 +20,15 @@ use crate::error::{Error, Result};
 use crate::store::{Table, Txn};
 
 pub(crate) const CONFIG: &[u8] = b"cfg";
+const COUNTERS: &[u8] = b"ctr";
 const OUTBOX: &[u8] = b"ob/";
 const EVENTS: &[u8] = b"ev/";
 const PROCESSED: &[u8] = b"in/";
+const PROCESSED_INDEX: &[u8] = b"int/";
 const SEEN_MESSAGE: &[u8] = b"mid/";
 const SEEN_INDEX: &[u8] = b"mit/";
 const SENT_LOG: &[u8] = b"sl/";
+const SENT_INDEX: &[u8] = b"slt/";
 const DELIVERY: &[u8] = b"ds/";
 const DELIVERY_INDEX: &[u8] = b"dst/";
 const HELD: &[u8] = b"rq/";
@@ -58,14 +62,24 @@ pub(crate) fn put<M: prost::Message>(tx: &mut impl Txn, k: &[u8], m: &M) -> Resu
     tx.put(Table::App, k, &m.encode_to_vec())
 }
 
+/// The client's counters (absent: all zero).
+pub(crate) fn counters(tx: &impl Txn) -> Result<pb::ClientCounters> {
+    Ok(get(tx, COUNTERS)?.unwrap_or_default())
+}
+
+/// Writes the client's counters.
+pub(crate) fn put_counters(tx: &mut impl Txn, c: &pb::ClientCounters) -> Result<()> {
+    put(tx, COUNTERS, c)
+}
+
 /// Allocates the next sequence number (outbox and events share it).
 pub(crate) fn next_seq(tx: &mut impl Txn) -> Result<u64> {
-    let mut cfg: pb::ClientConfig = get(tx, CONFIG)?.ok_or(Error::NoIdentity)?;
-    let seq = cfg.next_seq.max(1);
-    cfg.next_seq = seq
+    let mut c = counters(tx)?;
+    let seq = c.next_seq.max(1);
+    c.next_seq = seq
         .checked_add(1)
         .ok_or(Error::CorruptRecord { table: "app" })?;
-    put(tx, CONFIG, &cfg)?;
+    put_counters(tx, &c)?;
     Ok(seq)
 }
 
@@ -124,11 +138,7 @@ pub(crate) type StoredEvent = (u64, Result<pb::ClientEvent>);
 /// The oldest events not yet acknowledged by the app (at most `limit`).
 pub(crate) fn events(tx: &impl Txn, limit: usize) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::new();
-    for k in tx
-        .keys_with_prefix(Table::App, EVENTS)?
-        .into_iter()
-        .take(limit)
-    {
+    for k in tx.first_keys_with_prefix(Table::App, EVENTS, limit)? {
         let seq = seq_of(&k[EVENTS.len()..])?;
         match tx.get(Table::App, &k) {
             Ok(Some(v)) => out.push((
@@ -149,12 +159,18 @@ pub(crate) fn remove_event(tx: &mut impl Txn, seq: u64) -> Result<()> {
     tx.delete(Table::App, &key(EVENTS, &[&seq.to_be_bytes()]))
 }
 
-/// Marks a relay envelope as processed (its effects are committed).
+/// Marks a relay envelope as processed (its effects are committed), with a
+/// time index by this device's clock (the relay chooses the id's time).
 pub(crate) fn mark_processed(tx: &mut impl Txn, envelope: &[u8; 16], now_ms: u64) -> Result<()> {
     tx.put(
         Table::App,
         &key(PROCESSED, &[envelope]),
         &now_ms.to_be_bytes(),
+    )?;
+    tx.put(
+        Table::App,
+        &key(PROCESSED_INDEX, &[&now_ms.to_be_bytes(), envelope]),
+        &[],
     )
 }
 
@@ -179,26 +195,55 @@ pub(crate) fn first_sight(tx: &mut impl Txn, user: &[u8], id: &[u8], now_ms: u64
     Ok(true)
 }
 
-/// Keeps what an envelope carried so a retry request can re-send it.
-pub(crate) fn log_sent(tx: &mut impl Txn, envelope: &[u8; 16], e: &pb::SentLogEntry) -> Result<()> {
-    put(tx, &key(SENT_LOG, &[envelope]), e)
+/// Keeps what an envelope carried so a retry request can re-send it. Keyed
+/// by recipient user and envelope id (ids come from different relays), with
+/// a time index by this device's clock.
+pub(crate) fn log_sent(
+    tx: &mut impl Txn,
+    envelope: &[u8; 16],
+    e: &pb::SentLogEntry,
+    now_ms: u64,
+) -> Result<()> {
+    put(tx, &key(SENT_LOG, &[&e.recipient_user, envelope]), e)?;
+    tx.put(
+        Table::App,
+        &key(
+            SENT_INDEX,
+            &[&now_ms.to_be_bytes(), &e.recipient_user, envelope],
+        ),
+        &[],
+    )
 }
 
-/// The content of a sent envelope, if still in the log.
-pub(crate) fn sent(tx: &impl Txn, envelope: &[u8]) -> Result<Option<pb::SentLogEntry>> {
-    get(tx, &key(SENT_LOG, &[envelope]))
+/// Rewrites a sent-log entry (its retry count).
+pub(crate) fn update_sent(
+    tx: &mut impl Txn,
+    user: &[u8],
+    envelope: &[u8; 16],
+    e: &pb::SentLogEntry,
+) -> Result<()> {
+    put(tx, &key(SENT_LOG, &[user, envelope]), e)
+}
+
+/// The content of an envelope sent to `user`, if still in the log.
+pub(crate) fn sent(
+    tx: &impl Txn,
+    user: &[u8],
+    envelope: &[u8],
+) -> Result<Option<pb::SentLogEntry>> {
+    get(tx, &key(SENT_LOG, &[user, envelope]))
 }
 
 /// Deletes every row kept for a limited time that is older than
-/// `cutoff_ms`: sent-log entries and processed marks (relay envelope ids
-/// start with their millisecond timestamp), seen message ids and delivery
-/// states (through their time indexes).
+/// `cutoff_ms` by this device's clock: processed marks, sent-log entries,
+/// seen message ids and delivery states, each through its time index.
 pub(crate) fn prune(tx: &mut impl Txn, cutoff_ms: u64) -> Result<()> {
-    for prefix in [SENT_LOG, PROCESSED] {
-        let to = key(prefix, &[&cutoff_ms.to_be_bytes()]);
-        tx.delete_range(Table::App, prefix, &to)?;
-    }
-    for (index, main) in [(SEEN_INDEX, SEEN_MESSAGE), (DELIVERY_INDEX, DELIVERY)] {
+    for (index, main) in [
+        (PROCESSED_INDEX, PROCESSED),
+        (SENT_INDEX, SENT_LOG),
+        (SEEN_INDEX, SEEN_MESSAGE),
+        (DELIVERY_INDEX, DELIVERY),
+    ] {
         for k in tx.keys_with_prefix(Table::App, index)? {
             let rest = &k[index.len()..];
             let Some((at, suffix)) = rest.split_first_chunk::<8>() else {
@@ -221,8 +266,9 @@ pub(crate) fn delivery(tx: &impl Txn, message_id: &[u8]) -> Result<pb::DeliveryR
 }
 
 /// Raises one device's delivery state (never lowers it); true if it changed.
-/// Only `Sent` (1) may create the entry: a receipt (2, 3) from a device the
-/// message never went to changes nothing.
+/// Only the sender's own steps (0 "being sent", 1 `Sent`) create an entry:
+/// a receipt (2, 3) from a device the message never went to changes
+/// nothing.
 pub(crate) fn raise_delivery(
     tx: &mut impl Txn,
     message_id: &[u8],
@@ -242,7 +288,7 @@ pub(crate) fn raise_delivery(
             d.state = state;
             true
         }
-        None if state == 1 => {
+        None if state <= 1 => {
             rec.devices.push(pb::DeviceDelivery {
                 user: user.to_vec(),
                 device_id,
@@ -276,6 +322,11 @@ pub(crate) fn put_contact(tx: &mut impl Txn, user: &[u8], c: &pb::ContactRecord)
     put(tx, &key(CONTACT, &[user]), c)
 }
 
+/// Deletes a contact's record.
+pub(crate) fn delete_contact(tx: &mut impl Txn, user: &[u8]) -> Result<()> {
+    tx.delete(Table::App, &key(CONTACT, &[user]))
+}
+
 /// Every contact record, with its user id.
 pub(crate) fn contacts(tx: &impl Txn) -> Result<Vec<([u8; 32], pb::ContactRecord)>> {
     let mut out = Vec::new();
@@ -288,6 +339,14 @@ pub(crate) fn contacts(tx: &impl Txn) -> Result<Vec<([u8; 32], pb::ContactRecord
         }
     }
     Ok(out)
+}
+
+/// How many contact records are in `state` (e.g. pending requests).
+pub(crate) fn count_state(tx: &impl Txn, state: u32) -> Result<usize> {
+    Ok(contacts(tx)?
+        .iter()
+        .filter(|(_, c)| c.state == state)
+        .count())
 }
 
 /// The device list pinned in a contact record (the highest version seen).
@@ -389,12 +448,16 @@ pub(crate) fn take_held(tx: &mut impl Txn, user: &[u8]) -> Result<Vec<Vec<u8>>> 
 /// per peer device, and how fast the allowance comes back.
 pub(crate) const REPAIR_BURST: u32 = 3;
 pub(crate) const REPAIR_REFILL_MS: u64 = 3600 * 1000;
+/// Devices of one contact with a repair bucket.
+const MAX_REPAIR_BUCKETS: usize = 20;
 
 /// Takes one repair token for `device_id` from the contact's buckets; false
 /// when the device used its allowance (then nothing automatic happens).
 pub(crate) fn take_repair_token(c: &mut pb::ContactRecord, device_id: u32, now_ms: u64) -> bool {
     let pos = match c.repairs.iter().position(|r| r.device_id == device_id) {
         Some(p) => p,
+        // A contact has few devices: a flood of device ids gets no bucket.
+        None if c.repairs.len() >= MAX_REPAIR_BUCKETS => return false,
         None => {
             c.repairs.push(pb::RepairBudget {
                 device_id,

@@ -44,10 +44,18 @@ impl Backoff {
     }
 }
 
+/// Longest a connection attempt to one relay may take (resolving, QUIC and
+/// TLS handshakes, authentication) before it counts as a network failure.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One relay's connection, behind its own lock: connecting to one relay
+/// (which may hang until [`CONNECT_TIMEOUT`]) never holds up another.
+type Slot = Arc<Mutex<Option<Arc<RelayClient>>>>;
+
 /// The pool of relay connections of one device.
 pub(crate) struct Relays {
     key: SigningKey,
-    conns: Mutex<HashMap<RelayAddress, Arc<RelayClient>>>,
+    slots: std::sync::Mutex<HashMap<RelayAddress, Slot>>,
 }
 
 impl std::fmt::Debug for Relays {
@@ -60,49 +68,79 @@ impl Relays {
     pub(crate) fn new(key: SigningKey) -> Self {
         Relays {
             key,
-            conns: Mutex::new(HashMap::new()),
+            slots: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn slot(&self, relay: &RelayAddress) -> Slot {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.entry(relay.clone()).or_default().clone()
+    }
+
+    fn slots(&self) -> Vec<Slot> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// A live connection to `relay`, connecting (and authenticating as this
     /// device's mailbox key) if there is none.
     pub(crate) async fn get(&self, relay: &RelayAddress) -> Result<Arc<RelayClient>> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(relay) {
+        let slot = self.slot(relay);
+        let mut conn = slot.lock().await;
+        if let Some(c) = conn.as_ref() {
             if c.connection().close_reason().is_none() {
                 return Ok(c.clone());
             }
         }
-        let addr = tokio::net::lookup_host(relay.host_port())
-            .await
-            .map_err(|e| Error::Relay(sotto_relay::RelayError::Io(e)))?
-            .next()
-            .ok_or(Error::InvalidAddress("relay host does not resolve"))?;
-        let client = Arc::new(RelayClient::connect(addr, relay.fingerprint, &self.key).await?);
-        conns.insert(relay.clone(), client.clone());
+        let connect = async {
+            let addr = tokio::net::lookup_host(relay.host_port())
+                .await
+                .map_err(|e| Error::Relay(sotto_relay::RelayError::Io(e)))?
+                .next()
+                .ok_or(Error::InvalidAddress("relay host does not resolve"))?;
+            Ok::<_, Error>(RelayClient::connect(addr, relay.fingerprint, &self.key).await?)
+        };
+        let client = Arc::new(
+            tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .map_err(|_| Error::Timeout)??,
+        );
+        *conn = Some(client.clone());
         Ok(client)
     }
 
     /// Forgets a connection that failed, so the next `get` reconnects.
     pub(crate) async fn forget(&self, relay: &RelayAddress, failed: &Arc<RelayClient>) {
-        let mut conns = self.conns.lock().await;
-        if conns.get(relay).is_some_and(|c| Arc::ptr_eq(c, failed)) {
-            conns.remove(relay);
+        let slot = self.slot(relay);
+        let mut conn = slot.lock().await;
+        if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, failed)) {
+            *conn = None;
         }
     }
 
     /// Forgets (and closes) the connection to `relay`, if any.
     pub(crate) async fn forget_any(&self, relay: &RelayAddress) {
-        if let Some(c) = self.conns.lock().await.remove(relay) {
+        let slot = self.slot(relay);
+        let taken = slot.lock().await.take();
+        if let Some(c) = taken {
             c.connection().close(0u32.into(), b"unresponsive");
         }
     }
 
     /// Closes every connection.
     pub(crate) async fn close_all(&self) {
-        let conns: Vec<_> = self.conns.lock().await.drain().collect();
-        for (_, c) in conns {
-            c.connection().close(0u32.into(), b"bye");
+        for slot in self.slots() {
+            let taken = slot.lock().await.take();
+            if let Some(c) = taken {
+                c.connection().close(0u32.into(), b"bye");
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! certified devices on in-memory stores, and envelopes built exactly as the
 //! outbox builds them (or as an attacker would).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(not(test), allow(dead_code))]
 
 use prost::Message as _;
 use rand_core::OsRng;
@@ -51,7 +52,6 @@ impl TestUser {
                         records::CONFIG,
                         &pb::ClientConfig {
                             version: 1,
-                            next_seq: 1,
                             account_key: account.public().to_vec(),
                             certificate: Some(cert.to_pb()),
                             ..Default::default()
@@ -72,9 +72,18 @@ impl TestUser {
             next_envelope: 1,
         };
         let list = user.list(1);
-        for i in 0..user.devices.len() {
-            let me = user.address();
-            pin(&mut user.devices[i].device, &me, &list);
+        let me = user.address();
+        for d in &mut user.devices {
+            pin(&mut d.device, &me, &list);
+            // As `Client::setup` does: the user is its own accepted contact.
+            d.device
+                .store_mut()
+                .transaction(|tx| {
+                    let mut c = records::contact(tx, &me.user)?.unwrap_or_default();
+                    c.state = records::ACCEPTED;
+                    records::put_contact(tx, &me.user, &c)
+                })
+                .unwrap();
         }
         user
     }

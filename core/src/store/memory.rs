@@ -11,8 +11,9 @@ use crate::error::Result;
 
 type Rows = BTreeMap<(Table, Vec<u8>), Value>;
 
-/// Rows in memory.
-#[derive(Default)]
+/// Rows in memory. `Clone` takes a snapshot (tests and fuzzing start many
+/// runs from one prepared state).
+#[derive(Clone, Default)]
 pub struct MemoryStore {
     rows: Rows,
 }

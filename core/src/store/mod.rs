@@ -83,6 +83,19 @@ pub trait Txn {
     /// Keys of every row starting with `prefix`, in bytewise order.
     fn keys_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>>;
 
+    /// The first `limit` keys starting with `prefix` (a backend should stop
+    /// reading there: a long queue costs its head nothing).
+    fn first_keys_with_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut keys = self.keys_with_prefix(table, prefix)?;
+        keys.truncate(limit);
+        Ok(keys)
+    }
+
     /// Deletes every row whose key starts with `prefix`.
     fn delete_prefix(&mut self, table: Table, prefix: &[u8]) -> Result<()> {
         match prefix_end(prefix) {

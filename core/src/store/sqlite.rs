@@ -12,6 +12,19 @@
 //! returned is on disk. That matters for safety, not just data: a rolled-back
 //! sending chain would reuse message keys. Known limit: row *keys* (device
 //! addresses, key ids, public ratchet keys, counters) are stored in clear.
+//!
+//! Forgetting: `secure_delete` overwrites deleted rows and freed pages with
+//! zeros, and every [`CHECKPOINT_EVERY`] commits (and on drop) the WAL is
+//! checkpointed and truncated to zero bytes, so a deleted message key
+//! survives neither in the database file nor in old WAL frames (what the
+//! file system or the flash keeps of freed blocks is beyond reach).
+//!
+//! Rollback: the store keeps an encrypted generation counter, raised by one
+//! at every open. An app that keeps the last generation beside its storage
+//! key (where a restored backup cannot reach) passes it to
+//! [`SqliteStore::open_checked`]: a whole database restored from before
+//! that open is refused with [`Error::StoreRolledBack`] instead of re-using
+//! the message keys its sending chains already used.
 
 use std::path::Path;
 
@@ -111,6 +124,8 @@ impl RowCipher {
 pub struct SqliteStore {
     conn: Connection,
     cipher: RowCipher,
+    generation: u64,
+    commits: u32,
 }
 
 impl core::fmt::Debug for SqliteStore {
@@ -119,9 +134,16 @@ impl core::fmt::Debug for SqliteStore {
     }
 }
 
+/// Commits between two WAL truncations.
+pub const CHECKPOINT_EVERY: u32 = 256;
+
+const GENERATION_KEY: &[u8] = b"store_generation";
+
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = FULL;
+    PRAGMA secure_delete = ON;
+    PRAGMA journal_size_limit = 0;
     CREATE TABLE IF NOT EXISTS rows (
         t INTEGER NOT NULL,
         k BLOB NOT NULL,
@@ -133,22 +155,81 @@ const SCHEMA: &str = "
 ";
 
 impl SqliteStore {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`, without a rollback check
+    /// (the generation is still raised; see [`SqliteStore::open_checked`]).
     pub fn open(path: impl AsRef<Path>, key: &StorageKey) -> Result<Self> {
-        Self::with_connection(Connection::open(path)?, key)
+        Self::open_checked(path, key, 0)
+    }
+
+    /// Opens (or creates) the database at `path` and refuses it with
+    /// [`Error::StoreRolledBack`] if its generation is below
+    /// `min_generation`: the value [`SqliteStore::generation`] returned after
+    /// the previous open, kept by the app beside the storage key. Keep the
+    /// new [`SqliteStore::generation`] afterwards (a crash before that only
+    /// leaves the stored value one behind, which still passes).
+    pub fn open_checked(
+        path: impl AsRef<Path>,
+        key: &StorageKey,
+        min_generation: u64,
+    ) -> Result<Self> {
+        Self::with_connection(Connection::open(path)?, key, min_generation)
     }
 
     /// An in-memory SQLite database (tests).
     pub fn open_in_memory(key: &StorageKey) -> Result<Self> {
-        Self::with_connection(Connection::open_in_memory()?, key)
+        Self::with_connection(Connection::open_in_memory()?, key, 0)
     }
 
-    fn with_connection(conn: Connection, key: &StorageKey) -> Result<Self> {
+    fn with_connection(conn: Connection, key: &StorageKey, min_generation: u64) -> Result<Self> {
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteStore {
+        let mut store = SqliteStore {
             conn,
             cipher: RowCipher::new(key),
-        })
+            generation: 0,
+            commits: 0,
+        };
+        let generation = store.transaction(|tx| {
+            let found = match tx.get(Table::Local, GENERATION_KEY)? {
+                None => 0,
+                Some(v) => u64::from_be_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| Error::CorruptRecord { table: "local" })?,
+                ),
+            };
+            if found < min_generation {
+                return Err(Error::StoreRolledBack {
+                    found,
+                    expected: min_generation,
+                });
+            }
+            let next = found.saturating_add(1);
+            tx.put(Table::Local, GENERATION_KEY, &next.to_be_bytes())?;
+            Ok(next)
+        })?;
+        store.generation = generation;
+        Ok(store)
+    }
+
+    /// This open's generation: keep it beside the storage key and pass it
+    /// to [`SqliteStore::open_checked`] next time.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Checkpoints the WAL into the database and truncates it to zero
+    /// bytes, so deleted rows survive in no old WAL frame.
+    pub fn truncate_wal(&mut self) -> Result<()> {
+        self.commits = 0;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let _ = self.truncate_wal();
     }
 }
 
@@ -213,6 +294,29 @@ impl Txn for SqliteTxn<'_> {
         Ok(())
     }
 
+    fn first_keys_with_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
+        let end = super::prefix_end(prefix);
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT k FROM rows WHERE t = ?1 AND k >= ?2 ORDER BY k LIMIT ?3")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![table as u8, prefix, limit])?;
+        while let Some(row) = rows.next()? {
+            let k: Vec<u8> = row.get(0)?;
+            if !k.starts_with(prefix) || end.as_deref().is_some_and(|e| k.as_slice() >= e) {
+                break;
+            }
+            keys.push(k);
+        }
+        Ok(keys)
+    }
+
     fn keys_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
         let end = super::prefix_end(prefix);
         let mut out = Vec::new();
@@ -235,16 +339,24 @@ impl Store for SqliteStore {
     type Txn<'t> = SqliteTxn<'t>;
 
     fn transaction<R>(&mut self, f: impl FnOnce(&mut Self::Txn<'_>) -> Result<R>) -> Result<R> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut txn = SqliteTxn {
-            tx,
-            cipher: &self.cipher,
+        let out = {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut txn = SqliteTxn {
+                tx,
+                cipher: &self.cipher,
+            };
+            // On error or panic the transaction is dropped, which rolls it back.
+            let out = f(&mut txn)?;
+            txn.tx.commit()?;
+            out
         };
-        // On error or panic the transaction is dropped, which rolls it back.
-        let out = f(&mut txn)?;
-        txn.tx.commit()?;
+        self.commits += 1;
+        if self.commits >= CHECKPOINT_EVERY {
+            // Best effort: a reader holding the WAL only delays truncation.
+            let _ = self.truncate_wal();
+        }
         Ok(out)
     }
 

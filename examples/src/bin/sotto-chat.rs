@@ -515,10 +515,12 @@ async fn command(chat: &Chat, line: &str, input: &mut UnboundedReceiver<String>)
             let Some(code) = input.recv().await else {
                 return Ok(false);
             };
-            let pending = chat.client.link_device(code.trim()).await?;
-            println!("digits: {}", pending.digits());
+            let mut pending = chat.client.link_device(code.trim()).await?;
+            println!("waiting for the new device...");
+            let digits = pending.wait_digits(Duration::from_secs(60)).await?;
+            println!("digits: {digits}");
             println!(
-                "Does the new device show the same six digits? Type yes to give it your identity:"
+                "Does the new device show the same six digits? Type yes to certify it as yours:"
             );
             if confirmed(input).await {
                 let id = chat.client.confirm_link(pending).await?;

@@ -330,12 +330,12 @@ async fn run(args: Args) -> Result<()> {
     let (laptop_dir, laptop_store) = fresh_store()?;
     let mut linking = Linking::start(laptop_store, home.clone()).await?;
     let code = linking.code();
-    let pending = bob.client.link_device(&code).await?;
+    let mut pending = bob.client.link_device(&code).await?;
     let laptop_digits = linking.wait_offer(WAIT).await?;
-    if laptop_digits != pending.digits() {
+    let phone_digits = pending.wait_digits(WAIT).await?;
+    if laptop_digits != phone_digits {
         return Err(unexpected("link digits differ between the two screens"));
     }
-    let phone_digits = pending.digits().to_string();
     let new_id = bob.client.confirm_link(pending).await?;
     let laptop = Dev {
         name: "bob/laptop",

@@ -1620,7 +1620,8 @@ public protocol LinkingProtocol: AnyObject, Sendable {
     
     /**
      * The user confirmed the digits here: waits up to `timeout_ms` for the
-     * identity from the existing device and returns this device's client.
+     * grant from the primary device (a certificate for this device's own
+     * identity and the signed device list) and returns this device's client.
      * Used once; later calls fail with `Closed`.
      */
     func finish(timeoutMs: UInt64) async throws  -> SottoClient
@@ -1721,7 +1722,8 @@ open func code() -> String  {
     
     /**
      * The user confirmed the digits here: waits up to `timeout_ms` for the
-     * identity from the existing device and returns this device's client.
+     * grant from the primary device (a certificate for this device's own
+     * identity and the signed device list) and returns this device's client.
      * Used once; later calls fail with `Closed`.
      */
 open func finish(timeoutMs: UInt64)async throws  -> SottoClient  {
@@ -1816,9 +1818,15 @@ public func FfiConverterTypeLinking_lower(_ value: Linking) -> UInt64 {
 public protocol PendingLinkProtocol: AnyObject, Sendable {
     
     /**
-     * The six digits to compare with the new device's screen.
+     * The six digits, once `waitDigits` returned them (`null`/`nil` before).
      */
-    func digits()  -> String
+    func digits()  -> String?
+    
+    /**
+     * Waits up to `timeout_ms` for the new device to answer the offer and
+     * returns the six digits to compare with its screen.
+     */
+    func waitDigits(timeoutMs: UInt64) async throws  -> String
     
 }
 /**
@@ -1878,15 +1886,35 @@ open class PendingLink: PendingLinkProtocol, @unchecked Sendable {
 
     
     /**
-     * The six digits to compare with the new device's screen.
+     * The six digits, once `waitDigits` returned them (`null`/`nil` before).
      */
-open func digits() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
+open func digits() -> String?  {
+    return try!  FfiConverterOptionString.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_sotto_ffi_fn_method_pendinglink_digits(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Waits up to `timeout_ms` for the new device to answer the offer and
+     * returns the six digits to compare with its screen.
+     */
+open func waitDigits(timeoutMs: UInt64)async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
 }
     
 
@@ -2325,10 +2353,17 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
     func block(peer: String) throws 
     
     /**
-     * The user confirmed the digits: sends the identity to the new device.
-     * Returns the new device's id. A pending link is used once.
+     * The user confirmed the digits: certifies the new device and sends it
+     * the signed device list. Returns the new device's id. A pending link is
+     * used once.
      */
     func confirmLink(pending: PendingLink) async throws  -> UInt32
+    
+    /**
+     * Declines `peer`'s message request without blocking: what it sent is
+     * deleted; a later message is a new request.
+     */
+    func declineRequest(peer: String) throws 
     
     /**
      * Per-device delivery state of a message this device sent (empty until
@@ -2369,9 +2404,9 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
     func isVerified(peer: String) throws  -> Bool
     
     /**
-     * Linking, on this (existing) device: reads the new device's `code`
-     * and sends it an offer. Compare `PendingLink.digits()` with the
-     * digits the new device shows, then call `confirmLink`.
+     * Linking, on this primary device: reads the new device's `code` and
+     * sends it an offer. Then `PendingLink.waitDigits()`, compare them with
+     * the digits the new device shows, and call `confirmLink`.
      */
     func linkDevice(code: String) async throws  -> PendingLink
     
@@ -2421,6 +2456,11 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
      * object (`close()` / `use {}` in Kotlin).
      */
     func shutdown() async throws 
+    
+    /**
+     * The database's generation as of this open (see `openChecked`).
+     */
+    func storeGeneration()  -> UInt64
     
     /**
      * Delivers every event to `listener` on a Rust thread, acknowledging
@@ -2526,13 +2566,34 @@ public static func create(dbPath: String, storageKey: Data, relay: String)async 
     /**
      * Opens the user stored in `db_path`. Works offline: sends queue and go
      * out once the relay is reachable. A wrong `storage_key` fails with
-     * `CorruptRecord`.
+     * `CorruptRecord`. Without a rollback check: prefer `openChecked`.
      */
 public static func `open`(dbPath: String, storageKey: Data)async throws  -> SottoClient  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_sotto_ffi_fn_constructor_sottoclient_open(FfiConverterString.lower(dbPath),FfiConverterData.lower(storageKey)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
+            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterTypeSottoClient_lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Like `open`, but refuses (`StoreRolledBack`) a database older than
+     * `min_generation`: the `storeGeneration()` of the previous open, which
+     * the app keeps beside the storage key (where a restored backup of the
+     * database cannot reach). Save the new `storeGeneration()` after it.
+     */
+public static func openChecked(dbPath: String, storageKey: Data, minGeneration: UInt64)async throws  -> SottoClient  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_constructor_sottoclient_open_checked(FfiConverterString.lower(dbPath),FfiConverterData.lower(storageKey),FfiConverterUInt64.lower(minGeneration)
                 )
             },
             pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
@@ -2595,8 +2656,9 @@ open func block(peer: String)throws   {try rustCallWithError(FfiConverterTypeSot
 }
     
     /**
-     * The user confirmed the digits: sends the identity to the new device.
-     * Returns the new device's id. A pending link is used once.
+     * The user confirmed the digits: certifies the new device and sends it
+     * the signed device list. Returns the new device's id. A pending link is
+     * used once.
      */
 open func confirmLink(pending: PendingLink)async throws  -> UInt32  {
     return
@@ -2612,6 +2674,19 @@ open func confirmLink(pending: PendingLink)async throws  -> UInt32  {
             liftFunc: FfiConverterUInt32.lift,
             errorHandler: FfiConverterTypeSottoError_lift
         )
+}
+    
+    /**
+     * Declines `peer`'s message request without blocking: what it sent is
+     * deleted; a later message is a new request.
+     */
+open func declineRequest(peer: String)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_decline_request(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(peer),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -2725,9 +2800,9 @@ open func isVerified(peer: String)throws  -> Bool  {
 }
     
     /**
-     * Linking, on this (existing) device: reads the new device's `code`
-     * and sends it an offer. Compare `PendingLink.digits()` with the
-     * digits the new device shows, then call `confirmLink`.
+     * Linking, on this primary device: reads the new device's `code` and
+     * sends it an offer. Then `PendingLink.waitDigits()`, compare them with
+     * the digits the new device shows, and call `confirmLink`.
      */
 open func linkDevice(code: String)async throws  -> PendingLink  {
     return
@@ -2871,6 +2946,18 @@ open func shutdown()async throws   {
             liftFunc: { $0 },
             errorHandler: FfiConverterTypeSottoError_lift
         )
+}
+    
+    /**
+     * The database's generation as of this open (see `openChecked`).
+     */
+open func storeGeneration() -> UInt64  {
+    return try!  FfiConverterUInt64.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_store_generation(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
 }
     
     /**
@@ -4031,6 +4118,18 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
          */table: String
     )
     /**
+     * The database is older than the generation the app last saw (a
+     * restored backup): refused, nothing changed.
+     */
+    case StoreRolledBack(
+        /**
+         * The generation the database holds.
+         */found: UInt64, 
+        /**
+         * The generation the app expected.
+         */expected: UInt64
+    )
+    /**
      * The durable store failed (I/O, disk full, locked database).
      */
     case Storage(
@@ -4189,30 +4288,34 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
         case 21: return .CorruptRecord(
             table: try FfiConverterString.read(from: &buf)
             )
-        case 22: return .Storage(
+        case 22: return .StoreRolledBack(
+            found: try FfiConverterUInt64.read(from: &buf), 
+            expected: try FfiConverterUInt64.read(from: &buf)
+            )
+        case 23: return .Storage(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 23: return .InvalidAddress(
+        case 24: return .InvalidAddress(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 24: return .UnknownUser
-        case 25: return .Timeout
-        case 26: return .Relay(
+        case 25: return .UnknownUser
+        case 26: return .Timeout
+        case 27: return .Relay(
             code: try FfiConverterOptionString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 27: return .AttachmentRejected(
+        case 28: return .AttachmentRejected(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 28: return .AttachmentTooLarge
-        case 29: return .AttachmentIo(
+        case 29: return .AttachmentTooLarge
+        case 30: return .AttachmentIo(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 30: return .DeviceListRejected(
+        case 31: return .DeviceListRejected(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 31: return .NotPrimary
-        case 32: return .NotAccepted
+        case 32: return .NotPrimary
+        case 33: return .NotAccepted
 
          default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -4327,55 +4430,61 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterString.write(table, into: &buf)
             
         
-        case let .Storage(reason):
+        case let .StoreRolledBack(found,expected):
             writeInt(&buf, Int32(22))
-            FfiConverterString.write(reason, into: &buf)
+            FfiConverterUInt64.write(found, into: &buf)
+            FfiConverterUInt64.write(expected, into: &buf)
             
         
-        case let .InvalidAddress(reason):
+        case let .Storage(reason):
             writeInt(&buf, Int32(23))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case .UnknownUser:
+        case let .InvalidAddress(reason):
             writeInt(&buf, Int32(24))
+            FfiConverterString.write(reason, into: &buf)
+            
         
-        
-        case .Timeout:
+        case .UnknownUser:
             writeInt(&buf, Int32(25))
         
         
-        case let .Relay(code,reason):
+        case .Timeout:
             writeInt(&buf, Int32(26))
+        
+        
+        case let .Relay(code,reason):
+            writeInt(&buf, Int32(27))
             FfiConverterOptionString.write(code, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .AttachmentRejected(reason):
-            writeInt(&buf, Int32(27))
+            writeInt(&buf, Int32(28))
             FfiConverterString.write(reason, into: &buf)
             
         
         case .AttachmentTooLarge:
-            writeInt(&buf, Int32(28))
+            writeInt(&buf, Int32(29))
         
         
         case let .AttachmentIo(reason):
-            writeInt(&buf, Int32(29))
-            FfiConverterString.write(reason, into: &buf)
-            
-        
-        case let .DeviceListRejected(reason):
             writeInt(&buf, Int32(30))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case .NotPrimary:
+        case let .DeviceListRejected(reason):
             writeInt(&buf, Int32(31))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case .NotPrimary:
+            writeInt(&buf, Int32(32))
         
         
         case .NotAccepted:
-            writeInt(&buf, Int32(32))
+            writeInt(&buf, Int32(33))
         
         }
     }
@@ -4780,7 +4889,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_sottoclient_block() != 60190) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link() != 51513) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link() != 14484) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_decline_request() != 13663) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_delivery() != 50892) {
@@ -4804,7 +4916,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_sottoclient_is_verified() != 47503) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_sottoclient_link_device() != 43650) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_link_device() != 42774) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_mark_read() != 48992) {
@@ -4829,6 +4941,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_shutdown() != 5933) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_store_generation() != 40891) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_subscribe() != 43541) {
@@ -4915,13 +5030,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_linking_code() != 58900) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_linking_finish() != 12457) {
+    if (uniffi_sotto_ffi_checksum_method_linking_finish() != 52614) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_linking_wait_offer() != 36156) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_pendinglink_digits() != 60880) {
+    if (uniffi_sotto_ffi_checksum_method_pendinglink_digits() != 12378) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_pendinglink_wait_digits() != 2861) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_eventlistener_on_event() != 31085) {
@@ -4942,7 +5060,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_constructor_sottoclient_create() != 46503) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_constructor_sottoclient_open() != 8711) {
+    if (uniffi_sotto_ffi_checksum_constructor_sottoclient_open() != 7920) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_constructor_sottoclient_open_checked() != 60723) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_constructor_device_create_in_memory() != 63154) {

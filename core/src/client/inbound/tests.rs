@@ -324,6 +324,24 @@ fn receipts_count_only_for_messages_sent_to_that_device() {
         .unwrap()
         .devices
         .is_empty());
+    // A receipt for a message on its way to that device (the relay pushed
+    // it before Alice recorded "sent") counts.
+    let bob_user = bob.account.public();
+    alice.devices[0]
+        .device
+        .store_mut()
+        .transaction(|tx| records::raise_delivery(tx, &[0xEF; 16], &bob_user, 1, 0, 1_000))
+        .unwrap();
+    let receipt = pb::Content {
+        sender_relay: bob.relay.to_string(),
+        body: Some(pb::content::Body::Receipt(pb::Receipt {
+            kind: 0,
+            message_ids: vec![vec![0xEF; 16]],
+        })),
+    };
+    let e = bob.envelope(0, &mut alice, 0, &receipt);
+    alice.receive(0, &e);
+    assert_eq!(kinds(&alice.events(0)), ["delivery", "receipt"]);
 }
 
 #[test]
@@ -398,6 +416,7 @@ fn retry_requests_are_honoured_at_most_twice_per_envelope() {
                     at_ms: 1_000,
                     retries: 0,
                 },
+                1_000,
             )
         })
         .unwrap();
@@ -452,4 +471,72 @@ fn a_lost_session_is_repaired_only_for_a_sender_the_mac_proves() {
     let id = bob.next_id();
     bob.receive(0, &(id, env.encode_to_vec()));
     assert_eq!(bob.outbox(0).len(), before + 1);
+}
+
+#[test]
+fn strangers_are_bounded_in_number() {
+    let mut bob = TestUser::new(1);
+    let mut strangers: Vec<TestUser> = (0..MAX_STRANGERS + 3).map(|_| TestUser::new(1)).collect();
+    for s in &mut strangers {
+        let e = s.envelope(0, &mut bob, 0, &text(s, 1, "hi"));
+        bob.receive(0, &e);
+    }
+    let k = kinds(&bob.events(0));
+    assert_eq!(k.iter().filter(|k| **k == "request").count(), MAX_STRANGERS);
+    assert_eq!(k.iter().filter(|k| **k == "failed").count(), 3);
+    // Nothing was stored of the ones past the limit: no session, no trust.
+    let last = &strangers[MAX_STRANGERS + 2];
+    let addr = DeviceAddress::new(last.account.public().to_vec(), 1);
+    assert!(!bob.devices[0].device.has_session(&addr).unwrap());
+}
+
+/// Replaces device `index` of `user` with a fresh device of the same id,
+/// certified by the same account (what a stranger can do at will).
+fn new_identity_for(user: &mut TestUser, index: usize, id: u32) {
+    let mut device = Device::create(crate::MemoryStore::new(), id, 0, &mut OsRng).unwrap();
+    let cert = user.account.certify(id, device.identity());
+    let old = std::mem::replace(
+        &mut user.devices[index].device,
+        Device::create(crate::MemoryStore::new(), id, 0, &mut OsRng).unwrap(),
+    );
+    let cfg = old
+        .store()
+        .get(crate::store::Table::App, records::CONFIG)
+        .unwrap()
+        .unwrap();
+    device
+        .store_mut()
+        .transaction(|tx| tx.put(crate::store::Table::App, records::CONFIG, &cfg))
+        .unwrap();
+    user.devices[index].device = device;
+    user.devices[index].cert = cert;
+}
+
+#[test]
+fn a_stranger_cannot_raise_unbounded_identity_alarms_or_sessions() {
+    let mut mallory = TestUser::new(1);
+    let mut bob = TestUser::new(1);
+    // The same device id under ever new identities: identity alarms.
+    for i in 0..150u32 {
+        new_identity_for(&mut mallory, 0, 1);
+        let e = mallory.envelope(0, &mut bob, 0, &text(&mallory, i as u8, "hi"));
+        bob.receive(0, &e);
+    }
+    let alarms = kinds(&bob.events(0))
+        .iter()
+        .filter(|k| **k == "identity_changed")
+        .count();
+    assert!(alarms as u32 <= FAILURE_EVENT_BURST, "{alarms} alarms");
+    // Ever new device ids: sessions stop at the limit for a stranger.
+    let mut eve = TestUser::new(1);
+    for id in 2..12u32 {
+        new_identity_for(&mut eve, 0, id);
+        let e = eve.envelope(0, &mut bob, 0, &text(&eve, id as u8, "hi"));
+        bob.receive(0, &e);
+    }
+    let sessions = bob.devices[0]
+        .device
+        .session_devices(&eve.account.public())
+        .unwrap();
+    assert_eq!(sessions, MAX_DEVICES_PER_STRANGER);
 }

@@ -716,6 +716,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_decline_request(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_delivery(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_device_id(
@@ -747,6 +749,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_send_text(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_shutdown(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_store_generation(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_subscribe(
     ): Int
@@ -810,6 +814,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_pendinglink_digits(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_method_pendinglink_wait_digits(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_eventlistener_on_event(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_eventsubscription_cancel(
@@ -823,6 +829,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_sotto_ffi_checksum_constructor_sottoclient_create(
     ): Int
     external fun uniffi_sotto_ffi_checksum_constructor_sottoclient_open(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_constructor_sottoclient_open_checked(
     ): Int
     external fun uniffi_sotto_ffi_checksum_constructor_device_create_in_memory(
     ): Int
@@ -865,6 +873,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_sotto_ffi_fn_constructor_sottoclient_open(`dbPath`: RustBuffer.ByValue,`storageKey`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_sotto_ffi_fn_constructor_sottoclient_open_checked(`dbPath`: RustBuffer.ByValue,`storageKey`: RustBuffer.ByValue,`minGeneration`: Long,
+    ): Long
     external fun uniffi_sotto_ffi_fn_method_sottoclient_accept_request(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_sottoclient_ack_event(`ptr`: Long,`seq`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -875,6 +885,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_sottoclient_confirm_link(`ptr`: Long,`pending`: Long,
     ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_decline_request(`ptr`: Long,`peer`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_sotto_ffi_fn_method_sottoclient_delivery(`ptr`: Long,`messageId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_method_sottoclient_device_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -906,6 +918,8 @@ internal object UniffiLib {
     external fun uniffi_sotto_ffi_fn_method_sottoclient_send_text(`ptr`: Long,`to`: RustBuffer.ByValue,`text`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_method_sottoclient_shutdown(`ptr`: Long,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_store_generation(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_sotto_ffi_fn_method_sottoclient_subscribe(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1005,6 +1019,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_pendinglink_digits(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(`ptr`: Long,`timeoutMs`: Long,
+    ): Long
     external fun uniffi_sotto_ffi_fn_clone_eventlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_sotto_ffi_fn_free_eventlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1161,7 +1177,10 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_block() and 0xFFFF) != 60190) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link() and 0xFFFF) != 51513) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_confirm_link() and 0xFFFF) != 14484) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_decline_request() and 0xFFFF) != 13663) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_delivery() and 0xFFFF) != 50892) {
@@ -1185,7 +1204,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_is_verified() and 0xFFFF) != 47503) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_link_device() and 0xFFFF) != 43650) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_link_device() and 0xFFFF) != 42774) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_mark_read() and 0xFFFF) != 48992) {
@@ -1210,6 +1229,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_shutdown() and 0xFFFF) != 5933) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_store_generation() and 0xFFFF) != 40891) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_subscribe() and 0xFFFF) != 43541) {
@@ -1296,13 +1318,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_linking_code() and 0xFFFF) != 58900) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_linking_finish() and 0xFFFF) != 12457) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_linking_finish() and 0xFFFF) != 52614) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_linking_wait_offer() and 0xFFFF) != 36156) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_pendinglink_digits() and 0xFFFF) != 60880) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_pendinglink_digits() and 0xFFFF) != 12378) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_pendinglink_wait_digits() and 0xFFFF) != 2861) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_eventlistener_on_event() and 0xFFFF) != 31085) {
@@ -1323,7 +1348,10 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_constructor_sottoclient_create() and 0xFFFF) != 46503) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_constructor_sottoclient_open() and 0xFFFF) != 8711) {
+    if ((lib.uniffi_sotto_ffi_checksum_constructor_sottoclient_open() and 0xFFFF) != 7920) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_constructor_sottoclient_open_checked() and 0xFFFF) != 60723) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_constructor_device_create_in_memory() and 0xFFFF) != 63154) {
@@ -3478,7 +3506,8 @@ public interface LinkingInterface {
     
     /**
      * The user confirmed the digits here: waits up to `timeout_ms` for the
-     * identity from the existing device and returns this device's client.
+     * grant from the primary device (a certificate for this device's own
+     * identity and the signed device list) and returns this device's client.
      * Used once; later calls fail with `Closed`.
      */
     suspend fun `finish`(`timeoutMs`: kotlin.ULong): SottoClient
@@ -3615,7 +3644,8 @@ open class Linking: Disposable, AutoCloseable, LinkingInterface
     
     /**
      * The user confirmed the digits here: waits up to `timeout_ms` for the
-     * identity from the existing device and returns this device's client.
+     * grant from the primary device (a certificate for this device's own
+     * identity and the signed device list) and returns this device's client.
      * Used once; later calls fail with `Closed`.
      */
     @Throws(SottoException::class)
@@ -3826,9 +3856,15 @@ public object FfiConverterTypeLinking: FfiConverter<Linking, Long> {
 public interface PendingLinkInterface {
     
     /**
-     * The six digits to compare with the new device's screen.
+     * The six digits, once `waitDigits` returned them (`null`/`nil` before).
      */
-    fun `digits`(): kotlin.String
+    fun `digits`(): kotlin.String?
+    
+    /**
+     * Waits up to `timeout_ms` for the new device to answer the offer and
+     * returns the six digits to compare with its screen.
+     */
+    suspend fun `waitDigits`(`timeoutMs`: kotlin.ULong): kotlin.String
     
     companion object
 }
@@ -3939,9 +3975,9 @@ open class PendingLink: Disposable, AutoCloseable, PendingLinkInterface
 
     
     /**
-     * The six digits to compare with the new device's screen.
-     */override fun `digits`(): kotlin.String {
-            return FfiConverterString.lift(
+     * The six digits, once `waitDigits` returned them (`null`/`nil` before).
+     */override fun `digits`(): kotlin.String? {
+            return FfiConverterOptionalString.lift(
     callWithHandle {
     uniffiRustCall() { _status ->
     UniffiLib.uniffi_sotto_ffi_fn_method_pendinglink_digits(
@@ -3952,6 +3988,32 @@ open class PendingLink: Disposable, AutoCloseable, PendingLinkInterface
     )
     }
     
+
+    
+    /**
+     * Waits up to `timeout_ms` for the new device to answer the offer and
+     * returns the six digits to compare with its screen.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `waitDigits`(`timeoutMs`: kotlin.ULong) : kotlin.String {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterString.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
 
     
 
@@ -4767,10 +4829,17 @@ public interface SottoClientInterface {
     fun `block`(`peer`: kotlin.String)
     
     /**
-     * The user confirmed the digits: sends the identity to the new device.
-     * Returns the new device's id. A pending link is used once.
+     * The user confirmed the digits: certifies the new device and sends it
+     * the signed device list. Returns the new device's id. A pending link is
+     * used once.
      */
     suspend fun `confirmLink`(`pending`: PendingLink): kotlin.UInt
+    
+    /**
+     * Declines `peer`'s message request without blocking: what it sent is
+     * deleted; a later message is a new request.
+     */
+    fun `declineRequest`(`peer`: kotlin.String)
     
     /**
      * Per-device delivery state of a message this device sent (empty until
@@ -4811,9 +4880,9 @@ public interface SottoClientInterface {
     fun `isVerified`(`peer`: kotlin.String): kotlin.Boolean
     
     /**
-     * Linking, on this (existing) device: reads the new device's `code`
-     * and sends it an offer. Compare `PendingLink.digits()` with the
-     * digits the new device shows, then call `confirmLink`.
+     * Linking, on this primary device: reads the new device's `code` and
+     * sends it an offer. Then `PendingLink.waitDigits()`, compare them with
+     * the digits the new device shows, and call `confirmLink`.
      */
     suspend fun `linkDevice`(`code`: kotlin.String): PendingLink
     
@@ -4863,6 +4932,11 @@ public interface SottoClientInterface {
      * object (`close()` / `use {}` in Kotlin).
      */
     suspend fun `shutdown`()
+    
+    /**
+     * The database's generation as of this open (see `openChecked`).
+     */
+    fun `storeGeneration`(): kotlin.ULong
     
     /**
      * Delivers every event to `listener` on a Rust thread, acknowledging
@@ -5066,8 +5140,9 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 
     
     /**
-     * The user confirmed the digits: sends the identity to the new device.
-     * Returns the new device's id. A pending link is used once.
+     * The user confirmed the digits: certifies the new device and sends it
+     * the signed device list. Returns the new device's id. A pending link is
+     * used once.
      */
     @Throws(SottoException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -5089,6 +5164,24 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
         SottoException.ErrorHandler,
     )
     }
+
+    
+    /**
+     * Declines `peer`'s message request without blocking: what it sent is
+     * deleted; a later message is a new request.
+     */
+    @Throws(SottoException::class)override fun `declineRequest`(`peer`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_decline_request(
+        it,
+        
+        FfiConverterString.lower(`peer`),_status)
+}
+    }
+    
+    
 
     
     /**
@@ -5241,9 +5334,9 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 
     
     /**
-     * Linking, on this (existing) device: reads the new device's `code`
-     * and sends it an offer. Compare `PendingLink.digits()` with the
-     * digits the new device shows, then call `confirmLink`.
+     * Linking, on this primary device: reads the new device's `code` and
+     * sends it an offer. Then `PendingLink.waitDigits()`, compare them with
+     * the digits the new device shows, and call `confirmLink`.
      */
     @Throws(SottoException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -5440,6 +5533,22 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 
     
     /**
+     * The database's generation as of this open (see `openChecked`).
+     */override fun `storeGeneration`(): kotlin.ULong {
+            return FfiConverterULong.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_store_generation(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Delivers every event to `listener` on a Rust thread, acknowledging
      * each once the callback returns normally (at-least-once). One consumer
      * at a time: fails with `Busy` if another subscription or a
@@ -5565,7 +5674,7 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
     /**
      * Opens the user stored in `db_path`. Works offline: sends queue and go
      * out once the relay is reachable. A wrong `storage_key` fails with
-     * `CorruptRecord`.
+     * `CorruptRecord`. Without a rollback check: prefer `openChecked`.
      */
     @Throws(SottoException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -5574,6 +5683,31 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
         UniffiLib.uniffi_sotto_ffi_fn_constructor_sottoclient_open(
         FfiConverterString.lower(`dbPath`),
         FfiConverterByteArray.lower(`storageKey`),),
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypeSottoClient.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+        
+    /**
+     * Like `open`, but refuses (`StoreRolledBack`) a database older than
+     * `min_generation`: the `storeGeneration()` of the previous open, which
+     * the app keeps beside the storage key (where a restored backup of the
+     * database cannot reach). Save the new `storeGeneration()` after it.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+     suspend fun `openChecked`(`dbPath`: kotlin.String, `storageKey`: kotlin.ByteArray, `minGeneration`: kotlin.ULong) : SottoClient {
+        return uniffiRustCallAsync(
+        UniffiLib.uniffi_sotto_ffi_fn_constructor_sottoclient_open_checked(
+        FfiConverterString.lower(`dbPath`),
+        FfiConverterByteArray.lower(`storageKey`),
+        FfiConverterULong.lower(`minGeneration`),),
         { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
         { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
         { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
@@ -6828,6 +6962,26 @@ sealed class SottoException: kotlin.Exception() {
     }
     
     /**
+     * The database is older than the generation the app last saw (a
+     * restored backup): refused, nothing changed.
+     */
+    class StoreRolledBack(
+        
+        /**
+         * The generation the database holds.
+         */
+        val `found`: kotlin.ULong, 
+        
+        /**
+         * The generation the app expected.
+         */
+        val `expected`: kotlin.ULong
+        ) : SottoException() {
+        override val message
+            get() = "found=${ `found` }, expected=${ `expected` }"
+    }
+    
+    /**
      * The durable store failed (I/O, disk full, locked database).
      */
     class Storage(
@@ -7039,30 +7193,34 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             21 -> SottoException.CorruptRecord(
                 FfiConverterString.read(buf),
                 )
-            22 -> SottoException.Storage(
+            22 -> SottoException.StoreRolledBack(
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                )
+            23 -> SottoException.Storage(
                 FfiConverterString.read(buf),
                 )
-            23 -> SottoException.InvalidAddress(
+            24 -> SottoException.InvalidAddress(
                 FfiConverterString.read(buf),
                 )
-            24 -> SottoException.UnknownUser()
-            25 -> SottoException.Timeout()
-            26 -> SottoException.Relay(
+            25 -> SottoException.UnknownUser()
+            26 -> SottoException.Timeout()
+            27 -> SottoException.Relay(
                 FfiConverterOptionalString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            27 -> SottoException.AttachmentRejected(
+            28 -> SottoException.AttachmentRejected(
                 FfiConverterString.read(buf),
                 )
-            28 -> SottoException.AttachmentTooLarge()
-            29 -> SottoException.AttachmentIo(
+            29 -> SottoException.AttachmentTooLarge()
+            30 -> SottoException.AttachmentIo(
                 FfiConverterString.read(buf),
                 )
-            30 -> SottoException.DeviceListRejected(
+            31 -> SottoException.DeviceListRejected(
                 FfiConverterString.read(buf),
                 )
-            31 -> SottoException.NotPrimary()
-            32 -> SottoException.NotAccepted()
+            32 -> SottoException.NotPrimary()
+            33 -> SottoException.NotAccepted()
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
     }
@@ -7170,6 +7328,12 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterString.allocationSize(value.`table`)
+            )
+            is SottoException.StoreRolledBack -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterULong.allocationSize(value.`found`)
+                + FfiConverterULong.allocationSize(value.`expected`)
             )
             is SottoException.Storage -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -7329,55 +7493,61 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 FfiConverterString.write(value.`table`, buf)
                 Unit
             }
-            is SottoException.Storage -> {
+            is SottoException.StoreRolledBack -> {
                 buf.putInt(22)
-                FfiConverterString.write(value.`reason`, buf)
+                FfiConverterULong.write(value.`found`, buf)
+                FfiConverterULong.write(value.`expected`, buf)
                 Unit
             }
-            is SottoException.InvalidAddress -> {
+            is SottoException.Storage -> {
                 buf.putInt(23)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
-            is SottoException.UnknownUser -> {
+            is SottoException.InvalidAddress -> {
                 buf.putInt(24)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
-            is SottoException.Timeout -> {
+            is SottoException.UnknownUser -> {
                 buf.putInt(25)
                 Unit
             }
-            is SottoException.Relay -> {
+            is SottoException.Timeout -> {
                 buf.putInt(26)
+                Unit
+            }
+            is SottoException.Relay -> {
+                buf.putInt(27)
                 FfiConverterOptionalString.write(value.`code`, buf)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.AttachmentRejected -> {
-                buf.putInt(27)
+                buf.putInt(28)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.AttachmentTooLarge -> {
-                buf.putInt(28)
+                buf.putInt(29)
                 Unit
             }
             is SottoException.AttachmentIo -> {
-                buf.putInt(29)
-                FfiConverterString.write(value.`reason`, buf)
-                Unit
-            }
-            is SottoException.DeviceListRejected -> {
                 buf.putInt(30)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
-            is SottoException.NotPrimary -> {
+            is SottoException.DeviceListRejected -> {
                 buf.putInt(31)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is SottoException.NotPrimary -> {
+                buf.putInt(32)
                 Unit
             }
             is SottoException.NotAccepted -> {
-                buf.putInt(32)
+                buf.putInt(33)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }

@@ -183,6 +183,37 @@ class ClientTest {
     }
 
     @Test
+    fun `a stranger's message is a request until accepted, and a blocked user is dropped`(@TempDir dir: Path) = runBlocking {
+        newUser(dir, "alice").use { alice ->
+            newUser(dir, "bob").use { bob ->
+                alice.sendText(bob.address(), "hello, stranger")
+                val request = withTimeout(WAIT_MS) {
+                    while (true) {
+                        val e = bob.nextEvent()
+                        bob.ackEvent(e.seq)
+                        val k = e.kind
+                        if (k is EventKind.MessageRequest) return@withTimeout e to k.message
+                    }
+                    @Suppress("UNREACHABLE_CODE")
+                    error("unreachable")
+                }
+                assertEquals("hello, stranger", request.second.text)
+                assertEquals(alice.address(), request.first.peer)
+                // Nothing was sent back until Bob accepts.
+                assertTrue(alice.delivery(request.second.id).all { it.state == DeliveryState.SENT })
+                bob.acceptRequest(alice.address())
+                alice.awaitState(request.second.id, DeliveryState.DELIVERED)
+                alice.sendText(bob.address(), "now a contact")
+                assertEquals("now a contact", bob.nextMessage().second.text)
+                bob.block(alice.address())
+                assertThrows<SottoException.NotAccepted> { bob.sendText(alice.address(), "x") }
+                alice.shutdown()
+                bob.shutdown()
+            }
+        }
+    }
+
+    @Test
     fun `a listener gets events and they are acked only after it returns`(@TempDir dir: Path) = runBlocking {
         newUser(dir, "alice").use { alice ->
             newUser(dir, "bob").use { bob ->
@@ -258,10 +289,22 @@ class ClientTest {
             carol.shutdown() // idempotent
             addr
         }
-        SottoClient.open(db, key).use { again ->
+        // A copy of the database as a backup would hold it.
+        val backup = dir.resolve("carol-backup.db")
+        java.nio.file.Files.copy(java.nio.file.Paths.get(db), backup)
+        val generation = SottoClient.open(db, key).use { again ->
             assertEquals(address, again.address())
+            assertTrue(again.isPrimary())
             again.shutdown()
+            again.storeGeneration()
         }
+        // The backup put back: refused, because the app kept the generation.
+        java.nio.file.Files.copy(backup, java.nio.file.Paths.get(db), java.nio.file.StandardCopyOption.REPLACE_EXISTING)
+        for (suffix in listOf("-wal", "-shm")) java.nio.file.Files.deleteIfExists(java.nio.file.Paths.get(db + suffix))
+        val rolledBack = assertThrows<SottoException.StoreRolledBack> {
+            runBlocking { SottoClient.openChecked(db, key, generation) }
+        }
+        assertEquals(generation, rolledBack.expected)
         assertThrows<SottoException.CorruptRecord> { runBlocking { SottoClient.open(db, randomKey()) } }
         assertThrows<SottoException.InvalidInput> { runBlocking { SottoClient.open(db, ByteArray(5)) } }
         assertThrows<SottoException.NoIdentity> {
@@ -286,15 +329,20 @@ class ClientTest {
                 Linking.start(dir.resolve("alice2.db").toString(), randomKey(), relay.address).use { linking ->
                     assertTrue(linking.code().startsWith("link:"))
                     alice.linkDevice(linking.code()).use { pending ->
+                        assertNull(pending.digits())
                         val digits = linking.waitOffer(WAIT_MS.toULong())
                         assertEquals(6, digits.length)
-                        assertEquals(pending.digits(), digits)
+                        assertEquals(pending.waitDigits(WAIT_MS.toULong()), digits)
+                        assertEquals(digits, pending.digits())
                         assertEquals(2u, alice.confirmLink(pending))
                         assertThrows<SottoException.Closed> { runBlocking { alice.confirmLink(pending) } }
                     }
                     linking.finish(WAIT_MS.toULong()).use { alice2 ->
                         assertEquals(alice.address(), alice2.address())
                         assertEquals(2u, alice2.deviceId())
+                        // Only the primary holds the account key.
+                        assertFalse(alice2.isPrimary())
+                        assertThrows<SottoException.NotPrimary> { runBlocking { alice2.unlinkDevice(1u) } }
                         assertEquals(listOf(1u, 2u), alice.devices().sorted())
                         bob.sendText(alice.address(), "to both of you")
                         assertEquals("to both of you", alice.nextMessage().second.text)

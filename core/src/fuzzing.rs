@@ -1,0 +1,242 @@
+//! Entry points for the fuzz targets (`fuzz/`), one per decoder that takes
+//! bytes from the network or the disk. Each runs the real code path on
+//! arbitrary input from a prepared state (in-memory stores, snapshotted once
+//! and cloned per input, so every run is deterministic) and must return
+//! without panicking, whatever the bytes. Built only with the `fuzzing`
+//! feature; not an API.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::OnceLock;
+
+use prost::Message as _;
+use sotto_proto::client as pb;
+use sotto_proto::relay::SignedDeviceList;
+
+use crate::attachment::AttachmentPointer;
+use crate::client::address::{RelayAddress, UserAddress};
+use crate::client::devices::DeviceList;
+use crate::client::events::{AttachmentRef, Event};
+use crate::client::testkit::{text, TestUser};
+use crate::client::{inbound, link, records};
+use crate::device::{Device, DeviceAddress};
+use crate::prekeys::PrekeyBundle;
+use crate::session::SessionState;
+use crate::store::memory::MemoryStore;
+use crate::store::Store as _;
+
+/// Alice and Bob, accepted contacts with a session each way (so a
+/// ratchet message, not only a PreKey message, is expected next).
+struct Pair {
+    alice_store: MemoryStore,
+    bob_store: MemoryStore,
+    alice: UserAddress,
+    bob: UserAddress,
+    alice_list: DeviceList,
+    alice_account: [u8; 32],
+    seeds: Vec<Vec<u8>>,
+}
+
+fn pair() -> &'static Pair {
+    static PAIR: OnceLock<Pair> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let mut alice = TestUser::new(1);
+        let mut bob = TestUser::new(1);
+        bob.accept(&alice);
+        alice.accept(&bob);
+        let first = alice.envelope(0, &mut bob, 0, &text(&alice, 1, "hello"));
+        bob.receive(0, &first);
+        let reply = bob.envelope(0, &mut alice, 0, &text(&bob, 2, "hi"));
+        alice.receive(0, &reply);
+        let next = alice.envelope(0, &mut bob, 0, &text(&alice, 3, "next"));
+        Pair {
+            alice_list: alice.list(1),
+            alice_account: alice.account.public(),
+            alice: alice.address(),
+            bob: bob.address(),
+            alice_store: alice.devices[0].device.store().clone(),
+            bob_store: bob.devices[0].device.store().clone(),
+            seeds: vec![first.1, reply.1, next.1],
+        }
+    })
+}
+
+/// Valid inputs to start each target's corpus from.
+pub fn seeds(target: &str) -> Vec<Vec<u8>> {
+    let p = pair();
+    match target {
+        "envelope" => p.seeds.clone(),
+        "part1_message" => p
+            .seeds
+            .iter()
+            .filter_map(|s| match pb::Envelope::decode(s.as_slice()).ok()?.body? {
+                pb::envelope::Body::Sealed(s) => Some(s.message),
+                _ => None,
+            })
+            .collect(),
+        "content" => vec![
+            text_content(&p.alice, "hello").encode_to_vec(),
+            pb::Content {
+                sender_relay: p.alice.relay.to_string(),
+                body: Some(pb::content::Body::Receipt(pb::Receipt {
+                    kind: 1,
+                    message_ids: vec![vec![1; 16]],
+                })),
+            }
+            .encode_to_vec(),
+        ],
+        "addresses" => vec![
+            p.alice.to_string().into_bytes(),
+            p.alice.relay.to_string().into_bytes(),
+        ],
+        "device_list" => vec![p.alice_list.body().encode_to_vec()],
+        _ => Vec::new(),
+    }
+}
+
+fn text_content(from: &UserAddress, body: &str) -> pb::Content {
+    pb::Content {
+        sender_relay: from.relay.to_string(),
+        body: Some(pb::content::Body::Message(pb::Message {
+            id: vec![7; 16],
+            sent_at_ms: 0,
+            text: body.to_string(),
+            attachments: vec![],
+        })),
+    }
+}
+
+/// A relay envelope payload (`Envelope`, `Sealed`, certificates, the Part I
+/// message inside) received by Bob from anyone.
+pub fn envelope(data: &[u8]) {
+    let p = pair();
+    let mut bob = Device::open(p.bob_store.clone()).unwrap();
+    let _ = inbound::process(&mut bob, &p.bob, &[1; 16], data, 1_000);
+}
+
+/// A Part I message (PreKey or Ratchet) decrypted by Bob as from Alice.
+pub fn part1_message(data: &[u8]) {
+    let p = pair();
+    let mut bob = Device::open(p.bob_store.clone()).unwrap();
+    let from = DeviceAddress::new(p.alice.user.to_vec(), 1);
+    let _ = bob.decrypt(&from, data, 1);
+}
+
+/// `Content` bytes that decrypt correctly (Alice's genuine session): the
+/// plaintext a peer controls after authentication.
+pub fn content(data: &[u8]) {
+    let p = pair();
+    let mut alice = Device::open(p.alice_store.clone()).unwrap();
+    let mut bob = Device::open(p.bob_store.clone()).unwrap();
+    let to = DeviceAddress::new(p.bob.user.to_vec(), 1);
+    let m = alice
+        .encrypt(&to, data, &mut rand_core::OsRng)
+        .expect("the fixture session encrypts");
+    let payload = pb::Envelope {
+        version: 1,
+        body: Some(pb::envelope::Body::Sealed(pb::Sealed {
+            sender_user: p.alice.user.to_vec(),
+            sender_device: 1,
+            message: m.bytes,
+            sender_certificate: None,
+            sender_mac: Vec::new(),
+        })),
+    }
+    .encode_to_vec();
+    let _ = inbound::process(&mut bob, &p.bob, &[2; 16], &payload, 1_000);
+}
+
+/// Records read back from a store: session state, contacts, queued events,
+/// client configuration, attachment references. The first byte picks one.
+pub fn stored_records(data: &[u8]) {
+    let Some((kind, rest)) = data.split_first() else {
+        return;
+    };
+    match kind % 6 {
+        0 => {
+            let _ = SessionState::from_bytes(rest);
+        }
+        1 => {
+            let _ = crate::trust::Contact::decode(rest);
+        }
+        2 => {
+            let e = pb::ClientEvent::decode(rest)
+                .map_err(|_| crate::Error::Malformed { what: "event" });
+            let _ = Event::from_stored(1, e);
+        }
+        3 => {
+            if let Ok(c) = pb::ContactRecord::decode(rest) {
+                if let Ok(Some(list)) = records::pinned_list(&c) {
+                    let _ = list.against(Some(&pair().alice_list));
+                }
+            }
+        }
+        4 => {
+            let _ = AttachmentRef::from_bytes(rest);
+        }
+        _ => {
+            // A client store whose config row is hostile.
+            let mut store = pair().bob_store.clone();
+            let _ = store.transaction(|tx| tx_put_config(tx, rest));
+            let _ = Device::open(store).map(|mut d| {
+                d.store_mut()
+                    .transaction(|tx| records::events(tx, 10).map(|_| ()))
+            });
+        }
+    }
+}
+
+fn tx_put_config(tx: &mut impl crate::store::Txn, bytes: &[u8]) -> crate::Result<()> {
+    tx.put(crate::store::Table::App, records::CONFIG, bytes)
+}
+
+/// An attachment pointer (first 81 bytes) and a blob (the rest).
+pub fn attachment(data: &[u8]) {
+    let n = data.len().min(crate::attachment::POINTER_LEN);
+    let (pointer, blob) = data.split_at(n);
+    if let Ok(p) = AttachmentPointer::from_bytes(pointer) {
+        let _ = crate::attachment::decrypt(blob, std::io::sink(), &p);
+    }
+}
+
+/// Addresses and link codes, as text.
+pub fn addresses(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = s.parse::<UserAddress>();
+    let _ = s.parse::<RelayAddress>();
+    let _ = link::parse_code(s);
+}
+
+/// A prekey bundle as a relay serves it: blob, EC item and KEM item, split
+/// at the lengths in the first two bytes.
+pub fn bundle(data: &[u8]) {
+    let [a, b, rest @ ..] = data else {
+        return;
+    };
+    let a = usize::from(*a).min(rest.len());
+    let (blob, rest) = rest.split_at(a);
+    let b = usize::from(*b).min(rest.len());
+    let (ec, kem) = rest.split_at(b);
+    let _ = PrekeyBundle::assemble(
+        blob,
+        (!ec.is_empty()).then_some(ec),
+        (!kem.is_empty()).then_some(kem),
+    );
+}
+
+/// A signed device list (as fetched from a relay) for Alice's account, then
+/// compared with the list pinned for her.
+pub fn device_list(data: &[u8]) {
+    let p = pair();
+    if let Ok(signed) = SignedDeviceList::decode(data) {
+        if let Ok(l) = DeviceList::verify(&p.alice_account, &signed) {
+            let _ = l.against(Some(&p.alice_list));
+        }
+    }
+    if let Ok(body) = pb::DeviceListBody::decode(data) {
+        if let Ok(l) = DeviceList::from_body(2, &body) {
+            let _ = l.against(Some(&p.alice_list));
+        }
+    }
+}

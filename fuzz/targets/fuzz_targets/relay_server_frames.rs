@@ -1,0 +1,8 @@
+//! cargo-fuzz entry for `sotto_fuzz::TARGETS["relay_server_frames"]`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Some((_, run)) = sotto_fuzz::TARGETS.iter().find(|(n, _)| *n == "relay_server_frames") {
+        run(data);
+    }
+});
