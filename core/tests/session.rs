@@ -404,8 +404,9 @@ fn identity_change_is_detected_and_needs_explicit_acceptance() {
         alice.contact(&bob_addr()).unwrap().unwrap().verification,
         Verification::Unverified
     );
-    // Accepting the new key retired every session of the old one: it neither
-    // encrypts nor decrypts any more.
+    // Accepting the new key retired every session of the old one: they are
+    // gone with their keys, and nothing encrypts or decrypts with them.
+    assert!(!alice.has_session(&bob_addr()).unwrap());
     assert!(matches!(
         alice.encrypt(&bob_addr(), b"x", &mut r),
         Err(Error::NoSession)

@@ -440,13 +440,34 @@ async fn a_strangers_first_message_contacts_nothing_until_accepted() {
     let bob = Dev::create(&relay).await;
     let mut mallory = Attacker::register(&relay).await.unwrap();
     let trap = Trap::new();
-    let hello = mallory.text(&trap.relay, 1, "hi, click this");
+    let mut hello = mallory.text(&trap.relay, 1, "hi, click this");
+    // With an attachment, whose blob would sit on the stranger's relay.
+    let pointer =
+        sotto_core::attachment::encrypt(&b"bait"[..], std::io::sink(), &mut OsRng).unwrap();
+    if let Some(pb::content::Body::Message(m)) = hello.body.as_mut() {
+        m.attachments.push(pb::AttachmentRef {
+            blob_id: vec![3; 32],
+            pointer: pointer.to_bytes().to_vec(),
+            file_name: "bait.jpg".into(),
+        });
+    }
     mallory.send(&bob.addr(), 1, &hello).await.unwrap();
     let e = next(bob.c()).await;
     let EventKind::MessageRequest(m) = &e.kind else {
         panic!("expected a message request, got {e:?}");
     };
     assert_eq!(m.text, "hi, click this");
+    let dest = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        bob.c()
+            .download_attachment(
+                e.peer.as_ref().unwrap(),
+                &m.attachments[0],
+                &dest.path().join("x")
+            )
+            .await,
+        Err(sotto_core::Error::NotAccepted)
+    ));
     // No receipt, no connection: not one datagram towards the stranger's relay.
     assert_eq!(trap.datagrams(Duration::from_secs(3)), 0);
     // Accepting is what lets the receipt go out (here, to the trap).
