@@ -97,8 +97,44 @@ pub fn error_frame(request_id: u64, code: ErrorCode, detail: &str) -> ServerFram
     )
 }
 
+/// The largest piece of a frame read (and allocated) at a time. Pieces start
+/// at [`FIRST_CHUNK`] and double up to this as bytes keep arriving, so a
+/// length prefix alone never makes a reader allocate the length it
+/// announces, and a frame that stalls holds little.
+pub const READ_CHUNK: usize = 64 * 1024;
+/// The first piece of a frame's body read (and allocated).
+pub const FIRST_CHUNK: usize = 4 * 1024;
+
+/// Where a reader takes the memory for a frame's body from, chunk by chunk
+/// (a budget may hold the reader back, or refuse).
+pub trait Reserve {
+    /// Called before `bytes` more of the body are taken in.
+    fn reserve(&mut self, bytes: usize) -> impl std::future::Future<Output = Result<()>> + Send;
+}
+
+/// No budget: the frame limit alone bounds a frame.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unbounded;
+
+impl Reserve for Unbounded {
+    async fn reserve(&mut self, _bytes: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Reads one frame. `Ok(None)` on a clean end of stream before any byte.
+/// The buffer grows as bytes arrive, [`READ_CHUNK`] at a time.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>> {
+    read_frame_with(r, max, &mut Unbounded).await
+}
+
+/// Like [`read_frame`], reserving each chunk of the body from `budget`
+/// before taking it in.
+pub async fn read_frame_with<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    budget: &mut impl Reserve,
+) -> Result<Option<Vec<u8>>> {
     let mut prefix = [0u8; LEN_PREFIX];
     let mut got = 0;
     while got < LEN_PREFIX {
@@ -113,14 +149,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<O
         got += n;
     }
     let len = check_len(prefix, max)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            RelayError::Truncated
-        } else {
-            RelayError::Io(e)
+    let mut body = Vec::new();
+    let mut piece = FIRST_CHUNK;
+    while body.len() < len {
+        let chunk = (len - body.len()).min(piece);
+        budget.reserve(chunk).await?;
+        body.reserve_exact(chunk);
+        let end = body.len() + chunk;
+        // Into spare capacity: nothing is written before it arrives.
+        while body.len() < end {
+            let mut limited = (&mut *r).take((end - body.len()) as u64);
+            if limited.read_buf(&mut body).await? == 0 {
+                return Err(RelayError::Truncated);
+            }
         }
-    })?;
+        piece = (piece * 2).min(READ_CHUNK);
+    }
     Ok(Some(body))
 }
 

@@ -42,7 +42,8 @@ start_relay() {
     rm -rf "$work/relay"; mkdir -p "$work/relay"
     # The load generator's 8 producers send far above the default per-connection rate limit.
     "$bin/sotto-relay" --data-dir "$work/relay" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
-        --send-rate-per-sec 1000000 --send-burst 1000000 >"$work/relay.out" 2>"$work/relay.log" &
+        --send-rate-per-sec 1000000 --send-burst 1000000 --max-connections-per-ip 1000000 \
+        >"$work/relay.out" 2>"$work/relay.log" &
     relay_pid=$!
     until [ -s "$work/relay/relay.addr" ]; do
         kill -0 "$relay_pid" 2>/dev/null || { tail -n 20 "$work/relay.log" >&2; exit 1; }

@@ -71,6 +71,24 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// Most concurrent request streams per connection.
     pub max_concurrent_streams: u32,
+    /// Memory the relay holds for requests being received and replies being
+    /// written, in all; past it new work is refused with `OVERLOADED`.
+    pub memory_budget_bytes: usize,
+    /// The same, per connection (a connection at its budget is held back by
+    /// flow control). At least `max_frame_bytes`.
+    pub connection_budget_bytes: usize,
+    /// The same, for all connections from one source IP address.
+    pub address_budget_bytes: usize,
+    /// Most connections at once (handshakes included); more are refused.
+    pub max_connections: usize,
+    /// Most connections at once from one source IP address.
+    pub max_connections_per_ip: usize,
+    /// A request frame must arrive whole within this many seconds of its
+    /// stream opening (a trickled frame is refused, its memory given back).
+    pub request_timeout_secs: u64,
+    /// A reply must be written within this many seconds (a peer that does
+    /// not read has its stream reset).
+    pub write_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -104,6 +122,13 @@ impl Default for Config {
             sweep_interval_secs: 60,
             idle_timeout_secs: 60,
             max_concurrent_streams: 64,
+            memory_budget_bytes: 1 << 30,
+            connection_budget_bytes: 4 << 20,
+            address_budget_bytes: 128 << 20,
+            max_connections: 50_000,
+            max_connections_per_ip: 2_048,
+            request_timeout_secs: 30,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -172,6 +197,27 @@ pub struct Flags {
     /// Expiry sweep interval, seconds.
     #[arg(long)]
     pub sweep_interval_secs: Option<u64>,
+    /// Memory budget for requests and replies in flight, bytes.
+    #[arg(long)]
+    pub memory_budget_bytes: Option<usize>,
+    /// Memory budget per connection, bytes.
+    #[arg(long)]
+    pub connection_budget_bytes: Option<usize>,
+    /// Memory budget per source IP address, bytes.
+    #[arg(long)]
+    pub address_budget_bytes: Option<usize>,
+    /// Most connections at once.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Most connections at once from one IP address.
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Deadline for a whole request frame, seconds.
+    #[arg(long)]
+    pub request_timeout_secs: Option<u64>,
+    /// Deadline for writing a reply, seconds.
+    #[arg(long)]
+    pub write_timeout_secs: Option<u64>,
 }
 
 impl Config {
@@ -201,7 +247,14 @@ impl Config {
             bundle_requester_burst,
             bundle_target_burst,
             push_coalesce_ms,
-            sweep_interval_secs
+            sweep_interval_secs,
+            memory_budget_bytes,
+            connection_budget_bytes,
+            address_budget_bytes,
+            max_connections,
+            max_connections_per_ip,
+            request_timeout_secs,
+            write_timeout_secs
         );
         if flags.cert.is_some() {
             c.cert = flags.cert.clone();
@@ -229,9 +282,26 @@ impl Config {
                 "max_frame_bytes must exceed max_envelope_bytes + 1024".into(),
             ));
         }
+        if self.request_timeout_secs == 0 || self.write_timeout_secs == 0 {
+            return Err(RelayError::Config("deadlines must be positive".into()));
+        }
         if self.envelope_ttl_secs == 0 || self.blob_ttl_secs == 0 || self.sweep_interval_secs == 0 {
             return Err(RelayError::Config(
                 "TTLs and sweep interval must be positive".into(),
+            ));
+        }
+        if self.connection_budget_bytes < self.max_frame_bytes
+            || self.address_budget_bytes < self.connection_budget_bytes
+            || self.memory_budget_bytes < self.address_budget_bytes
+        {
+            return Err(RelayError::Config(
+                "memory budgets must hold one largest frame (connection) and one connection (relay)"
+                    .into(),
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err(RelayError::Config(
+                "connection caps must be positive".into(),
             ));
         }
         if self.max_concurrent_streams == 0 || self.max_batch_items == 0 {

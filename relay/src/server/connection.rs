@@ -16,14 +16,13 @@ use sotto_proto::relay::{
     ServerFrame,
 };
 
+use super::budget::{Budgeted, ConnBudget, Reservation};
 use super::State;
 use crate::error::{RelayError, Result};
 use crate::frame::{self, error_frame, server_frame};
 use crate::ids::{BlobId, EnvelopeId, MailboxId};
 use crate::limits::TokenBucket;
 
-/// Deadline for a request frame to arrive once a stream is open.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline for the whole authentication exchange.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Application close codes.
@@ -45,6 +44,7 @@ const MAX_PAGE_BYTES: usize = 4 << 20;
 struct Conn {
     mailbox: MailboxId,
     sends: Mutex<TokenBucket>,
+    budget: ConnBudget,
 }
 
 /// Decrements a counter when dropped.
@@ -56,7 +56,11 @@ impl Drop for Guard<'_> {
 }
 
 /// Serves one incoming connection to completion.
-pub(super) async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
+pub(super) async fn handle(
+    state: Arc<State>,
+    incoming: quinn::Incoming,
+    address: super::budget::AddressBudget,
+) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -87,6 +91,9 @@ pub(super) async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
             state.config.send_rate_per_sec,
             Instant::now(),
         )),
+        budget: state
+            .budget
+            .connection(state.config.connection_budget_bytes, address),
     });
     let mut shutdown = state.shutdown.clone();
     loop {
@@ -102,9 +109,23 @@ pub(super) async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
     }
 }
 
+/// Writes a reply within the write deadline (`write_timeout_secs`): a peer
+/// that does not read its reply has its stream reset and the reply's memory
+/// given back.
+async fn reply_within(deadline: Duration, send: &mut quinn::SendStream, f: &ServerFrame) {
+    match tokio::time::timeout(deadline, frame::write_frame(send, f)).await {
+        Ok(_) => {
+            let _ = send.finish();
+        }
+        Err(_) => {
+            let _ = send.reset(0u32.into());
+        }
+    }
+}
+
+/// Writes a reply within the default deadline (small replies and errors).
 async fn reply(send: &mut quinn::SendStream, f: &ServerFrame) {
-    let _ = frame::write_frame(send, f).await;
-    let _ = send.finish();
+    reply_within(Duration::from_secs(30), send, f).await
 }
 
 /// Challenge-response on the first stream; see [`crate::auth`].
@@ -198,19 +219,33 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    // The request's bytes are held against the connection's and the relay's
+    // memory budgets (see `super::budget`) until its reply is written.
+    let mut budgeted = Budgeted {
+        budget: &ctx.budget,
+        held: Reservation::default(),
+    };
     let read = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        frame::read_frame(&mut recv, state.config.max_frame_bytes),
+        Duration::from_secs(state.config.request_timeout_secs),
+        frame::read_frame_with(&mut recv, state.config.max_frame_bytes, &mut budgeted),
     )
     .await;
+    let held = budgeted.held;
     let bytes = match read {
         Ok(Ok(Some(b))) => b,
         Ok(Ok(None)) => return,
+        Ok(Err(e)) if e.code() == ErrorCode::Overloaded => {
+            state.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+            drop(held);
+            reply(&mut send, &error_frame(0, e.code(), &detail(&e))).await;
+            return;
+        }
         Ok(Err(e)) => {
             state
                 .metrics
                 .malformed_frames
                 .fetch_add(1, Ordering::Relaxed);
+            drop(held);
             reply(&mut send, &error_frame(0, e.code(), &detail(&e))).await;
             return;
         }
@@ -244,8 +279,21 @@ async fn serve_stream(
     }
     state.in_flight.fetch_add(1, Ordering::AcqRel);
     let _f = InFlight(&state.in_flight);
+    let mut held = held;
     match dispatch(&state, &ctx, rid, body, &mut send, &mut recv).await {
-        Ok(Some(f)) => reply(&mut send, &f).await,
+        Ok(Some(f)) => {
+            // A reply (a fetch page may be 4 MiB) is held against the same
+            // budgets while it is written.
+            let len = prost::Message::encoded_len(&f);
+            let deadline = Duration::from_secs(state.config.write_timeout_secs);
+            match ctx.budget.reserve(&mut held, len).await {
+                Ok(()) => reply_within(deadline, &mut send, &f).await,
+                Err(e) => {
+                    state.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+                    reply(&mut send, &error_frame(rid, e.code(), &detail(&e))).await
+                }
+            }
+        }
         Ok(None) => {
             let _ = send.finish();
         }

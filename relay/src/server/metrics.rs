@@ -93,6 +93,12 @@ pub struct Metrics {
     pub lazy_writes: AtomicU64,
     /// Malformed frames received.
     pub malformed_frames: AtomicU64,
+    /// Connections refused at the caps (total or per source address).
+    pub connections_refused: AtomicU64,
+    /// Requests refused because the relay's memory budget was exhausted.
+    pub overloaded: AtomicU64,
+    /// Bytes of the memory budget held by requests and replies in flight.
+    pub budget_in_use: AtomicU64,
     /// Time of one synced write batch.
     pub commit_latency: Histogram,
     /// Time from receiving a send to answering "accepted".
@@ -111,7 +117,25 @@ impl Metrics {
     /// by the caller.
     pub fn render(&self, disk_bytes: u64, udp_drops: Option<u64>) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64, &str); 17] = [
+        let counters: [(&str, &str, &AtomicU64, &str); 20] = [
+            (
+                "sotto_connections_refused_total",
+                "Connections refused at the connection caps",
+                &self.connections_refused,
+                "counter",
+            ),
+            (
+                "sotto_overloaded_total",
+                "Requests refused: relay memory budget exhausted",
+                &self.overloaded,
+                "counter",
+            ),
+            (
+                "sotto_memory_budget_in_use_bytes",
+                "Memory held by requests and replies in flight",
+                &self.budget_in_use,
+                "gauge",
+            ),
             (
                 "sotto_connections",
                 "Open QUIC connections",

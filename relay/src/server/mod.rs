@@ -6,6 +6,7 @@
 //! address and certificate fingerprint so scripts and tests can find the relay.
 
 pub mod blobs;
+mod budget;
 pub mod cert;
 pub mod config;
 mod connection;
@@ -44,6 +45,7 @@ pub(crate) struct State {
     pub(crate) blobs: blobs::Blobs,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) in_flight: AtomicUsize,
+    pub(crate) budget: budget::RelayBudget,
 }
 
 /// Where a started relay can be reached.
@@ -156,15 +158,19 @@ impl Relay {
             Arc::new(quinn::TokioRuntime),
         )?;
         let addr = endpoint.local_addr()?;
+        let memory_probe = budget::RelayBudget::new(config.memory_budget_bytes);
         let metrics_addr = match config.metrics_listen {
             Some(a) => {
                 let l = metrics::bind(a).await?;
                 let bound = l.local_addr()?;
                 let (m, d) = (metrics.clone(), db.clone());
                 let w = writer.clone();
+                let (budget, total) = (memory_probe.clone(), config.memory_budget_bytes);
                 tokio::spawn(metrics::serve(
                     l,
                     Arc::new(move || {
+                        let used = total.saturating_sub(budget.available());
+                        m.budget_in_use.store(used as u64, Ordering::Relaxed);
                         m.render(d.approximate_bytes(), crate::udp::receive_drops(addr))
                     }),
                     Arc::new(move || w.is_running()),
@@ -173,6 +179,7 @@ impl Relay {
             }
             None => None,
         };
+        let memory = memory_probe;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let info = RelayInfo {
             addr,
@@ -190,6 +197,7 @@ impl Relay {
             blobs,
             shutdown,
             in_flight: AtomicUsize::new(0),
+            budget: memory,
         });
         tokio::spawn(sweep(state.clone()));
         tracing::info!(%addr, fingerprint = %hex::encode(fingerprint), "relay listening");
@@ -213,9 +221,33 @@ impl Relay {
         let accept = {
             let endpoint = self.endpoint.clone();
             let state = self.state.clone();
+            let caps = Arc::new(ConnectionCaps::new(
+                state.config.max_connections,
+                state.config.max_connections_per_ip,
+                state.config.address_budget_bytes,
+            ));
             tokio::spawn(async move {
                 while let Some(incoming) = endpoint.accept().await {
-                    tokio::spawn(connection::handle(state.clone(), incoming));
+                    // Counted from the first packet, before any handshake
+                    // work; refused at the caps (keys are free, addresses
+                    // are not).
+                    match caps.admit(incoming.remote_address().ip()) {
+                        Some(admitted) => {
+                            let state = state.clone();
+                            let budget = admitted.budget.clone();
+                            tokio::spawn(async move {
+                                connection::handle(state, incoming, budget).await;
+                                drop(admitted);
+                            });
+                        }
+                        None => {
+                            state
+                                .metrics
+                                .connections_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            incoming.refuse();
+                        }
+                    }
                 }
             })
         };
@@ -235,6 +267,76 @@ impl Relay {
         self.state.writer.shutdown();
         self.state.db.flush_all()?;
         Ok(())
+    }
+}
+
+/// Connections at once, in total and per source IP address, and the memory
+/// budget each address's connections share.
+#[derive(Debug)]
+struct ConnectionCaps {
+    total: usize,
+    per_ip: usize,
+    address_bytes: usize,
+    open: std::sync::Mutex<OpenConnections>,
+}
+
+#[derive(Debug, Default)]
+struct OpenConnections {
+    total: usize,
+    by_ip: std::collections::HashMap<std::net::IpAddr, (usize, budget::AddressBudget)>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+struct Admitted {
+    caps: Arc<ConnectionCaps>,
+    ip: std::net::IpAddr,
+    budget: budget::AddressBudget,
+}
+
+impl ConnectionCaps {
+    fn new(total: usize, per_ip: usize, address_bytes: usize) -> Self {
+        ConnectionCaps {
+            total,
+            per_ip,
+            address_bytes,
+            open: std::sync::Mutex::new(OpenConnections::default()),
+        }
+    }
+
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Admitted> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.total >= self.total {
+            return None;
+        }
+        let address_bytes = self.address_bytes;
+        let (here, budget) = open
+            .by_ip
+            .entry(ip)
+            .or_insert_with(|| (0, budget::AddressBudget::new(address_bytes)));
+        if *here >= self.per_ip {
+            return None;
+        }
+        *here += 1;
+        let budget = budget.clone();
+        open.total += 1;
+        Some(Admitted {
+            caps: self.clone(),
+            ip,
+            budget,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.caps.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some((n, _)) = open.by_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.by_ip.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -76,6 +76,18 @@ impl RelayProc {
         }
     }
 
+    /// The relay process's resident memory, in bytes (Linux `/proc`).
+    pub(crate) fn rss(&self) -> u64 {
+        let pid = self.child.as_ref().expect("relay running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
     /// kill -9: no chance to flush anything.
     pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
