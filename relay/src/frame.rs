@@ -47,6 +47,13 @@ pub fn decode_client(bytes: &[u8]) -> Result<(u64, client_frame::Body)> {
     Ok((f.request_id, body))
 }
 
+/// The request id of a client frame that [`decode_client`] refused (wrong
+/// version, no known body), so the error reply can echo it; 0 when the
+/// bytes are not a `ClientFrame` at all.
+pub fn request_id(bytes: &[u8]) -> u64 {
+    ClientFrame::decode(bytes).map_or(0, |f| f.request_id)
+}
+
 /// Decodes a relay frame; a relay `Error` body becomes [`RelayError::Remote`].
 pub fn decode_server(bytes: &[u8]) -> Result<(u64, server_frame::Body)> {
     let f = ServerFrame::decode(bytes).map_err(|_| RelayError::Malformed("not a ServerFrame"))?;

@@ -37,6 +37,8 @@ const MAX_ACK_FRAME: usize = 32 * 1024;
 /// Stream-ack rate per subscription: ids per second, and the burst.
 const ACK_IDS_PER_SEC: f64 = 20_000.0;
 const ACK_IDS_BURST: u32 = 20_000;
+/// How long the acks of a push stream that has ended are still read.
+const ACK_DRAIN: Duration = Duration::from_secs(2);
 /// Fetch page bounds.
 const MAX_PAGE: usize = 1000;
 const MAX_PAGE_BYTES: usize = 4 << 20;
@@ -70,16 +72,12 @@ pub(super) async fn handle(
     };
     state.metrics.connections.fetch_add(1, Ordering::Relaxed);
     let _g = Guard(&state.metrics.connections);
-    let mailbox = match tokio::time::timeout(AUTH_TIMEOUT, authenticate(&state, &conn)).await {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => {
+    let mailbox = match authenticate(&state, &conn).await {
+        Ok(m) => m,
+        Err(e) => {
             state.metrics.auth_failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "authentication failed");
-            conn.close(CLOSE_AUTH.into(), e.code().as_str_name().as_bytes());
-            return;
-        }
-        Err(_) => {
-            conn.close(CLOSE_AUTH.into(), b"authentication timeout");
+            conn.close(CLOSE_AUTH.into(), refusal_code(&e).as_str_name().as_bytes());
             return;
         }
     };
@@ -128,53 +126,35 @@ async fn reply(send: &mut quinn::SendStream, f: &ServerFrame) {
     reply_within(Duration::from_secs(30), send, f).await
 }
 
-/// Challenge-response on the first stream; see [`crate::auth`].
+/// Challenge-response on the first stream; see [`crate::auth`]. The
+/// deadline runs from the end of the handshake; a second stream opened
+/// before `AuthOk` fails the authentication (requests are never held for
+/// later). Every failure is answered on the auth stream, echoing the id of
+/// the last request read there, before the caller closes the connection.
 async fn authenticate(state: &State, conn: &quinn::Connection) -> Result<MailboxId> {
-    let (mut send, mut recv) = conn.accept_bi().await?;
-    let result = async {
-        let bytes = frame::read_frame(&mut recv, 1024)
-            .await?
-            .ok_or(RelayError::Truncated)?;
-        let (rid, body) = frame::decode_client(&bytes)?;
-        let Req::AuthBegin(_) = body else {
-            return Err(RelayError::refusal(
+    let deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
+    let timed_out = || RelayError::refusal(ErrorCode::NotAuthenticated, "authentication timeout");
+    let (mut send, mut recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
+        Ok(s) => s?,
+        Err(_) => return Err(timed_out()),
+    };
+    let mut rid = 0;
+    let result = tokio::select! {
+        r = exchange(conn, &mut send, &mut recv, &mut rid) => r,
+        s = conn.accept_bi() => match s {
+            Ok(_) => Err(RelayError::refusal(
                 ErrorCode::NotAuthenticated,
-                "authenticate first",
-            ));
-        };
-        let mut nonce = [0u8; 32];
-        OsRng.fill_bytes(&mut nonce);
-        let ch = server_frame(
-            rid,
-            Resp::AuthChallenge(AuthChallenge {
-                nonce: nonce.to_vec(),
-            }),
-        );
-        frame::write_frame(&mut send, &ch).await?;
-        let bytes = frame::read_frame(&mut recv, 1024)
-            .await?
-            .ok_or(RelayError::Truncated)?;
-        let (rid, body) = frame::decode_client(&bytes)?;
-        let Req::AuthProve(p) = body else {
-            return Err(RelayError::refusal(ErrorCode::AuthFailed, "expected proof"));
-        };
-        let binding = crate::auth::channel_binding(conn, &nonce)?;
-        // The nonce lives only in this stack frame: it is consumed here.
-        let pk = crate::auth::verify(&binding, &nonce, &p.device_key, &p.signature)?;
-        let ok = server_frame(
-            rid,
-            Resp::AuthOk(AuthOk {
-                mailbox: pk.to_vec(),
-            }),
-        );
-        frame::write_frame(&mut send, &ok).await?;
-        Ok(MailboxId(pk))
-    }
-    .await;
+                "request before authentication",
+            )),
+            Err(e) => Err(e.into()),
+        },
+        _ = tokio::time::sleep_until(deadline) => Err(timed_out()),
+    };
     match &result {
         Ok(_) => {
             let _ = send.finish();
         }
+        Err(RelayError::Connection(_)) => {}
         Err(e) => {
             if e.code() == ErrorCode::Malformed || e.code() == ErrorCode::FrameTooLarge {
                 state
@@ -182,11 +162,70 @@ async fn authenticate(state: &State, conn: &quinn::Connection) -> Result<Mailbox
                     .malformed_frames
                     .fetch_add(1, Ordering::Relaxed);
             }
-            reply(&mut send, &error_frame(0, refusal_code(e), &detail(e))).await;
-            let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+            // Short waits: the connection is closed right after.
+            let f = error_frame(rid, refusal_code(e), &detail(e));
+            if let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_secs(1), frame::write_frame(&mut send, &f))
+                    .await
+            {
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+            }
         }
     }
     result
+}
+
+/// The exchange itself: `AuthBegin` -> `AuthChallenge`, `AuthProve` -> `AuthOk`.
+/// `rid` holds the id for an error reply: the failing frame's own (0 if it
+/// is not a `ClientFrame` at all), else the last request read here.
+async fn exchange(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    rid: &mut u64,
+) -> Result<MailboxId> {
+    let bytes = frame::read_frame(recv, 1024)
+        .await?
+        .ok_or(RelayError::Truncated)?;
+    let (id, body) =
+        frame::decode_client(&bytes).inspect_err(|_| *rid = frame::request_id(&bytes))?;
+    *rid = id;
+    let Req::AuthBegin(_) = body else {
+        return Err(RelayError::refusal(
+            ErrorCode::NotAuthenticated,
+            "authenticate first",
+        ));
+    };
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    let ch = server_frame(
+        *rid,
+        Resp::AuthChallenge(AuthChallenge {
+            nonce: nonce.to_vec(),
+        }),
+    );
+    frame::write_frame(send, &ch).await?;
+    let bytes = frame::read_frame(recv, 1024)
+        .await?
+        .ok_or(RelayError::Truncated)?;
+    let (id, body) =
+        frame::decode_client(&bytes).inspect_err(|_| *rid = frame::request_id(&bytes))?;
+    *rid = id;
+    let Req::AuthProve(p) = body else {
+        return Err(RelayError::refusal(ErrorCode::AuthFailed, "expected proof"));
+    };
+    let binding = crate::auth::channel_binding(conn, &nonce)?;
+    // The nonce lives only in this stack frame: it is consumed here.
+    let pk = crate::auth::verify(&binding, &nonce, &p.device_key, &p.signature)?;
+    let ok = server_frame(
+        *rid,
+        Resp::AuthOk(AuthOk {
+            mailbox: pk.to_vec(),
+        }),
+    );
+    frame::write_frame(send, &ok).await?;
+    Ok(MailboxId(pk))
 }
 
 fn refusal_code(e: &RelayError) -> ErrorCode {
@@ -233,7 +272,18 @@ async fn serve_stream(
     let held = budgeted.held;
     let bytes = match read {
         Ok(Ok(Some(b))) => b,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => {
+            state
+                .metrics
+                .malformed_frames
+                .fetch_add(1, Ordering::Relaxed);
+            reply(
+                &mut send,
+                &error_frame(0, ErrorCode::Malformed, "empty request stream"),
+            )
+            .await;
+            return;
+        }
         Ok(Err(e)) if e.code() == ErrorCode::Overloaded => {
             state.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
             drop(held);
@@ -265,20 +315,25 @@ async fn serve_stream(
                 .metrics
                 .malformed_frames
                 .fetch_add(1, Ordering::Relaxed);
-            reply(&mut send, &error_frame(0, e.code(), &detail(&e))).await;
+            let rid = frame::request_id(&bytes);
+            reply(&mut send, &error_frame(rid, e.code(), &detail(&e))).await;
             return;
         }
     };
     drop(bytes);
-    if let Req::Subscribe(_) = body {
-        // Acks may follow on the same stream: read them on the side.
-        let acks = AbortOnDrop(tokio::spawn(stream_acks(state.clone(), ctx.mailbox, recv)));
-        subscribe(&state, &ctx, rid, &mut send).await;
-        drop(acks);
-        return;
-    }
+    // In flight from here: a graceful shutdown waits for it (at most 10 s).
     state.in_flight.fetch_add(1, Ordering::AcqRel);
     let _f = InFlight(&state.in_flight);
+    if let Req::Subscribe(_) = body {
+        // Acks may follow on the same stream: read them on the side.
+        let mut acks = AbortOnDrop(tokio::spawn(stream_acks(state.clone(), ctx.mailbox, recv)));
+        subscribe(&state, &ctx, rid, &mut send).await;
+        // The pushes ended (shutdown, a newer subscription, the client):
+        // acks the client wrote before it saw the end are still arriving,
+        // and are applied up to its FIN, for at most `ACK_DRAIN`.
+        let _ = tokio::time::timeout(ACK_DRAIN, &mut acks.0).await;
+        return;
+    }
     let mut held = held;
     match dispatch(&state, &ctx, rid, body, &mut send, &mut recv).await {
         Ok(Some(f)) => {

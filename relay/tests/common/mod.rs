@@ -108,6 +108,24 @@ impl RelayProc {
         }
     }
 
+    /// Sends SIGTERM and returns at once (the relay begins its graceful
+    /// shutdown); [`Self::wait_exit`] waits for it.
+    pub(crate) fn sigterm(&self) {
+        let c = self.child.as_ref().expect("relay running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+    }
+
+    /// Waits for the relay to exit and checks that it exited cleanly.
+    pub(crate) fn wait_exit(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let status = c.wait().unwrap();
+            assert!(status.success(), "relay exited with {status}");
+        }
+    }
+
     /// Starts the relay again on the same data dir (new port, same cert).
     pub(crate) fn restart(&mut self) {
         let tmp = self._tmp.take();
