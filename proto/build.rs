@@ -34,6 +34,7 @@ const REDACTED: &[&str] = &[
     "sotto.client.v1.SentLogEntry",
     "sotto.client.v1.ClientEvent",
     "sotto.client.v1.LinkGrantBody",
+    "sotto.relay.v1.Send",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -77,6 +77,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             text_content(&p.alice, "hello").encode_to_vec(),
             pb::Content {
                 sender_relay: p.alice.relay.to_string(),
+                delivery_token: Vec::new(),
                 body: Some(pb::content::Body::Receipt(pb::Receipt {
                     kind: 1,
                     message_ids: vec![vec![1; 16]],
@@ -96,6 +97,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
 fn text_content(from: &UserAddress, body: &str) -> pb::Content {
     pb::Content {
         sender_relay: from.relay.to_string(),
+        delivery_token: vec![5; 32],
         body: Some(pb::content::Body::Message(pb::Message {
             id: vec![7; 16],
             sent_at_ms: 0,

@@ -1,4 +1,5 @@
-//! `Debug` for the messages that hold secret keys or plaintext: the type
+//! `Debug` for the messages that hold secret keys, plaintext or a delivery
+//! token (the relay's `Send`): the type
 //! name only, never a field. prost's derived `Debug` (skipped for these in
 //! build.rs) would print every byte of a chain key or a message into a log.
 
@@ -34,6 +35,7 @@ redacted!(
     client::SentLogEntry,
     client::ClientEvent,
     client::LinkGrantBody,
+    relay::Send,
 );
 
 /// The oneof enums of redacted messages lose prost's `Debug` too: show the
@@ -72,13 +74,13 @@ impl fmt::Debug for crate::client::content::Body {
 
 #[cfg(test)]
 mod tests {
-    use crate::{client, store};
+    use crate::{client, relay, store};
 
     #[test]
     fn secret_bearing_records_print_no_field() {
         let secret = vec![0xAB; 32];
         let shown = format!(
-            "{:?} {:?} {:?}",
+            "{:?} {:?} {:?} ",
             store::SessionRecord {
                 root_key: secret.clone(),
                 ..Default::default()
@@ -91,6 +93,12 @@ mod tests {
                 text: "attack at dawn".into(),
                 ..Default::default()
             },
+        ) + &format!(
+            "{:?}",
+            relay::Send {
+                delivery_token: secret.clone(),
+                ..Default::default()
+            }
         );
         assert!(
             !shown.contains("171") && !shown.to_lowercase().contains("ab, "),

@@ -19,6 +19,20 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-sotto-relay-auth";
 /// Domain separation for device-list signatures.
 pub const DEVICE_LIST_CONTEXT: &[u8] = b"sotto-relay/v1 device-list";
 
+/// Domain separation for delivery-token verifiers.
+pub const DELIVERY_TOKEN_CONTEXT: &[u8] = b"sotto-delivery-token-v1";
+
+/// The verifier a mailbox owner registers for the delivery token it hands
+/// its contacts: `SHA-256(DELIVERY_TOKEN_CONTEXT || token)`. The relay keeps
+/// only this, so its database does not let anyone send as a contact.
+pub fn delivery_verifier(token: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(DELIVERY_TOKEN_CONTEXT);
+    h.update(token);
+    h.finalize().into()
+}
+
 /// Exports the 32-byte channel binding for `nonce` from a QUIC connection.
 pub fn channel_binding(conn: &quinn::Connection, nonce: &[u8; 32]) -> Result<[u8; 32]> {
     let mut out = [0u8; 32];

@@ -1,4 +1,5 @@
-//! Token buckets for per-connection and per-requester rate limits.
+//! Token buckets for per-key, per-source-address and per-requester rate
+//! limits, and the source-address key they share.
 //!
 //! Plain data with an explicit clock argument so it is deterministic in tests
 //! and usable from any task without a timer. [`BucketMap`] keys buckets by
@@ -8,7 +9,24 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Instant;
+
+/// The key limits per source address are kept under: an IPv4 address (also
+/// when IPv4-mapped), or an IPv6 address's /64 (one subscriber's prefix: a
+/// host is handed 2^64 addresses, so counting single ones would bound nothing).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
 
 /// A classic token bucket: `burst` tokens, refilled at `per_sec`.
 #[derive(Debug, Clone)]
@@ -107,6 +125,14 @@ impl<K: Hash + Eq + Copy> BucketMap<K> {
         ok
     }
 
+    /// Returns `n` tokens taken from `key` by a request that was then refused
+    /// by another limit (never above the burst).
+    pub fn give_back(&mut self, key: K, n: u32) {
+        if let Some(b) = self.buckets.get_mut(&key) {
+            b.tokens = (b.tokens + f64::from(n)).min(b.burst);
+        }
+    }
+
     /// Forgets every bucket that has refilled completely; returns how many.
     pub fn prune(&mut self, now: Instant) -> usize {
         let before = self.buckets.len();
@@ -156,6 +182,29 @@ mod tests {
         assert!(!m.try_take(1u32, 3, t0 + Duration::from_millis(1500)));
         assert_eq!(m.prune(t0 + Duration::from_secs(10)), 1);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn source_keys_group_an_ipv6_prefix_and_unmap_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn given_back_tokens_never_exceed_the_burst() {
+        let t0 = Instant::now();
+        let mut m = BucketMap::new(3, 0.0, 10);
+        assert!(m.try_take(1u8, 3, t0));
+        m.give_back(1, 2);
+        assert!(m.try_take(1, 2, t0));
+        m.give_back(1, 100);
+        assert!(!m.try_take(1, 4, t0));
+        assert!(m.try_take(1, 3, t0));
     }
 
     #[test]

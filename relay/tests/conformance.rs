@@ -139,6 +139,7 @@ async fn a_request_before_auth_ok_is_refused_and_closes_the_connection() {
     let send = Req::Send(sotto_relay::wire::Send {
         recipient: victim.verifying_key().to_bytes().to_vec(),
         payload: b"held for later?".to_vec(),
+        ..Default::default()
     });
     frame::write_frame(&mut s2, &frame::client_frame(4, send))
         .await

@@ -288,7 +288,7 @@ async fn every_limit_is_a_typed_refusal() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), ErrorCode::RateLimited);
-    // Other connections are unaffected by this one's rate limit.
+    // Other keys are unaffected by this one's rate limit.
     let c = relay.client(&key()).await;
     c.send(&MailboxId(key().verifying_key().to_bytes()), vec![4])
         .await
@@ -425,6 +425,7 @@ async fn malformed_frames_get_errors_and_others_carry_on() {
             Req::Send(sotto_relay::wire::Send {
                 recipient: vec![0; 32],
                 payload: vec![1],
+                ..Default::default()
             }),
         )),
         vec![0, 0],

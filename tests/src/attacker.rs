@@ -151,6 +151,7 @@ impl Attacker {
     pub fn text(&self, relay: &RelayAddress, id: u8, text: &str) -> pb::Content {
         pb::Content {
             sender_relay: relay.to_string(),
+            delivery_token: Vec::new(),
             body: Some(pb::content::Body::Message(pb::Message {
                 id: vec![id; 16],
                 sent_at_ms: 0,

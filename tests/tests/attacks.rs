@@ -5,7 +5,8 @@
 //! a flood of forged senders, a relay replaying an old device list, a
 //! removed device trying to come back, a stranger's first message that
 //! would make the client connect to the stranger's relay, an attachment
-//! blob longer than its pointer, junk thrown at a device being linked.
+//! blob longer than its pointer, junk thrown at a device being linked, a
+//! stranger filling a contact's mailbox so real messages are refused.
 //! Every test fails on that code and passes on this one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -222,6 +223,7 @@ async fn a_forged_device_of_ones_own_user_cannot_inject_sent_copies() {
         .unwrap();
     let sync = pb::Content {
         sender_relay: addr(&relay).to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::SentSync(pb::SentSync {
             recipient: alice.addr().to_string(),
             message: Some(pb::Message {
@@ -261,6 +263,7 @@ async fn a_malformed_receipt_from_a_contact_never_jams_the_event_queue() {
     bob.c().flush(WAIT).await.unwrap();
     let receipt = pb::Content {
         sender_relay: mallory.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::Receipt(pb::Receipt {
             kind: 0,
             message_ids: vec![vec![1, 2, 3]],
@@ -288,7 +291,10 @@ async fn a_malformed_receipt_from_a_contact_never_jams_the_event_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_failures_never_reset_a_session_or_block_the_outbox() {
-    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    // A strangers' share above the 300 forgeries: this attack is about what
+    // the client does with them, not about the relay refusing them.
+    let relay =
+        RelayProcess::start(&relay_binary(), &["--stranger-max-envelopes", "1000"]).unwrap();
     let alice = Dev::create(&relay).await;
     let bob = Dev::create(&relay).await;
     say(&alice, &bob, "hi").await;
@@ -494,6 +500,7 @@ async fn an_attachment_blob_longer_than_its_pointer_is_refused_unread() {
         .unwrap();
     let content = pb::Content {
         sender_relay: mallory.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::Message(pb::Message {
             id: vec![5; 16],
             sent_at_ms: 0,
@@ -597,4 +604,62 @@ async fn an_unreachable_relay_of_one_contact_never_stalls_the_others() {
     assert!(
         trap.datagrams(Duration::from_millis(200)) > 0 || bob.c().pending_outgoing().unwrap() >= 2
     );
+}
+
+/// The relay issue's mailbox attack, end to end: with Bob offline, a
+/// stranger (any number of free keys) fills Bob's mailbox. Bob's contact
+/// Alice still gets her message in, because she holds the delivery token
+/// Bob's client handed her inside their conversation; the stranger gets
+/// only the small share the relay keeps for senders without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_flooding_a_mailbox_cannot_keep_a_contacts_message_out() {
+    let relay = RelayProcess::start(
+        &relay_binary(),
+        &[
+            "--mailbox-max-envelopes",
+            "40",
+            "--stranger-max-envelopes",
+            "10",
+        ],
+    )
+    .unwrap();
+    let alice = Dev::create(&relay).await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob_store =
+        || SqliteStore::open(bob_dir.path().join("client.db"), &StorageKey::new([9; 32])).unwrap();
+    let bob = Client::create(bob_store(), addr(&relay)).await.unwrap();
+    let bob_addr = bob.address().clone();
+    alice.c().send_text(&bob_addr, "hi").unwrap();
+    assert_eq!(message(&bob).await.1, "hi");
+    bob.send_text(&alice.addr(), "hi back").unwrap();
+    assert_eq!(message(alice.c()).await.1, "hi back");
+    bob.flush(WAIT).await.unwrap();
+    bob.close().await;
+
+    let mallory = Attacker::register(&relay).await.unwrap();
+    let inbox = mallory.devices_of(&bob_addr).await.unwrap().devices[0].mailbox;
+    let mut stored = 0;
+    for i in 0..30u8 {
+        // Fresh keys change nothing: the share is the mailbox's.
+        let fresh;
+        let sender = if i % 2 == 0 {
+            &mallory
+        } else {
+            fresh = Attacker::register(&relay).await.unwrap();
+            &fresh
+        };
+        if sender.send_raw(&inbox, vec![i; 64]).await.is_ok() {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 10, "strangers hold only their share");
+
+    alice.c().send_text(&bob_addr, "through the flood").unwrap();
+    alice.c().flush(WAIT).await.unwrap();
+    let bob = Client::open(bob_store()).await.unwrap();
+    assert_eq!(
+        message(&bob).await,
+        (alice.addr(), "through the flood".to_owned())
+    );
+    bob.close().await;
 }

@@ -446,6 +446,7 @@ fn queue_retry_request(
             recipient,
             content: pb::Content {
                 sender_relay: String::new(),
+                delivery_token: Vec::new(),
                 body: Some(pb::content::Body::Retry(pb::RetryRequest {
                     envelope_id: envelope_id.to_vec(),
                 })),
@@ -571,6 +572,17 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
     if !sender.is_own_user() && contact.address != peer.to_string() {
         contact.address = peer.to_string();
         records::put_contact(tx, &sender.user, &contact)?;
+    }
+    // The sender's delivery token, kept for what we send that device. A
+    // stranger's is not kept (nothing goes to it until the user accepts,
+    // and its next message after that carries it again).
+    if !content.delivery_token.is_empty() {
+        let Ok(token) = <[u8; 32]>::try_from(content.delivery_token.as_slice()) else {
+            return invalid_content(tx, sender, Some(&peer), "bad delivery token");
+        };
+        if sender.is_own_user() || sender.state == ACCEPTED {
+            records::put_delivery_token(tx, &sender.user, sender.device, &token)?;
+        }
     }
     let event = |kind| pb::ClientEvent {
         peer: peer.to_string(),
@@ -793,6 +805,7 @@ pub(crate) fn receipt_content(
 ) -> Vec<u8> {
     pb::Content {
         sender_relay: me.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::Receipt(pb::Receipt {
             kind: kind as i32,
             message_ids: ids,

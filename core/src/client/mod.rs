@@ -87,6 +87,9 @@ pub(crate) struct Inner<S: Store> {
     outbox: tokio::sync::Notify,
     synced: tokio::sync::watch::Sender<bool>,
     skip_acks: AtomicBool,
+    /// The home relay may not hold the current delivery token's verifier
+    /// (at start, after a reconnect, after a rotation).
+    token_unregistered: AtomicBool,
 }
 
 impl<S: Store> Inner<S> {
@@ -388,6 +391,7 @@ impl<S: Store + Send + 'static> Client<S> {
                 outbox: tokio::sync::Notify::new(),
                 synced,
                 skip_acks: AtomicBool::new(false),
+                token_unregistered: AtomicBool::new(true),
             }),
             tasks: Vec::new(),
         }
@@ -430,6 +434,7 @@ impl<S: Store + Send + 'static> Client<S> {
         OsRng.fill_bytes(&mut id);
         let content = pb::Content {
             sender_relay: self.inner.me.relay.to_string(),
+            delivery_token: Vec::new(),
             body: Some(pb::content::Body::Message(pb::Message {
                 id: id.to_vec(),
                 sent_at_ms: now_ms(),
@@ -485,10 +490,17 @@ impl<S: Store + Send + 'static> Client<S> {
                     c.address = peer.to_string();
                 }
                 records::put_contact(tx, &peer.user, &c)?;
-                records::take_held(tx, &peer.user).map(|_| ())
+                records::take_held(tx, &peer.user)?;
+                // A new delivery token: the blocked user's copy now counts
+                // as a stranger's; contacts get the new one with our next
+                // message (until then theirs is refused and resent without).
+                records::own_delivery_token(tx, true, &mut OsRng).map(|_| ())
             })?;
             d.delete_user_sessions(&peer.user)
-        })
+        })?;
+        self.inner.token_unregistered.store(true, Ordering::SeqCst);
+        self.inner.outbox.notify_one();
+        Ok(())
     }
 
     /// Declines `peer`'s message request without blocking: the held
@@ -795,6 +807,7 @@ impl<S: Store + Send + 'static> Client<S> {
     pub(crate) fn broadcast_device_list(&self, signed: &SignedDeviceList) -> Result<()> {
         let content = pb::Content {
             sender_relay: self.inner.me.relay.to_string(),
+            delivery_token: Vec::new(),
             body: Some(pb::content::Body::DeviceListChanged(
                 pb::DeviceListChanged {
                     version: signed.version,
@@ -907,6 +920,8 @@ async fn receive_once<S: Store + Send + 'static>(
     let home = inner.me.relay.clone();
     let conn = inner.relay(&home).await?;
     let result = async {
+        inner.token_unregistered.store(true, Ordering::SeqCst);
+        register_delivery_token(inner, &conn).await?;
         publish_prekeys(inner, &conn, false, false).await?;
         let cutoff = now_ms().saturating_sub(RECORD_RETENTION_MS);
         inner.with_device(|d| d.store_mut().transaction(|tx| records::prune(tx, cutoff)))?;
@@ -1004,9 +1019,39 @@ async fn maintain_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
     }
 }
 
+/// Registers this device's delivery-token verifier with its home relay if
+/// it may not hold the current one (a failure leaves it to the next try).
+async fn register_delivery_token<S: Store + Send + 'static>(
+    inner: &Arc<Inner<S>>,
+    conn: &RelayClient,
+) -> Result<()> {
+    if !inner.token_unregistered.swap(false, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let token = inner.with_device(|d| {
+        d.store_mut()
+            .transaction(|tx| records::own_delivery_token(tx, false, &mut OsRng))
+    });
+    let registered = match token {
+        Ok(t) => conn.set_delivery_token(Some(&t)).await.map_err(Error::from),
+        Err(e) => Err(e),
+    };
+    if registered.is_err() {
+        inner.token_unregistered.store(true, Ordering::SeqCst);
+    }
+    registered
+}
+
 async fn send_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
     let mut backoff = Backoff::new();
     loop {
+        if inner.token_unregistered.load(Ordering::SeqCst) {
+            if let Ok(conn) = inner.relay(&inner.me.relay).await {
+                if let Err(e) = register_delivery_token(&inner, &conn).await {
+                    tracing::debug!(error = %e, "delivery token not registered yet");
+                }
+            }
+        }
         let pass = outbound::drain(&inner).await;
         match pass {
             Ok(p) => {

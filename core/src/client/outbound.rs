@@ -182,13 +182,21 @@ async fn send_item<S: Store + Send + 'static>(
     mut item: pb::OutboxItem,
 ) -> Result<()> {
     let to: UserAddress = item.recipient.parse()?;
-    // Nothing goes to a user this user blocked (items queued before the block).
-    let blocked = to.user != inner.me.user
-        && inner.with_device(|d| {
-            d.store_mut().transaction(|tx| {
-                Ok(records::contact(tx, &to.user)?.is_some_and(|c| c.state == records::BLOCKED))
-            })
-        })?;
+    // Nothing goes to a user this user blocked (items queued before the
+    // block); our delivery token goes only to accepted contacts and to this
+    // user's own devices (a repair to a stranger does not hand it out).
+    let (blocked, token) = inner.with_device(|d| {
+        d.store_mut().transaction(|tx| {
+            let state = records::contact(tx, &to.user)?.map(|c| c.state);
+            let own = to.user == inner.me.user;
+            let token = if own || state == Some(records::ACCEPTED) {
+                Some(records::own_delivery_token(tx, false, &mut OsRng)?)
+            } else {
+                None
+            };
+            Ok((!own && state == Some(records::BLOCKED), token))
+        })
+    })?;
     if blocked {
         return inner.with_device(|d| {
             d.store_mut()
@@ -201,6 +209,7 @@ async fn send_item<S: Store + Send + 'static>(
     if content.sender_relay.is_empty() {
         content.sender_relay = inner.me.relay.to_string();
     }
+    content.delivery_token = token.as_ref().map(|t| t.to_vec()).unwrap_or_default();
     let content_bytes = content.encode_to_vec();
 
     // The recipient's devices, checked against the pinned list.
@@ -229,12 +238,17 @@ async fn send_item<S: Store + Send + 'static>(
     // Copies for this user's other devices (what I sent, from where).
     if item.to_own_devices && to.user != me_user {
         if let Some(pb::content::Body::Message(m)) = &content.body {
+            let own_token = inner.with_device(|d| {
+                d.store_mut()
+                    .transaction(|tx| records::own_delivery_token(tx, false, &mut OsRng))
+            })?;
             let sync = pb::Content {
                 sender_relay: inner.me.relay.to_string(),
                 body: Some(pb::content::Body::SentSync(pb::SentSync {
                     recipient: to.to_string(),
                     message: Some(m.clone()),
                 })),
+                delivery_token: own_token.to_vec(),
             }
             .encode_to_vec();
             let own_conn = inner.relay(&inner.me.relay).await?;
@@ -352,7 +366,17 @@ async fn send_item<S: Store + Send + 'static>(
             })),
         }
         .encode_to_vec();
-        let sent = conn.send(&t.device.mailbox, envelope).await;
+        let token = inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| records::delivery_token(tx, &user.user, device_id))
+        })?;
+        let (sent, stale) = send_with_token(&conn, &t.device, envelope, token.as_deref()).await;
+        if stale {
+            inner.with_device(|d| {
+                d.store_mut()
+                    .transaction(|tx| records::delete_delivery_token(tx, &user.user, device_id))
+            })?;
+        }
         let envelope_id = inner.checked(&user.relay, &conn, sent).await?;
         // Progress, sent log and delivery state in one commit.
         if t.own {
@@ -408,6 +432,34 @@ async fn send_item<S: Store + Send + 'static>(
         d.store_mut()
             .transaction(|tx| records::update_outbox(tx, seq, None))
     })
+}
+
+/// Submits an envelope with the delivery token the device gave us, if any.
+/// A token the device has since replaced is refused: the envelope goes again
+/// without one (in the share strangers get) and the second value says to
+/// forget the token until the device's next message brings the new one.
+async fn send_with_token(
+    conn: &RelayClient,
+    device: &DeviceEntry,
+    envelope: Vec<u8>,
+    token: Option<&[u8; 32]>,
+) -> (
+    std::result::Result<sotto_relay::EnvelopeId, sotto_relay::RelayError>,
+    bool,
+) {
+    use sotto_relay::wire::ErrorCode;
+    let Some(token) = token else {
+        return (conn.send(&device.mailbox, envelope).await, false);
+    };
+    match conn
+        .send_with_token(&device.mailbox, envelope.clone(), Some(token))
+        .await
+    {
+        Err(e) if e.remote_code() == Some(ErrorCode::BadDeliveryToken) => {
+            (conn.send(&device.mailbox, envelope).await, true)
+        }
+        other => (other, false),
+    }
 }
 
 /// One device an item goes to.

@@ -9,7 +9,9 @@
 //! `mid/`+user+id seen message ids (value: u64be ms) with the time index
 //! `mit/`+u64be(ms)+user+id; `sl/`+envelope id sent log; `ds/`+message id
 //! delivery state with the time index `dst/`+u64be(ms)+message id;
-//! `rq/`+user+id messages held in a message request; `ct/`+user contacts.
+//! `rq/`+user+id messages held in a message request; `ct/`+user contacts;
+//! `dto` this device's delivery token (raw 32 bytes); `dt/`+user+u32be(device)
+//! a peer device's delivery token (raw 32 bytes, deleted with the device).
 //! Every row a peer can make us write is bounded: by time (pruned after
 //! [`super::RECORD_RETENTION_MS`]) or by count (requests).
 
@@ -33,6 +35,8 @@ const DELIVERY: &[u8] = b"ds/";
 const DELIVERY_INDEX: &[u8] = b"dst/";
 const HELD: &[u8] = b"rq/";
 const CONTACT: &[u8] = b"ct/";
+const OWN_DELIVERY_TOKEN: &[u8] = b"dto";
+const DELIVERY_TOKEN: &[u8] = b"dt/";
 
 /// What the local user decided about another user ([`pb::ContactRecord::state`]).
 pub(crate) const STRANGER: u32 = 0;
@@ -411,6 +415,7 @@ pub(crate) fn apply_list(
             out.events = true;
         }
         for id in &change.removed {
+            delete_delivery_token(tx, &user.user, *id)?;
             push_event(tx, event(K::DeviceRemoved(*id), *id))?;
             out.events = true;
             out.revoked
@@ -425,6 +430,70 @@ pub(crate) fn apply_list(
     }
     put_contact(tx, &user.user, &c)?;
     Ok(out)
+}
+
+/// This device's delivery token: handed to contacts inside the end-to-end
+/// channel, its verifier registered with the home relay, so their envelopes
+/// are not counted in the small share of the mailbox strangers get. Created
+/// on first use; `rotate` replaces it (after blocking someone).
+pub(crate) fn own_delivery_token(
+    tx: &mut impl Txn,
+    rotate: bool,
+    rng: &mut impl rand_core::CryptoRngCore,
+) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+    if !rotate {
+        if let Some(v) = tx.get(Table::App, OWN_DELIVERY_TOKEN)? {
+            let t = <[u8; 32]>::try_from(v.as_slice())
+                .map_err(|_| Error::CorruptRecord { table: "app" })?;
+            return Ok(zeroize::Zeroizing::new(t));
+        }
+    }
+    let mut t = zeroize::Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(t.as_mut());
+    tx.put(Table::App, OWN_DELIVERY_TOKEN, t.as_ref())?;
+    Ok(t)
+}
+
+/// The delivery token a peer device gave us, if any.
+pub(crate) fn delivery_token(
+    tx: &impl Txn,
+    user: &[u8],
+    device: u32,
+) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>> {
+    match tx.get(
+        Table::App,
+        &key(DELIVERY_TOKEN, &[user, &device.to_be_bytes()]),
+    )? {
+        None => Ok(None),
+        Some(v) => <[u8; 32]>::try_from(v.as_slice())
+            .map(|t| Some(zeroize::Zeroizing::new(t)))
+            .map_err(|_| Error::CorruptRecord { table: "app" }),
+    }
+}
+
+/// Records the delivery token a peer device gave us (one row per device).
+pub(crate) fn put_delivery_token(
+    tx: &mut impl Txn,
+    user: &[u8],
+    device: u32,
+    token: &[u8; 32],
+) -> Result<()> {
+    let k = key(DELIVERY_TOKEN, &[user, &device.to_be_bytes()]);
+    if tx
+        .get(Table::App, &k)?
+        .is_some_and(|v| v.as_slice() == token)
+    {
+        return Ok(());
+    }
+    tx.put(Table::App, &k, token)
+}
+
+/// Forgets a peer device's delivery token (replaced, or the device removed).
+pub(crate) fn delete_delivery_token(tx: &mut impl Txn, user: &[u8], device: u32) -> Result<()> {
+    tx.delete(
+        Table::App,
+        &key(DELIVERY_TOKEN, &[user, &device.to_be_bytes()]),
+    )
 }
 
 /// Holds a message of a request (stranger) so that accepting the request

@@ -258,6 +258,7 @@ pub(crate) fn seal(
 pub(crate) fn text(from: &TestUser, id: u8, body: &str) -> pb::Content {
     pb::Content {
         sender_relay: from.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::Message(pb::Message {
             id: vec![id; 16],
             sent_at_ms: 0,

@@ -40,9 +40,11 @@ trap 'stop_relay; stop_rabbit; $sudo rm -rf "$work"' EXIT
 relay_pid=""
 start_relay() {
     rm -rf "$work/relay"; mkdir -p "$work/relay"
-    # The load generator's 8 producers send far above the default per-connection rate limit.
+    # The load generator's 8 producers, all from loopback, send far above the
+    # default per-key and per-address rate limits.
     "$bin/sotto-relay" --data-dir "$work/relay" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
         --send-rate-per-sec 1000000 --send-burst 1000000 --max-connections-per-ip 1000000 \
+        --source-send-rate-per-sec 1000000 --source-send-burst 1000000 \
         >"$work/relay.out" 2>"$work/relay.log" &
     relay_pid=$!
     until [ -s "$work/relay/relay.addr" ]; do

@@ -15,8 +15,8 @@ use ed25519_dalek::SigningKey;
 use sotto_proto::relay::{
     client_frame::Body as Req, server_frame::Body as Resp, Ack, AuthBegin, AuthProve, BlobDownload,
     BlobUpload, FetchBundle, FetchDeviceList, PrekeyCounts, PrekeyItem, PublishDeviceList,
-    PublishPrekeys, QueryPrekeyCounts, RegisterPushToken, Send, SendBatch, SignedDeviceList,
-    Subscribe,
+    PublishPrekeys, QueryPrekeyCounts, RegisterPushToken, Send, SendBatch, SetDeliveryToken,
+    SignedDeviceList, Subscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -285,9 +285,22 @@ impl RelayClient {
 
     /// Submits one envelope; returns once the relay stored it durably.
     pub async fn send(&self, recipient: &MailboxId, payload: Vec<u8>) -> Result<EnvelopeId> {
+        self.send_with_token(recipient, payload, None).await
+    }
+
+    /// [`Self::send`] with the recipient's delivery token, which puts the
+    /// envelope outside the small share of the mailbox strangers get; a token
+    /// the recipient has since replaced is refused with `BAD_DELIVERY_TOKEN`.
+    pub async fn send_with_token(
+        &self,
+        recipient: &MailboxId,
+        payload: Vec<u8>,
+        delivery_token: Option<&[u8; 32]>,
+    ) -> Result<EnvelopeId> {
         let req = Req::Send(Send {
             recipient: recipient.0.to_vec(),
             payload,
+            delivery_token: delivery_token.map(|t| t.to_vec()).unwrap_or_default(),
         });
         match self.request(req).await? {
             Resp::SendOk(ok) => EnvelopeId::from_slice(&ok.envelope_id),
@@ -308,6 +321,7 @@ impl RelayClient {
                 .map(|(r, payload)| Send {
                     recipient: r.0.to_vec(),
                     payload,
+                    delivery_token: Vec::new(),
                 })
                 .collect(),
         });
@@ -530,6 +544,22 @@ impl RelayClient {
     pub async fn register_push_token(&self, token: Vec<u8>) -> Result<()> {
         match self
             .request(Req::RegisterPushToken(RegisterPushToken { token }))
+            .await?
+        {
+            Resp::Ok(_) => Ok(()),
+            _ => Err(RelayError::UnexpectedReply),
+        }
+    }
+
+    /// Registers the verifier of the delivery token this device hands its
+    /// contacts ([`crate::auth::delivery_verifier`]), replacing any earlier
+    /// one; `None` clears it (every sender is then counted as a contact).
+    pub async fn set_delivery_token(&self, token: Option<&[u8; 32]>) -> Result<()> {
+        let verifier = token
+            .map(|t| crate::auth::delivery_verifier(t).to_vec())
+            .unwrap_or_default();
+        match self
+            .request(Req::SetDeliveryToken(SetDeliveryToken { verifier }))
             .await?
         {
             Resp::Ok(_) => Ok(()),

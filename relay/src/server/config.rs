@@ -37,10 +37,22 @@ pub struct Config {
     pub mailbox_max_bytes: u64,
     /// Undelivered envelopes are deleted after this many seconds.
     pub envelope_ttl_secs: u64,
-    /// Per-connection send rate (envelopes per second, sustained).
+    /// Send rate per authenticated key (envelopes per second, sustained;
+    /// kept across that key's connections).
     pub send_rate_per_sec: f64,
-    /// Per-connection send burst.
+    /// Send burst per authenticated key.
     pub send_burst: u32,
+    /// Send rate per source address (an IPv4 address or an IPv6 /64), all
+    /// keys and connections from it together.
+    pub source_send_rate_per_sec: f64,
+    /// Send burst per source address.
+    pub source_send_burst: u32,
+    /// Envelopes from strangers (no valid delivery token) a mailbox holds at
+    /// once (within its quota: a slice above the quota is the quota);
+    /// applies once its owner registered a token.
+    pub stranger_max_envelopes: usize,
+    /// Payload bytes from strangers a mailbox holds at once.
+    pub stranger_max_bytes: u64,
     /// Bundle fetches per requester: burst, then `bundle_rate_per_sec`.
     pub bundle_requester_burst: u32,
     /// Bundle fetches per target: burst, then `bundle_rate_per_sec`.
@@ -107,6 +119,10 @@ impl Default for Config {
             envelope_ttl_secs: 30 * 24 * 3600,
             send_rate_per_sec: 5_000.0,
             send_burst: 10_000,
+            source_send_rate_per_sec: 20_000.0,
+            source_send_burst: 40_000,
+            stranger_max_envelopes: 256,
+            stranger_max_bytes: 4 * 1024 * 1024,
             bundle_requester_burst: 60,
             bundle_target_burst: 100,
             bundle_rate_per_sec: 1.0,
@@ -176,12 +192,24 @@ pub struct Flags {
     /// Largest blob, bytes.
     #[arg(long)]
     pub max_blob_bytes: Option<u64>,
-    /// Per-connection send rate, envelopes/s.
+    /// Send rate per authenticated key, envelopes/s.
     #[arg(long)]
     pub send_rate_per_sec: Option<f64>,
-    /// Per-connection send burst.
+    /// Send burst per authenticated key.
     #[arg(long)]
     pub send_burst: Option<u32>,
+    /// Send rate per source address, envelopes/s.
+    #[arg(long)]
+    pub source_send_rate_per_sec: Option<f64>,
+    /// Send burst per source address.
+    #[arg(long)]
+    pub source_send_burst: Option<u32>,
+    /// Envelopes from strangers one mailbox holds.
+    #[arg(long)]
+    pub stranger_max_envelopes: Option<usize>,
+    /// Payload bytes from strangers one mailbox holds.
+    #[arg(long)]
+    pub stranger_max_bytes: Option<u64>,
     /// Bundle fetch burst per requester.
     #[arg(long)]
     pub bundle_requester_burst: Option<u32>,
@@ -244,6 +272,10 @@ impl Config {
             max_blob_bytes,
             send_rate_per_sec,
             send_burst,
+            source_send_rate_per_sec,
+            source_send_burst,
+            stranger_max_envelopes,
+            stranger_max_bytes,
             bundle_requester_burst,
             bundle_target_burst,
             push_coalesce_ms,
@@ -307,6 +339,14 @@ impl Config {
         if self.max_concurrent_streams == 0 || self.max_batch_items == 0 {
             return Err(RelayError::Config(
                 "stream and batch limits must be positive".into(),
+            ));
+        }
+        if self.send_burst == 0
+            || self.source_send_burst == 0
+            || !(self.send_rate_per_sec > 0.0 && self.source_send_rate_per_sec > 0.0)
+        {
+            return Err(RelayError::Config(
+                "send rates and bursts must be positive".into(),
             ));
         }
         if let Some(url) = &self.webhook_url {

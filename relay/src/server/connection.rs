@@ -6,7 +6,7 @@
 //! affects other streams or connections.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore};
@@ -17,6 +17,7 @@ use sotto_proto::relay::{
 };
 
 use super::budget::{Budgeted, ConnBudget, Reservation};
+use super::mailbox::Submission;
 use super::State;
 use crate::error::{RelayError, Result};
 use crate::frame::{self, error_frame, server_frame};
@@ -45,7 +46,8 @@ const MAX_PAGE_BYTES: usize = 4 << 20;
 
 struct Conn {
     mailbox: MailboxId,
-    sends: Mutex<TokenBucket>,
+    /// The source address's rate-limit key ([`crate::limits::source_key`]).
+    source: std::net::IpAddr,
     budget: ConnBudget,
 }
 
@@ -61,6 +63,7 @@ impl Drop for Guard<'_> {
 pub(super) async fn handle(
     state: Arc<State>,
     incoming: quinn::Incoming,
+    source: std::net::IpAddr,
     address: super::budget::AddressBudget,
 ) {
     let conn = match incoming.await {
@@ -84,11 +87,7 @@ pub(super) async fn handle(
     state.metrics.auth_ok.fetch_add(1, Ordering::Relaxed);
     let ctx = Arc::new(Conn {
         mailbox,
-        sends: Mutex::new(TokenBucket::new(
-            state.config.send_burst,
-            state.config.send_rate_per_sec,
-            Instant::now(),
-        )),
+        source,
         budget: state
             .budget
             .connection(state.config.connection_budget_bytes, address),
@@ -364,19 +363,31 @@ async fn serve_stream(
     }
 }
 
-fn take_sends(ctx: &Conn, n: usize) -> Result<()> {
+/// Takes `n` sends from the sender's key and source address (relay-wide
+/// buckets: a new connection starts where the last one left off).
+fn take_sends(state: &State, ctx: &Conn, n: usize) -> Result<()> {
     let n = u32::try_from(n).unwrap_or(u32::MAX);
-    let ok = ctx
+    if state
         .sends
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .try_take(n, Instant::now());
-    if ok {
+        .try_take(ctx.mailbox, ctx.source, n, Instant::now())
+    {
         Ok(())
     } else {
         Err(RelayError::refusal(
             ErrorCode::RateLimited,
             "send rate limited",
+        ))
+    }
+}
+
+/// A delivery token is empty (a stranger) or 32 bytes.
+fn token(t: Vec<u8>) -> Result<Vec<u8>> {
+    if t.is_empty() || t.len() == 32 {
+        Ok(t)
+    } else {
+        Err(RelayError::refusal(
+            ErrorCode::Malformed,
+            "delivery token must be empty or 32 bytes",
         ))
     }
 }
@@ -413,10 +424,15 @@ async fn dispatch(
                     "envelope too large",
                 ));
             }
-            take_sends(ctx, 1)?;
+            let delivery_token = token(s.delivery_token)?;
+            take_sends(state, ctx, 1)?;
             let id = state
                 .mailboxes
-                .submit(vec![(to, s.payload)])
+                .submit(vec![Submission {
+                    to,
+                    payload: s.payload,
+                    delivery_token,
+                }])
                 .await
                 .pop()
                 .unwrap_or(Err(RelayError::UnexpectedReply))?;
@@ -436,9 +452,15 @@ async fn dispatch(
             let items = b
                 .items
                 .into_iter()
-                .map(|s| Ok((recipient(&s.recipient)?, s.payload)))
+                .map(|s| {
+                    Ok(Submission {
+                        to: recipient(&s.recipient)?,
+                        payload: s.payload,
+                        delivery_token: token(s.delivery_token)?,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
-            take_sends(ctx, items.len())?;
+            take_sends(state, ctx, items.len())?;
             let results = state
                 .mailboxes
                 .submit(items)
@@ -532,6 +554,13 @@ async fn dispatch(
             .await?;
             state.blobs.download(&id, d.offset, len, send).await?;
             Ok(None)
+        }
+        Req::SetDeliveryToken(t) => {
+            state
+                .mailboxes
+                .set_delivery_verifier(&ctx.mailbox, &t.verifier)
+                .await?;
+            ok(Resp::Ok(sotto_proto::relay::Ok {}))
         }
         Req::RegisterPushToken(t) => {
             if t.token.len() > 4096 {

@@ -16,7 +16,8 @@ use crate::error::{RelayError, Result};
 pub enum Cf {
     /// `mailbox || seq` -> `created_ms(8) || payload`.
     Envelopes,
-    /// `mailbox || seq` -> `created_ms(8) || payload_len(4)`: written and
+    /// `mailbox || seq` -> `created_ms(8) || payload_len(4) [|| 1]`, the
+    /// last byte present for an envelope from a stranger: written and
     /// deleted in the same batch as the envelope, so startup rebuilds the
     /// in-memory index by reading these small records, not every payload.
     EnvelopeIndex,
@@ -32,13 +33,15 @@ pub enum Cf {
     BlobMeta,
     /// `mailbox` -> push token.
     PushTokens,
+    /// `mailbox` -> delivery-token verifier (32 bytes).
+    DeliveryTokens,
     /// Relay bookkeeping (`"seq"` -> highest reserved sequence number, at or
     /// above every one handed out).
     Meta,
 }
 
 impl Cf {
-    const ALL: [Cf; 9] = [
+    const ALL: [Cf; 10] = [
         Cf::Envelopes,
         Cf::EnvelopeIndex,
         Cf::Prekeys,
@@ -47,6 +50,7 @@ impl Cf {
         Cf::BlobChunks,
         Cf::BlobMeta,
         Cf::PushTokens,
+        Cf::DeliveryTokens,
         Cf::Meta,
     ];
 
@@ -60,6 +64,7 @@ impl Cf {
             Cf::BlobChunks => "blob_chunks",
             Cf::BlobMeta => "blob_meta",
             Cf::PushTokens => "push_tokens",
+            Cf::DeliveryTokens => "delivery_tokens",
             Cf::Meta => "meta",
         }
     }

@@ -13,6 +13,12 @@
 //! live subscription: a pending one without an early copy), so none can see
 //! sequence 6 before 5.
 //!
+//! Once a mailbox's owner registers a delivery-token verifier, envelopes
+//! sent without its token (strangers: first contact, message requests) share
+//! a small slice of the quota, so they can never fill the mailbox against
+//! the contacts who hold the token; the lane is stored with each envelope's
+//! index record, so the slice is counted again after a restart.
+//!
 //! Push does not wait for the fsync: an envelope is handed to its recipient's
 //! live subscription as soon as it is queued for the durable write (as a
 //! broker delivers before its confirm), so send-to-push latency carries no
@@ -49,10 +55,13 @@ pub fn now_ms() -> u64 {
 /// written before the index existed are migrated by one full scan).
 const INDEX_MARKER: &[u8] = b"envelope_index_v1";
 
-fn index_value(created_ms: u64, len: u32) -> Vec<u8> {
-    let mut v = Vec::with_capacity(12);
+fn index_value(created_ms: u64, len: u32, stranger: bool) -> Vec<u8> {
+    let mut v = Vec::with_capacity(13);
     v.extend_from_slice(&created_ms.to_be_bytes());
     v.extend_from_slice(&len.to_be_bytes());
+    if stranger {
+        v.push(1);
+    }
     v
 }
 
@@ -68,6 +77,9 @@ struct Entry {
     len: u32,
     created_ms: u64,
     committed: bool,
+    /// Sent without the owner's delivery token (counted in the strangers'
+    /// slice).
+    stranger: bool,
     /// The payload of an envelope not yet durable but already pushable (its
     /// sequence number lies under the durable lease); dropped at commit.
     early: Option<Arc<[u8]>>,
@@ -82,6 +94,11 @@ const SEQ_LEASE: u64 = 1 << 20;
 struct Mailbox {
     entries: BTreeMap<u64, Entry>,
     bytes: u64,
+    /// Entries and payload bytes from strangers (part of the above).
+    strangers: usize,
+    stranger_bytes: u64,
+    /// The owner's delivery-token verifier; `None`: no strangers' slice.
+    verifier: Option<[u8; 32]>,
     /// Bumped when an envelope becomes pushable (queued with an early copy,
     /// or committed) or a notice arrives; subscribers wait on it.
     changed: watch::Sender<u64>,
@@ -97,6 +114,9 @@ impl Mailbox {
         Self {
             entries: BTreeMap::new(),
             bytes: 0,
+            strangers: 0,
+            stranger_bytes: 0,
+            verifier: None,
             changed: watch::Sender::new(0),
             subscriber: watch::Sender::new(0),
             push_token: None,
@@ -105,6 +125,69 @@ impl Mailbox {
     }
     fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn insert(&mut self, seq: u64, e: Entry) {
+        self.bytes += u64::from(e.len);
+        if e.stranger {
+            self.strangers += 1;
+            self.stranger_bytes += u64::from(e.len);
+        }
+        self.entries.insert(seq, e);
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let e = self.entries.remove(&seq)?;
+        self.bytes -= u64::from(e.len);
+        if e.stranger {
+            self.strangers -= 1;
+            self.stranger_bytes -= u64::from(e.len);
+        }
+        Some(e)
+    }
+
+    /// Which lane an envelope carrying `token` takes: `Ok(true)` for the
+    /// strangers' slice, `Ok(false)` for a contact (or a mailbox without a
+    /// verifier); a token that does not match is refused.
+    fn lane(&self, token: &[u8]) -> Result<bool> {
+        use subtle::ConstantTimeEq;
+        let Some(v) = &self.verifier else {
+            return Ok(false);
+        };
+        if token.is_empty() {
+            return Ok(true);
+        }
+        let ok = <&[u8; 32]>::try_from(token)
+            .is_ok_and(|t| bool::from(crate::auth::delivery_verifier(t).ct_eq(v)));
+        if ok {
+            Ok(false)
+        } else {
+            Err(RelayError::refusal(
+                ErrorCode::BadDeliveryToken,
+                "delivery token does not match the recipient's",
+            ))
+        }
+    }
+}
+
+/// One envelope to store.
+#[derive(Debug)]
+pub struct Submission {
+    /// The recipient mailbox.
+    pub to: MailboxId,
+    /// The ciphertext.
+    pub payload: Vec<u8>,
+    /// The recipient's delivery token, or empty (a stranger).
+    pub delivery_token: Vec<u8>,
+}
+
+impl From<(MailboxId, Vec<u8>)> for Submission {
+    fn from((to, payload): (MailboxId, Vec<u8>)) -> Self {
+        Submission {
+            to,
+            payload,
+            delivery_token: Vec::new(),
+        }
     }
 }
 
@@ -158,6 +241,10 @@ pub struct Quota {
     pub max_bytes: u64,
     /// Largest payload.
     pub max_envelope_bytes: usize,
+    /// Most envelopes from strangers per mailbox (with a verifier).
+    pub stranger_max_envelopes: usize,
+    /// Most payload bytes from strangers per mailbox (with a verifier).
+    pub stranger_max_bytes: u64,
 }
 
 /// One stored envelope read back.
@@ -215,20 +302,25 @@ impl Mailboxes {
             _ => 0,
         };
         let (mut depth, mut bytes) = (0u64, 0u64);
-        let mut add = |index: &mut Index, k: &[u8], created_ms: u64, len: u32| -> Result<()> {
+        let mut add = |index: &mut Index,
+                       k: &[u8],
+                       created_ms: u64,
+                       len: u32,
+                       stranger: bool|
+         -> Result<()> {
             let m = MailboxId::from_slice(&k[..32])?;
             let seq = u64::from_be_bytes(k[32..].try_into().unwrap_or([0; 8]));
             let mb = index.mailboxes.entry(m).or_insert_with(Mailbox::new);
-            mb.entries.insert(
+            mb.insert(
                 seq,
                 Entry {
                     len,
                     created_ms,
                     committed: true,
+                    stranger,
                     early: None,
                 },
             );
-            mb.bytes += u64::from(len);
             max_seq = max_seq.max(seq);
             index.last_ms = index.last_ms.max(created_ms);
             depth += 1;
@@ -237,13 +329,13 @@ impl Mailboxes {
         };
         if db.get(Cf::Meta, INDEX_MARKER)?.is_some() {
             db.scan(Cf::EnvelopeIndex, &[], &[0xff; 41], |k, v| {
-                if k.len() != 40 || v.len() != 12 {
+                if k.len() != 40 || !(v.len() == 12 || v.len() == 13 && v[12] == 1) {
                     tracing::warn!("skipping malformed envelope index record");
                     return Ok(true);
                 }
                 let created_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
-                let len = u32::from_be_bytes(v[8..].try_into().unwrap_or([0; 4]));
-                add(&mut index, k, created_ms, len)?;
+                let len = u32::from_be_bytes(v[8..12].try_into().unwrap_or([0; 4]));
+                add(&mut index, k, created_ms, len, v.len() == 13)?;
                 Ok(true)
             })?;
         } else {
@@ -259,8 +351,8 @@ impl Mailboxes {
                 }
                 let created_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
                 let len = u32::try_from(v.len() - 8).unwrap_or(u32::MAX);
-                batch.put_cf(icf, k, index_value(created_ms, len));
-                add(&mut index, k, created_ms, len)?;
+                batch.put_cf(icf, k, index_value(created_ms, len, false));
+                add(&mut index, k, created_ms, len, false)?;
                 Ok(true)
             })?;
             batch.put_cf(db.cf(Cf::Meta)?, INDEX_MARKER, b"1");
@@ -278,6 +370,16 @@ impl Mailboxes {
                     .entry(m)
                     .or_insert_with(Mailbox::new)
                     .push_token = Some(v.to_vec());
+            }
+            Ok(true)
+        })?;
+        db.scan(Cf::DeliveryTokens, &[], &[0xff; 33], |k, v| {
+            if let (Ok(m), Ok(v)) = (MailboxId::from_slice(k), <[u8; 32]>::try_from(v)) {
+                index
+                    .mailboxes
+                    .entry(m)
+                    .or_insert_with(Mailbox::new)
+                    .verifier = Some(v);
             }
             Ok(true)
         })?;
@@ -310,7 +412,7 @@ impl Mailboxes {
 
     /// Durably stores envelopes (one group-committed write for the whole
     /// batch); each item gets its id or its own refusal.
-    pub async fn submit(&self, items: Vec<(MailboxId, Vec<u8>)>) -> Vec<Result<EnvelopeId>> {
+    pub async fn submit<I: Into<Submission>>(&self, items: Vec<I>) -> Vec<Result<EnvelopeId>> {
         let mut results: Vec<Result<EnvelopeId>> = Vec::with_capacity(items.len());
         let mut ops = Vec::with_capacity(items.len() + 1);
         // (recipient, sequence, length, pushed before commit)
@@ -319,7 +421,12 @@ impl Mailboxes {
             let mut idx = lock(&self.index);
             let ms = now_ms().max(idx.last_ms);
             idx.last_ms = ms;
-            for (to, payload) in items {
+            for item in items {
+                let Submission {
+                    to,
+                    payload,
+                    delivery_token,
+                } = item.into();
                 if payload.len() > self.quota.max_envelope_bytes {
                     results.push(Err(RelayError::refusal(
                         ErrorCode::EnvelopeTooLarge,
@@ -331,6 +438,13 @@ impl Mailboxes {
                 let seq = idx.next_seq;
                 let under_lease = seq <= idx.lease;
                 let mb = idx.mailboxes.entry(to).or_insert_with(Mailbox::new);
+                let stranger = match mb.lane(&delivery_token) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                };
                 if mb.entries.len() >= self.quota.max_envelopes
                     || mb.bytes + u64::from(len) > self.quota.max_bytes
                 {
@@ -340,19 +454,29 @@ impl Mailboxes {
                     )));
                     continue;
                 }
+                if stranger
+                    && (mb.strangers >= self.quota.stranger_max_envelopes
+                        || mb.stranger_bytes + u64::from(len) > self.quota.stranger_max_bytes)
+                {
+                    results.push(Err(RelayError::refusal(
+                        ErrorCode::QuotaExceeded,
+                        "recipient mailbox full for senders without its delivery token",
+                    )));
+                    continue;
+                }
                 // Only a live subscription needs the early copy.
                 let pushable = under_lease && mb.changed.receiver_count() > 0;
                 let early = pushable.then(|| Arc::<[u8]>::from(payload.as_slice()));
-                mb.entries.insert(
+                mb.insert(
                     seq,
                     Entry {
                         len,
                         created_ms: ms,
                         committed: false,
+                        stranger,
                         early,
                     },
                 );
-                mb.bytes += u64::from(len);
                 if pushable {
                     mb.bump();
                 }
@@ -364,7 +488,7 @@ impl Mailboxes {
                 ops.push(DbOp::Put(
                     Cf::EnvelopeIndex,
                     k.clone(),
-                    index_value(ms, len),
+                    index_value(ms, len, stranger),
                 ));
                 ops.push(DbOp::Put(Cf::Envelopes, k, value));
                 accepted.push((to, seq, len, pushable));
@@ -431,8 +555,8 @@ impl Mailboxes {
                                     nf.notify(t.clone());
                                 }
                             }
-                        } else if mb.entries.remove(seq).is_some() {
-                            mb.bytes -= u64::from(*len);
+                        } else {
+                            mb.remove(*seq);
                         }
                     }
                     metrics.queue_depth.fetch_add(n, Relaxed);
@@ -616,8 +740,7 @@ impl Mailboxes {
                 .get(&seq)
                 .is_some_and(|e| (e.committed || e.early.is_some()) && e.created_ms == id.millis());
             if matches {
-                if let Some(e) = mb.entries.remove(&seq) {
-                    mb.bytes -= u64::from(e.len);
+                if let Some(e) = mb.remove(seq) {
                     if e.committed {
                         committed += 1;
                         freed += u64::from(e.len);
@@ -656,8 +779,7 @@ impl Mailboxes {
                         break;
                     }
                     let len = u64::from(e.len);
-                    mb.entries.remove(&seq);
-                    mb.bytes -= len;
+                    mb.remove(seq);
                     freed += len;
                     let k = key(m, seq);
                     ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
@@ -668,6 +790,7 @@ impl Mailboxes {
             idx.mailboxes.retain(|_, mb| {
                 !mb.entries.is_empty()
                     || mb.push_token.is_some()
+                    || mb.verifier.is_some()
                     || mb.prekeys_low.is_some()
                     || mb.changed.receiver_count() > 0
             });
@@ -723,6 +846,32 @@ impl Mailboxes {
             .and_then(|mb| mb.prekeys_low.take())
     }
 
+    /// Registers (32 bytes) or (empty) clears the mailbox's delivery-token
+    /// verifier, durably; see [`crate::auth::delivery_verifier`].
+    pub async fn set_delivery_verifier(&self, m: &MailboxId, verifier: &[u8]) -> Result<()> {
+        let v = match verifier.len() {
+            0 => None,
+            32 => <[u8; 32]>::try_from(verifier).ok(),
+            _ => {
+                return Err(RelayError::refusal(
+                    ErrorCode::InvalidArgument,
+                    "a delivery-token verifier is 32 bytes",
+                ))
+            }
+        };
+        let op = match v {
+            None => DbOp::Delete(Cf::DeliveryTokens, m.0.to_vec()),
+            Some(v) => DbOp::Put(Cf::DeliveryTokens, m.0.to_vec(), v.to_vec()),
+        };
+        self.writer.write(vec![op], None).await?;
+        lock(&self.index)
+            .mailboxes
+            .entry(*m)
+            .or_insert_with(Mailbox::new)
+            .verifier = v;
+        Ok(())
+    }
+
     /// Registers or (empty) clears the mailbox's push token, durably.
     pub async fn set_push_token(&self, m: &MailboxId, token: Vec<u8>) -> Result<()> {
         let op = if token.is_empty() {
@@ -757,6 +906,8 @@ mod tests {
             max_envelopes: 100,
             max_bytes: 1 << 20,
             max_envelope_bytes: 1024,
+            stranger_max_envelopes: 5,
+            stranger_max_bytes: 1 << 20,
         };
         Mailboxes::load_with_lease(db, writer, metrics, None, quota, lease).unwrap()
     }

@@ -46,6 +46,58 @@ pub(crate) struct State {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) budget: budget::RelayBudget,
+    /// Send rate limits, relay-wide so reconnecting does not reset them.
+    pub(crate) sends: SendLimits,
+}
+
+/// Keys tracked at once by each send-rate map (a bucket that has refilled
+/// is forgotten; past the bound new keys are refused until some refill).
+const MAX_RATE_KEYS: usize = 100_000;
+
+/// Envelopes per second per authenticated key and per source address
+/// ([`crate::limits::source_key`]); a send takes from both or from neither.
+#[derive(Debug)]
+pub(crate) struct SendLimits {
+    by_key: std::sync::Mutex<crate::limits::BucketMap<crate::ids::MailboxId>>,
+    by_source: std::sync::Mutex<crate::limits::BucketMap<std::net::IpAddr>>,
+}
+
+impl SendLimits {
+    fn new(config: &Config) -> Self {
+        use crate::limits::BucketMap;
+        SendLimits {
+            by_key: std::sync::Mutex::new(BucketMap::new(
+                config.send_burst,
+                config.send_rate_per_sec,
+                MAX_RATE_KEYS,
+            )),
+            by_source: std::sync::Mutex::new(BucketMap::new(
+                config.source_send_burst,
+                config.source_send_rate_per_sec,
+                MAX_RATE_KEYS,
+            )),
+        }
+    }
+
+    /// Takes `n` sends for `key` from `source`, or refuses without taking.
+    pub(crate) fn try_take(
+        &self,
+        key: crate::ids::MailboxId,
+        source: std::net::IpAddr,
+        n: u32,
+        now: std::time::Instant,
+    ) -> bool {
+        let mut by_source = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
+        if !by_source.try_take(source, n, now) {
+            return false;
+        }
+        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        if by_key.try_take(key, n, now) {
+            return true;
+        }
+        by_source.give_back(source, n);
+        false
+    }
 }
 
 /// Where a started relay can be reached.
@@ -122,6 +174,8 @@ impl Relay {
                 max_envelopes: config.mailbox_max_envelopes,
                 max_bytes: config.mailbox_max_bytes,
                 max_envelope_bytes: config.max_envelope_bytes,
+                stranger_max_envelopes: config.stranger_max_envelopes,
+                stranger_max_bytes: config.stranger_max_bytes,
             },
         )?;
         let directory = Directory::load(
@@ -187,7 +241,9 @@ impl Relay {
             metrics_addr,
         };
         write_addr_file(&config, &info)?;
+        let sends = SendLimits::new(&config);
         let state = Arc::new(State {
+            sends,
             config,
             db,
             writer,
@@ -231,12 +287,13 @@ impl Relay {
                     // Counted from the first packet, before any handshake
                     // work; refused at the caps (keys are free, addresses
                     // are not).
-                    match caps.admit(incoming.remote_address().ip()) {
+                    let source = crate::limits::source_key(incoming.remote_address().ip());
+                    match caps.admit(source) {
                         Some(admitted) => {
                             let state = state.clone();
                             let budget = admitted.budget.clone();
                             tokio::spawn(async move {
-                                connection::handle(state, incoming, budget).await;
+                                connection::handle(state, incoming, source, budget).await;
                                 drop(admitted);
                             });
                         }

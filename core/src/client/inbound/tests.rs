@@ -204,6 +204,7 @@ fn a_forged_identity_cannot_pose_as_the_own_user_or_raise_alarms() {
     let mut session = Session::initiate(&mallory, &bundle, 0, &mut OsRng).unwrap();
     let sync = pb::Content {
         sender_relay: bob.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::SentSync(pb::SentSync {
             recipient: alice.address().to_string(),
             message: text(&alice, 5, "I never wrote this")
@@ -262,6 +263,7 @@ fn content_that_decrypts_but_is_invalid_commits_and_never_repairs() {
     bob.accept(&alice);
     let bad_receipt = pb::Content {
         sender_relay: alice.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::Receipt(pb::Receipt {
             kind: 0,
             message_ids: vec![vec![1, 2, 3]],
@@ -269,6 +271,7 @@ fn content_that_decrypts_but_is_invalid_commits_and_never_repairs() {
     };
     let unknown = pb::Content {
         sender_relay: alice.relay.to_string(),
+        delivery_token: Vec::new(),
         body: None,
     };
     for c in [bad_receipt, unknown] {
@@ -307,6 +310,7 @@ fn receipts_count_only_for_messages_sent_to_that_device() {
     // Bob claims to have read a message Alice never sent him.
     let receipt = pb::Content {
         sender_relay: bob.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::Receipt(pb::Receipt {
             kind: 1,
             message_ids: vec![vec![0xEE; 16]],
@@ -333,6 +337,7 @@ fn receipts_count_only_for_messages_sent_to_that_device() {
         .unwrap();
     let receipt = pb::Content {
         sender_relay: bob.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::Receipt(pb::Receipt {
             kind: 0,
             message_ids: vec![vec![0xEF; 16]],
@@ -356,6 +361,7 @@ fn a_revoked_device_is_refused_once_the_list_says_so() {
     let signed = alice.signed_list(&list);
     let changed = pb::Content {
         sender_relay: alice.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::DeviceListChanged(
             pb::DeviceListChanged {
                 version: 2,
@@ -384,6 +390,7 @@ fn a_revoked_device_is_refused_once_the_list_says_so() {
     let old = alice.signed_list(&alice.list(1));
     let replay = pb::Content {
         sender_relay: alice.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::DeviceListChanged(
             pb::DeviceListChanged {
                 version: 1,
@@ -427,6 +434,7 @@ fn retry_requests_are_honoured_at_most_twice_per_envelope() {
         .unwrap();
     let retry = pb::Content {
         sender_relay: bob.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::Retry(pb::RetryRequest {
             envelope_id: envelope_id.to_vec(),
         })),
@@ -441,6 +449,7 @@ fn retry_requests_are_honoured_at_most_twice_per_envelope() {
     // A retry for an envelope Alice never sent to that device: nothing.
     let forged = pb::Content {
         sender_relay: bob.relay.to_string(),
+        delivery_token: Vec::new(),
         body: Some(pb::content::Body::Retry(pb::RetryRequest {
             envelope_id: vec![0x43; 16],
         })),
@@ -544,4 +553,41 @@ fn a_stranger_cannot_raise_unbounded_identity_alarms_or_sessions() {
         .session_devices(&eve.account.public())
         .unwrap();
     assert_eq!(sessions, MAX_DEVICES_PER_STRANGER);
+}
+
+/// The delivery token in a content is kept only from an accepted contact
+/// (a stranger's is not kept until the user accepts), only per sending
+/// device, and a malformed one is a content failure, not a silent drop.
+#[test]
+fn delivery_tokens_are_kept_from_contacts_only_and_checked() {
+    let mut alice = TestUser::new(1);
+    let mut mallory = TestUser::new(1);
+    let mut bob = TestUser::new(1);
+    bob.accept(&alice);
+    let token = |bob: &mut TestUser, user: &TestUser| {
+        bob.devices[0]
+            .device
+            .store_mut()
+            .transaction(|tx| records::delivery_token(tx, &user.address().user, 1))
+            .unwrap()
+            .map(|t| *t)
+    };
+    let mut c = text(&alice, 1, "with a token");
+    c.delivery_token = vec![3; 32];
+    let e = alice.envelope(0, &mut bob, 0, &c);
+    bob.receive(0, &e);
+    assert_eq!(token(&mut bob, &alice), Some([3; 32]));
+
+    let mut c = text(&mallory, 1, "a stranger's token");
+    c.delivery_token = vec![4; 32];
+    let e = mallory.envelope(0, &mut bob, 0, &c);
+    bob.receive(0, &e);
+    assert_eq!(token(&mut bob, &mallory), None);
+
+    let mut c = text(&alice, 2, "a short token");
+    c.delivery_token = vec![5; 31];
+    let e = alice.envelope(0, &mut bob, 0, &c);
+    bob.receive(0, &e);
+    assert_eq!(kinds(&bob.events(0)), ["message", "request", "failed"]);
+    assert_eq!(token(&mut bob, &alice), Some([3; 32]));
 }

@@ -97,6 +97,18 @@ enum Mode {
     /// dir given as `--relay-dir`, by reading the small index records (what
     /// the relay does) and, for comparison, by a full scan of every envelope.
     Startup,
+    /// Attack for `seconds` (to measure W2 beside it): N authenticated
+    /// connections, each with `streams` request streams that send only the
+    /// 4-byte prefix of a 2 MiB - 1 frame and stall, and one stream that
+    /// trickles a frame one byte per 100 ms (the relay issue's attacks).
+    Hostile {
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        #[arg(long, default_value_t = 60)]
+        streams: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Hold N idle authenticated connections; report the relay's RSS growth.
     Idle {
         #[arg(long, default_value_t = 2000)]
@@ -208,6 +220,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
             relay_pid,
             hold_seconds,
         } => idle(addr, pin, connections, relay_pid, hold_seconds).await,
+        Mode::Hostile {
+            connections,
+            streams,
+            seconds,
+        } => hostile(addr, pin, connections, streams, seconds).await,
     }
 }
 
@@ -695,6 +712,60 @@ fn rss_kib(pid: u32) -> Result<u64, BoxError> {
         .find(|l| l.starts_with("VmRSS:"))
         .ok_or("no VmRSS")?;
     Ok(line.split_whitespace().nth(1).ok_or("bad VmRSS")?.parse()?)
+}
+
+#[allow(clippy::print_stdout)]
+async fn hostile(
+    addr: SocketAddr,
+    pin: [u8; 32],
+    n: usize,
+    streams: usize,
+    seconds: u64,
+) -> Result<(), BoxError> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let ep = sotto_relay::client::endpoint(pin, false)?;
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let ep = ep.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = RelayClient::connect_on(&ep, addr, &mailbox_key("hostile", i)).await?;
+            let conn = c.connection().clone();
+            let open = || tokio::time::timeout(Duration::from_secs(5), conn.open_bi());
+            let mut held = Vec::new();
+            for _ in 0..streams {
+                let Ok(Ok((mut s, r))) = open().await else {
+                    break;
+                };
+                s.write_all(&((2u32 << 20) - 1).to_be_bytes()).await?;
+                held.push((s, r));
+            }
+            let mut trickled = 0u64;
+            if let Ok(Ok((mut s, _r))) = open().await {
+                s.write_all(&200u32.to_be_bytes()).await?;
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if s.write_all(&[0x0a]).await.is_err() {
+                        break;
+                    }
+                    trickled += 1;
+                }
+            }
+            tokio::time::sleep_until(until).await;
+            Ok::<_, BoxError>((held.len(), trickled, c))
+        }));
+    }
+    let (mut stalled, mut trickled, mut conns) = (0, 0, Vec::new());
+    for t in tasks {
+        let (s, b, c) = t.await??;
+        stalled += s;
+        trickled += b;
+        conns.push(c);
+    }
+    println!(
+        "hostile: {} connections held {stalled} stalled 2 MiB length prefixes and trickled {trickled} bytes for {seconds} s",
+        conns.len()
+    );
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]
