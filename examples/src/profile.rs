@@ -44,6 +44,9 @@ impl Profile {
             #[cfg(unix)]
             std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
             b.create(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
         }
         Ok(Profile {
             dir: dir.to_path_buf(),
@@ -80,6 +83,7 @@ impl Profile {
                 let mut f = o.open(&path)?;
                 f.write_all(key.as_ref())?;
                 f.sync_all()?;
+                sync_dir(&self.dir)?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -99,8 +103,12 @@ impl Profile {
 
     /// Records that registration or linking finished.
     pub fn mark_registered(&self) -> Result<()> {
-        std::fs::write(self.dir.join(REGISTERED), b"1\n")?;
-        Ok(())
+        // Durable, entry included: a marker lost to a power cut would make
+        // the next start discard a registered device's store.
+        let mut f = std::fs::File::create(self.dir.join(REGISTERED))?;
+        f.write_all(b"1\n")?;
+        f.sync_all()?;
+        sync_dir(&self.dir)
     }
 
     /// Removes the store of a registration or link that did not finish
@@ -124,6 +132,17 @@ impl Profile {
     pub fn contacts(&self) -> Result<AddressBook> {
         AddressBook::load(self.dir.join(CONTACTS))
     }
+}
+
+/// Makes a directory's entries (files created or renamed in it) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -187,8 +206,13 @@ impl AddressBook {
             .map(|(n, a)| format!("{n} {a}\n"))
             .collect();
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
         std::fs::rename(tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            sync_dir(dir)?;
+        }
         Ok(())
     }
 

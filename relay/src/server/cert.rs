@@ -37,7 +37,13 @@ pub fn load_or_generate(cert_path: &Path, key_path: &Path) -> Result<Identity> {
             std::fs::create_dir_all(dir)?;
         }
         write_private(key_path, &ck.key_pair.serialize_der())?;
-        std::fs::write(cert_path, ck.cert.der())?;
+        write_synced(cert_path, ck.cert.der())?;
+        for dir in [key_path.parent(), cert_path.parent()]
+            .into_iter()
+            .flatten()
+        {
+            sync_dir(dir)?;
+        }
         tracing::info!("generated a new self-signed relay certificate");
     }
     let cert = std::fs::read(cert_path)?;
@@ -59,6 +65,9 @@ pub fn load_or_generate_reset_key(path: &Path) -> Result<zeroize::Zeroizing<[u8;
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, key.as_mut());
         write_private(path, key.as_ref())?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
     }
     let bytes = zeroize::Zeroizing::new(std::fs::read(path)?);
     let key: [u8; 32] = bytes
@@ -66,6 +75,27 @@ pub fn load_or_generate_reset_key(path: &Path) -> Result<zeroize::Zeroizing<[u8;
         .try_into()
         .map_err(|_| RelayError::Config(format!("{} is not a 32-byte key", path.display())))?;
     Ok(zeroize::Zeroizing::new(key))
+}
+
+/// Makes a directory's entries durable (files created, renamed or removed
+/// in it), which an fsync of the files themselves does not.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Writes a file and fsyncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 #[cfg(unix)]

@@ -151,7 +151,14 @@ impl Relay {
     /// Opens storage, binds the endpoint and starts background tasks.
     pub async fn start(config: Config) -> Result<Self> {
         config.validate()?;
+        let created = !config.data_dir.exists();
         std::fs::create_dir_all(&config.data_dir)?;
+        if created {
+            // The data dir's own entry, so a power cut cannot take it back.
+            if let Some(parent) = config.data_dir.parent() {
+                cert::sync_dir(parent)?;
+            }
+        }
         let identity = cert::load_or_generate(&config.cert_path(), &config.key_path())?;
         let fingerprint = crate::client::pin::fingerprint(&identity.cert);
         let db = Arc::new(Db::open(&config.data_dir.join("db"))?);
@@ -200,6 +207,11 @@ impl Relay {
             config.max_blob_bytes,
         );
         let reset_key = cert::load_or_generate_reset_key(&config.data_dir.join("reset.key"))?;
+        // The entries of `db/`, the certificate, its key and `reset.key`:
+        // files fsynced in a directory that is not can vanish at a power cut
+        // (a first start would then come back as a new relay, with a new
+        // certificate and an empty database).
+        cert::sync_dir(&config.data_dir)?;
         let endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
             reset_key.as_ref(),
