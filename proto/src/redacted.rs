@@ -68,6 +68,7 @@ impl fmt::Debug for crate::client::content::Body {
             B::Retry(_) => "Retry(..)",
             B::SentSync(_) => "SentSync(<redacted>)",
             B::DeviceListChanged(_) => "DeviceListChanged(..)",
+            B::DeliveryTokenUpdate(_) => "DeliveryTokenUpdate",
         })
     }
 }

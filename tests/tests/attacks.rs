@@ -6,7 +6,8 @@
 //! removed device trying to come back, a stranger's first message that
 //! would make the client connect to the stranger's relay, an attachment
 //! blob longer than its pointer, junk thrown at a device being linked, a
-//! stranger filling a contact's mailbox so real messages are refused.
+//! stranger filling a contact's mailbox so real messages are refused (and
+//! a new contact's whole outbox stalls behind the refusal).
 //! Every test fails on that code and passes on this one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -654,6 +655,17 @@ async fn a_stranger_flooding_a_mailbox_cannot_keep_a_contacts_message_out() {
     }
     assert_eq!(stored, 10, "strangers hold only their share");
 
+    // Carol, new to Bob, has no token: her first message waits for room,
+    // but holds back nothing else she sends to that relay.
+    let carol = Dev::create(&relay).await;
+    carol.c().send_text(&bob_addr, "hello Bob").unwrap();
+    carol.c().send_text(&alice.addr(), "hello Alice").unwrap();
+    assert_eq!(
+        message(alice.c()).await,
+        (carol.addr(), "hello Alice".to_owned())
+    );
+    assert_eq!(carol.c().pending_outgoing().unwrap(), 1);
+
     alice.c().send_text(&bob_addr, "through the flood").unwrap();
     alice.c().flush(WAIT).await.unwrap();
     let bob = Client::open(bob_store()).await.unwrap();
@@ -661,5 +673,7 @@ async fn a_stranger_flooding_a_mailbox_cannot_keep_a_contacts_message_out() {
         message(&bob).await,
         (alice.addr(), "through the flood".to_owned())
     );
+    // Bob drains the flood; Carol's message gets in after all.
+    assert_eq!(message(&bob).await, (carol.addr(), "hello Bob".to_owned()));
     bob.close().await;
 }

@@ -573,17 +573,15 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
         contact.address = peer.to_string();
         records::put_contact(tx, &sender.user, &contact)?;
     }
-    // The sender's delivery token, kept for what we send that device. A
-    // stranger's is not kept (nothing goes to it until the user accepts,
-    // and its next message after that carries it again).
-    if !content.delivery_token.is_empty() {
-        let Ok(token) = <[u8; 32]>::try_from(content.delivery_token.as_slice()) else {
-            return invalid_content(tx, sender, Some(&peer), "bad delivery token");
-        };
-        if sender.is_own_user() || sender.state == ACCEPTED {
-            records::put_delivery_token(tx, &sender.user, sender.device, &token)?;
-        }
-    }
+    // The sender's delivery token: checked here, kept (below) only once the
+    // body proved valid, for what we send that device.
+    let token = match content.delivery_token.len() {
+        0 => None,
+        _ => match <[u8; 32]>::try_from(content.delivery_token.as_slice()) {
+            Ok(t) => Some(t),
+            Err(_) => return invalid_content(tx, sender, Some(&peer), "bad delivery token"),
+        },
+    };
     let event = |kind| pb::ClientEvent {
         peer: peer.to_string(),
         peer_device: sender.device,
@@ -592,180 +590,206 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
     };
     let mut out = Outcome::default();
     use pb::client_event::Kind as K;
-    match content.body {
-        Some(pb::content::Body::Message(m)) => {
-            if sender.is_own_user() {
-                return invalid_content(tx, sender, Some(&peer), "message from this user's device");
-            }
-            if message_from_pb(&m).is_err() {
-                return invalid_content(tx, sender, Some(&peer), "invalid message");
-            }
-            // A full request stores nothing more, not even the message id.
-            if sender.state != ACCEPTED && !has_room(tx, sender)? {
-                return Ok(out);
-            }
-            if !records::first_sight(tx, &sender.user, &m.id, sender.now_ms)? {
-                return Ok(out);
-            }
-            if sender.state == ACCEPTED {
-                // A delivered receipt to every device of the sender.
-                records::push_outbox(
-                    tx,
-                    &pb::OutboxItem {
-                        recipient: peer.to_string(),
-                        content: receipt_content(
-                            sender.me,
-                            pb::receipt::Kind::Delivered,
-                            vec![m.id.clone()],
-                        ),
-                        ..Default::default()
-                    },
-                )?;
-                out.outbox = true;
-                records::push_event(tx, event(K::Message(m)))?;
-                out.events = true;
-            } else if count_held(tx, sender)? {
-                records::hold(tx, &sender.user, &m.id)?;
-                records::push_event(tx, event(K::MessageRequest(m)))?;
-                out.events = true;
-            }
-        }
-        Some(pb::content::Body::Receipt(r)) => {
-            let state = match pb::receipt::Kind::try_from(r.kind) {
-                Ok(pb::receipt::Kind::Delivered) => 2,
-                Ok(pb::receipt::Kind::Read) => 3,
-                Err(_) => return invalid_content(tx, sender, Some(&peer), "unknown receipt kind"),
-            };
-            if r.message_ids.len() > MAX_RECEIPT_IDS || r.message_ids.iter().any(|i| i.len() != 16)
-            {
-                return invalid_content(tx, sender, Some(&peer), "invalid receipt");
-            }
-            // Only for messages that went to this very device.
-            let mut matched = Vec::new();
-            for id in &r.message_ids {
-                let rec = records::delivery(tx, id)?;
-                if !rec
-                    .devices
-                    .iter()
-                    .any(|d| d.user == sender.user && d.device_id == sender.device)
-                {
-                    continue;
+    'body: {
+        match content.body {
+            Some(pb::content::Body::Message(m)) => {
+                if sender.is_own_user() {
+                    return invalid_content(
+                        tx,
+                        sender,
+                        Some(&peer),
+                        "message from this user's device",
+                    );
                 }
-                if records::raise_delivery(
-                    tx,
-                    id,
-                    &sender.user,
-                    sender.device,
-                    state,
-                    sender.now_ms,
-                )? {
-                    let mut e = event(K::Delivery(pb::DeviceDelivery {
-                        user: sender.user.to_vec(),
-                        device_id: sender.device,
-                        state,
-                    }));
-                    e.message_id = id.clone();
-                    records::push_event(tx, e)?;
+                if message_from_pb(&m).is_err() {
+                    return invalid_content(tx, sender, Some(&peer), "invalid message");
                 }
-                matched.push(id.clone());
-            }
-            if !matched.is_empty() {
-                records::push_event(
-                    tx,
-                    event(K::Receipt(pb::Receipt {
-                        kind: r.kind,
-                        message_ids: matched,
-                    })),
-                )?;
-                out.events = true;
-            }
-        }
-        Some(pb::content::Body::Retry(r)) => {
-            if sender.state != ACCEPTED {
-                return Ok(out);
-            }
-            // Only the device the envelope went to may ask for it again,
-            // and only a few times.
-            if let Some(mut entry) = records::sent(tx, &sender.user, &r.envelope_id)? {
-                if entry.recipient_user == sender.user.as_slice()
-                    && entry.recipient_device == sender.device
-                    && entry.retries < MAX_RESENDS_PER_ENVELOPE
-                {
-                    entry.retries += 1;
-                    if let Ok(id) = <[u8; 16]>::try_from(r.envelope_id.as_slice()) {
-                        records::update_sent(tx, &sender.user, &id, &entry)?;
-                    }
-                    let mut c = records::contact(tx, &sender.user)?.unwrap_or_default();
-                    let reset = records::take_repair_token(&mut c, sender.device, sender.now_ms);
-                    records::put_contact(tx, &sender.user, &c)?;
+                // A full request stores nothing more, not even the message id.
+                if sender.state != ACCEPTED && !has_room(tx, sender)? {
+                    break 'body;
+                }
+                if !records::first_sight(tx, &sender.user, &m.id, sender.now_ms)? {
+                    break 'body;
+                }
+                if sender.state == ACCEPTED {
+                    // A delivered receipt to every device of the sender.
                     records::push_outbox(
                         tx,
                         &pb::OutboxItem {
-                            recipient: entry.recipient.clone(),
-                            content: entry.content.clone(),
-                            only_devices: vec![sender.device],
-                            reset_session: reset,
-                            repair: true,
+                            recipient: peer.to_string(),
+                            content: receipt_content(
+                                sender.me,
+                                pb::receipt::Kind::Delivered,
+                                vec![m.id.clone()],
+                            ),
                             ..Default::default()
                         },
                     )?;
                     out.outbox = true;
+                    records::push_event(tx, event(K::Message(m)))?;
+                    out.events = true;
+                } else if count_held(tx, sender)? {
+                    records::hold(tx, &sender.user, &m.id)?;
+                    records::push_event(tx, event(K::MessageRequest(m)))?;
+                    out.events = true;
                 }
             }
-        }
-        Some(pb::content::Body::SentSync(s)) => {
-            if !sender.is_own_user() {
-                return invalid_content(tx, sender, Some(&peer), "sent sync from another user");
-            }
-            let Ok(recipient) = s.recipient.parse::<UserAddress>() else {
-                return invalid_content(tx, sender, Some(&peer), "sent sync recipient");
-            };
-            let Some(m) = &s.message else {
-                return invalid_content(tx, sender, Some(&peer), "sent sync without message");
-            };
-            if message_from_pb(m).is_err() {
-                return invalid_content(tx, sender, Some(&peer), "invalid message");
-            }
-            if records::first_sight(tx, &sender.user, &m.id, sender.now_ms)? {
-                // This user wrote to them from another device: a contact.
-                if recipient.user != sender.me.user
-                    && records::contact(tx, &recipient.user)?.is_none_or(|c| c.state != BLOCKED)
+            Some(pb::content::Body::Receipt(r)) => {
+                let state = match pb::receipt::Kind::try_from(r.kind) {
+                    Ok(pb::receipt::Kind::Delivered) => 2,
+                    Ok(pb::receipt::Kind::Read) => 3,
+                    Err(_) => {
+                        return invalid_content(tx, sender, Some(&peer), "unknown receipt kind")
+                    }
+                };
+                if r.message_ids.len() > MAX_RECEIPT_IDS
+                    || r.message_ids.iter().any(|i| i.len() != 16)
                 {
-                    accept(tx, sender.me, &recipient)?;
-                    out.outbox = true;
+                    return invalid_content(tx, sender, Some(&peer), "invalid receipt");
                 }
-                records::push_event(tx, event(K::SentSync(s)))?;
-                out.events = true;
+                // Only for messages that went to this very device.
+                let mut matched = Vec::new();
+                for id in &r.message_ids {
+                    let rec = records::delivery(tx, id)?;
+                    if !rec
+                        .devices
+                        .iter()
+                        .any(|d| d.user == sender.user && d.device_id == sender.device)
+                    {
+                        continue;
+                    }
+                    if records::raise_delivery(
+                        tx,
+                        id,
+                        &sender.user,
+                        sender.device,
+                        state,
+                        sender.now_ms,
+                    )? {
+                        let mut e = event(K::Delivery(pb::DeviceDelivery {
+                            user: sender.user.to_vec(),
+                            device_id: sender.device,
+                            state,
+                        }));
+                        e.message_id = id.clone();
+                        records::push_event(tx, e)?;
+                    }
+                    matched.push(id.clone());
+                }
+                if !matched.is_empty() {
+                    records::push_event(
+                        tx,
+                        event(K::Receipt(pb::Receipt {
+                            kind: r.kind,
+                            message_ids: matched,
+                        })),
+                    )?;
+                    out.events = true;
+                }
             }
+            Some(pb::content::Body::Retry(r)) => {
+                if sender.state != ACCEPTED {
+                    break 'body;
+                }
+                // Only the device the envelope went to may ask for it again,
+                // and only a few times.
+                if let Some(mut entry) = records::sent(tx, &sender.user, &r.envelope_id)? {
+                    if entry.recipient_user == sender.user.as_slice()
+                        && entry.recipient_device == sender.device
+                        && entry.retries < MAX_RESENDS_PER_ENVELOPE
+                    {
+                        entry.retries += 1;
+                        if let Ok(id) = <[u8; 16]>::try_from(r.envelope_id.as_slice()) {
+                            records::update_sent(tx, &sender.user, &id, &entry)?;
+                        }
+                        let mut c = records::contact(tx, &sender.user)?.unwrap_or_default();
+                        let reset =
+                            records::take_repair_token(&mut c, sender.device, sender.now_ms);
+                        records::put_contact(tx, &sender.user, &c)?;
+                        records::push_outbox(
+                            tx,
+                            &pb::OutboxItem {
+                                recipient: entry.recipient.clone(),
+                                content: entry.content.clone(),
+                                only_devices: vec![sender.device],
+                                reset_session: reset,
+                                repair: true,
+                                ..Default::default()
+                            },
+                        )?;
+                        out.outbox = true;
+                    }
+                }
+            }
+            Some(pb::content::Body::SentSync(s)) => {
+                if !sender.is_own_user() {
+                    return invalid_content(tx, sender, Some(&peer), "sent sync from another user");
+                }
+                let Ok(recipient) = s.recipient.parse::<UserAddress>() else {
+                    return invalid_content(tx, sender, Some(&peer), "sent sync recipient");
+                };
+                let Some(m) = &s.message else {
+                    return invalid_content(tx, sender, Some(&peer), "sent sync without message");
+                };
+                if message_from_pb(m).is_err() {
+                    return invalid_content(tx, sender, Some(&peer), "invalid message");
+                }
+                if records::first_sight(tx, &sender.user, &m.id, sender.now_ms)? {
+                    // This user wrote to them from another device: a contact.
+                    if recipient.user != sender.me.user
+                        && records::contact(tx, &recipient.user)?.is_none_or(|c| c.state != BLOCKED)
+                    {
+                        accept(tx, sender.me, &recipient)?;
+                        out.outbox = true;
+                    }
+                    records::push_event(tx, event(K::SentSync(s)))?;
+                    out.events = true;
+                }
+            }
+            Some(pb::content::Body::DeviceListChanged(c)) => {
+                // Only the lists of users this device talks to matter; a
+                // stranger's is fetched if the user ever accepts it.
+                if sender.state != ACCEPTED {
+                    break 'body;
+                }
+                let Ok(signed) = SignedDeviceList::decode(c.signed_list.as_slice()) else {
+                    return invalid_content(tx, sender, Some(&peer), "undecodable device list");
+                };
+                if signed.version != c.version {
+                    return invalid_content(
+                        tx,
+                        sender,
+                        Some(&peer),
+                        "device list version mismatch",
+                    );
+                }
+                let list = match DeviceList::verify(&sender.user, &signed) {
+                    Ok(l) => l,
+                    Err(_) => {
+                        return invalid_content(tx, sender, Some(&peer), "invalid device list")
+                    }
+                };
+                match records::apply_list(tx, &peer, &list, sender.now_ms) {
+                    Ok(applied) => {
+                        out.events |= applied.events;
+                        out.revoked = applied.revoked;
+                    }
+                    Err(Error::DeviceListRejected(why)) => {
+                        return invalid_content(tx, sender, Some(&peer), why)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(pb::content::Body::DeliveryTokenUpdate(_)) => {}
+            None => return invalid_content(tx, sender, Some(&peer), "no body"),
         }
-        Some(pb::content::Body::DeviceListChanged(c)) => {
-            // Only the lists of users this device talks to matter; a
-            // stranger's is fetched if the user ever accepts it.
-            if sender.state != ACCEPTED {
-                return Ok(out);
-            }
-            let Ok(signed) = SignedDeviceList::decode(c.signed_list.as_slice()) else {
-                return invalid_content(tx, sender, Some(&peer), "undecodable device list");
-            };
-            if signed.version != c.version {
-                return invalid_content(tx, sender, Some(&peer), "device list version mismatch");
-            }
-            let list = match DeviceList::verify(&sender.user, &signed) {
-                Ok(l) => l,
-                Err(_) => return invalid_content(tx, sender, Some(&peer), "invalid device list"),
-            };
-            match records::apply_list(tx, &peer, &list, sender.now_ms) {
-                Ok(applied) => {
-                    out.events |= applied.events;
-                    out.revoked = applied.revoked;
-                }
-                Err(Error::DeviceListRejected(why)) => {
-                    return invalid_content(tx, sender, Some(&peer), why)
-                }
-                Err(e) => return Err(e),
-            }
+    }
+    // A stranger's token is not kept: nothing goes to it until the user
+    // accepts, and its next content after that carries it again.
+    if let Some(t) = token {
+        if sender.is_own_user() || sender.state == ACCEPTED {
+            records::put_delivery_token(tx, &sender.user, sender.device, &t)?;
         }
-        None => return invalid_content(tx, sender, Some(&peer), "no body"),
     }
     Ok(out)
 }

@@ -90,6 +90,8 @@ pub(crate) struct Inner<S: Store> {
     /// The home relay may not hold the current delivery token's verifier
     /// (at start, after a reconnect, after a rotation).
     token_unregistered: AtomicBool,
+    /// One registration at a time (a rotation during one registers again).
+    registering: tokio::sync::Mutex<()>,
 }
 
 impl<S: Store> Inner<S> {
@@ -392,6 +394,7 @@ impl<S: Store + Send + 'static> Client<S> {
                 synced,
                 skip_acks: AtomicBool::new(false),
                 token_unregistered: AtomicBool::new(true),
+                registering: tokio::sync::Mutex::new(()),
             }),
             tasks: Vec::new(),
         }
@@ -482,24 +485,32 @@ impl<S: Store + Send + 'static> Client<S> {
         if peer.user == self.inner.me.user {
             return Err(Error::InvalidArgument("cannot block this user"));
         }
-        self.inner.with_device(|d| {
-            d.store_mut().transaction(|tx| {
+        let rotated = self.inner.with_device(|d| {
+            let rotated = d.store_mut().transaction(|tx| {
                 let mut c = records::contact(tx, &peer.user)?.unwrap_or_default();
+                let had_token = c.state == records::ACCEPTED;
                 c.state = records::BLOCKED;
                 if c.address.is_empty() {
                     c.address = peer.to_string();
                 }
                 records::put_contact(tx, &peer.user, &c)?;
                 records::take_held(tx, &peer.user)?;
-                // A new delivery token: the blocked user's copy now counts
-                // as a stranger's; contacts get the new one with our next
-                // message (until then theirs is refused and resent without).
-                records::own_delivery_token(tx, true, &mut OsRng).map(|_| ())
+                // A new delivery token if the blocked user held ours (an
+                // accepted contact): its copy now counts as a stranger's;
+                // the new one is announced to the accepted contacts once
+                // registered. A stranger never had it: nothing to rotate.
+                if had_token {
+                    records::own_delivery_token(tx, true, &mut OsRng)?;
+                }
+                Ok(had_token)
             })?;
-            d.delete_user_sessions(&peer.user)
+            d.delete_user_sessions(&peer.user)?;
+            Ok(rotated)
         })?;
-        self.inner.token_unregistered.store(true, Ordering::SeqCst);
-        self.inner.outbox.notify_one();
+        if rotated {
+            self.inner.token_unregistered.store(true, Ordering::SeqCst);
+            self.inner.outbox.notify_one();
+        }
         Ok(())
     }
 
@@ -920,8 +931,12 @@ async fn receive_once<S: Store + Send + 'static>(
     let home = inner.me.relay.clone();
     let conn = inner.relay(&home).await?;
     let result = async {
+        // A relay without delivery tokens (older) or a failure here must
+        // not keep the mailbox unread: the send loop tries again.
         inner.token_unregistered.store(true, Ordering::SeqCst);
-        register_delivery_token(inner, &conn).await?;
+        if let Err(e) = register_delivery_token(inner, &conn).await {
+            tracing::debug!(error = %e, "delivery token not registered yet");
+        }
         publish_prekeys(inner, &conn, false, false).await?;
         let cutoff = now_ms().saturating_sub(RECORD_RETENTION_MS);
         inner.with_device(|d| d.store_mut().transaction(|tx| records::prune(tx, cutoff)))?;
@@ -1020,26 +1035,78 @@ async fn maintain_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
 }
 
 /// Registers this device's delivery-token verifier with its home relay if
-/// it may not hold the current one (a failure leaves it to the next try).
+/// it may not hold the current one (a failure leaves it to the next try),
+/// then announces a token not announced yet: to this user's other devices
+/// (which may never get other content from this one) and, when it replaces
+/// an earlier one, to every accepted contact.
 async fn register_delivery_token<S: Store + Send + 'static>(
     inner: &Arc<Inner<S>>,
     conn: &RelayClient,
 ) -> Result<()> {
-    if !inner.token_unregistered.swap(false, Ordering::SeqCst) {
-        return Ok(());
+    let _one = inner.registering.lock().await;
+    // A rotation while this registers sets the flag again: loop.
+    while inner.token_unregistered.swap(false, Ordering::SeqCst) {
+        let token = inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| records::own_delivery_token(tx, false, &mut OsRng))
+        });
+        let registered = match token {
+            Ok(t) => conn
+                .set_delivery_token(Some(&t))
+                .await
+                .map(|()| t)
+                .map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        let token = match registered {
+            Ok(t) => t,
+            Err(e) => {
+                inner.token_unregistered.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let queued = inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                let announced = records::announced_delivery_token(tx)?;
+                if announced.as_deref() == Some(token.as_slice()) {
+                    return Ok(false);
+                }
+                let mut to = vec![inner.me.clone()];
+                if announced.is_some() {
+                    to.extend(
+                        records::contacts(tx)?
+                            .into_iter()
+                            .filter(|(u, c)| c.state == records::ACCEPTED && *u != inner.me.user)
+                            .filter_map(|(_, c)| c.address.parse().ok()),
+                    );
+                }
+                let content = pb::Content {
+                    sender_relay: inner.me.relay.to_string(),
+                    delivery_token: Vec::new(), // set by the outbox
+                    body: Some(pb::content::Body::DeliveryTokenUpdate(
+                        pb::DeliveryTokenUpdate {},
+                    )),
+                }
+                .encode_to_vec();
+                for peer in to {
+                    records::push_outbox(
+                        tx,
+                        &pb::OutboxItem {
+                            recipient: peer.to_string(),
+                            content: content.clone(),
+                            ..Default::default()
+                        },
+                    )?;
+                }
+                records::set_announced_delivery_token(tx, &token)?;
+                Ok(true)
+            })
+        })?;
+        if queued {
+            inner.outbox.notify_one();
+        }
     }
-    let token = inner.with_device(|d| {
-        d.store_mut()
-            .transaction(|tx| records::own_delivery_token(tx, false, &mut OsRng))
-    });
-    let registered = match token {
-        Ok(t) => conn.set_delivery_token(Some(&t)).await.map_err(Error::from),
-        Err(e) => Err(e),
-    };
-    if registered.is_err() {
-        inner.token_unregistered.store(true, Ordering::SeqCst);
-    }
-    registered
+    Ok(())
 }
 
 async fn send_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {

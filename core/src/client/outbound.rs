@@ -95,6 +95,13 @@ pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> R
                 })?;
                 pass.pending = true;
             }
+            Err(e) if is_mailbox_full(&e) => {
+                // One recipient device's mailbox (or its strangers' share)
+                // is full: retried later, but it holds back nothing else
+                // (a stranger can fill that share with 256 tiny envelopes).
+                tracing::debug!(error = %e, "outbox item waits for room");
+                pass.pending = true;
+            }
             Err(e) if is_transient(&e) => {
                 // Later items to the same relay must not overtake this one
                 // (each conversation keeps the outbox's order).
@@ -138,6 +145,11 @@ pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> R
         }
     }
     Ok(pass)
+}
+
+/// A recipient mailbox with no room (for this sender) now.
+fn is_mailbox_full(e: &Error) -> bool {
+    matches!(e, Error::Relay(r) if r.remote_code() == Some(sotto_proto::relay::ErrorCode::QuotaExceeded))
 }
 
 /// Network trouble (retry later) as opposed to a refusal that will repeat.
@@ -291,6 +303,9 @@ async fn send_item<S: Store + Send + 'static>(
             })
         })?;
     }
+    // A device whose mailbox is full is skipped for now (the others go on)
+    // and the item stays queued for it.
+    let mut full: Option<Error> = None;
     for t in targets {
         let (user, device_id) = (&t.user, t.device.device_id);
         let conn = inner.relay(&user.relay).await?;
@@ -372,12 +387,21 @@ async fn send_item<S: Store + Send + 'static>(
         })?;
         let (sent, stale) = send_with_token(&conn, &t.device, envelope, token.as_deref()).await;
         if stale {
-            inner.with_device(|d| {
-                d.store_mut()
-                    .transaction(|tx| records::delete_delivery_token(tx, &user.user, device_id))
-            })?;
+            if let Some(refused) = &token {
+                inner.with_device(|d| {
+                    d.store_mut().transaction(|tx| {
+                        records::delete_delivery_token_if(tx, &user.user, device_id, refused)
+                    })
+                })?;
+            }
         }
-        let envelope_id = inner.checked(&user.relay, &conn, sent).await?;
+        let envelope_id = match inner.checked(&user.relay, &conn, sent).await {
+            Err(e) if is_mailbox_full(&e) => {
+                full = Some(e);
+                continue;
+            }
+            other => other?,
+        };
         // Progress, sent log and delivery state in one commit.
         if t.own {
             item.done_own_devices.push(device_id);
@@ -427,6 +451,9 @@ async fn send_item<S: Store + Send + 'static>(
             })
         })?;
         inner.events_ready();
+    }
+    if let Some(e) = full {
+        return Err(e);
     }
     inner.with_device(|d| {
         d.store_mut()

@@ -10,7 +10,8 @@
 //! `mit/`+u64be(ms)+user+id; `sl/`+envelope id sent log; `ds/`+message id
 //! delivery state with the time index `dst/`+u64be(ms)+message id;
 //! `rq/`+user+id messages held in a message request; `ct/`+user contacts;
-//! `dto` this device's delivery token (raw 32 bytes); `dt/`+user+u32be(device)
+//! `dto` this device's delivery token (raw 32 bytes), `dta` the one last
+//! announced (raw); `dt/`+user+u32be(device)
 //! a peer device's delivery token (raw 32 bytes, deleted with the device).
 //! Every row a peer can make us write is bounded: by time (pruned after
 //! [`super::RECORD_RETENTION_MS`]) or by count (requests).
@@ -36,6 +37,7 @@ const DELIVERY_INDEX: &[u8] = b"dst/";
 const HELD: &[u8] = b"rq/";
 const CONTACT: &[u8] = b"ct/";
 const OWN_DELIVERY_TOKEN: &[u8] = b"dto";
+const ANNOUNCED_DELIVERY_TOKEN: &[u8] = b"dta";
 const DELIVERY_TOKEN: &[u8] = b"dt/";
 
 /// What the local user decided about another user ([`pb::ContactRecord::state`]).
@@ -486,6 +488,33 @@ pub(crate) fn put_delivery_token(
         return Ok(());
     }
     tx.put(Table::App, &k, token)
+}
+
+/// Forgets a peer device's delivery token if it is still `refused` (a newer
+/// one may have arrived since it was read).
+pub(crate) fn delete_delivery_token_if(
+    tx: &mut impl Txn,
+    user: &[u8],
+    device: u32,
+    refused: &[u8; 32],
+) -> Result<()> {
+    if delivery_token(tx, user, device)?.is_some_and(|t| *t == *refused) {
+        delete_delivery_token(tx, user, device)?;
+    }
+    Ok(())
+}
+
+/// This device's delivery token as last announced to its own devices (and,
+/// after a rotation, to its contacts); see [`own_delivery_token`].
+pub(crate) fn announced_delivery_token(tx: &impl Txn) -> Result<Option<Vec<u8>>> {
+    Ok(tx
+        .get(Table::App, ANNOUNCED_DELIVERY_TOKEN)?
+        .map(|v| v.to_vec()))
+}
+
+/// Records the delivery token just announced.
+pub(crate) fn set_announced_delivery_token(tx: &mut impl Txn, token: &[u8; 32]) -> Result<()> {
+    tx.put(Table::App, ANNOUNCED_DELIVERY_TOKEN, token)
 }
 
 /// Forgets a peer device's delivery token (replaced, or the device removed).

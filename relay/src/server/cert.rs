@@ -29,7 +29,15 @@ impl std::fmt::Debug for Identity {
 }
 
 /// Loads the identity, generating and saving it if both files are missing.
-pub fn load_or_generate(cert_path: &Path, key_path: &Path) -> Result<Identity> {
+/// With `own_files` (the default paths in the data dir, which only the
+/// relay writes), a key without its certificate is a first start cut short
+/// (the certificate is written after the key, and the relay serves only
+/// once both exist): nobody can have pinned it, so both are made again.
+pub fn load_or_generate(cert_path: &Path, key_path: &Path, own_files: bool) -> Result<Identity> {
+    if own_files && !cert_path.exists() && key_path.exists() {
+        tracing::warn!("key without certificate (a first start cut short): generating both again");
+        std::fs::remove_file(key_path)?;
+    }
     if !cert_path.exists() && !key_path.exists() {
         let ck = rcgen::generate_simple_self_signed(vec!["sotto-relay".to_owned()])
             .map_err(|e| RelayError::Config(format!("certificate generation: {e}")))?;
@@ -61,6 +69,11 @@ pub fn load_or_generate(cert_path: &Path, key_path: &Path) -> Result<Identity> {
 /// from the same key as before: keeping it in the data dir lets clients of a
 /// crashed relay notice on their next packet instead of at the idle timeout.
 pub fn load_or_generate_reset_key(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+    // Empty: created but cut short before its contents were synced (any
+    // key will do; only the stateless resets of the last process are lost).
+    if path.exists() && std::fs::metadata(path)?.len() == 0 {
+        std::fs::remove_file(path)?;
+    }
     if !path.exists() {
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, key.as_mut());
@@ -127,8 +140,8 @@ mod tests {
     fn generated_once_then_reloaded_and_debug_redacts() {
         let d = tempfile::tempdir().unwrap();
         let (c, k) = (d.path().join("c.der"), d.path().join("k.der"));
-        let a = load_or_generate(&c, &k).unwrap();
-        let b = load_or_generate(&c, &k).unwrap();
+        let a = load_or_generate(&c, &k, true).unwrap();
+        let b = load_or_generate(&c, &k, true).unwrap();
         assert_eq!(a.cert, b.cert);
         let dbg = format!("{a:?}");
         assert!(dbg.contains("redacted"));
@@ -136,5 +149,21 @@ mod tests {
             panic!()
         };
         assert!(!dbg.contains(&hex::encode(&kd.secret_pkcs8_der()[..16])));
+    }
+
+    #[test]
+    fn a_first_start_cut_short_is_made_again_only_for_the_relays_own_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (c, k) = (d.path().join("c.der"), d.path().join("k.der"));
+        std::fs::write(&k, b"half a first start").unwrap();
+        assert!(
+            load_or_generate(&c, &k, false).is_err(),
+            "an operator's key is never deleted"
+        );
+        load_or_generate(&c, &k, true).unwrap();
+        assert!(c.exists());
+        let r = d.path().join("reset.key");
+        std::fs::write(&r, b"").unwrap();
+        assert_eq!(load_or_generate_reset_key(&r).unwrap().len(), 32);
     }
 }

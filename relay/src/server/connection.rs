@@ -380,6 +380,23 @@ fn take_sends(state: &State, ctx: &Conn, n: usize) -> Result<()> {
     }
 }
 
+/// One registration (delivery or push token) from the caller's address.
+fn take_registration(state: &State, ctx: &Conn) -> Result<()> {
+    let ok = state
+        .registrations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .try_take(ctx.source, 1, Instant::now());
+    if ok {
+        Ok(())
+    } else {
+        Err(RelayError::refusal(
+            ErrorCode::RateLimited,
+            "token registrations rate limited",
+        ))
+    }
+}
+
 /// A delivery token is empty (a stranger) or 32 bytes.
 fn token(t: Vec<u8>) -> Result<Vec<u8>> {
     if t.is_empty() || t.len() == 32 {
@@ -556,6 +573,7 @@ async fn dispatch(
             Ok(None)
         }
         Req::SetDeliveryToken(t) => {
+            take_registration(state, ctx)?;
             state
                 .mailboxes
                 .set_delivery_verifier(&ctx.mailbox, &t.verifier)
@@ -569,6 +587,7 @@ async fn dispatch(
                     "push token too long",
                 ));
             }
+            take_registration(state, ctx)?;
             state
                 .mailboxes
                 .set_push_token(&ctx.mailbox, t.token)

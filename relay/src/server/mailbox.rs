@@ -171,7 +171,6 @@ impl Mailbox {
 }
 
 /// One envelope to store.
-#[derive(Debug)]
 pub struct Submission {
     /// The recipient mailbox.
     pub to: MailboxId,
@@ -179,6 +178,16 @@ pub struct Submission {
     pub payload: Vec<u8>,
     /// The recipient's delivery token, or empty (a stranger).
     pub delivery_token: Vec<u8>,
+}
+
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission")
+            .field("to", &self.to)
+            .field("payload_len", &self.payload.len())
+            .field("delivery_token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<(MailboxId, Vec<u8>)> for Submission {
@@ -863,13 +872,20 @@ impl Mailboxes {
             None => DbOp::Delete(Cf::DeliveryTokens, m.0.to_vec()),
             Some(v) => DbOp::Put(Cf::DeliveryTokens, m.0.to_vec(), v.to_vec()),
         };
-        self.writer.write(vec![op], None).await?;
-        lock(&self.index)
-            .mailboxes
-            .entry(*m)
-            .or_insert_with(Mailbox::new)
-            .verifier = v;
-        Ok(())
+        // Applied in commit order (the writer's completion), so two
+        // registrations racing leave memory as the disk: the last one.
+        let index = self.index.clone();
+        let m = *m;
+        let apply = move |ok: bool| {
+            if ok {
+                lock(&index)
+                    .mailboxes
+                    .entry(m)
+                    .or_insert_with(Mailbox::new)
+                    .verifier = v;
+            }
+        };
+        self.writer.write(vec![op], Some(Box::new(apply))).await
     }
 
     /// Registers or (empty) clears the mailbox's push token, durably.

@@ -48,7 +48,14 @@ pub(crate) struct State {
     pub(crate) budget: budget::RelayBudget,
     /// Send rate limits, relay-wide so reconnecting does not reset them.
     pub(crate) sends: SendLimits,
+    /// Delivery-token and push-token registrations per source address: each
+    /// keeps a record per (free) key, so their rate bounds that growth.
+    pub(crate) registrations: std::sync::Mutex<crate::limits::BucketMap<std::net::IpAddr>>,
 }
+
+/// Registrations per source address: burst, and per second after it.
+const REGISTRATION_BURST: u32 = 60;
+const REGISTRATIONS_PER_SEC: f64 = 1.0;
 
 /// Keys tracked at once by each send-rate map (a bucket that has refilled
 /// is forgotten; past the bound new keys are refused until some refill).
@@ -151,15 +158,22 @@ impl Relay {
     /// Opens storage, binds the endpoint and starts background tasks.
     pub async fn start(config: Config) -> Result<Self> {
         config.validate()?;
-        let created = !config.data_dir.exists();
+        // Every directory created here gets its entry made durable (its
+        // parent fsynced), so a power cut cannot take the data dir back.
+        let created: Vec<std::path::PathBuf> = config
+            .data_dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(|d| d.to_path_buf())
+            .collect();
         std::fs::create_dir_all(&config.data_dir)?;
-        if created {
-            // The data dir's own entry, so a power cut cannot take it back.
-            if let Some(parent) = config.data_dir.parent() {
+        for dir in created.iter().rev() {
+            if let Some(parent) = dir.parent() {
                 cert::sync_dir(parent)?;
             }
         }
-        let identity = cert::load_or_generate(&config.cert_path(), &config.key_path())?;
+        let own_files = config.cert.is_none() && config.key.is_none();
+        let identity = cert::load_or_generate(&config.cert_path(), &config.key_path(), own_files)?;
         let fingerprint = crate::client::pin::fingerprint(&identity.cert);
         let db = Arc::new(Db::open(&config.data_dir.join("db"))?);
         let metrics = Arc::new(Metrics::default());
@@ -256,6 +270,11 @@ impl Relay {
         let sends = SendLimits::new(&config);
         let state = Arc::new(State {
             sends,
+            registrations: std::sync::Mutex::new(crate::limits::BucketMap::new(
+                REGISTRATION_BURST,
+                REGISTRATIONS_PER_SEC,
+                MAX_RATE_KEYS,
+            )),
             config,
             db,
             writer,

@@ -557,7 +557,8 @@ fn a_stranger_cannot_raise_unbounded_identity_alarms_or_sessions() {
 
 /// The delivery token in a content is kept only from an accepted contact
 /// (a stranger's is not kept until the user accepts), only per sending
-/// device, and a malformed one is a content failure, not a silent drop.
+/// device, only beside a valid body, and a malformed one is a content
+/// failure, not a silent drop.
 #[test]
 fn delivery_tokens_are_kept_from_contacts_only_and_checked() {
     let mut alice = TestUser::new(1);
@@ -590,4 +591,22 @@ fn delivery_tokens_are_kept_from_contacts_only_and_checked() {
     bob.receive(0, &e);
     assert_eq!(kinds(&bob.events(0)), ["message", "request", "failed"]);
     assert_eq!(token(&mut bob, &alice), Some([3; 32]));
+
+    // A token beside an invalid body is not kept; an update alone is.
+    let mut c = text(&alice, 3, "");
+    c.body = None;
+    c.delivery_token = vec![6; 32];
+    let e = alice.envelope(0, &mut bob, 0, &c);
+    bob.receive(0, &e);
+    assert_eq!(token(&mut bob, &alice), Some([3; 32]));
+    c.body = Some(pb::content::Body::DeliveryTokenUpdate(
+        pb::DeliveryTokenUpdate {},
+    ));
+    let e = alice.envelope(0, &mut bob, 0, &c);
+    bob.receive(0, &e);
+    assert_eq!(token(&mut bob, &alice), Some([6; 32]));
+    assert_eq!(
+        kinds(&bob.events(0)),
+        ["message", "request", "failed", "failed"]
+    );
 }
