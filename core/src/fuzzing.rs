@@ -84,6 +84,14 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 })),
             }
             .encode_to_vec(),
+            pb::Content {
+                sender_relay: p.alice.relay.to_string(),
+                delivery_token: vec![5; 32],
+                body: Some(pb::content::Body::DeliveryTokenUpdate(
+                    pb::DeliveryTokenUpdate {},
+                )),
+            }
+            .encode_to_vec(),
         ],
         "addresses" => vec![
             p.alice.to_string().into_bytes(),
