@@ -88,7 +88,7 @@ pub(crate) struct Inner<S: Store> {
     synced: tokio::sync::watch::Sender<bool>,
     skip_acks: AtomicBool,
     /// The home relay may not hold the current delivery token's verifier
-    /// (at start, after a reconnect, after a rotation).
+    /// (at start, after a rotation, after a failed registration).
     token_unregistered: AtomicBool,
     /// One registration at a time (a rotation during one registers again).
     registering: tokio::sync::Mutex<()>,
@@ -931,9 +931,10 @@ async fn receive_once<S: Store + Send + 'static>(
     let home = inner.me.relay.clone();
     let conn = inner.relay(&home).await?;
     let result = async {
-        // A relay without delivery tokens (older) or a failure here must
-        // not keep the mailbox unread: the send loop tries again.
-        inner.token_unregistered.store(true, Ordering::SeqCst);
+        // Registered once per process start and after a rotation (the
+        // relay keeps it durably; registrations are rate limited per
+        // address). A relay without delivery tokens (older) or a failure
+        // here must not keep the mailbox unread: the send loop tries again.
         if let Err(e) = register_delivery_token(inner, &conn).await {
             tracing::debug!(error = %e, "delivery token not registered yet");
         }
