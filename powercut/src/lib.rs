@@ -224,6 +224,13 @@ impl LazyFs {
             }
         }
         match mounted.thread.join() {
+            // After the unmount the session's read of /dev/fuse ends with
+            // ENODEV, or with ECONNABORTED when the kernel aborted the
+            // connection with requests in flight (a killed process's): both
+            // are the end we asked for.
+            Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ECONNABORTED)) => {
+                Ok(())
+            }
             Ok(r) => r,
             Err(_) => Err(io::Error::other("LazyFs session thread panicked")),
         }
