@@ -117,6 +117,16 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
+    /// The vector in PROTOCOL.md Part II section 4.
+    #[test]
+    fn delivery_verifier_matches_the_spec_vector() {
+        let token: [u8; 32] = core::array::from_fn(|i| i as u8);
+        assert_eq!(
+            hex::encode(delivery_verifier(&token)),
+            "89aaecc7e46f6df3865a8c9f3b77997ef930c8663cc3fa865ee66582ba9d479e"
+        );
+    }
+
     fn key(b: u8) -> SigningKey {
         SigningKey::from_bytes(&[b; 32])
     }
