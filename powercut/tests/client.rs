@@ -34,7 +34,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{relay_flags, Mount, RelayProc, Rng};
+use common::{fetch_all, relay_flags, Mount, RelayProc, Rng};
 use ed25519_dalek::SigningKey;
 use prost::Message as _;
 use rand_core::{OsRng, RngCore};
@@ -42,7 +42,6 @@ use sha2::{Digest, Sha256};
 use sotto_core::client::{Client, EventKind, RelayAddress, UserAddress};
 use sotto_core::{SqliteStore, StorageKey, Store, Table};
 use sotto_proto::client as pb;
-use sotto_relay::RelayClient;
 
 const CUTS: usize = 20;
 /// Alice sends one message per this many milliseconds, Bob one per 1.5x.
@@ -389,22 +388,11 @@ fn client_loses_no_message_and_reuses_no_key_across_twenty_power_cuts() {
     let sent = log.sent();
 
     // No (ratchet key, N) with two ciphertexts in Bob's mailbox.
-    let envelopes = rt.block_on(async {
-        let c = RelayClient::connect(relay.addr, relay.pin, &mailbox_key(&bob))
-            .await
-            .unwrap();
-        let mut all = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = c.fetch(cursor, 1000).await.unwrap();
-            cursor = page.envelopes.last().map(|e| e.id).or(cursor);
-            all.extend(page.envelopes.into_iter().map(|e| e.payload));
-            if !page.more {
-                break;
-            }
-        }
-        all
-    });
+    let envelopes: Vec<Vec<u8>> = rt
+        .block_on(fetch_all(&relay, &mailbox_key(&bob)))
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect();
     let mut by_header: HashMap<[u8; 40], HashSet<[u8; 32]>> = HashMap::new();
     for (h, digest) in headers(&envelopes) {
         by_header.entry(h).or_default().insert(digest);

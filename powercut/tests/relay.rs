@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{launch_relay, relay_flags, Mount, RelayProc, Rng};
+use common::{fetch_all, launch_relay, relay_flags, Mount, RelayProc, Rng};
 use ed25519_dalek::SigningKey;
 use rand_core::OsRng;
 use sotto_relay::{EnvelopeId, MailboxId, Pushed, RelayClient};
@@ -178,25 +178,6 @@ async fn subscriber(relay: RelayClient, ledger: Shared) {
             acks.retain(|t| !t.is_finished());
         }
     }
-}
-
-/// Every envelope in `k`'s mailbox.
-async fn fetch_all(relay: &RelayProc, k: &SigningKey) -> Vec<(EnvelopeId, Vec<u8>)> {
-    let c = RelayClient::connect(relay.addr, relay.pin, k)
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = c.fetch(cursor, 1000).await.unwrap();
-        cursor = page.envelopes.last().map(|e| e.id).or(cursor);
-        all.extend(page.envelopes.into_iter().map(|e| (e.id, e.payload)));
-        if !page.more {
-            break;
-        }
-    }
-    c.close().await;
-    all
 }
 
 /// What a restarted relay holds, checked against the ledger.

@@ -188,3 +188,25 @@ pub(crate) fn relay_flags() -> Vec<String> {
     .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
     .collect()
 }
+
+/// Every envelope in `k`'s mailbox.
+pub(crate) async fn fetch_all(
+    relay: &RelayProc,
+    k: &ed25519_dalek::SigningKey,
+) -> Vec<(sotto_relay::EnvelopeId, Vec<u8>)> {
+    let c = sotto_relay::RelayClient::connect(relay.addr, relay.pin, k)
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = c.fetch(cursor, 1000).await.unwrap();
+        cursor = page.envelopes.last().map(|e| e.id).or(cursor);
+        all.extend(page.envelopes.into_iter().map(|e| (e.id, e.payload)));
+        if !page.more {
+            break;
+        }
+    }
+    c.close().await;
+    all
+}
