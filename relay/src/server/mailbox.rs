@@ -146,19 +146,19 @@ impl Mailbox {
         Some(e)
     }
 
-    /// Which lane an envelope carrying `token` takes: `Ok(true)` for the
-    /// strangers' slice, `Ok(false)` for a contact (or a mailbox without a
-    /// verifier); a token that does not match is refused.
-    fn lane(&self, token: &[u8]) -> Result<bool> {
+    /// Which lane an envelope takes, given its token's verifier (`None`: no
+    /// token; `Some(None)`: not 32 bytes): `Ok(true)` for the strangers'
+    /// slice, `Ok(false)` for a contact (or a mailbox without a verifier); a
+    /// token that does not match is refused.
+    fn lane(&self, presented: Option<Option<[u8; 32]>>) -> Result<bool> {
         use subtle::ConstantTimeEq;
         let Some(v) = &self.verifier else {
             return Ok(false);
         };
-        if token.is_empty() {
+        let Some(presented) = presented else {
             return Ok(true);
-        }
-        let ok = <&[u8; 32]>::try_from(token)
-            .is_ok_and(|t| bool::from(crate::auth::delivery_verifier(t).ct_eq(v)));
+        };
+        let ok = presented.is_some_and(|p| bool::from(p.ct_eq(v)));
         if ok {
             Ok(false)
         } else {
@@ -426,16 +426,25 @@ impl Mailboxes {
         let mut ops = Vec::with_capacity(items.len() + 1);
         // (recipient, sequence, length, pushed before commit)
         let mut accepted: Vec<(MailboxId, u64, u32, bool)> = Vec::new();
+        // Tokens are hashed before the index lock is taken (a SHA-256 each).
+        let items: Vec<(Submission, Option<Option<[u8; 32]>>)> = items
+            .into_iter()
+            .map(|i| {
+                let i: Submission = i.into();
+                let presented = (!i.delivery_token.is_empty()).then(|| {
+                    <&[u8; 32]>::try_from(i.delivery_token.as_slice())
+                        .ok()
+                        .map(crate::auth::delivery_verifier)
+                });
+                (i, presented)
+            })
+            .collect();
         let rx = {
             let mut idx = lock(&self.index);
             let ms = now_ms().max(idx.last_ms);
             idx.last_ms = ms;
-            for item in items {
-                let Submission {
-                    to,
-                    payload,
-                    delivery_token,
-                } = item.into();
+            for (item, presented) in items {
+                let Submission { to, payload, .. } = item;
                 if payload.len() > self.quota.max_envelope_bytes {
                     results.push(Err(RelayError::refusal(
                         ErrorCode::EnvelopeTooLarge,
@@ -447,7 +456,7 @@ impl Mailboxes {
                 let seq = idx.next_seq;
                 let under_lease = seq <= idx.lease;
                 let mb = idx.mailboxes.entry(to).or_insert_with(Mailbox::new);
-                let stranger = match mb.lane(&delivery_token) {
+                let stranger = match mb.lane(presented) {
                     Ok(s) => s,
                     Err(e) => {
                         results.push(Err(e));
