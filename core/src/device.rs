@@ -16,7 +16,7 @@ use rand_core::CryptoRngCore;
 use sotto_proto::store as rec;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Fault, Result};
 use crate::identity::{IdentityKey, IdentityKeyPair, SafetyNumber};
 use crate::keys::{KemKeyPair, Secret32, X25519KeyPair};
 use crate::padding::Padding;
@@ -719,15 +719,16 @@ impl<S: Store> Device<S> {
     /// (e.g. `txn.put(Table::App, envelope_id, b"")`) commit atomically with
     /// the ratchet state, and if `hook` fails nothing is committed and the
     /// message can be decrypted again.
-    pub fn decrypt_with<F>(
+    pub fn decrypt_with<F, E>(
         &mut self,
         addr: &DeviceAddress,
         message: &[u8],
         now: u64,
         hook: F,
-    ) -> Result<Vec<u8>>
+    ) -> Result<Vec<u8>, E>
     where
-        F: FnOnce(&mut S::Txn<'_>) -> Result<()>,
+        F: FnOnce(&mut S::Txn<'_>) -> Result<(), E>,
+        E: From<Error>,
     {
         self.decrypt_then(addr, message, now, |tx, _| hook(tx))
             .map(|(pt, ())| pt)
@@ -736,60 +737,64 @@ impl<S: Store> Device<S> {
     /// Like [`Device::decrypt_with`], but the hook also sees the plaintext
     /// (to store what it says in the same transaction) and the identity of
     /// the session that authenticated it, and returns a value.
-    pub fn decrypt_then<F, R>(
+    pub fn decrypt_then<F, R, E>(
         &mut self,
         addr: &DeviceAddress,
         message: &[u8],
         now: u64,
         hook: F,
-    ) -> Result<(Vec<u8>, R)>
+    ) -> Result<(Vec<u8>, R), E>
     where
-        F: FnOnce(&mut S::Txn<'_>, &Decrypted<'_>) -> Result<R>,
+        F: FnOnce(&mut S::Txn<'_>, &Decrypted<'_>) -> Result<R, E>,
+        E: From<Error>,
     {
         let a = addr.encode()?;
         let kind = MessageKind::of(message)?;
         let (identity, device_id) = (&self.identity, self.device_id);
         let cache = &mut self.sessions;
         self.store.transaction(|tx| {
-            let (plaintext, remote, new_session) = match kind {
-                MessageKind::Ratchet => {
-                    let (pt, remote) = decrypt_ratchet(tx, cache, &a, message)?;
-                    (pt, remote, false)
-                }
-                MessageKind::PreKey => {
-                    let m = PreKeyMessage::parse(message)?;
-                    if m.responder_device_id != device_id {
-                        return Err(Error::WrongDevice(m.responder_device_id));
-                    }
-                    let ids = load_index(tx, &a)?;
-                    if ids.contains(&m.base_key) {
-                        // A later message of a session we already accepted:
-                        // its identity is the session's, whatever the
-                        // (unauthenticated) header field says.
-                        let mut state = load_session(tx, cache, &a, &m.base_key)?;
-                        if !state.remote_identity.ct_eq(&m.initiator_identity) {
-                            return Err(Error::Malformed {
-                                what: "prekey message identity differs from its session",
-                            });
-                        }
-                        require_session_trusted(tx, &a, &state)?;
-                        let (pt, changes) = {
-                            let skipped = TxSkipped {
-                                tx: &*tx,
-                                prefix: cat(&[&a, &m.base_key]),
-                            };
-                            state.decrypt(&m.inner, &skipped)?
-                        };
-                        let remote = state.remote_identity;
-                        commit_decrypt(tx, cache, &a, state, changes)?;
-                        promote(tx, cache, &a, ids, m.base_key)?;
+            let mut decrypted = |tx: &mut S::Txn<'_>| -> Result<_> {
+                Ok(match kind {
+                    MessageKind::Ratchet => {
+                        let (pt, remote) = decrypt_ratchet(tx, cache, &a, message)?;
                         (pt, remote, false)
-                    } else {
-                        let pt = accept_prekey_message(tx, cache, identity, &a, ids, &m, now)?;
-                        (pt, m.initiator_identity, true)
                     }
-                }
+                    MessageKind::PreKey => {
+                        let m = PreKeyMessage::parse(message)?;
+                        if m.responder_device_id != device_id {
+                            return Err(Error::WrongDevice(m.responder_device_id));
+                        }
+                        let ids = load_index(tx, &a)?;
+                        if ids.contains(&m.base_key) {
+                            // A later message of a session we already accepted:
+                            // its identity is the session's, whatever the
+                            // (unauthenticated) header field says.
+                            let mut state = load_session(tx, cache, &a, &m.base_key)?;
+                            if !state.remote_identity.ct_eq(&m.initiator_identity) {
+                                return Err(Error::Malformed {
+                                    what: "prekey message identity differs from its session",
+                                });
+                            }
+                            require_session_trusted(tx, &a, &state)?;
+                            let (pt, changes) = {
+                                let skipped = TxSkipped {
+                                    tx: &*tx,
+                                    prefix: cat(&[&a, &m.base_key]),
+                                };
+                                state.decrypt(&m.inner, &skipped)?
+                            };
+                            let remote = state.remote_identity;
+                            commit_decrypt(tx, cache, &a, state, changes)?;
+                            promote(tx, cache, &a, ids, m.base_key)?;
+                            (pt, remote, false)
+                        } else {
+                            let pt = accept_prekey_message(tx, cache, identity, &a, ids, &m, now)?;
+                            (pt, m.initiator_identity, true)
+                        }
+                    }
+                })
             };
+            let (plaintext, remote, new_session) = decrypted(tx)?;
             let r = hook(
                 tx,
                 &Decrypted {
@@ -1058,7 +1063,7 @@ fn decrypt_ratchet(
                 }
                 return Ok((pt, remote));
             }
-            Err(e @ (Error::Storage(_) | Error::CorruptRecord { .. })) => return Err(e),
+            Err(e) if e.fault() == Fault::Local => return Err(e),
             Err(e) => {
                 return_session(tx, cache, a, sid, state)?;
                 if best.as_ref().is_none_or(|b| rank(&e) > rank(b)) {

@@ -117,9 +117,6 @@ pub enum Error {
         /// The generation the app expected (at least).
         expected: u64,
     },
-    /// The caller's own writes in a commit hook failed; nothing was committed.
-    #[error("commit hook failed: {0}")]
-    Hook(String),
     /// An attachment blob is not a valid encryption under the pointer's key:
     /// a chunk failed authentication, the blob was truncated or extended, its
     /// header is unknown, or the pointer's lengths are inconsistent. The
@@ -137,35 +134,62 @@ pub enum Error {
     /// Reading the source or writing the destination of an attachment failed.
     #[error("attachment I/O: {0}")]
     AttachmentIo(#[source] std::io::Error),
-    /// A user, relay or link address did not parse.
-    #[error("invalid address: {0}")]
-    InvalidAddress(&'static str),
-    /// The user has no published device list on the named relay.
-    #[error("unknown user (no device list on their relay)")]
-    UnknownUser,
     /// A caller-supplied value is unacceptable.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
-    /// A wait ended before what it waited for happened.
-    #[error("timed out")]
-    Timeout,
-    /// A device list was refused against the one already seen for that
-    /// user (rolled back, equivocating, jumping too far, re-using a device
-    /// id); nothing was sent with it.
-    #[error("device list refused: {0}")]
-    DeviceListRejected(&'static str),
-    /// Only the user's primary device (the one holding the account key) can
-    /// do this: link or unlink devices.
-    #[error("only the primary device can do this")]
-    NotPrimary,
-    /// The peer is not an accepted contact yet (a message request): accept
-    /// the request first.
-    #[error("the peer is not an accepted contact")]
-    NotAccepted,
-    /// A relay refused a request or the connection failed.
-    #[cfg(feature = "client")]
-    #[error("relay: {0}")]
-    Relay(#[from] sotto_relay::RelayError),
+}
+
+/// Whose fault a failure is: what a caller does about it depends on this,
+/// not on the variant. Every crate decides it for its own errors in one
+/// place ([`Error::fault`] here), as rustls groups its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Another party sent something invalid, forged or refused: a peer
+    /// device, or a relay. The same input fails the same way again; report
+    /// it (it may be an attack), never retry it.
+    Peer,
+    /// This device failed: the disk, a damaged or rolled-back store. Nothing
+    /// was changed; the same call may succeed once the cause is fixed.
+    Local,
+    /// Nobody's fault yet: a relay is unreachable, busy or limits us, or a
+    /// wait ran out. Retry later. (Never from sotto-core itself, which does
+    /// no I/O but its store's.)
+    Network,
+    /// The caller's mistake: an argument out of range, an operation the
+    /// state does not allow. Fix the call.
+    Caller,
+}
+
+impl Error {
+    /// Whose fault this error is: the one place sotto-core decides it.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::Malformed { .. }
+            | Error::UnsupportedVersion(_)
+            | Error::BadSignature { .. }
+            | Error::InvalidKey { .. }
+            | Error::DecryptFailed
+            | Error::DuplicateMessage { .. }
+            | Error::MessageKeyEvicted { .. }
+            | Error::TooFarInFuture { .. }
+            | Error::UnknownPrekey { .. }
+            | Error::ReplayedPreKeyMessage
+            | Error::OneTimePrekeyReused { .. }
+            | Error::IdentityChanged { .. }
+            | Error::WrongDevice(_)
+            | Error::AttachmentCorrupt(_)
+            | Error::AttachmentDigestMismatch => Fault::Peer,
+            Error::NoIdentity
+            | Error::CorruptRecord { .. }
+            | Error::Storage(_)
+            | Error::StoreRolledBack { .. }
+            | Error::AttachmentIo(_) => Fault::Local,
+            Error::NoSession | Error::AttachmentTooLarge | Error::InvalidArgument(_) => {
+                Fault::Caller
+            }
+        }
+    }
 }
 
 impl From<rusqlite::Error> for Error {

@@ -49,13 +49,8 @@
 //! ```
 
 pub mod attachment;
-#[cfg(feature = "client")]
-pub mod client;
 pub mod device;
 pub mod error;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod identity;
 pub mod keys;
 pub mod padding;
@@ -69,7 +64,7 @@ pub mod trust;
 
 pub use attachment::{AttachmentKey, AttachmentPointer};
 pub use device::{Device, DeviceAddress};
-pub use error::{Error, Result};
+pub use error::{Error, Fault, Result};
 pub use identity::{IdentityKey, IdentityKeyPair, SafetyNumber};
 pub use padding::Padding;
 pub use prekeys::{PrekeyBundle, UploadItem};

@@ -64,7 +64,8 @@ pub(crate) fn require_not_changed(check: TrustCheck, presented: &IdentityKey) ->
 }
 
 impl Contact {
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The stored form of this record (PROTOCOL.md I.8).
+    pub fn encode(&self) -> Vec<u8> {
         rec::ContactRecord {
             identity_key: self.identity.as_bytes().to_vec(),
             verification: match self.verification {
@@ -76,7 +77,8 @@ impl Contact {
         .encode_to_vec()
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+    /// Parses a stored record; [`Error::CorruptRecord`] if it is not one.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
         let corrupt = || Error::CorruptRecord { table: "contact" };
         let r = rec::ContactRecord::decode(bytes).map_err(|_| corrupt())?;
         Ok(Contact {

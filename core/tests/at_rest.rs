@@ -41,7 +41,7 @@ fn deleted_message_keys_survive_neither_in_the_file_nor_in_the_wal() {
                     OsRng.fill_bytes(&mut k);
                     tx.put(Table::SkippedKey, &(batch * 30 + i).to_be_bytes(), &k)?;
                 }
-                Ok(())
+                Ok::<_, sotto_core::Error>(())
             })
             .unwrap();
     }

@@ -1,8 +1,8 @@
 //! How the examples show keys and numbers to people: short forms for
 //! addresses in running text, the safety number in groups of five.
 
-use sotto_core::client::{MessageId, UserAddress};
 use sotto_core::SafetyNumber;
+use sotto_messenger::{MessageId, UserAddress};
 
 /// `1a2b3c4d…` — the first 8 hex digits of a user's identity key, enough to
 /// tell people apart on screen (never for verification: use the safety number).

@@ -1,7 +1,7 @@
 //! Building blocks of Sotto's runnable examples and end-to-end tests.
 //!
 //! Both binaries are apps on the messenger client
-//! (`sotto_core::client::Client`); this library holds what they share:
+//! (`sotto_messenger::Messenger`); this library holds what they share:
 //!
 //! - [`relay_process`]: start a real `sotto-relay` process on a temp data dir,
 //!   read the address and certificate fingerprint it publishes, and read its
@@ -20,9 +20,10 @@ pub mod wiretap;
 /// Everything that can fail in the examples.
 #[derive(Debug, thiserror::Error)]
 pub enum ExampleError {
-    /// The client or the cryptographic core refused something.
-    #[error("core: {0}")]
-    Core(#[from] sotto_core::Error),
+    /// The messenger refused something (its own error, or the core's or a
+    /// relay's inside it).
+    #[error("messenger: {0}")]
+    Messenger(#[from] sotto_messenger::Error),
     /// Local I/O (temp dirs, the relay process, the chat's files).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -38,6 +39,12 @@ pub enum ExampleError {
     /// Something the demo checks did not happen as it should.
     #[error("unexpected: {0}")]
     Unexpected(String),
+}
+
+impl From<sotto_core::Error> for ExampleError {
+    fn from(e: sotto_core::Error) -> Self {
+        ExampleError::Messenger(e.into())
+    }
 }
 
 /// Result alias of the examples.

@@ -18,8 +18,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use rand_core::{OsRng, RngCore};
-use sotto_core::client::UserAddress;
 use sotto_core::{SqliteStore, StorageKey};
+use sotto_messenger::UserAddress;
 use zeroize::Zeroizing;
 
 use crate::{ExampleError, Result};
@@ -239,7 +239,7 @@ impl AddressBook {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use sotto_core::client::RelayAddress;
+    use sotto_messenger::RelayAddress;
 
     #[test]
     fn key_file_is_private_stable_and_checked() {

@@ -1,4 +1,4 @@
-//! `SottoClient`: the messenger client (sotto-core's `Client` over an
+//! `SottoClient`: the messenger client (sotto-messenger's `Messenger` over an
 //! encrypted SQLite store) for foreign code.
 //!
 //! A thin wrapper: it parses addresses, converts events and errors, and owns
@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use sotto_core::client::{Client, RelayAddress, UserAddress};
 use sotto_core::SqliteStore;
+use sotto_messenger::{Messenger, RelayAddress, UserAddress};
 use tokio::task::AbortHandle;
 
 use crate::consumer::ConsumerSlot;
@@ -35,7 +35,7 @@ use crate::listener::{EventListener, EventSubscription};
 use crate::runtime::{in_runtime, runtime};
 
 /// The core client with the store this library uses.
-pub(crate) type CoreClient = Client<SqliteStore>;
+pub(crate) type CoreClient = Messenger<SqliteStore>;
 
 /// How long `shutdown()` waits for in-flight calls before dropping the
 /// client anyway.

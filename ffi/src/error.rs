@@ -221,12 +221,7 @@ impl From<sotto_core::Error> for SottoError {
                 what: what.into(),
                 id,
             },
-            E::DeviceListRejected(reason) => Self::DeviceListRejected {
-                reason: reason.into(),
-            },
-            E::NotPrimary => Self::NotPrimary,
             E::StoreRolledBack { found, expected } => Self::StoreRolledBack { found, expected },
-            E::NotAccepted => Self::NotAccepted,
             E::IdentityChanged { new_identity } => Self::IdentityChanged {
                 new_identity: new_identity.as_bytes().to_vec(),
             },
@@ -235,18 +230,9 @@ impl From<sotto_core::Error> for SottoError {
             E::CorruptRecord { table } => Self::CorruptRecord {
                 table: table.into(),
             },
-            E::Storage(reason) | E::Hook(reason) => Self::Storage { reason },
-            E::InvalidAddress(reason) => Self::InvalidAddress {
-                reason: reason.into(),
-            },
+            E::Storage(reason) => Self::Storage { reason },
             E::InvalidArgument(reason) => Self::InvalidInput {
                 reason: reason.into(),
-            },
-            E::UnknownUser => Self::UnknownUser,
-            E::Timeout => Self::Timeout,
-            E::Relay(r) => Self::Relay {
-                code: r.remote_code().map(|c| c.as_str_name().to_owned()),
-                reason: r.to_string(),
             },
             E::AttachmentCorrupt(reason) => Self::AttachmentRejected {
                 reason: reason.into(),
@@ -260,6 +246,35 @@ impl From<sotto_core::Error> for SottoError {
             },
             // The core enum is non-exhaustive; a new variant shows as internal
             // until it gets its own here.
+            other => Self::Internal {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The messenger's own errors; its core errors keep their variants.
+impl From<sotto_messenger::Error> for SottoError {
+    fn from(e: sotto_messenger::Error) -> Self {
+        use sotto_messenger::Error as E;
+        match e {
+            E::Core(e) => e.into(),
+            E::Relay(r) => Self::Relay {
+                code: r.remote_code().map(|c| c.as_str_name().to_owned()),
+                reason: r.to_string(),
+            },
+            E::InvalidAddress(reason) => Self::InvalidAddress {
+                reason: reason.into(),
+            },
+            E::UnknownUser => Self::UnknownUser,
+            E::Timeout => Self::Timeout,
+            E::DeviceListRejected(reason) => Self::DeviceListRejected {
+                reason: reason.into(),
+            },
+            E::NotPrimary => Self::NotPrimary,
+            E::NotAccepted => Self::NotAccepted,
+            // The messenger's enum is non-exhaustive; a new variant shows as
+            // internal until it gets its own here.
             other => Self::Internal {
                 reason: other.to_string(),
             },

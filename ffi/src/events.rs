@@ -10,7 +10,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use sotto_core::client as core;
+use sotto_messenger as core;
 
 use crate::error::{Result, SottoError};
 

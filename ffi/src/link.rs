@@ -1,7 +1,7 @@
 //! Linking a new device to an existing user, confirmed on both screens:
 //! [`Linking`] is the new device's side, [`PendingLink`] the existing
-//! device's (from `SottoClient.linkDevice`). The protocol is sotto-core's
-//! `client::link`; this module only holds its states as foreign objects.
+//! device's (from `SottoClient.linkDevice`). The protocol is sotto-messenger's
+//! (`Linking`, `PendingLink`); this module only holds their states as foreign objects.
 //!
 //! New device: `Linking.start(db, key, relay)` → show `code()` → `waitOffer()`
 //! returns six digits → the user confirms they match → `finish()` returns
@@ -13,8 +13,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sotto_core::client::link;
 use sotto_core::SqliteStore;
+use sotto_messenger as link;
 
 use crate::client::{open_store, parse_relay, SottoClient};
 use crate::error::{Result, SottoError};

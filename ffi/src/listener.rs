@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sotto_core::client::Client;
 use sotto_core::SqliteStore;
+use sotto_messenger::Messenger;
 use tokio::task::AbortHandle;
 
 use crate::consumer::ConsumerClaim;
@@ -85,7 +85,7 @@ pub struct EventSubscription {
 impl EventSubscription {
     /// Starts delivering `client`'s events to `listener`.
     pub(crate) fn start(
-        client: Arc<Client<SqliteStore>>,
+        client: Arc<Messenger<SqliteStore>>,
         listener: Arc<dyn EventListener>,
         claim: ConsumerClaim,
     ) -> Result<Arc<Self>> {

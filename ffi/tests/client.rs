@@ -37,15 +37,22 @@ fn bad_relay_addresses_and_keys_are_typed_errors() {
 }
 
 #[test]
-fn core_errors_keep_their_variant() {
-    let e = SottoError::from(sotto_core::Error::InvalidAddress("missing @relay"));
+fn core_and_messenger_errors_keep_their_variant() {
+    let e = SottoError::from(sotto_messenger::Error::InvalidAddress("missing @relay"));
     assert_eq!(e.to_string(), "invalid address: missing @relay");
     assert!(matches!(
-        SottoError::from(sotto_core::Error::Timeout),
+        SottoError::from(sotto_messenger::Error::Timeout),
         SottoError::Timeout
     ));
     assert!(matches!(
-        SottoError::from(sotto_core::Error::UnknownUser),
+        SottoError::from(sotto_messenger::Error::UnknownUser),
         SottoError::UnknownUser
+    ));
+    // A core error inside a messenger error keeps its own variant.
+    assert!(matches!(
+        SottoError::from(sotto_messenger::Error::from(
+            sotto_core::Error::DecryptFailed
+        )),
+        SottoError::DecryptFailed
     ));
 }

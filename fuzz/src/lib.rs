@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use sotto_core::fuzzing as core;
+use sotto_messenger::fuzzing as core;
 use sotto_relay::frame;
 use sotto_relay::ids::{BlobId, EnvelopeId, MailboxId};
 use sotto_relay::wire::{client_frame, server_frame};

@@ -11,7 +11,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use common::{relay_flags, workspace_binary, Mount, RelayProc};
-use sotto_core::client::RelayAddress;
+use sotto_messenger::RelayAddress;
 
 /// `sotto-chat --data DIR [--relay R]` with stdin held open; its stdout and
 /// stderr lines arrive on the receiver.

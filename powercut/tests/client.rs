@@ -39,8 +39,8 @@ use ed25519_dalek::SigningKey;
 use prost::Message as _;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
-use sotto_core::client::{Client, EventKind, RelayAddress, UserAddress};
 use sotto_core::{SqliteStore, StorageKey, Store, Table};
+use sotto_messenger::{EventKind, Messenger, RelayAddress, UserAddress};
 use sotto_proto::client as pb;
 
 const CUTS: usize = 20;
@@ -169,7 +169,7 @@ struct BobLog {
 }
 
 /// Bob's mailbox key, from his store's config row (test hook `with_store`).
-fn mailbox_key(bob: &Client<SqliteStore>) -> SigningKey {
+fn mailbox_key(bob: &Messenger<SqliteStore>) -> SigningKey {
     let cfg = bob
         .with_store(|s| s.get(Table::App, b"cfg"))
         .unwrap()
@@ -226,7 +226,7 @@ fn client_loses_no_message_and_reuses_no_key_across_twenty_power_cuts() {
     let bob = rt.block_on(async {
         let store =
             SqliteStore::open(disk.path().join("bob.db"), &StorageKey::new([7; 32])).unwrap();
-        Client::create(store, relay_addr.clone()).await.unwrap()
+        Messenger::create(store, relay_addr.clone()).await.unwrap()
     });
     bob.set_skip_acks(true);
     let bob = Arc::new(bob);

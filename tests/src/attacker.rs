@@ -7,12 +7,12 @@
 use ed25519_dalek::SigningKey;
 use prost::Message as _;
 use rand_core::OsRng;
-use sotto_core::client::envelope::sender_mac;
-use sotto_core::client::{
-    AccountKeyPair, DeviceCertificate, DeviceEntry, DeviceList, RelayAddress, UserAddress,
-};
 use sotto_core::session::MessageKind;
 use sotto_core::{Device, DeviceAddress, IdentityKey, MemoryStore, PrekeyBundle};
+use sotto_messenger::engine::envelope::sender_mac;
+use sotto_messenger::{
+    AccountKeyPair, DeviceCertificate, DeviceEntry, DeviceList, RelayAddress, UserAddress,
+};
 use sotto_proto::client as pb;
 use sotto_relay::{MailboxId, RelayClient};
 

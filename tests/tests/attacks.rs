@@ -16,20 +16,20 @@ use std::time::Duration;
 
 use prost::Message as _;
 use rand_core::{OsRng, RngCore};
-use sotto_core::client::link::Linking;
-use sotto_core::client::{
-    AccountKeyPair, Client, DeviceCertificate, DeviceList, Event, EventKind, RelayAddress,
-    UserAddress,
-};
-use sotto_core::{IdentityKeyPair, Padding, PrekeyBundle, Session, SqliteStore, StorageKey, Store};
+use sotto_core::{IdentityKeyPair, Padding, PrekeyBundle, Session, SqliteStore, StorageKey};
 use sotto_e2e::attacker::{sealed, Attacker};
 use sotto_e2e::{relay_binary, RelayProcess};
+use sotto_messenger::Linking;
+use sotto_messenger::{
+    AccountKeyPair, DeviceCertificate, DeviceList, Event, EventKind, Messenger, RelayAddress,
+    UserAddress,
+};
 use sotto_proto::client as pb;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Dev {
-    client: Client<SqliteStore>,
+    client: Messenger<SqliteStore>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,11 +42,11 @@ fn store(dir: &tempfile::TempDir) -> SqliteStore {
 impl Dev {
     async fn create(relay: &RelayProcess) -> Dev {
         let dir = tempfile::tempdir().unwrap();
-        let client = Client::create(store(&dir), addr(relay)).await.unwrap();
+        let client = Messenger::create(store(&dir), addr(relay)).await.unwrap();
         Dev { client, _dir: dir }
     }
 
-    fn c(&self) -> &Client<SqliteStore> {
+    fn c(&self) -> &Messenger<SqliteStore> {
         &self.client
     }
 
@@ -56,15 +56,7 @@ impl Dev {
 
     /// This device's certificate, as any recipient of its first message sees it.
     fn certificate(&self) -> DeviceCertificate {
-        self.client
-            .with_store(|s| {
-                let cfg = s
-                    .get(sotto_core::Table::App, b"cfg")?
-                    .expect("client config");
-                let cfg = pb::ClientConfig::decode(cfg.as_slice()).unwrap();
-                DeviceCertificate::from_pb(cfg.certificate.as_ref().unwrap())
-            })
-            .unwrap()
+        *self.client.certificate()
     }
 }
 
@@ -72,7 +64,7 @@ fn addr(r: &RelayProcess) -> RelayAddress {
     RelayAddress::new(r.addr, r.pin)
 }
 
-async fn next(c: &Client<SqliteStore>) -> Event {
+async fn next(c: &Messenger<SqliteStore>) -> Event {
     let e = tokio::time::timeout(WAIT, c.next_event())
         .await
         .expect("no event in time")
@@ -82,7 +74,7 @@ async fn next(c: &Client<SqliteStore>) -> Event {
 }
 
 /// The next message (a request is accepted, as a user would).
-async fn message(c: &Client<SqliteStore>) -> (UserAddress, String) {
+async fn message(c: &Messenger<SqliteStore>) -> (UserAddress, String) {
     loop {
         let e = next(c).await;
         match e.kind {
@@ -97,7 +89,7 @@ async fn message(c: &Client<SqliteStore>) -> (UserAddress, String) {
     }
 }
 
-async fn drain_for(c: &Client<SqliteStore>, d: Duration) -> Vec<Event> {
+async fn drain_for(c: &Messenger<SqliteStore>, d: Duration) -> Vec<Event> {
     let mut out = Vec::new();
     while let Ok(e) = tokio::time::timeout(d, c.next_event()).await {
         let e = e.unwrap();
@@ -401,7 +393,7 @@ async fn a_relay_replaying_an_old_device_list_cannot_bring_back_a_removed_device
     // The laptop, without the account key, cannot put itself back.
     assert!(matches!(
         laptop.c().link_device("link:00").await,
-        Err(sotto_core::Error::NotPrimary)
+        Err(sotto_messenger::Error::NotPrimary)
     ));
     let mut list: DeviceList = laptop.c().devices().await.unwrap();
     assert!(list.get(laptop.c().device_id()).is_none());
@@ -473,7 +465,7 @@ async fn a_strangers_first_message_contacts_nothing_until_accepted() {
                 &dest.path().join("x")
             )
             .await,
-        Err(sotto_core::Error::NotAccepted)
+        Err(sotto_messenger::Error::NotAccepted)
     ));
     // No receipt, no connection: not one datagram towards the stranger's relay.
     assert_eq!(trap.datagrams(Duration::from_secs(3)), 0);
@@ -628,7 +620,7 @@ async fn a_stranger_flooding_a_mailbox_cannot_keep_a_contacts_message_out() {
     let bob_dir = tempfile::tempdir().unwrap();
     let bob_store =
         || SqliteStore::open(bob_dir.path().join("client.db"), &StorageKey::new([9; 32])).unwrap();
-    let bob = Client::create(bob_store(), addr(&relay)).await.unwrap();
+    let bob = Messenger::create(bob_store(), addr(&relay)).await.unwrap();
     let bob_addr = bob.address().clone();
     alice.c().send_text(&bob_addr, "hi").unwrap();
     assert_eq!(message(&bob).await.1, "hi");
@@ -678,7 +670,7 @@ async fn a_stranger_flooding_a_mailbox_cannot_keep_a_contacts_message_out() {
 
     alice.c().send_text(&bob_addr, "through the flood").unwrap();
     alice.c().flush(WAIT).await.unwrap();
-    let bob = Client::open(bob_store()).await.unwrap();
+    let bob = Messenger::open(bob_store()).await.unwrap();
     assert_eq!(
         message(&bob).await,
         (alice.addr(), "through the flood".to_owned())

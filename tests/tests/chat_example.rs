@@ -12,8 +12,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use sotto_core::client::RelayAddress;
 use sotto_e2e::{relay_binary, workspace_binary, RelayProcess};
+use sotto_messenger::RelayAddress;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -10,12 +10,13 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use sotto_core::client::link::Linking;
-use sotto_core::client::{
-    Client, DeliveryState, Event, EventKind, MessageId, ReceivedMessage, RelayAddress, UserAddress,
-};
 use sotto_core::{SqliteStore, StorageKey, Store, Table, Txn};
 use sotto_e2e::{relay_binary, RelayProcess};
+use sotto_messenger::Linking;
+use sotto_messenger::{
+    DeliveryState, Event, EventKind, MessageId, Messenger, ReceivedMessage, RelayAddress,
+    UserAddress,
+};
 
 /// Generous: a relay killed with SIGKILL is noticed by QUIC keep-alives or
 /// by the outbox's per-item timeout (20 s), then reconnection backs off.
@@ -24,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A user's device with its encrypted store on disk, which can "crash"
 /// (drop the client without any cleanup) and come back.
 struct Dev {
-    client: Option<Client<SqliteStore>>,
+    client: Option<Messenger<SqliteStore>>,
     dir: tempfile::TempDir,
     key: [u8; 32],
 }
@@ -44,7 +45,9 @@ impl Dev {
 
     async fn create(relay: &RelayProcess) -> Dev {
         let (dir, key, store) = Self::fresh();
-        let client = Client::create(store, relay_address(relay)).await.unwrap();
+        let client = Messenger::create(store, relay_address(relay))
+            .await
+            .unwrap();
         Dev {
             client: Some(client),
             dir,
@@ -52,7 +55,7 @@ impl Dev {
         }
     }
 
-    fn c(&self) -> &Client<SqliteStore> {
+    fn c(&self) -> &Messenger<SqliteStore> {
         self.client.as_ref().unwrap()
     }
 
@@ -68,7 +71,7 @@ impl Dev {
     async fn reopen(&mut self) {
         self.client = None;
         let store = Self::store(&self.dir, self.key);
-        self.client = Some(Client::open(store).await.unwrap());
+        self.client = Some(Messenger::open(store).await.unwrap());
     }
 }
 
@@ -77,7 +80,7 @@ fn relay_address(r: &RelayProcess) -> RelayAddress {
 }
 
 /// The next event (acknowledged), failing the test after `WAIT`.
-async fn next(c: &Client<SqliteStore>) -> Event {
+async fn next(c: &Messenger<SqliteStore>) -> Event {
     let e = tokio::time::timeout(WAIT, c.next_event())
         .await
         .expect("no event in time")
@@ -88,7 +91,7 @@ async fn next(c: &Client<SqliteStore>) -> Event {
 
 /// The next chat message, skipping (but checking) other events. A message
 /// request (a first message from a stranger) is accepted, as a user would.
-async fn next_message(c: &Client<SqliteStore>) -> (UserAddress, ReceivedMessage) {
+async fn next_message(c: &Messenger<SqliteStore>) -> (UserAddress, ReceivedMessage) {
     loop {
         let e = next(c).await;
         match e.kind {
@@ -105,7 +108,7 @@ async fn next_message(c: &Client<SqliteStore>) -> (UserAddress, ReceivedMessage)
 }
 
 /// Every event that arrives within `d` (acknowledged).
-async fn drain_for(c: &Client<SqliteStore>, d: Duration) -> Vec<Event> {
+async fn drain_for(c: &Messenger<SqliteStore>, d: Duration) -> Vec<Event> {
     let mut out = Vec::new();
     while let Ok(e) = tokio::time::timeout(d, c.next_event()).await {
         let e = e.unwrap();
@@ -115,7 +118,7 @@ async fn drain_for(c: &Client<SqliteStore>, d: Duration) -> Vec<Event> {
     out
 }
 
-async fn wait_state(c: &Client<SqliteStore>, id: &MessageId, want: DeliveryState) {
+async fn wait_state(c: &Messenger<SqliteStore>, id: &MessageId, want: DeliveryState) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let states = c.delivery(id).unwrap();
@@ -394,7 +397,7 @@ async fn fifty_mib_attachment() {
     assert_eq!(m.attachments[0].file_name, "big.bin");
     let dest = dir.path().join("received.bin");
     // The app may keep the reference (it holds the key) and download later.
-    let kept = sotto_core::client::AttachmentRef::from_bytes(&m.attachments[0].to_bytes()).unwrap();
+    let kept = sotto_messenger::AttachmentRef::from_bytes(&m.attachments[0].to_bytes()).unwrap();
     assert_eq!(kept, m.attachments[0]);
     let n = bob
         .c()

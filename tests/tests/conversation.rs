@@ -7,15 +7,15 @@
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use sotto_core::client::{Client, EventKind, RelayAddress, UserAddress};
 use sotto_core::{SqliteStore, StorageKey};
 use sotto_e2e::{relay_binary, RelayProcess};
+use sotto_messenger::{EventKind, Messenger, RelayAddress, UserAddress};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A user with an encrypted store on disk that can go offline and come back.
 struct User {
-    client: Option<Client<SqliteStore>>,
+    client: Option<Messenger<SqliteStore>>,
     dir: tempfile::TempDir,
     key: [u8; 32],
     addr: UserAddress,
@@ -27,7 +27,7 @@ impl User {
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
         let store = SqliteStore::open(dir.path().join("c.db"), &StorageKey::new(key)).unwrap();
-        let client = Client::create(store, RelayAddress::new(relay.addr, relay.pin))
+        let client = Messenger::create(store, RelayAddress::new(relay.addr, relay.pin))
             .await
             .unwrap();
         let addr = client.address().clone();
@@ -39,7 +39,7 @@ impl User {
         }
     }
 
-    fn c(&self) -> &Client<SqliteStore> {
+    fn c(&self) -> &Messenger<SqliteStore> {
         self.client.as_ref().unwrap()
     }
 
@@ -52,7 +52,7 @@ impl User {
     async fn come_back(&mut self) {
         let store =
             SqliteStore::open(self.dir.path().join("c.db"), &StorageKey::new(self.key)).unwrap();
-        self.client = Some(Client::open(store).await.unwrap());
+        self.client = Some(Messenger::open(store).await.unwrap());
     }
 
     /// The next `n` chat messages, as (sender, text).

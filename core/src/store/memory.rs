@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::{Store, Table, Txn, Value};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 type Rows = BTreeMap<(Table, Vec<u8>), Value>;
 
@@ -104,7 +104,10 @@ impl Txn for MemoryTxn<'_> {
 impl Store for MemoryStore {
     type Txn<'t> = MemoryTxn<'t>;
 
-    fn transaction<R>(&mut self, f: impl FnOnce(&mut Self::Txn<'_>) -> Result<R>) -> Result<R> {
+    fn transaction<R, E: From<Error>>(
+        &mut self,
+        f: impl FnOnce(&mut Self::Txn<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
         let mut txn = MemoryTxn {
             base: &self.rows,
             overlay: BTreeMap::new(),

@@ -16,7 +16,7 @@ pub mod sqlite;
 
 use zeroize::Zeroizing;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The logical tables. The numeric id is part of every stored key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -120,7 +120,10 @@ pub trait Store {
     /// Runs `f` in one transaction: commits if it returns `Ok`, rolls back
     /// everything (including a caller's own writes) if it returns `Err` or
     /// panics.
-    fn transaction<R>(&mut self, f: impl FnOnce(&mut Self::Txn<'_>) -> Result<R>) -> Result<R>;
+    fn transaction<R, E: From<Error>>(
+        &mut self,
+        f: impl FnOnce(&mut Self::Txn<'_>) -> Result<R, E>,
+    ) -> Result<R, E>;
 
     /// Reads one row outside a transaction.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Value>>;

@@ -338,18 +338,22 @@ impl Txn for SqliteTxn<'_> {
 impl Store for SqliteStore {
     type Txn<'t> = SqliteTxn<'t>;
 
-    fn transaction<R>(&mut self, f: impl FnOnce(&mut Self::Txn<'_>) -> Result<R>) -> Result<R> {
+    fn transaction<R, E: From<Error>>(
+        &mut self,
+        f: impl FnOnce(&mut Self::Txn<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
         let out = {
             let tx = self
                 .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(Error::from)?;
             let mut txn = SqliteTxn {
                 tx,
                 cipher: &self.cipher,
             };
             // On error or panic the transaction is dropped, which rolls it back.
             let out = f(&mut txn)?;
-            txn.tx.commit()?;
+            txn.tx.commit().map_err(Error::from)?;
             out
         };
         self.commits += 1;

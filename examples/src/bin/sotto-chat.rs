@@ -29,15 +29,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use sotto_core::client::link::Linking;
-use sotto_core::client::{
-    AttachmentRef, Client, DeliveryState, Event, EventKind, MessageId, ReceiptKind, RelayAddress,
-    UserAddress,
-};
 use sotto_core::SqliteStore;
 use sotto_examples::display::{safety_number_lines, short_id, short_user};
 use sotto_examples::profile::{AddressBook, Profile};
 use sotto_examples::{ExampleError, Result};
+use sotto_messenger::Linking;
+use sotto_messenger::{
+    AttachmentRef, DeliveryState, Event, EventKind, MessageId, Messenger, ReceiptKind,
+    RelayAddress, UserAddress,
+};
 use sotto_relay::addr_file::AddrFile;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -136,7 +136,7 @@ async fn run(args: Args) -> Result<()> {
                 args.data.display()
             )));
         }
-        Client::open(profile.store()?).await?
+        Messenger::open(profile.store()?).await?
     } else {
         profile.discard_unregistered()?;
         let relay = relay.ok_or_else(|| {
@@ -151,7 +151,7 @@ async fn run(args: Args) -> Result<()> {
             }
         } else {
             println!("registering on {relay} ...");
-            Client::create(profile.store()?, relay).await?
+            Messenger::create(profile.store()?, relay).await?
         };
         profile.mark_registered()?;
         client
@@ -199,7 +199,7 @@ async fn link_new_device(
     profile: &Profile,
     relay: RelayAddress,
     input: &mut UnboundedReceiver<String>,
-) -> Result<Option<Client<SqliteStore>>> {
+) -> Result<Option<Messenger<SqliteStore>>> {
     let mut linking = Linking::start(profile.store()?, relay).await?;
     println!("link code: {}", linking.code());
     println!("On your existing device type /link and paste this code.");
@@ -223,7 +223,7 @@ async fn confirmed(input: &mut UnboundedReceiver<String>) -> bool {
 
 /// The chat: the client and what the screen refers to.
 struct Chat {
-    client: Client<SqliteStore>,
+    client: Messenger<SqliteStore>,
     state: Mutex<State>,
 }
 

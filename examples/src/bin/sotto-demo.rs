@@ -2,7 +2,7 @@
 //! through it, on the messenger client an app would use.
 //!
 //! Starts a real `sotto-relay` process on a temp dir, then three devices,
-//! each a `sotto_core::client::Client` on its own encrypted SQLite store:
+//! each a `sotto_messenger::Messenger` on its own encrypted SQLite store:
 //! Alice, Bob's phone, and (linked mid-way, the six digits compared on both
 //! screens) Bob's laptop. They exchange text, receipts, a message the relay
 //! holds while the laptop is closed, a file and a read receipt. Every step
@@ -19,16 +19,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use sotto_core::client::link::Linking;
-use sotto_core::client::{
-    Client, DeliveryState, Event, EventKind, MessageId, ReceivedMessage, RelayAddress, UserAddress,
-};
 use sotto_core::SqliteStore;
 use sotto_examples::display::{safety_number_lines, short_user};
 use sotto_examples::profile::Profile;
 use sotto_examples::relay_process::{RelayMetrics, RelayProcess};
 use sotto_examples::wiretap::{WireTap, WireTotals};
 use sotto_examples::{ExampleError, Result};
+use sotto_messenger::Linking;
+use sotto_messenger::{
+    DeliveryState, Event, EventKind, MessageId, Messenger, ReceivedMessage, RelayAddress,
+    UserAddress,
+};
 
 /// Runs a relay and a scripted end-to-end encrypted conversation.
 #[derive(Parser, Debug)]
@@ -70,7 +71,7 @@ async fn main() {
 /// One device of the demo, with its store in a temp dir.
 struct Dev {
     name: &'static str,
-    client: Client<SqliteStore>,
+    client: Messenger<SqliteStore>,
     _dir: tempfile::TempDir,
 }
 
@@ -88,7 +89,7 @@ fn fresh_store() -> Result<(tempfile::TempDir, SqliteStore)> {
 
 async fn create(name: &'static str, relay: &RelayAddress) -> Result<Dev> {
     let (dir, store) = fresh_store()?;
-    let client = Client::create(store, relay.clone()).await?;
+    let client = Messenger::create(store, relay.clone()).await?;
     Ok(Dev {
         name,
         client,
@@ -422,7 +423,7 @@ async fn run(args: Args) -> Result<()> {
     .await?;
     let laptop = Dev {
         name,
-        client: Client::open(Profile::new(_dir.path())?.store()?).await?,
+        client: Messenger::open(Profile::new(_dir.path())?.store()?).await?,
         _dir,
     };
     receive(&laptop, alice.addr(), LATER).await?;

@@ -19,8 +19,8 @@
 
 use std::time::Duration;
 
-use sotto_core::client::{Client, EventKind, RelayAddress, UserAddress};
 use sotto_core::{SqliteStore, StorageKey};
+use sotto_messenger::{EventKind, Messenger, RelayAddress, UserAddress};
 
 fn fail(what: impl std::fmt::Display) -> ! {
     println!("ERROR {what}");
@@ -62,7 +62,7 @@ async fn create(relay: &str) {
     let relay: RelayAddress = relay
         .parse()
         .unwrap_or_else(|e| fail(format!("relay: {e}")));
-    let client = Client::create(store(), relay)
+    let client = Messenger::create(store(), relay)
         .await
         .unwrap_or_else(|e| fail(format!("create: {e}")));
     println!("ADDRESS {}", client.address());
@@ -70,7 +70,7 @@ async fn create(relay: &str) {
 }
 
 async fn run(peer: UserAddress, tag: String, every_ms: u64) {
-    let client = Client::open(store())
+    let client = Messenger::open(store())
         .await
         .unwrap_or_else(|e| fail(format!("open client: {e}")));
     println!("OPENED");

@@ -1,35 +1,16 @@
-//! The messenger client: what an app calls. It joins the core (identities,
-//! sessions, durable store) and the relay (mailboxes, prekey directory,
-//! device lists, blobs) into one API that sends, receives and never loses a
-//! message. Enabled by the `client` feature, so the pure cryptography stays
-//! usable without networking.
+//! The driver: sockets, timers and tasks. [`Messenger`] is the handle an
+//! app holds; behind it, a receive loop feeds each pushed envelope to the
+//! engine's `inbound` step and acknowledges it once committed, a send loop
+//! drains the durable outbox (`outbound`), and a maintenance loop keeps
+//! prekeys and the delivery token registered.
 //!
-//! Shape (as quinn: sans-IO logic, thin async layer):
-//! - [`address`]: `user@host:port/fingerprint` addresses;
-//! - `records`: the client's durable rows, committed with ratchet state;
-//! - `inbound`: one envelope in, one atomic commit (sans-IO);
-//! - `outbound`: the durable outbox worker;
-//! - [`devices`]: signed device lists; [`link`]: linking a new device;
-//! - `relays`: pinned connections to every relay needed, with backoff;
-//! - [`events`]: what the app is told.
-//!
-//! Delivery guarantees: a message is queued durably before `send_*` returns
-//! and goes out when a relay is reachable; a received envelope is
-//! acknowledged to the relay only after its effects (and its event) are
-//! committed; events stay queued until [`Client::ack_event`].
+//! - [`link`]: the network half of linking a new device;
+//! - `outbound`: the outbox worker;
+//! - [`relays`]: pinned connections to every relay needed, with backoff.
 
-pub mod account;
-pub mod address;
-pub mod devices;
-pub mod envelope;
-pub mod events;
-pub(crate) mod inbound;
 pub mod link;
 mod outbound;
-pub(crate) mod records;
-mod relays;
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) mod testkit;
+pub mod relays;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,21 +26,18 @@ use sotto_relay::{Pushed, RelayClient};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-pub use account::{AccountKeyPair, DeviceCertificate};
-pub use address::{RelayAddress, UserAddress};
-pub use devices::{DeviceEntry, DeviceList};
-pub use events::{
-    AttachmentRef, DeliveryState, Event, EventKind, MessageId, ReceiptKind, ReceivedMessage,
-};
-pub use inbound::{MAX_HELD_PER_REQUEST, MAX_STRANGERS};
-pub use relays::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
-
-use crate::device::{unix_now, Device};
+use crate::engine::account::{AccountKeyPair, DeviceCertificate};
+use crate::engine::address::{RelayAddress, UserAddress};
+use crate::engine::devices::{DeviceEntry, DeviceList};
+use crate::engine::events::{AttachmentRef, DeliveryState, Event, MessageId};
+use crate::engine::{inbound, records, RECORD_RETENTION_MS};
 use crate::error::{Error, Result};
-use crate::identity::{IdentityKey, SafetyNumber};
-use crate::keys::Secret32;
-use crate::store::Store;
 use relays::{Backoff, Relays};
+use sotto_core::device::{unix_now, Device};
+use sotto_core::identity::{IdentityKey, SafetyNumber};
+use sotto_core::keys::Secret32;
+use sotto_core::store::Store;
+use sotto_core::Error as CoreError;
 
 /// Peer devices whose sender-MAC key is kept in memory.
 const MAC_KEY_CACHE: usize = 1024;
@@ -67,11 +45,8 @@ const MAC_KEY_CACHE: usize = 1024;
 /// One-time prekeys of each kind published at registration and kept
 /// available (the relay warns when fewer than a quarter remain).
 pub const ONE_TIME_PREKEY_BATCH: u32 = 100;
-/// How long sent-log entries (for retry requests) and processed-envelope
-/// marks are kept: past the relay's 30-day envelope TTL.
-pub const RECORD_RETENTION_MS: u64 = 45 * 24 * 3600 * 1000;
 
-/// The shared state behind a [`Client`] and its background tasks.
+/// The shared state behind a [`Messenger`] and its background tasks.
 pub(crate) struct Inner<S: Store> {
     device: std::sync::Mutex<Device<S>>,
     pub(crate) me: UserAddress,
@@ -100,7 +75,7 @@ impl<S: Store> Inner<S> {
         let mut d = self
             .device
             .lock()
-            .map_err(|_| Error::Storage("device lock poisoned".into()))?;
+            .map_err(|_| Error::storage("device lock poisoned"))?;
         f(&mut d)
     }
 
@@ -172,11 +147,11 @@ impl<S: Store> Inner<S> {
         let mut cache = self
             .mac_keys
             .lock()
-            .map_err(|_| Error::Storage("key cache lock poisoned".into()))?;
+            .map_err(|_| Error::storage("key cache lock poisoned"))?;
         if let Some(k) = cache.get(peer.as_bytes()) {
             return Ok(k.clone());
         }
-        let key = self.with_device(|d| d.sender_mac_key(d.identity(), peer))?;
+        let key = self.with_device(|d| Ok(d.sender_mac_key(d.identity(), peer)?))?;
         if cache.len() >= MAC_KEY_CACHE {
             cache.clear();
         }
@@ -226,21 +201,21 @@ impl<S: Store> Inner<S> {
 /// A messenger client: one device of one user, with its durable store and
 /// its relay connections. Cheap to share by reference across tasks; dropping
 /// it stops its background tasks.
-pub struct Client<S: Store + Send + 'static> {
+pub struct Messenger<S: Store + Send + 'static> {
     inner: Arc<Inner<S>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl<S: Store + Send + 'static> std::fmt::Debug for Client<S> {
+impl<S: Store + Send + 'static> std::fmt::Debug for Messenger<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
+        f.debug_struct("Messenger")
             .field("address", &self.inner.me)
             .field("device_id", &self.inner.device_id)
             .finish_non_exhaustive()
     }
 }
 
-impl<S: Store + Send + 'static> Drop for Client<S> {
+impl<S: Store + Send + 'static> Drop for Messenger<S> {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
@@ -255,7 +230,7 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-impl<S: Store + Send + 'static> Client<S> {
+impl<S: Store + Send + 'static> Messenger<S> {
     /// Registers a new user on `home`: a fresh account key and this device as
     /// device 1, the **primary** (the only one holding the account key, so
     /// the only one that links and unlinks devices). Publishes prekeys and
@@ -287,14 +262,14 @@ impl<S: Store + Send + 'static> Client<S> {
     /// queues, and the background tasks connect when the relay is reachable.
     pub async fn open(store: S) -> Result<Self> {
         let device = Device::open(store)?;
-        let corrupt = || Error::CorruptRecord { table: "app" };
+        let corrupt = || Error::corrupt("app");
         let cfg: pb::ClientConfig = device
             .store()
-            .get(crate::store::Table::App, records::CONFIG)?
+            .get(sotto_core::store::Table::App, records::CONFIG)?
             .map(|v| pb::ClientConfig::decode(v.as_slice()))
             .transpose()
             .map_err(|_| corrupt())?
-            .ok_or(Error::NoIdentity)?;
+            .ok_or(CoreError::NoIdentity)?;
         let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
             cfg.mailbox_secret
                 .as_slice()
@@ -377,7 +352,7 @@ impl<S: Store + Send + 'static> Client<S> {
     ) -> Self {
         let device_id = device.device_id();
         let (synced, _) = tokio::sync::watch::channel(false);
-        Client {
+        Messenger {
             inner: Arc::new(Inner {
                 device: std::sync::Mutex::new(device),
                 me: UserAddress {
@@ -413,6 +388,12 @@ impl<S: Store + Send + 'static> Client<S> {
     /// This user's address (give it to contacts).
     pub fn address(&self) -> &UserAddress {
         &self.inner.me
+    }
+
+    /// This device's certificate from the user's account key (public: every
+    /// first message to a peer carries it).
+    pub fn certificate(&self) -> &DeviceCertificate {
+        &self.inner.certificate
     }
 
     /// This device's id within the user.
@@ -483,10 +464,10 @@ impl<S: Store + Send + 'static> Client<S> {
     /// sessions are deleted, nothing is sent to it.
     pub fn block(&self, peer: &UserAddress) -> Result<()> {
         if peer.user == self.inner.me.user {
-            return Err(Error::InvalidArgument("cannot block this user"));
+            return Err(Error::invalid_argument("cannot block this user"));
         }
         let rotated = self.inner.with_device(|d| {
-            let rotated = d.store_mut().transaction(|tx| {
+            let rotated = d.store_mut().transaction(|tx| -> Result<_> {
                 let mut c = records::contact(tx, &peer.user)?.unwrap_or_default();
                 let had_token = c.state == records::ACCEPTED;
                 c.state = records::BLOCKED;
@@ -519,7 +500,7 @@ impl<S: Store + Send + 'static> Client<S> {
     /// later message from them is a new request).
     pub fn decline_request(&self, peer: &UserAddress) -> Result<()> {
         self.inner.with_device(|d| {
-            let was_stranger = d.store_mut().transaction(|tx| {
+            let was_stranger = d.store_mut().transaction(|tx| -> Result<_> {
                 let Some(c) = records::contact(tx, &peer.user)? else {
                     return Ok(false);
                 };
@@ -566,22 +547,25 @@ impl<S: Store + Send + 'static> Client<S> {
         // Encryption is CPU and disk work: keep it off the async threads.
         let path_owned = path.to_path_buf();
         let (tmp, pointer) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let src = std::fs::File::open(&path_owned).map_err(Error::AttachmentIo)?;
+            let src = std::fs::File::open(&path_owned).map_err(CoreError::AttachmentIo)?;
             let tmp = tempfile::NamedTempFile::new_in(std::env::temp_dir())
-                .map_err(Error::AttachmentIo)?;
+                .map_err(CoreError::AttachmentIo)?;
             let mut out = std::io::BufWriter::new(tmp.as_file());
-            let pointer =
-                crate::attachment::encrypt(std::io::BufReader::new(src), &mut out, &mut OsRng)?;
-            std::io::Write::flush(&mut out).map_err(Error::AttachmentIo)?;
+            let pointer = sotto_core::attachment::encrypt(
+                std::io::BufReader::new(src),
+                &mut out,
+                &mut OsRng,
+            )?;
+            std::io::Write::flush(&mut out).map_err(CoreError::AttachmentIo)?;
             drop(out);
             Ok((tmp, pointer))
         })
         .await
-        .map_err(|_| Error::Storage("attachment task failed".into()))??;
+        .map_err(|_| Error::storage("attachment task failed"))??;
         let conn = self.inner.relay(&self.inner.me.relay).await?;
         let upload = tokio::fs::File::open(tmp.path())
             .await
-            .map_err(Error::AttachmentIo)?;
+            .map_err(CoreError::AttachmentIo)?;
         let uploaded = conn.upload_blob(pointer.ciphertext_len, upload).await;
         let blob = self
             .inner
@@ -607,13 +591,13 @@ impl<S: Store + Send + 'static> Client<S> {
         if self.contact_state(from)? != records::ACCEPTED {
             return Err(Error::NotAccepted);
         }
-        let pointer = crate::attachment::AttachmentPointer::from_bytes(&attachment.pointer)?;
+        let pointer = sotto_core::attachment::AttachmentPointer::from_bytes(&attachment.pointer)?;
         let conn = self.inner.relay(&from.relay).await?;
-        let tmp =
-            tempfile::NamedTempFile::new_in(std::env::temp_dir()).map_err(Error::AttachmentIo)?;
+        let tmp = tempfile::NamedTempFile::new_in(std::env::temp_dir())
+            .map_err(CoreError::AttachmentIo)?;
         let mut out = tokio::fs::File::create(tmp.path())
             .await
-            .map_err(Error::AttachmentIo)?;
+            .map_err(CoreError::AttachmentIo)?;
         // Exactly the blob length the pointer names, and not one byte more.
         let downloaded = conn
             .download_blob_exact(
@@ -626,17 +610,19 @@ impl<S: Store + Send + 'static> Client<S> {
         self.inner.checked(&from.relay, &conn, downloaded).await?;
         tokio::io::AsyncWriteExt::flush(&mut out)
             .await
-            .map_err(Error::AttachmentIo)?;
+            .map_err(CoreError::AttachmentIo)?;
         drop(out);
         let dest = dest.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let src = std::io::BufReader::new(
-                std::fs::File::open(tmp.path()).map_err(Error::AttachmentIo)?,
+                std::fs::File::open(tmp.path()).map_err(CoreError::AttachmentIo)?,
             );
-            crate::attachment::decrypt_to_path(src, &dest, &pointer)
+            Ok(sotto_core::attachment::decrypt_to_path(
+                src, &dest, &pointer,
+            )?)
         })
         .await
-        .map_err(|_| Error::Storage("attachment task failed".into()))?
+        .map_err(|_| Error::storage("attachment task failed"))?
     }
 
     /// Sends read receipts for messages from `peer` (an accepted contact).
@@ -674,7 +660,7 @@ impl<S: Store + Send + 'static> Client<S> {
     }
 
     /// Waits for the oldest event not yet acknowledged. The same event is
-    /// returned again until [`Client::ack_event`] (also after a restart).
+    /// returned again until [`Messenger::ack_event`] (also after a restart).
     pub async fn next_event(&self) -> Result<Event> {
         loop {
             let notified = self.inner.events.notified();
@@ -789,12 +775,12 @@ impl<S: Store + Send + 'static> Client<S> {
     pub async fn unlink_device(&self, device_id: u32) -> Result<()> {
         let account = self.inner.account()?;
         if device_id == self.inner.device_id {
-            return Err(Error::InvalidArgument("cannot unlink this device"));
+            return Err(Error::invalid_argument("cannot unlink this device"));
         }
         let conn = self.inner.relay(&self.inner.me.relay).await?;
         let mut list = outbound::fetch_and_pin(&self.inner, &conn, &self.inner.me).await?;
         if list.get(device_id).is_none() {
-            return Err(Error::InvalidArgument("no such device"));
+            return Err(Error::invalid_argument("no such device"));
         }
         list.devices.retain(|d| d.device_id != device_id);
         // Past every id and version this primary ever issued (a grant whose
@@ -804,7 +790,7 @@ impl<S: Store + Send + 'static> Client<S> {
         list.next_device_id = next;
         list.version = version
             .checked_add(1)
-            .ok_or(Error::InvalidArgument("list versions exhausted"))?;
+            .ok_or(CoreError::InvalidArgument("list versions exhausted"))?;
         self.record_issue(list.next_device_id, list.version)?;
         let signed = list.sign(account);
         conn.publish_device_list(signed.clone()).await?;
@@ -862,8 +848,8 @@ impl<S: Store + Send + 'static> Client<S> {
 
     /// Test hook: runs `f` on the device store (e.g. to damage a session).
     #[doc(hidden)]
-    pub fn with_store<R>(&self, f: impl FnOnce(&mut S) -> Result<R>) -> Result<R> {
-        self.inner.with_device(|d| f(d.store_mut()))
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut S) -> sotto_core::Result<R>) -> Result<R> {
+        self.inner.with_device(|d| Ok(f(d.store_mut())?))
     }
 
     /// Stops the background tasks and closes the relay connections.
@@ -891,7 +877,7 @@ async fn publish_prekeys<S: Store + Send + 'static>(
     let counts = conn.prekey_counts().await?;
     // Rotation (and deleting retired keys) only once the mailbox backlog is
     // processed, so first messages waiting there still find their keys.
-    let rotated = rotate && inner.with_device(|d| d.rotate_prekeys(unix_now(), &mut OsRng))?;
+    let rotated = rotate && inner.with_device(|d| Ok(d.rotate_prekeys(unix_now(), &mut OsRng)?))?;
     bundle |= rotated || !counts.has_signed_bundle;
     let want_ec = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_ec);
     let want_kem = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_kem);
@@ -907,7 +893,7 @@ async fn publish_prekeys<S: Store + Send + 'static>(
         let (ec, kem) = d.generate_one_time_prekeys(want_ec, want_kem, unix_now(), &mut OsRng)?;
         Ok((blob, ec, kem))
     })?;
-    let items = |v: Vec<crate::UploadItem>| v.into_iter().map(|i| (i.id, i.bytes)).collect();
+    let items = |v: Vec<sotto_core::UploadItem>| v.into_iter().map(|i| (i.id, i.bytes)).collect();
     conn.publish_prekeys(blob, items(ec), items(kem)).await?;
     Ok(())
 }
@@ -950,7 +936,7 @@ async fn receive_once<S: Store + Send + 'static>(
         // so processing never waits for the relay. An ack lost to a crash or
         // a dropped connection only means a redelivery, which `inbound`
         // recognises as already processed.
-        let mut stream_acks = sub.acks().ok_or(Error::Malformed {
+        let mut stream_acks = sub.acks().ok_or(CoreError::Malformed {
             what: "subscription without its ack half",
         })?;
         let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel();
@@ -1015,7 +1001,7 @@ async fn receive_once<S: Store + Send + 'static>(
 const MAX_ACK_BATCH: usize = 256;
 
 /// How often a running client checks its signed prekeys' age (rotation is
-/// due per `crate::prekeys::SIGNED_PREKEY_MAX_AGE_SECS`) and the one-time
+/// due per `sotto_core::prekeys::SIGNED_PREKEY_MAX_AGE_SECS`) and the one-time
 /// prekey supply.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 

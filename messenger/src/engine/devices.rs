@@ -16,13 +16,14 @@
 
 use prost::Message as _;
 use sha2::{Digest, Sha256};
+use sotto_core::Error as CoreError;
 use sotto_proto::client as pb;
 use sotto_proto::relay::SignedDeviceList;
 use sotto_relay::ids::MailboxId;
 
 use super::account::{verify_account_signature, AccountKeyPair};
 use crate::error::{Error, Result};
-use crate::identity::IdentityKey;
+use sotto_core::identity::IdentityKey;
 
 /// One device of a user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,14 +95,13 @@ impl DeviceList {
         if signed.user_key.as_slice() != user.as_slice()
             || !verify_account_signature(user, &transcript, &signed.signature)
         {
-            return Err(Error::BadSignature {
+            return Err(CoreError::BadSignature {
                 what: "device list",
-            });
+            }
+            .into());
         }
-        let body =
-            pb::DeviceListBody::decode(signed.body.as_slice()).map_err(|_| Error::Malformed {
-                what: "device list",
-            })?;
+        let body = pb::DeviceListBody::decode(signed.body.as_slice())
+            .map_err(|_| Error::malformed("device list"))?;
         Self::from_body(signed.version, &body)
     }
 
@@ -109,19 +109,17 @@ impl DeviceList {
     /// [`MAX_DEVICES`], distinct ids below `next_device_id`, distinct
     /// mailboxes and identities, valid keys.
     pub(crate) fn from_body(version: u64, body: &pb::DeviceListBody) -> Result<Self> {
-        let bad = |what| Err(Error::Malformed { what });
+        let bad = |what| Err(CoreError::Malformed { what }.into());
         if body.devices.len() > MAX_DEVICES {
             return bad("device list (too many devices)");
         }
         let mut devices = Vec::with_capacity(body.devices.len());
         for e in &body.devices {
-            let mailbox: [u8; 32] =
-                e.mailbox
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::Malformed {
-                        what: "device list mailbox",
-                    })?;
+            let mailbox: [u8; 32] = e
+                .mailbox
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::malformed("device list mailbox"))?;
             if e.device_id >= body.next_device_id {
                 return bad("device list (id not below next_device_id)");
             }
@@ -228,8 +226,8 @@ impl DeviceList {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::identity::IdentityKeyPair;
     use rand_core::OsRng;
+    use sotto_core::identity::IdentityKeyPair;
 
     fn entry(id: u32) -> DeviceEntry {
         DeviceEntry {

@@ -16,11 +16,12 @@
 //! Every row a peer can make us write is bounded: by time (pruned after
 //! [`super::RECORD_RETENTION_MS`]) or by count (requests).
 
+use sotto_core::Error as CoreError;
 use sotto_proto::client as pb;
 
 use super::devices::DeviceList;
 use crate::error::{Error, Result};
-use crate::store::{Table, Txn};
+use sotto_core::store::{Table, Txn};
 
 pub(crate) const CONFIG: &[u8] = b"cfg";
 const COUNTERS: &[u8] = b"ctr";
@@ -59,13 +60,13 @@ pub(crate) fn get<M: prost::Message + Default>(tx: &impl Txn, k: &[u8]) -> Resul
         None => Ok(None),
         Some(v) => M::decode(v.as_slice())
             .map(Some)
-            .map_err(|_| Error::CorruptRecord { table: "app" }),
+            .map_err(|_| Error::corrupt("app")),
     }
 }
 
 /// Encodes and writes one protobuf row.
 pub(crate) fn put<M: prost::Message>(tx: &mut impl Txn, k: &[u8], m: &M) -> Result<()> {
-    tx.put(Table::App, k, &m.encode_to_vec())
+    Ok(tx.put(Table::App, k, &m.encode_to_vec())?)
 }
 
 /// The client's counters (absent: all zero).
@@ -84,7 +85,7 @@ pub(crate) fn next_seq(tx: &mut impl Txn) -> Result<u64> {
     let seq = c.next_seq.max(1);
     c.next_seq = seq
         .checked_add(1)
-        .ok_or(Error::CorruptRecord { table: "app" })?;
+        .ok_or(CoreError::CorruptRecord { table: "app" })?;
     put_counters(tx, &c)?;
     Ok(seq)
 }
@@ -125,7 +126,7 @@ pub(crate) fn update_outbox(
     let k = key(OUTBOX, &[&seq.to_be_bytes()]);
     match item {
         Some(i) => put(tx, &k, i),
-        None => tx.delete(Table::App, &k),
+        None => Ok(tx.delete(Table::App, &k)?),
     }
 }
 
@@ -150,11 +151,11 @@ pub(crate) fn events(tx: &impl Txn, limit: usize) -> Result<Vec<StoredEvent>> {
             Ok(Some(v)) => out.push((
                 seq,
                 <pb::ClientEvent as prost::Message>::decode(v.as_slice())
-                    .map_err(|_| Error::CorruptRecord { table: "app" }),
+                    .map_err(|_| Error::corrupt("app")),
             )),
             Ok(None) => {}
-            Err(e @ Error::CorruptRecord { .. }) => out.push((seq, Err(e))),
-            Err(e) => return Err(e),
+            Err(e @ CoreError::CorruptRecord { .. }) => out.push((seq, Err(e.into()))),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(out)
@@ -162,7 +163,7 @@ pub(crate) fn events(tx: &impl Txn, limit: usize) -> Result<Vec<StoredEvent>> {
 
 /// Removes an event the app has taken.
 pub(crate) fn remove_event(tx: &mut impl Txn, seq: u64) -> Result<()> {
-    tx.delete(Table::App, &key(EVENTS, &[&seq.to_be_bytes()]))
+    Ok(tx.delete(Table::App, &key(EVENTS, &[&seq.to_be_bytes()]))?)
 }
 
 /// Marks a relay envelope as processed (its effects are committed), with a
@@ -173,11 +174,11 @@ pub(crate) fn mark_processed(tx: &mut impl Txn, envelope: &[u8; 16], now_ms: u64
         &key(PROCESSED, &[envelope]),
         &now_ms.to_be_bytes(),
     )?;
-    tx.put(
+    Ok(tx.put(
         Table::App,
         &key(PROCESSED_INDEX, &[&now_ms.to_be_bytes(), envelope]),
         &[],
-    )
+    )?)
 }
 
 /// True if the envelope's effects were already committed (a redelivery).
@@ -211,14 +212,14 @@ pub(crate) fn log_sent(
     now_ms: u64,
 ) -> Result<()> {
     put(tx, &key(SENT_LOG, &[&e.recipient_user, envelope]), e)?;
-    tx.put(
+    Ok(tx.put(
         Table::App,
         &key(
             SENT_INDEX,
             &[&now_ms.to_be_bytes(), &e.recipient_user, envelope],
         ),
         &[],
-    )
+    )?)
 }
 
 /// Rewrites a sent-log entry (its retry count).
@@ -330,7 +331,7 @@ pub(crate) fn put_contact(tx: &mut impl Txn, user: &[u8], c: &pb::ContactRecord)
 
 /// Deletes a contact's record.
 pub(crate) fn delete_contact(tx: &mut impl Txn, user: &[u8]) -> Result<()> {
-    tx.delete(Table::App, &key(CONTACT, &[user]))
+    Ok(tx.delete(Table::App, &key(CONTACT, &[user]))?)
 }
 
 /// Every contact record, with its user id.
@@ -368,7 +369,7 @@ pub(crate) fn pinned_list(c: &pb::ContactRecord) -> Result<Option<DeviceList>> {
         },
     )
     .map(Some)
-    .map_err(|_| Error::CorruptRecord { table: "app" })
+    .map_err(|_| Error::corrupt("app"))
 }
 
 /// Pins `list` in a contact record.
@@ -386,7 +387,7 @@ pub(crate) struct Applied {
     /// `NewDevice` / `DeviceRemoved` events were queued.
     pub(crate) events: bool,
     /// Devices the list removed (delete their sessions).
-    pub(crate) revoked: Vec<crate::device::DeviceAddress>,
+    pub(crate) revoked: Vec<sotto_core::device::DeviceAddress>,
 }
 
 /// Pins a verified list of `user` if it is newer than the pinned one (see
@@ -420,8 +421,10 @@ pub(crate) fn apply_list(
             delete_delivery_token(tx, &user.user, *id)?;
             push_event(tx, event(K::DeviceRemoved(*id), *id))?;
             out.events = true;
-            out.revoked
-                .push(crate::device::DeviceAddress::new(user.user.to_vec(), *id));
+            out.revoked.push(sotto_core::device::DeviceAddress::new(
+                user.user.to_vec(),
+                *id,
+            ));
         }
         set_pinned(&mut c, list, now_ms);
     } else {
@@ -445,8 +448,7 @@ pub(crate) fn own_delivery_token(
 ) -> Result<zeroize::Zeroizing<[u8; 32]>> {
     if !rotate {
         if let Some(v) = tx.get(Table::App, OWN_DELIVERY_TOKEN)? {
-            let t = <[u8; 32]>::try_from(v.as_slice())
-                .map_err(|_| Error::CorruptRecord { table: "app" })?;
+            let t = <[u8; 32]>::try_from(v.as_slice()).map_err(|_| Error::corrupt("app"))?;
             return Ok(zeroize::Zeroizing::new(t));
         }
     }
@@ -469,7 +471,7 @@ pub(crate) fn delivery_token(
         None => Ok(None),
         Some(v) => <[u8; 32]>::try_from(v.as_slice())
             .map(|t| Some(zeroize::Zeroizing::new(t)))
-            .map_err(|_| Error::CorruptRecord { table: "app" }),
+            .map_err(|_| Error::corrupt("app")),
     }
 }
 
@@ -487,7 +489,7 @@ pub(crate) fn put_delivery_token(
     {
         return Ok(());
     }
-    tx.put(Table::App, &k, token)
+    Ok(tx.put(Table::App, &k, token)?)
 }
 
 /// Forgets a peer device's delivery token if it is still `refused` (a newer
@@ -514,21 +516,21 @@ pub(crate) fn announced_delivery_token(tx: &impl Txn) -> Result<Option<Vec<u8>>>
 
 /// Records the delivery token just announced.
 pub(crate) fn set_announced_delivery_token(tx: &mut impl Txn, token: &[u8; 32]) -> Result<()> {
-    tx.put(Table::App, ANNOUNCED_DELIVERY_TOKEN, token)
+    Ok(tx.put(Table::App, ANNOUNCED_DELIVERY_TOKEN, token)?)
 }
 
 /// Forgets a peer device's delivery token (replaced, or the device removed).
 pub(crate) fn delete_delivery_token(tx: &mut impl Txn, user: &[u8], device: u32) -> Result<()> {
-    tx.delete(
+    Ok(tx.delete(
         Table::App,
         &key(DELIVERY_TOKEN, &[user, &device.to_be_bytes()]),
-    )
+    )?)
 }
 
 /// Holds a message of a request (stranger) so that accepting the request
 /// can send its delivered receipt.
 pub(crate) fn hold(tx: &mut impl Txn, user: &[u8], id: &[u8]) -> Result<()> {
-    tx.put(Table::App, &key(HELD, &[user, id]), &[])
+    Ok(tx.put(Table::App, &key(HELD, &[user, id]), &[])?)
 }
 
 /// Takes (and deletes) the held message ids of `user`.
@@ -581,8 +583,6 @@ pub(crate) fn take_repair_token(c: &mut pb::ContactRecord, device_id: u32, now_m
 }
 
 fn seq_of(b: &[u8]) -> Result<u64> {
-    let a: [u8; 8] = b
-        .try_into()
-        .map_err(|_| Error::CorruptRecord { table: "app" })?;
+    let a: [u8; 8] = b.try_into().map_err(|_| Error::corrupt("app"))?;
     Ok(u64::from_be_bytes(a))
 }

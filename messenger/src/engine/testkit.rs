@@ -15,11 +15,11 @@ use super::devices::{DeviceEntry, DeviceList};
 use super::envelope::sender_mac;
 use super::inbound::{process, Outcome};
 use super::records;
-use crate::device::{Device, DeviceAddress};
-use crate::prekeys::PrekeyBundle;
-use crate::session::MessageKind;
-use crate::store::memory::MemoryStore;
-use crate::store::Store as _;
+use sotto_core::device::{Device, DeviceAddress};
+use sotto_core::prekeys::PrekeyBundle;
+use sotto_core::session::MessageKind;
+use sotto_core::store::memory::MemoryStore;
+use sotto_core::store::Store as _;
 
 /// One device of a test user.
 pub(crate) struct TestDevice {
@@ -75,7 +75,7 @@ impl TestUser {
         let me = user.address();
         for d in &mut user.devices {
             pin(&mut d.device, &me, &list);
-            // As `Client::setup` does: the user is its own accepted contact.
+            // As `Messenger::setup` does: the user is its own accepted contact.
             d.device
                 .store_mut()
                 .transaction(|tx| {

@@ -12,17 +12,17 @@ use prost::Message as _;
 use sotto_proto::client as pb;
 use sotto_proto::relay::SignedDeviceList;
 
-use crate::attachment::AttachmentPointer;
-use crate::client::address::{RelayAddress, UserAddress};
-use crate::client::devices::DeviceList;
-use crate::client::events::{AttachmentRef, Event};
-use crate::client::testkit::{text, TestUser};
-use crate::client::{inbound, link, records};
-use crate::device::{Device, DeviceAddress};
-use crate::prekeys::PrekeyBundle;
-use crate::session::SessionState;
-use crate::store::memory::MemoryStore;
-use crate::store::Store as _;
+use crate::engine::address::{RelayAddress, UserAddress};
+use crate::engine::devices::DeviceList;
+use crate::engine::events::{AttachmentRef, Event};
+use crate::engine::testkit::{text, TestUser};
+use crate::engine::{inbound, link, records};
+use sotto_core::attachment::AttachmentPointer;
+use sotto_core::device::{Device, DeviceAddress};
+use sotto_core::prekeys::PrekeyBundle;
+use sotto_core::session::SessionState;
+use sotto_core::store::memory::MemoryStore;
+use sotto_core::store::Store as _;
 
 /// Alice and Bob, accepted contacts with a session each way (so a
 /// ratchet message, not only a PreKey message, is expected next).
@@ -166,11 +166,10 @@ pub fn stored_records(data: &[u8]) {
             let _ = SessionState::from_bytes(rest);
         }
         1 => {
-            let _ = crate::trust::Contact::decode(rest);
+            let _ = sotto_core::trust::Contact::decode(rest);
         }
         2 => {
-            let e = pb::ClientEvent::decode(rest)
-                .map_err(|_| crate::Error::Malformed { what: "event" });
+            let e = pb::ClientEvent::decode(rest).map_err(|_| crate::Error::malformed("event"));
             let _ = Event::from_stored(1, e);
         }
         3 => {
@@ -195,16 +194,16 @@ pub fn stored_records(data: &[u8]) {
     }
 }
 
-fn tx_put_config(tx: &mut impl crate::store::Txn, bytes: &[u8]) -> crate::Result<()> {
-    tx.put(crate::store::Table::App, records::CONFIG, bytes)
+fn tx_put_config(tx: &mut impl sotto_core::store::Txn, bytes: &[u8]) -> sotto_core::Result<()> {
+    tx.put(sotto_core::store::Table::App, records::CONFIG, bytes)
 }
 
 /// An attachment pointer (first 81 bytes) and a blob (the rest).
 pub fn attachment(data: &[u8]) {
-    let n = data.len().min(crate::attachment::POINTER_LEN);
+    let n = data.len().min(sotto_core::attachment::POINTER_LEN);
     let (pointer, blob) = data.split_at(n);
     if let Ok(p) = AttachmentPointer::from_bytes(pointer) {
-        let _ = crate::attachment::decrypt(blob, std::io::sink(), &p);
+        let _ = sotto_core::attachment::decrypt(blob, std::io::sink(), &p);
     }
 }
 

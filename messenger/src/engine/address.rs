@@ -11,7 +11,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::identity::IdentityKey;
+use sotto_core::identity::IdentityKey;
 
 /// Where a relay listens and the certificate it must present.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -23,6 +23,7 @@
 //!   relay contact) in bounded number.
 
 use prost::Message as _;
+use sotto_core::Error as CoreError;
 use sotto_proto::client as pb;
 use sotto_proto::relay::SignedDeviceList;
 
@@ -32,11 +33,11 @@ use super::devices::DeviceList;
 use super::envelope::verify_sender_mac;
 use super::events::{message_from_pb, MAX_RECEIPT_IDS};
 use super::records::{self, ACCEPTED, BLOCKED, STRANGER};
-use crate::device::{Device, DeviceAddress};
-use crate::error::{Error, Result};
-use crate::identity::IdentityKey;
-use crate::session::{MessageKind, PreKeyMessage};
-use crate::store::{Store, Txn};
+use crate::error::{Error, Fault, Result};
+use sotto_core::device::{Device, DeviceAddress};
+use sotto_core::identity::IdentityKey;
+use sotto_core::session::{MessageKind, PreKeyMessage};
+use sotto_core::store::{Store, Txn};
 
 /// Messages (and invalid contents) kept from one stranger before the app
 /// accepts or blocks the request; later ones are dropped.
@@ -245,9 +246,10 @@ pub(crate) fn process<S: Store>(
         // A device the pinned list names must use the identity it lists.
         if let Some(listed) = &listed {
             if !listed.ct_eq(dec.remote_identity) {
-                return Err(Error::IdentityChanged {
+                return Err(CoreError::IdentityChanged {
                     new_identity: Box::new(*dec.remote_identity),
-                });
+                }
+                .into());
             }
         }
         records::mark_processed(tx, envelope_id, now_ms)?;
@@ -255,12 +257,12 @@ pub(crate) fn process<S: Store>(
     });
     let mut outcome = match result {
         Ok((_, outcome)) => outcome,
-        Err(Error::DuplicateMessage { .. } | Error::ReplayedPreKeyMessage) => {
+        Err(Error::Core(CoreError::DuplicateMessage { .. } | CoreError::ReplayedPreKeyMessage)) => {
             // A replay (the relay redelivering an acknowledged envelope is
             // caught above by its processed mark): reported, never repaired.
             return unauthenticated(device, peer.as_ref(), sender_device, "duplicate message");
         }
-        Err(Error::IdentityChanged { .. }) => {
+        Err(Error::Core(CoreError::IdentityChanged { .. })) => {
             return identity_changed(
                 device,
                 envelope_id,
@@ -270,9 +272,7 @@ pub(crate) fn process<S: Store>(
                 state == ACCEPTED,
             )
         }
-        Err(e @ (Error::Storage(_) | Error::CorruptRecord { .. } | Error::Hook(_))) => {
-            return Err(e)
-        }
+        Err(e) if e.fault() == Fault::Local => return Err(e),
         Err(e) => {
             // Could not decrypt. The sender fields are a claim; the envelope's
             // MAC (under the static identities, so it survives a lost

@@ -4,10 +4,11 @@
 //!
 //! Events wait in a durable queue (in the same store, committed with the
 //! ratchet step that produced them) until the app acknowledges them with
-//! [`super::Client::ack_event`], so a crash of the app between receiving and
+//! [`crate::Messenger::ack_event`], so a crash of the app between receiving and
 //! storing a message replays the event instead of losing it. Each event has
 //! a stable `seq`, so an app that stores events itself can drop a replay.
 
+use sotto_core::Error as CoreError;
 use sotto_proto::client as pb;
 
 use super::address::UserAddress;
@@ -21,7 +22,7 @@ impl MessageId {
     pub(crate) fn from_slice(b: &[u8]) -> Result<Self> {
         b.try_into()
             .map(MessageId)
-            .map_err(|_| Error::Malformed { what: "message id" })
+            .map_err(|_| Error::malformed("message id"))
     }
 }
 
@@ -32,7 +33,7 @@ impl std::fmt::Debug for MessageId {
 }
 
 /// An attachment a message refers to (download it with
-/// [`super::Client::download_attachment`]).
+/// [`crate::Messenger::download_attachment`]).
 #[derive(Clone)]
 pub struct AttachmentRef {
     /// The relay blob holding the ciphertext (on the sender's home relay).
@@ -120,9 +121,8 @@ impl AttachmentRef {
     /// Parses what [`AttachmentRef::to_bytes`] produced.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         use prost::Message as _;
-        let mut r = pb::AttachmentRef::decode(bytes).map_err(|_| Error::Malformed {
-            what: "attachment reference",
-        })?;
+        let mut r = pb::AttachmentRef::decode(bytes)
+            .map_err(|_| Error::malformed("attachment reference"))?;
         let out = attachment_from_pb(&r);
         zeroize::Zeroize::zeroize(&mut r.pointer);
         out
@@ -134,10 +134,8 @@ fn attachment_from_pb(a: &pb::AttachmentRef) -> Result<AttachmentRef> {
         .blob_id
         .as_slice()
         .try_into()
-        .map_err(|_| Error::Malformed {
-            what: "attachment blob id",
-        })?;
-    let size = crate::attachment::AttachmentPointer::from_bytes(&a.pointer)?.plaintext_len;
+        .map_err(|_| Error::malformed("attachment blob id"))?;
+    let size = sotto_core::attachment::AttachmentPointer::from_bytes(&a.pointer)?.plaintext_len;
     Ok(AttachmentRef {
         blob_id,
         pointer: a.pointer.clone(),
@@ -215,7 +213,7 @@ pub enum EventKind {
     Message(ReceivedMessage),
     /// A message from a user this user has not accepted yet (a stranger):
     /// no receipt was sent, the sender's relay was not contacted, and its
-    /// attachments cannot be downloaded until [`super::Client::accept_request`].
+    /// attachments cannot be downloaded until [`crate::Messenger::accept_request`].
     MessageRequest(ReceivedMessage),
     /// A receipt for messages this user sent.
     Receipt {
@@ -283,9 +281,7 @@ pub struct Event {
 
 pub(crate) fn message_from_pb(m: &pb::Message) -> Result<ReceivedMessage> {
     if m.attachments.len() > MAX_ATTACHMENTS {
-        return Err(Error::Malformed {
-            what: "message (too many attachments)",
-        });
+        return Err(Error::malformed("message (too many attachments)"));
     }
     let attachments = m
         .attachments
@@ -328,7 +324,7 @@ impl Event {
         } else {
             Some(e.peer.parse()?)
         };
-        let corrupt = Error::CorruptRecord { table: "app" };
+        let corrupt = CoreError::CorruptRecord { table: "app" };
         let kind = match e.kind.as_ref().ok_or(corrupt)? {
             K::Message(m) => EventKind::Message(message_from_pb(m)?),
             K::MessageRequest(m) => EventKind::MessageRequest(message_from_pb(m)?),
@@ -354,7 +350,7 @@ impl Event {
                 message: message_from_pb(
                     s.message
                         .as_ref()
-                        .ok_or(Error::Malformed { what: "sent sync" })?,
+                        .ok_or(CoreError::Malformed { what: "sent sync" })?,
                 )?,
             },
             K::NewDevice(_) => EventKind::NewDevice,
@@ -362,7 +358,7 @@ impl Event {
             K::Delivery(d) => EventKind::Delivery {
                 message_id: MessageId::from_slice(&e.message_id)?,
                 state: DeliveryState::from_u32(d.state)
-                    .ok_or(Error::CorruptRecord { table: "app" })?,
+                    .ok_or(CoreError::CorruptRecord { table: "app" })?,
             },
             K::SendFailed(reason) => EventKind::SendFailed {
                 message_id: MessageId::from_slice(&e.message_id)?,
@@ -386,7 +382,7 @@ mod tests {
     #[test]
     fn debug_hides_content_and_keys() {
         let pointer =
-            crate::attachment::encrypt(&b"secret file"[..], Vec::new(), &mut rand_core::OsRng)
+            sotto_core::attachment::encrypt(&b"secret file"[..], Vec::new(), &mut rand_core::OsRng)
                 .unwrap()
                 .to_bytes()
                 .to_vec();
@@ -404,7 +400,7 @@ mod tests {
         };
         let shown = format!("{m:?} {att:?}");
         assert!(!shown.contains("attack"), "{shown}");
-        let key_hex = crate::client::address::hex_lower(&pointer[1..33]);
+        let key_hex = crate::engine::address::hex_lower(&pointer[1..33]);
         assert!(!shown.contains(&key_hex[..16]), "{shown}");
         // And the serialised form round-trips.
         assert_eq!(AttachmentRef::from_bytes(&att.to_bytes()).unwrap(), att);

@@ -14,7 +14,7 @@ use ed25519_dalek::SigningKey;
 use sotto_relay::client::RelayClient;
 use tokio::sync::Mutex;
 
-use super::address::RelayAddress;
+use crate::engine::address::RelayAddress;
 use crate::error::{Error, Result};
 
 /// First and largest pause between reconnect attempts.

@@ -1,6 +1,6 @@
 //! The sealed envelope's sender authentication: a MAC under a key both
 //! devices derive from their static identities alone
-//! ([`crate::Device::sender_mac_key`]). A message that decrypts is
+//! ([`sotto_core::Device::sender_mac_key`]). A message that decrypts is
 //! authenticated by its session; the MAC matters when it does not (a lost or
 //! broken session): it tells a genuine sender, whose failure deserves a
 //! repair, from a stranger forging the sender fields, whose failure never
@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::keys::Secret32;
+use sotto_core::keys::Secret32;
 
 /// Length of the truncated MAC.
 pub const SENDER_MAC_LEN: usize = 16;

@@ -11,11 +11,11 @@ use rand_core::OsRng;
 use sotto_proto::client as pb;
 
 use super::*;
-use crate::client::testkit::{kinds, seal, text, TestUser};
-use crate::identity::IdentityKeyPair;
-use crate::prekeys::PrekeyBundle;
-use crate::session::Session;
-use crate::Padding;
+use crate::engine::testkit::{kinds, seal, text, TestUser};
+use sotto_core::identity::IdentityKeyPair;
+use sotto_core::prekeys::PrekeyBundle;
+use sotto_core::session::Session;
+use sotto_core::Padding;
 
 /// Relay envelopes as `(id, payload)`.
 type Envelopes = Vec<([u8; 16], Vec<u8>)>;
@@ -63,7 +63,7 @@ proptest! {
                 _ => {
                     let d = &mut bob.devices[0];
                     let store = std::mem::replace(&mut d.device, Device::create(
-                        crate::MemoryStore::new(), 9, 0, &mut OsRng).unwrap()).into_store();
+                        sotto_core::MemoryStore::new(), 9, 0, &mut OsRng).unwrap()).into_store();
                     d.device = Device::open(store).unwrap();
                 }
             }
@@ -127,7 +127,7 @@ fn garbage_envelopes_are_failures_not_panics_and_are_acked() {
             .store_mut()
             .transaction(|tx| {
                 tx.delete(
-                    crate::store::Table::App,
+                    sotto_core::store::Table::App,
                     &[b"in/".as_slice(), &[9; 16]].concat(),
                 )
             })
@@ -507,20 +507,20 @@ fn strangers_are_bounded_in_number() {
 /// Replaces device `index` of `user` with a fresh device of the same id,
 /// certified by the same account (what a stranger can do at will).
 fn new_identity_for(user: &mut TestUser, index: usize, id: u32) {
-    let mut device = Device::create(crate::MemoryStore::new(), id, 0, &mut OsRng).unwrap();
+    let mut device = Device::create(sotto_core::MemoryStore::new(), id, 0, &mut OsRng).unwrap();
     let cert = user.account.certify(id, device.identity());
     let old = std::mem::replace(
         &mut user.devices[index].device,
-        Device::create(crate::MemoryStore::new(), id, 0, &mut OsRng).unwrap(),
+        Device::create(sotto_core::MemoryStore::new(), id, 0, &mut OsRng).unwrap(),
     );
     let cfg = old
         .store()
-        .get(crate::store::Table::App, records::CONFIG)
+        .get(sotto_core::store::Table::App, records::CONFIG)
         .unwrap()
         .unwrap();
     device
         .store_mut()
-        .transaction(|tx| tx.put(crate::store::Table::App, records::CONFIG, &cfg))
+        .transaction(|tx| tx.put(sotto_core::store::Table::App, records::CONFIG, &cfg))
         .unwrap();
     user.devices[index].device = device;
     user.devices[index].cert = cert;

@@ -17,6 +17,7 @@
 //! (retry requests and re-sends) never block them and are dropped after a
 //! few attempts.
 
+use sotto_core::Error as CoreError;
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -24,15 +25,16 @@ use rand_core::OsRng;
 use sotto_proto::client as pb;
 use sotto_relay::RelayClient;
 
-use super::address::UserAddress;
-use super::devices::{DeviceEntry, DeviceList};
-use super::envelope::sender_mac;
-use super::{records, Inner};
-use crate::device::DeviceAddress;
-use crate::error::{Error, Result};
-use crate::prekeys::PrekeyBundle;
-use crate::session::MessageKind;
-use crate::store::Store;
+use super::Inner;
+use crate::engine::address::UserAddress;
+use crate::engine::devices::{DeviceEntry, DeviceList};
+use crate::engine::envelope::sender_mac;
+use crate::engine::records;
+use crate::error::{Error, Fault, Result};
+use sotto_core::device::DeviceAddress;
+use sotto_core::prekeys::PrekeyBundle;
+use sotto_core::session::MessageKind;
+use sotto_core::store::Store;
 
 /// Attempts before a queued item is given up (with a `SendFailed` event)
 /// when the failure is the recipient's (no devices, bad list), not the network.
@@ -154,15 +156,7 @@ fn is_mailbox_full(e: &Error) -> bool {
 
 /// Network trouble (retry later) as opposed to a refusal that will repeat.
 fn is_transient(e: &Error) -> bool {
-    use sotto_proto::relay::ErrorCode as C;
-    match e {
-        Error::Relay(r) => !matches!(
-            r.remote_code(),
-            Some(C::NotFound | C::BadSignature | C::InvalidArgument | C::EnvelopeTooLarge)
-        ),
-        Error::Storage(_) | Error::Timeout => true,
-        _ => false,
-    }
+    matches!(e.fault(), Fault::Network | Fault::Local)
 }
 
 /// The verified device list of `user` from its relay (not yet pinned).
@@ -216,8 +210,8 @@ async fn send_item<S: Store + Send + 'static>(
         });
     }
     // Every content carries our home relay, so the peer can answer.
-    let mut content = pb::Content::decode(item.content.as_slice())
-        .map_err(|_| Error::CorruptRecord { table: "app" })?;
+    let mut content =
+        pb::Content::decode(item.content.as_slice()).map_err(|_| Error::corrupt("app"))?;
     if content.sender_relay.is_empty() {
         content.sender_relay = inner.me.relay.to_string();
     }
@@ -310,7 +304,7 @@ async fn send_item<S: Store + Send + 'static>(
         let (user, device_id) = (&t.user, t.device.device_id);
         let conn = inner.relay(&user.relay).await?;
         let addr = DeviceAddress::new(user.user.to_vec(), device_id);
-        let has_session = inner.with_device(|d| d.has_session(&addr))?;
+        let has_session = inner.with_device(|d| Ok(d.has_session(&addr)?))?;
         // A repair never sets up a session on its own: it answers a claim
         // nobody authenticated, unless it is a re-send the retry asked for.
         if item.repair && !has_session && !item.reset_session {
@@ -326,9 +320,10 @@ async fn send_item<S: Store + Send + 'static>(
             )?;
             // The bundle must be the device the account certified.
             if bundle.device_id() != device_id || !bundle.identity().ct_eq(&t.device.identity) {
-                return Err(Error::BadSignature {
+                return Err(CoreError::BadSignature {
                     what: "bundle does not match the device list",
-                });
+                }
+                .into());
             }
             let reset = item.reset_session && has_session;
             // One reset per repair: the flag is cleared in the commit that
@@ -337,7 +332,7 @@ async fn send_item<S: Store + Send + 'static>(
             item.reset_session = false;
             let progress = item.clone();
             inner.with_device(|d| {
-                d.process_bundle(&addr, &bundle, crate::device::unix_now(), &mut OsRng)?;
+                d.process_bundle(&addr, &bundle, sotto_core::device::unix_now(), &mut OsRng)?;
                 d.store_mut().transaction(|tx| {
                     records::update_outbox(tx, seq, Some(&progress))?;
                     if reset {
@@ -361,11 +356,12 @@ async fn send_item<S: Store + Send + 'static>(
                 .session_identity(&addr)?
                 .is_some_and(|id| id.ct_eq(&t.device.identity))
             {
-                return Err(Error::IdentityChanged {
+                return Err(CoreError::IdentityChanged {
                     new_identity: Box::new(t.device.identity),
-                });
+                }
+                .into());
             }
-            d.encrypt(&addr, &t.bytes, &mut OsRng)
+            Ok(d.encrypt(&addr, &t.bytes, &mut OsRng)?)
         })?;
         let mac_key = inner.sender_mac_key(&t.device.identity)?;
         let mac = sender_mac(&mac_key, &me_user, inner.device_id, &message.bytes);

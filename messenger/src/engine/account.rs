@@ -11,6 +11,7 @@
 //! could add itself back or sign a list (unlinking is revocation).
 
 use core::fmt;
+use sotto_core::Error as CoreError;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
@@ -18,7 +19,7 @@ use sotto_proto::client as pb;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::identity::IdentityKey;
+use sotto_core::identity::IdentityKey;
 
 /// Signature context of a device certificate.
 pub const DEVICE_CERTIFICATE_CONTEXT: &[u8] = b"Sotto_v1_DeviceCertificate";
@@ -40,10 +41,8 @@ impl AccountKeyPair {
 
     /// Rebuilds from the persisted 32-byte seed.
     pub fn from_seed(seed: &[u8]) -> Result<Self> {
-        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
-            seed.try_into()
-                .map_err(|_| Error::CorruptRecord { table: "app" })?,
-        );
+        let seed: Zeroizing<[u8; 32]> =
+            Zeroizing::new(seed.try_into().map_err(|_| Error::corrupt("app"))?);
         Ok(AccountKeyPair {
             signing: SigningKey::from_bytes(&seed),
         })
@@ -136,16 +135,16 @@ pub struct DeviceCertificate {
 impl DeviceCertificate {
     /// Decodes and verifies a certificate.
     pub fn from_pb(c: &pb::DeviceCertificate) -> Result<Self> {
-        let bad = || Error::BadSignature {
-            what: "device certificate",
+        let bad = || {
+            Error::from(CoreError::BadSignature {
+                what: "device certificate",
+            })
         };
-        let account: [u8; 32] =
-            c.account_key
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::Malformed {
-                    what: "device certificate",
-                })?;
+        let account: [u8; 32] = c
+            .account_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::malformed("device certificate"))?;
         let identity = IdentityKey::from_bytes(&c.identity_key)?;
         let signature: [u8; 64] = c.signature.as_slice().try_into().map_err(|_| bad())?;
         if !verify_account_signature(
@@ -194,8 +193,8 @@ impl fmt::Debug for DeviceCertificate {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::identity::IdentityKeyPair;
     use rand_core::OsRng;
+    use sotto_core::identity::IdentityKeyPair;
 
     #[test]
     fn a_certificate_binds_all_64_bytes_of_the_identity() {
@@ -212,7 +211,7 @@ mod tests {
         forged.identity_key[32..].copy_from_slice(&mallory.public().as_bytes()[32..]);
         assert!(matches!(
             DeviceCertificate::from_pb(&forged),
-            Err(Error::BadSignature { .. })
+            Err(Error::Core(CoreError::BadSignature { .. }))
         ));
         // Another device id, another account: refused too.
         let mut other_id = cert.to_pb();
@@ -241,11 +240,11 @@ mod vectors {
     use prost::Message as _;
 
     use super::*;
-    use crate::client::address::hex_lower;
-    use crate::client::devices::{DeviceEntry, DeviceList};
-    use crate::client::envelope::sender_mac;
-    use crate::identity::IdentityKeyPair;
-    use crate::keys::Secret32;
+    use crate::engine::address::hex_lower;
+    use crate::engine::devices::{DeviceEntry, DeviceList};
+    use crate::engine::envelope::sender_mac;
+    use sotto_core::identity::IdentityKeyPair;
+    use sotto_core::keys::Secret32;
 
     pub(crate) fn vector() -> String {
         let account = AccountKeyPair::from_seed(&[0x21; 32]).unwrap();

@@ -1,0 +1,145 @@
+//! The messenger's one error type, and the one place that decides whose
+//! fault each failure is.
+//!
+//! It wraps the core's errors (cryptography, sessions, the store) and the
+//! relay protocol's, and adds the messenger's own. What to do about an
+//! error (retry the send later, report a forged envelope, stop and tell
+//! the user about the disk) depends on [`Error::fault`], never on a list
+//! of variants kept somewhere else. No variant carries secret material.
+
+use sotto_proto::relay::ErrorCode;
+use sotto_relay::RelayError;
+
+pub use sotto_core::Fault;
+
+/// Result alias of the messenger.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// Everything that can go wrong in the messenger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Cryptography, sessions or the store failed (see its variant).
+    #[error(transparent)]
+    Core(#[from] sotto_core::Error),
+    /// A relay refused a request (it answered with a typed code) or the
+    /// connection failed.
+    #[error("relay: {0}")]
+    Relay(#[from] RelayError),
+    /// A user, relay or link address did not parse.
+    #[error("invalid address: {0}")]
+    InvalidAddress(&'static str),
+    /// The user has no published device list on the named relay.
+    #[error("unknown user (no device list on their relay)")]
+    UnknownUser,
+    /// A wait ended before what it waited for happened.
+    #[error("timed out")]
+    Timeout,
+    /// A device list was refused against the one already seen for that
+    /// user (rolled back, equivocating, jumping too far, re-using a device
+    /// id); nothing was sent with it.
+    #[error("device list refused: {0}")]
+    DeviceListRejected(&'static str),
+    /// Only the user's primary device (the one holding the account key) can
+    /// do this: link or unlink devices.
+    #[error("only the primary device can do this")]
+    NotPrimary,
+    /// The peer is not an accepted contact yet (a message request): accept
+    /// the request first.
+    #[error("the peer is not an accepted contact")]
+    NotAccepted,
+}
+
+impl Error {
+    /// Whose fault this error is: the one place the messenger decides it
+    /// (the core decides for its own errors, in [`sotto_core::Error::fault`]).
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::Core(e) => e.fault(),
+            Error::Relay(e) => relay_fault(e),
+            Error::DeviceListRejected(_) => Fault::Peer,
+            Error::Timeout => Fault::Network,
+            Error::InvalidAddress(_)
+            | Error::UnknownUser
+            | Error::NotPrimary
+            | Error::NotAccepted => Fault::Caller,
+        }
+    }
+
+    /// A typed refusal the relay answered with, if this is one.
+    pub fn relay_code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Relay(e) => e.remote_code(),
+            _ => None,
+        }
+    }
+
+    /// The local store failed: what every caller reports as a storage error.
+    pub(crate) fn storage(what: impl Into<String>) -> Self {
+        Error::Core(sotto_core::Error::Storage(what.into()))
+    }
+
+    /// A stored row of `table` did not decode or authenticate.
+    pub(crate) fn corrupt(table: &'static str) -> Self {
+        Error::Core(sotto_core::Error::CorruptRecord { table })
+    }
+
+    /// Bytes from a peer or a relay did not parse as `what`.
+    pub(crate) fn malformed(what: &'static str) -> Self {
+        Error::Core(sotto_core::Error::Malformed { what })
+    }
+
+    /// A caller-supplied value is unacceptable.
+    pub(crate) fn invalid_argument(what: &'static str) -> Self {
+        Error::Core(sotto_core::Error::InvalidArgument(what))
+    }
+}
+
+/// A relay error's fault. A refusal that says "later" (a full mailbox, a
+/// rate limit, an overloaded or stopping relay, a lost authentication, a
+/// token or list that may have moved on) is the network's; any other
+/// refusal repeats (the relay's verdict: the peer's), as does garbage from
+/// the relay; a lost or failed connection is the network's.
+fn relay_fault(e: &RelayError) -> Fault {
+    use ErrorCode as C;
+    if let Some(code) = e.remote_code() {
+        return match code {
+            C::QuotaExceeded
+            | C::RateLimited
+            | C::Storage
+            | C::ShuttingDown
+            | C::Overloaded
+            | C::NotAuthenticated
+            | C::AuthFailed
+            | C::StaleVersion
+            | C::BadDeliveryToken
+            | C::Unspecified => Fault::Network,
+            C::Malformed
+            | C::FrameTooLarge
+            | C::UnsupportedVersion
+            | C::AlreadyAuthenticated
+            | C::EnvelopeTooLarge
+            | C::NotFound
+            | C::BadSignature
+            | C::TooManyItems
+            | C::BlobTooLarge
+            | C::InvalidArgument => Fault::Peer,
+        };
+    }
+    match e {
+        RelayError::InvalidArgument(_) => Fault::Caller,
+        RelayError::Storage(_) | RelayError::Config(_) => Fault::Local,
+        RelayError::FrameTooLarge { .. }
+        | RelayError::Truncated
+        | RelayError::Malformed(_)
+        | RelayError::UnsupportedVersion(_)
+        | RelayError::UnexpectedReply => Fault::Peer,
+        RelayError::Remote { .. }
+        | RelayError::Connect(_)
+        | RelayError::Connection(_)
+        | RelayError::Write(_)
+        | RelayError::Tls(_)
+        | RelayError::Exporter
+        | RelayError::Io(_) => Fault::Network,
+    }
+}
