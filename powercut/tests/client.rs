@@ -168,12 +168,9 @@ struct BobLog {
     failures: Vec<String>,
 }
 
-/// Bob's mailbox key, from his store's config row (test hook `with_store`).
-fn mailbox_key(bob: &Messenger<SqliteStore>) -> SigningKey {
-    let cfg = bob
-        .with_store(|s| s.get(Table::App, b"cfg"))
-        .unwrap()
-        .unwrap();
+/// Bob's mailbox key, from his store's config row.
+fn mailbox_key(store: &SqliteStore) -> SigningKey {
+    let cfg = store.get(Table::App, b"cfg").unwrap().unwrap();
     let cfg = pb::ClientConfig::decode(cfg.as_slice()).unwrap();
     SigningKey::from_bytes(&cfg.mailbox_secret.as_slice().try_into().unwrap())
 }
@@ -223,10 +220,17 @@ fn client_loses_no_message_and_reuses_no_key_across_twenty_power_cuts() {
     let relay_addr = RelayAddress::new(relay.addr, relay.pin);
     let child_log = disk.path().join("alice.log");
 
-    let bob = rt.block_on(async {
-        let store =
-            SqliteStore::open(disk.path().join("bob.db"), &StorageKey::new([7; 32])).unwrap();
-        Messenger::create(store, relay_addr.clone()).await.unwrap()
+    // Bob registers, stops, and comes back: his mailbox key is read from
+    // his store while he is down.
+    let (bob, bob_mailbox) = rt.block_on(async {
+        let path = disk.path().join("bob.db");
+        let key = StorageKey::new([7; 32]);
+        let store = SqliteStore::open(&path, &key).unwrap();
+        let bob = Messenger::create(store, relay_addr.clone()).await.unwrap();
+        bob.close().await;
+        let store = SqliteStore::open(&path, &key).unwrap();
+        let mailbox = mailbox_key(&store);
+        (Messenger::open(store).await.unwrap(), mailbox)
     });
     bob.set_skip_acks(true);
     let bob = Arc::new(bob);
@@ -389,7 +393,7 @@ fn client_loses_no_message_and_reuses_no_key_across_twenty_power_cuts() {
 
     // No (ratchet key, N) with two ciphertexts in Bob's mailbox.
     let envelopes: Vec<Vec<u8>> = rt
-        .block_on(fetch_all(&relay, &mailbox_key(&bob)))
+        .block_on(fetch_all(&relay, &bob_mailbox))
         .into_iter()
         .map(|(_, payload)| payload)
         .collect();

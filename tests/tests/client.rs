@@ -328,23 +328,23 @@ async fn linked_device_joins_and_unlinked_device_stops_reading() {
 async fn corrupted_session_heals_and_the_message_arrives() {
     let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
     let alice = Dev::create(&relay).await;
-    let bob = Dev::create(&relay).await;
+    let mut bob = Dev::create(&relay).await;
     say(&alice, &bob, "before").await;
     say(&bob, &alice, "ack").await;
 
-    // Bob loses every session (a damaged store).
-    bob.c()
-        .with_store(|s| {
-            s.transaction(|tx| {
-                for t in [Table::Session, Table::SessionIndex] {
-                    for k in tx.keys_with_prefix(t, b"")? {
-                        tx.delete(t, &k)?;
-                    }
+    // Bob loses every session (a damaged store), while he is down.
+    bob.crash();
+    Dev::store(&bob.dir, bob.key)
+        .transaction(|tx| {
+            for t in [Table::Session, Table::SessionIndex] {
+                for k in tx.keys_with_prefix(t, b"")? {
+                    tx.delete(t, &k)?;
                 }
-                Ok(())
-            })
+            }
+            Ok::<_, sotto_core::Error>(())
         })
         .unwrap();
+    bob.reopen().await;
 
     let id = alice.c().send_text(&bob.addr(), "after damage").unwrap();
     // Bob is told, asks for a retry over a fresh session, and gets it.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use prost::Message as _;
 use rand_core::{OsRng, RngCore};
-use sotto_core::device::{unix_now, Device};
+use sotto_core::device::Device;
+
+use super::now_ms;
 use sotto_core::identity::IdentityKeyPair;
 use sotto_core::store::Store;
 use sotto_core::Error as CoreError;
@@ -212,7 +214,7 @@ impl<S: Store + Send + 'static> Linking<S> {
             store,
             self.identity.clone(),
             offer.device_id,
-            unix_now(),
+            now_ms() / 1000,
             &mut OsRng,
         )?;
         self.subscription = None;

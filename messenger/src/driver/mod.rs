@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use prost::Message as _;
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use sotto_proto::client as pb;
 use sotto_proto::relay::SignedDeviceList;
 use sotto_relay::{Pushed, RelayClient};
@@ -29,18 +29,16 @@ use zeroize::Zeroizing;
 use crate::engine::account::{AccountKeyPair, DeviceCertificate};
 use crate::engine::address::{RelayAddress, UserAddress};
 use crate::engine::devices::{DeviceEntry, DeviceList};
+use crate::engine::envelope::MacKeys;
 use crate::engine::events::{AttachmentRef, DeliveryState, Event, MessageId};
+use crate::engine::outbound as outbound_engine;
 use crate::engine::{inbound, records, RECORD_RETENTION_MS};
 use crate::error::{Error, Result};
 use relays::{Backoff, Relays};
-use sotto_core::device::{unix_now, Device};
-use sotto_core::identity::{IdentityKey, SafetyNumber};
-use sotto_core::keys::Secret32;
+use sotto_core::device::Device;
+use sotto_core::identity::SafetyNumber;
 use sotto_core::store::Store;
 use sotto_core::Error as CoreError;
-
-/// Peer devices whose sender-MAC key is kept in memory.
-const MAC_KEY_CACHE: usize = 1024;
 
 /// One-time prekeys of each kind published at registration and kept
 /// available (the relay warns when fewer than a quarter remain).
@@ -57,7 +55,7 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) certificate: DeviceCertificate,
     relays: Relays,
     /// Sender-MAC keys by peer device identity.
-    mac_keys: std::sync::Mutex<std::collections::HashMap<[u8; 64], Secret32>>,
+    pub(crate) mac_keys: std::sync::Mutex<MacKeys>,
     events: tokio::sync::Notify,
     outbox: tokio::sync::Notify,
     synced: tokio::sync::watch::Sender<bool>,
@@ -126,37 +124,11 @@ impl<S: Store> Inner<S> {
     /// queues events for added and removed devices and deletes the sessions
     /// of removed ones.
     pub(crate) fn pin_list(&self, user: &UserAddress, list: &DeviceList) -> Result<()> {
-        let applied = self.with_device(|d| {
-            let applied = d
-                .store_mut()
-                .transaction(|tx| records::apply_list(tx, user, list, now_ms()))?;
-            for addr in &applied.revoked {
-                d.delete_sessions(addr)?;
-            }
-            Ok(applied)
-        })?;
-        if applied.events {
+        let events = self.with_device(|d| outbound_engine::pin_list(d, user, list, now_ms()))?;
+        if events {
             self.events_ready();
         }
         Ok(())
-    }
-
-    /// The sender-MAC key towards a peer device identity (cached: one X25519
-    /// per peer device and process).
-    pub(crate) fn sender_mac_key(&self, peer: &IdentityKey) -> Result<Secret32> {
-        let mut cache = self
-            .mac_keys
-            .lock()
-            .map_err(|_| Error::storage("key cache lock poisoned"))?;
-        if let Some(k) = cache.get(peer.as_bytes()) {
-            return Ok(k.clone());
-        }
-        let key = self.with_device(|d| Ok(d.sender_mac_key(d.identity(), peer)?))?;
-        if cache.len() >= MAC_KEY_CACHE {
-            cache.clear();
-        }
-        cache.insert(*peer.as_bytes(), key.clone());
-        Ok(key)
     }
 
     /// Every accepted contact (not this user).
@@ -223,6 +195,9 @@ impl<S: Store + Send + 'static> Drop for Messenger<S> {
     }
 }
 
+/// The messenger's one clock: Unix milliseconds, read only here (the
+/// driver) and passed to the engine. The core counts seconds (`now_ms() /
+/// 1000`).
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -237,7 +212,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
     /// the signed device list. Needs the relay to be reachable.
     pub async fn create(store: S, home: RelayAddress) -> Result<Self> {
         let account = AccountKeyPair::generate(&mut OsRng);
-        let device = Device::create(store, 1, unix_now(), &mut OsRng)?;
+        let device = Device::create(store, 1, now_ms() / 1000, &mut OsRng)?;
         let mailbox = SigningKey::generate(&mut OsRng);
         let certificate = account.certify(1, device.identity());
         let list = DeviceList {
@@ -414,38 +389,19 @@ impl<S: Store + Send + 'static> Messenger<S> {
         text: &str,
         attachments: Vec<pb::AttachmentRef>,
     ) -> Result<MessageId> {
-        let mut id = [0u8; 16];
-        OsRng.fill_bytes(&mut id);
-        let content = pb::Content {
-            sender_relay: self.inner.me.relay.to_string(),
-            delivery_token: Vec::new(),
-            body: Some(pb::content::Body::Message(pb::Message {
-                id: id.to_vec(),
-                sent_at_ms: now_ms(),
-                text: text.to_string(),
+        let id = self.inner.with_device(|d| {
+            outbound_engine::queue_message(
+                d,
+                &self.inner.me,
+                to,
+                text,
                 attachments,
-            })),
-        };
-        let item = pb::OutboxItem {
-            recipient: to.to_string(),
-            content: content.encode_to_vec(),
-            to_own_devices: true,
-            message_id: id.to_vec(),
-            ..Default::default()
-        };
-        self.inner.with_device(|d| {
-            d.store_mut().transaction(|tx| {
-                // Writing to someone makes them a contact (their messages are
-                // no longer requests), unless the user blocked them.
-                if records::contact(tx, &to.user)?.is_some_and(|c| c.state == records::BLOCKED) {
-                    return Err(Error::NotAccepted);
-                }
-                inbound::accept(tx, &self.inner.me, to)?;
-                records::push_outbox(tx, &item)
-            })
+                now_ms(),
+                &mut OsRng,
+            )
         })?;
         self.inner.outbox.notify_one();
-        Ok(MessageId(id))
+        Ok(id)
     }
 
     /// Accepts the message request of `peer`: from now on its messages are
@@ -839,17 +795,13 @@ impl<S: Store + Send + 'static> Messenger<S> {
         Ok(())
     }
 
-    /// Test hook: process envelopes but never acknowledge them, as if the
-    /// app crashed between each commit and its ack.
+    /// Test hook (feature `test-hooks`, not an API): process envelopes but
+    /// never acknowledge them, as if the app crashed between each commit and
+    /// its ack. The power-loss test keeps every envelope at the relay this way.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn set_skip_acks(&self, skip: bool) {
         self.inner.skip_acks.store(skip, Ordering::SeqCst);
-    }
-
-    /// Test hook: runs `f` on the device store (e.g. to damage a session).
-    #[doc(hidden)]
-    pub fn with_store<R>(&self, f: impl FnOnce(&mut S) -> sotto_core::Result<R>) -> Result<R> {
-        self.inner.with_device(|d| Ok(f(d.store_mut())?))
     }
 
     /// Stops the background tasks and closes the relay connections.
@@ -877,7 +829,8 @@ async fn publish_prekeys<S: Store + Send + 'static>(
     let counts = conn.prekey_counts().await?;
     // Rotation (and deleting retired keys) only once the mailbox backlog is
     // processed, so first messages waiting there still find their keys.
-    let rotated = rotate && inner.with_device(|d| Ok(d.rotate_prekeys(unix_now(), &mut OsRng)?))?;
+    let rotated =
+        rotate && inner.with_device(|d| Ok(d.rotate_prekeys(now_ms() / 1000, &mut OsRng)?))?;
     bundle |= rotated || !counts.has_signed_bundle;
     let want_ec = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_ec);
     let want_kem = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_kem);
@@ -890,7 +843,8 @@ async fn publish_prekeys<S: Store + Send + 'static>(
         } else {
             None
         };
-        let (ec, kem) = d.generate_one_time_prekeys(want_ec, want_kem, unix_now(), &mut OsRng)?;
+        let (ec, kem) =
+            d.generate_one_time_prekeys(want_ec, want_kem, now_ms() / 1000, &mut OsRng)?;
         Ok((blob, ec, kem))
     })?;
     let items = |v: Vec<sotto_core::UploadItem>| v.into_iter().map(|i| (i.id, i.bytes)).collect();

@@ -84,7 +84,7 @@ impl AccountKeyPair {
 impl fmt::Debug for AccountKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AccountKeyPair")
-            .field("public", &super::address::hex_lower(&self.public()[..8]))
+            .field("public", &hex::encode(&self.public()[..8]))
             .field("secret", &"<redacted>")
             .finish()
     }
@@ -182,7 +182,7 @@ impl DeviceCertificate {
 impl fmt::Debug for DeviceCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeviceCertificate")
-            .field("account", &super::address::hex_lower(&self.account[..8]))
+            .field("account", &hex::encode(&self.account[..8]))
             .field("device_id", &self.device_id)
             .field("identity", &self.identity)
             .finish()
@@ -229,7 +229,7 @@ mod tests {
         let seed = account.seed();
         let shown = format!("{account:?}");
         assert!(shown.contains("redacted"));
-        assert!(!shown.contains(&super::super::address::hex_lower(&seed[..8])));
+        assert!(!shown.contains(&hex::encode(&seed[..8])));
     }
 }
 
@@ -240,7 +240,6 @@ mod vectors {
     use prost::Message as _;
 
     use super::*;
-    use crate::engine::address::hex_lower;
     use crate::engine::devices::{DeviceEntry, DeviceList};
     use crate::engine::envelope::sender_mac;
     use sotto_core::identity::IdentityKeyPair;
@@ -268,11 +267,11 @@ mod vectors {
         );
         format!(
             "account={} certificate.signature={} list.body={} list.signature={} mac={}",
-            hex_lower(&account.public()),
-            hex_lower(&cert.to_pb().signature),
-            hex_lower(&list.body().encode_to_vec()),
-            hex_lower(&signed.signature),
-            hex_lower(&mac),
+            hex::encode(account.public()),
+            hex::encode(&cert.to_pb().signature),
+            hex::encode(list.body().encode_to_vec()),
+            hex::encode(&signed.signature),
+            hex::encode(mac),
         )
     }
 

@@ -51,7 +51,7 @@ impl fmt::Display for RelayAddress {
             "{}:{}/{}",
             self.host,
             self.port,
-            hex_lower(&self.fingerprint)
+            hex::encode(self.fingerprint)
         )
     }
 }
@@ -108,7 +108,7 @@ impl UserAddress {
 
 impl fmt::Display for UserAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", hex_lower(&self.user), self.relay)
+        write!(f, "{}@{}", hex::encode(self.user), self.relay)
     }
 }
 
@@ -132,31 +132,10 @@ impl FromStr for UserAddress {
     }
 }
 
-pub(crate) fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
+/// 32 bytes from exactly 64 hex digits (either case); `None` otherwise.
 pub(crate) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
     let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (nibble(b[2 * i])? << 4) | nibble(b[2 * i + 1])?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 

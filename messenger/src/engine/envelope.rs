@@ -10,7 +10,47 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use sotto_core::device::Device;
+use sotto_core::identity::IdentityKey;
 use sotto_core::keys::Secret32;
+use sotto_core::store::Store;
+
+use crate::error::Result;
+
+/// Peer devices whose sender-MAC key is kept in memory.
+const MAC_KEY_CACHE: usize = 1024;
+
+/// Sender-MAC keys by peer device identity: one X25519 per peer device and
+/// process, not one per message. Bounded (cleared when full).
+#[derive(Default)]
+pub(crate) struct MacKeys(std::collections::HashMap<[u8; 64], Secret32>);
+
+impl std::fmt::Debug for MacKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MacKeys")
+            .field("cached", &self.0.len())
+            .finish()
+    }
+}
+
+impl MacKeys {
+    /// The key between `device` and the peer device `peer`.
+    pub(crate) fn get<S: Store>(
+        &mut self,
+        device: &Device<S>,
+        peer: &IdentityKey,
+    ) -> Result<Secret32> {
+        if let Some(k) = self.0.get(peer.as_bytes()) {
+            return Ok(k.clone());
+        }
+        let key = device.sender_mac_key(device.identity(), peer)?;
+        if self.0.len() >= MAC_KEY_CACHE {
+            self.0.clear();
+        }
+        self.0.insert(*peer.as_bytes(), key.clone());
+        Ok(key)
+    }
+}
 
 /// Length of the truncated MAC.
 pub const SENDER_MAC_LEN: usize = 16;

@@ -28,7 +28,7 @@ impl MessageId {
 
 impl std::fmt::Debug for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MessageId({})", super::address::hex_lower(&self.0))
+        write!(f, "MessageId({})", hex::encode(self.0))
     }
 }
 
@@ -195,6 +195,8 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    /// From its stored value (PROTOCOL.md III: 1 sent, 2 delivered, 3 read;
+    /// 0 is a recipient device recorded before the message left).
     pub(crate) fn from_u32(v: u32) -> Option<Self> {
         match v {
             1 => Some(Self::Sent),
@@ -202,6 +204,68 @@ impl DeliveryState {
             3 => Some(Self::Read),
             _ => None,
         }
+    }
+
+    /// Its stored value; `None` (a recipient device, nothing yet) is 0.
+    pub(crate) fn stored(state: Option<Self>) -> u32 {
+        match state {
+            None => 0,
+            Some(Self::Sent) => 1,
+            Some(Self::Delivered) => 2,
+            Some(Self::Read) => 3,
+        }
+    }
+}
+
+/// The one way to make the stored form of an event (`pb::ClientEvent`):
+/// who it is about, then what happened.
+#[derive(Debug, Default)]
+pub(crate) struct EventBuilder(pb::ClientEvent);
+
+impl EventBuilder {
+    /// About `peer` (a user address), or nobody.
+    pub(crate) fn about(peer: Option<&UserAddress>) -> Self {
+        Self::named(&peer.map(|p| p.to_string()).unwrap_or_default())
+    }
+
+    /// About a peer named by its address text, as an outbox item keeps it.
+    pub(crate) fn named(peer: &str) -> Self {
+        EventBuilder(pb::ClientEvent {
+            peer: peer.to_owned(),
+            ..Default::default()
+        })
+    }
+
+    /// About one device of the peer.
+    pub(crate) fn device(mut self, device_id: u32) -> Self {
+        self.0.peer_device = device_id;
+        self
+    }
+
+    /// About one message (16-byte id).
+    pub(crate) fn message_id(mut self, id: &[u8]) -> Self {
+        self.0.message_id = id.to_vec();
+        self
+    }
+
+    /// What happened.
+    pub(crate) fn kind(mut self, kind: pb::client_event::Kind) -> pb::ClientEvent {
+        self.0.kind = Some(kind);
+        self.0
+    }
+
+    /// A recipient device reached `state` for this message.
+    pub(crate) fn delivery(
+        self,
+        user: &[u8],
+        device_id: u32,
+        state: DeliveryState,
+    ) -> pb::ClientEvent {
+        self.kind(pb::client_event::Kind::Delivery(pb::DeviceDelivery {
+            user: user.to_vec(),
+            device_id,
+            state: DeliveryState::stored(Some(state)),
+        }))
     }
 }
 
@@ -400,7 +464,7 @@ mod tests {
         };
         let shown = format!("{m:?} {att:?}");
         assert!(!shown.contains("attack"), "{shown}");
-        let key_hex = crate::engine::address::hex_lower(&pointer[1..33]);
+        let key_hex = hex::encode(&pointer[1..33]);
         assert!(!shown.contains(&key_hex[..16]), "{shown}");
         // And the serialised form round-trips.
         assert_eq!(AttachmentRef::from_bytes(&att.to_bytes()).unwrap(), att);

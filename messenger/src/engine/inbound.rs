@@ -31,7 +31,7 @@ use super::account::DeviceCertificate;
 use super::address::{RelayAddress, UserAddress};
 use super::devices::DeviceList;
 use super::envelope::verify_sender_mac;
-use super::events::{message_from_pb, MAX_RECEIPT_IDS};
+use super::events::{message_from_pb, DeliveryState, EventBuilder, MAX_RECEIPT_IDS};
 use super::records::{self, ACCEPTED, BLOCKED, STRANGER};
 use crate::error::{Error, Fault, Result};
 use sotto_core::device::{Device, DeviceAddress};
@@ -357,12 +357,9 @@ fn finish_failure<S: Store>(
         if let Some(reason) = reported {
             records::push_event(
                 tx,
-                pb::ClientEvent {
-                    peer: peer.map(|p| p.to_string()).unwrap_or_default(),
-                    peer_device,
-                    kind: Some(pb::client_event::Kind::DecryptFailed(reason)),
-                    ..Default::default()
-                },
+                EventBuilder::about(peer)
+                    .device(peer_device)
+                    .kind(pb::client_event::Kind::DecryptFailed(reason)),
             )?;
             out.events = true;
         }
@@ -479,12 +476,9 @@ fn identity_changed<S: Store>(
         }
         records::push_event(
             tx,
-            pb::ClientEvent {
-                peer: peer.map(|a| a.to_string()).unwrap_or_default(),
-                peer_device,
-                kind: Some(pb::client_event::Kind::IdentityChanged(true)),
-                ..Default::default()
-            },
+            EventBuilder::about(peer)
+                .device(peer_device)
+                .kind(pb::client_event::Kind::IdentityChanged(true)),
         )?;
         Ok(Outcome {
             events: true,
@@ -506,14 +500,9 @@ fn invalid_content(
     }
     records::push_event(
         tx,
-        pb::ClientEvent {
-            peer: peer.map(|p| p.to_string()).unwrap_or_default(),
-            peer_device: sender.device,
-            kind: Some(pb::client_event::Kind::DecryptFailed(format!(
-                "invalid content: {why}"
-            ))),
-            ..Default::default()
-        },
+        EventBuilder::about(peer).device(sender.device).kind(
+            pb::client_event::Kind::DecryptFailed(format!("invalid content: {why}")),
+        ),
     )?;
     Ok(Outcome {
         events: true,
@@ -582,11 +571,10 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
             Err(_) => return invalid_content(tx, sender, Some(&peer), "bad delivery token"),
         },
     };
-    let event = |kind| pb::ClientEvent {
-        peer: peer.to_string(),
-        peer_device: sender.device,
-        kind: Some(kind),
-        ..Default::default()
+    let event = |kind| {
+        EventBuilder::about(Some(&peer))
+            .device(sender.device)
+            .kind(kind)
     };
     let mut out = Outcome::default();
     use pb::client_event::Kind as K;
@@ -636,8 +624,8 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
             }
             Some(pb::content::Body::Receipt(r)) => {
                 let state = match pb::receipt::Kind::try_from(r.kind) {
-                    Ok(pb::receipt::Kind::Delivered) => 2,
-                    Ok(pb::receipt::Kind::Read) => 3,
+                    Ok(pb::receipt::Kind::Delivered) => DeliveryState::Delivered,
+                    Ok(pb::receipt::Kind::Read) => DeliveryState::Read,
                     Err(_) => {
                         return invalid_content(tx, sender, Some(&peer), "unknown receipt kind")
                     }
@@ -663,16 +651,16 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
                         id,
                         &sender.user,
                         sender.device,
-                        state,
+                        Some(state),
                         sender.now_ms,
                     )? {
-                        let mut e = event(K::Delivery(pb::DeviceDelivery {
-                            user: sender.user.to_vec(),
-                            device_id: sender.device,
-                            state,
-                        }));
-                        e.message_id = id.clone();
-                        records::push_event(tx, e)?;
+                        records::push_event(
+                            tx,
+                            EventBuilder::about(Some(&peer))
+                                .device(sender.device)
+                                .message_id(id)
+                                .delivery(&sender.user, sender.device, state),
+                        )?;
                     }
                     matched.push(id.clone());
                 }

@@ -52,7 +52,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::account::DeviceCertificate;
-use super::address::{hex_lower, parse_hex32, UserAddress};
+use super::address::{parse_hex32, UserAddress};
 use super::devices::DeviceList;
 use crate::error::{Error, Result};
 
@@ -174,10 +174,10 @@ pub(crate) fn code_string(
 ) -> String {
     format!(
         "{CODE_PREFIX}{}{}{}{}",
-        hex_lower(mailbox),
-        hex_lower(PublicKey::from(link).as_bytes()),
-        hex_lower(identity.as_bytes()),
-        hex_lower(&commitment(nonce))
+        hex::encode(mailbox),
+        hex::encode(PublicKey::from(link).as_bytes()),
+        hex::encode(identity.as_bytes()),
+        hex::encode(commitment(nonce))
     )
 }
 
@@ -313,10 +313,10 @@ mod tests {
         .unwrap();
         let got = format!(
             "link_pub={} eph_pub={} commitment={} key={} digits={}",
-            hex_lower(lp.as_bytes()),
-            hex_lower(ep.as_bytes()),
-            hex_lower(&commitment(&nonce)),
-            hex_lower(s.key.as_ref()),
+            hex::encode(lp.as_bytes()),
+            hex::encode(ep.as_bytes()),
+            hex::encode(commitment(&nonce)),
+            hex::encode(*s.key),
             s.digits
         );
         assert_eq!(got, LINK_VECTOR);
@@ -361,10 +361,10 @@ mod tests {
         let identity = vector_identity();
         let code = format!(
             "link:{}{}{}{}",
-            hex_lower(&[9; 32]),
-            hex_lower(&[1; 32]),
-            hex_lower(identity.as_bytes()),
-            hex_lower(&[5; 32])
+            hex::encode([9; 32]),
+            hex::encode([1; 32]),
+            hex::encode(identity.as_bytes()),
+            hex::encode([5; 32])
         );
         let c = parse_code(&code).unwrap();
         assert_eq!(

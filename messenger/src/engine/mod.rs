@@ -10,6 +10,7 @@
 //! - `link`: linking a new device, its protocol and cryptography;
 //! - `records`: the messenger's durable rows, committed with ratchet state;
 //! - `inbound`: one envelope in, one atomic commit;
+//! - `outbound`: the outbox planner, one step and one commit at a time;
 //! - [`events`]: what the app is told.
 
 pub mod account;
@@ -19,6 +20,7 @@ pub mod envelope;
 pub mod events;
 pub(crate) mod inbound;
 pub(crate) mod link;
+pub(crate) mod outbound;
 pub(crate) mod records;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod testkit;

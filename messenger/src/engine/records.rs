@@ -20,6 +20,7 @@ use sotto_core::Error as CoreError;
 use sotto_proto::client as pb;
 
 use super::devices::DeviceList;
+use super::events::{DeliveryState, EventBuilder};
 use crate::error::{Error, Result};
 use sotto_core::store::{Table, Txn};
 
@@ -281,9 +282,10 @@ pub(crate) fn raise_delivery(
     message_id: &[u8],
     user: &[u8],
     device_id: u32,
-    state: u32,
+    state: Option<DeliveryState>,
     now_ms: u64,
 ) -> Result<bool> {
+    let state = DeliveryState::stored(state);
     let mut rec = delivery(tx, message_id)?;
     let changed = match rec
         .devices
@@ -406,12 +408,7 @@ pub(crate) fn apply_list(
     let change = list.against(pinned.as_ref())?;
     let mut out = Applied::default();
     if change.newer {
-        let event = |kind, device_id| pb::ClientEvent {
-            peer: user.to_string(),
-            peer_device: device_id,
-            kind: Some(kind),
-            ..Default::default()
-        };
+        let event = |kind, device_id| EventBuilder::about(Some(user)).device(device_id).kind(kind);
         use pb::client_event::Kind as K;
         for id in &change.added {
             push_event(tx, event(K::NewDevice(*id), *id))?;

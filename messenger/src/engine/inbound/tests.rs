@@ -333,7 +333,7 @@ fn receipts_count_only_for_messages_sent_to_that_device() {
     alice.devices[0]
         .device
         .store_mut()
-        .transaction(|tx| records::raise_delivery(tx, &[0xEF; 16], &bob_user, 1, 0, 1_000))
+        .transaction(|tx| records::raise_delivery(tx, &[0xEF; 16], &bob_user, 1, None, 1_000))
         .unwrap();
     let receipt = pb::Content {
         sender_relay: bob.relay.to_string(),

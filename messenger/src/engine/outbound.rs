@@ -1,0 +1,851 @@
+//! Sending, decided with no I/O: the outbox planner.
+//!
+//! Every outgoing message is first written to the durable outbox (so
+//! sending works offline and survives crashes). A [`Planner`] walks the
+//! outbox once (a pass): [`Planner::poll`] says what the driver must do
+//! next ([`Step`]: fetch a device list, fetch a bundle, submit an envelope,
+//! or the pass is done) and [`Planner::handle`] takes the result back.
+//! Each call is at most one store transaction on the device, so a crash
+//! between any two steps loses nothing: the next pass starts again from the
+//! outbox, whose per-device progress means a device never gets an item
+//! twice (and receivers drop re-sent copies by message id).
+//!
+//! The rules, all here:
+//! - The recipient's device list is fetched, verified against its account
+//!   key and pinned (a rollback or an equivocation is refused) before every
+//!   item, so a device added or removed since the last send is never missed
+//!   or kept; a bundle is used only if its identity is the one the list
+//!   certifies, and a session only if it belongs to that identity.
+//! - Nothing goes to a blocked user; our delivery token goes only to
+//!   accepted contacts and to our own devices.
+//! - Two lanes: ordinary items to one relay go strictly in order (a
+//!   network failure holds that relay's later items; other relays go on);
+//!   repair items (retry requests, re-sends) never hold anything and are
+//!   dropped after [`MAX_REPAIR_ATTEMPTS`].
+//! - A full mailbox holds back only the device it belongs to; a refusal
+//!   that repeats ends the item after [`MAX_PERMANENT_FAILURES`] with a
+//!   `SendFailed` event.
+
+use std::collections::{HashSet, VecDeque};
+
+use prost::Message as _;
+use rand_core::CryptoRngCore;
+use sotto_core::device::{Device, DeviceAddress};
+use sotto_core::prekeys::PrekeyBundle;
+use sotto_core::session::MessageKind;
+use sotto_core::store::Store;
+use sotto_core::Error as CoreError;
+use sotto_proto::client as pb;
+use sotto_proto::relay::{ErrorCode, SignedDeviceList};
+use sotto_relay::{EnvelopeId, FetchedBundle, MailboxId};
+use zeroize::Zeroizing;
+
+use super::account::DeviceCertificate;
+use super::address::{RelayAddress, UserAddress};
+use super::devices::{DeviceEntry, DeviceList};
+use super::envelope::{sender_mac, MacKeys};
+use super::events::{DeliveryState, EventBuilder, MessageId};
+use super::records;
+use crate::error::{Error, Fault, Result};
+
+/// Attempts before a queued item is given up (with a `SendFailed` event)
+/// when the failure is the recipient's (no devices, bad list), not the network.
+pub(crate) const MAX_PERMANENT_FAILURES: u32 = 3;
+/// Attempts before a repair item is dropped, whatever the failure.
+pub(crate) const MAX_REPAIR_ATTEMPTS: u32 = 5;
+
+/// What one pass over the outbox achieved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pass {
+    /// Items still waiting (a network problem, a full mailbox): pass again
+    /// after a backoff.
+    pub(crate) pending: bool,
+    /// Events were queued for the app.
+    pub(crate) events: bool,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Fetch `user`'s signed device list from its relay; answer with
+    /// [`Input::DeviceList`].
+    FetchDeviceList(UserAddress),
+    /// Fetch a prekey bundle of `device` from `user`'s relay; answer with
+    /// [`Input::Bundle`].
+    FetchBundle {
+        /// Whose device.
+        user: UserAddress,
+        /// Its mailbox (where the relay keeps its bundle).
+        mailbox: MailboxId,
+    },
+    /// Submit `envelope` to `mailbox` on `user`'s relay, with the delivery
+    /// token the device gave us if any; answer with [`Input::Submitted`].
+    Submit {
+        /// Whose device.
+        user: UserAddress,
+        /// Its mailbox.
+        mailbox: MailboxId,
+        /// The sealed envelope.
+        envelope: Vec<u8>,
+        /// The device's delivery token, if it gave us one.
+        token: Option<Zeroizing<[u8; 32]>>,
+    },
+    /// The pass is over.
+    Done(Pass),
+}
+
+/// The result of the last [`Step`], fed back with [`Planner::handle`].
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A device list, or `None`: the relay has none for that user.
+    DeviceList(Result<Option<SignedDeviceList>>),
+    /// A bundle.
+    Bundle(Result<FetchedBundle>),
+    /// The relay's id of the accepted envelope.
+    Submitted(Result<EnvelopeId>),
+}
+
+/// One device an item goes to.
+#[derive(Debug, Clone)]
+struct Target {
+    user: UserAddress,
+    device: DeviceEntry,
+    /// A copy for one of this user's own devices (a `SentSync`).
+    own: bool,
+}
+
+/// What the planner waits for.
+#[derive(Debug)]
+enum Awaiting {
+    List {
+        own: bool,
+    },
+    Bundle,
+    Submit {
+        token: Option<Zeroizing<[u8; 32]>>,
+        envelope: Vec<u8>,
+    },
+}
+
+/// Where the current item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    RecipientList,
+    OwnList,
+    Targets,
+}
+
+/// The item being sent.
+#[derive(Debug)]
+struct Current {
+    seq: u64,
+    item: pb::OutboxItem,
+    to: UserAddress,
+    /// The content for the recipient's devices.
+    content: Vec<u8>,
+    /// The `SentSync` content for this user's other devices, if any.
+    sync: Option<Vec<u8>>,
+    targets: VecDeque<Target>,
+    /// A device whose mailbox was full: the item stays for it.
+    full: Option<Error>,
+    stage: Stage,
+    /// An envelope to submit again without the token the device replaced.
+    resubmit: Option<Vec<u8>>,
+}
+
+/// One pass over the outbox (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct Planner {
+    me: UserAddress,
+    device_id: u32,
+    certificate: DeviceCertificate,
+    items: VecDeque<(u64, pb::OutboxItem)>,
+    /// Relays whose ordinary items wait (one could not go).
+    held: HashSet<RelayAddress>,
+    current: Option<Current>,
+    awaiting: Option<Awaiting>,
+    pass: Pass,
+    /// Events queued since [`Planner::take_events`] last said so.
+    events: bool,
+    mac_keys: MacKeys,
+}
+
+impl Planner {
+    /// A pass over the outbox of `device` (read in one transaction).
+    pub(crate) fn new<S: Store>(
+        device: &mut Device<S>,
+        me: UserAddress,
+        certificate: DeviceCertificate,
+        mac_keys: MacKeys,
+    ) -> Result<Self> {
+        let items = device
+            .store_mut()
+            .transaction(|tx| records::outbox(tx))?
+            .into();
+        Ok(Planner {
+            me,
+            device_id: device.device_id(),
+            certificate,
+            items,
+            held: HashSet::new(),
+            current: None,
+            awaiting: None,
+            pass: Pass::default(),
+            events: false,
+            mac_keys,
+        })
+    }
+
+    /// The outbox sequence number of the item in progress, if any (the
+    /// driver bounds the time one item may take).
+    pub(crate) fn current_item(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.seq)
+    }
+
+    /// The sender-MAC key cache, for the next pass.
+    pub(crate) fn into_mac_keys(self) -> MacKeys {
+        self.mac_keys
+    }
+
+    /// True (once) if events were queued since the last call.
+    pub(crate) fn take_events(&mut self) -> bool {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The next thing to do. Never call it twice without feeding back the
+    /// result of the step it returned.
+    pub(crate) fn poll<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Step> {
+        if self.awaiting.is_some() {
+            return Err(Error::invalid_argument("outbox step result not fed back"));
+        }
+        loop {
+            let Some(cur) = &mut self.current else {
+                let Some((seq, item)) = self.items.pop_front() else {
+                    return Ok(Step::Done(self.pass));
+                };
+                let relay = item.recipient.parse::<UserAddress>().ok().map(|a| a.relay);
+                if !item.repair && relay.as_ref().is_some_and(|r| self.held.contains(r)) {
+                    self.pass.pending = true;
+                    continue;
+                }
+                match self.begin(device, seq, &item, rng) {
+                    Ok(c) => self.current = c,
+                    Err(e) => self.fail(device, seq, item, relay, e)?,
+                }
+                continue;
+            };
+            match cur.stage {
+                Stage::RecipientList => {
+                    self.awaiting = Some(Awaiting::List { own: false });
+                    return Ok(Step::FetchDeviceList(cur.to.clone()));
+                }
+                Stage::OwnList => {
+                    self.awaiting = Some(Awaiting::List { own: true });
+                    return Ok(Step::FetchDeviceList(self.me.clone()));
+                }
+                Stage::Targets => match self.next_target(device, rng) {
+                    Ok(Some(step)) => return Ok(step),
+                    Ok(None) => self.finish(device)?,
+                    Err(e) => self.fail_current(device, e)?,
+                },
+            }
+        }
+    }
+
+    /// Takes back the result of the step [`Planner::poll`] returned.
+    pub(crate) fn handle<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        input: Input,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<()> {
+        let awaiting = self
+            .awaiting
+            .take()
+            .ok_or(Error::invalid_argument("no outbox step in progress"))?;
+        let result = match (awaiting, input) {
+            (Awaiting::List { own }, Input::DeviceList(r)) => self.on_list(device, own, r, now_ms),
+            (Awaiting::Bundle, Input::Bundle(r)) => self.on_bundle(device, r, now_ms, rng),
+            (Awaiting::Submit { token, envelope }, Input::Submitted(r)) => {
+                self.on_submitted(device, token, envelope, r, now_ms)
+            }
+            _ => Err(Error::invalid_argument(
+                "outbox step result of another kind",
+            )),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail_current(device, e),
+        }
+    }
+
+    /// The item's step failed outside this planner (the driver's time
+    /// limit ran out): deferred as a network failure.
+    pub(crate) fn timed_out<S: Store>(&mut self, device: &mut Device<S>) -> Result<()> {
+        self.awaiting = None;
+        self.fail_current(device, Error::Timeout)
+    }
+
+    /// Starts an item: drops it if its recipient is blocked, or prepares
+    /// its content. `None`: nothing to send.
+    fn begin<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        seq: u64,
+        item: &pb::OutboxItem,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Option<Current>> {
+        let to: UserAddress = item.recipient.parse()?;
+        let own = to.user == self.me.user;
+        // Nothing goes to a user this user blocked (items queued before the
+        // block); our delivery token goes only to accepted contacts and to
+        // this user's own devices (a repair to a stranger does not hand it
+        // out).
+        let wants_sync = item.to_own_devices && !own;
+        let prepared = device.store_mut().transaction(|tx| -> Result<_> {
+            let state = records::contact(tx, &to.user)?.map(|c| c.state);
+            if !own && state == Some(records::BLOCKED) {
+                records::update_outbox(tx, seq, None)?;
+                return Ok(None);
+            }
+            let token = if own || state == Some(records::ACCEPTED) {
+                Some(records::own_delivery_token(tx, false, rng)?)
+            } else {
+                None
+            };
+            let own_token = if wants_sync {
+                Some(records::own_delivery_token(tx, false, rng)?)
+            } else {
+                None
+            };
+            Ok(Some((token, own_token)))
+        })?;
+        let Some((token, own_token)) = prepared else {
+            return Ok(None);
+        };
+        // Every content carries our home relay, so the peer can answer.
+        let mut content =
+            pb::Content::decode(item.content.as_slice()).map_err(|_| Error::corrupt("app"))?;
+        if content.sender_relay.is_empty() {
+            content.sender_relay = self.me.relay.to_string();
+        }
+        content.delivery_token = token.as_ref().map(|t| t.to_vec()).unwrap_or_default();
+        // A copy for this user's other devices (what I sent, from where).
+        let sync = match (&content.body, own_token) {
+            (Some(pb::content::Body::Message(m)), Some(own_token)) => Some(
+                pb::Content {
+                    sender_relay: self.me.relay.to_string(),
+                    body: Some(pb::content::Body::SentSync(pb::SentSync {
+                        recipient: to.to_string(),
+                        message: Some(m.clone()),
+                    })),
+                    delivery_token: own_token.to_vec(),
+                }
+                .encode_to_vec(),
+            ),
+            _ => None,
+        };
+        Ok(Some(Current {
+            seq,
+            item: item.clone(),
+            to,
+            content: content.encode_to_vec(),
+            sync,
+            targets: VecDeque::new(),
+            full: None,
+            stage: Stage::RecipientList,
+            resubmit: None,
+        }))
+    }
+
+    /// A device list arrived: verify, pin, pick the targets.
+    fn on_list<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        own: bool,
+        fetched: Result<Option<SignedDeviceList>>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let (me, my_id) = (self.me.clone(), self.device_id);
+        let cur = self.current_mut()?;
+        let user = if own { me.clone() } else { cur.to.clone() };
+        let signed = fetched?.ok_or(Error::UnknownUser)?;
+        let list = DeviceList::verify(&user.user, &signed)?;
+        pin_list(device, &user, &list, now_ms)?;
+        if own {
+            for d in &list.devices {
+                if d.device_id != my_id && !cur.item.done_own_devices.contains(&d.device_id) {
+                    cur.targets.push_back(Target {
+                        user: me.clone(),
+                        device: d.clone(),
+                        own: true,
+                    });
+                }
+            }
+        } else {
+            for d in &list.devices {
+                if (cur.to.user == me.user && d.device_id == my_id)
+                    || (!cur.item.only_devices.is_empty()
+                        && !cur.item.only_devices.contains(&d.device_id))
+                    || cur.item.done_devices.contains(&d.device_id)
+                {
+                    continue; // never to ourselves; only those asked; not twice
+                }
+                cur.targets.push_back(Target {
+                    user: cur.to.clone(),
+                    device: d.clone(),
+                    own: false,
+                });
+            }
+            if cur.sync.is_some() {
+                cur.stage = Stage::OwnList;
+                return Ok(());
+            }
+        }
+        self.targets_known(device, now_ms)
+    }
+
+    /// Every target is known: refuse an item that reaches nobody, and record
+    /// the devices a message goes to before it leaves, so a receipt that
+    /// overtakes the relay's "accepted" still counts (receipts only count
+    /// for devices the message was sent to).
+    fn targets_known<S: Store>(&mut self, device: &mut Device<S>, now_ms: u64) -> Result<()> {
+        let me = self.me.user;
+        let cur = self.current_mut()?;
+        if cur.targets.is_empty() && cur.item.done_devices.is_empty() && cur.to.user != me {
+            if !cur.item.only_devices.is_empty() {
+                // The device asked for is gone: nothing left to do.
+                let seq = cur.seq;
+                device
+                    .store_mut()
+                    .transaction(|tx| records::update_outbox(tx, seq, None))?;
+                self.current = None;
+                return Ok(());
+            }
+            return Err(Error::UnknownUser);
+        }
+        if !cur.item.message_id.is_empty() {
+            let (id, targets) = (&cur.item.message_id, &cur.targets);
+            device.store_mut().transaction(|tx| -> Result<()> {
+                for t in targets.iter().filter(|t| !t.own) {
+                    records::raise_delivery(
+                        tx,
+                        id,
+                        &t.user.user,
+                        t.device.device_id,
+                        None,
+                        now_ms,
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+        cur.stage = Stage::Targets;
+        Ok(())
+    }
+
+    /// The next step for the first target: a bundle to fetch, or an
+    /// envelope to submit. `None`: no target left.
+    fn next_target<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Option<Step>> {
+        let (me, my_id, certificate) = (self.me.user, self.device_id, self.certificate);
+        let cur = self
+            .current
+            .as_mut()
+            .ok_or(Error::invalid_argument("no item"))?;
+        while let Some(t) = cur.targets.front() {
+            if let Some(envelope) = cur.resubmit.take() {
+                self.awaiting = Some(Awaiting::Submit {
+                    token: None,
+                    envelope: envelope.clone(),
+                });
+                return Ok(Some(Step::Submit {
+                    user: t.user.clone(),
+                    mailbox: t.device.mailbox,
+                    envelope,
+                    token: None,
+                }));
+            }
+            let addr = DeviceAddress::new(t.user.user.to_vec(), t.device.device_id);
+            let has_session = device.has_session(&addr)?;
+            // A repair never sets up a session on its own: it answers a
+            // claim nobody authenticated, unless it is a re-send the retry
+            // asked for.
+            if cur.item.repair && !has_session && !cur.item.reset_session {
+                cur.targets.pop_front();
+                continue;
+            }
+            if cur.item.reset_session || !has_session {
+                self.awaiting = Some(Awaiting::Bundle);
+                return Ok(Some(Step::FetchBundle {
+                    user: t.user.clone(),
+                    mailbox: t.device.mailbox,
+                }));
+            }
+            // The session must belong to the identity the list certifies.
+            if !device
+                .session_identity(&addr)?
+                .is_some_and(|id| id.ct_eq(&t.device.identity))
+            {
+                return Err(CoreError::IdentityChanged {
+                    new_identity: Box::new(t.device.identity),
+                }
+                .into());
+            }
+            let content = if t.own {
+                cur.sync.as_deref().unwrap_or_default()
+            } else {
+                &cur.content
+            };
+            let message = device.encrypt(&addr, content, rng)?;
+            let mac_key = self.mac_keys.get(device, &t.device.identity)?;
+            let mac = sender_mac(&mac_key, &me, my_id, &message.bytes);
+            let envelope = pb::Envelope {
+                version: 1,
+                body: Some(pb::envelope::Body::Sealed(pb::Sealed {
+                    sender_user: me.to_vec(),
+                    sender_device: my_id,
+                    sender_certificate: (message.kind == MessageKind::PreKey)
+                        .then(|| certificate.to_pb()),
+                    message: message.bytes,
+                    sender_mac: mac.to_vec(),
+                })),
+            }
+            .encode_to_vec();
+            let (user, id) = (t.user.user, t.device.device_id);
+            let token = device
+                .store_mut()
+                .transaction(|tx| records::delivery_token(tx, &user, id))?;
+            self.awaiting = Some(Awaiting::Submit {
+                token: token.clone(),
+                envelope: envelope.clone(),
+            });
+            return Ok(Some(Step::Submit {
+                user: t.user.clone(),
+                mailbox: t.device.mailbox,
+                envelope,
+                token,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// A bundle arrived: check it names the certified device, start the
+    /// session (one commit with the item's progress).
+    fn on_bundle<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        fetched: Result<FetchedBundle>,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<()> {
+        let cur = self.current_mut()?;
+        let t = cur
+            .targets
+            .front()
+            .cloned()
+            .ok_or(Error::invalid_argument("no target"))?;
+        let fetched = fetched?;
+        let bundle = PrekeyBundle::assemble(
+            &fetched.signed_bundle,
+            fetched.one_time_ec.as_ref().map(|(_, b)| b.as_slice()),
+            fetched.one_time_kem.as_ref().map(|(_, b)| b.as_slice()),
+        )?;
+        // The bundle must be the device the account certified.
+        if bundle.device_id() != t.device.device_id || !bundle.identity().ct_eq(&t.device.identity)
+        {
+            return Err(CoreError::BadSignature {
+                what: "bundle does not match the device list",
+            }
+            .into());
+        }
+        let addr = DeviceAddress::new(t.user.user.to_vec(), t.device.device_id);
+        let reset = cur.item.reset_session && device.has_session(&addr)?;
+        // One reset per repair: the flag is cleared in the commit that
+        // follows the new session, so a retry of this item does not reset
+        // (and spend the peer's prekeys) again.
+        cur.item.reset_session = false;
+        let (seq, progress) = (cur.seq, cur.item.clone());
+        device.process_bundle(&addr, &bundle, now_ms / 1000, rng)?;
+        device.store_mut().transaction(|tx| -> Result<()> {
+            records::update_outbox(tx, seq, Some(&progress))?;
+            if reset {
+                records::push_event(
+                    tx,
+                    EventBuilder::about(Some(&t.user))
+                        .device(t.device.device_id)
+                        .kind(pb::client_event::Kind::SessionReset(true)),
+                )?;
+            }
+            Ok(())
+        })?;
+        self.events |= reset;
+        Ok(())
+    }
+
+    /// The relay answered a submission.
+    fn on_submitted<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        token: Option<Zeroizing<[u8; 32]>>,
+        envelope: Vec<u8>,
+        result: Result<EnvelopeId>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let cur = self.current_mut()?;
+        let t = cur
+            .targets
+            .front()
+            .cloned()
+            .ok_or(Error::invalid_argument("no target"))?;
+        let (user, device_id) = (&t.user, t.device.device_id);
+        let envelope_id = match result {
+            Err(e) if e.relay_code() == Some(ErrorCode::BadDeliveryToken) => {
+                // The device replaced its token: forget ours (until its next
+                // message brings the new one) and send again without one,
+                // in the share strangers get.
+                let Some(refused) = token else {
+                    return Err(e);
+                };
+                device.store_mut().transaction(|tx| {
+                    records::delete_delivery_token_if(tx, &user.user, device_id, &refused)
+                })?;
+                cur.resubmit = Some(envelope);
+                return Ok(());
+            }
+            Err(e) if e.relay_code() == Some(ErrorCode::QuotaExceeded) => {
+                // This device's mailbox (or its strangers' share) is full:
+                // the others go on, the item stays for it.
+                cur.full = Some(e);
+                cur.targets.pop_front();
+                return Ok(());
+            }
+            other => other?,
+        };
+        if t.own {
+            cur.item.done_own_devices.push(device_id);
+        } else {
+            cur.item.done_devices.push(device_id);
+        }
+        cur.item.reset_session = false;
+        let content = if t.own {
+            cur.sync.clone().unwrap_or_default()
+        } else {
+            cur.content.clone()
+        };
+        let (seq, progress) = (cur.seq, cur.item.clone());
+        let message_id = progress.message_id.clone();
+        // Progress, sent log and delivery state in one commit.
+        let raised = device.store_mut().transaction(|tx| -> Result<bool> {
+            records::update_outbox(tx, seq, Some(&progress))?;
+            records::log_sent(
+                tx,
+                &envelope_id.0,
+                &pb::SentLogEntry {
+                    recipient_user: user.user.to_vec(),
+                    recipient_device: device_id,
+                    recipient: user.to_string(),
+                    content,
+                    at_ms: now_ms,
+                    retries: 0,
+                },
+                now_ms,
+            )?;
+            if !message_id.is_empty()
+                && !t.own
+                && records::raise_delivery(
+                    tx,
+                    &message_id,
+                    &user.user,
+                    device_id,
+                    Some(DeliveryState::Sent),
+                    now_ms,
+                )?
+            {
+                records::push_event(
+                    tx,
+                    EventBuilder::about(Some(user))
+                        .device(device_id)
+                        .message_id(&message_id)
+                        .delivery(&user.user, device_id, DeliveryState::Sent),
+                )?;
+                return Ok(true);
+            }
+            Ok(false)
+        })?;
+        self.events |= raised;
+        if let Some(cur) = self.current.as_mut() {
+            cur.targets.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Every target was tried: the item is done, or stays for a device
+    /// whose mailbox was full.
+    fn finish<S: Store>(&mut self, device: &mut Device<S>) -> Result<()> {
+        let Some(mut cur) = self.current.take() else {
+            return Ok(());
+        };
+        match cur.full.take() {
+            Some(e) => {
+                let relay = Some(cur.to.relay.clone());
+                self.fail(device, cur.seq, cur.item, relay, e)
+            }
+            None => {
+                let seq = cur.seq;
+                device
+                    .store_mut()
+                    .transaction(|tx| records::update_outbox(tx, seq, None))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The current item failed with `e`.
+    fn fail_current<S: Store>(&mut self, device: &mut Device<S>, e: Error) -> Result<()> {
+        self.awaiting = None;
+        let Some(cur) = self.current.take() else {
+            return Ok(());
+        };
+        self.fail(device, cur.seq, cur.item, Some(cur.to.relay), e)
+    }
+
+    /// What a failed item becomes, by whose fault it failed.
+    fn fail<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        seq: u64,
+        mut item: pb::OutboxItem,
+        relay: Option<RelayAddress>,
+        e: Error,
+    ) -> Result<()> {
+        self.pass.pending = true;
+        if item.repair {
+            // Repairs never hold up the conversation: count, move on.
+            tracing::debug!(error = %e, "repair item deferred");
+            item.attempts += 1;
+            let keep = item.attempts < MAX_REPAIR_ATTEMPTS;
+            return device
+                .store_mut()
+                .transaction(|tx| records::update_outbox(tx, seq, keep.then_some(&item)));
+        }
+        if e.relay_code() == Some(ErrorCode::QuotaExceeded) {
+            // A full mailbox holds back nothing else (a stranger can fill
+            // a share with 256 tiny envelopes).
+            tracing::debug!(error = %e, "outbox item waits for room");
+            return Ok(());
+        }
+        if matches!(e.fault(), Fault::Network | Fault::Local) {
+            // Later items to the same relay must not overtake this one
+            // (each conversation keeps the outbox's order).
+            tracing::debug!(error = %e, "outbox item deferred");
+            match relay {
+                Some(r) => {
+                    self.held.insert(r);
+                }
+                None => self.items.clear(),
+            }
+            return Ok(());
+        }
+        // The recipient's problem (or ours, repeating): give up after a few.
+        item.attempts += 1;
+        let reason = e.to_string();
+        let failed = device.store_mut().transaction(|tx| -> Result<bool> {
+            if item.attempts < MAX_PERMANENT_FAILURES {
+                records::update_outbox(tx, seq, Some(&item))?;
+                return Ok(false);
+            }
+            records::update_outbox(tx, seq, None)?;
+            if item.message_id.is_empty() {
+                return Ok(false);
+            }
+            records::push_event(
+                tx,
+                EventBuilder::named(&item.recipient)
+                    .message_id(&item.message_id)
+                    .kind(pb::client_event::Kind::SendFailed(reason)),
+            )?;
+            Ok(true)
+        })?;
+        self.events |= failed;
+        self.pass.events |= failed;
+        Ok(())
+    }
+
+    fn current_mut(&mut self) -> Result<&mut Current> {
+        self.current
+            .as_mut()
+            .ok_or(Error::invalid_argument("no outbox item in progress"))
+    }
+}
+
+/// Queues a message to `to` (and copies for this user's other devices) in
+/// the outbox: durable before this returns, sent by the next pass. Writing
+/// to someone makes them a contact (their messages are no longer
+/// requests), unless the user blocked them.
+pub(crate) fn queue_message<S: Store>(
+    device: &mut Device<S>,
+    me: &UserAddress,
+    to: &UserAddress,
+    text: &str,
+    attachments: Vec<pb::AttachmentRef>,
+    now_ms: u64,
+    rng: &mut impl CryptoRngCore,
+) -> Result<MessageId> {
+    let mut id = [0u8; 16];
+    rng.fill_bytes(&mut id);
+    let content = pb::Content {
+        sender_relay: me.relay.to_string(),
+        delivery_token: Vec::new(),
+        body: Some(pb::content::Body::Message(pb::Message {
+            id: id.to_vec(),
+            sent_at_ms: now_ms,
+            text: text.to_string(),
+            attachments,
+        })),
+    };
+    let item = pb::OutboxItem {
+        recipient: to.to_string(),
+        content: content.encode_to_vec(),
+        to_own_devices: true,
+        message_id: id.to_vec(),
+        ..Default::default()
+    };
+    device.store_mut().transaction(|tx| {
+        if records::contact(tx, &to.user)?.is_some_and(|c| c.state == records::BLOCKED) {
+            return Err(Error::NotAccepted);
+        }
+        super::inbound::accept(tx, me, to)?;
+        records::push_outbox(tx, &item)
+    })?;
+    Ok(MessageId(id))
+}
+
+/// Pins a verified list of `user` (refusing a rollback or equivocation),
+/// queues events for added and removed devices and deletes the sessions of
+/// removed ones. True if events were queued.
+pub(crate) fn pin_list<S: Store>(
+    device: &mut Device<S>,
+    user: &UserAddress,
+    list: &DeviceList,
+    now_ms: u64,
+) -> Result<bool> {
+    let applied = device
+        .store_mut()
+        .transaction(|tx| records::apply_list(tx, user, list, now_ms))?;
+    for addr in &applied.revoked {
+        device.delete_sessions(addr)?;
+    }
+    Ok(applied.events)
+}
+
+#[cfg(test)]
+mod tests;
