@@ -1,4 +1,4 @@
-//! The high-level API an app (and the `Client`, and the FFI bindings) calls:
+//! The session API an app (and the messenger, and the FFI bindings) calls:
 //! a [`Device`] owns this device's identity, its prekeys and one session per
 //! remote device, all kept in a [`Store`].
 //!
@@ -9,7 +9,7 @@
 //! old state (the message can be decrypted again) or the new one (its key is
 //! gone), never a lost or reusable key. [`Device::decrypt_with`] lets the
 //! caller add its own writes (e.g. "envelope 42 processed") to that same
-//! transaction.
+//! transaction. How each row is keyed and encoded is `store::records`.
 
 use prost::Message;
 use rand_core::CryptoRngCore;
@@ -18,14 +18,15 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Fault, Result};
 use crate::identity::{IdentityKey, IdentityKeyPair, SafetyNumber};
-use crate::keys::{KemKeyPair, Secret32, X25519KeyPair};
+use crate::keys::Secret32;
 use crate::padding::Padding;
 use crate::prekeys::{
     signed_bundle_blob, KemPrekey, OneTimePrekey, PrekeyBundle, SignedPrekey, UploadItem,
     RETIRED_PREKEY_GRACE_SECS,
 };
-use crate::session::{MessageKind, OutgoingMessage, PreKeyMessage, SessionState, SkippedKeys};
+use crate::session::{MessageKind, OutgoingMessage, PreKeyMessage, SessionState};
 use crate::session_cache::SessionCache;
+use crate::store::records::*;
 use crate::store::{Store, Table, Txn};
 use crate::trust::{self, Contact, TrustCheck, Verification};
 
@@ -35,10 +36,8 @@ use crate::trust::{self, Contact, TrustCheck, Verification};
 /// skipped keys; libsignal keeps 40, which mostly preserves stale state.
 pub const MAX_ARCHIVED_SESSIONS: usize = 5;
 
-const IDENTITY_KEY: &[u8] = b"identity";
 /// HKDF salt of [`Device::sender_mac_key`].
 pub const SENDER_MAC_SALT: &[u8] = b"Sotto_v1_SenderMac";
-const COUNTERS_KEY: &[u8] = b"prekey_counters";
 
 /// A remote device: an opaque user id (shared by all the user's devices,
 /// which share one identity key) and a device id.
@@ -70,306 +69,6 @@ impl DeviceAddress {
         k.extend_from_slice(&self.device_id.to_be_bytes());
         Ok(k)
     }
-}
-
-fn cat(parts: &[&[u8]]) -> Vec<u8> {
-    parts.concat()
-}
-
-fn get_proto<M: Message + Default>(tx: &impl Txn, table: Table, key: &[u8]) -> Result<Option<M>> {
-    match tx.get(table, key)? {
-        None => Ok(None),
-        Some(v) => M::decode(v.as_slice())
-            .map(Some)
-            .map_err(|_| Error::CorruptRecord {
-                table: table.name(),
-            }),
-    }
-}
-
-fn put_proto<M: Message>(tx: &mut impl Txn, table: Table, key: &[u8], m: &M) -> Result<()> {
-    let mut bytes = m.encode_to_vec();
-    let r = tx.put(table, key, &bytes);
-    bytes.zeroize();
-    r
-}
-
-/// Wipes the secret fields of a decoded or encoded session record.
-fn scrub_session(r: &mut rec::SessionRecord) {
-    r.root_key.zeroize();
-    r.our_ratchet_secret.zeroize();
-    if let Some(s) = r.sending.as_mut() {
-        s.chain_key.zeroize();
-    }
-    for c in &mut r.receiving {
-        c.chain_key.zeroize();
-    }
-}
-
-fn load_counters(tx: &impl Txn) -> Result<rec::PrekeyCounters> {
-    get_proto(tx, Table::Local, COUNTERS_KEY)?.ok_or(Error::NoIdentity)
-}
-
-fn load_signed(tx: &impl Txn, id: u32) -> Result<Option<SignedPrekey>> {
-    let Some(mut r) =
-        get_proto::<rec::SignedPrekeyRecord>(tx, Table::SignedPrekey, &id.to_be_bytes())?
-    else {
-        return Ok(None);
-    };
-    let corrupt = Error::CorruptRecord {
-        table: "signed_prekey",
-    };
-    let key = X25519KeyPair::from_slice(&r.secret, "signed prekey");
-    r.secret.zeroize();
-    Ok(Some(SignedPrekey {
-        id,
-        key: key?,
-        signature: r.signature.as_slice().try_into().map_err(|_| corrupt)?,
-        created_at: r.created_at,
-        retired_at: (r.retired_at != 0).then_some(r.retired_at),
-    }))
-}
-
-fn save_signed(tx: &mut impl Txn, k: &SignedPrekey) -> Result<()> {
-    let mut r = rec::SignedPrekeyRecord {
-        id: k.id,
-        secret: k.key.secret_bytes().to_vec(),
-        signature: k.signature.to_vec(),
-        created_at: k.created_at,
-        retired_at: k.retired_at.unwrap_or(0),
-    };
-    let out = put_proto(tx, Table::SignedPrekey, &k.id.to_be_bytes(), &r);
-    r.secret.zeroize();
-    out
-}
-
-fn load_kem(tx: &impl Txn, id: u32) -> Result<Option<KemPrekey>> {
-    let Some(mut r) = get_proto::<rec::KemPrekeyRecord>(tx, Table::KemPrekey, &id.to_be_bytes())?
-    else {
-        return Ok(None);
-    };
-    let corrupt = Error::CorruptRecord {
-        table: "kem_prekey",
-    };
-    let key = KemKeyPair::from_seed_slice(&r.seed);
-    r.seed.zeroize();
-    Ok(Some(KemPrekey {
-        id,
-        key: key?,
-        signature: r.signature.as_slice().try_into().map_err(|_| corrupt)?,
-        created_at: r.created_at,
-        last_resort: r.last_resort,
-        retired_at: (r.retired_at != 0).then_some(r.retired_at),
-    }))
-}
-
-fn save_kem(tx: &mut impl Txn, k: &KemPrekey) -> Result<()> {
-    let mut r = rec::KemPrekeyRecord {
-        id: k.id,
-        seed: k.key.seed().to_vec(),
-        signature: k.signature.to_vec(),
-        created_at: k.created_at,
-        last_resort: k.last_resort,
-        retired_at: k.retired_at.unwrap_or(0),
-    };
-    let out = put_proto(tx, Table::KemPrekey, &k.id.to_be_bytes(), &r);
-    r.seed.zeroize();
-    out
-}
-
-fn load_one_time(tx: &impl Txn, id: u32) -> Result<Option<OneTimePrekey>> {
-    let Some(mut r) =
-        get_proto::<rec::OneTimePrekeyRecord>(tx, Table::OneTimePrekey, &id.to_be_bytes())?
-    else {
-        return Ok(None);
-    };
-    let key = X25519KeyPair::from_slice(&r.secret, "one-time prekey");
-    r.secret.zeroize();
-    Ok(Some(OneTimePrekey { id, key: key? }))
-}
-
-/// The recorded identity of the remote device at encoded address `addr`.
-fn load_contact(tx: &impl Txn, addr: &[u8]) -> Result<Option<Contact>> {
-    match tx.get(Table::Contact, addr)? {
-        None => Ok(None),
-        Some(v) => Contact::decode(&v).map(Some),
-    }
-}
-
-/// Fails with [`Error::NoSession`] unless `state` belongs to the identity
-/// recorded for `addr`: a session never outlives the trust it was set up
-/// under (see [`Device::accept_identity`]), it is as if it did not exist.
-fn require_session_trusted(tx: &impl Txn, addr: &[u8], state: &SessionState) -> Result<()> {
-    let recorded = load_contact(tx, addr)?.ok_or(Error::CorruptRecord { table: "contact" })?;
-    if !recorded.identity.ct_eq(&state.remote_identity) {
-        // A session of an identity no longer trusted does not exist.
-        return Err(Error::NoSession);
-    }
-    Ok(())
-}
-
-/// Deletes one stored session: its row, its skipped keys, and its cache entry.
-fn delete_session(
-    tx: &mut impl Txn,
-    cache: &mut SessionCache,
-    addr: &[u8],
-    sid: &[u8; 32],
-) -> Result<()> {
-    let key = cat(&[addr, sid]);
-    tx.delete(Table::Session, &key)?;
-    cache.forget(&key);
-    tx.delete_prefix(Table::SkippedKey, &key)
-}
-
-fn load_index(tx: &impl Txn, addr: &[u8]) -> Result<Vec<[u8; 32]>> {
-    let Some(idx) = get_proto::<rec::SessionIndex>(tx, Table::SessionIndex, addr)? else {
-        return Ok(Vec::new());
-    };
-    idx.session_ids
-        .iter()
-        .map(|s| {
-            s.as_slice().try_into().map_err(|_| Error::CorruptRecord {
-                table: "session_index",
-            })
-        })
-        .collect()
-}
-
-fn save_index(tx: &mut impl Txn, addr: &[u8], ids: &[[u8; 32]]) -> Result<()> {
-    put_proto(
-        tx,
-        Table::SessionIndex,
-        addr,
-        &rec::SessionIndex {
-            session_ids: ids.iter().map(|s| s.to_vec()).collect(),
-        },
-    )
-}
-
-fn load_session(
-    tx: &impl Txn,
-    cache: &mut SessionCache,
-    addr: &[u8],
-    sid: &[u8; 32],
-) -> Result<SessionState> {
-    let key = cat(&[addr, sid]);
-    let row = tx.get(Table::Session, &key)?.ok_or(Error::CorruptRecord {
-        table: "session_index",
-    })?;
-    if let Some(state) = cache.take(&key, &row) {
-        return Ok(state);
-    }
-    let mut r = rec::SessionRecord::decode(row.as_slice())
-        .map_err(|_| Error::CorruptRecord { table: "session" })?;
-    let out = SessionState::from_record(&r).map_err(|_| Error::CorruptRecord { table: "session" });
-    scrub_session(&mut r);
-    out
-}
-
-/// Puts an unchanged, loaded session back into the cache (a load takes it out).
-fn return_session(
-    tx: &impl Txn,
-    cache: &mut SessionCache,
-    addr: &[u8],
-    sid: &[u8; 32],
-    state: SessionState,
-) -> Result<()> {
-    let key = cat(&[addr, sid]);
-    if let Some(row) = tx.get(Table::Session, &key)? {
-        cache.put(key, row, state);
-    }
-    Ok(())
-}
-
-fn save_session(
-    tx: &mut impl Txn,
-    cache: &mut SessionCache,
-    addr: &[u8],
-    state: SessionState,
-) -> Result<()> {
-    let mut r = state.to_record();
-    let row = Zeroizing::new(r.encode_to_vec());
-    scrub_session(&mut r);
-    let key = cat(&[addr, &state.base_key]);
-    tx.put(Table::Session, &key, &row)?;
-    cache.put(key, row, state);
-    Ok(())
-}
-
-/// Puts `sid` first in the index; drops (and deletes) sessions beyond the archive limit.
-fn promote(
-    tx: &mut impl Txn,
-    cache: &mut SessionCache,
-    addr: &[u8],
-    mut ids: Vec<[u8; 32]>,
-    sid: [u8; 32],
-) -> Result<()> {
-    ids.retain(|s| s != &sid);
-    ids.insert(0, sid);
-    while ids.len() > 1 + MAX_ARCHIVED_SESSIONS {
-        if let Some(old) = ids.pop() {
-            delete_session(tx, cache, addr, &old)?;
-        }
-    }
-    save_index(tx, addr, &ids)
-}
-
-/// Skipped keys of one session, read through a transaction.
-struct TxSkipped<'a, T: Txn> {
-    tx: &'a T,
-    prefix: Vec<u8>,
-}
-
-impl<T: Txn> SkippedKeys for TxSkipped<'_, T> {
-    fn get(&self, ratchet_key: &[u8; 32], counter: u32) -> Result<Option<Secret32>> {
-        let key = cat(&[&self.prefix, ratchet_key, &counter.to_be_bytes()]);
-        let Some(mut r) = get_proto::<rec::SkippedKeyRecord>(self.tx, Table::SkippedKey, &key)?
-        else {
-            return Ok(None);
-        };
-        let k = Secret32::from_slice(&r.message_key, "skipped key");
-        r.message_key.zeroize();
-        k.map(Some)
-    }
-}
-
-/// Writes a decrypt's change set: chain state row plus skipped-key rows.
-fn commit_decrypt(
-    tx: &mut impl Txn,
-    cache: &mut SessionCache,
-    addr: &[u8],
-    state: SessionState,
-    changes: crate::ratchet::RatchetChanges,
-) -> Result<()> {
-    let prefix = cat(&[addr, &state.base_key]);
-    save_session(tx, cache, addr, state)?;
-    if let Some((chain, n)) = changes.skipped_consumed {
-        tx.delete(
-            Table::SkippedKey,
-            &cat(&[&prefix, &chain, &n.to_be_bytes()]),
-        )?;
-    }
-    for s in changes.skipped_added {
-        let r = rec::SkippedKeyRecord {
-            message_key: s.key.as_bytes().to_vec(),
-        };
-        let key = cat(&[&prefix, &s.ratchet_key, &s.counter.to_be_bytes()]);
-        let out = put_proto(tx, Table::SkippedKey, &key, &r);
-        let mut r = r;
-        r.message_key.zeroize();
-        out?;
-    }
-    for (chain, from, to) in changes.skipped_evicted {
-        tx.delete_range(
-            Table::SkippedKey,
-            &cat(&[&prefix, &chain, &from.to_be_bytes()]),
-            &cat(&[&prefix, &chain, &to.to_be_bytes()]),
-        )?;
-    }
-    for chain in changes.chains_dropped {
-        tx.delete_prefix(Table::SkippedKey, &cat(&[&prefix, &chain]))?;
-    }
-    Ok(())
 }
 
 /// Current unix time in seconds (0 if the clock is before 1970).
@@ -1154,19 +853,4 @@ fn accept_prekey_message(
     commit_decrypt(tx, cache, a, state, changes)?;
     promote(tx, cache, a, ids, m.base_key)?;
     Ok(pt)
-}
-
-const CONSUMED_EC: u8 = 1;
-const CONSUMED_KEM: u8 = 2;
-
-fn consumed_key(kind: u8, id: u32) -> Vec<u8> {
-    cat(&[&[kind], &id.to_be_bytes()])
-}
-
-/// The base key of the session that consumed one-time prekey `(kind, id)`,
-/// while its record is kept.
-fn consumed_by(tx: &impl Txn, kind: u8, id: u32) -> Result<Option<[u8; 32]>> {
-    Ok(tx
-        .get(Table::ConsumedPrekey, &consumed_key(kind, id))?
-        .and_then(|v| v.get(8..40).and_then(|b| <[u8; 32]>::try_from(b).ok())))
 }

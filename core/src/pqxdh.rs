@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::identity::{IdentityKey, IdentityKeyPair, IDENTITY_KEY_LEN};
 use crate::keys::{kem_encapsulate, KemKeyPair, Secret32, X25519KeyPair};
 use crate::prekeys::PrekeyBundle;
+use crate::ratchet::{ChainKey, RootKey};
 
 /// HKDF info string of the PQXDH KDF.
 pub const PQXDH_INFO: &[u8] = b"Sotto_v1_PQXDH_X25519_SHA-256_ML-KEM-768";
@@ -44,8 +45,8 @@ pub(crate) fn session_ad(initiator: &IdentityKey, responder: &IdentityKey) -> [u
 
 /// What the initiator learns and must send.
 pub(crate) struct Initiated {
-    pub(crate) root_key: Secret32,
-    pub(crate) chain_key: Secret32,
+    pub(crate) root_key: RootKey,
+    pub(crate) chain_key: ChainKey,
     pub(crate) base: X25519KeyPair,
     pub(crate) kem_ciphertext: Vec<u8>,
 }
@@ -60,7 +61,7 @@ pub(crate) fn kdf_info(kem_public: &[u8], kem_ciphertext: &[u8]) -> Vec<u8> {
     info
 }
 
-fn kdf(dhs: &[&Secret32], kem_secret: &Secret32, info: &[u8]) -> (Secret32, Secret32) {
+fn kdf(dhs: &[&Secret32], kem_secret: &Secret32, info: &[u8]) -> (RootKey, ChainKey) {
     let mut ikm = Zeroizing::new(Vec::with_capacity(32 * 6));
     ikm.extend_from_slice(&[0xFF; 32]);
     for dh in dhs {
@@ -72,8 +73,8 @@ fn kdf(dhs: &[&Secret32], kem_secret: &Secret32, info: &[u8]) -> (Secret32, Secr
     // 64 bytes never exceeds HKDF's output limit.
     let _ = hk.expand(info, &mut okm[..]);
     (
-        Secret32::copy_from(&okm[..32]),
-        Secret32::copy_from(&okm[32..]),
+        Secret32::copy_from(&okm[..32]).into(),
+        Secret32::copy_from(&okm[32..]).into(),
     )
 }
 
@@ -114,7 +115,7 @@ pub(crate) fn respond(
     one_time_prekey: Option<&X25519KeyPair>,
     kem_prekey: &KemKeyPair,
     kem_ciphertext: &[u8],
-) -> Result<(Secret32, Secret32)> {
+) -> Result<(RootKey, ChainKey)> {
     let dh1 = signed_prekey.agree(their_identity.dh_public(), "remote identity key")?;
     let dh2 = ours.dh().agree(base_key, "base key")?;
     let dh3 = signed_prekey.agree(base_key, "base key")?;

@@ -50,22 +50,69 @@ pub const MAX_SKIPPED_KEYS_PER_SESSION: u32 =
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The root key: the input of every DH ratchet step (`KDF_RK`).
+#[derive(Clone, Debug)]
+pub struct RootKey(Secret32);
+
+/// A chain key: one per sending or receiving chain (`KDF_CK`).
+#[derive(Clone, Debug)]
+pub struct ChainKey(Secret32);
+
+/// A message key: encrypts exactly one message.
+#[derive(Clone, Debug)]
+pub struct MessageKey(Secret32);
+
+macro_rules! role {
+    ($t:ident) => {
+        impl $t {
+            /// Wraps raw bytes (test vectors, interop, a stored record).
+            pub fn from_bytes(bytes: [u8; 32]) -> Self {
+                $t(Secret32::from_bytes(bytes))
+            }
+
+            /// The raw bytes (for persistence and test vectors).
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                self.0.as_bytes()
+            }
+
+            pub(crate) fn from_slice(bytes: &[u8], what: &'static str) -> Result<Self> {
+                Secret32::from_slice(bytes, what).map($t)
+            }
+        }
+    };
+}
+role!(RootKey);
+role!(ChainKey);
+role!(MessageKey);
+
+impl From<Secret32> for RootKey {
+    fn from(s: Secret32) -> Self {
+        RootKey(s)
+    }
+}
+
+impl From<Secret32> for ChainKey {
+    fn from(s: Secret32) -> Self {
+        ChainKey(s)
+    }
+}
+
 /// `KDF_RK`: HKDF-SHA256 with the root key as salt and the DH output as input
 /// key material; 64 bytes = new root key || chain key.
-pub fn kdf_rk(root: &Secret32, dh: &Secret32) -> (Secret32, Secret32) {
+pub fn kdf_rk(root: &RootKey, dh: &Secret32) -> (RootKey, ChainKey) {
     let hk = Hkdf::<Sha256>::new(Some(root.as_bytes()), dh.as_bytes());
     let mut okm = zeroize::Zeroizing::new([0u8; 64]);
     // 64 bytes is far below HKDF-SHA256's 8160-byte limit, so this cannot fail.
     let _ = hk.expand(ROOT_KDF_INFO, &mut okm[..]);
     (
-        Secret32::copy_from(&okm[..32]),
-        Secret32::copy_from(&okm[32..]),
+        RootKey(Secret32::copy_from(&okm[..32])),
+        ChainKey(Secret32::copy_from(&okm[32..])),
     )
 }
 
 /// `KDF_CK`: message key = HMAC(CK, 0x01), next chain key = HMAC(CK, 0x02).
 /// The keyed HMAC state is computed once and cloned for both outputs.
-pub fn kdf_ck(chain: &Secret32) -> (Secret32, Secret32) {
+pub fn kdf_ck(chain: &ChainKey) -> (MessageKey, ChainKey) {
     // HMAC accepts keys of any length, so construction cannot fail.
     let keyed = match <HmacSha256 as Mac>::new_from_slice(chain.as_bytes()) {
         Ok(m) => m,
@@ -81,7 +128,7 @@ pub fn kdf_ck(chain: &Secret32) -> (Secret32, Secret32) {
         zeroize::Zeroize::zeroize(out.as_mut_slice());
         key
     };
-    (take(m1), take(m2))
+    (MessageKey(take(m1)), ChainKey(take(m2)))
 }
 
 #[cold]
@@ -144,7 +191,7 @@ impl Header {
 #[derive(Clone, Debug)]
 pub(crate) struct ReceivingChain {
     pub(crate) ratchet_key: [u8; 32],
-    pub(crate) chain_key: Secret32,
+    pub(crate) chain_key: ChainKey,
     /// Next expected counter.
     pub(crate) counter: u32,
     /// Counters below this whose key is missing were evicted.
@@ -158,12 +205,12 @@ pub(crate) struct ReceivingChain {
 pub(crate) struct SkippedKey {
     pub(crate) ratchet_key: [u8; 32],
     pub(crate) counter: u32,
-    pub(crate) key: Secret32,
+    pub(crate) key: MessageKey,
 }
 
 /// Where a decrypt looks up stored skipped keys (in memory or in a store).
 pub(crate) trait SkippedKeys {
-    fn get(&self, ratchet_key: &[u8; 32], counter: u32) -> Result<Option<Secret32>>;
+    fn get(&self, ratchet_key: &[u8; 32], counter: u32) -> Result<Option<MessageKey>>;
 }
 
 /// What a decrypt changed besides the chain state: rows to write and delete.
@@ -177,15 +224,56 @@ pub(crate) struct RatchetChanges {
     pub(crate) chains_dropped: Vec<[u8; 32]>,
 }
 
+/// The sending half of the ratchet.
+#[derive(Clone, Debug)]
+pub(crate) enum Sending {
+    /// A responder that has not sent yet: no ratchet key pair of ours.
+    NotStarted,
+    /// A new remote ratchet key arrived: a DH ratchet step comes before the
+    /// next send. `ours` still opens the receiving steps; `sent` is how many
+    /// messages the last sending chain carried (the next header's PN).
+    StepDue {
+        /// Our current ratchet key pair.
+        ours: X25519KeyPair,
+        /// Messages sent on the last chain.
+        sent: u32,
+    },
+    /// Sending on `chain` under our ratchet key pair `ours`.
+    Active {
+        /// Our current ratchet key pair (its public half is in every header).
+        ours: X25519KeyPair,
+        /// The chain key of the next message.
+        chain: ChainKey,
+        /// The next message's number in this chain.
+        counter: u32,
+    },
+}
+
+impl Sending {
+    /// Our current ratchet key pair, if we have one.
+    pub(crate) fn ours(&self) -> Option<&X25519KeyPair> {
+        match self {
+            Sending::NotStarted => None,
+            Sending::StepDue { ours, .. } | Sending::Active { ours, .. } => Some(ours),
+        }
+    }
+
+    /// Messages sent on the current (or last) chain.
+    pub(crate) fn sent(&self) -> u32 {
+        match self {
+            Sending::NotStarted => 0,
+            Sending::StepDue { sent, .. } => *sent,
+            Sending::Active { counter, .. } => *counter,
+        }
+    }
+}
+
 /// The ratchet's chain state (everything except stored skipped keys).
 #[derive(Clone, Debug)]
 pub(crate) struct RatchetState {
-    pub(crate) root_key: Secret32,
-    /// Our current ratchet key pair; `None` for a responder that has not sent yet.
-    pub(crate) our_ratchet: Option<X25519KeyPair>,
-    /// `None` when a DH ratchet step is due before the next send.
-    pub(crate) sending: Option<Secret32>,
-    pub(crate) send_counter: u32,
+    pub(crate) root_key: RootKey,
+    pub(crate) sending: Sending,
+    /// The length of our previous sending chain (PN of our headers).
     pub(crate) previous_counter: u32,
     pub(crate) their_ratchet: [u8; 32],
     /// Newest last.
@@ -195,16 +283,18 @@ pub(crate) struct RatchetState {
 impl RatchetState {
     /// The initiator starts with a sending chain on its base key.
     pub(crate) fn new_initiator(
-        root_key: Secret32,
-        chain_key: Secret32,
+        root_key: RootKey,
+        chain_key: ChainKey,
         base: X25519KeyPair,
         their_signed_prekey: [u8; 32],
     ) -> Self {
         RatchetState {
             root_key,
-            our_ratchet: Some(base),
-            sending: Some(chain_key),
-            send_counter: 0,
+            sending: Sending::Active {
+                ours: base,
+                chain: chain_key,
+                counter: 0,
+            },
             previous_counter: 0,
             their_ratchet: their_signed_prekey,
             receiving: Vec::new(),
@@ -213,15 +303,13 @@ impl RatchetState {
 
     /// The responder starts with a receiving chain on the initiator's base key.
     pub(crate) fn new_responder(
-        root_key: Secret32,
-        chain_key: Secret32,
+        root_key: RootKey,
+        chain_key: ChainKey,
         their_base_key: [u8; 32],
     ) -> Self {
         RatchetState {
             root_key,
-            our_ratchet: None,
-            sending: None,
-            send_counter: 0,
+            sending: Sending::NotStarted,
             previous_counter: 0,
             their_ratchet: their_base_key,
             receiving: vec![ReceivingChain {
@@ -245,35 +333,43 @@ impl RatchetState {
     ) -> Result<Vec<u8>> {
         // Nothing changes before every check passed: a chain at u32::MAX is
         // exhausted, and the state stays as it was.
-        let counter = if self.sending.is_some() {
-            self.send_counter
-        } else {
-            0
+        let counter = match &self.sending {
+            Sending::Active { counter, .. } => *counter,
+            Sending::NotStarted | Sending::StepDue { .. } => 0,
         };
         let after = counter.checked_add(1).ok_or(Error::Malformed {
             what: "sending chain exhausted",
         })?;
-        let chain = match self.sending.take() {
-            Some(ck) => ck,
-            None => {
-                let ours = X25519KeyPair::generate(rng);
-                let dh = ours.agree(&self.their_ratchet, "remote ratchet key")?;
-                let (rk, ck) = kdf_rk(&self.root_key, &dh);
-                self.root_key = rk;
-                self.our_ratchet = Some(ours);
-                self.previous_counter = self.send_counter;
-                ck
-            }
+        if !matches!(self.sending, Sending::Active { .. }) {
+            // The sending half of a DH ratchet step.
+            let ours = X25519KeyPair::generate(rng);
+            let dh = ours.agree(&self.their_ratchet, "remote ratchet key")?;
+            let (rk, ck) = kdf_rk(&self.root_key, &dh);
+            self.root_key = rk;
+            self.previous_counter = self.sending.sent();
+            self.sending = Sending::Active {
+                ours,
+                chain: ck,
+                counter: 0,
+            };
+        }
+        let Sending::Active {
+            ours,
+            chain,
+            counter: next,
+        } = &mut self.sending
+        else {
+            return Err(Error::NoSession);
         };
-        let (mk, next) = kdf_ck(&chain);
-        self.sending = Some(next);
-        self.send_counter = after;
-        let ours = self.our_ratchet.as_ref().ok_or(Error::NoSession)?;
+        let (mk, next_chain) = kdf_ck(chain);
+        *chain = next_chain;
+        *next = after;
+        let our_public = *ours.public();
 
         let body_len = padding::padded_len(plaintext.len(), padding);
         let mut out = Vec::with_capacity(HEADER_LEN + body_len + TAG_LEN);
         out.push(RATCHET_MESSAGE_TYPE);
-        out.extend_from_slice(ours.public());
+        out.extend_from_slice(&our_public);
         out.extend_from_slice(&self.previous_counter.to_be_bytes());
         out.extend_from_slice(&counter.to_be_bytes());
         padding::pad_into(&mut out, plaintext, padding);
@@ -327,7 +423,7 @@ impl RatchetState {
 
         // A new ratchet key: finish the current receiving chain up to PN,
         // then do the receiving half of a DH ratchet step.
-        let ours = self.our_ratchet.as_ref().ok_or(Error::DecryptFailed)?;
+        let ours = self.sending.ours().ok_or(Error::DecryptFailed)?;
         let mut tail_skipped = None;
         if let Some(current) = self.receiving.last() {
             if current.ratchet_key == self.their_ratchet
@@ -376,7 +472,13 @@ impl RatchetState {
         }
         self.root_key = rk;
         self.their_ratchet = header.ratchet_key;
-        self.sending = None;
+        self.sending = match std::mem::replace(&mut self.sending, Sending::NotStarted) {
+            Sending::Active { ours, counter, .. } => Sending::StepDue {
+                ours,
+                sent: counter,
+            },
+            other => other,
+        };
         Ok((plaintext, changes))
     }
 }
@@ -389,11 +491,11 @@ fn next_counter(n: u32) -> Result<u32> {
 }
 
 /// Message keys passed over while advancing a chain, by counter.
-type Skipped = Vec<(u32, Secret32)>;
+type Skipped = Vec<(u32, MessageKey)>;
 
 /// Derives the message key for counter `n` of `chain` (n >= chain.counter),
 /// the chain key after it, and the keys skipped on the way.
-fn advance(chain: &ReceivingChain, n: u32) -> Result<(Secret32, Secret32, Skipped)> {
+fn advance(chain: &ReceivingChain, n: u32) -> Result<(MessageKey, ChainKey, Skipped)> {
     let (ck, skipped) = advance_to(chain, n)?;
     let (mk, next) = kdf_ck(&ck);
     Ok((mk, next, skipped))
@@ -401,7 +503,7 @@ fn advance(chain: &ReceivingChain, n: u32) -> Result<(Secret32, Secret32, Skippe
 
 /// Steps `chain` forward to counter `target`, returning the chain key at
 /// `target` and the message keys of the counters passed over.
-fn advance_to(chain: &ReceivingChain, target: u32) -> Result<(Secret32, Skipped)> {
+fn advance_to(chain: &ReceivingChain, target: u32) -> Result<(ChainKey, Skipped)> {
     let mut ck = chain.chain_key.clone();
     let mut skipped = Vec::with_capacity((target - chain.counter) as usize);
     for counter in chain.counter..target {
@@ -416,7 +518,7 @@ fn advance_to(chain: &ReceivingChain, target: u32) -> Result<(Secret32, Skipped)
 /// chain's window of [`MAX_SKIPPED_KEYS_PER_CHAIN`] counters.
 fn record_skipped(
     chain: &mut ReceivingChain,
-    skipped: Vec<(u32, Secret32)>,
+    skipped: Vec<(u32, MessageKey)>,
     changes: &mut RatchetChanges,
 ) {
     if let Some((last, _)) = skipped.last() {
@@ -447,7 +549,7 @@ fn record_skipped(
 }
 
 /// Encrypts `buf[HEADER_LEN..]` in place and appends the tag.
-fn seal(mk: &Secret32, counter: u32, session_ad: &[u8; 128], buf: &mut Vec<u8>) -> Result<()> {
+fn seal(mk: &MessageKey, counter: u32, session_ad: &[u8; 128], buf: &mut Vec<u8>) -> Result<()> {
     let cipher = ChaCha20Poly1305::new(Key::from_slice(mk.as_bytes()));
     let ad = message_ad(session_ad, &buf[..HEADER_LEN]);
     let (_, body) = buf.split_at_mut(HEADER_LEN);
@@ -461,7 +563,7 @@ fn seal(mk: &Secret32, counter: u32, session_ad: &[u8; 128], buf: &mut Vec<u8>) 
 }
 
 /// Verifies and decrypts a message with its key; strips the padding.
-fn open(mk: &Secret32, counter: u32, session_ad: &[u8; 128], message: &[u8]) -> Result<Vec<u8>> {
+fn open(mk: &MessageKey, counter: u32, session_ad: &[u8; 128], message: &[u8]) -> Result<Vec<u8>> {
     let cipher = ChaCha20Poly1305::new(Key::from_slice(mk.as_bytes()));
     let ad = message_ad(session_ad, &message[..HEADER_LEN]);
     let split = message.len() - TAG_LEN;

@@ -19,12 +19,15 @@ use sotto_proto::{session as wire, store as rec};
 
 use crate::error::{Error, Result};
 use crate::identity::{IdentityKey, IdentityKeyPair};
-use crate::keys::{Hex, Secret32, X25519KeyPair, KEM_CIPHERTEXT_LEN};
+use crate::keys::{Hex, X25519KeyPair, KEM_CIPHERTEXT_LEN};
 use crate::padding::Padding;
 use crate::pqxdh::{self, key32};
 use crate::prekeys::{KemPrekey, OneTimePrekey, PrekeyBundle, SignedPrekey};
 pub(crate) use crate::ratchet::SkippedKeys;
-use crate::ratchet::{RatchetChanges, RatchetState, ReceivingChain, RATCHET_MESSAGE_TYPE};
+use crate::ratchet::{
+    ChainKey, MessageKey, RatchetChanges, RatchetState, ReceivingChain, RootKey, Sending,
+    RATCHET_MESSAGE_TYPE,
+};
 
 /// Envelope byte of a PQXDH first message: version 1, type 2.
 pub const PREKEY_MESSAGE_TYPE: u8 = 0x12;
@@ -313,15 +316,18 @@ impl SessionState {
             base_key: self.base_key.to_vec(),
             root_key: r.root_key.as_bytes().to_vec(),
             our_ratchet_secret: r
-                .our_ratchet
-                .as_ref()
+                .sending
+                .ours()
                 .map(|k| k.secret_bytes().to_vec())
                 .unwrap_or_default(),
-            sending: r.sending.as_ref().map(|ck| rec::SendingChain {
-                chain_key: ck.as_bytes().to_vec(),
-            }),
+            sending: match &r.sending {
+                Sending::Active { chain, .. } => Some(rec::SendingChain {
+                    chain_key: chain.as_bytes().to_vec(),
+                }),
+                Sending::NotStarted | Sending::StepDue { .. } => None,
+            },
             previous_counter: r.previous_counter,
-            send_counter: r.send_counter,
+            send_counter: r.sending.sent(),
             their_ratchet_key: r.their_ratchet.to_vec(),
             receiving: r
                 .receiving
@@ -363,15 +369,26 @@ impl SessionState {
         } else {
             Some(X25519KeyPair::from_slice(&r.our_ratchet_secret, W)?)
         };
-        let sending = match &r.sending {
-            Some(s) => Some(Secret32::from_slice(&s.chain_key, W)?),
-            None => None,
+        // The three sending states; a chain without our key pair, or a
+        // count without any chain, is no state this code ever wrote.
+        let sending = match (our_ratchet, &r.sending) {
+            (None, None) if r.send_counter == 0 => Sending::NotStarted,
+            (Some(ours), None) => Sending::StepDue {
+                ours,
+                sent: r.send_counter,
+            },
+            (Some(ours), Some(s)) => Sending::Active {
+                ours,
+                chain: ChainKey::from_slice(&s.chain_key, W)?,
+                counter: r.send_counter,
+            },
+            _ => return Err(Error::Malformed { what: W }),
         };
         let mut receiving = Vec::with_capacity(r.receiving.len());
         for c in &r.receiving {
             receiving.push(ReceivingChain {
                 ratchet_key: key32(&c.ratchet_key, W)?,
-                chain_key: Secret32::from_slice(&c.chain_key, W)?,
+                chain_key: ChainKey::from_slice(&c.chain_key, W)?,
                 counter: c.counter,
                 evicted_below: c.evicted_below,
                 skipped_end: c.skipped_end,
@@ -384,10 +401,8 @@ impl SessionState {
             base_key: key32(&r.base_key, W)?,
             ad,
             ratchet: RatchetState {
-                root_key: Secret32::from_slice(&r.root_key, W)?,
-                our_ratchet,
+                root_key: RootKey::from_slice(&r.root_key, W)?,
                 sending,
-                send_counter: r.send_counter,
                 previous_counter: r.previous_counter,
                 their_ratchet: key32(&r.their_ratchet_key, W)?,
                 receiving,
@@ -419,10 +434,10 @@ impl SessionState {
 
 /// In-memory skipped keys of a [`Session`].
 #[derive(Default)]
-struct MemorySkipped(HashMap<([u8; 32], u32), Secret32>);
+struct MemorySkipped(HashMap<([u8; 32], u32), MessageKey>);
 
 impl SkippedKeys for MemorySkipped {
-    fn get(&self, ratchet_key: &[u8; 32], counter: u32) -> Result<Option<Secret32>> {
+    fn get(&self, ratchet_key: &[u8; 32], counter: u32) -> Result<Option<MessageKey>> {
         Ok(self.0.get(&(*ratchet_key, counter)).cloned())
     }
 }
@@ -554,14 +569,10 @@ mod debug_tests {
     use crate::store::sqlite::StorageKey;
     use rand_core::OsRng;
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-
     fn assert_hidden(debug: &str, secret: &[u8]) {
         // Neither as hex nor as a decimal byte list.
         assert!(
-            !debug.contains(&hex(&secret[..8])),
+            !debug.contains(&hex::encode(&secret[..8])),
             "secret hex leaked in {debug}"
         );
         let list = format!("{:?}", &secret[..4]);
@@ -580,8 +591,16 @@ mod debug_tests {
         assert_hidden(&format!("{x:?}"), &x.secret_bytes()[..]);
         let k = KemKeyPair::generate(&mut OsRng);
         assert_hidden(&format!("{k:?}"), k.seed());
-        let s = Secret32([0xAB; 32]);
+        let s = crate::keys::Secret32::from_bytes([0xAB; 32]);
         assert!(!format!("{s:?}").to_lowercase().contains("ab"));
+        // The ratchet's role types print no more than the secret they hold.
+        for d in [
+            format!("{:?}", RootKey::from_bytes([0xAB; 32])),
+            format!("{:?}", ChainKey::from_bytes([0xAB; 32])),
+            format!("{:?}", MessageKey::from_bytes([0xAB; 32])),
+        ] {
+            assert!(!d.to_lowercase().contains("ab"), "{d}");
+        }
         let sk = StorageKey::new([0xCD; 32]);
         assert!(
             !format!("{sk:?}").contains("205") && !format!("{sk:?}").to_lowercase().contains("cd")
@@ -602,11 +621,11 @@ mod debug_tests {
         let st = session.state();
         let d = format!("{session:?} {st:?} {msg:?}");
         assert_hidden(&d, st.ratchet.root_key.as_bytes());
-        assert_hidden(&d, st.ratchet.sending.as_ref().unwrap().as_bytes());
-        assert_hidden(
-            &d,
-            &st.ratchet.our_ratchet.as_ref().unwrap().secret_bytes()[..],
-        );
+        let Sending::Active { chain, ours, .. } = &st.ratchet.sending else {
+            panic!("an initiator sends first")
+        };
+        assert_hidden(&d, chain.as_bytes());
+        assert_hidden(&d, &ours.secret_bytes()[..]);
         assert!(d.contains("redacted"));
     }
 }

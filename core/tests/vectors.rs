@@ -21,7 +21,7 @@ use rand_chacha::ChaCha20Rng;
 use sha2::Sha256;
 use sotto_core::keys::Secret32;
 use sotto_core::prekeys::{signed_bundle_blob, KemPrekey, OneTimePrekey, SignedPrekey};
-use sotto_core::ratchet::{kdf_ck, kdf_rk};
+use sotto_core::ratchet::{kdf_ck, kdf_rk, RootKey};
 use sotto_core::session::PreKeyMessage;
 use sotto_core::{
     Device, Error, IdentityKeyPair, MemoryStore, Padding, PrekeyBundle, SafetyNumber, Session,
@@ -253,7 +253,7 @@ fn generate() -> String {
         &mut out,
         "KDF_RK, then KDF_CK on KDF_RK's output chain key.",
     );
-    let rk = Secret32::from_bytes(core::array::from_fn(|i| i as u8));
+    let rk = RootKey::from_bytes(core::array::from_fn(|i| i as u8));
     let dh = Secret32::from_bytes(core::array::from_fn(|i| 0x20 + i as u8));
     let (rk2, ck) = kdf_rk(&rk, &dh);
     line(&mut out, "kdf_rk.root_key", rk.as_bytes());

@@ -2,7 +2,7 @@
 //! encrypted SQLite store) for foreign code.
 //!
 //! A thin wrapper: it parses addresses, converts events and errors, and owns
-//! the lifecycle rules a foreign object needs. The core client lives behind
+//! the lifecycle rules a foreign object needs. The messenger lives behind
 //! an `Arc` so that in-flight async calls and the listener task can use it
 //! concurrently; `shutdown()` stops the listener tasks, waits briefly for
 //! in-flight calls to let go, then closes the relay connections gracefully.
@@ -34,8 +34,8 @@ use crate::link::PendingLink;
 use crate::listener::{EventListener, EventSubscription};
 use crate::runtime::{in_runtime, runtime};
 
-/// The core client with the store this library uses.
-pub(crate) type CoreClient = Messenger<SqliteStore>;
+/// The messenger over the store this library uses (encrypted SQLite).
+pub(crate) type AppMessenger = Messenger<SqliteStore>;
 
 /// How long `shutdown()` waits for in-flight calls before dropping the
 /// client anyway.
@@ -59,7 +59,7 @@ pub(crate) fn open_store(db_path: &str, key: Vec<u8>, min_generation: u64) -> Re
 /// devices. Thread-safe; share one per store.
 #[derive(uniffi::Object)]
 pub struct SottoClient {
-    client: Mutex<Option<Arc<CoreClient>>>,
+    client: Mutex<Option<Arc<AppMessenger>>>,
     address: String,
     device_id: u32,
     generation: u64,
@@ -83,7 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SottoClient {
     /// Wraps a started core client (also used by `Linking.finish`).
-    pub(crate) fn wrap(client: CoreClient, generation: u64) -> Arc<Self> {
+    pub(crate) fn wrap(client: AppMessenger, generation: u64) -> Arc<Self> {
         Arc::new(Self {
             address: client.address().to_string(),
             device_id: client.device_id(),
@@ -95,7 +95,7 @@ impl SottoClient {
     }
 
     /// The core client, or `Closed` after `shutdown()`.
-    fn core(&self) -> Result<Arc<CoreClient>> {
+    fn core(&self) -> Result<Arc<AppMessenger>> {
         lock(&self.client).clone().ok_or(SottoError::Closed)
     }
 
@@ -119,7 +119,7 @@ impl SottoClient {
         let generation = store.generation();
         in_runtime(async move {
             Ok(Self::wrap(
-                CoreClient::create(store, home).await?,
+                AppMessenger::create(store, home).await?,
                 generation,
             ))
         })?
@@ -146,7 +146,8 @@ impl SottoClient {
     ) -> Result<Arc<Self>> {
         let store = open_store(&db_path, storage_key, min_generation)?;
         let generation = store.generation();
-        in_runtime(async move { Ok(Self::wrap(CoreClient::open(store).await?, generation)) })?.await
+        in_runtime(async move { Ok(Self::wrap(AppMessenger::open(store).await?, generation)) })?
+            .await
     }
 
     /// The database's generation as of this open (see `openChecked`).

@@ -27,7 +27,7 @@ pub mod fuzzing;
 
 pub use driver::link::{Linking, PendingLink, LINK_REVEAL_TIMEOUT};
 pub use driver::relays::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
-pub use driver::{Messenger, ONE_TIME_PREKEY_BATCH};
+pub use driver::Messenger;
 pub use engine::account::{AccountKeyPair, DeviceCertificate};
 pub use engine::address::{RelayAddress, UserAddress};
 pub use engine::devices::{DeviceEntry, DeviceList};
@@ -35,5 +35,6 @@ pub use engine::events::{
     AttachmentRef, DeliveryState, Event, EventKind, MessageId, ReceiptKind, ReceivedMessage,
 };
 pub use engine::inbound::{MAX_HELD_PER_REQUEST, MAX_STRANGERS};
+pub use engine::prekeys::ONE_TIME_PREKEY_BATCH;
 pub use engine::RECORD_RETENTION_MS;
 pub use error::{Error, Fault, Result};

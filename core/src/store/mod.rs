@@ -12,6 +12,7 @@
 //! [`crate::device::Device::decrypt_with`].
 
 pub mod memory;
+pub(crate) mod records;
 pub mod sqlite;
 
 use zeroize::Zeroizing;

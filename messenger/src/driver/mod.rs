@@ -32,17 +32,13 @@ use crate::engine::devices::{DeviceEntry, DeviceList};
 use crate::engine::envelope::MacKeys;
 use crate::engine::events::{AttachmentRef, DeliveryState, Event, MessageId};
 use crate::engine::outbound as outbound_engine;
-use crate::engine::{inbound, records, RECORD_RETENTION_MS};
+use crate::engine::{inbound, prekeys, records, RECORD_RETENTION_MS};
 use crate::error::{Error, Result};
 use relays::{Backoff, Relays};
 use sotto_core::device::Device;
 use sotto_core::identity::SafetyNumber;
 use sotto_core::store::Store;
 use sotto_core::Error as CoreError;
-
-/// One-time prekeys of each kind published at registration and kept
-/// available (the relay warns when fewer than a quarter remain).
-pub const ONE_TIME_PREKEY_BATCH: u32 = 100;
 
 /// The shared state behind a [`Messenger`] and its background tasks.
 pub(crate) struct Inner<S: Store> {
@@ -820,35 +816,20 @@ impl<S: Store + Send + 'static> Messenger<S> {
 
 /// Publishes the signed bundle (when `bundle` or when the relay lacks it) and
 /// tops up one-time prekeys; with `rotate`, rotates the signed prekeys when due.
+/// Uploads what the engine's prekey rule asks for, given the relay's counts.
 async fn publish_prekeys<S: Store + Send + 'static>(
     inner: &Arc<Inner<S>>,
     conn: &RelayClient,
-    mut bundle: bool,
+    bundle: bool,
     rotate: bool,
 ) -> Result<()> {
     let counts = conn.prekey_counts().await?;
-    // Rotation (and deleting retired keys) only once the mailbox backlog is
-    // processed, so first messages waiting there still find their keys.
-    let rotated =
-        rotate && inner.with_device(|d| Ok(d.rotate_prekeys(now_ms() / 1000, &mut OsRng)?))?;
-    bundle |= rotated || !counts.has_signed_bundle;
-    let want_ec = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_ec);
-    let want_kem = ONE_TIME_PREKEY_BATCH.saturating_sub(counts.one_time_kem);
-    if !bundle && want_ec < ONE_TIME_PREKEY_BATCH / 4 && want_kem < ONE_TIME_PREKEY_BATCH / 4 {
-        return Ok(());
+    let upload =
+        inner.with_device(|d| prekeys::top_up(d, &counts, bundle, rotate, now_ms(), &mut OsRng))?;
+    if let Some(u) = upload {
+        conn.publish_prekeys(u.bundle, u.one_time_ec, u.one_time_kem)
+            .await?;
     }
-    let (blob, ec, kem) = inner.with_device(|d| {
-        let blob = if bundle {
-            Some(d.signed_bundle()?)
-        } else {
-            None
-        };
-        let (ec, kem) =
-            d.generate_one_time_prekeys(want_ec, want_kem, now_ms() / 1000, &mut OsRng)?;
-        Ok((blob, ec, kem))
-    })?;
-    let items = |v: Vec<sotto_core::UploadItem>| v.into_iter().map(|i| (i.id, i.bytes)).collect();
-    conn.publish_prekeys(blob, items(ec), items(kem)).await?;
     Ok(())
 }
 
@@ -1006,43 +987,8 @@ async fn register_delivery_token<S: Store + Send + 'static>(
                 return Err(e);
             }
         };
-        let queued = inner.with_device(|d| {
-            d.store_mut().transaction(|tx| {
-                let announced = records::announced_delivery_token(tx)?;
-                if announced.as_deref() == Some(token.as_slice()) {
-                    return Ok(false);
-                }
-                let mut to = vec![inner.me.clone()];
-                if announced.is_some() {
-                    to.extend(
-                        records::contacts(tx)?
-                            .into_iter()
-                            .filter(|(u, c)| c.state == records::ACCEPTED && *u != inner.me.user)
-                            .filter_map(|(_, c)| c.address.parse().ok()),
-                    );
-                }
-                let content = pb::Content {
-                    sender_relay: inner.me.relay.to_string(),
-                    delivery_token: Vec::new(), // set by the outbox
-                    body: Some(pb::content::Body::DeliveryTokenUpdate(
-                        pb::DeliveryTokenUpdate {},
-                    )),
-                }
-                .encode_to_vec();
-                for peer in to {
-                    records::push_outbox(
-                        tx,
-                        &pb::OutboxItem {
-                            recipient: peer.to_string(),
-                            content: content.clone(),
-                            ..Default::default()
-                        },
-                    )?;
-                }
-                records::set_announced_delivery_token(tx, &token)?;
-                Ok(true)
-            })
-        })?;
+        let queued = inner
+            .with_device(|d| outbound_engine::announce_delivery_token(d, &inner.me, &token))?;
         if queued {
             inner.outbox.notify_one();
         }

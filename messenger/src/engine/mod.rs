@@ -11,6 +11,7 @@
 //! - `records`: the messenger's durable rows, committed with ratchet state;
 //! - `inbound`: one envelope in, one atomic commit;
 //! - `outbound`: the outbox planner, one step and one commit at a time;
+//! - [`prekeys`]: when to rotate and how many prekeys to upload;
 //! - [`events`]: what the app is told.
 
 pub mod account;
@@ -21,6 +22,7 @@ pub mod events;
 pub(crate) mod inbound;
 pub(crate) mod link;
 pub(crate) mod outbound;
+pub mod prekeys;
 pub(crate) mod records;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod testkit;

@@ -829,6 +829,52 @@ pub(crate) fn queue_message<S: Store>(
     Ok(MessageId(id))
 }
 
+/// After the home relay registered `token`: queues the announcement to
+/// this user's other devices, and (for a replaced token) to every accepted
+/// contact, unless this token was already announced. True if items were
+/// queued.
+pub(crate) fn announce_delivery_token<S: Store>(
+    device: &mut Device<S>,
+    me: &UserAddress,
+    token: &[u8; 32],
+) -> Result<bool> {
+    device.store_mut().transaction(|tx| {
+        let announced = records::announced_delivery_token(tx)?;
+        if announced.as_deref() == Some(token.as_slice()) {
+            return Ok(false);
+        }
+        let mut to = vec![me.clone()];
+        if announced.is_some() {
+            to.extend(
+                records::contacts(tx)?
+                    .into_iter()
+                    .filter(|(u, c)| c.state == records::ACCEPTED && *u != me.user)
+                    .filter_map(|(_, c)| c.address.parse().ok()),
+            );
+        }
+        let content = pb::Content {
+            sender_relay: me.relay.to_string(),
+            delivery_token: Vec::new(), // set by the outbox
+            body: Some(pb::content::Body::DeliveryTokenUpdate(
+                pb::DeliveryTokenUpdate {},
+            )),
+        }
+        .encode_to_vec();
+        for peer in to {
+            records::push_outbox(
+                tx,
+                &pb::OutboxItem {
+                    recipient: peer.to_string(),
+                    content: content.clone(),
+                    ..Default::default()
+                },
+            )?;
+        }
+        records::set_announced_delivery_token(tx, token)?;
+        Ok(true)
+    })
+}
+
 /// Pins a verified list of `user` (refusing a rollback or equivocation),
 /// queues events for added and removed devices and deletes the sessions of
 /// removed ones. True if events were queued.

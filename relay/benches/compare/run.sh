@@ -30,7 +30,7 @@ if [ ! -x "$broker" ]; then
         $sudo systemctl stop rabbitmq-server
     fi
 fi
-(cd "$root" && cargo build --release --locked -p sotto-relay --bins)
+(cd "$root" && cargo build --release --locked -p sotto-relay -p sotto-loadgen --bins)
 cargo build --release --manifest-path "$here/Cargo.toml"
 bin=$CARGO_TARGET_DIR/release
 work=$(mktemp -d /var/tmp/sotto-compare.XXXXXX)

@@ -4,7 +4,7 @@
 # length prefixes and one trickled frame each), then quiet again, against one
 # relay process, so the three figures come from the same run.
 #
-#   cargo build --release -p sotto-relay --features server --bins
+#   cargo build --release -p sotto-relay -p sotto-loadgen --bins
 #   relay/benches/hostile/run.sh
 #
 # The per-address connection cap is raised: W2's 1,000 connections from

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 /// The load generator's own measurement code, so both systems are measured
 /// the same way.
-#[path = "../../../src/bin/sotto-loadgen/measure.rs"]
+#[path = "../../../../loadgen/src/measure.rs"]
 mod measure;
 use measure::{latency_histogram, micros, ms, CpuMark};
 
