@@ -1,11 +1,9 @@
-//! Building blocks of Sotto's runnable examples and end-to-end tests.
+//! Building blocks of Sotto's runnable examples.
 //!
-//! Both binaries are apps on the messenger client
-//! (`sotto_messenger::Messenger`); this library holds what they share:
+//! Both binaries are apps on the messenger (`sotto_messenger::Messenger`);
+//! this library holds what they share (the demo starts its relay with the
+//! end-to-end tests' harness, `sotto_e2e::RelayProcess`):
 //!
-//! - [`relay_process`]: start a real `sotto-relay` process on a temp data dir,
-//!   read the address and certificate fingerprint it publishes, and read its
-//!   Prometheus counters;
 //! - [`wiretap`]: a counting UDP forwarder between clients and the relay, so
 //!   the demo can show exactly how many encrypted bytes crossed the wire;
 //! - [`profile`]: the terminal chat's data directory (storage key file,
@@ -14,7 +12,6 @@
 
 pub mod display;
 pub mod profile;
-pub mod relay_process;
 pub mod wiretap;
 
 /// Everything that can fail in the examples.
@@ -27,9 +24,6 @@ pub enum ExampleError {
     /// Local I/O (temp dirs, the relay process, the chat's files).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    /// The relay process did not start or published an unreadable address.
-    #[error("relay process: {0}")]
-    RelayProcess(String),
     /// A file of the chat's data directory is not in the expected format.
     #[error("data directory: {0}")]
     Profile(String),

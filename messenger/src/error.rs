@@ -95,46 +95,43 @@ impl Error {
     }
 }
 
-/// A relay error's fault. A refusal that says "later" (a full mailbox, a
-/// rate limit, an overloaded or stopping relay, a lost authentication, a
-/// token or list that may have moved on) is the network's; any other
-/// refusal repeats (the relay's verdict: the peer's), as does garbage from
-/// the relay; a lost or failed connection is the network's.
+/// A relay error's fault, as PROTOCOL.md III (the outbox) lists them: the
+/// relay's `NOT_FOUND`, `BAD_SIGNATURE`, `INVALID_ARGUMENT` and
+/// `ENVELOPE_TOO_LARGE` repeat (the peer's); every other refusal, an answer
+/// that does not decode (a broken connection looks the same), and a lost or
+/// failed connection are the network's: retried later.
 fn relay_fault(e: &RelayError) -> Fault {
     use ErrorCode as C;
     if let Some(code) = e.remote_code() {
         return match code {
-            C::QuotaExceeded
+            C::NotFound | C::BadSignature | C::InvalidArgument | C::EnvelopeTooLarge => Fault::Peer,
+            C::Unspecified
+            | C::Malformed
+            | C::FrameTooLarge
+            | C::UnsupportedVersion
+            | C::NotAuthenticated
+            | C::AuthFailed
+            | C::AlreadyAuthenticated
+            | C::QuotaExceeded
             | C::RateLimited
+            | C::StaleVersion
+            | C::TooManyItems
+            | C::BlobTooLarge
             | C::Storage
             | C::ShuttingDown
             | C::Overloaded
-            | C::NotAuthenticated
-            | C::AuthFailed
-            | C::StaleVersion
-            | C::BadDeliveryToken
-            | C::Unspecified => Fault::Network,
-            C::Malformed
-            | C::FrameTooLarge
-            | C::UnsupportedVersion
-            | C::AlreadyAuthenticated
-            | C::EnvelopeTooLarge
-            | C::NotFound
-            | C::BadSignature
-            | C::TooManyItems
-            | C::BlobTooLarge
-            | C::InvalidArgument => Fault::Peer,
+            | C::BadDeliveryToken => Fault::Network,
         };
     }
     match e {
         RelayError::InvalidArgument(_) => Fault::Caller,
         RelayError::Storage(_) | RelayError::Config(_) => Fault::Local,
-        RelayError::FrameTooLarge { .. }
+        RelayError::Remote { .. }
+        | RelayError::FrameTooLarge { .. }
         | RelayError::Truncated
         | RelayError::Malformed(_)
         | RelayError::UnsupportedVersion(_)
-        | RelayError::UnexpectedReply => Fault::Peer,
-        RelayError::Remote { .. }
+        | RelayError::UnexpectedReply
         | RelayError::Connect(_)
         | RelayError::Connection(_)
         | RelayError::Write(_)

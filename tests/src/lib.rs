@@ -25,6 +25,7 @@ pub fn relay_binary() -> PathBuf {
     workspace_binary("sotto-relay", "SOTTO_RELAY_BIN")
 }
 
-pub use sotto_examples::relay_process::RelayProcess;
+pub mod relay_process;
+pub use relay_process::{RelayMetrics, RelayProcess};
 
 pub mod attacker;

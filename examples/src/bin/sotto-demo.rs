@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use sotto_core::SqliteStore;
+use sotto_e2e::{RelayMetrics, RelayProcess};
 use sotto_examples::display::{safety_number_lines, short_user};
 use sotto_examples::profile::Profile;
-use sotto_examples::relay_process::{RelayMetrics, RelayProcess};
 use sotto_examples::wiretap::{WireTap, WireTotals};
 use sotto_examples::{ExampleError, Result};
 use sotto_messenger::Linking;

@@ -61,6 +61,13 @@ pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> R
                 token,
             } => (user.relay, Call::Submit(mailbox, envelope, token)),
         };
+        if tokio::time::Instant::now() >= deadline {
+            // The item's time ran out before this step: it waits for the
+            // next pass, and no connection is blamed (the one that was slow
+            // is not necessarily this step's).
+            inner.with_device(|d| planner.timed_out(d))?;
+            continue;
+        }
         match tokio::time::timeout_at(deadline, run(inner, &relay, call)).await {
             Ok(input) => inner.with_device(|d| planner.handle(d, input, now_ms(), &mut OsRng))?,
             Err(_) => {

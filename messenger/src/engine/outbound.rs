@@ -5,10 +5,12 @@
 //! outbox once (a pass): [`Planner::poll`] says what the driver must do
 //! next ([`Step`]: fetch a device list, fetch a bundle, submit an envelope,
 //! or the pass is done) and [`Planner::handle`] takes the result back.
-//! Each call is at most one store transaction on the device, so a crash
-//! between any two steps loses nothing: the next pass starts again from the
-//! outbox, whose per-device progress means a device never gets an item
-//! twice (and receivers drop re-sent copies by message id).
+//! Every call commits what it changed before it returns (one transaction
+//! for each piece: a pinned list, a session, an encryption, the item's
+//! progress), so a crash between any two steps loses nothing: the next pass
+//! starts again from the outbox, whose per-device progress sends to a device
+//! again only what it may not have (a crash between the relay's "accepted"
+//! and the progress commit; receivers drop re-sent copies by message id).
 //!
 //! The rules, all here:
 //! - The recipient's device list is fetched, verified against its account
@@ -329,8 +331,10 @@ impl Planner {
             return Ok(None);
         };
         // Every content carries our home relay, so the peer can answer.
-        let mut content =
-            pb::Content::decode(item.content.as_slice()).map_err(|_| Error::corrupt("app"))?;
+        // An item whose content does not decode can never go: it ends (a
+        // `SendFailed`), it holds nothing back.
+        let mut content = pb::Content::decode(item.content.as_slice())
+            .map_err(|_| Error::invalid_argument("outbox item content"))?;
         if content.sender_relay.is_empty() {
             content.sender_relay = self.me.relay.to_string();
         }
@@ -372,11 +376,15 @@ impl Planner {
         now_ms: u64,
     ) -> Result<()> {
         let (me, my_id) = (self.me.clone(), self.device_id);
-        let cur = self.current_mut()?;
-        let user = if own { me.clone() } else { cur.to.clone() };
+        let user = if own {
+            me.clone()
+        } else {
+            self.current_mut()?.to.clone()
+        };
         let signed = fetched?.ok_or(Error::UnknownUser)?;
         let list = DeviceList::verify(&user.user, &signed)?;
-        pin_list(device, &user, &list, now_ms)?;
+        self.events |= pin_list(device, &user, &list, now_ms)?;
+        let cur = self.current_mut()?;
         if own {
             for d in &list.devices {
                 if d.device_id != my_id && !cur.item.done_own_devices.contains(&d.device_id) {
@@ -473,6 +481,27 @@ impl Planner {
                     envelope,
                     token: None,
                 }));
+            }
+            // The list or a block may have changed since the item started
+            // (the receive loop pins newer lists): a device no longer listed
+            // gets nothing more, a user blocked meanwhile nothing at all.
+            let (user, id, identity) = (t.user.user, t.device.device_id, t.device.identity);
+            let (blocked, listed) = device.store_mut().transaction(|tx| -> Result<_> {
+                let c = records::contact(tx, &user)?;
+                let blocked = user != me && c.as_ref().is_some_and(|c| c.state == records::BLOCKED);
+                let listed = match c.as_ref().map(records::pinned_list).transpose()?.flatten() {
+                    Some(list) => list.get(id).is_some_and(|e| e.identity.ct_eq(&identity)),
+                    None => false,
+                };
+                Ok((blocked, listed))
+            })?;
+            if blocked {
+                cur.targets.clear();
+                break;
+            }
+            if !listed {
+                cur.targets.pop_front();
+                continue;
             }
             let addr = DeviceAddress::new(t.user.user.to_vec(), t.device.device_id);
             let has_session = device.has_session(&addr)?;
@@ -571,10 +600,13 @@ impl Planner {
         let reset = cur.item.reset_session && device.has_session(&addr)?;
         // One reset per repair: the flag is cleared in the commit that
         // follows the new session, so a retry of this item does not reset
-        // (and spend the peer's prekeys) again.
-        cur.item.reset_session = false;
-        let (seq, progress) = (cur.seq, cur.item.clone());
+        // (and spend the peer's prekeys) again; if the session cannot be
+        // set up, the item keeps it.
+        let seq = cur.seq;
+        let mut progress = cur.item.clone();
+        progress.reset_session = false;
         device.process_bundle(&addr, &bundle, now_ms / 1000, rng)?;
+        cur.item.reset_session = false;
         device.store_mut().transaction(|tx| -> Result<()> {
             records::update_outbox(tx, seq, Some(&progress))?;
             if reset {

@@ -236,7 +236,8 @@ fn shown(user: &mut TestUser, index: usize, kind: &str) -> BTreeMap<Vec<u8>, usi
     let mut out = BTreeMap::new();
     for e in user.events(index) {
         let id = match (&e.kind, kind) {
-            (Some(K::Message(m)), "message") => m.id.clone(),
+            // A device that joined after Bob accepted Alice sees requests.
+            (Some(K::Message(m) | K::MessageRequest(m)), "message") => m.id.clone(),
             (Some(K::SentSync(s)), "sent_sync") => s.message.as_ref().unwrap().id.clone(),
             _ => continue,
         };
@@ -259,8 +260,9 @@ proptest! {
 
     /// Whatever the network does, the relay refuses, the device crashes
     /// between steps and Bob's devices change: every message reaches every
-    /// device of Bob's that stayed listed, and Alice's other device, exactly
-    /// once (unless it failed for good, with a `SendFailed` event); no
+    /// device of Bob's listed from its queuing on, and Alice's other device,
+    /// exactly once (unless a repeating refusal ended it with a `SendFailed`
+    /// event, and only then); no
     /// removed device gets anything after its removal; a recipient whose
     /// relay is down holds back nobody else; the outbox ends empty but for
     /// the unreachable recipient's items.
@@ -298,7 +300,10 @@ proptest! {
         let (me, bob_addr, carol_addr) = (alice.address(), bob.address(), carol.address());
         let mut sent = Vec::new();
         let mut removed: BTreeMap<Mailbox, usize> = BTreeMap::new();
-        let mut stayed: BTreeSet<u32> = [1, 2].into();
+        // Bob's listed devices, each with the first message it must get
+        // (those queued once it was listed).
+        let mut from: BTreeMap<u32, usize> = [(1, 0), (2, 0)].into();
+        let mut refused = false;
         for op in ops {
             match op {
                 Op::Send => {
@@ -322,6 +327,7 @@ proptest! {
                     }).unwrap();
                 }
                 Op::Pass(faults) => {
+                    refused |= faults.contains(&Fault::Refused);
                     let _ = pass(&mut alice, &mut net, &mut faults.into_iter());
                 }
                 Op::BobAddsDevice => {
@@ -329,13 +335,14 @@ proptest! {
                     let device = Device::create(MemoryStore::new(), id, 0, &mut OsRng).unwrap();
                     let cert = bob.account.certify(id, device.identity());
                     bob.devices.push(TestDevice { device, cert, mailbox: [id as u8; 32] });
+                    from.insert(id, sent.len());
                     version += 1;
                     net.publish(&mut bob, version);
                 }
                 Op::BobRemovesDevice => {
                     if bob.devices.len() > 1 {
                         let gone = bob.devices.pop().unwrap();
-                        stayed.remove(&gone.device.device_id());
+                        from.remove(&gone.device.device_id());
                         let key = (bob.account.public(), gone.mailbox);
                         let seen = net.mailboxes.get(&key).map_or(0, Vec::len);
                         removed.insert(key, seen);
@@ -353,6 +360,8 @@ proptest! {
         prop_assert!(left.iter().all(|i| i.recipient == carol_addr.to_string()), "{left:?}");
 
         let failed = failed(&mut alice);
+        // Only a refusal that repeats ends a message.
+        prop_assert!(refused || failed.is_empty(), "failed without a repeating refusal");
         let mut read = BTreeMap::new();
         for index in 0..bob.devices.len() {
             receive(&mut bob, index, &mut net, &mut read);
@@ -360,9 +369,9 @@ proptest! {
         receive(&mut alice, 1, &mut net, &mut read);
         for (index, d) in bob.devices.iter().map(|d| d.device.device_id()).enumerate().collect::<Vec<_>>() {
             let got = shown(&mut bob, index, "message");
-            for id in &sent {
+            for (i, id) in sent.iter().enumerate() {
                 let n = got.get(id).copied().unwrap_or(0);
-                if stayed.contains(&d) && !failed.contains(id) {
+                if from.get(&d).is_some_and(|first| i >= *first) && !failed.contains(id) {
                     prop_assert_eq!(n, 1, "Bob's device {} and message {:?}", d, id);
                 } else {
                     prop_assert!(n <= 1, "Bob's device {} shows {:?} {} times", d, id, n);
@@ -468,4 +477,68 @@ fn no_removed_device_ever_gets_a_message() {
     assert_eq!(net.mailboxes.get(&gone).map_or(0, Vec::len), before);
     let kept = (bob.account.public(), [1; 32]);
     assert_eq!(net.mailboxes.get(&kept).map_or(0, Vec::len), 2);
+}
+
+/// A user blocked while an item to them is on its way gets nothing more of
+/// it: the planner checks the block (and the pinned list) at every device.
+#[test]
+fn a_block_during_an_item_stops_it() {
+    let mut alice = TestUser::new(1);
+    let mut bob = TestUser::new(2);
+    alice.accept(&bob);
+    let mut net = Net {
+        lists: BTreeMap::new(),
+        bundles: BTreeMap::new(),
+        mailboxes: BTreeMap::new(),
+        down: RelayAddress::new("127.0.0.2:1".parse().unwrap(), [8; 32]),
+        next_id: 1,
+        next_device_id: BTreeMap::new(),
+    };
+    net.publish(&mut alice, 1);
+    net.publish(&mut bob, 1);
+    let (me, to) = (alice.address(), bob.address());
+    let sender = &mut alice.devices[0];
+    queue_message(
+        &mut sender.device,
+        &me,
+        &to,
+        "hi",
+        vec![],
+        1_000,
+        &mut OsRng,
+    )
+    .unwrap();
+    let mut planner =
+        Planner::new(&mut sender.device, me, sender.cert, MacKeys::default()).unwrap();
+    let mut blocked = false;
+    loop {
+        let step = planner.poll(&mut sender.device, &mut OsRng).unwrap();
+        if let Step::Done(_) = step {
+            break;
+        }
+        if let Step::Submit { .. } = step {
+            assert!(!blocked, "a submission after the block");
+        }
+        let input = net.serve(&step, Fault::None);
+        planner
+            .handle(&mut sender.device, input, 1_000, &mut OsRng)
+            .unwrap();
+        if !blocked && net.mailboxes.values().map(Vec::len).sum::<usize>() == 1 {
+            // One of Bob's two devices has it; now Alice blocks Bob.
+            let bob_user = to.user;
+            sender
+                .device
+                .store_mut()
+                .transaction(|tx| {
+                    let mut c = records::contact(tx, &bob_user)?.unwrap_or_default();
+                    c.state = records::BLOCKED;
+                    records::put_contact(tx, &bob_user, &c)
+                })
+                .unwrap();
+            blocked = true;
+        }
+    }
+    assert!(blocked);
+    assert_eq!(net.mailboxes.values().map(Vec::len).sum::<usize>(), 1);
+    assert!(alice.outbox(0).is_empty());
 }

@@ -1,4 +1,5 @@
-//! A real `sotto-relay` process on a temp data dir, for demos and tests.
+//! The one harness for a real `sotto-relay` process on a temp data dir: the
+//! end-to-end tests' (and the demo's, which borrows it).
 //!
 //! The relay writes `relay.addr` into its data dir once it listens (see
 //! `sotto_relay::addr_file`); we start it on ephemeral loopback ports and read
@@ -15,7 +16,12 @@ use std::time::{Duration, Instant};
 
 use sotto_relay::addr_file::{self, AddrFile};
 
-use crate::{ExampleError, Result};
+/// Harness failures are I/O errors (a failed start says why in its text).
+type Result<T> = std::io::Result<T>;
+
+fn failed(why: String) -> std::io::Error {
+    std::io::Error::other(why)
+}
 
 /// A running relay process.
 #[derive(Debug)]
@@ -93,14 +99,14 @@ impl RelayProcess {
             }
             if let Some(child) = relay.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    return Err(ExampleError::RelayProcess(format!(
+                    return Err(failed(format!(
                         "relay exited with {status}; see {}",
                         dir.join("relay.log").display()
                     )));
                 }
             }
             if Instant::now() > deadline {
-                return Err(ExampleError::RelayProcess(
+                return Err(failed(
                     "relay did not publish its address within 60 s".into(),
                 ));
             }
@@ -137,7 +143,7 @@ impl RelayProcess {
     pub fn metrics_snapshot(&self) -> Result<RelayMetrics> {
         let addr = self
             .metrics
-            .ok_or_else(|| ExampleError::RelayProcess("relay publishes no metrics".into()))?;
+            .ok_or_else(|| failed("relay publishes no metrics".into()))?;
         let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         sock.set_read_timeout(Some(Duration::from_secs(5)))?;
         sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")?;
@@ -145,9 +151,9 @@ impl RelayProcess {
         sock.read_to_string(&mut text)?;
         let (head, body) = text
             .split_once("\r\n\r\n")
-            .ok_or_else(|| ExampleError::RelayProcess("bad metrics response".into()))?;
+            .ok_or_else(|| failed("bad metrics response".into()))?;
         if !head.starts_with("HTTP/1.1 200") {
-            return Err(ExampleError::RelayProcess(format!(
+            return Err(failed(format!(
                 "metrics: {}",
                 head.lines().next().unwrap_or_default()
             )));
