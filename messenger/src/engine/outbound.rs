@@ -155,6 +155,16 @@ struct Current {
     resubmit: Option<Vec<u8>>,
 }
 
+impl Current {
+    /// The target the awaited step was for.
+    fn front(&self) -> Result<Target> {
+        self.targets
+            .front()
+            .cloned()
+            .ok_or(Error::invalid_argument("no outbox target in progress"))
+    }
+}
+
 /// One pass over the outbox (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct Planner {
@@ -577,11 +587,7 @@ impl Planner {
         rng: &mut impl CryptoRngCore,
     ) -> Result<()> {
         let cur = self.current_mut()?;
-        let t = cur
-            .targets
-            .front()
-            .cloned()
-            .ok_or(Error::invalid_argument("no target"))?;
+        let t = cur.front()?;
         let fetched = fetched?;
         let bundle = PrekeyBundle::assemble(
             &fetched.signed_bundle,
@@ -633,11 +639,7 @@ impl Planner {
         now_ms: u64,
     ) -> Result<()> {
         let cur = self.current_mut()?;
-        let t = cur
-            .targets
-            .front()
-            .cloned()
-            .ok_or(Error::invalid_argument("no target"))?;
+        let t = cur.front()?;
         let (user, device_id) = (&t.user, t.device.device_id);
         let envelope_id = match result {
             Err(e) if e.relay_code() == Some(ErrorCode::BadDeliveryToken) => {

@@ -93,6 +93,18 @@ struct Net {
 }
 
 impl Net {
+    /// Empty relays; `down` never answers.
+    fn new(down: RelayAddress) -> Self {
+        Net {
+            lists: BTreeMap::new(),
+            bundles: BTreeMap::new(),
+            mailboxes: BTreeMap::new(),
+            down,
+            next_id: 1,
+            next_device_id: BTreeMap::new(),
+        }
+    }
+
     fn publish(&mut self, user: &mut TestUser, version: u64) {
         let mut list = user.list(version);
         // Device ids are never reused: the list's counter never goes back.
@@ -278,14 +290,7 @@ proptest! {
         alice.accept(&bob);
         alice.accept(&carol);
         bob.accept(&alice);
-        let mut net = Net {
-            lists: BTreeMap::new(),
-            bundles: BTreeMap::new(),
-            mailboxes: BTreeMap::new(),
-            down: carol.relay.clone(),
-            next_id: 1,
-            next_device_id: BTreeMap::new(),
-        };
+        let mut net = Net::new(carol.relay.clone());
         // Bob's devices gave Alice delivery tokens (so a stale one can be refused).
         let bob_user = bob.account.public();
         alice.devices[0].device.store_mut().transaction(|tx| {
@@ -393,35 +398,41 @@ proptest! {
     }
 }
 
-/// A recipient whose every bundle is refused: the item fails for good
-/// after a few passes, with one `SendFailed` event, and nothing is left.
-#[test]
-fn a_permanent_failure_ends_the_item_with_one_event() {
+/// Alice (one device) and Bob (`bob_devices`), accepted contacts, with
+/// their lists published on the simulated relay.
+fn alice_and_bob(bob_devices: u32) -> (TestUser, TestUser, Net) {
     let mut alice = TestUser::new(1);
-    let mut bob = TestUser::new(1);
+    let mut bob = TestUser::new(bob_devices);
     alice.accept(&bob);
-    let mut net = Net {
-        lists: BTreeMap::new(),
-        bundles: BTreeMap::new(),
-        mailboxes: BTreeMap::new(),
-        down: RelayAddress::new("127.0.0.2:1".parse().unwrap(), [8; 32]),
-        next_id: 1,
-        next_device_id: BTreeMap::new(),
-    };
+    let mut net = Net::new(RelayAddress::new("127.0.0.2:1".parse().unwrap(), [8; 32]));
     net.publish(&mut alice, 1);
     net.publish(&mut bob, 1);
-    net.bundles.clear(); // the relay has no bundle: NotFound, every time
-    let (me, to) = (alice.address(), bob.address());
-    let id = queue_message(
+    (alice, bob, net)
+}
+
+/// Alice's first device queues a message to `to`.
+fn send(alice: &mut TestUser, to: &UserAddress, text: &str) -> MessageId {
+    let me = alice.address();
+    queue_message(
         &mut alice.devices[0].device,
         &me,
-        &to,
-        "hi",
+        to,
+        text,
         vec![],
         1_000,
         &mut OsRng,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A recipient whose every bundle is refused: the item fails for good
+/// after a few passes, with one `SendFailed` event, and nothing is left.
+#[test]
+fn a_permanent_failure_ends_the_item_with_one_event() {
+    let (mut alice, bob, mut net) = alice_and_bob(1);
+    net.bundles.clear(); // the relay has no bundle: NotFound, every time
+    let to = bob.address();
+    let id = send(&mut alice, &to, "hi");
     for _ in 0..MAX_PERMANENT_FAILURES {
         pass(&mut alice, &mut net, &mut Vec::new().into_iter()).unwrap();
     }
@@ -433,46 +444,16 @@ fn a_permanent_failure_ends_the_item_with_one_event() {
 /// pinned, and the planner never encrypts to it again.
 #[test]
 fn no_removed_device_ever_gets_a_message() {
-    let mut alice = TestUser::new(1);
-    let mut bob = TestUser::new(2);
-    alice.accept(&bob);
-    let mut net = Net {
-        lists: BTreeMap::new(),
-        bundles: BTreeMap::new(),
-        mailboxes: BTreeMap::new(),
-        down: RelayAddress::new("127.0.0.2:1".parse().unwrap(), [8; 32]),
-        next_id: 1,
-        next_device_id: BTreeMap::new(),
-    };
-    net.publish(&mut alice, 1);
-    net.publish(&mut bob, 1);
-    let (me, to) = (alice.address(), bob.address());
-    queue_message(
-        &mut alice.devices[0].device,
-        &me,
-        &to,
-        "one",
-        vec![],
-        1_000,
-        &mut OsRng,
-    )
-    .unwrap();
+    let (mut alice, mut bob, mut net) = alice_and_bob(2);
+    let to = bob.address();
+    send(&mut alice, &to, "one");
     pass(&mut alice, &mut net, &mut Vec::new().into_iter()).unwrap();
     let gone = bob.devices.pop().unwrap();
     net.publish(&mut bob, 2);
     let gone = (bob.account.public(), gone.mailbox);
     let before = net.mailboxes.get(&gone).map_or(0, Vec::len);
     assert_eq!(before, 1);
-    queue_message(
-        &mut alice.devices[0].device,
-        &me,
-        &to,
-        "two",
-        vec![],
-        1_000,
-        &mut OsRng,
-    )
-    .unwrap();
+    send(&mut alice, &to, "two");
     pass(&mut alice, &mut net, &mut Vec::new().into_iter()).unwrap();
     assert_eq!(net.mailboxes.get(&gone).map_or(0, Vec::len), before);
     let kept = (bob.account.public(), [1; 32]);
@@ -483,31 +464,10 @@ fn no_removed_device_ever_gets_a_message() {
 /// it: the planner checks the block (and the pinned list) at every device.
 #[test]
 fn a_block_during_an_item_stops_it() {
-    let mut alice = TestUser::new(1);
-    let mut bob = TestUser::new(2);
-    alice.accept(&bob);
-    let mut net = Net {
-        lists: BTreeMap::new(),
-        bundles: BTreeMap::new(),
-        mailboxes: BTreeMap::new(),
-        down: RelayAddress::new("127.0.0.2:1".parse().unwrap(), [8; 32]),
-        next_id: 1,
-        next_device_id: BTreeMap::new(),
-    };
-    net.publish(&mut alice, 1);
-    net.publish(&mut bob, 1);
+    let (mut alice, bob, mut net) = alice_and_bob(2);
     let (me, to) = (alice.address(), bob.address());
+    send(&mut alice, &to, "hi");
     let sender = &mut alice.devices[0];
-    queue_message(
-        &mut sender.device,
-        &me,
-        &to,
-        "hi",
-        vec![],
-        1_000,
-        &mut OsRng,
-    )
-    .unwrap();
     let mut planner =
         Planner::new(&mut sender.device, me, sender.cert, MacKeys::default()).unwrap();
     let mut blocked = false;
