@@ -140,3 +140,41 @@ fn relay_fault(e: &RelayError) -> Fault {
         | RelayError::Io(_) => Fault::Network,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PROTOCOL.md III.8: only these four refusals repeat; every other
+    /// refusal (`MALFORMED` is what an honest relay answers a request that
+    /// timed out with) and an answer that does not decode are retried.
+    #[test]
+    fn only_the_specs_four_relay_refusals_end_a_message() {
+        use ErrorCode as C;
+        let refusal = |c| Error::Relay(RelayError::refusal(c, "test")).fault();
+        for c in [
+            C::NotFound,
+            C::BadSignature,
+            C::InvalidArgument,
+            C::EnvelopeTooLarge,
+        ] {
+            assert_eq!(refusal(c), Fault::Peer, "{c:?}");
+        }
+        for c in [
+            C::Malformed,
+            C::UnsupportedVersion,
+            C::RateLimited,
+            C::QuotaExceeded,
+            C::Overloaded,
+            C::Storage,
+            C::BadDeliveryToken,
+            C::AuthFailed,
+        ] {
+            assert_eq!(refusal(c), Fault::Network, "{c:?}");
+        }
+        assert_eq!(Error::Relay(RelayError::Truncated).fault(), Fault::Network);
+        assert_eq!(Error::Timeout.fault(), Fault::Network);
+        assert_eq!(Error::storage("disk").fault(), Fault::Local);
+        assert_eq!(Error::NotAccepted.fault(), Fault::Caller);
+    }
+}

@@ -1008,10 +1008,8 @@ async fn send_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
         }
         let pass = outbound::drain(&inner).await;
         match pass {
+            // Events were announced as each step queued them.
             Ok(p) => {
-                if p.events {
-                    inner.events_ready();
-                }
                 if !p.pending {
                     backoff.reset();
                     inner.outbox.notified().await;

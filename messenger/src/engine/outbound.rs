@@ -62,8 +62,6 @@ pub(crate) struct Pass {
     /// Items still waiting (a network problem, a full mailbox): pass again
     /// after a backoff.
     pub(crate) pending: bool,
-    /// Events were queued for the app.
-    pub(crate) events: bool,
 }
 
 /// What the driver must do next.
@@ -810,7 +808,6 @@ impl Planner {
             Ok(true)
         })?;
         self.events |= failed;
-        self.pass.events |= failed;
         Ok(())
     }
 
