@@ -8,6 +8,7 @@
 //! Layers, bottom up:
 //! - [`keys`], [`identity`], [`prekeys`]: key types, safety numbers, bundles;
 //! - [`pqxdh`], [`ratchet`], [`padding`]: the pure cryptographic protocol;
+//! - [`sender_key`]: group chains (one encryption per group message);
 //! - [`session`]: the sans-IO session state machine ([`session::Session`] is
 //!   the self-contained in-memory form);
 //! - [`store`]: the transactional store trait, [`store::memory::MemoryStore`]
@@ -57,6 +58,7 @@ pub mod padding;
 pub mod pqxdh;
 pub mod prekeys;
 pub mod ratchet;
+pub mod sender_key;
 pub mod session;
 mod session_cache;
 pub mod store;
