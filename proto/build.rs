@@ -35,6 +35,19 @@ const REDACTED: &[&str] = &[
     "sotto.client.v1.ClientEvent",
     "sotto.client.v1.LinkGrantBody",
     "sotto.relay.v1.Send",
+    "sotto.session.v1.SenderKeyRecord",
+    "sotto.session.v1.SkippedSenderKey",
+    "sotto.client.v1.SenderKeyDistribution",
+    "sotto.client.v1.OwnSenderKey",
+    "sotto.client.v1.ReceivedSenderKeys",
+    "sotto.client.v1.PendingSenderKey",
+    "sotto.client.v1.GroupState",
+    "sotto.client.v1.GroupRecord",
+    "sotto.client.v1.GroupLogEntry",
+    "sotto.client.v1.GroupUpdate",
+    "sotto.client.v1.GroupEvent",
+    "sotto.client.v1.GroupChange",
+    "sotto.client.v1.GroupAction",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

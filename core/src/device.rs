@@ -79,6 +79,33 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a device signs with its identity key besides its prekeys
+/// ([`Device::sign_statement`]); verify with [`Statement::verify`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Statement {
+    /// A group membership change (PROTOCOL.md III.12).
+    GroupChange,
+}
+
+impl Statement {
+    /// The bytes prefixed to the statement before signing.
+    pub fn domain(self) -> &'static [u8] {
+        match self {
+            Statement::GroupChange => b"Sotto_v1_GroupChange",
+        }
+    }
+
+    /// Verifies `signature` by `identity` over this purpose's domain and
+    /// `statement`.
+    pub fn verify(self, identity: &IdentityKey, statement: &[u8], signature: &[u8]) -> Result<()> {
+        let mut m = Vec::with_capacity(self.domain().len() + statement.len());
+        m.extend_from_slice(self.domain());
+        m.extend_from_slice(statement);
+        identity.verify(&m, signature, "signed statement")
+    }
+}
+
 /// This device: identity, prekeys and sessions over a [`Store`].
 pub struct Device<S: Store> {
     store: S,
@@ -187,6 +214,17 @@ impl<S: Store> Device<S> {
     /// This device's id.
     pub fn device_id(&self) -> u32 {
         self.device_id
+    }
+
+    /// Signs a statement with this device's identity key. The signed bytes
+    /// are `purpose.domain() || statement`: one fixed domain per purpose,
+    /// none a prefix of another or of the prekey domains (§I.1), so no
+    /// statement can be replayed as another kind.
+    pub fn sign_statement(&self, purpose: Statement, statement: &[u8]) -> [u8; 64] {
+        let mut m = Vec::with_capacity(purpose.domain().len() + statement.len());
+        m.extend_from_slice(purpose.domain());
+        m.extend_from_slice(statement);
+        self.identity.sign(&m)
     }
 
     /// Sets the padding policy for outgoing messages.

@@ -244,7 +244,11 @@ impl SendingChain {
                     .map_err(|_| malformed())?,
             );
             Ok(SendingChain {
-                chain_id: record.chain_id.as_slice().try_into().map_err(|_| malformed())?,
+                chain_id: record
+                    .chain_id
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| malformed())?,
                 iteration: record.iteration,
                 chain: ChainKey::from_slice(&record.chain_key, "sender key record")?,
                 signing: SigningKey::from_bytes(&seed),
@@ -431,7 +435,11 @@ impl ReceivingChain {
             );
         }
         Ok(ReceivingChain {
-            chain_id: record.chain_id.as_slice().try_into().map_err(|_| malformed())?,
+            chain_id: record
+                .chain_id
+                .as_slice()
+                .try_into()
+                .map_err(|_| malformed())?,
             iteration: record.iteration,
             chain: ChainKey::from_slice(&record.chain_key, "sender key record")?,
             verifying: VerifyingKey::from_bytes(&signing).map_err(|_| malformed())?,

@@ -48,6 +48,20 @@ pub enum Error {
     /// the request first.
     #[error("the peer is not an accepted contact")]
     NotAccepted,
+    /// A group change, state or sender key from a peer broke a rule of
+    /// PROTOCOL.md III.12 (nothing of it was applied).
+    #[error("group change refused: {0}")]
+    GroupRejected(&'static str),
+    /// This device is in no group with that id (or no longer a member).
+    #[error("unknown group")]
+    UnknownGroup,
+    /// Only a group's admins may change it.
+    #[error("only an admin of the group can do this")]
+    NotGroupAdmin,
+    /// Past a group limit: 1,000 members, 16 devices per member
+    /// (PROTOCOL.md III.12).
+    #[error("group too large: {0}")]
+    GroupTooLarge(&'static str),
 }
 
 impl Error {
@@ -57,12 +71,15 @@ impl Error {
         match self {
             Error::Core(e) => e.fault(),
             Error::Relay(e) => relay_fault(e),
-            Error::DeviceListRejected(_) => Fault::Peer,
+            Error::DeviceListRejected(_) | Error::GroupRejected(_) => Fault::Peer,
             Error::Timeout => Fault::Network,
             Error::InvalidAddress(_)
             | Error::UnknownUser
             | Error::NotPrimary
-            | Error::NotAccepted => Fault::Caller,
+            | Error::NotAccepted
+            | Error::UnknownGroup
+            | Error::NotGroupAdmin
+            | Error::GroupTooLarge(_) => Fault::Caller,
         }
     }
 

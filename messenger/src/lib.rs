@@ -32,8 +32,11 @@ pub use engine::account::{AccountKeyPair, DeviceCertificate};
 pub use engine::address::{RelayAddress, UserAddress};
 pub use engine::devices::{DeviceEntry, DeviceList};
 pub use engine::events::{
-    AttachmentRef, DeliveryState, Event, EventKind, MessageId, ReceiptKind, ReceivedMessage,
+    AttachmentRef, DeliveryState, Event, EventKind, GroupChange, GroupEffect, MessageId,
+    ReceiptKind, ReceivedMessage,
 };
+pub use engine::group::state::{GroupId, GroupState, Member, MAX_GROUP_MEMBERS};
+pub use engine::group::{GroupInfo, GroupStatus};
 pub use engine::inbound::{MAX_HELD_PER_REQUEST, MAX_STRANGERS};
 pub use engine::prekeys::ONE_TIME_PREKEY_BATCH;
 pub use engine::RECORD_RETENTION_MS;

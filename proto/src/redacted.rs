@@ -36,7 +36,34 @@ redacted!(
     client::ClientEvent,
     client::LinkGrantBody,
     relay::Send,
+    session::SenderKeyRecord,
+    session::SkippedSenderKey,
+    client::SenderKeyDistribution,
+    client::OwnSenderKey,
+    client::ReceivedSenderKeys,
+    client::PendingSenderKey,
+    client::GroupState,
+    client::GroupRecord,
+    client::GroupLogEntry,
+    client::GroupUpdate,
+    client::GroupEvent,
+    client::GroupChange,
+    client::GroupAction,
 );
+
+impl fmt::Debug for crate::client::group_action::Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::client::group_action::Action as A;
+        f.write_str(match self {
+            A::Add(_) => "Add(..)",
+            A::Remove(_) => "Remove(..)",
+            A::Promote(_) => "Promote(..)",
+            A::Demote(_) => "Demote(..)",
+            A::Rename(_) => "Rename(<redacted>)",
+            A::Avatar(_) => "Avatar(<redacted>)",
+        })
+    }
+}
 
 /// The oneof enums of redacted messages lose prost's `Debug` too: show the
 /// variant, never its content.
@@ -55,6 +82,7 @@ impl fmt::Debug for crate::client::client_event::Kind {
             K::Delivery(_) => "Delivery(..)",
             K::SendFailed(_) => "SendFailed(..)",
             K::MessageRequest(_) => "MessageRequest(<redacted>)",
+            K::Group(_) => "Group(<redacted>)",
         })
     }
 }
@@ -69,6 +97,8 @@ impl fmt::Debug for crate::client::content::Body {
             B::SentSync(_) => "SentSync(<redacted>)",
             B::DeviceListChanged(_) => "DeviceListChanged(..)",
             B::DeliveryTokenUpdate(_) => "DeliveryTokenUpdate",
+            B::GroupUpdate(_) => "GroupUpdate(<redacted>)",
+            B::SenderKey(_) => "SenderKey(<redacted>)",
         })
     }
 }

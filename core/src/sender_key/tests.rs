@@ -21,7 +21,10 @@ fn pair(seed: u64) -> (SendingChain, ReceivingChain) {
 fn a_member_reads_each_message_once_in_any_order() {
     let (mut s, mut r) = pair(1);
     let m: Vec<Vec<u8>> = (0..5)
-        .map(|i| s.encrypt(&GROUP, format!("m{i}").as_bytes(), Padding::Padme).unwrap())
+        .map(|i| {
+            s.encrypt(&GROUP, format!("m{i}").as_bytes(), Padding::Padme)
+                .unwrap()
+        })
         .collect();
     assert_eq!(r.decrypt(&GROUP, &m[3]).unwrap(), b"m3");
     assert_eq!(r.decrypt(&GROUP, &m[0]).unwrap(), b"m0");
@@ -151,13 +154,10 @@ fn debug_output_shows_no_secret() {
 fn protocol_vector() {
     let mut s = SendingChain::from_parts([3; 16], 5, ChainKey::from_bytes([1; 32]), &[2; 32]);
     let m = s.encrypt(&GROUP, b"group hello", Padding::None).unwrap();
-    let mut r = ReceivingChain::from_distribution(&SendingChain::from_parts(
-        [3; 16],
-        5,
-        ChainKey::from_bytes([1; 32]),
-        &[2; 32],
+    let mut r = ReceivingChain::from_distribution(
+        &SendingChain::from_parts([3; 16], 5, ChainKey::from_bytes([1; 32]), &[2; 32])
+            .distribution(),
     )
-    .distribution())
     .unwrap();
     assert_eq!(r.decrypt(&GROUP, &m).unwrap(), b"group hello");
     assert_eq!(

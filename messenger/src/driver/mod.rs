@@ -31,6 +31,7 @@ use crate::engine::address::{RelayAddress, UserAddress};
 use crate::engine::devices::{DeviceEntry, DeviceList};
 use crate::engine::envelope::MacKeys;
 use crate::engine::events::{AttachmentRef, DeliveryState, Event, MessageId};
+use crate::engine::group::{self, state::GroupId, GroupInfo};
 use crate::engine::outbound as outbound_engine;
 use crate::engine::{inbound, prekeys, records, RECORD_RETENTION_MS};
 use crate::error::{Error, Result};
@@ -492,6 +493,171 @@ impl<S: Store + Send + 'static> Messenger<S> {
     /// to this user's home relay (streamed from a temporary file, never held
     /// in memory) and queues a message carrying the key, digest and size.
     pub async fn send_file(&self, to: &UserAddress, text: &str, path: &Path) -> Result<MessageId> {
+        let att = self.upload_attachment(path).await?;
+        self.send_message(to, text, vec![att])
+    }
+
+    /// Creates a group named `name` with this user as its admin and
+    /// `members`; every member's devices (and this user's other ones) hear
+    /// of it. Past 1,000 members: [`Error::GroupTooLarge`].
+    pub fn create_group(&self, name: &str, members: &[UserAddress]) -> Result<GroupId> {
+        let id = self.inner.with_device(|d| {
+            group::create(
+                d,
+                &self.inner.me,
+                &self.inner.certificate,
+                name,
+                members,
+                now_ms(),
+                &mut OsRng,
+            )
+        })?;
+        self.inner.outbox.notify_one();
+        Ok(id)
+    }
+
+    fn change_group(&self, id: GroupId, actions: Vec<pb::GroupAction>) -> Result<()> {
+        self.inner.with_device(|d| {
+            group::change(
+                d,
+                &self.inner.me,
+                &self.inner.certificate,
+                id,
+                actions,
+                now_ms(),
+            )
+        })?;
+        self.inner.outbox.notify_one();
+        Ok(())
+    }
+
+    /// Adds members (admins only).
+    pub fn add_group_members(&self, id: GroupId, members: &[UserAddress]) -> Result<()> {
+        self.change_group(
+            id,
+            members
+                .iter()
+                .map(|m| {
+                    group_action(pb::group_action::Action::Add(pb::GroupMember {
+                        address: m.to_string(),
+                        admin: false,
+                    }))
+                })
+                .collect(),
+        )
+    }
+
+    /// Removes a member (admins only). Every remaining device starts a new
+    /// sender key before it sends again: the removed user's devices read
+    /// nothing sent after.
+    pub fn remove_group_member(&self, id: GroupId, user: &UserAddress) -> Result<()> {
+        self.change_group(
+            id,
+            vec![group_action(pb::group_action::Action::Remove(
+                user.user.to_vec(),
+            ))],
+        )
+    }
+
+    /// Leaves the group.
+    pub fn leave_group(&self, id: GroupId) -> Result<()> {
+        self.remove_group_member(id, &self.inner.me.clone())
+    }
+
+    /// Renames the group (admins only).
+    pub fn rename_group(&self, id: GroupId, name: &str) -> Result<()> {
+        self.change_group(
+            id,
+            vec![group_action(pb::group_action::Action::Rename(name.into()))],
+        )
+    }
+
+    /// Makes `user` an admin, or an ordinary member (admins only).
+    pub fn set_group_admin(&self, id: GroupId, user: &UserAddress, admin: bool) -> Result<()> {
+        let u = user.user.to_vec();
+        self.change_group(
+            id,
+            vec![group_action(if admin {
+                pb::group_action::Action::Promote(u)
+            } else {
+                pb::group_action::Action::Demote(u)
+            })],
+        )
+    }
+
+    /// Accepts a group invitation from a user this user had not accepted:
+    /// its messages become ordinary ones and this device sends in it.
+    pub fn accept_group(&self, id: GroupId) -> Result<()> {
+        self.inner.with_device(|d| {
+            d.store_mut().transaction(|tx| -> Result<()> {
+                let mut rec = records::group(tx, &id.0)?.ok_or(Error::UnknownGroup)?;
+                if rec.status == group::INVITED {
+                    rec.status = group::MEMBER;
+                    records::put_group(tx, &id.0, &rec)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Queues a text message to every member device of the group (and this
+    /// user's other devices), encrypted once.
+    pub fn send_group_text(&self, id: GroupId, text: &str) -> Result<MessageId> {
+        self.send_group_message(id, text, Vec::new())
+    }
+
+    /// Uploads the file once and sends it to the group.
+    pub async fn send_group_file(&self, id: GroupId, text: &str, path: &Path) -> Result<MessageId> {
+        let att = self.upload_attachment(path).await?;
+        self.send_group_message(id, text, vec![att])
+    }
+
+    fn send_group_message(
+        &self,
+        id: GroupId,
+        text: &str,
+        attachments: Vec<pb::AttachmentRef>,
+    ) -> Result<MessageId> {
+        let msg = self.inner.with_device(|d| {
+            group::queue_message(
+                d,
+                &self.inner.me,
+                id,
+                text,
+                attachments,
+                now_ms(),
+                &mut OsRng,
+            )
+        })?;
+        self.inner.outbox.notify_one();
+        Ok(msg)
+    }
+
+    /// A group this device is (or was) in.
+    pub fn group(&self, id: GroupId) -> Result<Option<GroupInfo>> {
+        self.inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                records::group(tx, &id.0)?
+                    .map(GroupInfo::from_record)
+                    .transpose()
+            })
+        })
+    }
+
+    /// Every group this device is (or was) in.
+    pub fn groups(&self) -> Result<Vec<GroupInfo>> {
+        self.inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                records::groups(tx)?
+                    .into_iter()
+                    .map(GroupInfo::from_record)
+                    .collect()
+            })
+        })
+    }
+
+    /// Uploads an attachment to this user's home relay (see [`Messenger::send_file`]).
+    async fn upload_attachment(&self, path: &Path) -> Result<pb::AttachmentRef> {
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -523,12 +689,11 @@ impl<S: Store + Send + 'static> Messenger<S> {
             .inner
             .checked(&self.inner.me.relay, &conn, uploaded)
             .await?;
-        let att = pb::AttachmentRef {
+        Ok(pb::AttachmentRef {
             blob_id: blob.0.to_vec(),
             pointer: pointer.to_bytes().to_vec(),
             file_name,
-        };
-        self.send_message(to, text, vec![att])
+        })
     }
 
     /// Downloads, verifies and decrypts an attachment from `from`'s relay
@@ -886,6 +1051,19 @@ async fn receive_once<S: Store + Send + 'static>(
                         if !outcome.revoked.is_empty() {
                             inner.events_ready();
                         }
+                        for id in &outcome.rebase {
+                            // A fork discarded this device's changes: make
+                            // them again on the winner (failure is logged; the
+                            // user can repeat the change).
+                            let made = inner.with_device(|d| {
+                                group::rebase(d, &inner.me, &inner.certificate, *id, now_ms())
+                            });
+                            match made {
+                                Ok(true) => inner.outbox.notify_one(),
+                                Ok(false) => {}
+                                Err(e) => tracing::warn!(error = %e, "group change not made again"),
+                            }
+                        }
                         if !inner.skip_acks.load(Ordering::SeqCst) {
                             let _ = acks.send(e.id);
                         }
@@ -1024,4 +1202,8 @@ async fn send_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
             _ = inner.outbox.notified() => {}
         }
     }
+}
+
+fn group_action(a: pb::group_action::Action) -> pb::GroupAction {
+    pb::GroupAction { action: Some(a) }
 }

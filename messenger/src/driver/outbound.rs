@@ -33,7 +33,7 @@ pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> R
         inner.with_device(|d| Planner::new(d, inner.me.clone(), inner.certificate, mac_keys))?;
     let mut item: Option<(u64, tokio::time::Instant)> = None;
     loop {
-        let step = inner.with_device(|d| planner.poll(d, &mut OsRng))?;
+        let step = inner.with_device(|d| planner.poll(d, now_ms(), &mut OsRng))?;
         if planner.take_events() {
             inner.events_ready();
         }

@@ -12,6 +12,7 @@ use sotto_core::Error as CoreError;
 use sotto_proto::client as pb;
 
 use super::address::UserAddress;
+use super::group::state::GroupId;
 use crate::error::{Error, Result};
 
 /// A message id: 16 random bytes chosen by the sender.
@@ -322,12 +323,57 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A group changed (the event's `group` names it; `peer` is the admin
+    /// who changed it).
+    GroupChanged {
+        /// The group's version after the change.
+        version: u64,
+        /// What changed.
+        changes: Vec<GroupChange>,
+        /// What it means for this device.
+        effect: GroupEffect,
+    },
     /// A queued event could not be read back (a damaged row): acknowledge it
     /// like any other; the queue never stalls on it.
     Unreadable {
         /// Why (no content).
         reason: String,
     },
+}
+
+/// One change of a group's membership or look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupChange {
+    /// A member joined (was added).
+    Added {
+        /// Who.
+        member: UserAddress,
+        /// As an admin.
+        admin: bool,
+    },
+    /// A member left or was removed (its user id).
+    Removed([u8; 32]),
+    /// A member became an admin.
+    Promoted([u8; 32]),
+    /// An admin became an ordinary member.
+    Demoted([u8; 32]),
+    /// The group's new name.
+    Renamed(String),
+    /// The avatar changed (read it with `Messenger::group`).
+    AvatarChanged,
+}
+
+/// What a group change means for this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupEffect {
+    /// An ordinary change of a group this device is in.
+    Applied,
+    /// An invitation from a user this user has not accepted: the group is a
+    /// request (accept it with `Messenger::accept_group`).
+    Invitation,
+    /// This user is no longer a member.
+    RemovedYou,
 }
 
 /// One event for the app.
@@ -339,6 +385,8 @@ pub struct Event {
     pub peer: Option<UserAddress>,
     /// The other party's device, when relevant.
     pub peer_device: u32,
+    /// The group it happened in (group messages, their receipts, changes).
+    pub group: Option<GroupId>,
     /// What happened.
     pub kind: EventKind,
 }
@@ -374,6 +422,7 @@ impl Event {
                 seq,
                 peer: None,
                 peer_device: 0,
+                group: None,
                 kind: EventKind::Unreadable {
                     reason: e.to_string(),
                 },
@@ -428,14 +477,48 @@ impl Event {
                 message_id: MessageId::from_slice(&e.message_id)?,
                 reason: reason.clone(),
             },
+            K::Group(g) => EventKind::GroupChanged {
+                version: g.version,
+                changes: g.actions.iter().map(group_change).collect::<Result<_>>()?,
+                effect: match g.kind {
+                    1 => GroupEffect::Invitation,
+                    2 => GroupEffect::RemovedYou,
+                    _ => GroupEffect::Applied,
+                },
+            },
+        };
+        let group = match e.group_id.len() {
+            0 => None,
+            _ => Some(GroupId::from_slice(&e.group_id).map_err(|_| corrupt_app())?),
         };
         Ok(Event {
             seq: e.seq,
             peer,
             peer_device: e.peer_device,
+            group,
             kind,
         })
     }
+}
+
+fn corrupt_app() -> Error {
+    Error::corrupt("app")
+}
+
+fn group_change(a: &pb::GroupAction) -> Result<GroupChange> {
+    use pb::group_action::Action as A;
+    let id = |u: &Vec<u8>| <[u8; 32]>::try_from(u.as_slice()).map_err(|_| corrupt_app());
+    Ok(match a.action.as_ref().ok_or_else(corrupt_app)? {
+        A::Add(m) => GroupChange::Added {
+            member: m.address.parse()?,
+            admin: m.admin,
+        },
+        A::Remove(u) => GroupChange::Removed(id(u)?),
+        A::Promote(u) => GroupChange::Promoted(id(u)?),
+        A::Demote(u) => GroupChange::Demoted(id(u)?),
+        A::Rename(n) => GroupChange::Renamed(n.clone()),
+        A::Avatar(_) => GroupChange::AvatarChanged,
+    })
 }
 
 #[cfg(test)]

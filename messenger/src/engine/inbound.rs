@@ -32,6 +32,7 @@ use super::address::{RelayAddress, UserAddress};
 use super::devices::DeviceList;
 use super::envelope::verify_sender_mac;
 use super::events::{message_from_pb, DeliveryState, EventBuilder, MAX_RECEIPT_IDS};
+use super::group::{self, state::GroupId};
 use super::records::{self, ACCEPTED, BLOCKED, STRANGER};
 use crate::error::{Error, Fault, Result};
 use sotto_core::device::{Device, DeviceAddress};
@@ -67,6 +68,8 @@ pub(crate) struct Outcome {
     pub(crate) outbox: bool,
     /// Devices a newer list removed: their sessions are deleted after the commit.
     pub(crate) revoked: Vec<DeviceAddress>,
+    /// Groups where a fork discarded changes of this device: make them again.
+    pub(crate) rebase: Vec<GroupId>,
 }
 
 /// Who sent what, as far as it is known before decrypting.
@@ -116,6 +119,10 @@ pub(crate) fn process<S: Store>(
             version: 1,
             body: Some(pb::envelope::Body::Sealed(s)),
         }) => s,
+        Ok(pb::Envelope {
+            version: 1,
+            body: Some(pb::envelope::Body::Group(g)),
+        }) => return process_group(device, me, envelope_id, &g, now_ms),
         Ok(pb::Envelope {
             version: 1,
             body: Some(_),
@@ -769,6 +776,32 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
                 }
             }
             Some(pb::content::Body::DeliveryTokenUpdate(_)) => {}
+            Some(pb::content::Body::GroupUpdate(u)) => {
+                // A stranger's invitations count against its request.
+                if sender.state != ACCEPTED && !sender.is_own_user() && !count_held(tx, sender)? {
+                    break 'body;
+                }
+                match group::on_update(tx, sender.me, &peer, sender.device, sender.state, &u) {
+                    Ok(r) => {
+                        out.events |= r.events;
+                        out.outbox |= r.outbox;
+                        out.rebase.extend(r.rebase);
+                    }
+                    Err(Error::GroupRejected(why)) => {
+                        return invalid_content(tx, sender, Some(&peer), why)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(pb::content::Body::SenderKey(k)) => {
+                match group::on_sender_key(tx, &peer, sender.device, &k) {
+                    Ok(()) => {}
+                    Err(Error::GroupRejected(why)) => {
+                        return invalid_content(tx, sender, Some(&peer), why)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             None => return invalid_content(tx, sender, Some(&peer), "no body"),
         }
     }
@@ -780,6 +813,107 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
         }
     }
     Ok(out)
+}
+
+/// One group envelope: verified and decrypted with the sender device's
+/// chain, its effects and its processed mark in one commit. A failure is an
+/// event (bounded like any other); no repair follows an unproven claim.
+fn process_group<S: Store>(
+    device: &mut Device<S>,
+    me: &UserAddress,
+    envelope_id: &[u8; 16],
+    g: &pb::GroupEnvelope,
+    now_ms: u64,
+) -> Result<Outcome> {
+    let fail = |device: &mut Device<S>, peer: Option<&UserAddress>, d: u32, reason: &str| {
+        finish_failure(
+            device,
+            envelope_id,
+            now_ms,
+            peer,
+            d,
+            reason,
+            Authenticity::Claimed,
+        )
+    };
+    let Ok(sender_user) = <[u8; 32]>::try_from(g.sender_user.as_slice()) else {
+        return fail(device, None, 0, "malformed sender");
+    };
+    if sender_user == me.user && g.sender_device == device.device_id() {
+        return fail(device, None, 0, "message claims to come from this device");
+    }
+    let own = sender_user == me.user;
+    let result = device.store_mut().transaction(
+        |tx| -> Result<Result<Outcome, (Option<UserAddress>, String)>> {
+            let contact = records::contact(tx, &sender_user)?;
+            if !own && contact.as_ref().is_some_and(|c| c.state == BLOCKED) {
+                records::mark_processed(tx, envelope_id, now_ms)?;
+                return Ok(Ok(Outcome::default()));
+            }
+            let (id, rec, plaintext) =
+                match group::decrypt(tx, &sender_user, g.sender_device, &g.message) {
+                    Ok(x) => x,
+                    Err(e) if e.fault() == Fault::Local => return Err(e),
+                    Err(e) => {
+                        let peer = contact.and_then(|c| c.address.parse().ok());
+                        return Ok(Err((peer, e.to_string())));
+                    }
+                };
+            records::mark_processed(tx, envelope_id, now_ms)?;
+            let state =
+                group::state::GroupState::from_pb(rec.state.as_ref().ok_or(Error::corrupt("app"))?)
+                    .map_err(|_| Error::corrupt("app"))?;
+            let peer = state
+                .members
+                .get(&sender_user)
+                .map(|m| m.address.clone())
+                .ok_or(Error::corrupt("app"))?;
+            let mut out = Outcome::default();
+            let content = pb::Content::decode(plaintext.as_slice()).ok();
+            let Some(pb::content::Body::Message(m)) = content.and_then(|c| c.body) else {
+                return Ok(Err((Some(peer), "invalid group content".to_string())));
+            };
+            if message_from_pb(&m).is_err() {
+                return Ok(Err((Some(peer), "invalid group message".to_string())));
+            }
+            if !records::first_sight(tx, &sender_user, &m.id, now_ms)? {
+                return Ok(Ok(out));
+            }
+            use pb::client_event::Kind as K;
+            let kind = if own {
+                K::Message(m.clone())
+            } else if rec.status == group::MEMBER {
+                // Delivered, to every device of the sender.
+                records::push_outbox(
+                    tx,
+                    &pb::OutboxItem {
+                        recipient: peer.to_string(),
+                        content: receipt_content(
+                            me,
+                            pb::receipt::Kind::Delivered,
+                            vec![m.id.clone()],
+                        ),
+                        ..Default::default()
+                    },
+                )?;
+                out.outbox = true;
+                K::Message(m.clone())
+            } else {
+                K::MessageRequest(m.clone())
+            };
+            let mut e = EventBuilder::about(Some(&peer))
+                .device(g.sender_device)
+                .kind(kind);
+            e.group_id = id.0.to_vec();
+            records::push_event(tx, e)?;
+            out.events = true;
+            Ok(Ok(out))
+        },
+    )?;
+    match result {
+        Ok(out) => Ok(out),
+        Err((peer, reason)) => fail(device, peer.as_ref(), g.sender_device, &reason),
+    }
 }
 
 /// Makes `peer` an accepted contact; the messages held in its request get

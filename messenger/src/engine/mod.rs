@@ -12,13 +12,15 @@
 //! - `inbound`: one envelope in, one atomic commit;
 //! - `outbound`: the outbox planner, one step and one commit at a time;
 //! - [`prekeys`]: when to rotate and how many prekeys to upload;
-//! - [`events`]: what the app is told.
+//! - [`events`]: what the app is told;
+//! - [`group`]: groups: signed membership changes, sender keys, group messages.
 
 pub mod account;
 pub mod address;
 pub mod devices;
 pub mod envelope;
 pub mod events;
+pub mod group;
 pub(crate) mod inbound;
 pub(crate) mod link;
 pub(crate) mod outbound;

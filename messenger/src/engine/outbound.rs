@@ -47,6 +47,7 @@ use super::address::{RelayAddress, UserAddress};
 use super::devices::{DeviceEntry, DeviceList};
 use super::envelope::{sender_mac, MacKeys};
 use super::events::{DeliveryState, EventBuilder, MessageId};
+use super::group::{self, state::GroupId};
 use super::records;
 use crate::error::{Error, Fault, Result};
 
@@ -114,6 +115,33 @@ struct Target {
     own: bool,
 }
 
+/// What a submission carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    /// The item's content, over the pairwise session.
+    Pairwise,
+    /// A group item's sender key, over the pairwise session.
+    GroupKey,
+    /// A group item's envelope (the same bytes for every member device).
+    GroupMessage,
+}
+
+/// A group item's parts.
+#[derive(Debug)]
+struct GroupItem {
+    id: GroupId,
+    /// The chain the message is in.
+    chain_id: Vec<u8>,
+    /// The encoded `Content` handing out the chain (without the token).
+    key_content: pb::Content,
+    /// Members whose list is fetched before the targets are known.
+    lists: VecDeque<UserAddress>,
+    /// Members (at queue time, still members now).
+    members: Vec<UserAddress>,
+    /// A target on a held relay was skipped: the item stays.
+    deferred: bool,
+}
+
 /// What the planner waits for.
 #[derive(Debug)]
 enum Awaiting {
@@ -124,7 +152,9 @@ enum Awaiting {
     Submit {
         token: Option<Zeroizing<[u8; 32]>>,
         envelope: Vec<u8>,
+        carries: Carries,
     },
+    GroupList(UserAddress),
 }
 
 /// Where the current item is.
@@ -132,8 +162,17 @@ enum Awaiting {
 enum Stage {
     RecipientList,
     OwnList,
+    /// A group item: fetching the members' lists.
+    GroupLists,
     Targets,
 }
+
+/// A group member's list is fetched again before a group message if it was
+/// last checked longer ago than this (a new device of a member gets the
+/// group's messages from then on).
+pub(crate) const GROUP_LIST_MAX_AGE_MS: u64 = 3600 * 1000;
+/// Devices of one member a group message goes to (a list names at most 16).
+pub(crate) const MAX_DEVICES_PER_MEMBER: usize = 16;
 
 /// The item being sent.
 #[derive(Debug)]
@@ -150,7 +189,9 @@ struct Current {
     full: Option<Error>,
     stage: Stage,
     /// An envelope to submit again without the token the device replaced.
-    resubmit: Option<Vec<u8>>,
+    resubmit: Option<(Vec<u8>, Carries)>,
+    /// Set for a group item.
+    group: Option<GroupItem>,
 }
 
 impl Current {
@@ -227,6 +268,7 @@ impl Planner {
     pub(crate) fn poll<S: Store>(
         &mut self,
         device: &mut Device<S>,
+        now_ms: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Step> {
         if self.awaiting.is_some() {
@@ -238,6 +280,13 @@ impl Planner {
                     return Ok(Step::Done(self.pass));
                 };
                 let relay = item.recipient.parse::<UserAddress>().ok().map(|a| a.relay);
+                if !item.group_id.is_empty() {
+                    match self.begin_group(device, seq, &item, now_ms) {
+                        Ok(c) => self.current = c,
+                        Err(e) => self.fail(device, seq, item, None, e)?,
+                    }
+                    continue;
+                }
                 if !item.repair && relay.as_ref().is_some_and(|r| self.held.contains(r)) {
                     self.pass.pending = true;
                     continue;
@@ -256,6 +305,26 @@ impl Planner {
                 Stage::OwnList => {
                     self.awaiting = Some(Awaiting::List { own: true });
                     return Ok(Step::FetchDeviceList(self.me.clone()));
+                }
+                Stage::GroupLists => {
+                    let next = cur.group.as_mut().and_then(|g| g.lists.pop_front());
+                    match next {
+                        Some(user) if self.held.contains(&user.relay) => {
+                            if let Some(g) = cur.group.as_mut() {
+                                g.deferred = true;
+                            }
+                        }
+                        Some(user) => {
+                            cur.to = user.clone();
+                            self.awaiting = Some(Awaiting::GroupList(user.clone()));
+                            return Ok(Step::FetchDeviceList(user));
+                        }
+                        None => {
+                            if let Err(e) = self.group_targets(device, now_ms) {
+                                self.fail_current(device, e)?;
+                            }
+                        }
+                    }
                 }
                 Stage::Targets => match self.next_target(device, rng) {
                     Ok(Some(step)) => return Ok(step),
@@ -281,8 +350,16 @@ impl Planner {
         let result = match (awaiting, input) {
             (Awaiting::List { own }, Input::DeviceList(r)) => self.on_list(device, own, r, now_ms),
             (Awaiting::Bundle, Input::Bundle(r)) => self.on_bundle(device, r, now_ms, rng),
-            (Awaiting::Submit { token, envelope }, Input::Submitted(r)) => {
-                self.on_submitted(device, token, envelope, r, now_ms)
+            (
+                Awaiting::Submit {
+                    token,
+                    envelope,
+                    carries,
+                },
+                Input::Submitted(r),
+            ) => self.on_submitted(device, token, envelope, carries, r, now_ms),
+            (Awaiting::GroupList(user), Input::DeviceList(r)) => {
+                self.on_group_list(device, &user, r, now_ms)
             }
             _ => Err(Error::invalid_argument(
                 "outbox step result of another kind",
@@ -372,7 +449,167 @@ impl Planner {
             full: None,
             stage: Stage::RecipientList,
             resubmit: None,
+            group: None,
         }))
+    }
+
+    /// Starts a group item: its members that are still members, and the
+    /// lists to fetch first (none pinned, or not checked for an hour).
+    fn begin_group<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        seq: u64,
+        item: &pb::OutboxItem,
+        now_ms: u64,
+    ) -> Result<Option<Current>> {
+        let id = GroupId::from_slice(&item.group_id)?;
+        let key = item
+            .group_key
+            .clone()
+            .ok_or(Error::invalid_argument("group item without its key"))?;
+        let me = self.me.clone();
+        let prepared = device.store_mut().transaction(|tx| -> Result<_> {
+            let state = match group::current(tx, id) {
+                Ok(s) => s,
+                Err(Error::UnknownGroup) => {
+                    // This device left the group: nothing more goes.
+                    records::update_outbox(tx, seq, None)?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            let mut members = Vec::new();
+            let mut lists = VecDeque::new();
+            for m in &item.group_members {
+                let Ok(a) = m.parse::<UserAddress>() else {
+                    continue;
+                };
+                let Some(now) = state.members.get(&a.user) else {
+                    continue; // removed since: gets nothing
+                };
+                let c = records::contact(tx, &a.user)?;
+                if a.user != me.user && c.as_ref().is_some_and(|c| c.state == records::BLOCKED) {
+                    continue;
+                }
+                let fresh = c.as_ref().is_some_and(|c| {
+                    !c.devices.is_empty()
+                        && now_ms.saturating_sub(c.list_checked_ms) < GROUP_LIST_MAX_AGE_MS
+                });
+                if !fresh {
+                    lists.push_back(now.address.clone());
+                }
+                members.push(now.address.clone());
+            }
+            Ok(Some((members, lists)))
+        })?;
+        let Some((members, lists)) = prepared else {
+            return Ok(None);
+        };
+        Ok(Some(Current {
+            seq,
+            item: item.clone(),
+            to: me.clone(),
+            content: Vec::new(),
+            sync: None,
+            targets: VecDeque::new(),
+            full: None,
+            stage: Stage::GroupLists,
+            resubmit: None,
+            group: Some(GroupItem {
+                id,
+                chain_id: key.chain_id.clone(),
+                key_content: pb::Content {
+                    sender_relay: me.relay.to_string(),
+                    body: Some(pb::content::Body::SenderKey(key)),
+                    delivery_token: Vec::new(),
+                },
+                lists,
+                members,
+                deferred: false,
+            }),
+        }))
+    }
+
+    /// A group member's list arrived: verify and pin it.
+    fn on_group_list<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        user: &UserAddress,
+        fetched: Result<Option<SignedDeviceList>>,
+        now_ms: u64,
+    ) -> Result<()> {
+        match fetched.and_then(|l| l.ok_or(Error::UnknownUser)) {
+            Ok(signed) => {
+                let list = DeviceList::verify(&user.user, &signed)?;
+                self.events |= pin_list(device, user, &list, now_ms)?;
+                Ok(())
+            }
+            // A member without a list (or a refused one) gets nothing now;
+            // the others go on.
+            Err(e) if e.fault() == Fault::Peer || matches!(e, Error::UnknownUser) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every member's list is pinned: the group item's targets are their
+    /// devices (and this user's other ones) not done yet.
+    fn group_targets<S: Store>(&mut self, device: &mut Device<S>, now_ms: u64) -> Result<()> {
+        let (me, my_id) = (self.me.clone(), self.device_id);
+        let cur = self.current_mut()?;
+        let Some(g) = cur.group.as_ref() else {
+            return Err(Error::invalid_argument("not a group item"));
+        };
+        let members = g.members.clone();
+        let done = cur.item.done_group_devices.clone();
+        let mut targets = VecDeque::new();
+        let mut count = 0usize;
+        device.store_mut().transaction(|tx| -> Result<()> {
+            for m in &members {
+                let Some(list) = records::contact(tx, &m.user)?
+                    .as_ref()
+                    .map(records::pinned_list)
+                    .transpose()?
+                    .flatten()
+                else {
+                    continue;
+                };
+                for d in list.devices.iter().take(MAX_DEVICES_PER_MEMBER) {
+                    count += 1;
+                    if (m.user == me.user && d.device_id == my_id)
+                        || done.contains(&group::device_key(&m.user, d.device_id))
+                    {
+                        continue;
+                    }
+                    targets.push_back(Target {
+                        user: m.clone(),
+                        device: d.clone(),
+                        own: m.user == me.user,
+                    });
+                }
+            }
+            Ok(())
+        })?;
+        let _ = count;
+        let cur = self.current_mut()?;
+        cur.targets = targets;
+        cur.stage = Stage::Targets;
+        if !cur.item.message_id.is_empty() {
+            let (id, targets) = (&cur.item.message_id, &cur.targets);
+            device.store_mut().transaction(|tx| -> Result<()> {
+                for t in targets.iter().filter(|t| !t.own) {
+                    records::raise_delivery(
+                        tx,
+                        id,
+                        &t.user.user,
+                        t.device.device_id,
+                        None,
+                        now_ms,
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// A device list arrived: verify, pin, pick the targets.
@@ -477,11 +714,12 @@ impl Planner {
             .current
             .as_mut()
             .ok_or(Error::invalid_argument("no item"))?;
-        while let Some(t) = cur.targets.front() {
-            if let Some(envelope) = cur.resubmit.take() {
+        while let Some(t) = cur.targets.front().cloned() {
+            if let Some((envelope, carries)) = cur.resubmit.take() {
                 self.awaiting = Some(Awaiting::Submit {
                     token: None,
                     envelope: envelope.clone(),
+                    carries,
                 });
                 return Ok(Some(Step::Submit {
                     user: t.user.clone(),
@@ -503,13 +741,46 @@ impl Planner {
                 };
                 Ok((blocked, listed))
             })?;
-            if blocked {
+            if blocked && cur.group.is_none() {
                 cur.targets.clear();
                 break;
             }
-            if !listed {
+            if blocked || !listed {
                 cur.targets.pop_front();
                 continue;
+            }
+            let mut carries = Carries::Pairwise;
+            if let Some(g) = cur.group.as_mut() {
+                // Per relay, in order: a target on a held relay waits.
+                if self.held.contains(&t.user.relay) {
+                    g.deferred = true;
+                    cur.targets.pop_front();
+                    continue;
+                }
+                cur.to = t.user.clone();
+                let dk = group::device_key(&user, id);
+                let given = cur.item.group_key_devices.contains(&dk)
+                    || device
+                        .store_mut()
+                        .transaction(|tx| group::has_chain(tx, &g.id, &g.chain_id, &user, id))?;
+                if given {
+                    let token = device
+                        .store_mut()
+                        .transaction(|tx| records::delivery_token(tx, &user, id))?;
+                    let envelope = cur.item.group_envelope.clone();
+                    self.awaiting = Some(Awaiting::Submit {
+                        token: token.clone(),
+                        envelope: envelope.clone(),
+                        carries: Carries::GroupMessage,
+                    });
+                    return Ok(Some(Step::Submit {
+                        user: t.user.clone(),
+                        mailbox: t.device.mailbox,
+                        envelope,
+                        token,
+                    }));
+                }
+                carries = Carries::GroupKey;
             }
             let addr = DeviceAddress::new(t.user.user.to_vec(), t.device.device_id);
             let has_session = device.has_session(&addr)?;
@@ -537,10 +808,14 @@ impl Planner {
                 }
                 .into());
             }
-            let content = if t.own {
-                cur.sync.as_deref().unwrap_or_default()
-            } else {
-                &cur.content
+            let key_content;
+            let content = match (&cur.group, t.own) {
+                (Some(g), _) => {
+                    key_content = g.key_content.encode_to_vec();
+                    key_content.as_slice()
+                }
+                (None, true) => cur.sync.as_deref().unwrap_or_default(),
+                (None, false) => cur.content.as_slice(),
             };
             let message = device.encrypt(&addr, content, rng)?;
             let mac_key = self.mac_keys.get(device, &t.device.identity)?;
@@ -564,6 +839,7 @@ impl Planner {
             self.awaiting = Some(Awaiting::Submit {
                 token: token.clone(),
                 envelope: envelope.clone(),
+                carries,
             });
             return Ok(Some(Step::Submit {
                 user: t.user.clone(),
@@ -633,6 +909,7 @@ impl Planner {
         device: &mut Device<S>,
         token: Option<Zeroizing<[u8; 32]>>,
         envelope: Vec<u8>,
+        carries: Carries,
         result: Result<EnvelopeId>,
         now_ms: u64,
     ) -> Result<()> {
@@ -650,7 +927,7 @@ impl Planner {
                 device.store_mut().transaction(|tx| {
                     records::delete_delivery_token_if(tx, &user.user, device_id, &refused)
                 })?;
-                cur.resubmit = Some(envelope);
+                cur.resubmit = Some((envelope, carries));
                 return Ok(());
             }
             Err(e) if e.relay_code() == Some(ErrorCode::QuotaExceeded) => {
@@ -662,6 +939,9 @@ impl Planner {
             }
             other => other?,
         };
+        if carries != Carries::Pairwise {
+            return self.on_group_submitted(device, &t, carries, now_ms);
+        }
         if t.own {
             cur.item.done_own_devices.push(device_id);
         } else {
@@ -720,12 +1000,75 @@ impl Planner {
         Ok(())
     }
 
+    /// A group item's key or message was accepted for target `t`.
+    fn on_group_submitted<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        t: &Target,
+        carries: Carries,
+        now_ms: u64,
+    ) -> Result<()> {
+        let cur = self.current_mut()?;
+        let (user, device_id) = (t.user.user, t.device.device_id);
+        let dk = group::device_key(&user, device_id);
+        let (gid, chain_id) = match &cur.group {
+            Some(g) => (g.id, g.chain_id.clone()),
+            None => return Err(Error::invalid_argument("not a group item")),
+        };
+        let seq = cur.seq;
+        if carries == Carries::GroupKey {
+            // The device has the chain: the message itself comes next.
+            cur.item.group_key_devices.push(dk);
+            let progress = cur.item.clone();
+            return device.store_mut().transaction(|tx| -> Result<()> {
+                group::mark_distributed(tx, &gid, &chain_id, &user, device_id)?;
+                records::update_outbox(tx, seq, Some(&progress))
+            });
+        }
+        cur.item.done_group_devices.push(dk);
+        let progress = cur.item.clone();
+        let message_id = progress.message_id.clone();
+        let raised = device.store_mut().transaction(|tx| -> Result<bool> {
+            records::update_outbox(tx, seq, Some(&progress))?;
+            if t.own
+                || message_id.is_empty()
+                || !records::raise_delivery(
+                    tx,
+                    &message_id,
+                    &user,
+                    device_id,
+                    Some(DeliveryState::Sent),
+                    now_ms,
+                )?
+            {
+                return Ok(false);
+            }
+            let mut e = EventBuilder::about(Some(&t.user))
+                .device(device_id)
+                .message_id(&message_id)
+                .delivery(&user, device_id, DeliveryState::Sent);
+            e.group_id = gid.0.to_vec();
+            records::push_event(tx, e)?;
+            Ok(true)
+        })?;
+        self.events |= raised;
+        if let Some(cur) = self.current.as_mut() {
+            cur.targets.pop_front();
+        }
+        Ok(())
+    }
+
     /// Every target was tried: the item is done, or stays for a device
     /// whose mailbox was full.
     fn finish<S: Store>(&mut self, device: &mut Device<S>) -> Result<()> {
         let Some(mut cur) = self.current.take() else {
             return Ok(());
         };
+        if cur.group.as_ref().is_some_and(|g| g.deferred) && cur.full.is_none() {
+            // Targets on held relays wait for the next pass.
+            self.pass.pending = true;
+            return Ok(());
+        }
         match cur.full.take() {
             Some(e) => {
                 let relay = Some(cur.to.relay.clone());
@@ -744,6 +1087,15 @@ impl Planner {
     /// The current item failed with `e`.
     fn fail_current<S: Store>(&mut self, device: &mut Device<S>, e: Error) -> Result<()> {
         self.awaiting = None;
+        if let Some(cur) = self.current.as_mut() {
+            if cur.group.is_some() && cur.stage == Stage::Targets && e.fault() == Fault::Peer {
+                // One member device's problem (a bad bundle, a refusal that
+                // repeats) skips that device, not the group.
+                tracing::debug!(error = %e, "group target skipped");
+                cur.targets.pop_front();
+                return Ok(());
+            }
+        }
         let Some(cur) = self.current.take() else {
             return Ok(());
         };

@@ -12,7 +12,12 @@
 //! `rq/`+user+id messages held in a message request; `ct/`+user contacts;
 //! `dto` this device's delivery token (raw 32 bytes), `dta` the one last
 //! announced (raw); `dt/`+user+u32be(device)
-//! a peer device's delivery token (raw 32 bytes, deleted with the device).
+//! a peer device's delivery token (raw 32 bytes, deleted with the device);
+//! groups: `gr/`+group id the group record, `gk/`+group id this device's
+//! sending chain, `gx/`+group id+user+u32be(device) the chains a member
+//! device handed us (at most 2), `gi/`+user+u32be(device)+chain id the
+//! group that chain belongs to (raw 32 bytes), `gp` distributions waiting
+//! for their group or member (at most 64).
 //! Every row a peer can make us write is bounded: by time (pruned after
 //! [`super::RECORD_RETENTION_MS`]) or by count (requests).
 
@@ -41,6 +46,13 @@ const CONTACT: &[u8] = b"ct/";
 const OWN_DELIVERY_TOKEN: &[u8] = b"dto";
 const ANNOUNCED_DELIVERY_TOKEN: &[u8] = b"dta";
 const DELIVERY_TOKEN: &[u8] = b"dt/";
+const GROUP: &[u8] = b"gr/";
+const OWN_SENDER_KEY: &[u8] = b"gk/";
+const SENDER_KEYS: &[u8] = b"gx/";
+const CHAIN_INDEX: &[u8] = b"gi/";
+const PENDING_SENDER_KEYS: &[u8] = b"gp";
+/// Distributions kept while their group or member is not known yet.
+pub(crate) const MAX_PENDING_SENDER_KEYS: usize = 64;
 
 /// What the local user decided about another user ([`pb::ContactRecord::state`]).
 pub(crate) const STRANGER: u32 = 0;
@@ -582,4 +594,134 @@ pub(crate) fn take_repair_token(c: &mut pb::ContactRecord, device_id: u32, now_m
 fn seq_of(b: &[u8]) -> Result<u64> {
     let a: [u8; 8] = b.try_into().map_err(|_| Error::corrupt("app"))?;
     Ok(u64::from_be_bytes(a))
+}
+
+/// A group record.
+pub(crate) fn group(tx: &impl Txn, id: &[u8; 32]) -> Result<Option<pb::GroupRecord>> {
+    get(tx, &key(GROUP, &[id]))
+}
+
+/// Writes a group record.
+pub(crate) fn put_group(tx: &mut impl Txn, id: &[u8; 32], g: &pb::GroupRecord) -> Result<()> {
+    put(tx, &key(GROUP, &[id]), g)
+}
+
+/// Every group record.
+pub(crate) fn groups(tx: &impl Txn) -> Result<Vec<pb::GroupRecord>> {
+    let mut out = Vec::new();
+    for k in tx.keys_with_prefix(Table::App, GROUP)? {
+        if let Some(g) = get(tx, &k)? {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+/// This device's sending chain in a group.
+pub(crate) fn own_sender_key(tx: &impl Txn, id: &[u8; 32]) -> Result<Option<pb::OwnSenderKey>> {
+    get(tx, &key(OWN_SENDER_KEY, &[id]))
+}
+
+/// Writes (`Some`) or drops (`None`: the next message starts a new chain)
+/// this device's sending chain in a group.
+pub(crate) fn put_own_sender_key(
+    tx: &mut impl Txn,
+    id: &[u8; 32],
+    k: Option<&pb::OwnSenderKey>,
+) -> Result<()> {
+    let row = key(OWN_SENDER_KEY, &[id]);
+    match k {
+        Some(k) => put(tx, &row, k),
+        None => Ok(tx.delete(Table::App, &row)?),
+    }
+}
+
+fn sender_keys_row(group: &[u8; 32], user: &[u8; 32], device: u32) -> Vec<u8> {
+    key(SENDER_KEYS, &[group, user, &device.to_be_bytes()])
+}
+
+/// The chains a member device handed this device in a group.
+pub(crate) fn sender_keys(
+    tx: &impl Txn,
+    group: &[u8; 32],
+    user: &[u8; 32],
+    device: u32,
+) -> Result<pb::ReceivedSenderKeys> {
+    Ok(get(tx, &sender_keys_row(group, user, device))?.unwrap_or_default())
+}
+
+/// Writes them, and indexes each chain id to its group.
+pub(crate) fn put_sender_keys(
+    tx: &mut impl Txn,
+    group: &[u8; 32],
+    user: &[u8; 32],
+    device: u32,
+    keys: &pb::ReceivedSenderKeys,
+    chain_ids: &[[u8; 16]],
+) -> Result<()> {
+    for c in chain_ids {
+        tx.put(
+            Table::App,
+            &key(CHAIN_INDEX, &[user, &device.to_be_bytes(), c]),
+            group,
+        )?;
+    }
+    put(tx, &sender_keys_row(group, user, device), keys)
+}
+
+/// The group a member device's chain belongs to.
+pub(crate) fn chain_group(
+    tx: &impl Txn,
+    user: &[u8; 32],
+    device: u32,
+    chain_id: &[u8; 16],
+) -> Result<Option<[u8; 32]>> {
+    match tx.get(
+        Table::App,
+        &key(CHAIN_INDEX, &[user, &device.to_be_bytes(), chain_id]),
+    )? {
+        None => Ok(None),
+        Some(v) => v
+            .as_slice()
+            .try_into()
+            .map(Some)
+            .map_err(|_| Error::corrupt("app")),
+    }
+}
+
+/// Forgets every chain of `user` in a group (it left or was removed). The
+/// index rows go too, so its envelopes no longer find the group.
+pub(crate) fn delete_sender_keys(
+    tx: &mut impl Txn,
+    group: &[u8; 32],
+    user: &[u8; 32],
+) -> Result<()> {
+    for k in tx.keys_with_prefix(Table::App, &key(SENDER_KEYS, &[group, user]))? {
+        let device = k[k.len() - 4..].to_vec();
+        tx.delete(Table::App, &k)?;
+        for i in tx.keys_with_prefix(Table::App, &key(CHAIN_INDEX, &[user, &device]))? {
+            if tx.get(Table::App, &i)?.as_deref().map(|v| v.as_slice()) == Some(group.as_slice()) {
+                tx.delete(Table::App, &i)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Distributions waiting for their group or member, oldest first.
+pub(crate) fn pending_sender_keys(tx: &impl Txn) -> Result<Vec<pb::PendingSenderKey>> {
+    Ok(get::<pb::PendingSenderKeys>(tx, PENDING_SENDER_KEYS)?
+        .unwrap_or_default()
+        .keys)
+}
+
+/// Rewrites them (the oldest beyond [`MAX_PENDING_SENDER_KEYS`] are dropped).
+pub(crate) fn put_pending_sender_keys(
+    tx: &mut impl Txn,
+    mut keys: Vec<pb::PendingSenderKey>,
+) -> Result<()> {
+    if keys.len() > MAX_PENDING_SENDER_KEYS {
+        keys.drain(..keys.len() - MAX_PENDING_SENDER_KEYS);
+    }
+    put(tx, PENDING_SENDER_KEYS, &pb::PendingSenderKeys { keys })
 }

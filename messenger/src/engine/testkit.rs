@@ -285,6 +285,7 @@ pub(crate) fn kinds(events: &[pb::ClientEvent]) -> Vec<&'static str> {
             Some(K::DeviceRemoved(_)) => "device_removed",
             Some(K::Delivery(_)) => "delivery",
             Some(K::SendFailed(_)) => "send_failed",
+            Some(K::Group(_)) => "group",
             None => "none",
         })
         .collect()

@@ -206,7 +206,7 @@ fn pass(
     let mut planner =
         Planner::new(&mut sender.device, me, sender.cert, MacKeys::default()).unwrap();
     for _ in 0..10_000 {
-        let step = planner.poll(&mut sender.device, &mut OsRng).unwrap();
+        let step = planner.poll(&mut sender.device, 1_000, &mut OsRng).unwrap();
         if let Step::Done(p) = step {
             return Some(p);
         }
@@ -472,7 +472,7 @@ fn a_block_during_an_item_stops_it() {
         Planner::new(&mut sender.device, me, sender.cert, MacKeys::default()).unwrap();
     let mut blocked = false;
     loop {
-        let step = planner.poll(&mut sender.device, &mut OsRng).unwrap();
+        let step = planner.poll(&mut sender.device, 1_000, &mut OsRng).unwrap();
         if let Step::Done(_) = step {
             break;
         }

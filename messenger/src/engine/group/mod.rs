@@ -1,0 +1,819 @@
+//! Groups, decided with no I/O (PROTOCOL.md III.12): membership as a signed
+//! hash chain of changes ([`state`]), each sending device's sender key
+//! ([`sotto_core::sender_key`]) handed to member devices over the pairwise
+//! sessions, and group messages encrypted once.
+//!
+//! The relay never learns a group exists: changes and keys travel inside
+//! pairwise sessions, and a group message is a sender-key message whose
+//! group id is not in it (it is the chain's context).
+//!
+//! What a peer can make this device do is bounded: a change applies only if
+//! signed by an admin of the state it follows; a key is kept only from a
+//! member device (or, at most [`records::MAX_PENDING_SENDER_KEYS`], until its
+//! change arrives); changes whose parent is unknown wait, at most
+//! [`MAX_PENDING_CHANGES`] per group; the fork log keeps [`GROUP_LOG_LEN`].
+
+pub mod state;
+
+use prost::Message as _;
+use rand_core::CryptoRngCore;
+use sotto_core::padding::Padding;
+use sotto_core::ratchet::ChainKey;
+use sotto_core::sender_key::{
+    ReceivingChain, SenderKeyDistribution, SenderKeyHeader, SendingChain,
+};
+use sotto_core::store::{Store, Txn};
+use sotto_core::Device;
+use sotto_proto::client as pb;
+
+use self::state::{sign_change, GroupId, GroupState, VerifiedChange, MAX_GROUP_MEMBERS};
+use super::account::DeviceCertificate;
+use super::address::UserAddress;
+use super::events::{EventBuilder, MessageId};
+use super::records::{self, ACCEPTED};
+use crate::error::{Error, Result};
+
+/// Changes kept to settle a fork (the newest).
+pub const GROUP_LOG_LEN: usize = 64;
+/// Changes kept per group while the change they follow is missing.
+pub const MAX_PENDING_CHANGES: usize = 32;
+/// A sending chain is replaced after this many messages…
+pub const ROTATE_AFTER_MESSAGES: u32 = 10_000;
+/// …or this long (a leaked chain key heals within a week).
+pub const ROTATE_AFTER_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Chains kept per member device: the newest and the one before it (its
+/// messages may still be in flight).
+pub const CHAINS_PER_DEVICE: usize = 2;
+
+/// [`pb::GroupRecord::status`].
+pub(crate) const MEMBER: u32 = 0;
+pub(crate) const INVITED: u32 = 1;
+pub(crate) const GONE: u32 = 2;
+
+/// [`pb::GroupEvent::kind`].
+const EVENT_APPLIED: u32 = 0;
+const EVENT_INVITED: u32 = 1;
+const EVENT_REMOVED: u32 = 2;
+
+/// Where this device stands in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupStatus {
+    /// A member.
+    Member,
+    /// Invited by a user this user has not accepted (a request).
+    Invitation,
+    /// No longer a member (left or removed).
+    Left,
+}
+
+/// A group, as the app sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Its state (members, admins, name, version).
+    pub state: GroupState,
+    /// Where this device stands.
+    pub status: GroupStatus,
+}
+
+impl GroupInfo {
+    pub(crate) fn from_record(rec: pb::GroupRecord) -> Result<Self> {
+        Ok(GroupInfo {
+            state: stored_state(&rec)?,
+            status: match rec.status {
+                MEMBER => GroupStatus::Member,
+                INVITED => GroupStatus::Invitation,
+                _ => GroupStatus::Left,
+            },
+        })
+    }
+}
+
+/// What a received group change did.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    /// Events were queued.
+    pub(crate) events: bool,
+    /// Outbox items were queued.
+    pub(crate) outbox: bool,
+    /// A branch with changes of this device lost a fork: make them again.
+    pub(crate) rebase: Option<GroupId>,
+}
+
+/// Creates a group with this user as its first admin and `members`;
+/// queues the creation to every member (and this user's other devices).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn create<S: Store>(
+    device: &mut Device<S>,
+    me: &UserAddress,
+    certificate: &DeviceCertificate,
+    name: &str,
+    members: &[UserAddress],
+    now_ms: u64,
+    rng: &mut impl CryptoRngCore,
+) -> Result<GroupId> {
+    let mut id = [0u8; 32];
+    rng.fill_bytes(&mut id);
+    let id = GroupId(id);
+    let mut actions = vec![add_action(me, true)];
+    for m in members.iter().filter(|m| m.user != me.user) {
+        actions.push(add_action(m, false));
+    }
+    if actions.len() > MAX_GROUP_MEMBERS {
+        return Err(Error::GroupTooLarge("more than 1,000 members"));
+    }
+    actions.push(pb::GroupAction {
+        action: Some(pb::group_action::Action::Rename(name.to_owned())),
+    });
+    let empty = GroupState::empty(id);
+    let change = sign_change(device, certificate, &empty, actions, now_ms)?;
+    let after = empty.apply(&change).map_err(caller_error)?;
+    device.store_mut().transaction(|tx| -> Result<()> {
+        let mut rec = pb::GroupRecord {
+            state: Some(after.to_pb()),
+            status: MEMBER,
+            ..Default::default()
+        };
+        push_log(&mut rec, &change, &empty);
+        rec.own_changes.push(change.hash.to_vec());
+        records::put_group(tx, &id.0, &rec)?;
+        queue_update(tx, me, &empty, &after, &change)?;
+        Ok(())
+    })?;
+    Ok(id)
+}
+
+/// Makes a change of group `id` (this device signs it); queues it to every
+/// member of the new state, to the users it removes, and to this user's
+/// other devices. Removing anyone starts a new sending chain here.
+pub(crate) fn change<S: Store>(
+    device: &mut Device<S>,
+    me: &UserAddress,
+    certificate: &DeviceCertificate,
+    id: GroupId,
+    actions: Vec<pb::GroupAction>,
+    now_ms: u64,
+) -> Result<()> {
+    let before = device.store_mut().transaction(|tx| current(tx, id))?;
+    let leaving = matches!(actions.as_slice(), [pb::GroupAction { action: Some(pb::group_action::Action::Remove(u)) }] if u.as_slice() == me.user);
+    if !before.is_admin(&me.user) && !leaving {
+        return Err(Error::NotGroupAdmin);
+    }
+    let change = sign_change(device, certificate, &before, actions, now_ms)?;
+    let after = before.apply(&change).map_err(caller_error)?;
+    device.store_mut().transaction(|tx| -> Result<()> {
+        // The state must still be the one the change was signed on.
+        let mut rec = records::group(tx, &id.0)?.ok_or(Error::UnknownGroup)?;
+        if stored_state(&rec)?.head != before.head {
+            return Err(Error::Timeout); // a change arrived meanwhile: call again
+        }
+        push_log(&mut rec, &change, &before);
+        rec.own_changes.push(change.hash.to_vec());
+        if rec.own_changes.len() > GROUP_LOG_LEN {
+            rec.own_changes.remove(0);
+        }
+        settle(tx, me, &mut rec, &before, &after)?;
+        records::put_group(tx, &id.0, &rec)?;
+        queue_update(tx, me, &before, &after, &change)?;
+        Ok(())
+    })
+}
+
+/// Makes again, on top of the state that won a fork, this device's changes
+/// the losing branch held (those that still apply).
+pub(crate) fn rebase<S: Store>(
+    device: &mut Device<S>,
+    me: &UserAddress,
+    certificate: &DeviceCertificate,
+    id: GroupId,
+    now_ms: u64,
+) -> Result<bool> {
+    let lost = device.store_mut().transaction(|tx| -> Result<_> {
+        let Some(mut rec) = records::group(tx, &id.0)? else {
+            return Ok(Vec::new());
+        };
+        let lost = std::mem::take(&mut rec.rebase);
+        records::put_group(tx, &id.0, &rec)?;
+        Ok(lost)
+    })?;
+    let mut any = false;
+    for signed in lost {
+        let Ok(c) = VerifiedChange::verify(&signed) else {
+            continue;
+        };
+        let state = device.store_mut().transaction(|tx| current(tx, id))?;
+        let trial = sign_change(device, certificate, &state, c.body.actions.clone(), now_ms)?;
+        if state.apply(&trial).is_ok() {
+            change(device, me, certificate, id, c.body.actions, now_ms)?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
+/// The current state of a group this device is a member of.
+pub(crate) fn current(tx: &impl Txn, id: GroupId) -> Result<GroupState> {
+    let rec = records::group(tx, &id.0)?.ok_or(Error::UnknownGroup)?;
+    if rec.status == GONE {
+        return Err(Error::UnknownGroup);
+    }
+    stored_state(&rec)
+}
+
+fn stored_state(rec: &pb::GroupRecord) -> Result<GroupState> {
+    GroupState::from_pb(rec.state.as_ref().ok_or(Error::corrupt("app"))?)
+        .map_err(|_| Error::corrupt("app"))
+}
+
+fn add_action(who: &UserAddress, admin: bool) -> pb::GroupAction {
+    pb::GroupAction {
+        action: Some(pb::group_action::Action::Add(pb::GroupMember {
+            address: who.to_string(),
+            admin,
+        })),
+    }
+}
+
+/// A rule broken by this device's own change is the caller's mistake.
+fn caller_error(e: Error) -> Error {
+    match e {
+        Error::GroupRejected("too many members") => Error::GroupTooLarge("more than 1,000 members"),
+        Error::GroupRejected(why) => Error::Core(sotto_core::Error::InvalidArgument(why)),
+        e => e,
+    }
+}
+
+fn push_log(rec: &mut pb::GroupRecord, change: &VerifiedChange, before: &GroupState) {
+    rec.log.push(pb::GroupLogEntry {
+        hash: change.hash.to_vec(),
+        change: Some(change.signed.clone()),
+        before: Some(before.to_pb()),
+    });
+    if rec.log.len() > GROUP_LOG_LEN {
+        rec.log.remove(0);
+    }
+}
+
+/// Queues `change` to every member of `after`, to every member of `before`
+/// it removed, and to this user's other devices; members new in `after`
+/// also get `before` (they have no history to check the change against).
+fn queue_update(
+    tx: &mut impl Txn,
+    me: &UserAddress,
+    before: &GroupState,
+    after: &GroupState,
+    change: &VerifiedChange,
+) -> Result<()> {
+    let mut to: Vec<&state::Member> = after.members.values().collect();
+    to.extend(
+        before
+            .members
+            .values()
+            .filter(|m| !after.members.contains_key(&m.address.user)),
+    );
+    if !after.is_member(&me.user) {
+        to.push(before.members.get(&me.user).ok_or(Error::UnknownGroup)?);
+    }
+    for m in to {
+        let newcomer = !before.is_member(&m.address.user) && before.version > 0;
+        let content = pb::Content {
+            sender_relay: me.relay.to_string(),
+            delivery_token: Vec::new(),
+            body: Some(pb::content::Body::GroupUpdate(pb::GroupUpdate {
+                change: Some(change.signed.clone()),
+                state: newcomer.then(|| before.to_pb()),
+            })),
+        };
+        records::push_outbox(
+            tx,
+            &pb::OutboxItem {
+                recipient: m.address.to_string(),
+                content: content.encode_to_vec(),
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// What follows a new state: who left loses its chains here, and this
+/// device starts a new sending chain, so no removed device gets another
+/// key; a device removed itself forgets the group's keys.
+fn settle(
+    tx: &mut impl Txn,
+    me: &UserAddress,
+    rec: &mut pb::GroupRecord,
+    before: &GroupState,
+    after: &GroupState,
+) -> Result<()> {
+    rec.state = Some(after.to_pb());
+    let removed: Vec<[u8; 32]> = before
+        .members
+        .keys()
+        .filter(|u| !after.is_member(u))
+        .copied()
+        .collect();
+    for u in &removed {
+        records::delete_sender_keys(tx, &after.id.0, u)?;
+    }
+    if !removed.is_empty() {
+        records::put_own_sender_key(tx, &after.id.0, None)?;
+    }
+    if !after.is_member(&me.user) {
+        rec.status = GONE;
+        for u in after.members.keys() {
+            records::delete_sender_keys(tx, &after.id.0, u)?;
+        }
+        records::put_own_sender_key(tx, &after.id.0, None)?;
+    } else if rec.status == GONE {
+        rec.status = MEMBER;
+    }
+    Ok(())
+}
+
+/// A `GroupUpdate` from `(sender, sender_device)`, inside the decrypt's
+/// transaction. `Err(GroupRejected)`: invalid content (nothing applied).
+pub(crate) fn on_update(
+    tx: &mut impl Txn,
+    me: &UserAddress,
+    sender: &UserAddress,
+    sender_device: u32,
+    sender_state: u32,
+    update: &pb::GroupUpdate,
+) -> Result<Received> {
+    let signed = update
+        .change
+        .as_ref()
+        .ok_or(Error::GroupRejected("update without a change"))?;
+    let change = VerifiedChange::verify(signed)?;
+    // Changes come from their author device only.
+    if change.author != sender.user || change.author_device != sender_device {
+        return Err(Error::GroupRejected(
+            "change sent by another device than its author",
+        ));
+    }
+    let id = change.group_id();
+    let mut out = Received::default();
+    let Some(mut rec) = records::group(tx, &id.0)? else {
+        // A group new to this device: the creation, or a change adding us
+        // with the state it follows.
+        let before = if change.body.version == 1 {
+            GroupState::empty(id)
+        } else {
+            adopt(update, &change)?
+        };
+        let after = before.apply(&change)?;
+        if !after.is_member(&me.user) {
+            return Err(Error::GroupRejected(
+                "change of a group this device is not in",
+            ));
+        }
+        let own = sender.user == me.user;
+        let mut rec = pb::GroupRecord {
+            status: if own || sender_state == ACCEPTED {
+                MEMBER
+            } else {
+                INVITED
+            },
+            ..Default::default()
+        };
+        push_log(&mut rec, &change, &before);
+        settle(tx, me, &mut rec, &before, &after)?;
+        let kind = if rec.status == INVITED {
+            EVENT_INVITED
+        } else {
+            EVENT_APPLIED
+        };
+        group_event(tx, sender, sender_device, &after, &change, kind)?;
+        out.events = true;
+        drain_pending(tx, me, &mut rec, &mut out)?;
+        records::put_group(tx, &id.0, &rec)?;
+        adopt_pending_keys(tx, &id, &rec)?;
+        return Ok(out);
+    };
+    if rec.log.iter().any(|e| e.hash == change.hash) {
+        return Ok(out); // already applied (a re-sent copy)
+    }
+    let state = stored_state(&rec)?;
+    if rec.status == GONE && !state.is_member(&me.user) && change.parent() != state.head {
+        // Added again after missing the changes in between: the adder's
+        // state, as for a new group.
+        let before = adopt(update, &change)?;
+        let after = before.apply(&change)?;
+        if after.is_member(&me.user) {
+            push_log(&mut rec, &change, &before);
+            settle(tx, me, &mut rec, &before, &after)?;
+            group_event(tx, sender, sender_device, &after, &change, EVENT_APPLIED)?;
+            out.events = true;
+            records::put_group(tx, &id.0, &rec)?;
+        }
+        return Ok(out);
+    }
+    receive_change(tx, me, &mut rec, change, sender, sender_device, &mut out)?;
+    drain_pending(tx, me, &mut rec, &mut out)?;
+    records::put_group(tx, &id.0, &rec)?;
+    adopt_pending_keys(tx, &id, &rec)?;
+    Ok(out)
+}
+
+/// The state a newcomer is given: it must be the one the change follows.
+fn adopt(update: &pb::GroupUpdate, change: &VerifiedChange) -> Result<GroupState> {
+    let s = update.state.as_ref().ok_or(Error::GroupRejected(
+        "change of an unknown group without its state",
+    ))?;
+    let before = GroupState::from_pb(s)?;
+    if before.id != change.group_id() || before.head != change.parent() {
+        return Err(Error::GroupRejected(
+            "state is not the one the change follows",
+        ));
+    }
+    Ok(before)
+}
+
+/// Applies, settles a fork, or parks a change whose parent is unknown.
+fn receive_change(
+    tx: &mut impl Txn,
+    me: &UserAddress,
+    rec: &mut pb::GroupRecord,
+    change: VerifiedChange,
+    sender: &UserAddress,
+    sender_device: u32,
+    out: &mut Received,
+) -> Result<()> {
+    let state = stored_state(rec)?;
+    if change.parent() == state.head {
+        let after = state.apply(&change)?;
+        push_log(rec, &change, &state);
+        settle(tx, me, rec, &state, &after)?;
+        let kind = if after.is_member(&me.user) {
+            EVENT_APPLIED
+        } else {
+            EVENT_REMOVED
+        };
+        group_event(tx, sender, sender_device, &after, &change, kind)?;
+        out.events = true;
+        return Ok(());
+    }
+    // Another change on the same parent: the lower hash wins everywhere.
+    let rival = rec.log.iter().position(|e| {
+        e.change
+            .as_ref()
+            .and_then(|c| pb::GroupChange::decode(c.body.as_slice()).ok())
+            .is_some_and(|b| b.parent == change.body.parent)
+    });
+    if let Some(i) = rival {
+        if change.hash.as_slice() >= rec.log[i].hash.as_slice() {
+            return Ok(()); // it lost: its author will see the winner too
+        }
+        let before = GroupState::from_pb(rec.log[i].before.as_ref().ok_or(Error::corrupt("app"))?)
+            .map_err(|_| Error::corrupt("app"))?;
+        let after = before.apply(&change)?;
+        let discarded: Vec<pb::GroupLogEntry> = rec.log.drain(i..).collect();
+        for e in &discarded {
+            if rec.own_changes.contains(&e.hash) {
+                if let Some(c) = &e.change {
+                    rec.rebase.push(c.clone());
+                    out.rebase = Some(before.id);
+                }
+            }
+        }
+        push_log(rec, &change, &before);
+        settle(tx, me, rec, &state, &after)?;
+        group_event(tx, sender, sender_device, &after, &change, EVENT_APPLIED)?;
+        out.events = true;
+        return Ok(());
+    }
+    if change.body.version > state.version && rec.pending.len() < MAX_PENDING_CHANGES {
+        rec.pending.push(change.signed);
+    }
+    Ok(())
+}
+
+/// Applies parked changes whose parent arrived.
+fn drain_pending(
+    tx: &mut impl Txn,
+    me: &UserAddress,
+    rec: &mut pb::GroupRecord,
+    out: &mut Received,
+) -> Result<()> {
+    loop {
+        let head = stored_state(rec)?.head;
+        let Some(i) = rec
+            .pending
+            .iter()
+            .position(|s| VerifiedChange::verify(s).is_ok_and(|c| c.parent() == head))
+        else {
+            return Ok(());
+        };
+        let signed = rec.pending.remove(i);
+        let change = VerifiedChange::verify(&signed)?;
+        let author = UserAddress {
+            user: change.author,
+            relay: me.relay.clone(),
+        };
+        let state = stored_state(rec)?;
+        let author = state
+            .members
+            .get(&change.author)
+            .map(|m| m.address.clone())
+            .unwrap_or(author);
+        let device = change.author_device;
+        if receive_change(tx, me, rec, change, &author, device, out).is_err() {
+            continue; // a parked change that does not apply is dropped
+        }
+    }
+}
+
+fn group_event(
+    tx: &mut impl Txn,
+    author: &UserAddress,
+    author_device: u32,
+    after: &GroupState,
+    change: &VerifiedChange,
+    kind: u32,
+) -> Result<()> {
+    let mut e = EventBuilder::about(Some(author))
+        .device(author_device)
+        .kind(pb::client_event::Kind::Group(pb::GroupEvent {
+            version: after.version,
+            actions: change.body.actions.clone(),
+            kind,
+        }));
+    e.group_id = after.id.0.to_vec();
+    records::push_event(tx, e)?;
+    Ok(())
+}
+
+/// A `SenderKeyDistribution` from a member device: kept as its newest chain
+/// in that group (the one before stays for messages in flight); from a
+/// device whose group or membership is not known yet, parked (bounded).
+pub(crate) fn on_sender_key(
+    tx: &mut impl Txn,
+    sender: &UserAddress,
+    sender_device: u32,
+    d: &pb::SenderKeyDistribution,
+) -> Result<()> {
+    let dist = distribution_from_pb(d)?;
+    let chain = ReceivingChain::from_distribution(&dist)
+        .map_err(|_| Error::GroupRejected("invalid sender key"))?;
+    let id = GroupId::from_slice(&d.group_id)?;
+    let known = records::group(tx, &id.0)?
+        .filter(|g| g.status != GONE)
+        .map(|g| stored_state(&g))
+        .transpose()?
+        .is_some_and(|s| s.is_member(&sender.user));
+    if !known {
+        let mut pending = records::pending_sender_keys(tx)?;
+        pending.push(pb::PendingSenderKey {
+            sender_user: sender.user.to_vec(),
+            sender_device,
+            key: Some(d.clone()),
+        });
+        return records::put_pending_sender_keys(tx, pending);
+    }
+    keep_chain(tx, &id, &sender.user, sender_device, chain)
+}
+
+fn keep_chain(
+    tx: &mut impl Txn,
+    id: &GroupId,
+    user: &[u8; 32],
+    device: u32,
+    chain: ReceivingChain,
+) -> Result<()> {
+    let mut keys = records::sender_keys(tx, &id.0, user, device)?;
+    for stored in &keys.chains {
+        let old = ReceivingChain::from_record(stored)?;
+        if old.chain_id() == chain.chain_id() {
+            // The same chain again: never rewound, and never re-keyed.
+            if old.signing_public() != chain.signing_public() {
+                return Err(Error::GroupRejected(
+                    "chain id reused with another signing key",
+                ));
+            }
+            return Ok(());
+        }
+    }
+    keys.chains.insert(0, chain.to_record().to_vec());
+    keys.chains.truncate(CHAINS_PER_DEVICE);
+    let ids: Vec<[u8; 16]> = keys
+        .chains
+        .iter()
+        .filter_map(|c| ReceivingChain::from_record(c).ok().map(|c| *c.chain_id()))
+        .collect();
+    records::put_sender_keys(tx, &id.0, user, device, &keys, &ids)
+}
+
+/// Parked distributions of `id` whose sender is now a member are kept.
+fn adopt_pending_keys(tx: &mut impl Txn, id: &GroupId, rec: &pb::GroupRecord) -> Result<()> {
+    if rec.status == GONE {
+        return Ok(());
+    }
+    let state = stored_state(rec)?;
+    let pending = records::pending_sender_keys(tx)?;
+    let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
+        p.key.as_ref().is_some_and(|k| k.group_id == id.0)
+            && <[u8; 32]>::try_from(p.sender_user.as_slice()).is_ok_and(|u| state.is_member(&u))
+    });
+    if ready.is_empty() {
+        return Ok(());
+    }
+    records::put_pending_sender_keys(tx, rest)?;
+    for p in ready {
+        let (Some(k), Ok(user)) = (p.key, <[u8; 32]>::try_from(p.sender_user.as_slice())) else {
+            continue;
+        };
+        let Ok(chain) = distribution_from_pb(&k).and_then(|d| {
+            ReceivingChain::from_distribution(&d).map_err(|_| Error::GroupRejected("key"))
+        }) else {
+            continue;
+        };
+        let _ = keep_chain(tx, id, &user, p.sender_device, chain);
+    }
+    Ok(())
+}
+
+fn distribution_from_pb(d: &pb::SenderKeyDistribution) -> Result<SenderKeyDistribution> {
+    let bad = || Error::GroupRejected("malformed sender key");
+    Ok(SenderKeyDistribution {
+        chain_id: d.chain_id.as_slice().try_into().map_err(|_| bad())?,
+        iteration: d.iteration,
+        chain_key: ChainKey::from_bytes(d.chain_key.as_slice().try_into().map_err(|_| bad())?),
+        signing_public: d.signing_public.as_slice().try_into().map_err(|_| bad())?,
+    })
+}
+
+fn distribution_to_pb(id: &GroupId, d: &SenderKeyDistribution) -> pb::SenderKeyDistribution {
+    pb::SenderKeyDistribution {
+        group_id: id.0.to_vec(),
+        chain_id: d.chain_id.to_vec(),
+        iteration: d.iteration,
+        chain_key: d.chain_key.as_bytes().to_vec(),
+        signing_public: d.signing_public.to_vec(),
+    }
+}
+
+/// A group envelope's message, decrypted inside `tx`: the group it belongs
+/// to and the plaintext. The sender must hold a chain this device was given
+/// and be a member of the group now.
+pub(crate) fn decrypt(
+    tx: &mut impl Txn,
+    sender_user: &[u8; 32],
+    sender_device: u32,
+    message: &[u8],
+) -> Result<(GroupId, pb::GroupRecord, Vec<u8>)> {
+    let header = SenderKeyHeader::parse(message)?;
+    let id = records::chain_group(tx, sender_user, sender_device, &header.chain_id)?
+        .map(GroupId)
+        .ok_or(Error::GroupRejected("no sender key for this chain"))?;
+    let rec = records::group(tx, &id.0)?.ok_or(Error::GroupRejected("unknown group"))?;
+    if rec.status == GONE || !stored_state(&rec)?.is_member(sender_user) {
+        return Err(Error::GroupRejected("group message from a non-member"));
+    }
+    let mut keys = records::sender_keys(tx, &id.0, sender_user, sender_device)?;
+    for stored in keys.chains.iter_mut() {
+        let mut chain = ReceivingChain::from_record(stored)?;
+        if *chain.chain_id() != header.chain_id {
+            continue;
+        }
+        let plaintext = chain.decrypt(&id.0, message)?;
+        *stored = chain.to_record().to_vec();
+        records::put_sender_keys(tx, &id.0, sender_user, sender_device, &keys, &[])?;
+        return Ok((id, rec, plaintext));
+    }
+    Err(Error::GroupRejected("no sender key for this chain"))
+}
+
+/// Queues a group message: encrypted now, once, under this device's chain
+/// (a new one if there is none, it is a week old or has sent
+/// [`ROTATE_AFTER_MESSAGES`]); the item keeps the chain's position before
+/// it, for members that have not got the chain yet.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn queue_message<S: Store>(
+    device: &mut Device<S>,
+    me: &UserAddress,
+    id: GroupId,
+    text: &str,
+    attachments: Vec<pb::AttachmentRef>,
+    now_ms: u64,
+    rng: &mut impl CryptoRngCore,
+) -> Result<MessageId> {
+    let mut msg_id = [0u8; 16];
+    rng.fill_bytes(&mut msg_id);
+    let device_id = device.device_id();
+    let fresh = SendingChain::generate(rng);
+    device.store_mut().transaction(|tx| -> Result<()> {
+        let state = current(tx, id)?;
+        let rec = records::group(tx, &id.0)?.ok_or(Error::UnknownGroup)?;
+        if rec.status != MEMBER {
+            return Err(Error::NotAccepted);
+        }
+        let mut own = records::own_sender_key(tx, &id.0)?;
+        let mut chain = match &own {
+            Some(o) => Some(SendingChain::from_record(&o.chain)?),
+            None => None,
+        };
+        let stale = match (&own, &chain) {
+            (Some(o), Some(c)) => {
+                c.iteration() >= ROTATE_AFTER_MESSAGES
+                    || now_ms.saturating_sub(o.created_ms) >= ROTATE_AFTER_MS
+            }
+            _ => true,
+        };
+        if stale {
+            chain = Some(fresh.clone());
+            own = Some(pb::OwnSenderKey {
+                chain: Vec::new(),
+                distributed: Vec::new(),
+                created_ms: now_ms,
+            });
+        }
+        let (Some(mut chain), Some(mut own)) = (chain, own) else {
+            return Err(Error::corrupt("app"));
+        };
+        let position = chain.distribution();
+        let content = pb::Content {
+            sender_relay: String::new(),
+            delivery_token: Vec::new(),
+            body: Some(pb::content::Body::Message(pb::Message {
+                id: msg_id.to_vec(),
+                sent_at_ms: now_ms,
+                text: text.to_owned(),
+                attachments,
+            })),
+        };
+        let message = chain.encrypt(&id.0, &content.encode_to_vec(), Padding::Padme)?;
+        own.chain = chain.to_record().to_vec();
+        records::put_own_sender_key(tx, &id.0, Some(&own))?;
+        let envelope = pb::Envelope {
+            version: 1,
+            body: Some(pb::envelope::Body::Group(pb::GroupEnvelope {
+                sender_user: me.user.to_vec(),
+                sender_device: device_id,
+                message,
+            })),
+        };
+        records::push_outbox(
+            tx,
+            &pb::OutboxItem {
+                message_id: msg_id.to_vec(),
+                group_id: id.0.to_vec(),
+                group_envelope: envelope.encode_to_vec(),
+                group_key: Some(distribution_to_pb(&id, &position)),
+                group_members: state
+                    .members
+                    .values()
+                    .map(|m| m.address.to_string())
+                    .collect(),
+                ..Default::default()
+            },
+        )?;
+        Ok(())
+    })?;
+    Ok(MessageId(msg_id))
+}
+
+/// `user || u32be(device)`: how an item and a chain name a member device.
+pub(crate) fn device_key(user: &[u8; 32], device: u32) -> Vec<u8> {
+    let mut k = user.to_vec();
+    k.extend_from_slice(&device.to_be_bytes());
+    k
+}
+
+/// True if `(user, device)` was given the chain this item's message is in.
+pub(crate) fn has_chain(
+    tx: &impl Txn,
+    id: &GroupId,
+    chain_id: &[u8],
+    user: &[u8; 32],
+    device: u32,
+) -> Result<bool> {
+    let Some(own) = records::own_sender_key(tx, &id.0)? else {
+        return Ok(false);
+    };
+    let chain = SendingChain::from_record(&own.chain)?;
+    Ok(chain.chain_id().as_slice() == chain_id
+        && own.distributed.contains(&device_key(user, device)))
+}
+
+/// Records that `(user, device)` has the chain `chain_id` now.
+pub(crate) fn mark_distributed(
+    tx: &mut impl Txn,
+    id: &GroupId,
+    chain_id: &[u8],
+    user: &[u8; 32],
+    device: u32,
+) -> Result<()> {
+    let Some(mut own) = records::own_sender_key(tx, &id.0)? else {
+        return Ok(());
+    };
+    let chain = SendingChain::from_record(&own.chain)?;
+    let k = device_key(user, device);
+    if chain.chain_id().as_slice() == chain_id && !own.distributed.contains(&k) {
+        own.distributed.push(k);
+        records::put_own_sender_key(tx, &id.0, Some(&own))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,391 @@
+//! Groups without a network: real devices, the real planner and receive
+//! step, and relays simulated in memory. What members, removed members,
+//! forgers and a replaying relay can and cannot do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use rand_core::OsRng;
+use sotto_proto::relay::SignedDeviceList;
+use sotto_relay::{EnvelopeId, FetchedBundle};
+
+use super::*;
+use crate::engine::envelope::MacKeys;
+use crate::engine::outbound::{Input, Planner, Step};
+use crate::engine::testkit::{kinds, TestUser};
+
+const NOW: u64 = 1_000;
+
+/// A mailbox's envelopes: (relay id, payload).
+type Envelopes = Vec<([u8; 16], Vec<u8>)>;
+
+/// Relays in memory: lists, bundles, and mailboxes keyed by (user, mailbox).
+#[derive(Default)]
+struct Net {
+    lists: BTreeMap<[u8; 32], SignedDeviceList>,
+    bundles: BTreeMap<([u8; 32], [u8; 32]), Vec<u8>>,
+    mailboxes: BTreeMap<([u8; 32], [u8; 32]), Envelopes>,
+    next_id: u64,
+}
+
+impl Net {
+    fn publish(&mut self, user: &mut TestUser) {
+        self.lists
+            .insert(user.account.public(), user.signed_list(&user.list(1)));
+        let account = user.account.public();
+        for d in &mut user.devices {
+            self.bundles
+                .insert((account, d.mailbox), d.device.signed_bundle().unwrap());
+        }
+    }
+
+    fn serve(&mut self, step: &Step) -> Input {
+        match step {
+            Step::FetchDeviceList(u) => Input::DeviceList(Ok(self.lists.get(&u.user).cloned())),
+            Step::FetchBundle { user, mailbox } => Input::Bundle(Ok(FetchedBundle {
+                signed_bundle: self.bundles[&(user.user, mailbox.0)].clone(),
+                one_time_ec: None,
+                one_time_kem: None,
+            })),
+            Step::Submit {
+                user,
+                mailbox,
+                envelope,
+                ..
+            } => {
+                self.next_id += 1;
+                let mut id = [0u8; 16];
+                id[8..].copy_from_slice(&self.next_id.to_be_bytes());
+                self.mailboxes
+                    .entry((user.user, mailbox.0))
+                    .or_default()
+                    .push((id, envelope.clone()));
+                Input::Submitted(Ok(EnvelopeId(id)))
+            }
+            Step::Done(_) => unreachable!(),
+        }
+    }
+
+    /// Runs one outbox pass of `user`'s device `index`.
+    fn pass(&mut self, user: &mut TestUser, index: usize) {
+        let me = user.address();
+        let d = &mut user.devices[index];
+        let mut planner = Planner::new(&mut d.device, me, d.cert, MacKeys::default()).unwrap();
+        loop {
+            let step = planner.poll(&mut d.device, NOW, &mut OsRng).unwrap();
+            if let Step::Done(p) = step {
+                assert!(!p.pending, "nothing may wait on a healthy network");
+                return;
+            }
+            let input = self.serve(&step);
+            planner
+                .handle(&mut d.device, input, NOW, &mut OsRng)
+                .unwrap();
+        }
+    }
+
+    /// Delivers (and empties) the mailbox of `user`'s device `index`.
+    fn deliver(&mut self, user: &mut TestUser, index: usize) -> Envelopes {
+        let key = (user.account.public(), user.devices[index].mailbox);
+        let envelopes = self.mailboxes.remove(&key).unwrap_or_default();
+        for e in &envelopes {
+            user.receive(index, e);
+        }
+        envelopes
+    }
+}
+
+fn state(user: &mut TestUser, index: usize, id: GroupId) -> GroupState {
+    user.devices[index]
+        .device
+        .store_mut()
+        .transaction(|tx| current(tx, id))
+        .unwrap()
+}
+
+fn group_texts(user: &mut TestUser, index: usize) -> Vec<String> {
+    user.events(index)
+        .into_iter()
+        .filter(|e| !e.group_id.is_empty())
+        .filter_map(|e| match e.kind {
+            Some(pb::client_event::Kind::Message(m)) => Some(m.text),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Alice (two devices), Bob and Carol, all on the simulated relay; Alice
+/// created a group of the three, and every device processed it.
+fn three() -> (Net, TestUser, TestUser, TestUser, GroupId) {
+    let mut net = Net::default();
+    let (mut alice, mut bob, mut carol) = (TestUser::new(2), TestUser::new(1), TestUser::new(1));
+    for u in [&mut alice, &mut bob, &mut carol] {
+        net.publish(u);
+    }
+    alice.accept(&bob);
+    alice.accept(&carol);
+    bob.accept(&alice);
+    carol.accept(&alice);
+    let (me, cert) = (alice.address(), alice.devices[0].cert);
+    let id = create(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        "climbing",
+        &[bob.address(), carol.address()],
+        NOW,
+        &mut OsRng,
+    )
+    .unwrap();
+    net.pass(&mut alice, 0);
+    net.deliver(&mut alice, 1);
+    net.deliver(&mut bob, 0);
+    net.deliver(&mut carol, 0);
+    (net, alice, bob, carol, id)
+}
+
+fn send(user: &mut TestUser, index: usize, id: GroupId, text: &str) {
+    let me = user.address();
+    queue_message(
+        &mut user.devices[index].device,
+        &me,
+        id,
+        text,
+        Vec::new(),
+        NOW,
+        &mut OsRng,
+    )
+    .unwrap();
+}
+
+#[test]
+fn every_member_device_learns_the_group_and_reads_one_ciphertext() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    let s = state(&mut alice, 0, id);
+    assert_eq!(s.members.len(), 3);
+    assert_eq!(state(&mut alice, 1, id), s);
+    assert_eq!(state(&mut bob, 0, id), s);
+    assert_eq!(state(&mut carol, 0, id), s);
+    assert!(kinds(&bob.events(0)).contains(&"group"));
+
+    send(&mut alice, 0, id, "hello group");
+    net.pass(&mut alice, 0);
+    // Every member device got the same group envelope bytes.
+    let group_payloads = |env: Envelopes| -> Vec<Vec<u8>> {
+        env.into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| {
+                matches!(
+                    pb::Envelope::decode(p.as_slice()).unwrap().body,
+                    Some(pb::envelope::Body::Group(_))
+                )
+            })
+            .collect()
+    };
+    let b = group_payloads(net.deliver(&mut bob, 0));
+    let c = group_payloads(net.deliver(&mut carol, 0));
+    let a2 = group_payloads(net.deliver(&mut alice, 1));
+    assert_eq!(b.len(), 1);
+    assert_eq!(b, c);
+    assert_eq!(b, a2);
+    assert_eq!(group_texts(&mut bob, 0), ["hello group"]);
+    assert_eq!(group_texts(&mut carol, 0), ["hello group"]);
+    assert_eq!(group_texts(&mut alice, 1), ["hello group"]);
+
+    // Bob answers: his chain goes to every member device first.
+    send(&mut bob, 0, id, "hi all");
+    net.pass(&mut bob, 0);
+    net.deliver(&mut alice, 0);
+    net.deliver(&mut alice, 1);
+    net.deliver(&mut carol, 0);
+    assert_eq!(group_texts(&mut alice, 0), ["hi all"]);
+    assert_eq!(group_texts(&mut carol, 0), ["hello group", "hi all"]);
+}
+
+#[test]
+fn a_removed_member_reads_nothing_sent_after() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    send(&mut bob, 0, id, "before");
+    net.pass(&mut bob, 0);
+    net.deliver(&mut carol, 0);
+    assert_eq!(group_texts(&mut carol, 0), ["before"]);
+    // Alice removes Carol; everyone (Carol too) hears it.
+    let (me, cert) = (alice.address(), alice.devices[0].cert);
+    let remove = pb::GroupAction {
+        action: Some(pb::group_action::Action::Remove(
+            carol.address().user.to_vec(),
+        )),
+    };
+    change(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        id,
+        vec![remove],
+        NOW,
+    )
+    .unwrap();
+    net.pass(&mut alice, 0);
+    net.deliver(&mut bob, 0);
+    // Carol's client ignores her removal (it keeps every key she had).
+    let carol_mailbox = (carol.address().user, carol.devices[0].mailbox);
+    net.mailboxes.remove(&carol_mailbox);
+    assert!(!state(&mut bob, 0, id).is_member(&carol.address().user));
+    // Bob and Alice send again: new chains, never handed to Carol.
+    send(&mut bob, 0, id, "after");
+    net.pass(&mut bob, 0);
+    send(&mut alice, 0, id, "after too");
+    net.pass(&mut alice, 0);
+    let to_carol = net.deliver(&mut carol, 0);
+    assert!(to_carol.is_empty(), "nothing goes to a removed member");
+    // Even if a relay hands her the envelopes Bob's devices got, she
+    // cannot read them.
+    let leaked = net.deliver(&mut alice, 0);
+    for (i, e) in leaked.iter().enumerate() {
+        let mut id16 = e.0;
+        id16[0] = 0xee;
+        id16[1] = i as u8;
+        carol.receive(0, &(id16, e.1.clone()));
+    }
+    assert_eq!(group_texts(&mut carol, 0), ["before"]);
+    assert_eq!(group_texts(&mut alice, 0), ["before", "after"]);
+}
+
+#[test]
+fn a_replayed_or_forged_group_message_never_shows() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    send(&mut alice, 0, id, "once");
+    net.pass(&mut alice, 0);
+    let got = net.deliver(&mut bob, 0);
+    net.deliver(&mut carol, 0);
+    // The relay replays it under a new id: refused, no second message.
+    let replay = got.last().unwrap().clone();
+    let mut rid = replay.0;
+    rid[0] = 0xaa;
+    bob.receive(0, &(rid, replay.1.clone()));
+    assert_eq!(group_texts(&mut bob, 0), ["once"]);
+    // Carol holds Alice's chain key but not its signing key: she writes as
+    // Alice with it.
+    let keys = carol.devices[0]
+        .device
+        .store_mut()
+        .transaction(|tx| records::sender_keys(tx, &id.0, &alice.address().user, 1))
+        .unwrap();
+    let stolen = ReceivingChain::from_record(&keys.chains[0]).unwrap();
+    let rec = sotto_proto::session::SenderKeyRecord::decode(stolen.to_record().as_slice()).unwrap();
+    let mut forged_chain = SendingChain::from_parts(
+        rec.chain_id.as_slice().try_into().unwrap(),
+        rec.iteration,
+        ChainKey::from_bytes(rec.chain_key.as_slice().try_into().unwrap()),
+        &[5; 32],
+    );
+    let content = crate::engine::testkit::text(&alice, 9, "forged");
+    let forged = pb::Envelope {
+        version: 1,
+        body: Some(pb::envelope::Body::Group(pb::GroupEnvelope {
+            sender_user: alice.address().user.to_vec(),
+            sender_device: 1,
+            message: forged_chain
+                .encrypt(&id.0, &content.encode_to_vec(), Padding::Padme)
+                .unwrap(),
+        })),
+    }
+    .encode_to_vec();
+    bob.receive(0, &([0xbb; 16], forged));
+    assert_eq!(group_texts(&mut bob, 0), ["once"]);
+    assert!(kinds(&bob.events(0)).contains(&"failed"));
+}
+
+#[test]
+fn a_non_admin_cannot_change_the_group_and_a_forged_change_is_refused() {
+    let (mut net, mut alice, mut bob, _carol, id) = three();
+    let (me, cert) = (bob.address(), bob.devices[0].cert);
+    let rename = pb::GroupAction {
+        action: Some(pb::group_action::Action::Rename("mine".into())),
+    };
+    assert!(matches!(
+        change(
+            &mut bob.devices[0].device,
+            &me,
+            &cert,
+            id,
+            vec![rename.clone()],
+            NOW
+        ),
+        Err(Error::NotGroupAdmin)
+    ));
+    // Bob signs the change anyway and sends it: every device refuses it.
+    let s = state(&mut bob, 0, id);
+    let forged = sign_change(&bob.devices[0].device, &cert, &s, vec![rename], NOW).unwrap();
+    let update = pb::Content {
+        sender_relay: bob.relay.to_string(),
+        delivery_token: Vec::new(),
+        body: Some(pb::content::Body::GroupUpdate(pb::GroupUpdate {
+            change: Some(forged.signed),
+            state: None,
+        })),
+    };
+    let env = bob.envelope(0, &mut alice, 0, &update);
+    alice.receive(0, &env);
+    assert_eq!(state(&mut alice, 0, id).name, "climbing");
+    let _ = &mut net;
+}
+
+#[test]
+fn two_admins_changing_at_once_converge_on_every_device() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    let (me, cert) = (alice.address(), alice.devices[0].cert);
+    let promote = pb::GroupAction {
+        action: Some(pb::group_action::Action::Promote(
+            bob.address().user.to_vec(),
+        )),
+    };
+    change(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        id,
+        vec![promote],
+        NOW,
+    )
+    .unwrap();
+    net.pass(&mut alice, 0);
+    for (u, i) in [(&mut bob, 0), (&mut carol, 0), (&mut alice, 1)] {
+        net.deliver(u, i);
+    }
+    // Both rename on the same parent.
+    let rename = |n: &str| pb::GroupAction {
+        action: Some(pb::group_action::Action::Rename(n.into())),
+    };
+    change(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        id,
+        vec![rename("a")],
+        NOW,
+    )
+    .unwrap();
+    let (bme, bcert) = (bob.address(), bob.devices[0].cert);
+    change(
+        &mut bob.devices[0].device,
+        &bme,
+        &bcert,
+        id,
+        vec![rename("b")],
+        NOW,
+    )
+    .unwrap();
+    net.pass(&mut alice, 0);
+    net.pass(&mut bob, 0);
+    let a = net.deliver(&mut alice, 0);
+    let b = net.deliver(&mut bob, 0);
+    net.deliver(&mut alice, 1);
+    net.deliver(&mut carol, 0);
+    let _ = (a, b);
+    let s = state(&mut carol, 0, id);
+    assert_eq!(state(&mut alice, 0, id), s);
+    assert_eq!(state(&mut alice, 1, id), s);
+    assert_eq!(state(&mut bob, 0, id), s);
+    assert_eq!(s.version, 3);
+}
