@@ -1,0 +1,183 @@
+//! Group chats against real relay processes over loopback QUIC: members on
+//! two relays, an invitation from a stranger, one ciphertext for every
+//! member device, a member removed mid-conversation who reads nothing sent
+//! after, and relay data directories that hold neither the group's name nor
+//! a message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use rand_core::{OsRng, RngCore};
+use sotto_core::{SqliteStore, StorageKey};
+use sotto_e2e::{relay_binary, RelayProcess};
+use sotto_messenger::{
+    Event, EventKind, GroupChange, GroupEffect, GroupId, GroupStatus, Messenger, RelayAddress,
+    UserAddress,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct User {
+    client: Messenger<SqliteStore>,
+    addr: UserAddress,
+    _dir: tempfile::TempDir,
+}
+
+impl User {
+    async fn join(relay: &RelayProcess) -> User {
+        let dir = tempfile::tempdir().unwrap();
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        let store = SqliteStore::open(dir.path().join("c.db"), &StorageKey::new(key)).unwrap();
+        let client = Messenger::create(store, RelayAddress::new(relay.addr, relay.pin))
+            .await
+            .unwrap();
+        let addr = client.address().clone();
+        User {
+            client,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// The next event `pick` keeps (others are acknowledged and skipped);
+    /// a decrypt failure fails the test.
+    async fn next<T>(&self, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        loop {
+            let e = tokio::time::timeout(WAIT, self.client.next_event())
+                .await
+                .expect("event did not arrive")
+                .unwrap();
+            self.client.ack_event(e.seq).unwrap();
+            if let EventKind::DecryptFailed { reason } = &e.kind {
+                panic!("decrypt failed: {reason}");
+            }
+            if let Some(t) = pick(&e) {
+                return t;
+            }
+        }
+    }
+
+    /// The next group message's (group, sender, text).
+    async fn group_text(&self) -> (GroupId, UserAddress, String) {
+        self.next(|e| match (&e.kind, e.group) {
+            (EventKind::Message(m), Some(g)) => Some((g, e.peer.clone().unwrap(), m.text.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next group change's (group, effect, changes).
+    async fn group_change(&self) -> (GroupId, GroupEffect, Vec<GroupChange>) {
+        self.next(|e| match (&e.kind, e.group) {
+            (
+                EventKind::GroupChanged {
+                    effect, changes, ..
+                },
+                Some(g),
+            ) => Some((g, *effect, changes.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Group messages arriving within `d` (none expected), and failures.
+    async fn stray(&self, d: Duration) -> usize {
+        let mut n = 0;
+        while let Ok(e) = tokio::time::timeout(d, self.client.next_event()).await {
+            let e = e.unwrap();
+            self.client.ack_event(e.seq).unwrap();
+            n += usize::from(matches!(e.kind, EventKind::Message(_)) && e.group.is_some());
+        }
+        n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_across_two_relays_and_a_removed_member_reads_nothing_after() {
+    let home = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let other = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = User::join(&home).await;
+    let bob = User::join(&home).await;
+    let carol = User::join(&other).await;
+    let name = "the blue folder society 7f3a";
+
+    let id = alice
+        .client
+        .create_group(name, &[bob.addr.clone(), carol.addr.clone()])
+        .unwrap();
+    // Alice is a stranger to both: the group is an invitation (a request).
+    for u in [&bob, &carol] {
+        let (g, effect, changes) = u.group_change().await;
+        assert_eq!((g, effect), (id, GroupEffect::Invitation));
+        assert!(changes.contains(&GroupChange::Renamed(name.into())));
+        assert_eq!(
+            u.client.group(id).unwrap().unwrap().status,
+            GroupStatus::Invitation
+        );
+        u.client.accept_group(id).unwrap();
+    }
+    let members = alice.client.group(id).unwrap().unwrap().state.members;
+    assert_eq!(members.len(), 3);
+    assert_eq!(
+        bob.client.group(id).unwrap().unwrap().state.members,
+        members
+    );
+    assert_eq!(
+        carol.client.group(id).unwrap().unwrap().state.members,
+        members
+    );
+
+    let secret = "meet at the old mill, 9pm, bring the blue folder";
+    alice.client.send_group_text(id, secret).unwrap();
+    for u in [&bob, &carol] {
+        assert_eq!(
+            u.group_text().await,
+            (id, alice.addr.clone(), secret.into())
+        );
+    }
+    // Carol (on the other relay) answers: her sender key reaches Alice and
+    // Bob first, then her one ciphertext.
+    carol.client.send_group_text(id, "on my way").unwrap();
+    for u in [&alice, &bob] {
+        assert_eq!(
+            u.group_text().await,
+            (id, carol.addr.clone(), "on my way".into())
+        );
+    }
+
+    // Alice removes Carol mid-conversation.
+    alice.client.remove_group_member(id, &carol.addr).unwrap();
+    let (_, effect, _) = bob.group_change().await;
+    assert_eq!(effect, GroupEffect::Applied);
+    let (_, effect, _) = carol.group_change().await;
+    assert_eq!(effect, GroupEffect::RemovedYou);
+    assert_eq!(
+        carol.client.group(id).unwrap().unwrap().status,
+        GroupStatus::Left
+    );
+    assert!(carol.client.send_group_text(id, "still here?").is_err());
+
+    alice
+        .client
+        .send_group_text(id, "after carol left")
+        .unwrap();
+    bob.client.send_group_text(id, "bob after too").unwrap();
+    assert_eq!(bob.group_text().await.2, "after carol left");
+    assert_eq!(alice.group_text().await.2, "bob after too");
+    assert_eq!(carol.stray(Duration::from_millis(500)).await, 0);
+
+    // Neither relay's disk holds the group's name or a message.
+    alice.client.flush(WAIT).await.unwrap();
+    bob.client.flush(WAIT).await.unwrap();
+    for relay in [&home, &other] {
+        assert!(
+            !relay.disk_contains(name.as_bytes()).unwrap(),
+            "group name on a relay"
+        );
+        assert!(
+            !relay.disk_contains(&secret.as_bytes()[..16]).unwrap(),
+            "plaintext on a relay"
+        );
+    }
+}
