@@ -164,7 +164,8 @@ pub(crate) fn change<S: Store>(
         // The state must still be the one the change was signed on.
         let mut rec = records::group(tx, &id.0)?.ok_or(Error::UnknownGroup)?;
         if stored_state(&rec)?.head != before.head {
-            return Err(Error::Timeout); // a change arrived meanwhile: call again
+            // A change arrived between reading and signing: call again.
+            return Err(Error::invalid_argument("the group changed meanwhile"));
         }
         push_log(&mut rec, &change, &before);
         rec.own_changes.push(change.hash.to_vec());
