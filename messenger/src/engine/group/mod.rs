@@ -401,6 +401,8 @@ pub(crate) fn on_update(
         let before = adopt(update, &change)?;
         let after = before.apply(&change)?;
         if after.is_member(&me.user) {
+            rec.log.clear();
+            rec.pending.clear();
             push_log(&mut rec, &change, &before);
             settle(tx, me, &mut rec, &before, &after)?;
             group_event(tx, sender, sender_device, &after, &change, EVENT_APPLIED)?;
