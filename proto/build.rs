@@ -43,7 +43,6 @@ const REDACTED: &[&str] = &[
     "sotto.client.v1.PendingSenderKey",
     "sotto.client.v1.GroupState",
     "sotto.client.v1.GroupRecord",
-    "sotto.client.v1.GroupLogEntry",
     "sotto.client.v1.GroupUpdate",
     "sotto.client.v1.GroupEvent",
     "sotto.client.v1.GroupChange",

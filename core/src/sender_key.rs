@@ -226,6 +226,7 @@ impl SendingChain {
             signing_public: self.signing.verifying_key().to_bytes().to_vec(),
             signing_secret: seed.to_vec(),
             skipped: Vec::new(),
+            first_iteration: 0,
         };
         let bytes = Zeroizing::new(record.encode_to_vec());
         zeroize_record(record);
@@ -263,6 +264,9 @@ impl SendingChain {
 #[derive(Clone)]
 pub struct ReceivingChain {
     chain_id: ChainId,
+    /// The earliest iteration this device was given (keys below it it never
+    /// had; keys from it on it had, and used or skipped).
+    first: u32,
     /// The next iteration the chain key derives.
     iteration: u32,
     chain: ChainKey,
@@ -287,6 +291,7 @@ impl ReceivingChain {
     pub fn from_distribution(d: &SenderKeyDistribution) -> Result<Self> {
         Ok(ReceivingChain {
             chain_id: d.chain_id,
+            first: d.iteration,
             iteration: d.iteration,
             chain: d.chain_key.clone(),
             verifying: VerifyingKey::from_bytes(&d.signing_public).map_err(|_| {
@@ -313,6 +318,50 @@ impl ReceivingChain {
     /// must carry the same one.
     pub fn signing_public(&self) -> [u8; 32] {
         self.verifying.to_bytes()
+    }
+
+    /// Takes a second distribution of this chain. One at an earlier position
+    /// than any this device had (the sender's distributions arrived out of
+    /// order) adds the keys of the iterations before it as skipped keys, so
+    /// the messages sent there still read; nothing this device already had
+    /// comes back (a used key is never restored). Refused if the signing key
+    /// differs, the gap is over the bound, or (when nothing was read yet)
+    /// the earlier chain key does not lead to the one held.
+    pub fn extend_back(&mut self, d: &SenderKeyDistribution) -> Result<()> {
+        let refused = Error::BadSignature {
+            what: "sender key distribution",
+        };
+        if d.chain_id != self.chain_id || d.signing_public != self.verifying.to_bytes() {
+            return Err(refused);
+        }
+        if d.iteration >= self.first {
+            return Ok(());
+        }
+        let gap = self.first - d.iteration;
+        if gap > MAX_MESSAGE_GAP {
+            return Err(Error::TooFarInFuture { gap });
+        }
+        let mut chain = d.chain_key.clone();
+        let mut keys = Vec::with_capacity(gap as usize);
+        for i in d.iteration..self.first {
+            let (k, next) = kdf_ck(&chain);
+            keys.push((i, k));
+            chain = next;
+        }
+        if self.first == self.iteration
+            && !bool::from(subtle::ConstantTimeEq::ct_eq(
+                &chain.as_bytes()[..],
+                &self.chain.as_bytes()[..],
+            ))
+        {
+            return Err(refused);
+        }
+        self.skipped.extend(keys);
+        while self.skipped.len() > MAX_SKIPPED_SENDER_KEYS {
+            self.skipped.pop_first();
+        }
+        self.first = d.iteration;
+        Ok(())
     }
 
     /// Verifies and decrypts one message bound to `context`. On any error
@@ -393,6 +442,7 @@ impl ReceivingChain {
             chain_key: self.chain.as_bytes().to_vec(),
             signing_public: self.verifying.to_bytes().to_vec(),
             signing_secret: Vec::new(),
+            first_iteration: self.first,
             skipped: self
                 .skipped
                 .iter()
@@ -434,12 +484,16 @@ impl ReceivingChain {
                 MessageKey::from_slice(&s.message_key, "sender key record")?,
             );
         }
+        if record.first_iteration > record.iteration {
+            return Err(malformed());
+        }
         Ok(ReceivingChain {
             chain_id: record
                 .chain_id
                 .as_slice()
                 .try_into()
                 .map_err(|_| malformed())?,
+            first: record.first_iteration,
             iteration: record.iteration,
             chain: ChainKey::from_slice(&record.chain_key, "sender key record")?,
             verifying: VerifyingKey::from_bytes(&signing).map_err(|_| malformed())?,

@@ -44,7 +44,6 @@ redacted!(
     client::PendingSenderKey,
     client::GroupState,
     client::GroupRecord,
-    client::GroupLogEntry,
     client::GroupUpdate,
     client::GroupEvent,
     client::GroupChange,

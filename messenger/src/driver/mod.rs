@@ -541,6 +541,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
                     group_action(pb::group_action::Action::Add(pb::GroupMember {
                         address: m.to_string(),
                         admin: false,
+                        admin_since: 0,
                     }))
                 })
                 .collect(),
@@ -1042,6 +1043,8 @@ async fn receive_once<S: Store + Send + 'static>(
         let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel();
         let receive = async {
             let acks = acks;
+            let mut rebase = std::collections::BTreeSet::new();
+            let mut live = false;
             while let Some(push) = sub.next().await? {
                 match push {
                     Pushed::Envelope(e) => {
@@ -1051,18 +1054,9 @@ async fn receive_once<S: Store + Send + 'static>(
                         if !outcome.revoked.is_empty() {
                             inner.events_ready();
                         }
-                        for id in &outcome.rebase {
-                            // A fork discarded this device's changes: make
-                            // them again on the winner (failure is logged; the
-                            // user can repeat the change).
-                            let made = inner.with_device(|d| {
-                                group::rebase(d, &inner.me, &inner.certificate, *id, now_ms())
-                            });
-                            match made {
-                                Ok(true) => inner.outbox.notify_one(),
-                                Ok(false) => {}
-                                Err(e) => tracing::warn!(error = %e, "group change not made again"),
-                            }
+                        rebase.extend(outcome.rebase.iter().copied());
+                        if live {
+                            rebase_groups(inner, &mut rebase);
                         }
                         if !inner.skip_acks.load(Ordering::SeqCst) {
                             let _ = acks.send(e.id);
@@ -1075,6 +1069,12 @@ async fn receive_once<S: Store + Send + 'static>(
                         }
                     }
                     Pushed::QueueEmpty => {
+                        // Changes of this device that left a group's chain
+                        // are made again on the winner once the backlog is
+                        // read (not once per change that moved the chain),
+                        // then as live changes come.
+                        live = true;
+                        rebase_groups(inner, &mut rebase);
                         inner.synced.send_replace(true);
                         publish_prekeys(inner, &conn, false, true).await?;
                     }
@@ -1200,6 +1200,23 @@ async fn send_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = inner.outbox.notified() => {}
+        }
+    }
+}
+
+/// Makes again this device's changes that left the chain of `groups`
+/// (a failure is logged: the user can repeat the change).
+fn rebase_groups<S: Store + Send + 'static>(
+    inner: &Inner<S>,
+    groups: &mut std::collections::BTreeSet<GroupId>,
+) {
+    for id in std::mem::take(groups) {
+        let made =
+            inner.with_device(|d| group::rebase(d, &inner.me, &inner.certificate, id, now_ms()));
+        match made {
+            Ok(true) => inner.outbox.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "group change not made again"),
         }
     }
 }

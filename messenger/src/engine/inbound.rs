@@ -534,6 +534,17 @@ fn count_held(tx: &mut impl Txn, sender: &Sender<'_>) -> Result<bool> {
     Ok(true)
 }
 
+/// Takes one of the items a user's request may hold; false if it is full.
+fn take_held_slot(tx: &mut impl Txn, user: &[u8; 32]) -> Result<bool> {
+    let mut c = records::contact(tx, user)?.unwrap_or_default();
+    if c.held >= MAX_HELD_PER_REQUEST {
+        return Ok(false);
+    }
+    c.held += 1;
+    records::put_contact(tx, user, &c)?;
+    Ok(true)
+}
+
 /// Applies decrypted content inside the decrypt's transaction. Anything
 /// invalid becomes an event; only a local failure is an `Err` (which rolls
 /// the whole envelope back for a later retry).
@@ -777,8 +788,13 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
             }
             Some(pb::content::Body::DeliveryTokenUpdate(_)) => {}
             Some(pb::content::Body::GroupUpdate(u)) => {
-                // A stranger's invitations count against its request.
-                if sender.state != ACCEPTED && !sender.is_own_user() && !count_held(tx, sender)? {
+                // A stranger's invitations count against its request (its
+                // changes of a group this device is in do not).
+                if sender.state != ACCEPTED
+                    && !sender.is_own_user()
+                    && group::is_invitation(tx, &u)?
+                    && !count_held(tx, sender)?
+                {
                     break 'body;
                 }
                 match group::on_update(tx, sender.me, &peer, sender.device, sender.state, &u) {
@@ -794,6 +810,15 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
                 }
             }
             Some(pb::content::Body::SenderKey(k)) => {
+                // A stranger's key for a group this device is not a member
+                // of counts against its request.
+                if sender.state != ACCEPTED
+                    && !sender.is_own_user()
+                    && !group::is_member_group(tx, &k.group_id)?
+                    && !count_held(tx, sender)?
+                {
+                    break 'body;
+                }
                 match group::on_sender_key(tx, &peer, sender.device, &k) {
                     Ok(()) => {}
                     Err(Error::GroupRejected(why)) => {
@@ -875,6 +900,12 @@ fn process_group<S: Store>(
             };
             if message_from_pb(&m).is_err() {
                 return Ok(Err((Some(peer), "invalid group message".to_string())));
+            }
+            // In an invitation, a sender this user has not accepted fills
+            // its request like any stranger (then nothing more is kept).
+            let accepted = own || contact.as_ref().is_some_and(|c| c.state == ACCEPTED);
+            if rec.status != group::MEMBER && !accepted && !take_held_slot(tx, &sender_user)? {
+                return Ok(Ok(out));
             }
             if !records::first_sight(tx, &sender_user, &m.id, now_ms)? {
                 return Ok(Ok(out));

@@ -13,6 +13,7 @@
 //! change arrives); changes whose parent is unknown wait, at most
 //! [`MAX_PENDING_CHANGES`] per group; the fork log keeps [`GROUP_LOG_LEN`].
 
+pub mod history;
 pub mod state;
 
 use prost::Message as _;
@@ -26,6 +27,7 @@ use sotto_core::store::{Store, Txn};
 use sotto_core::Device;
 use sotto_proto::client as pb;
 
+use self::history::{History, Insert, MAX_HISTORY};
 use self::state::{sign_change, GroupId, GroupState, VerifiedChange, MAX_GROUP_MEMBERS};
 use super::account::DeviceCertificate;
 use super::address::UserAddress;
@@ -33,10 +35,13 @@ use super::events::{EventBuilder, MessageId};
 use super::records::{self, ACCEPTED};
 use crate::error::{Error, Result};
 
-/// Changes kept to settle a fork (the newest).
-pub const GROUP_LOG_LEN: usize = 64;
-/// Changes kept per group while the change they follow is missing.
+/// Changes kept per group while the change they follow is missing…
 pub const MAX_PENDING_CHANGES: usize = 32;
+/// …and per author.
+pub const MAX_PENDING_PER_AUTHOR: usize = 4;
+/// Distributions kept per sending user while their group or member is not
+/// known yet (of [`records::MAX_PENDING_SENDER_KEYS`] in all).
+pub const MAX_PENDING_KEYS_PER_SENDER: usize = 4;
 /// A sending chain is replaced after this many messages…
 pub const ROTATE_AFTER_MESSAGES: u32 = 10_000;
 /// …or this long (a leaked chain key heals within a week).
@@ -116,6 +121,9 @@ pub(crate) fn create<S: Store>(
     let id = GroupId(id);
     let mut actions = vec![add_action(me, true)];
     for m in members.iter().filter(|m| m.user != me.user) {
+        if actions.iter().any(|a| matches!(&a.action, Some(pb::group_action::Action::Add(x)) if x.address == m.to_string())) {
+            continue;
+        }
         actions.push(add_action(m, false));
     }
     if actions.len() > MAX_GROUP_MEMBERS {
@@ -128,15 +136,16 @@ pub(crate) fn create<S: Store>(
     let change = sign_change(device, certificate, &empty, actions, now_ms)?;
     let after = empty.apply(&change).map_err(caller_error)?;
     device.store_mut().transaction(|tx| -> Result<()> {
-        let mut rec = pb::GroupRecord {
+        // The creation is the root of every member's history: no change
+        // can compete with it.
+        let rec = pb::GroupRecord {
             state: Some(after.to_pb()),
             status: MEMBER,
+            root: Some(after.to_pb()),
             ..Default::default()
         };
-        push_log(&mut rec, &change, &empty);
-        rec.own_changes.push(change.hash.to_vec());
         records::put_group(tx, &id.0, &rec)?;
-        queue_update(tx, me, &empty, &after, &change)?;
+        queue_update(tx, me, &empty, &after, &change, None)?;
         Ok(())
     })?;
     Ok(id)
@@ -161,26 +170,29 @@ pub(crate) fn change<S: Store>(
     let change = sign_change(device, certificate, &before, actions, now_ms)?;
     let after = before.apply(&change).map_err(caller_error)?;
     device.store_mut().transaction(|tx| -> Result<()> {
-        // The state must still be the one the change was signed on.
         let mut rec = records::group(tx, &id.0)?.ok_or(Error::UnknownGroup)?;
-        if stored_state(&rec)?.head != before.head {
-            // A change arrived between reading and signing: call again.
+        let mut history = load_history(&rec)?;
+        let known = history.clone();
+        // The head has no valid child (else the chain would go on), so the
+        // change becomes the head.
+        if history.insert(change.clone())? != Insert::Added || history.canonical().1 != after {
             return Err(Error::invalid_argument("the group changed meanwhile"));
         }
-        push_log(&mut rec, &change, &before);
         rec.own_changes.push(change.hash.to_vec());
-        if rec.own_changes.len() > GROUP_LOG_LEN {
+        if rec.own_changes.len() > MAX_HISTORY {
             rec.own_changes.remove(0);
         }
+        history.prune();
+        store_history(&mut rec, &history);
         settle(tx, me, &mut rec, &before, &after)?;
         records::put_group(tx, &id.0, &rec)?;
-        queue_update(tx, me, &before, &after, &change)?;
+        queue_update(tx, me, &before, &after, &change, Some(&known))?;
         Ok(())
     })
 }
 
-/// Makes again, on top of the state that won a fork, this device's changes
-/// the losing branch held (those that still apply).
+/// Makes again, on the chain that won, this device's changes that left it
+/// (those that still apply).
 pub(crate) fn rebase<S: Store>(
     device: &mut Device<S>,
     me: &UserAddress,
@@ -198,13 +210,16 @@ pub(crate) fn rebase<S: Store>(
     })?;
     let mut any = false;
     for signed in lost {
-        let Ok(c) = VerifiedChange::verify(&signed) else {
+        let Ok(c) = VerifiedChange::stored(&signed) else {
             continue;
         };
-        let state = device.store_mut().transaction(|tx| current(tx, id))?;
+        let Ok(state) = device.store_mut().transaction(|tx| current(tx, id)) else {
+            return Ok(any);
+        };
         let trial = sign_change(device, certificate, &state, c.body.actions.clone(), now_ms)?;
-        if state.apply(&trial).is_ok() {
-            change(device, me, certificate, id, c.body.actions, now_ms)?;
+        if state.apply(&trial).is_ok()
+            && change(device, me, certificate, id, c.body.actions, now_ms).is_ok()
+        {
             any = true;
         }
     }
@@ -225,11 +240,31 @@ fn stored_state(rec: &pb::GroupRecord) -> Result<GroupState> {
         .map_err(|_| Error::corrupt("app"))
 }
 
+fn load_history(rec: &pb::GroupRecord) -> Result<History> {
+    let root = GroupState::from_pb(rec.root.as_ref().ok_or(Error::corrupt("app"))?)
+        .map_err(|_| Error::corrupt("app"))?;
+    Ok(History {
+        root,
+        changes: rec
+            .history
+            .iter()
+            .map(VerifiedChange::stored)
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn store_history(rec: &mut pb::GroupRecord, h: &History) {
+    rec.root = Some(h.root.to_pb());
+    rec.history = h.changes.iter().map(|c| c.signed.clone()).collect();
+    rec.state = Some(h.canonical().1.to_pb());
+}
+
 fn add_action(who: &UserAddress, admin: bool) -> pb::GroupAction {
     pb::GroupAction {
         action: Some(pb::group_action::Action::Add(pb::GroupMember {
             address: who.to_string(),
             admin,
+            admin_since: 0,
         })),
     }
 }
@@ -243,27 +278,28 @@ fn caller_error(e: Error) -> Error {
     }
 }
 
-fn push_log(rec: &mut pb::GroupRecord, change: &VerifiedChange, before: &GroupState) {
-    rec.log.push(pb::GroupLogEntry {
-        hash: change.hash.to_vec(),
-        change: Some(change.signed.clone()),
-        before: Some(before.to_pb()),
-    });
-    if rec.log.len() > GROUP_LOG_LEN {
-        rec.log.remove(0);
-    }
-}
-
 /// Queues `change` to every member of `after`, to every member of `before`
 /// it removed, and to this user's other devices; members new in `after`
-/// also get `before` (they have no history to check the change against).
+/// also get the root and the chain of `known` (the history before the
+/// change), to place the change in.
 fn queue_update(
     tx: &mut impl Txn,
     me: &UserAddress,
     before: &GroupState,
     after: &GroupState,
     change: &VerifiedChange,
+    known: Option<&History>,
 ) -> Result<()> {
+    let (root, chain) = match known {
+        Some(h) => {
+            let (path, _) = h.canonical();
+            (
+                Some(h.root.to_pb()),
+                path.iter().map(|&i| h.changes[i].signed.clone()).collect(),
+            )
+        }
+        None => (None, Vec::new()),
+    };
     let mut to: Vec<&state::Member> = after.members.values().collect();
     to.extend(
         before
@@ -281,7 +317,8 @@ fn queue_update(
             delivery_token: Vec::new(),
             body: Some(pb::content::Body::GroupUpdate(pb::GroupUpdate {
                 change: Some(change.signed.clone()),
-                state: newcomer.then(|| before.to_pb()),
+                state: if newcomer { root.clone() } else { None },
+                history: if newcomer { chain.clone() } else { Vec::new() },
             })),
         };
         records::push_outbox(
@@ -331,6 +368,28 @@ fn settle(
     Ok(())
 }
 
+/// True if `update` concerns a group this device is not a member of (an
+/// invitation, or a change of one): what a stranger's request holds.
+pub(crate) fn is_invitation(tx: &impl Txn, update: &pb::GroupUpdate) -> Result<bool> {
+    let Some(id) = update
+        .change
+        .as_ref()
+        .and_then(|c| pb::GroupChange::decode(c.body.as_slice()).ok())
+        .and_then(|b| <[u8; 32]>::try_from(b.group_id.as_slice()).ok())
+    else {
+        return Ok(true);
+    };
+    Ok(records::group(tx, &id)?.is_none_or(|g| g.status != MEMBER))
+}
+
+/// True if this device is a member of group `id` (raw bytes from a peer).
+pub(crate) fn is_member_group(tx: &impl Txn, id: &[u8]) -> Result<bool> {
+    let Ok(id) = <[u8; 32]>::try_from(id) else {
+        return Ok(false);
+    };
+    Ok(records::group(tx, &id)?.is_some_and(|g| g.status == MEMBER))
+}
+
 /// A `GroupUpdate` from `(sender, sender_device)`, inside the decrypt's
 /// transaction. `Err(GroupRejected)`: invalid content (nothing applied).
 pub(crate) fn on_update(
@@ -353,32 +412,30 @@ pub(crate) fn on_update(
         ));
     }
     let id = change.group_id();
+    let trusted = sender.user == me.user || sender_state == ACCEPTED;
     let mut out = Received::default();
     let Some(mut rec) = records::group(tx, &id.0)? else {
-        // A group new to this device: the creation, or a change adding us
-        // with the state it follows.
-        let before = if change.body.version == 1 {
-            GroupState::empty(id)
+        // A group new to this device: the creation (its root), or a change
+        // adding us with the state it follows.
+        let history = if change.body.version == 1 {
+            History {
+                root: GroupState::empty(id).apply(&change)?,
+                changes: Vec::new(),
+            }
         } else {
-            adopt(update, &change)?
+            given_history(update, &change)?
         };
-        let after = before.apply(&change)?;
+        let after = history.canonical().1;
         if !after.is_member(&me.user) {
             return Err(Error::GroupRejected(
                 "change of a group this device is not in",
             ));
         }
-        let own = sender.user == me.user;
         let mut rec = pb::GroupRecord {
-            status: if own || sender_state == ACCEPTED {
-                MEMBER
-            } else {
-                INVITED
-            },
+            status: if trusted { MEMBER } else { INVITED },
             ..Default::default()
         };
-        push_log(&mut rec, &change, &before);
-        settle(tx, me, &mut rec, &before, &after)?;
+        store_history(&mut rec, &history);
         let kind = if rec.status == INVITED {
             EVENT_INVITED
         } else {
@@ -386,144 +443,164 @@ pub(crate) fn on_update(
         };
         group_event(tx, sender, sender_device, &after, &change, kind)?;
         out.events = true;
-        drain_pending(tx, me, &mut rec, &mut out)?;
         records::put_group(tx, &id.0, &rec)?;
         adopt_pending_keys(tx, &id, &rec)?;
         return Ok(out);
     };
-    if rec.log.iter().any(|e| e.hash == change.hash) {
-        return Ok(out); // already applied (a re-sent copy)
-    }
-    let state = stored_state(&rec)?;
-    if rec.status == GONE && !state.is_member(&me.user) && change.parent() != state.head {
-        // Added again after missing the changes in between: the adder's
-        // state, as for a new group.
-        let before = adopt(update, &change)?;
-        let after = before.apply(&change)?;
-        if after.is_member(&me.user) {
-            rec.log.clear();
-            rec.pending.clear();
-            push_log(&mut rec, &change, &before);
-            settle(tx, me, &mut rec, &before, &after)?;
-            group_event(tx, sender, sender_device, &after, &change, EVENT_APPLIED)?;
-            out.events = true;
-            records::put_group(tx, &id.0, &rec)?;
-        }
+    if change.body.version == 1 {
+        // A known group is never created again (its creation is the root).
         return Ok(out);
     }
-    receive_change(tx, me, &mut rec, change, sender, sender_device, &mut out)?;
-    drain_pending(tx, me, &mut rec, &mut out)?;
+    let before = stored_state(&rec)?;
+    let mut history = load_history(&rec)?;
+    match history.insert(change.clone())? {
+        Insert::Known => return Ok(out),
+        Insert::Added => {}
+        Insert::UnknownParent if update.state.is_some() => {
+            // Added again, with the author's history: its changes this
+            // device lacks are placed (each verified and checked as any),
+            // then the change. A device that was out and holds nothing the
+            // history leads from takes the author's root, as a newcomer.
+            for c in update.history.iter().take(MAX_HISTORY) {
+                history.insert(VerifiedChange::verify(c)?)?;
+            }
+            if history.insert(change.clone())? == Insert::UnknownParent {
+                if rec.status != GONE || before.is_member(&me.user) {
+                    return Ok(out);
+                }
+                let h = given_history(update, &change)?;
+                let after = h.canonical().1;
+                if !after.is_member(&me.user) {
+                    return Err(Error::GroupRejected(
+                        "change of a group this device is not in",
+                    ));
+                }
+                if rec.status == GONE {
+                    rec.status = if trusted { MEMBER } else { INVITED };
+                }
+                rec.pending.clear();
+                store_history(&mut rec, &h);
+                settle(tx, me, &mut rec, &before, &after)?;
+                group_event(tx, sender, sender_device, &after, &change, EVENT_APPLIED)?;
+                out.events = true;
+                records::put_group(tx, &id.0, &rec)?;
+                adopt_pending_keys(tx, &id, &rec)?;
+                return Ok(out);
+            }
+        }
+        Insert::UnknownParent => {
+            // A member's change whose parent has not come yet waits,
+            // bounded per author and in all.
+            let from_author = rec
+                .pending
+                .iter()
+                .filter(|p| VerifiedChange::stored(p).is_ok_and(|c| c.author == change.author))
+                .count();
+            if before.is_member(&change.author)
+                && change.body.version > history.root.version
+                && from_author < MAX_PENDING_PER_AUTHOR
+                && rec.pending.len() < MAX_PENDING_CHANGES
+                && !rec.pending.iter().any(|p| p.body == change.signed.body)
+            {
+                rec.pending.push(change.signed);
+                records::put_group(tx, &id.0, &rec)?;
+            }
+            return Ok(out);
+        }
+    }
+    let old_chain: Vec<[u8; 32]> = {
+        let old = load_history(&rec)?;
+        let (path, _) = old.canonical();
+        path.iter().map(|&i| old.changes[i].hash).collect()
+    };
+    // Parked changes whose parent is now held.
+    loop {
+        let mut placed = false;
+        let mut keep = Vec::new();
+        for p in std::mem::take(&mut rec.pending) {
+            match VerifiedChange::stored(&p).map(|c| history.insert(c)) {
+                Ok(Ok(Insert::UnknownParent)) => keep.push(p),
+                Ok(Ok(Insert::Added)) => placed = true,
+                _ => {} // known, or it does not apply: dropped
+            }
+        }
+        rec.pending = keep;
+        if !placed {
+            break;
+        }
+    }
+    history.prune();
+    rec.pending
+        .retain(|p| VerifiedChange::stored(p).is_ok_and(|c| c.body.version > history.root.version));
+    let (path, after) = history.canonical();
+    let new_chain: Vec<[u8; 32]> = path.iter().map(|&i| history.changes[i].hash).collect();
+    // Events for the changes new on the chain, in order.
+    let states = history.states_along(&path);
+    let mut prev = before.clone();
+    for (k, &i) in path.iter().enumerate() {
+        let c = &history.changes[i];
+        if old_chain.contains(&c.hash) {
+            prev = states[k].clone();
+            continue;
+        }
+        let author = prev
+            .members
+            .get(&c.author)
+            .map(|m| m.address.clone())
+            .unwrap_or_else(|| sender.clone());
+        let kind = if states[k].is_member(&me.user) {
+            EVENT_APPLIED
+        } else {
+            EVENT_REMOVED
+        };
+        group_event(tx, &author, c.author_device, &states[k], c, kind)?;
+        out.events = true;
+        prev = states[k].clone();
+    }
+    // This device's changes that left the chain are made again on it.
+    for h in &old_chain {
+        if !new_chain.contains(h) && rec.own_changes.contains(&h.to_vec()) {
+            if let Some(c) = history.changes.iter().find(|c| c.hash == *h) {
+                rec.rebase.push(c.signed.clone());
+                out.rebase = Some(id);
+            }
+        }
+    }
+    store_history(&mut rec, &history);
+    settle(tx, me, &mut rec, &before, &after)?;
     records::put_group(tx, &id.0, &rec)?;
     adopt_pending_keys(tx, &id, &rec)?;
     Ok(out)
 }
 
-/// The state a newcomer is given: it must be the one the change follows.
-fn adopt(update: &pb::GroupUpdate, change: &VerifiedChange) -> Result<GroupState> {
+/// The history a newcomer is given: the author's root, its chain (each
+/// change verified and applied as any), then the change, which must follow.
+fn given_history(update: &pb::GroupUpdate, change: &VerifiedChange) -> Result<History> {
     let s = update.state.as_ref().ok_or(Error::GroupRejected(
         "change of an unknown group without its state",
     ))?;
-    let before = GroupState::from_pb(s)?;
-    if before.id != change.group_id() || before.head != change.parent() {
+    let root = GroupState::from_pb(s)?;
+    if root.id != change.group_id() || root.version == 0 {
+        return Err(Error::GroupRejected("state of another group"));
+    }
+    if update.history.len() > MAX_HISTORY {
+        return Err(Error::GroupRejected("history too long"));
+    }
+    let mut h = History {
+        root,
+        changes: Vec::new(),
+    };
+    for c in &update.history {
+        if h.insert(VerifiedChange::verify(c)?)? == Insert::UnknownParent {
+            return Err(Error::GroupRejected("history does not follow its root"));
+        }
+    }
+    if h.insert(change.clone())? == Insert::UnknownParent {
         return Err(Error::GroupRejected(
             "state is not the one the change follows",
         ));
     }
-    Ok(before)
-}
-
-/// Applies, settles a fork, or parks a change whose parent is unknown.
-fn receive_change(
-    tx: &mut impl Txn,
-    me: &UserAddress,
-    rec: &mut pb::GroupRecord,
-    change: VerifiedChange,
-    sender: &UserAddress,
-    sender_device: u32,
-    out: &mut Received,
-) -> Result<()> {
-    let state = stored_state(rec)?;
-    if change.parent() == state.head {
-        let after = state.apply(&change)?;
-        push_log(rec, &change, &state);
-        settle(tx, me, rec, &state, &after)?;
-        let kind = if after.is_member(&me.user) {
-            EVENT_APPLIED
-        } else {
-            EVENT_REMOVED
-        };
-        group_event(tx, sender, sender_device, &after, &change, kind)?;
-        out.events = true;
-        return Ok(());
-    }
-    // Another change on the same parent: the lower hash wins everywhere.
-    let rival = rec.log.iter().position(|e| {
-        e.change
-            .as_ref()
-            .and_then(|c| pb::GroupChange::decode(c.body.as_slice()).ok())
-            .is_some_and(|b| b.parent == change.body.parent)
-    });
-    if let Some(i) = rival {
-        if change.hash.as_slice() >= rec.log[i].hash.as_slice() {
-            return Ok(()); // it lost: its author will see the winner too
-        }
-        let before = GroupState::from_pb(rec.log[i].before.as_ref().ok_or(Error::corrupt("app"))?)
-            .map_err(|_| Error::corrupt("app"))?;
-        let after = before.apply(&change)?;
-        let discarded: Vec<pb::GroupLogEntry> = rec.log.drain(i..).collect();
-        for e in &discarded {
-            if rec.own_changes.contains(&e.hash) {
-                if let Some(c) = &e.change {
-                    rec.rebase.push(c.clone());
-                    out.rebase = Some(before.id);
-                }
-            }
-        }
-        push_log(rec, &change, &before);
-        settle(tx, me, rec, &state, &after)?;
-        group_event(tx, sender, sender_device, &after, &change, EVENT_APPLIED)?;
-        out.events = true;
-        return Ok(());
-    }
-    if change.body.version > state.version && rec.pending.len() < MAX_PENDING_CHANGES {
-        rec.pending.push(change.signed);
-    }
-    Ok(())
-}
-
-/// Applies parked changes whose parent arrived.
-fn drain_pending(
-    tx: &mut impl Txn,
-    me: &UserAddress,
-    rec: &mut pb::GroupRecord,
-    out: &mut Received,
-) -> Result<()> {
-    loop {
-        let head = stored_state(rec)?.head;
-        let Some(i) = rec
-            .pending
-            .iter()
-            .position(|s| VerifiedChange::verify(s).is_ok_and(|c| c.parent() == head))
-        else {
-            return Ok(());
-        };
-        let signed = rec.pending.remove(i);
-        let change = VerifiedChange::verify(&signed)?;
-        let author = UserAddress {
-            user: change.author,
-            relay: me.relay.clone(),
-        };
-        let state = stored_state(rec)?;
-        let author = state
-            .members
-            .get(&change.author)
-            .map(|m| m.address.clone())
-            .unwrap_or(author);
-        let device = change.author_device;
-        if receive_change(tx, me, rec, change, &author, device, out).is_err() {
-            continue; // a parked change that does not apply is dropped
-        }
-    }
+    Ok(h)
 }
 
 fn group_event(
@@ -556,7 +633,8 @@ pub(crate) fn on_sender_key(
     d: &pb::SenderKeyDistribution,
 ) -> Result<()> {
     let dist = distribution_from_pb(d)?;
-    let chain = ReceivingChain::from_distribution(&dist)
+    // Checked before anything is kept (a signing key that is no point).
+    ReceivingChain::from_distribution(&dist)
         .map_err(|_| Error::GroupRejected("invalid sender key"))?;
     let id = GroupId::from_slice(&d.group_id)?;
     let known = records::group(tx, &id.0)?
@@ -566,6 +644,13 @@ pub(crate) fn on_sender_key(
         .is_some_and(|s| s.is_member(&sender.user));
     if !known {
         let mut pending = records::pending_sender_keys(tx)?;
+        let from_sender = pending
+            .iter()
+            .filter(|p| p.sender_user == sender.user)
+            .count();
+        if from_sender >= MAX_PENDING_KEYS_PER_SENDER {
+            return Ok(());
+        }
         pending.push(pb::PendingSenderKey {
             sender_user: sender.user.to_vec(),
             sender_device,
@@ -573,7 +658,7 @@ pub(crate) fn on_sender_key(
         });
         return records::put_pending_sender_keys(tx, pending);
     }
-    keep_chain(tx, &id, &sender.user, sender_device, chain)
+    keep_chain(tx, &id, &sender.user, sender_device, &dist)
 }
 
 fn keep_chain(
@@ -581,21 +666,23 @@ fn keep_chain(
     id: &GroupId,
     user: &[u8; 32],
     device: u32,
-    chain: ReceivingChain,
+    dist: &SenderKeyDistribution,
 ) -> Result<()> {
     let mut keys = records::sender_keys(tx, &id.0, user, device)?;
-    for stored in &keys.chains {
-        let old = ReceivingChain::from_record(stored)?;
-        if old.chain_id() == chain.chain_id() {
-            // The same chain again: never rewound, and never re-keyed.
-            if old.signing_public() != chain.signing_public() {
-                return Err(Error::GroupRejected(
-                    "chain id reused with another signing key",
-                ));
-            }
-            return Ok(());
+    for stored in keys.chains.iter_mut() {
+        let mut old = ReceivingChain::from_record(stored)?;
+        if *old.chain_id() == dist.chain_id {
+            // The same chain again: an earlier position adds the keys this
+            // device never had; a later one changes nothing (never rewound
+            // past what was read); another signing key is refused.
+            old.extend_back(dist)
+                .map_err(|_| Error::GroupRejected("chain id reused with another key"))?;
+            *stored = old.to_record().to_vec();
+            return records::put_sender_keys(tx, &id.0, user, device, &keys, &[]);
         }
     }
+    let chain = ReceivingChain::from_distribution(dist)
+        .map_err(|_| Error::GroupRejected("invalid sender key"))?;
     keys.chains.insert(0, chain.to_record().to_vec());
     keys.chains.truncate(CHAINS_PER_DEVICE);
     let ids: Vec<[u8; 16]> = keys
@@ -625,12 +712,10 @@ fn adopt_pending_keys(tx: &mut impl Txn, id: &GroupId, rec: &pb::GroupRecord) ->
         let (Some(k), Ok(user)) = (p.key, <[u8; 32]>::try_from(p.sender_user.as_slice())) else {
             continue;
         };
-        let Ok(chain) = distribution_from_pb(&k).and_then(|d| {
-            ReceivingChain::from_distribution(&d).map_err(|_| Error::GroupRejected("key"))
-        }) else {
+        let Ok(dist) = distribution_from_pb(&k) else {
             continue;
         };
-        let _ = keep_chain(tx, id, &user, p.sender_device, chain);
+        let _ = keep_chain(tx, id, &user, p.sender_device, &dist);
     }
     Ok(())
 }

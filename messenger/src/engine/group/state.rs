@@ -4,10 +4,9 @@
 //! Every change names the hash of the change it follows and is signed by
 //! its author device's identity, certified by the author's account key; it
 //! applies only if its author is an admin of the state it follows (any
-//! member may remove itself). Two changes made at once on the same parent
-//! are settled by one rule every device applies alike: the change with the
-//! lower hash wins, and the branch of the other is discarded (its author
-//! makes its change again on top of the winner).
+//! member may remove itself), and an admin removes or demotes only admins
+//! junior to it (seniority: who became an admin first). Which of two
+//! changes made at once wins is decided in [`super::history`].
 
 use std::collections::BTreeMap;
 
@@ -58,7 +57,14 @@ pub struct Member {
     pub address: UserAddress,
     /// May change the group.
     pub admin: bool,
+    /// For an admin: the version of the change that made it one (0 for the
+    /// creator, 1 for the creation's other admins). Lower is more senior.
+    pub admin_since: u64,
 }
+
+/// An author's seniority in a state: admins by `(admin_since, user id)`,
+/// everyone else after every admin. Lower is more senior.
+pub type Seniority = (u64, [u8; 32]);
 
 /// A group's state after the change whose hash is `head`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +106,14 @@ impl GroupState {
         self.members.get(user).is_some_and(|m| m.admin)
     }
 
+    /// `user`'s seniority here (see [`Seniority`]).
+    pub fn seniority(&self, user: &[u8; 32]) -> Seniority {
+        match self.members.get(user) {
+            Some(m) if m.admin => (m.admin_since, *user),
+            _ => (u64::MAX, *user),
+        }
+    }
+
     /// Reads a state a peer (or the store) gave, checking every field.
     pub(crate) fn from_pb(s: &pb::GroupState) -> Result<Self> {
         let head: [u8; 32] = s
@@ -123,6 +137,7 @@ impl GroupState {
                     Member {
                         address,
                         admin: m.admin,
+                        admin_since: if m.admin { m.admin_since } else { 0 },
                     },
                 )
                 .is_some()
@@ -154,6 +169,7 @@ impl GroupState {
                 .map(|m| pb::GroupMember {
                     address: m.address.to_string(),
                     admin: m.admin,
+                    admin_since: if m.admin { m.admin_since } else { 0 },
                 })
                 .collect(),
         }
@@ -165,7 +181,7 @@ impl GroupState {
         if c.group_id != self.id.0 {
             return Err(Error::GroupRejected("change of another group"));
         }
-        if c.version != self.version + 1 || c.parent != self.head {
+        if Some(c.version) != self.version.checked_add(1) || c.parent != self.head {
             return Err(Error::GroupRejected("change does not follow this state"));
         }
         if c.actions.is_empty() || c.actions.len() > MAX_ACTIONS_PER_CHANGE {
@@ -192,6 +208,9 @@ impl GroupState {
         } else if !(self.is_admin(&author) || (leaving && self.is_member(&author))) {
             return Err(Error::GroupRejected("author is not an admin"));
         }
+        // Seniority is the author's in the state the change follows: an admin
+        // cannot remove or demote one senior to it.
+        let rank = self.seniority(&author);
         for a in &c.actions {
             use pb::group_action::Action as A;
             match a.action.as_ref() {
@@ -203,26 +222,45 @@ impl GroupState {
                     if next.members.contains_key(&address.user) {
                         return Err(Error::GroupRejected("added member is already one"));
                     }
+                    let since = match (self.version, address.user == author) {
+                        (0, true) => 0,
+                        (0, false) => 1,
+                        _ => c.version,
+                    };
                     next.members.insert(
                         address.user,
                         Member {
                             address,
                             admin: m.admin,
+                            admin_since: if m.admin { since } else { 0 },
                         },
                     );
                 }
-                Some(A::Remove(u)) => {
-                    if next.members.remove(&user_id(u)?).is_none() {
-                        return Err(Error::GroupRejected("removed user is not a member"));
+                Some(A::Remove(u)) | Some(A::Demote(u)) => {
+                    let target = user_id(u)?;
+                    if target != author && self.seniority(&target) <= rank {
+                        return Err(Error::GroupRejected("an admin senior to the author"));
+                    }
+                    let removing = matches!(a.action, Some(A::Remove(_)));
+                    match next.members.get_mut(&target) {
+                        None => return Err(Error::GroupRejected("not a member")),
+                        Some(m) if !removing => {
+                            m.admin = false;
+                            m.admin_since = 0;
+                        }
+                        Some(_) => {
+                            next.members.remove(&target);
+                        }
                     }
                 }
-                Some(A::Promote(u)) | Some(A::Demote(u)) => {
-                    let promote = matches!(a.action, Some(A::Promote(_)));
-                    match next.members.get_mut(&user_id(u)?) {
-                        Some(m) => m.admin = promote,
-                        None => return Err(Error::GroupRejected("admin change of a non-member")),
+                Some(A::Promote(u)) => match next.members.get_mut(&user_id(u)?) {
+                    Some(m) if !m.admin => {
+                        m.admin = true;
+                        m.admin_since = c.version;
                     }
-                }
+                    Some(_) => {}
+                    None => return Err(Error::GroupRejected("not a member")),
+                },
                 Some(A::Rename(name)) => next.name = name.clone(),
                 Some(A::Avatar(avatar)) => next.avatar = avatar.clone(),
                 None => return Err(Error::GroupRejected("empty action")),
@@ -266,6 +304,20 @@ pub(crate) struct VerifiedChange {
 }
 
 impl VerifiedChange {
+    /// A change this device verified before it stored it (its store is
+    /// authenticated): decoded, not verified again.
+    pub(crate) fn stored(signed: &pb::SignedGroupChange) -> Result<Self> {
+        let body =
+            pb::GroupChange::decode(signed.body.as_slice()).map_err(|_| Error::corrupt("app"))?;
+        Ok(VerifiedChange {
+            hash: change_hash(&signed.body),
+            author: user_id(&body.author_user).map_err(|_| Error::corrupt("app"))?,
+            author_device: body.author_device,
+            signed: signed.clone(),
+            body,
+        })
+    }
+
     /// Checks the author's certificate (under the author user's account key)
     /// and the signature by the certified device identity.
     pub(crate) fn verify(signed: &pb::SignedGroupChange) -> Result<Self> {
@@ -326,9 +378,13 @@ pub(crate) fn sign_change<S: Store>(
     actions: Vec<pb::GroupAction>,
     now_ms: u64,
 ) -> Result<VerifiedChange> {
+    let version = state
+        .version
+        .checked_add(1)
+        .ok_or(Error::GroupRejected("group version exhausted"))?;
     let body = pb::GroupChange {
         group_id: state.id.0.to_vec(),
-        version: state.version + 1,
+        version,
         parent: state.head.to_vec(),
         author_user: certificate.account.to_vec(),
         author_device: certificate.device_id,

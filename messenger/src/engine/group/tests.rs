@@ -323,6 +323,7 @@ fn a_non_admin_cannot_change_the_group_and_a_forged_change_is_refused() {
         body: Some(pb::content::Body::GroupUpdate(pb::GroupUpdate {
             change: Some(forged.signed),
             state: None,
+            history: Vec::new(),
         })),
     };
     let env = bob.envelope(0, &mut alice, 0, &update);
@@ -421,13 +422,12 @@ fn op() -> impl Strategy<Value = Op> {
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     /// Two admins change the group at random moments while the relay
     /// interleaves deliveries and duplicates envelopes: once everything is
     /// delivered (and lost changes made again), every member device holds
     /// the same state, and a later group message reads on each of them.
     #[test]
-    #[ignore = "known defect (issue 15, next session): a member added on a branch that loses a fork stays on it; this test finds it"]
     fn concurrent_changes_converge_on_every_member_device(ops in proptest::collection::vec(op(), 0..30)) {
         let (mut net, alice, bob, carol, id) = three();
         let mut users = vec![alice, bob, carol, TestUser::new(1)];
@@ -459,7 +459,7 @@ proptest! {
                     let a = if s.is_member(&dave.user) {
                         pb::group_action::Action::Remove(dave.user.to_vec())
                     } else {
-                        pb::group_action::Action::Add(pb::GroupMember { address: dave.to_string(), admin: false })
+                        pb::group_action::Action::Add(pb::GroupMember { address: dave.to_string(), admin: false, admin_since: 0 })
                     };
                     make_change(&mut users[w], id, a);
                 }
@@ -528,12 +528,12 @@ fn deliver_some(net: &mut Net, users: &mut [TestUser], w: usize, d: usize, n: us
             return;
         }
         let e = list.remove(0);
-        let out = users[w].receive(d, &e);
-        if out.rebase.contains(&id) {
-            let (me, cert) = (users[w].address(), users[w].devices[d].cert);
-            rebase(&mut users[w].devices[d].device, &me, &cert, id, NOW).unwrap();
-        }
+        users[w].receive(d, &e);
     }
+    // As the driver: changes that left the chain are made again once the
+    // mailbox is drained.
+    let (me, cert) = (users[w].address(), users[w].devices[d].cert);
+    rebase(&mut users[w].devices[d].device, &me, &cert, id, NOW).unwrap();
 }
 
 /// Passes and deliveries on every device until nothing moves.
@@ -554,4 +554,349 @@ fn settle_all(net: &mut Net, users: &mut [TestUser], id: GroupId) {
         }
     }
     panic!("the group never settled");
+}
+
+// ---- Attacks found in review: each must fail ----
+
+fn update_content(
+    from: &TestUser,
+    change: &VerifiedChange,
+    st: Option<pb::GroupState>,
+) -> pb::Content {
+    pb::Content {
+        sender_relay: from.relay.to_string(),
+        delivery_token: Vec::new(),
+        body: Some(pb::content::Body::GroupUpdate(pb::GroupUpdate {
+            change: Some(change.signed.clone()),
+            state: st,
+            history: Vec::new(),
+        })),
+    }
+}
+
+/// Signs `actions` on `before`, varying the clock until the hash is below
+/// `beat` (a grinding attacker; about two tries on average).
+fn grind(
+    user: &TestUser,
+    before: &GroupState,
+    actions: Vec<pb::GroupAction>,
+    beat: &[u8; 32],
+) -> VerifiedChange {
+    let cert = user.devices[0].cert;
+    (0..10_000u64)
+        .map(|t| {
+            sign_change(
+                &user.devices[0].device,
+                &cert,
+                before,
+                actions.clone(),
+                NOW + t,
+            )
+            .unwrap()
+        })
+        .find(|c| c.hash < *beat)
+        .unwrap()
+}
+
+fn action(a: pb::group_action::Action) -> pb::GroupAction {
+    pb::GroupAction { action: Some(a) }
+}
+
+#[test]
+fn a_member_cannot_create_a_known_group_again() {
+    let (_net, mut alice, mut bob, mut carol, id) = three();
+    let before = state(&mut alice, 0, id);
+    let actions = vec![
+        add_action(&bob.address(), true),
+        add_action(&alice.address(), false),
+        add_action(&carol.address(), false),
+        action(pb::group_action::Action::Rename("owned by bob".into())),
+    ];
+    let fork = grind(&bob, &GroupState::empty(id), actions, &[0xff; 32]);
+    let c = update_content(&bob, &fork, None);
+    let e = bob.envelope(0, &mut alice, 0, &c);
+    alice.receive(0, &e);
+    let e = bob.envelope(0, &mut carol, 0, &c);
+    carol.receive(0, &e);
+    assert_eq!(state(&mut alice, 0, id), before);
+    assert_eq!(state(&mut carol, 0, id), before);
+}
+
+#[test]
+fn a_removed_admin_cannot_fork_back_past_its_removal() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    let (me, cert) = (alice.address(), alice.devices[0].cert);
+    let bu = bob.address().user.to_vec();
+    change(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        id,
+        vec![action(pb::group_action::Action::Promote(bu.clone()))],
+        NOW,
+    )
+    .unwrap();
+    net.pass(&mut alice, 0);
+    for (u, i) in [(&mut bob, 0), (&mut carol, 0), (&mut alice, 1)] {
+        net.deliver(u, i);
+    }
+    let s2 = state(&mut bob, 0, id);
+    change(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        id,
+        vec![action(pb::group_action::Action::Remove(bu))],
+        NOW,
+    )
+    .unwrap();
+    net.pass(&mut alice, 0);
+    for (u, i) in [(&mut bob, 0), (&mut carol, 0), (&mut alice, 1)] {
+        net.deliver(u, i);
+    }
+    let removed = state(&mut carol, 0, id);
+    assert!(!removed.is_member(&bob.address().user));
+    // Bob signs on the state before his removal, with a lower hash than it:
+    // removing Alice (senior to him) and, failing that, a mere rename.
+    for a in [
+        action(pb::group_action::Action::Remove(
+            alice.address().user.to_vec(),
+        )),
+        action(pb::group_action::Action::Rename("bob was here".into())),
+    ] {
+        let cert = bob.devices[0].cert;
+        let fork = sign_change(&bob.devices[0].device, &cert, &s2, vec![a.clone()], NOW).unwrap();
+        let fork = if fork.hash < removed.head {
+            fork
+        } else {
+            grind(&bob, &s2, vec![a], &removed.head)
+        };
+        let c = update_content(&bob, &fork, None);
+        let e = bob.envelope(0, &mut carol, 0, &c);
+        carol.receive(0, &e);
+        assert_eq!(state(&mut carol, 0, id), removed);
+    }
+}
+
+#[test]
+fn a_stranger_readding_a_member_that_left_is_only_an_invitation() {
+    let (mut net, mut alice, _bob, mut carol, id) = three();
+    let (cme, ccert) = (carol.address(), carol.devices[0].cert);
+    change(
+        &mut carol.devices[0].device,
+        &cme,
+        &ccert,
+        id,
+        vec![action(pb::group_action::Action::Remove(cme.user.to_vec()))],
+        NOW,
+    )
+    .unwrap();
+    net.pass(&mut carol, 0);
+    net.deliver(&mut alice, 0);
+    let mut mallory = TestUser::new(1);
+    let mut made_up = GroupState::empty(id);
+    made_up.version = 7;
+    made_up.head = [9; 32];
+    made_up.name = "climbing".into();
+    made_up.members.insert(
+        mallory.address().user,
+        state::Member {
+            address: mallory.address(),
+            admin: true,
+            admin_since: 0,
+        },
+    );
+    let ch = sign_change(
+        &mallory.devices[0].device,
+        &mallory.devices[0].cert,
+        &made_up,
+        vec![add_action(&carol.address(), false)],
+        NOW,
+    )
+    .unwrap();
+    let c = update_content(&mallory, &ch, Some(made_up.to_pb()));
+    let e = mallory.envelope(0, &mut carol, 0, &c);
+    carol.receive(0, &e);
+    let rec = carol.devices[0]
+        .device
+        .store_mut()
+        .transaction(|tx| records::group(tx, &id.0))
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        rec.status, MEMBER,
+        "a stranger's re-add is a request, not membership"
+    );
+}
+
+#[test]
+fn a_member_cannot_fill_the_waiting_changes_and_freeze_the_group() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    let s = state(&mut bob, 0, id);
+    for i in 0..MAX_PENDING_CHANGES {
+        let mut fake = s.clone();
+        fake.version = 1_000 + i as u64;
+        fake.head = [i as u8 + 1; 32];
+        let ch = sign_change(
+            &bob.devices[0].device,
+            &bob.devices[0].cert,
+            &fake,
+            vec![action(pb::group_action::Action::Rename("x".into()))],
+            NOW,
+        )
+        .unwrap();
+        let c = update_content(&bob, &ch, None);
+        let e = bob.envelope(0, &mut carol, 0, &c);
+        carol.receive(0, &e);
+    }
+    // Alice makes two changes; Carol gets the second before the first.
+    let (me, cert) = (alice.address(), alice.devices[0].cert);
+    let ren = |n: &str| vec![action(pb::group_action::Action::Rename(n.into()))];
+    change(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        id,
+        ren("one"),
+        NOW,
+    )
+    .unwrap();
+    net.pass(&mut alice, 0);
+    let first = net
+        .mailboxes
+        .remove(&(carol.address().user, carol.devices[0].mailbox))
+        .unwrap();
+    change(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        id,
+        ren("two"),
+        NOW,
+    )
+    .unwrap();
+    net.pass(&mut alice, 0);
+    net.deliver(&mut carol, 0);
+    for e in &first {
+        carol.receive(0, e);
+    }
+    let cs = state(&mut carol, 0, id);
+    assert_eq!((cs.version, cs.name.as_str()), (3, "two"));
+}
+
+#[test]
+fn a_strangers_group_messages_stop_at_its_request_limit() {
+    let (_net, _alice, _bob, mut carol, _id) = three();
+    let mut mallory = TestUser::new(1);
+    let (mme, mcert) = (mallory.address(), mallory.devices[0].cert);
+    let gid = create(
+        &mut mallory.devices[0].device,
+        &mme,
+        &mcert,
+        "spam",
+        &[carol.address()],
+        NOW,
+        &mut OsRng,
+    )
+    .unwrap();
+    // The creation, as Mallory's outbox holds it.
+    let item = mallory
+        .outbox(0)
+        .into_iter()
+        .find(|i| i.recipient == carol.address().to_string())
+        .unwrap();
+    let c = pb::Content::decode(item.content.as_slice()).unwrap();
+    let e = mallory.envelope(0, &mut carol, 0, &c);
+    carol.receive(0, &e);
+    let mut chain = SendingChain::generate(&mut OsRng);
+    let k = pb::Content {
+        sender_relay: mallory.relay.to_string(),
+        delivery_token: Vec::new(),
+        body: Some(pb::content::Body::SenderKey(distribution_to_pb(
+            &gid,
+            &chain.distribution(),
+        ))),
+    };
+    let e = mallory.envelope(0, &mut carol, 0, &k);
+    carol.receive(0, &e);
+    for i in 0..200u32 {
+        let content = crate::engine::testkit::text(&mallory, 0, &format!("spam {i}"));
+        let mut content = content;
+        if let Some(pb::content::Body::Message(m)) = content.body.as_mut() {
+            m.id = i.to_be_bytes().repeat(4);
+        }
+        let env = pb::Envelope {
+            version: 1,
+            body: Some(pb::envelope::Body::Group(pb::GroupEnvelope {
+                sender_user: mme.user.to_vec(),
+                sender_device: 1,
+                message: chain
+                    .encrypt(&gid.0, &content.encode_to_vec(), Padding::Padme)
+                    .unwrap(),
+            })),
+        }
+        .encode_to_vec();
+        let id = carol.next_id();
+        carol.receive(0, &(id, env));
+    }
+    let n = carol
+        .events(0)
+        .into_iter()
+        .filter(|e| matches!(e.kind, Some(pb::client_event::Kind::MessageRequest(_))))
+        .count();
+    assert!(
+        n <= crate::engine::inbound::MAX_HELD_PER_REQUEST as usize,
+        "{n} requests held"
+    );
+}
+
+#[test]
+fn a_version_at_the_end_of_its_range_is_refused_not_a_panic() {
+    let (_net, _alice, _bob, mut carol, _id) = three();
+    let mut mallory = TestUser::new(1);
+    let mut made_up = GroupState::empty(GroupId([7; 32]));
+    made_up.version = u64::MAX;
+    made_up.members.insert(
+        mallory.address().user,
+        state::Member {
+            address: mallory.address(),
+            admin: true,
+            admin_since: 0,
+        },
+    );
+    let body = pb::GroupChange {
+        group_id: vec![7; 32],
+        version: 0,
+        parent: vec![0; 32],
+        author_user: mallory.address().user.to_vec(),
+        author_device: mallory.devices[0].cert.device_id,
+        actions: vec![add_action(&carol.address(), false)],
+        at_ms: NOW,
+    }
+    .encode_to_vec();
+    let signed = pb::SignedGroupChange {
+        signature: mallory.devices[0]
+            .device
+            .sign_statement(sotto_core::device::Statement::GroupChange, &body)
+            .to_vec(),
+        body,
+        author_certificate: Some(mallory.devices[0].cert.to_pb()),
+    };
+    let c = pb::Content {
+        sender_relay: mallory.relay.to_string(),
+        delivery_token: Vec::new(),
+        body: Some(pb::content::Body::GroupUpdate(pb::GroupUpdate {
+            change: Some(signed),
+            state: Some(made_up.to_pb()),
+            history: Vec::new(),
+        })),
+    };
+    let e = mallory.envelope(0, &mut carol, 0, &c);
+    carol.receive(0, &e);
+    assert!(carol.devices[0]
+        .device
+        .store_mut()
+        .transaction(|tx| records::group(tx, &[7; 32]))
+        .unwrap()
+        .is_none());
 }
