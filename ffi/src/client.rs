@@ -95,7 +95,7 @@ impl SottoClient {
     }
 
     /// The core client, or `Closed` after `shutdown()`.
-    fn core(&self) -> Result<Arc<AppMessenger>> {
+    pub(crate) fn core(&self) -> Result<Arc<AppMessenger>> {
         lock(&self.client).clone().ok_or(SottoError::Closed)
     }
 

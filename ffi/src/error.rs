@@ -192,9 +192,28 @@ pub enum SottoError {
     /// Only the primary device (holding the account key) links and unlinks.
     #[error("only the primary device can do this")]
     NotPrimary,
-    /// The peer's message request was not accepted yet.
+    /// The peer's message request was not accepted yet (or a group
+    /// invitation: `acceptGroup` first).
     #[error("the peer is not an accepted contact")]
     NotAccepted,
+    /// A peer's group change, state or key broke a rule (nothing applied).
+    #[error("group change refused: {reason}")]
+    GroupRejected {
+        /// Which rule it broke.
+        reason: String,
+    },
+    /// This device is in no group with that id (or no longer a member).
+    #[error("unknown group")]
+    UnknownGroup,
+    /// Only the group's admins may do this.
+    #[error("only an admin of the group can do this")]
+    NotGroupAdmin,
+    /// Past a group limit (1,000 members, 16 devices per member).
+    #[error("group too large: {reason}")]
+    GroupTooLarge {
+        /// Which limit.
+        reason: String,
+    },
 }
 
 /// Every core error keeps its own variant, so apps can react precisely
@@ -273,6 +292,14 @@ impl From<sotto_messenger::Error> for SottoError {
             },
             E::NotPrimary => Self::NotPrimary,
             E::NotAccepted => Self::NotAccepted,
+            E::GroupRejected(reason) => Self::GroupRejected {
+                reason: reason.into(),
+            },
+            E::UnknownGroup => Self::UnknownGroup,
+            E::NotGroupAdmin => Self::NotGroupAdmin,
+            E::GroupTooLarge(reason) => Self::GroupTooLarge {
+                reason: reason.into(),
+            },
             // The messenger's enum is non-exhaustive; a new variant shows as
             // internal until it gets its own here.
             other => Self::Internal {

@@ -192,6 +192,15 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A group changed (`groupId`; `peer` is the admin who changed it).
+    GroupChanged {
+        /// The group's version after the change.
+        version: u64,
+        /// What changed.
+        changes: Vec<GroupChange>,
+        /// What it means for this device.
+        effect: GroupEffect,
+    },
     /// A stored event could not be read back: acknowledge it; the queue
     /// never stalls on it.
     Unreadable {
@@ -205,6 +214,83 @@ pub enum EventKind {
     },
 }
 
+/// One change of a group.
+#[derive(Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum GroupChange {
+    /// A member joined.
+    Added {
+        /// Its user address.
+        member: String,
+        /// As an admin.
+        admin: bool,
+    },
+    /// A member left or was removed (its 32-byte user id).
+    Removed {
+        /// The user id.
+        user: Vec<u8>,
+    },
+    /// A member became an admin.
+    Promoted {
+        /// The user id.
+        user: Vec<u8>,
+    },
+    /// An admin became an ordinary member.
+    Demoted {
+        /// The user id.
+        user: Vec<u8>,
+    },
+    /// The group's new name.
+    Renamed {
+        /// The name.
+        name: String,
+    },
+    /// The avatar changed.
+    AvatarChanged,
+}
+
+impl fmt::Debug for GroupChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A group's name is content: never in logs.
+        match self {
+            Self::Added { admin, .. } => write!(f, "Added {{ admin: {admin} }}"),
+            Self::Removed { .. } => f.write_str("Removed"),
+            Self::Promoted { .. } => f.write_str("Promoted"),
+            Self::Demoted { .. } => f.write_str("Demoted"),
+            Self::Renamed { name } => write!(f, "Renamed(<{} bytes>)", name.len()),
+            Self::AvatarChanged => f.write_str("AvatarChanged"),
+        }
+    }
+}
+
+impl From<core::GroupChange> for GroupChange {
+    fn from(c: core::GroupChange) -> Self {
+        match c {
+            core::GroupChange::Added { member, admin } => Self::Added {
+                member: member.to_string(),
+                admin,
+            },
+            core::GroupChange::Removed(u) => Self::Removed { user: u.to_vec() },
+            core::GroupChange::Promoted(u) => Self::Promoted { user: u.to_vec() },
+            core::GroupChange::Demoted(u) => Self::Demoted { user: u.to_vec() },
+            core::GroupChange::Renamed(name) => Self::Renamed { name },
+            // The core enum is non-exhaustive.
+            _ => Self::AvatarChanged,
+        }
+    }
+}
+
+/// What a group change means for this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum GroupEffect {
+    /// An ordinary change of a group this device is in.
+    Applied,
+    /// An invitation from a user this user has not accepted: a request
+    /// (`acceptGroup`).
+    Invitation,
+    /// This user is no longer a member.
+    RemovedYou,
+}
+
 /// One event for the app. Acknowledge it (`ackEvent(seq)`) once handled;
 /// until then it is delivered again, also after a restart.
 #[derive(Debug, Clone, uniffi::Record)]
@@ -215,6 +301,9 @@ pub struct Event {
     pub peer: Option<String>,
     /// The other party's device, when relevant (0 otherwise).
     pub peer_device: u32,
+    /// The 32-byte id of the group it happened in (group messages, their
+    /// delivery, group changes), if any.
+    pub group_id: Option<Vec<u8>>,
     /// What happened.
     pub kind: EventKind,
 }
@@ -254,6 +343,19 @@ impl From<core::Event> for Event {
                 message_id: message_id.0.to_vec(),
                 reason,
             },
+            K::GroupChanged {
+                version,
+                changes,
+                effect,
+            } => EventKind::GroupChanged {
+                version,
+                changes: changes.into_iter().map(Into::into).collect(),
+                effect: match effect {
+                    core::GroupEffect::Invitation => GroupEffect::Invitation,
+                    core::GroupEffect::RemovedYou => GroupEffect::RemovedYou,
+                    _ => GroupEffect::Applied,
+                },
+            },
             // The core enum is non-exhaustive.
             other => EventKind::Other {
                 description: format!("{other:?}"),
@@ -263,6 +365,7 @@ impl From<core::Event> for Event {
             seq: e.seq,
             peer: e.peer.map(|p| p.to_string()),
             peer_device: e.peer_device,
+            group_id: e.group.map(|g| g.0.to_vec()),
             kind,
         }
     }

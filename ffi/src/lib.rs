@@ -9,6 +9,8 @@
 //!   files, receive events, receipts, safety numbers, devices).
 //! - [`events`] — `Event`, `EventKind`, `ReceivedMessage`, `Attachment`,
 //!   `DeliveryState`: what the client reports.
+//! - [`groups`] — group chats on `SottoClient`: create, change, leave,
+//!   send, `GroupInfo`.
 //! - [`listener`] — the `EventListener` callback and `EventSubscription`.
 //! - [`link`] — `Linking` / `PendingLink`: linking a new device.
 //! - [`device`] — `Device`, the low-level crypto surface (identity,
@@ -29,6 +31,7 @@ pub(crate) mod consumer;
 pub mod device;
 pub mod error;
 pub mod events;
+pub mod groups;
 pub mod identity;
 pub mod link;
 pub mod listener;
@@ -38,8 +41,10 @@ pub use client::SottoClient;
 pub use device::{Device, OneTimePrekeys, PeerAddress, PrekeyBundle, PrekeyUpload, Verification};
 pub use error::SottoError;
 pub use events::{
-    Attachment, DeliveryState, DeviceDelivery, Event, EventKind, ReceiptKind, ReceivedMessage,
+    Attachment, DeliveryState, DeviceDelivery, Event, EventKind, GroupChange, GroupEffect,
+    ReceiptKind, ReceivedMessage,
 };
+pub use groups::{GroupInfo, GroupMember, GroupStatus};
 pub use identity::SafetyNumber;
 pub use link::{Linking, PendingLink};
 pub use listener::{EventListener, EventSubscription};

@@ -419,6 +419,61 @@ uint64_t uniffi_sotto_ffi_fn_method_sottoclient_unlink_device(uint64_t ptr, uint
 uint64_t uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(uint64_t ptr, uint64_t timeout_ms
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ACCEPT_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ACCEPT_GROUP
+void uniffi_sotto_ffi_fn_method_sottoclient_accept_group(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ADD_GROUP_MEMBERS
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ADD_GROUP_MEMBERS
+void uniffi_sotto_ffi_fn_method_sottoclient_add_group_members(uint64_t ptr, RustBuffer group_id, RustBuffer members, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_CREATE_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_CREATE_GROUP
+RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_create_group(uint64_t ptr, RustBuffer name, RustBuffer members, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUP
+RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_group(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUPS
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUPS
+RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_groups(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_LEAVE_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_LEAVE_GROUP
+void uniffi_sotto_ffi_fn_method_sottoclient_leave_group(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_REMOVE_GROUP_MEMBER
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_REMOVE_GROUP_MEMBER
+void uniffi_sotto_ffi_fn_method_sottoclient_remove_group_member(uint64_t ptr, RustBuffer group_id, RustBuffer member, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_RENAME_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_RENAME_GROUP
+void uniffi_sotto_ffi_fn_method_sottoclient_rename_group(uint64_t ptr, RustBuffer group_id, RustBuffer name, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SEND_GROUP_FILE
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SEND_GROUP_FILE
+uint64_t uniffi_sotto_ffi_fn_method_sottoclient_send_group_file(uint64_t ptr, RustBuffer group_id, RustBuffer text, RustBuffer path
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SEND_GROUP_TEXT
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SEND_GROUP_TEXT
+RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_send_group_text(uint64_t ptr, RustBuffer group_id, RustBuffer text, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SET_GROUP_ADMIN
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SET_GROUP_ADMIN
+void uniffi_sotto_ffi_fn_method_sottoclient_set_group_admin(uint64_t ptr, RustBuffer group_id, RustBuffer member, int8_t admin, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_CLONE_DEVICE
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_CLONE_DEVICE
 uint64_t uniffi_sotto_ffi_fn_clone_device(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -1130,6 +1185,72 @@ uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_unlink_device(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_WAIT_SYNCED
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_WAIT_SYNCED
 uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ACCEPT_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ACCEPT_GROUP
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_accept_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ADD_GROUP_MEMBERS
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_ADD_GROUP_MEMBERS
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_add_group_members(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_CREATE_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_CREATE_GROUP
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_create_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_GROUP
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_GROUPS
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_GROUPS
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_groups(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_LEAVE_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_LEAVE_GROUP
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_leave_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_REMOVE_GROUP_MEMBER
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_REMOVE_GROUP_MEMBER
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_remove_group_member(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_RENAME_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_RENAME_GROUP
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_rename_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SEND_GROUP_FILE
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SEND_GROUP_FILE
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_send_group_file(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SEND_GROUP_TEXT
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SEND_GROUP_TEXT
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_send_group_text(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SET_GROUP_ADMIN
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SET_GROUP_ADMIN
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_set_group_admin(void
     
 );
 #endif

@@ -60,6 +60,11 @@ pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> R
                 envelope,
                 token,
             } => (user.relay, Call::Submit(mailbox, envelope, token)),
+            Step::SubmitShared {
+                relay,
+                envelope,
+                recipients,
+            } => (relay, Call::SubmitShared(envelope, recipients)),
         };
         if tokio::time::Instant::now() >= deadline {
             // The item's time ran out before this step: it waits for the
@@ -92,6 +97,10 @@ enum Call {
         Vec<u8>,
         Option<zeroize::Zeroizing<[u8; 32]>>,
     ),
+    SubmitShared(
+        Vec<u8>,
+        Vec<(sotto_relay::MailboxId, Option<zeroize::Zeroizing<[u8; 32]>>)>,
+    ),
 }
 
 /// Runs one request on `relay`'s connection (dropped after a
@@ -108,6 +117,7 @@ async fn run<S: Store + Send + 'static>(
                 Call::List(_) => Input::DeviceList(Err(e)),
                 Call::Bundle(_) => Input::Bundle(Err(e)),
                 Call::Submit(..) => Input::Submitted(Err(e)),
+                Call::SubmitShared(..) => Input::SubmittedShared(Err(e)),
             }
         }
     };
@@ -125,6 +135,19 @@ async fn run<S: Store + Send + 'static>(
                 .send_with_token(&mailbox, envelope, token.as_deref())
                 .await;
             Input::Submitted(inner.checked(relay, &conn, r).await)
+        }
+        Call::SubmitShared(envelope, recipients) => {
+            let recipients = recipients
+                .into_iter()
+                .map(|(m, t)| (m, t.map(|t| *t)))
+                .collect();
+            let r = conn.send_shared(envelope, recipients).await;
+            Input::SubmittedShared(inner.checked(relay, &conn, r).await.map(|results| {
+                results
+                    .into_iter()
+                    .map(|r| r.map_err(Error::from))
+                    .collect()
+            }))
         }
     }
 }

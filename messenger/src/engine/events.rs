@@ -342,7 +342,7 @@ pub enum EventKind {
 }
 
 /// One change of a group's membership or look.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GroupChange {
     /// A member joined (was added).
@@ -362,6 +362,24 @@ pub enum GroupChange {
     Renamed(String),
     /// The avatar changed (read it with `Messenger::group`).
     AvatarChanged,
+}
+
+impl std::fmt::Debug for GroupChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A group's name is content: never in logs.
+        match self {
+            Self::Added { member, admin } => f
+                .debug_struct("Added")
+                .field("member", member)
+                .field("admin", admin)
+                .finish(),
+            Self::Removed(u) => write!(f, "Removed({})", hex::encode(&u[..8])),
+            Self::Promoted(u) => write!(f, "Promoted({})", hex::encode(&u[..8])),
+            Self::Demoted(u) => write!(f, "Demoted({})", hex::encode(&u[..8])),
+            Self::Renamed(n) => write!(f, "Renamed(<{} bytes>)", n.len()),
+            Self::AvatarChanged => f.write_str("AvatarChanged"),
+        }
+    }
 }
 
 /// What a group change means for this device.

@@ -91,6 +91,16 @@ pub(crate) enum Step {
         /// The device's delivery token, if it gave us one.
         token: Option<Zeroizing<[u8; 32]>>,
     },
+    /// Submit one group envelope to many mailboxes on `relay`, stored
+    /// once there; answer with [`Input::SubmittedShared`].
+    SubmitShared {
+        /// The relay.
+        relay: RelayAddress,
+        /// The group envelope.
+        envelope: Vec<u8>,
+        /// Each mailbox, with the delivery token its device gave us if any.
+        recipients: Vec<(MailboxId, Option<Zeroizing<[u8; 32]>>)>,
+    },
     /// The pass is over.
     Done(Pass),
 }
@@ -104,6 +114,8 @@ pub(crate) enum Input {
     Bundle(Result<FetchedBundle>),
     /// The relay's id of the accepted envelope.
     Submitted(Result<EnvelopeId>),
+    /// The relay's answer per recipient of a shared submission, in order.
+    SubmittedShared(Result<Vec<Result<EnvelopeId>>>),
 }
 
 /// One device an item goes to.
@@ -122,8 +134,6 @@ enum Carries {
     Pairwise,
     /// A group item's sender key, over the pairwise session.
     GroupKey,
-    /// A group item's envelope (the same bytes for every member device).
-    GroupMessage,
 }
 
 /// A group item's parts.
@@ -140,6 +150,10 @@ struct GroupItem {
     members: Vec<UserAddress>,
     /// A target on a held relay was skipped: the item stays.
     deferred: bool,
+    /// Targets holding the chain, waiting for the shared submission.
+    ready: Vec<Target>,
+    /// Devices whose token the relay refused: sent again without one.
+    tokenless: HashSet<Vec<u8>>,
 }
 
 /// What the planner waits for.
@@ -155,6 +169,8 @@ enum Awaiting {
         carries: Carries,
     },
     GroupList(UserAddress),
+    /// A shared submission to these targets (and the tokens sent).
+    Shared(Vec<(Target, Option<Zeroizing<[u8; 32]>>)>),
 }
 
 /// Where the current item is.
@@ -173,6 +189,8 @@ enum Stage {
 pub(crate) const GROUP_LIST_MAX_AGE_MS: u64 = 3600 * 1000;
 /// Devices of one member a group message goes to (a list names at most 16).
 pub(crate) const MAX_DEVICES_PER_MEMBER: usize = 16;
+/// Recipients of one shared submission (the relay's default limit).
+pub(crate) const MAX_SHARED_RECIPIENTS: usize = 1_000;
 
 /// The item being sent.
 #[derive(Debug)]
@@ -361,6 +379,9 @@ impl Planner {
             (Awaiting::GroupList(user), Input::DeviceList(r)) => {
                 self.on_group_list(device, &user, r, now_ms)
             }
+            (Awaiting::Shared(batch), Input::SubmittedShared(r)) => {
+                self.on_shared(device, batch, r, now_ms)
+            }
             _ => Err(Error::invalid_argument(
                 "outbox step result of another kind",
             )),
@@ -526,6 +547,8 @@ impl Planner {
                 lists,
                 members,
                 deferred: false,
+                ready: Vec::new(),
+                tokenless: HashSet::new(),
             }),
         }))
     }
@@ -764,21 +787,10 @@ impl Planner {
                         .store_mut()
                         .transaction(|tx| group::has_chain(tx, &g.id, &g.chain_id, &user, id))?;
                 if given {
-                    let token = device
-                        .store_mut()
-                        .transaction(|tx| records::delivery_token(tx, &user, id))?;
-                    let envelope = cur.item.group_envelope.clone();
-                    self.awaiting = Some(Awaiting::Submit {
-                        token: token.clone(),
-                        envelope: envelope.clone(),
-                        carries: Carries::GroupMessage,
-                    });
-                    return Ok(Some(Step::Submit {
-                        user: t.user.clone(),
-                        mailbox: t.device.mailbox,
-                        envelope,
-                        token,
-                    }));
+                    // Sent with the others on its relay, once.
+                    g.ready.push(t.clone());
+                    cur.targets.pop_front();
+                    continue;
                 }
                 carries = Carries::GroupKey;
             }
@@ -847,6 +859,47 @@ impl Planner {
                 envelope,
                 token,
             }));
+        }
+        // A group item: every device holding the chain gets the envelope,
+        // one shared submission per relay.
+        if let Some(g) = cur.group.as_mut() {
+            if let Some(relay) = g.ready.first().map(|t| t.user.relay.clone()) {
+                let (batch, rest): (Vec<Target>, Vec<Target>) = std::mem::take(&mut g.ready)
+                    .into_iter()
+                    .partition(|t| t.user.relay == relay);
+                let mut batch = batch;
+                let mut rest = rest;
+                if batch.len() > MAX_SHARED_RECIPIENTS {
+                    rest.extend(batch.drain(MAX_SHARED_RECIPIENTS..));
+                }
+                g.ready = rest;
+                let tokenless = g.tokenless.clone();
+                let with_tokens = device.store_mut().transaction(|tx| -> Result<Vec<_>> {
+                    batch
+                        .into_iter()
+                        .map(|t| {
+                            let dk = group::device_key(&t.user.user, t.device.device_id);
+                            let token = if tokenless.contains(&dk) {
+                                None
+                            } else {
+                                records::delivery_token(tx, &t.user.user, t.device.device_id)?
+                            };
+                            Ok((t, token))
+                        })
+                        .collect()
+                })?;
+                let recipients = with_tokens
+                    .iter()
+                    .map(|(t, token)| (t.device.mailbox, token.clone()))
+                    .collect();
+                cur.to = with_tokens[0].0.user.clone();
+                self.awaiting = Some(Awaiting::Shared(with_tokens));
+                return Ok(Some(Step::SubmitShared {
+                    relay,
+                    envelope: cur.item.group_envelope.clone(),
+                    recipients,
+                }));
+            }
         }
         Ok(None)
     }
@@ -939,8 +992,8 @@ impl Planner {
             }
             other => other?,
         };
-        if carries != Carries::Pairwise {
-            return self.on_group_submitted(device, &t, carries, now_ms);
+        if carries == Carries::GroupKey {
+            return self.on_group_key_submitted(device, &t);
         }
         if t.own {
             cur.item.done_own_devices.push(device_id);
@@ -1000,62 +1053,116 @@ impl Planner {
         Ok(())
     }
 
-    /// A group item's key or message was accepted for target `t`.
-    fn on_group_submitted<S: Store>(
+    /// The relay answered a shared submission: each recipient is done, full
+    /// (the item stays for it), sent again without the token it replaced,
+    /// skipped (a refusal that repeats) or left for the next pass.
+    fn on_shared<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        batch: Vec<(Target, Option<Zeroizing<[u8; 32]>>)>,
+        result: Result<Vec<Result<EnvelopeId>>>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let results = result?;
+        if results.len() != batch.len() {
+            return Err(Error::invalid_argument("shared answer of another length"));
+        }
+        let cur = self.current_mut()?;
+        let gid = cur
+            .group
+            .as_ref()
+            .map(|g| g.id)
+            .ok_or(Error::invalid_argument("not a group item"))?;
+        let mut done = Vec::new();
+        for ((t, token), r) in batch.into_iter().zip(results) {
+            let dk = group::device_key(&t.user.user, t.device.device_id);
+            match r {
+                Ok(_) => {
+                    cur.item.done_group_devices.push(dk);
+                    done.push(t);
+                }
+                Err(e) if e.relay_code() == Some(ErrorCode::BadDeliveryToken) => {
+                    if let Some(refused) = token {
+                        device.store_mut().transaction(|tx| {
+                            records::delete_delivery_token_if(
+                                tx,
+                                &t.user.user,
+                                t.device.device_id,
+                                &refused,
+                            )
+                        })?;
+                        if let Some(g) = cur.group.as_mut() {
+                            g.tokenless.insert(dk);
+                            g.ready.push(t);
+                        }
+                    }
+                }
+                Err(e) if e.relay_code() == Some(ErrorCode::QuotaExceeded) => {
+                    cur.full = Some(e);
+                }
+                Err(e) if e.fault() == Fault::Peer => {
+                    tracing::debug!(error = %e, "group target skipped");
+                }
+                Err(_) => {
+                    if let Some(g) = cur.group.as_mut() {
+                        g.deferred = true;
+                    }
+                }
+            }
+        }
+        let (seq, progress) = (cur.seq, cur.item.clone());
+        let message_id = progress.message_id.clone();
+        let raised = device.store_mut().transaction(|tx| -> Result<bool> {
+            records::update_outbox(tx, seq, Some(&progress))?;
+            let mut raised = false;
+            for t in done.iter().filter(|t| !t.own) {
+                if message_id.is_empty()
+                    || !records::raise_delivery(
+                        tx,
+                        &message_id,
+                        &t.user.user,
+                        t.device.device_id,
+                        Some(DeliveryState::Sent),
+                        now_ms,
+                    )?
+                {
+                    continue;
+                }
+                let mut e = EventBuilder::about(Some(&t.user))
+                    .device(t.device.device_id)
+                    .message_id(&message_id)
+                    .delivery(&t.user.user, t.device.device_id, DeliveryState::Sent);
+                e.group_id = gid.0.to_vec();
+                records::push_event(tx, e)?;
+                raised = true;
+            }
+            Ok(raised)
+        })?;
+        self.events |= raised;
+        Ok(())
+    }
+
+    /// A group item's key was accepted for target `t`: the device has the
+    /// chain; the envelope itself goes with the shared submission.
+    fn on_group_key_submitted<S: Store>(
         &mut self,
         device: &mut Device<S>,
         t: &Target,
-        carries: Carries,
-        now_ms: u64,
     ) -> Result<()> {
         let cur = self.current_mut()?;
         let (user, device_id) = (t.user.user, t.device.device_id);
-        let dk = group::device_key(&user, device_id);
         let (gid, chain_id) = match &cur.group {
             Some(g) => (g.id, g.chain_id.clone()),
             None => return Err(Error::invalid_argument("not a group item")),
         };
-        let seq = cur.seq;
-        if carries == Carries::GroupKey {
-            // The device has the chain: the message itself comes next.
-            cur.item.group_key_devices.push(dk);
-            let progress = cur.item.clone();
-            return device.store_mut().transaction(|tx| -> Result<()> {
-                group::mark_distributed(tx, &gid, &chain_id, &user, device_id)?;
-                records::update_outbox(tx, seq, Some(&progress))
-            });
-        }
-        cur.item.done_group_devices.push(dk);
-        let progress = cur.item.clone();
-        let message_id = progress.message_id.clone();
-        let raised = device.store_mut().transaction(|tx| -> Result<bool> {
-            records::update_outbox(tx, seq, Some(&progress))?;
-            if t.own
-                || message_id.is_empty()
-                || !records::raise_delivery(
-                    tx,
-                    &message_id,
-                    &user,
-                    device_id,
-                    Some(DeliveryState::Sent),
-                    now_ms,
-                )?
-            {
-                return Ok(false);
-            }
-            let mut e = EventBuilder::about(Some(&t.user))
-                .device(device_id)
-                .message_id(&message_id)
-                .delivery(&user, device_id, DeliveryState::Sent);
-            e.group_id = gid.0.to_vec();
-            records::push_event(tx, e)?;
-            Ok(true)
-        })?;
-        self.events |= raised;
-        if let Some(cur) = self.current.as_mut() {
-            cur.targets.pop_front();
-        }
-        Ok(())
+        cur.item
+            .group_key_devices
+            .push(group::device_key(&user, device_id));
+        let (seq, progress) = (cur.seq, cur.item.clone());
+        device.store_mut().transaction(|tx| -> Result<()> {
+            group::mark_distributed(tx, &gid, &chain_id, &user, device_id)?;
+            records::update_outbox(tx, seq, Some(&progress))
+        })
     }
 
     /// Every target was tried: the item is done, or stays for a device

@@ -62,7 +62,7 @@ impl TestUser {
             devices.push(TestDevice {
                 device,
                 cert,
-                mailbox: [id as u8; 32],
+                mailbox: mailbox_of(&account.public(), id),
             });
         }
         let mut user = TestUser {
@@ -224,6 +224,14 @@ impl TestUser {
                 .unwrap();
         }
     }
+}
+
+/// The mailbox of a test user's device: unique across users (a relay
+/// knows a mailbox by its key alone).
+pub(crate) fn mailbox_of(account: &[u8; 32], device_id: u32) -> [u8; 32] {
+    let mut m = *account;
+    m[28..].copy_from_slice(&device_id.to_be_bytes());
+    m
 }
 
 /// Pins `list` of `user` in `device`'s records.

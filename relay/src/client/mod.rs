@@ -15,8 +15,8 @@ use ed25519_dalek::SigningKey;
 use sotto_proto::relay::{
     client_frame::Body as Req, server_frame::Body as Resp, Ack, AuthBegin, AuthProve, BlobDownload,
     BlobUpload, FetchBundle, FetchDeviceList, PrekeyCounts, PrekeyItem, PublishDeviceList,
-    PublishPrekeys, QueryPrekeyCounts, RegisterPushToken, Send, SendBatch, SetDeliveryToken,
-    SignedDeviceList, Subscribe,
+    PublishPrekeys, QueryPrekeyCounts, RegisterPushToken, Send, SendBatch, SendShared,
+    SetDeliveryToken, SharedRecipient, SignedDeviceList, Subscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -326,6 +326,41 @@ impl RelayClient {
                 .collect(),
         });
         let Resp::SendBatchOk(ok) = self.request(req).await? else {
+            return Err(RelayError::UnexpectedReply);
+        };
+        if ok.results.len() != n {
+            return Err(RelayError::UnexpectedReply);
+        }
+        Ok(ok
+            .results
+            .into_iter()
+            .map(|r| match r.error {
+                Some(e) => Err(frame::remote_error(&e)),
+                None => EnvelopeId::from_slice(&r.envelope_id),
+            })
+            .collect())
+    }
+
+    /// Submits one payload for many mailboxes, stored once by the relay
+    /// (PROTOCOL.md Part II §4): each recipient `(mailbox, delivery token)`
+    /// gets its own envelope id or its own refusal, in order.
+    pub async fn send_shared(
+        &self,
+        payload: Vec<u8>,
+        recipients: Vec<(MailboxId, Option<[u8; 32]>)>,
+    ) -> Result<Vec<Result<EnvelopeId>>> {
+        let n = recipients.len();
+        let req = Req::SendShared(SendShared {
+            payload,
+            recipients: recipients
+                .into_iter()
+                .map(|(m, t)| SharedRecipient {
+                    mailbox: m.0.to_vec(),
+                    delivery_token: t.map(|t| t.to_vec()).unwrap_or_default(),
+                })
+                .collect(),
+        });
+        let Resp::SendSharedOk(ok) = self.request(req).await? else {
             return Err(RelayError::UnexpectedReply);
         };
         if ok.results.len() != n {

@@ -31,6 +31,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Most items in one batch send.
     pub max_batch_items: usize,
+    /// Most recipients of one shared send (a group message stored once).
+    pub max_shared_recipients: usize,
     /// Per-mailbox quota: stored envelopes.
     pub mailbox_max_envelopes: usize,
     /// Per-mailbox quota: stored payload bytes.
@@ -114,6 +116,7 @@ impl Default for Config {
             max_envelope_bytes: 96 * 1024,
             max_frame_bytes: 2 * 1024 * 1024,
             max_batch_items: 64,
+            max_shared_recipients: 1_000,
             mailbox_max_envelopes: 10_000,
             mailbox_max_bytes: 256 * 1024 * 1024,
             envelope_ttl_secs: 30 * 24 * 3600,
@@ -336,7 +339,19 @@ impl Config {
                 "connection caps must be positive".into(),
             ));
         }
-        if self.max_concurrent_streams == 0 || self.max_batch_items == 0 {
+        // A shared send: the payload and, per recipient, a mailbox and a
+        // token with their protobuf framing (70 bytes).
+        if self.max_frame_bytes
+            < self.max_envelope_bytes + self.max_shared_recipients.saturating_mul(70) + 1024
+        {
+            return Err(RelayError::Config(
+                "max_frame_bytes must hold a shared send to max_shared_recipients".into(),
+            ));
+        }
+        if self.max_concurrent_streams == 0
+            || self.max_batch_items == 0
+            || self.max_shared_recipients == 0
+        {
             return Err(RelayError::Config(
                 "stream and batch limits must be positive".into(),
             ));

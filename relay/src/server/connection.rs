@@ -13,7 +13,7 @@ use rand_core::{OsRng, RngCore};
 use sotto_proto::relay::{
     client_frame::Body as Req, server_frame::Body as Resp, AckOk, AuthChallenge, AuthOk, BlobInfo,
     BlobUploaded, Envelope, ErrorCode, FetchOk, QueueEmpty, SendBatchOk, SendOk, SendResult,
-    ServerFrame,
+    SendSharedOk, ServerFrame,
 };
 
 use super::budget::{Budgeted, ConnBudget, Reservation};
@@ -409,6 +409,23 @@ fn token(t: Vec<u8>) -> Result<Vec<u8>> {
     }
 }
 
+/// One item's outcome in a batch or shared send.
+fn send_result(r: Result<EnvelopeId>) -> SendResult {
+    match r {
+        Ok(id) => SendResult {
+            envelope_id: id.0.to_vec(),
+            error: None,
+        },
+        Err(e) => SendResult {
+            envelope_id: vec![],
+            error: Some(sotto_proto::relay::Error {
+                code: e.code() as i32,
+                detail: detail(&e),
+            }),
+        },
+    }
+}
+
 fn recipient(b: &[u8]) -> Result<MailboxId> {
     MailboxId::from_slice(b)
         .map_err(|_| RelayError::refusal(ErrorCode::Malformed, "recipient must be 32 bytes"))
@@ -483,22 +500,44 @@ async fn dispatch(
                 .submit(items)
                 .await
                 .into_iter()
-                .map(|r| match r {
-                    Ok(id) => SendResult {
-                        envelope_id: id.0.to_vec(),
-                        error: None,
-                    },
-                    Err(e) => SendResult {
-                        envelope_id: vec![],
-                        error: Some(sotto_proto::relay::Error {
-                            code: e.code() as i32,
-                            detail: detail(&e),
-                        }),
-                    },
-                })
+                .map(send_result)
                 .collect();
             state.metrics.send_latency.observe(started.elapsed());
             ok(Resp::SendBatchOk(SendBatchOk { results }))
+        }
+        Req::SendShared(b) => {
+            let started = Instant::now();
+            if b.recipients.len() > state.config.max_shared_recipients {
+                return Err(RelayError::refusal(
+                    ErrorCode::TooManyItems,
+                    "too many recipients",
+                ));
+            }
+            let mut seen = std::collections::HashSet::with_capacity(b.recipients.len());
+            let recipients = b
+                .recipients
+                .into_iter()
+                .map(|r| {
+                    let to = recipient(&r.mailbox)?;
+                    if !seen.insert(to) {
+                        return Err(RelayError::refusal(
+                            ErrorCode::Malformed,
+                            "a recipient named twice",
+                        ));
+                    }
+                    Ok((to, token(r.delivery_token)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            take_sends(state, ctx, recipients.len())?;
+            let results = state
+                .mailboxes
+                .submit_shared(b.payload, recipients)
+                .await
+                .into_iter()
+                .map(send_result)
+                .collect();
+            state.metrics.send_latency.observe(started.elapsed());
+            ok(Resp::SendSharedOk(SendSharedOk { results }))
         }
         Req::Fetch(f) => {
             let after = if f.after.is_empty() {

@@ -16,11 +16,16 @@ use crate::error::{RelayError, Result};
 pub enum Cf {
     /// `mailbox || seq` -> `created_ms(8) || payload`.
     Envelopes,
-    /// `mailbox || seq` -> `created_ms(8) || payload_len(4) [|| 1]`, the
-    /// last byte present for an envelope from a stranger: written and
-    /// deleted in the same batch as the envelope, so startup rebuilds the
-    /// in-memory index by reading these small records, not every payload.
+    /// `mailbox || seq` -> `created_ms(8) || payload_len(4) [|| flags(1)
+    /// [|| shared_id(8)]]`: flags bit 0 an envelope from a stranger, bit 1
+    /// a reference to a shared payload (then no `Envelopes` record): written
+    /// and deleted in the same batch as the envelope, so startup rebuilds
+    /// the in-memory index by reading these small records, not every payload.
     EnvelopeIndex,
+    /// `shared_id(8)` -> `created_ms(8) || payload`: a payload sent to many
+    /// mailboxes at once, deleted in the batch that removes its last
+    /// reference.
+    SharedPayloads,
     /// `mailbox || kind(1) || id(4)` -> one-time prekey bytes.
     Prekeys,
     /// `mailbox` -> signed bundle blob.
@@ -41,9 +46,10 @@ pub enum Cf {
 }
 
 impl Cf {
-    const ALL: [Cf; 10] = [
+    const ALL: [Cf; 11] = [
         Cf::Envelopes,
         Cf::EnvelopeIndex,
+        Cf::SharedPayloads,
         Cf::Prekeys,
         Cf::Bundles,
         Cf::DeviceLists,
@@ -58,6 +64,7 @@ impl Cf {
         match self {
             Cf::Envelopes => "envelopes",
             Cf::EnvelopeIndex => "envelope_index",
+            Cf::SharedPayloads => "shared_payloads",
             Cf::Prekeys => "prekeys",
             Cf::Bundles => "bundles",
             Cf::DeviceLists => "device_lists",
@@ -86,7 +93,7 @@ fn cf_options(cf: Cf) -> Options {
     o.set_compression_type(DBCompressionType::None);
     if matches!(
         cf,
-        Cf::Envelopes | Cf::EnvelopeIndex | Cf::Prekeys | Cf::BlobChunks
+        Cf::Envelopes | Cf::EnvelopeIndex | Cf::SharedPayloads | Cf::Prekeys | Cf::BlobChunks
     ) {
         // Queue-like families: any 64-key window with 32 deletes, or a file of
         // >= 50 % tombstones, is compacted without waiting for size triggers.

@@ -55,14 +55,42 @@ pub fn now_ms() -> u64 {
 /// written before the index existed are migrated by one full scan).
 const INDEX_MARKER: &[u8] = b"envelope_index_v1";
 
-fn index_value(created_ms: u64, len: u32, stranger: bool) -> Vec<u8> {
-    let mut v = Vec::with_capacity(13);
+/// Index record flags (the 13th byte).
+const FLAG_STRANGER: u8 = 1;
+const FLAG_SHARED: u8 = 2;
+
+fn index_value(created_ms: u64, len: u32, stranger: bool, shared: Option<u64>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(21);
     v.extend_from_slice(&created_ms.to_be_bytes());
     v.extend_from_slice(&len.to_be_bytes());
-    if stranger {
-        v.push(1);
+    let flags =
+        if stranger { FLAG_STRANGER } else { 0 } | if shared.is_some() { FLAG_SHARED } else { 0 };
+    if flags != 0 {
+        v.push(flags);
+    }
+    if let Some(id) = shared {
+        v.extend_from_slice(&id.to_be_bytes());
     }
     v
+}
+
+/// Reads an index record: `(created_ms, len, stranger, shared payload id)`.
+fn parse_index_value(v: &[u8]) -> Option<(u64, u32, bool, Option<u64>)> {
+    let created_ms = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let len = u32::from_be_bytes(v.get(8..12)?.try_into().ok()?);
+    match v.len() {
+        12 => Some((created_ms, len, false, None)),
+        13 if v[12] == FLAG_STRANGER => Some((created_ms, len, true, None)),
+        21 if v[12] & FLAG_SHARED != 0 && v[12] & !(FLAG_SHARED | FLAG_STRANGER) == 0 => {
+            let id = u64::from_be_bytes(v[13..21].try_into().ok()?);
+            Some((created_ms, len, v[12] & FLAG_STRANGER != 0, Some(id)))
+        }
+        _ => None,
+    }
+}
+
+fn shared_key(id: u64) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
 }
 
 fn key(m: &MailboxId, seq: u64) -> Vec<u8> {
@@ -83,6 +111,9 @@ struct Entry {
     /// The payload of an envelope not yet durable but already pushable (its
     /// sequence number lies under the durable lease); dropped at commit.
     early: Option<Arc<[u8]>>,
+    /// The shared payload this envelope refers to (one sent to many
+    /// mailboxes), or `None`: its own record in `Envelopes`.
+    shared: Option<u64>,
 }
 
 /// Sequence numbers reserved by one durable lease write: a restart resumes
@@ -200,6 +231,31 @@ impl From<(MailboxId, Vec<u8>)> for Submission {
     }
 }
 
+/// An envelope admitted to a queue, waiting for its write.
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    to: MailboxId,
+    seq: u64,
+    len: u32,
+    /// Pushed to a live subscription before its commit.
+    pushed: bool,
+    stranger: bool,
+}
+
+/// The verifier of a presented delivery token: `None` for no token,
+/// `Some(None)` for one that is not 32 bytes.
+fn presented_verifier(token: &[u8]) -> Option<Option<[u8; 32]>> {
+    (!token.is_empty()).then(|| {
+        <&[u8; 32]>::try_from(token)
+            .ok()
+            .map(crate::auth::delivery_verifier)
+    })
+}
+
+fn too_large() -> RelayError {
+    RelayError::refusal(ErrorCode::EnvelopeTooLarge, "envelope too large")
+}
+
 #[derive(Debug, Default)]
 struct Index {
     mailboxes: HashMap<MailboxId, Mailbox>,
@@ -215,6 +271,38 @@ struct Index {
     reserved: u64,
     /// Sequence numbers per reservation (`SEQ_LEASE`; small in tests).
     lease_size: u64,
+    /// Shared payloads and how many envelopes refer to each.
+    shared: HashMap<u64, u32>,
+}
+
+/// Queues the deletes of one envelope taken out of the index: its index
+/// record and its payload (its own, or a shared one's last reference).
+fn forget(shared: &mut HashMap<u64, u32>, m: &MailboxId, seq: u64, e: &Entry, ops: &mut Vec<DbOp>) {
+    let k = key(m, seq);
+    ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
+    match e.shared {
+        None => ops.push(DbOp::SingleDelete(Cf::Envelopes, k)),
+        Some(id) => {
+            if release(shared, id) {
+                ops.push(DbOp::SingleDelete(Cf::SharedPayloads, shared_key(id)));
+            }
+        }
+    }
+}
+
+/// Drops one reference to a shared payload; true if it was the last.
+fn release(shared: &mut HashMap<u64, u32>, id: u64) -> bool {
+    match shared.get_mut(&id) {
+        Some(refs) if *refs > 1 => {
+            *refs -= 1;
+            false
+        }
+        Some(_) => {
+            shared.remove(&id);
+            true
+        }
+        None => false,
+    }
 }
 
 /// A push subscription's claim on its mailbox; see [`Mailboxes::subscribe`].
@@ -315,7 +403,8 @@ impl Mailboxes {
                        k: &[u8],
                        created_ms: u64,
                        len: u32,
-                       stranger: bool|
+                       stranger: bool,
+                       shared: Option<u64>|
          -> Result<()> {
             let m = MailboxId::from_slice(&k[..32])?;
             let seq = u64::from_be_bytes(k[32..].try_into().unwrap_or([0; 8]));
@@ -328,8 +417,13 @@ impl Mailboxes {
                     committed: true,
                     stranger,
                     early: None,
+                    shared,
                 },
             );
+            if let Some(id) = shared {
+                *index.shared.entry(id).or_insert(0) += 1;
+                max_seq = max_seq.max(id);
+            }
             max_seq = max_seq.max(seq);
             index.last_ms = index.last_ms.max(created_ms);
             depth += 1;
@@ -338,15 +432,33 @@ impl Mailboxes {
         };
         if db.get(Cf::Meta, INDEX_MARKER)?.is_some() {
             db.scan(Cf::EnvelopeIndex, &[], &[0xff; 41], |k, v| {
-                if k.len() != 40 || !(v.len() == 12 || v.len() == 13 && v[12] == 1) {
+                let Some((created_ms, len, stranger, shared)) =
+                    parse_index_value(v).filter(|_| k.len() == 40)
+                else {
                     tracing::warn!("skipping malformed envelope index record");
                     return Ok(true);
-                }
-                let created_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
-                let len = u32::from_be_bytes(v[8..12].try_into().unwrap_or([0; 4]));
-                add(&mut index, k, created_ms, len, v.len() == 13)?;
+                };
+                add(&mut index, k, created_ms, len, stranger, shared)?;
                 Ok(true)
             })?;
+            // A shared payload no envelope refers to any more (none should
+            // be: its last reference's delete removes it in the same batch)
+            // is deleted.
+            let mut orphans = rocksdb::WriteBatch::default();
+            let scf = db.cf(Cf::SharedPayloads)?;
+            let mut n = 0usize;
+            db.scan(Cf::SharedPayloads, &[], &[0xff; 9], |k, _| {
+                let id = <[u8; 8]>::try_from(k).map(u64::from_be_bytes);
+                if id.map_or(true, |id| !index.shared.contains_key(&id)) {
+                    orphans.delete_cf(scf, k);
+                    n += 1;
+                }
+                Ok(true)
+            })?;
+            if n > 0 {
+                tracing::warn!(payloads = n, "deleting shared payloads without references");
+                db.write_synced(orphans)?;
+            }
         } else {
             // Written before the index existed (or empty): read every
             // envelope once and persist its index record, all in one atomic
@@ -360,8 +472,8 @@ impl Mailboxes {
                 }
                 let created_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
                 let len = u32::try_from(v.len() - 8).unwrap_or(u32::MAX);
-                batch.put_cf(icf, k, index_value(created_ms, len, false));
-                add(&mut index, k, created_ms, len, false)?;
+                batch.put_cf(icf, k, index_value(created_ms, len, false, None));
+                add(&mut index, k, created_ms, len, false, None)?;
                 Ok(true)
             })?;
             batch.put_cf(db.cf(Cf::Meta)?, INDEX_MARKER, b"1");
@@ -423,19 +535,14 @@ impl Mailboxes {
     /// batch); each item gets its id or its own refusal.
     pub async fn submit<I: Into<Submission>>(&self, items: Vec<I>) -> Vec<Result<EnvelopeId>> {
         let mut results: Vec<Result<EnvelopeId>> = Vec::with_capacity(items.len());
-        let mut ops = Vec::with_capacity(items.len() + 1);
-        // (recipient, sequence, length, pushed before commit)
-        let mut accepted: Vec<(MailboxId, u64, u32, bool)> = Vec::new();
+        let mut ops = Vec::with_capacity(2 * items.len() + 1);
+        let mut accepted: Vec<Accepted> = Vec::new();
         // Tokens are hashed before the index lock is taken (a SHA-256 each).
         let items: Vec<(Submission, Option<Option<[u8; 32]>>)> = items
             .into_iter()
             .map(|i| {
                 let i: Submission = i.into();
-                let presented = (!i.delivery_token.is_empty()).then(|| {
-                    <&[u8; 32]>::try_from(i.delivery_token.as_slice())
-                        .ok()
-                        .map(crate::auth::delivery_verifier)
-                });
+                let presented = presented_verifier(&i.delivery_token);
                 (i, presented)
             })
             .collect();
@@ -446,71 +553,28 @@ impl Mailboxes {
             for (item, presented) in items {
                 let Submission { to, payload, .. } = item;
                 if payload.len() > self.quota.max_envelope_bytes {
-                    results.push(Err(RelayError::refusal(
-                        ErrorCode::EnvelopeTooLarge,
-                        "envelope too large",
-                    )));
+                    results.push(Err(too_large()));
                     continue;
                 }
                 let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-                let seq = idx.next_seq;
-                let under_lease = seq <= idx.lease;
-                let mb = idx.mailboxes.entry(to).or_insert_with(Mailbox::new);
-                let stranger = match mb.lane(presented) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        results.push(Err(e));
-                        continue;
+                let early = || Arc::<[u8]>::from(payload.as_slice());
+                match self.admit(&mut idx, to, presented, len, ms, None, early) {
+                    Ok(a) => {
+                        let mut value = Vec::with_capacity(8 + payload.len());
+                        value.extend_from_slice(&ms.to_be_bytes());
+                        value.extend_from_slice(&payload);
+                        let k = key(&to, a.seq);
+                        ops.push(DbOp::Put(
+                            Cf::EnvelopeIndex,
+                            k.clone(),
+                            index_value(ms, len, a.stranger, None),
+                        ));
+                        ops.push(DbOp::Put(Cf::Envelopes, k, value));
+                        results.push(Ok(EnvelopeId::new(ms, a.seq)));
+                        accepted.push(a);
                     }
-                };
-                if mb.entries.len() >= self.quota.max_envelopes
-                    || mb.bytes + u64::from(len) > self.quota.max_bytes
-                {
-                    results.push(Err(RelayError::refusal(
-                        ErrorCode::QuotaExceeded,
-                        "recipient mailbox full",
-                    )));
-                    continue;
+                    Err(e) => results.push(Err(e)),
                 }
-                if stranger
-                    && (mb.strangers >= self.quota.stranger_max_envelopes
-                        || mb.stranger_bytes + u64::from(len) > self.quota.stranger_max_bytes)
-                {
-                    results.push(Err(RelayError::refusal(
-                        ErrorCode::QuotaExceeded,
-                        "recipient mailbox full for senders without its delivery token",
-                    )));
-                    continue;
-                }
-                // Only a live subscription needs the early copy.
-                let pushable = under_lease && mb.changed.receiver_count() > 0;
-                let early = pushable.then(|| Arc::<[u8]>::from(payload.as_slice()));
-                mb.insert(
-                    seq,
-                    Entry {
-                        len,
-                        created_ms: ms,
-                        committed: false,
-                        stranger,
-                        early,
-                    },
-                );
-                if pushable {
-                    mb.bump();
-                }
-                idx.next_seq += 1;
-                let mut value = Vec::with_capacity(8 + payload.len());
-                value.extend_from_slice(&ms.to_be_bytes());
-                value.extend_from_slice(&payload);
-                let k = key(&to, seq);
-                ops.push(DbOp::Put(
-                    Cf::EnvelopeIndex,
-                    k.clone(),
-                    index_value(ms, len, stranger),
-                ));
-                ops.push(DbOp::Put(Cf::Envelopes, k, value));
-                accepted.push((to, seq, len, pushable));
-                results.push(Ok(EnvelopeId::new(ms, seq)));
             }
             if accepted.is_empty() {
                 self.metrics
@@ -518,70 +582,216 @@ impl Mailboxes {
                     .fetch_add(results.len() as u64, Relaxed);
                 return results;
             }
-            // Renew once half of what is reserved is used (queued ahead of
-            // this batch's envelopes: same write, so never behind them).
-            let renewal = if idx.next_seq + idx.lease_size / 2 > idx.reserved {
-                let lease = idx.next_seq - 1 + idx.lease_size;
-                idx.reserved = lease;
-                ops.push(DbOp::Put(
-                    Cf::Meta,
-                    b"seq".to_vec(),
-                    lease.to_be_bytes().to_vec(),
-                ));
-                Some(lease)
-            } else {
-                None
-            };
-            let index = self.index.clone();
-            let metrics = self.metrics.clone();
-            let notifier = self.notifier.clone();
-            let done = accepted.clone();
-            // Enqueued under the index lock: commit order == sequence order.
-            self.writer.enqueue(
-                ops,
-                Some(Box::new(move |ok| {
-                    let mut idx = lock(&index);
-                    if let Some(lease) = renewal {
-                        if ok {
-                            idx.lease = idx.lease.max(lease);
-                        }
-                    }
-                    if ok {
-                        metrics
-                            .envelopes_accepted
-                            .fetch_add(done.len() as u64, Relaxed);
-                    }
-                    // Depth and bytes count committed entries still queued (an
-                    // early-pushed envelope may be acked before its commit).
-                    let (mut n, mut b) = (0u64, 0u64);
-                    for (to, seq, len, pushed) in &done {
-                        let Some(mb) = idx.mailboxes.get_mut(to) else {
-                            continue;
-                        };
-                        if ok {
-                            if let Some(e) = mb.entries.get_mut(seq) {
-                                e.committed = true;
-                                e.early = None;
-                                n += 1;
-                                b += u64::from(*len);
-                            }
-                            if !pushed {
-                                mb.bump();
-                            }
-                            if mb.changed.receiver_count() == 0 {
-                                if let (Some(t), Some(nf)) = (&mb.push_token, &notifier) {
-                                    nf.notify(t.clone());
-                                }
-                            }
-                        } else {
-                            mb.remove(*seq);
-                        }
-                    }
-                    metrics.queue_depth.fetch_add(n, Relaxed);
-                    metrics.bytes_stored.fetch_add(b, Relaxed);
-                })),
-            )
+            self.enqueue_commit(&mut idx, ops, accepted, None)
         };
+        self.finish(rx, results).await
+    }
+
+    /// Durably stores one payload for many mailboxes: the payload once, a
+    /// reference (an index record) per mailbox, one write. Each recipient
+    /// gets its own envelope id or its own refusal, as in [`Self::submit`];
+    /// the payload is deleted with its last reference.
+    pub async fn submit_shared(
+        &self,
+        payload: Vec<u8>,
+        recipients: Vec<(MailboxId, Vec<u8>)>,
+    ) -> Vec<Result<EnvelopeId>> {
+        if payload.len() > self.quota.max_envelope_bytes {
+            return recipients.iter().map(|_| Err(too_large())).collect();
+        }
+        let mut results: Vec<Result<EnvelopeId>> = Vec::with_capacity(recipients.len());
+        let mut ops = Vec::with_capacity(recipients.len() + 2);
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let recipients: Vec<(MailboxId, Option<Option<[u8; 32]>>)> = recipients
+            .into_iter()
+            .map(|(to, token)| (to, presented_verifier(&token)))
+            .collect();
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        let shared: Arc<[u8]> = Arc::from(payload.as_slice());
+        let rx = {
+            let mut idx = lock(&self.index);
+            let ms = now_ms().max(idx.last_ms);
+            idx.last_ms = ms;
+            // The payload's own number: from the same sequence (so a restart
+            // resumes above it), never an envelope's.
+            let id = idx.next_seq;
+            idx.next_seq += 1;
+            for (to, presented) in recipients {
+                match self.admit(&mut idx, to, presented, len, ms, Some(id), || {
+                    shared.clone()
+                }) {
+                    Ok(a) => {
+                        ops.push(DbOp::Put(
+                            Cf::EnvelopeIndex,
+                            key(&to, a.seq),
+                            index_value(ms, len, a.stranger, Some(id)),
+                        ));
+                        results.push(Ok(EnvelopeId::new(ms, a.seq)));
+                        accepted.push(a);
+                    }
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+            if accepted.is_empty() {
+                self.metrics
+                    .envelopes_refused
+                    .fetch_add(results.len() as u64, Relaxed);
+                return results;
+            }
+            idx.shared
+                .insert(id, u32::try_from(accepted.len()).unwrap_or(u32::MAX));
+            let mut value = Vec::with_capacity(8 + payload.len());
+            value.extend_from_slice(&ms.to_be_bytes());
+            value.extend_from_slice(&payload);
+            ops.push(DbOp::Put(Cf::SharedPayloads, shared_key(id), value));
+            self.enqueue_commit(&mut idx, ops, accepted, Some(id))
+        };
+        self.finish(rx, results).await
+    }
+
+    /// Admits one envelope of `len` bytes to `to`'s queue, pending its
+    /// commit: its lane by the presented token, then the quotas.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        idx: &mut Index,
+        to: MailboxId,
+        presented: Option<Option<[u8; 32]>>,
+        len: u32,
+        ms: u64,
+        shared: Option<u64>,
+        early: impl FnOnce() -> Arc<[u8]>,
+    ) -> Result<Accepted> {
+        let seq = idx.next_seq;
+        let under_lease = seq <= idx.lease;
+        let mb = idx.mailboxes.entry(to).or_insert_with(Mailbox::new);
+        let stranger = mb.lane(presented)?;
+        if mb.entries.len() >= self.quota.max_envelopes
+            || mb.bytes + u64::from(len) > self.quota.max_bytes
+        {
+            return Err(RelayError::refusal(
+                ErrorCode::QuotaExceeded,
+                "recipient mailbox full",
+            ));
+        }
+        if stranger
+            && (mb.strangers >= self.quota.stranger_max_envelopes
+                || mb.stranger_bytes + u64::from(len) > self.quota.stranger_max_bytes)
+        {
+            return Err(RelayError::refusal(
+                ErrorCode::QuotaExceeded,
+                "recipient mailbox full for senders without its delivery token",
+            ));
+        }
+        // Only a live subscription needs the early copy.
+        let pushable = under_lease && mb.changed.receiver_count() > 0;
+        mb.insert(
+            seq,
+            Entry {
+                len,
+                created_ms: ms,
+                committed: false,
+                stranger,
+                early: pushable.then(early),
+                shared,
+            },
+        );
+        if pushable {
+            mb.bump();
+        }
+        idx.next_seq += 1;
+        Ok(Accepted {
+            to,
+            seq,
+            len,
+            pushed: pushable,
+            stranger,
+        })
+    }
+
+    /// Queues the write of admitted envelopes, under the index lock (commit
+    /// order is sequence order), with the lease renewal it may need; its
+    /// completion marks them committed (or, if the write failed, takes them
+    /// out again, with the shared payload's references).
+    fn enqueue_commit(
+        &self,
+        idx: &mut Index,
+        mut ops: Vec<DbOp>,
+        accepted: Vec<Accepted>,
+        shared: Option<u64>,
+    ) -> oneshot::Receiver<Result<()>> {
+        // Renew once half of what is reserved is used (queued ahead of
+        // this batch's envelopes: same write, so never behind them).
+        let renewal = if idx.next_seq + idx.lease_size / 2 > idx.reserved {
+            let lease = idx.next_seq - 1 + idx.lease_size;
+            idx.reserved = lease;
+            ops.push(DbOp::Put(
+                Cf::Meta,
+                b"seq".to_vec(),
+                lease.to_be_bytes().to_vec(),
+            ));
+            Some(lease)
+        } else {
+            None
+        };
+        let index = self.index.clone();
+        let metrics = self.metrics.clone();
+        let notifier = self.notifier.clone();
+        self.writer.enqueue(
+            ops,
+            Some(Box::new(move |ok| {
+                let mut idx = lock(&index);
+                if let Some(lease) = renewal {
+                    if ok {
+                        idx.lease = idx.lease.max(lease);
+                    }
+                }
+                if ok {
+                    metrics
+                        .envelopes_accepted
+                        .fetch_add(accepted.len() as u64, Relaxed);
+                } else if let Some(id) = shared {
+                    idx.shared.remove(&id);
+                }
+                // Depth and bytes count committed entries still queued (an
+                // early-pushed envelope may be acked before its commit).
+                let (mut n, mut b) = (0u64, 0u64);
+                for a in &accepted {
+                    let Some(mb) = idx.mailboxes.get_mut(&a.to) else {
+                        continue;
+                    };
+                    if ok {
+                        if let Some(e) = mb.entries.get_mut(&a.seq) {
+                            e.committed = true;
+                            e.early = None;
+                            n += 1;
+                            b += u64::from(a.len);
+                        }
+                        if !a.pushed {
+                            mb.bump();
+                        }
+                        if mb.changed.receiver_count() == 0 {
+                            if let (Some(t), Some(nf)) = (&mb.push_token, &notifier) {
+                                nf.notify(t.clone());
+                            }
+                        }
+                    } else {
+                        mb.remove(a.seq);
+                    }
+                }
+                metrics.queue_depth.fetch_add(n, Relaxed);
+                metrics.bytes_stored.fetch_add(b, Relaxed);
+            })),
+        )
+    }
+
+    /// Waits for the write; if it failed, every admitted item is refused
+    /// with its code.
+    async fn finish(
+        &self,
+        rx: oneshot::Receiver<Result<()>>,
+        results: Vec<Result<EnvelopeId>>,
+    ) -> Vec<Result<EnvelopeId>> {
         let refused = results.iter().filter(|r| r.is_err()).count();
         self.metrics
             .envelopes_refused
@@ -660,15 +870,15 @@ impl Mailboxes {
                     break;
                 }
                 bytes += e.len as usize;
-                picked.push((seq, e.created_ms, early));
+                picked.push((seq, e.created_ms, early, e.shared));
             }
             (picked, more)
         };
         let cf = self.db.cf(Cf::Envelopes)?;
         let keys: Vec<Vec<u8>> = picked
             .iter()
-            .filter(|(_, _, early)| early.is_none())
-            .map(|(s, _, _)| key(m, *s))
+            .filter(|(_, _, early, shared)| early.is_none() && shared.is_none())
+            .map(|(s, _, _, _)| key(m, *s))
             .collect();
         // Keys are ascending: one sorted batched lookup, values pinned in
         // RocksDB's blocks and copied once into the reply.
@@ -677,12 +887,30 @@ impl Mailboxes {
             .raw()
             .batched_multi_get_cf(cf, &keys, true)
             .into_iter();
+        // Shared payloads, by id (ascending too; a page may name one twice
+        // only if... it cannot: one reference per mailbox).
+        let scf = self.db.cf(Cf::SharedPayloads)?;
+        let shared_keys: Vec<Vec<u8>> = picked
+            .iter()
+            .filter(|(_, _, early, _)| early.is_none())
+            .filter_map(|(_, _, _, shared)| shared.map(shared_key))
+            .collect();
+        let mut shared_values = self
+            .db
+            .raw()
+            .batched_multi_get_cf(scf, &shared_keys, false)
+            .into_iter();
         let mut out = Vec::with_capacity(picked.len());
-        for (seq, ms, early) in picked {
+        for (seq, ms, early, shared) in picked {
+            let next = if shared.is_some() {
+                &mut shared_values
+            } else {
+                &mut values
+            };
             let payload = match early {
                 Some(p) => p.to_vec(),
                 // Acked concurrently: simply not returned.
-                None => match values.next().transpose().map_err(super::db::storage)? {
+                None => match next.next().transpose().map_err(super::db::storage)? {
                     Some(Some(v)) if v.len() >= 8 => v[8..].to_vec(),
                     _ => continue,
                 },
@@ -743,10 +971,13 @@ impl Mailboxes {
     ) -> (u32, Option<oneshot::Receiver<Result<()>>>) {
         let mut ops = Vec::new();
         let mut idx = lock(&self.index);
-        let Some(mb) = idx.mailboxes.get_mut(m) else {
+        let Index {
+            mailboxes, shared, ..
+        } = &mut *idx;
+        let Some(mb) = mailboxes.get_mut(m) else {
             return (0, None);
         };
-        let (mut committed, mut freed) = (0u64, 0u64);
+        let (mut committed, mut freed, mut n) = (0u64, 0u64, 0u32);
         for id in ids {
             let seq = id.seq();
             // Delivered ones only: committed, or pushed ahead of their
@@ -763,15 +994,13 @@ impl Mailboxes {
                         committed += 1;
                         freed += u64::from(e.len);
                     }
-                    let k = key(m, seq);
-                    ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
-                    ops.push(DbOp::SingleDelete(Cf::Envelopes, k));
+                    forget(shared, m, seq, &e, &mut ops);
+                    n += 1;
                 }
             }
         }
         self.metrics.queue_depth.fetch_sub(committed, Relaxed);
         self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
-        let n = u32::try_from(ops.len() / 2).unwrap_or(u32::MAX);
         let queued = if ops.is_empty() {
             None
         } else if lazy {
@@ -790,18 +1019,21 @@ impl Mailboxes {
         let mut ops = Vec::new();
         let queued = {
             let mut idx = lock(&self.index);
-            let mut freed = 0u64;
-            for (m, mb) in idx.mailboxes.iter_mut() {
+            let (mut freed, mut n) = (0u64, 0usize);
+            let Index {
+                mailboxes, shared, ..
+            } = &mut *idx;
+            for (m, mb) in mailboxes.iter_mut() {
                 while let Some((&seq, e)) = mb.entries.first_key_value() {
                     if !e.committed || e.created_ms > cutoff {
                         break;
                     }
-                    let len = u64::from(e.len);
-                    mb.remove(seq);
-                    freed += len;
-                    let k = key(m, seq);
-                    ops.push(DbOp::SingleDelete(Cf::EnvelopeIndex, k.clone()));
-                    ops.push(DbOp::SingleDelete(Cf::Envelopes, k));
+                    let Some(e) = mb.remove(seq) else {
+                        break;
+                    };
+                    freed += u64::from(e.len);
+                    forget(shared, m, seq, &e, &mut ops);
+                    n += 1;
                 }
             }
             // Forget empty, idle mailboxes so the index does not grow forever.
@@ -812,16 +1044,13 @@ impl Mailboxes {
                     || mb.prekeys_low.is_some()
                     || mb.changed.receiver_count() > 0
             });
-            self.metrics
-                .queue_depth
-                .fetch_sub(ops.len() as u64 / 2, Relaxed);
+            self.metrics.queue_depth.fetch_sub(n as u64, Relaxed);
             self.metrics.bytes_stored.fetch_sub(freed, Relaxed);
             // Queued before the lock is let go, like an ack's deletes: an
             // `Ack` that then finds these envelopes gone queues its barrier
             // behind them.
-            (!ops.is_empty()).then(|| (ops.len() / 2, self.writer.enqueue(ops, None)))
+            (!ops.is_empty()).then(|| (n, self.writer.enqueue(ops, None)))
         };
-        // Two deletes (envelope + index record) per envelope.
         let Some((n, rx)) = queued else {
             return Ok(0);
         };
@@ -935,6 +1164,100 @@ mod tests {
             stranger_max_bytes: 1 << 20,
         };
         Mailboxes::load_with_lease(db, writer, metrics, None, quota, lease).unwrap()
+    }
+
+    /// Shared payload rows on disk.
+    fn shared_rows(mbx: &Mailboxes) -> usize {
+        let mut n = 0;
+        mbx.db
+            .scan(Cf::SharedPayloads, &[], &[0xff; 9], |_, _| {
+                n += 1;
+                Ok(true)
+            })
+            .unwrap();
+        n
+    }
+
+    #[tokio::test]
+    async fn a_shared_payload_is_stored_once_and_goes_with_its_last_reference_across_restarts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, c) = (MailboxId([1; 32]), MailboxId([2; 32]), MailboxId([3; 32]));
+        let mbx = open(tmp.path());
+        let ids: Vec<EnvelopeId> = mbx
+            .submit_shared(
+                vec![7; 100],
+                vec![(a, Vec::new()), (b, Vec::new()), (c, Vec::new())],
+            )
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[0] != w[1]), "one id per recipient");
+        assert_eq!(shared_rows(&mbx), 1, "the payload is stored once");
+        for (m, id) in [(a, ids[0]), (b, ids[1]), (c, ids[2])] {
+            let (page, _) = mbx.fetch(&m, 0, 10, 1 << 20).unwrap();
+            assert_eq!(page.len(), 1);
+            assert_eq!(
+                (page[0].id, page[0].payload.as_slice()),
+                (id, &[7u8; 100][..])
+            );
+        }
+        // An ack by one recipient (or another mailbox's id) leaves it to the others.
+        assert_eq!(mbx.ack(&a, &[ids[0], ids[1]]).await.unwrap(), 1);
+        assert_eq!(shared_rows(&mbx), 1);
+        mbx.writer.shutdown();
+        drop(mbx);
+        // A restart counts the references again from the index records.
+        let mbx = open(tmp.path());
+        assert!(mbx.fetch(&a, 0, 10, 1 << 20).unwrap().0.is_empty());
+        assert_eq!(
+            mbx.fetch(&b, 0, 10, 1 << 20).unwrap().0[0].payload,
+            vec![7; 100]
+        );
+        assert_eq!(mbx.ack(&b, &[ids[1]]).await.unwrap(), 1);
+        assert_eq!(shared_rows(&mbx), 1);
+        // The last one goes with the payload.
+        assert_eq!(mbx.expire(0).await.unwrap(), 1);
+        assert_eq!(shared_rows(&mbx), 0);
+        assert!(mbx.fetch(&c, 0, 10, 1 << 20).unwrap().0.is_empty());
+        mbx.writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_shared_send_refuses_only_the_recipients_that_cannot_take_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, c) = (MailboxId([1; 32]), MailboxId([2; 32]), MailboxId([3; 32]));
+        let mbx = open(tmp.path());
+        // B's queue is full (quota: 100 envelopes).
+        let fill: Vec<(MailboxId, Vec<u8>)> = (0..100).map(|_| (b, vec![1])).collect();
+        assert!(mbx.submit(fill).await.iter().all(|r| r.is_ok()));
+        // C registered a delivery token; a wrong one is refused.
+        mbx.set_delivery_verifier(&c, &crate::auth::delivery_verifier(&[5; 32]))
+            .await
+            .unwrap();
+        let r = mbx
+            .submit_shared(
+                vec![9; 10],
+                vec![(a, Vec::new()), (b, Vec::new()), (c, vec![6; 32])],
+            )
+            .await;
+        assert!(r[0].is_ok());
+        assert_eq!(r[1].as_ref().unwrap_err().code(), ErrorCode::QuotaExceeded);
+        assert_eq!(
+            r[2].as_ref().unwrap_err().code(),
+            ErrorCode::BadDeliveryToken
+        );
+        // Too large: refused for everyone, nothing stored.
+        let r = mbx
+            .submit_shared(vec![0; 2000], vec![(a, Vec::new())])
+            .await;
+        assert_eq!(
+            r[0].as_ref().unwrap_err().code(),
+            ErrorCode::EnvelopeTooLarge
+        );
+        assert_eq!(shared_rows(&mbx), 1);
+        mbx.writer.shutdown();
     }
 
     #[tokio::test]

@@ -2486,6 +2486,67 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
      */
     func waitSynced(timeoutMs: UInt64) async throws 
     
+    /**
+     * Accepts an invitation from a user this user had not accepted.
+     */
+    func acceptGroup(groupId: Data) throws 
+    
+    /**
+     * Adds members (admins only).
+     */
+    func addGroupMembers(groupId: Data, members: [String]) throws 
+    
+    /**
+     * Creates a group named `name` with this user as its admin and the
+     * users at `members`; returns its 32-byte id. Past 1,000 members:
+     * `GroupTooLarge`.
+     */
+    func createGroup(name: String, members: [String]) throws  -> Data
+    
+    /**
+     * The group, if this device is (or was) in it.
+     */
+    func group(groupId: Data) throws  -> GroupInfo?
+    
+    /**
+     * Every group this device is (or was) in.
+     */
+    func groups() throws  -> [GroupInfo]
+    
+    /**
+     * Leaves the group.
+     */
+    func leaveGroup(groupId: Data) throws 
+    
+    /**
+     * Removes a member (admins only): the removed user's devices read
+     * nothing sent after.
+     */
+    func removeGroupMember(groupId: Data, member: String) throws 
+    
+    /**
+     * Renames the group (admins only).
+     */
+    func renameGroup(groupId: Data, name: String) throws 
+    
+    /**
+     * Encrypts and uploads the file at `path` once, and sends it to the
+     * group with `text`; returns the message id.
+     */
+    func sendGroupFile(groupId: Data, text: String, path: String) async throws  -> Data
+    
+    /**
+     * Queues `text` to every member device of the group, encrypted once;
+     * returns the 16-byte message id.
+     */
+    func sendGroupText(groupId: Data, text: String) throws  -> Data
+    
+    /**
+     * Makes `member` an admin, or an ordinary member (admins only; an
+     * admin cannot demote one senior to it).
+     */
+    func setGroupAdmin(groupId: Data, member: String, admin: Bool) throws 
+    
 }
 /**
  * This user's device of the Sotto messenger: sends, receives, links
@@ -3027,6 +3088,161 @@ open func waitSynced(timeoutMs: UInt64)async throws   {
         )
 }
     
+    /**
+     * Accepts an invitation from a user this user had not accepted.
+     */
+open func acceptGroup(groupId: Data)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_accept_group(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Adds members (admins only).
+     */
+open func addGroupMembers(groupId: Data, members: [String])throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_add_group_members(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterSequenceString.lower(members),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Creates a group named `name` with this user as its admin and the
+     * users at `members`; returns its 32-byte id. Past 1,000 members:
+     * `GroupTooLarge`.
+     */
+open func createGroup(name: String, members: [String])throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_create_group(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(name),
+        FfiConverterSequenceString.lower(members),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The group, if this device is (or was) in it.
+     */
+open func group(groupId: Data)throws  -> GroupInfo?  {
+    return try  FfiConverterOptionTypeGroupInfo.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_group(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Every group this device is (or was) in.
+     */
+open func groups()throws  -> [GroupInfo]  {
+    return try  FfiConverterSequenceTypeGroupInfo.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_groups(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Leaves the group.
+     */
+open func leaveGroup(groupId: Data)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_leave_group(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Removes a member (admins only): the removed user's devices read
+     * nothing sent after.
+     */
+open func removeGroupMember(groupId: Data, member: String)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_remove_group_member(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterString.lower(member),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Renames the group (admins only).
+     */
+open func renameGroup(groupId: Data, name: String)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_rename_group(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterString.lower(name),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Encrypts and uploads the file at `path` once, and sends it to the
+     * group with `text`; returns the message id.
+     */
+open func sendGroupFile(groupId: Data, text: String, path: String)async throws  -> Data  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_send_group_file(
+                        self.uniffiCloneHandle(),FfiConverterData.lower(groupId),FfiConverterString.lower(text),FfiConverterString.lower(path)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterData.lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * Queues `text` to every member device of the group, encrypted once;
+     * returns the 16-byte message id.
+     */
+open func sendGroupText(groupId: Data, text: String)throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_send_group_text(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterString.lower(text),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Makes `member` an admin, or an ordinary member (admins only; an
+     * admin cannot demote one senior to it).
+     */
+open func setGroupAdmin(groupId: Data, member: String, admin: Bool)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_set_group_admin(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterString.lower(member),
+        FfiConverterBool.lower(admin),uniffiCallStatus
+    )
+}
+}
+    
 
     
 }
@@ -3162,6 +3378,11 @@ public struct Event {
      */
     public var peerDevice: UInt32
     /**
+     * The 32-byte id of the group it happened in (group messages, their
+     * delivery, group changes), if any.
+     */
+    public var groupId: Data?
+    /**
      * What happened.
      */
     public var kind: EventKind
@@ -3179,11 +3400,16 @@ public struct Event {
          * The other party's device, when relevant (0 otherwise).
          */peerDevice: UInt32, 
         /**
+         * The 32-byte id of the group it happened in (group messages, their
+         * delivery, group changes), if any.
+         */groupId: Data?, 
+        /**
          * What happened.
          */kind: EventKind) {
         self.seq = seq
         self.peer = peer
         self.peerDevice = peerDevice
+        self.groupId = groupId
         self.kind = kind
     }
 
@@ -3206,6 +3432,7 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
                 seq: FfiConverterUInt64.read(from: &buf), 
                 peer: FfiConverterOptionString.read(from: &buf), 
                 peerDevice: FfiConverterUInt32.read(from: &buf), 
+                groupId: FfiConverterOptionData.read(from: &buf), 
                 kind: FfiConverterTypeEventKind.read(from: &buf)
         )
     }
@@ -3214,6 +3441,7 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.seq, into: &buf)
         FfiConverterOptionString.write(value.peer, into: &buf)
         FfiConverterUInt32.write(value.peerDevice, into: &buf)
+        FfiConverterOptionData.write(value.groupId, into: &buf)
         FfiConverterTypeEventKind.write(value.kind, into: &buf)
     }
 }
@@ -3231,6 +3459,174 @@ public func FfiConverterTypeEvent_lift(_ buf: RustBuffer) throws -> Event {
 #endif
 public func FfiConverterTypeEvent_lower(_ value: Event) -> RustBuffer {
     return FfiConverterTypeEvent.lower(value)
+}
+
+
+/**
+ * A group as this device holds it.
+ */
+public struct GroupInfo: Equatable, Hashable {
+    /**
+     * Its 32-byte id.
+     */
+    public var id: Data
+    /**
+     * Its name.
+     */
+    public var name: String
+    /**
+     * How many changes made it.
+     */
+    public var version: UInt64
+    /**
+     * Its members.
+     */
+    public var members: [GroupMember]
+    /**
+     * Where this device stands.
+     */
+    public var status: GroupStatus
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Its 32-byte id.
+         */id: Data, 
+        /**
+         * Its name.
+         */name: String, 
+        /**
+         * How many changes made it.
+         */version: UInt64, 
+        /**
+         * Its members.
+         */members: [GroupMember], 
+        /**
+         * Where this device stands.
+         */status: GroupStatus) {
+        self.id = id
+        self.name = name
+        self.version = version
+        self.members = members
+        self.status = status
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension GroupInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGroupInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GroupInfo {
+        return
+            try GroupInfo(
+                id: FfiConverterData.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf), 
+                members: FfiConverterSequenceTypeGroupMember.read(from: &buf), 
+                status: FfiConverterTypeGroupStatus.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: GroupInfo, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.id, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+        FfiConverterSequenceTypeGroupMember.write(value.members, into: &buf)
+        FfiConverterTypeGroupStatus.write(value.status, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupInfo_lift(_ buf: RustBuffer) throws -> GroupInfo {
+    return try FfiConverterTypeGroupInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupInfo_lower(_ value: GroupInfo) -> RustBuffer {
+    return FfiConverterTypeGroupInfo.lower(value)
+}
+
+
+/**
+ * One member of a group.
+ */
+public struct GroupMember: Equatable, Hashable {
+    /**
+     * Its user address.
+     */
+    public var address: String
+    /**
+     * May change the group.
+     */
+    public var admin: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Its user address.
+         */address: String, 
+        /**
+         * May change the group.
+         */admin: Bool) {
+        self.address = address
+        self.admin = admin
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension GroupMember: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGroupMember: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GroupMember {
+        return
+            try GroupMember(
+                address: FfiConverterString.read(from: &buf), 
+                admin: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: GroupMember, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.address, into: &buf)
+        FfiConverterBool.write(value.admin, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupMember_lift(_ buf: RustBuffer) throws -> GroupMember {
+    return try FfiConverterTypeGroupMember.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupMember_lower(_ value: GroupMember) -> RustBuffer {
+    return FfiConverterTypeGroupMember.lower(value)
 }
 
 
@@ -3710,6 +4106,20 @@ public enum EventKind {
          */reason: String
     )
     /**
+     * A group changed (`groupId`; `peer` is the admin who changed it).
+     */
+    case groupChanged(
+        /**
+         * The group's version after the change.
+         */version: UInt64, 
+        /**
+         * What changed.
+         */changes: [GroupChange], 
+        /**
+         * What it means for this device.
+         */effect: GroupEffect
+    )
+    /**
      * A stored event could not be read back: acknowledge it; the queue
      * never stalls on it.
      */
@@ -3776,10 +4186,13 @@ public struct FfiConverterTypeEventKind: FfiConverterRustBuffer {
         case 11: return .sendFailed(messageId: try FfiConverterData.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
         )
         
-        case 12: return .unreadable(reason: try FfiConverterString.read(from: &buf)
+        case 12: return .groupChanged(version: try FfiConverterUInt64.read(from: &buf), changes: try FfiConverterSequenceTypeGroupChange.read(from: &buf), effect: try FfiConverterTypeGroupEffect.read(from: &buf)
         )
         
-        case 13: return .other(description: try FfiConverterString.read(from: &buf)
+        case 13: return .unreadable(reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 14: return .other(description: try FfiConverterString.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -3845,13 +4258,20 @@ public struct FfiConverterTypeEventKind: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .unreadable(reason):
+        case let .groupChanged(version,changes,effect):
             writeInt(&buf, Int32(12))
+            FfiConverterUInt64.write(version, into: &buf)
+            FfiConverterSequenceTypeGroupChange.write(changes, into: &buf)
+            FfiConverterTypeGroupEffect.write(effect, into: &buf)
+            
+        
+        case let .unreadable(reason):
+            writeInt(&buf, Int32(13))
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .other(description):
-            writeInt(&buf, Int32(13))
+            writeInt(&buf, Int32(14))
             FfiConverterString.write(description, into: &buf)
             
         }
@@ -3871,6 +4291,326 @@ public func FfiConverterTypeEventKind_lift(_ buf: RustBuffer) throws -> EventKin
 #endif
 public func FfiConverterTypeEventKind_lower(_ value: EventKind) -> RustBuffer {
     return FfiConverterTypeEventKind.lower(value)
+}
+
+
+
+/**
+ * One change of a group.
+ */
+
+public enum GroupChange: Equatable, Hashable {
+    
+    /**
+     * A member joined.
+     */
+    case added(
+        /**
+         * Its user address.
+         */member: String, 
+        /**
+         * As an admin.
+         */admin: Bool
+    )
+    /**
+     * A member left or was removed (its 32-byte user id).
+     */
+    case removed(
+        /**
+         * The user id.
+         */user: Data
+    )
+    /**
+     * A member became an admin.
+     */
+    case promoted(
+        /**
+         * The user id.
+         */user: Data
+    )
+    /**
+     * An admin became an ordinary member.
+     */
+    case demoted(
+        /**
+         * The user id.
+         */user: Data
+    )
+    /**
+     * The group's new name.
+     */
+    case renamed(
+        /**
+         * The name.
+         */name: String
+    )
+    /**
+     * The avatar changed.
+     */
+    case avatarChanged
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension GroupChange: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGroupChange: FfiConverterRustBuffer {
+    typealias SwiftType = GroupChange
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GroupChange {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .added(member: try FfiConverterString.read(from: &buf), admin: try FfiConverterBool.read(from: &buf)
+        )
+        
+        case 2: return .removed(user: try FfiConverterData.read(from: &buf)
+        )
+        
+        case 3: return .promoted(user: try FfiConverterData.read(from: &buf)
+        )
+        
+        case 4: return .demoted(user: try FfiConverterData.read(from: &buf)
+        )
+        
+        case 5: return .renamed(name: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 6: return .avatarChanged
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: GroupChange, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .added(member,admin):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(member, into: &buf)
+            FfiConverterBool.write(admin, into: &buf)
+            
+        
+        case let .removed(user):
+            writeInt(&buf, Int32(2))
+            FfiConverterData.write(user, into: &buf)
+            
+        
+        case let .promoted(user):
+            writeInt(&buf, Int32(3))
+            FfiConverterData.write(user, into: &buf)
+            
+        
+        case let .demoted(user):
+            writeInt(&buf, Int32(4))
+            FfiConverterData.write(user, into: &buf)
+            
+        
+        case let .renamed(name):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(name, into: &buf)
+            
+        
+        case .avatarChanged:
+            writeInt(&buf, Int32(6))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupChange_lift(_ buf: RustBuffer) throws -> GroupChange {
+    return try FfiConverterTypeGroupChange.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupChange_lower(_ value: GroupChange) -> RustBuffer {
+    return FfiConverterTypeGroupChange.lower(value)
+}
+
+
+
+/**
+ * What a group change means for this device.
+ */
+
+public enum GroupEffect: Equatable, Hashable {
+    
+    /**
+     * An ordinary change of a group this device is in.
+     */
+    case applied
+    /**
+     * An invitation from a user this user has not accepted: a request
+     * (`acceptGroup`).
+     */
+    case invitation
+    /**
+     * This user is no longer a member.
+     */
+    case removedYou
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension GroupEffect: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGroupEffect: FfiConverterRustBuffer {
+    typealias SwiftType = GroupEffect
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GroupEffect {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .applied
+        
+        case 2: return .invitation
+        
+        case 3: return .removedYou
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: GroupEffect, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .applied:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .invitation:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .removedYou:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupEffect_lift(_ buf: RustBuffer) throws -> GroupEffect {
+    return try FfiConverterTypeGroupEffect.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupEffect_lower(_ value: GroupEffect) -> RustBuffer {
+    return FfiConverterTypeGroupEffect.lower(value)
+}
+
+
+
+/**
+ * Where this device stands in a group.
+ */
+
+public enum GroupStatus: Equatable, Hashable {
+    
+    /**
+     * A member.
+     */
+    case member
+    /**
+     * Invited by a user this user has not accepted: `acceptGroup` first.
+     */
+    case invitation
+    /**
+     * No longer a member.
+     */
+    case left
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension GroupStatus: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGroupStatus: FfiConverterRustBuffer {
+    typealias SwiftType = GroupStatus
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GroupStatus {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .member
+        
+        case 2: return .invitation
+        
+        case 3: return .left
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: GroupStatus, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .member:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .invitation:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .left:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupStatus_lift(_ buf: RustBuffer) throws -> GroupStatus {
+    return try FfiConverterTypeGroupStatus.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupStatus_lower(_ value: GroupStatus) -> RustBuffer {
+    return FfiConverterTypeGroupStatus.lower(value)
 }
 
 
@@ -4201,9 +4941,34 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
      */
     case NotPrimary
     /**
-     * The peer's message request was not accepted yet.
+     * The peer's message request was not accepted yet (or a group
+     * invitation: `acceptGroup` first).
      */
     case NotAccepted
+    /**
+     * A peer's group change, state or key broke a rule (nothing applied).
+     */
+    case GroupRejected(
+        /**
+         * Which rule it broke.
+         */reason: String
+    )
+    /**
+     * This device is in no group with that id (or no longer a member).
+     */
+    case UnknownGroup
+    /**
+     * Only the group's admins may do this.
+     */
+    case NotGroupAdmin
+    /**
+     * Past a group limit (1,000 members, 16 devices per member).
+     */
+    case GroupTooLarge(
+        /**
+         * Which limit.
+         */reason: String
+    )
 
     
 
@@ -4316,6 +5081,14 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             )
         case 32: return .NotPrimary
         case 33: return .NotAccepted
+        case 34: return .GroupRejected(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 35: return .UnknownGroup
+        case 36: return .NotGroupAdmin
+        case 37: return .GroupTooLarge(
+            reason: try FfiConverterString.read(from: &buf)
+            )
 
          default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -4486,6 +5259,24 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
         case .NotAccepted:
             writeInt(&buf, Int32(33))
         
+        
+        case let .GroupRejected(reason):
+            writeInt(&buf, Int32(34))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case .UnknownGroup:
+            writeInt(&buf, Int32(35))
+        
+        
+        case .NotGroupAdmin:
+            writeInt(&buf, Int32(36))
+        
+        
+        case let .GroupTooLarge(reason):
+            writeInt(&buf, Int32(37))
+            FfiConverterString.write(reason, into: &buf)
+            
         }
     }
 }
@@ -4655,6 +5446,30 @@ fileprivate struct FfiConverterOptionTypeEvent: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeGroupInfo: FfiConverterRustBuffer {
+    typealias SwiftType = GroupInfo?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeGroupInfo.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeGroupInfo.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeVerification: FfiConverterRustBuffer {
     typealias SwiftType = Verification?
 
@@ -4696,6 +5511,31 @@ fileprivate struct FfiConverterSequenceUInt32: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterUInt32.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
+    typealias SwiftType = [String]
+
+    public static func write(_ value: [String], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterString.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [String] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [String]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterString.read(from: &buf))
         }
         return seq
     }
@@ -4779,6 +5619,56 @@ fileprivate struct FfiConverterSequenceTypeDeviceDelivery: FfiConverterRustBuffe
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeGroupInfo: FfiConverterRustBuffer {
+    typealias SwiftType = [GroupInfo]
+
+    public static func write(_ value: [GroupInfo], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeGroupInfo.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [GroupInfo] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [GroupInfo]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeGroupInfo.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeGroupMember: FfiConverterRustBuffer {
+    typealias SwiftType = [GroupMember]
+
+    public static func write(_ value: [GroupMember], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeGroupMember.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [GroupMember] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [GroupMember]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeGroupMember.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer {
     typealias SwiftType = [PrekeyUpload]
 
@@ -4796,6 +5686,31 @@ fileprivate struct FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer 
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypePrekeyUpload.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeGroupChange: FfiConverterRustBuffer {
+    typealias SwiftType = [GroupChange]
+
+    public static func write(_ value: [GroupChange], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeGroupChange.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [GroupChange] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [GroupChange]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeGroupChange.read(from: &buf))
         }
         return seq
     }
@@ -4956,6 +5871,39 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() != 7269) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_accept_group() != 31269) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_add_group_members() != 36754) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_create_group() != 22782) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_group() != 51419) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_groups() != 43312) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_leave_group() != 30178) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_remove_group_member() != 2187) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_rename_group() != 7967) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_send_group_file() != 31369) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_send_group_text() != 40017) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_set_group_admin() != 34716) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_device_accept_identity() != 7907) {

@@ -67,7 +67,7 @@ pub struct Member {
 pub type Seniority = (u64, [u8; 32]);
 
 /// A group's state after the change whose hash is `head`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct GroupState {
     /// The group.
     pub id: GroupId,
@@ -81,6 +81,19 @@ pub struct GroupState {
     pub avatar: Vec<u8>,
     /// Members by user id.
     pub members: BTreeMap<[u8; 32], Member>,
+}
+
+impl std::fmt::Debug for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The name and avatar are content: never in logs.
+        f.debug_struct("GroupState")
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("head", &hex::encode(&self.head[..8]))
+            .field("name", &format_args!("<{} bytes>", self.name.len()))
+            .field("members", &self.members.len())
+            .finish()
+    }
 }
 
 impl GroupState {

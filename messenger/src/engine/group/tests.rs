@@ -26,6 +26,8 @@ struct Net {
     bundles: BTreeMap<([u8; 32], [u8; 32]), Vec<u8>>,
     mailboxes: BTreeMap<([u8; 32], [u8; 32]), Envelopes>,
     next_id: u64,
+    /// Bytes of group envelopes uploaded by shared submissions.
+    uploaded_shared: usize,
 }
 
 impl Net {
@@ -61,6 +63,34 @@ impl Net {
                     .or_default()
                     .push((id, envelope.clone()));
                 Input::Submitted(Ok(EnvelopeId(id)))
+            }
+            Step::SubmitShared {
+                relay,
+                envelope,
+                recipients,
+            } => {
+                // One copy uploaded, one per mailbox stored.
+                self.uploaded_shared += envelope.len();
+                let _ = relay;
+                let mut out = Vec::new();
+                for (mailbox, _) in recipients {
+                    // Test mailboxes are unique: find whose it is.
+                    let user = self
+                        .bundles
+                        .keys()
+                        .find(|(_, m)| *m == mailbox.0)
+                        .map(|(u, _)| *u)
+                        .unwrap_or([0; 32]);
+                    self.next_id += 1;
+                    let mut id = [0u8; 16];
+                    id[8..].copy_from_slice(&self.next_id.to_be_bytes());
+                    self.mailboxes
+                        .entry((user, mailbox.0))
+                        .or_default()
+                        .push((id, envelope.clone()));
+                    out.push(Ok(EnvelopeId(id)));
+                }
+                Input::SubmittedShared(Ok(out))
             }
             Step::Done(_) => unreachable!(),
         }
@@ -188,6 +218,8 @@ fn every_member_device_learns_the_group_and_reads_one_ciphertext() {
     assert_eq!(b.len(), 1);
     assert_eq!(b, c);
     assert_eq!(b, a2);
+    // Uploaded once for the three devices (one relay).
+    assert_eq!(net.uploaded_shared, b[0].len());
     assert_eq!(group_texts(&mut bob, 0), ["hello group"]);
     assert_eq!(group_texts(&mut carol, 0), ["hello group"]);
     assert_eq!(group_texts(&mut alice, 1), ["hello group"]);
@@ -899,4 +931,15 @@ fn a_version_at_the_end_of_its_range_is_refused_not_a_panic() {
         .transaction(|tx| records::group(tx, &[7; 32]))
         .unwrap()
         .is_none());
+}
+
+#[test]
+fn debug_output_shows_no_group_name() {
+    let (_net, mut alice, _bob, _carol, id) = three();
+    let s = state(&mut alice, 0, id);
+    let shown = format!(
+        "{s:?} {:?}",
+        crate::engine::events::GroupChange::Renamed("climbing".into())
+    );
+    assert!(!shown.contains("climbing"), "{shown}");
 }

@@ -77,7 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// A mailbox by (user, mailbox key): test users' keys are `[device id; 32]`.
+/// A mailbox by (user, mailbox key).
 type Mailbox = ([u8; 32], [u8; 32]);
 /// An envelope in a mailbox: its relay id and payload.
 type Envelope = ([u8; 16], Vec<u8>);
@@ -135,7 +135,7 @@ impl Net {
             Step::FetchDeviceList(u) => &u.relay,
             Step::FetchBundle { user, .. } => &user.relay,
             Step::Submit { user, .. } => &user.relay,
-            Step::Done(_) => unreachable!(),
+            Step::SubmitShared { .. } | Step::Done(_) => unreachable!("no groups here"),
         };
         let fault = if *relay == self.down {
             Fault::Network
@@ -189,7 +189,7 @@ impl Net {
                     Ok(EnvelopeId(id))
                 }
             }),
-            Step::Done(_) => unreachable!(),
+            Step::SubmitShared { .. } | Step::Done(_) => unreachable!(),
         }
     }
 }
@@ -339,7 +339,11 @@ proptest! {
                     let id = net.next_device_id[&bob.account.public()];
                     let device = Device::create(MemoryStore::new(), id, 0, &mut OsRng).unwrap();
                     let cert = bob.account.certify(id, device.identity());
-                    bob.devices.push(TestDevice { device, cert, mailbox: [id as u8; 32] });
+                    bob.devices.push(TestDevice {
+                        device,
+                        cert,
+                        mailbox: crate::engine::testkit::mailbox_of(&bob.account.public(), id),
+                    });
                     from.insert(id, sent.len());
                     version += 1;
                     net.publish(&mut bob, version);
@@ -456,7 +460,7 @@ fn no_removed_device_ever_gets_a_message() {
     send(&mut alice, &to, "two");
     pass(&mut alice, &mut net, &mut Vec::new().into_iter()).unwrap();
     assert_eq!(net.mailboxes.get(&gone).map_or(0, Vec::len), before);
-    let kept = (bob.account.public(), [1; 32]);
+    let kept = (bob.account.public(), bob.devices[0].mailbox);
     assert_eq!(net.mailboxes.get(&kept).map_or(0, Vec::len), 2);
 }
 

@@ -760,6 +760,28 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_accept_group(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_add_group_members(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_create_group(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_group(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_groups(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_leave_group(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_remove_group_member(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_rename_group(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_send_group_file(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_send_group_text(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_set_group_admin(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_device_accept_identity(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_device_decrypt(
@@ -929,6 +951,28 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(`ptr`: Long,`timeoutMs`: Long,
     ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_accept_group(`ptr`: Long,`groupId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_add_group_members(`ptr`: Long,`groupId`: RustBuffer.ByValue,`members`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_create_group(`ptr`: Long,`name`: RustBuffer.ByValue,`members`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_group(`ptr`: Long,`groupId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_groups(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_leave_group(`ptr`: Long,`groupId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_remove_group_member(`ptr`: Long,`groupId`: RustBuffer.ByValue,`member`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_rename_group(`ptr`: Long,`groupId`: RustBuffer.ByValue,`name`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_send_group_file(`ptr`: Long,`groupId`: RustBuffer.ByValue,`text`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_send_group_text(`ptr`: Long,`groupId`: RustBuffer.ByValue,`text`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_set_group_admin(`ptr`: Long,`groupId`: RustBuffer.ByValue,`member`: RustBuffer.ByValue,`admin`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_sotto_ffi_fn_clone_device(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_sotto_ffi_fn_free_device(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1244,6 +1288,39 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() and 0xFFFF) != 7269) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_accept_group() and 0xFFFF) != 31269) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_add_group_members() and 0xFFFF) != 36754) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_create_group() and 0xFFFF) != 22782) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_group() and 0xFFFF) != 51419) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_groups() and 0xFFFF) != 43312) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_leave_group() and 0xFFFF) != 30178) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_remove_group_member() and 0xFFFF) != 2187) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_rename_group() and 0xFFFF) != 7967) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_send_group_file() and 0xFFFF) != 31369) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_send_group_text() and 0xFFFF) != 40017) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_set_group_admin() and 0xFFFF) != 34716) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_device_accept_identity() and 0xFFFF) != 7907) {
@@ -4962,6 +5039,67 @@ public interface SottoClientInterface {
      */
     suspend fun `waitSynced`(`timeoutMs`: kotlin.ULong)
     
+    /**
+     * Accepts an invitation from a user this user had not accepted.
+     */
+    fun `acceptGroup`(`groupId`: kotlin.ByteArray)
+    
+    /**
+     * Adds members (admins only).
+     */
+    fun `addGroupMembers`(`groupId`: kotlin.ByteArray, `members`: List<kotlin.String>)
+    
+    /**
+     * Creates a group named `name` with this user as its admin and the
+     * users at `members`; returns its 32-byte id. Past 1,000 members:
+     * `GroupTooLarge`.
+     */
+    fun `createGroup`(`name`: kotlin.String, `members`: List<kotlin.String>): kotlin.ByteArray
+    
+    /**
+     * The group, if this device is (or was) in it.
+     */
+    fun `group`(`groupId`: kotlin.ByteArray): GroupInfo?
+    
+    /**
+     * Every group this device is (or was) in.
+     */
+    fun `groups`(): List<GroupInfo>
+    
+    /**
+     * Leaves the group.
+     */
+    fun `leaveGroup`(`groupId`: kotlin.ByteArray)
+    
+    /**
+     * Removes a member (admins only): the removed user's devices read
+     * nothing sent after.
+     */
+    fun `removeGroupMember`(`groupId`: kotlin.ByteArray, `member`: kotlin.String)
+    
+    /**
+     * Renames the group (admins only).
+     */
+    fun `renameGroup`(`groupId`: kotlin.ByteArray, `name`: kotlin.String)
+    
+    /**
+     * Encrypts and uploads the file at `path` once, and sends it to the
+     * group with `text`; returns the message id.
+     */
+    suspend fun `sendGroupFile`(`groupId`: kotlin.ByteArray, `text`: kotlin.String, `path`: kotlin.String): kotlin.ByteArray
+    
+    /**
+     * Queues `text` to every member device of the group, encrypted once;
+     * returns the 16-byte message id.
+     */
+    fun `sendGroupText`(`groupId`: kotlin.ByteArray, `text`: kotlin.String): kotlin.ByteArray
+    
+    /**
+     * Makes `member` an admin, or an ordinary member (admins only; an
+     * admin cannot demote one senior to it).
+     */
+    fun `setGroupAdmin`(`groupId`: kotlin.ByteArray, `member`: kotlin.String, `admin`: kotlin.Boolean)
+    
     companion object
 }
 
@@ -5639,6 +5777,219 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
     }
 
     
+    /**
+     * Accepts an invitation from a user this user had not accepted.
+     */
+    @Throws(SottoException::class)override fun `acceptGroup`(`groupId`: kotlin.ByteArray)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_accept_group(
+        it,
+        
+        FfiConverterByteArray.lower(`groupId`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Adds members (admins only).
+     */
+    @Throws(SottoException::class)override fun `addGroupMembers`(`groupId`: kotlin.ByteArray, `members`: List<kotlin.String>)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_add_group_members(
+        it,
+        
+        FfiConverterByteArray.lower(`groupId`),
+        FfiConverterSequenceString.lower(`members`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Creates a group named `name` with this user as its admin and the
+     * users at `members`; returns its 32-byte id. Past 1,000 members:
+     * `GroupTooLarge`.
+     */
+    @Throws(SottoException::class)override fun `createGroup`(`name`: kotlin.String, `members`: List<kotlin.String>): kotlin.ByteArray {
+            return FfiConverterByteArray.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_create_group(
+        it,
+        
+        FfiConverterString.lower(`name`),
+        FfiConverterSequenceString.lower(`members`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The group, if this device is (or was) in it.
+     */
+    @Throws(SottoException::class)override fun `group`(`groupId`: kotlin.ByteArray): GroupInfo? {
+            return FfiConverterOptionalTypeGroupInfo.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_group(
+        it,
+        
+        FfiConverterByteArray.lower(`groupId`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Every group this device is (or was) in.
+     */
+    @Throws(SottoException::class)override fun `groups`(): List<GroupInfo> {
+            return FfiConverterSequenceTypeGroupInfo.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_groups(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Leaves the group.
+     */
+    @Throws(SottoException::class)override fun `leaveGroup`(`groupId`: kotlin.ByteArray)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_leave_group(
+        it,
+        
+        FfiConverterByteArray.lower(`groupId`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Removes a member (admins only): the removed user's devices read
+     * nothing sent after.
+     */
+    @Throws(SottoException::class)override fun `removeGroupMember`(`groupId`: kotlin.ByteArray, `member`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_remove_group_member(
+        it,
+        
+        FfiConverterByteArray.lower(`groupId`),
+        FfiConverterString.lower(`member`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Renames the group (admins only).
+     */
+    @Throws(SottoException::class)override fun `renameGroup`(`groupId`: kotlin.ByteArray, `name`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_rename_group(
+        it,
+        
+        FfiConverterByteArray.lower(`groupId`),
+        FfiConverterString.lower(`name`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Encrypts and uploads the file at `path` once, and sends it to the
+     * group with `text`; returns the message id.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `sendGroupFile`(`groupId`: kotlin.ByteArray, `text`: kotlin.String, `path`: kotlin.String) : kotlin.ByteArray {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_send_group_file(
+                uniffiHandle,
+                
+        FfiConverterByteArray.lower(`groupId`),
+        FfiConverterString.lower(`text`),
+        FfiConverterString.lower(`path`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterByteArray.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Queues `text` to every member device of the group, encrypted once;
+     * returns the 16-byte message id.
+     */
+    @Throws(SottoException::class)override fun `sendGroupText`(`groupId`: kotlin.ByteArray, `text`: kotlin.String): kotlin.ByteArray {
+            return FfiConverterByteArray.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_send_group_text(
+        it,
+        
+        FfiConverterByteArray.lower(`groupId`),
+        FfiConverterString.lower(`text`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Makes `member` an admin, or an ordinary member (admins only; an
+     * admin cannot demote one senior to it).
+     */
+    @Throws(SottoException::class)override fun `setGroupAdmin`(`groupId`: kotlin.ByteArray, `member`: kotlin.String, `admin`: kotlin.Boolean)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_set_group_admin(
+        it,
+        
+        FfiConverterByteArray.lower(`groupId`),
+        FfiConverterString.lower(`member`),
+        FfiConverterBoolean.lower(`admin`),_status)
+}
+    }
+    
+    
+
+    
 
     
 
@@ -5817,6 +6168,12 @@ data class Event (
     var `peerDevice`: kotlin.UInt
     , 
     /**
+     * The 32-byte id of the group it happened in (group messages, their
+     * delivery, group changes), if any.
+     */
+    var `groupId`: kotlin.ByteArray?
+    , 
+    /**
      * What happened.
      */
     var `kind`: EventKind
@@ -5834,6 +6191,7 @@ data class Event (
         this.`seq`,
         this.`peer`,
         this.`peerDevice`,
+        this.`groupId`,
         this.`kind`
     )
     }
@@ -5850,6 +6208,7 @@ public object FfiConverterTypeEvent: FfiConverterRustBuffer<Event> {
             FfiConverterULong.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterUInt.read(buf),
+            FfiConverterOptionalByteArray.read(buf),
             FfiConverterTypeEventKind.read(buf),
         )
     }
@@ -5858,6 +6217,7 @@ public object FfiConverterTypeEvent: FfiConverterRustBuffer<Event> {
             FfiConverterULong.allocationSize(value.`seq`) +
             FfiConverterOptionalString.allocationSize(value.`peer`) +
             FfiConverterUInt.allocationSize(value.`peerDevice`) +
+            FfiConverterOptionalByteArray.allocationSize(value.`groupId`) +
             FfiConverterTypeEventKind.allocationSize(value.`kind`)
     )
 
@@ -5865,7 +6225,126 @@ public object FfiConverterTypeEvent: FfiConverterRustBuffer<Event> {
             FfiConverterULong.write(value.`seq`, buf)
             FfiConverterOptionalString.write(value.`peer`, buf)
             FfiConverterUInt.write(value.`peerDevice`, buf)
+            FfiConverterOptionalByteArray.write(value.`groupId`, buf)
             FfiConverterTypeEventKind.write(value.`kind`, buf)
+    }
+}
+
+
+
+/**
+ * A group as this device holds it.
+ */
+data class GroupInfo (
+    /**
+     * Its 32-byte id.
+     */
+    var `id`: kotlin.ByteArray
+    , 
+    /**
+     * Its name.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * How many changes made it.
+     */
+    var `version`: kotlin.ULong
+    , 
+    /**
+     * Its members.
+     */
+    var `members`: List<GroupMember>
+    , 
+    /**
+     * Where this device stands.
+     */
+    var `status`: GroupStatus
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeGroupInfo: FfiConverterRustBuffer<GroupInfo> {
+    override fun read(buf: ByteBuffer): GroupInfo {
+        return GroupInfo(
+            FfiConverterByteArray.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterSequenceTypeGroupMember.read(buf),
+            FfiConverterTypeGroupStatus.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: GroupInfo) = (
+            FfiConverterByteArray.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterULong.allocationSize(value.`version`) +
+            FfiConverterSequenceTypeGroupMember.allocationSize(value.`members`) +
+            FfiConverterTypeGroupStatus.allocationSize(value.`status`)
+    )
+
+    override fun write(value: GroupInfo, buf: ByteBuffer) {
+            FfiConverterByteArray.write(value.`id`, buf)
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterULong.write(value.`version`, buf)
+            FfiConverterSequenceTypeGroupMember.write(value.`members`, buf)
+            FfiConverterTypeGroupStatus.write(value.`status`, buf)
+    }
+}
+
+
+
+/**
+ * One member of a group.
+ */
+data class GroupMember (
+    /**
+     * Its user address.
+     */
+    var `address`: kotlin.String
+    , 
+    /**
+     * May change the group.
+     */
+    var `admin`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeGroupMember: FfiConverterRustBuffer<GroupMember> {
+    override fun read(buf: ByteBuffer): GroupMember {
+        return GroupMember(
+            FfiConverterString.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: GroupMember) = (
+            FfiConverterString.allocationSize(value.`address`) +
+            FfiConverterBoolean.allocationSize(value.`admin`)
+    )
+
+    override fun write(value: GroupMember, buf: ByteBuffer) {
+            FfiConverterString.write(value.`address`, buf)
+            FfiConverterBoolean.write(value.`admin`, buf)
     }
 }
 
@@ -6290,6 +6769,29 @@ sealed class EventKind: Disposable  {
     }
     
     /**
+     * A group changed (`groupId`; `peer` is the admin who changed it).
+     */
+    data class GroupChanged(
+        /**
+         * The group's version after the change.
+         */
+        val `version`: kotlin.ULong, 
+        /**
+         * What changed.
+         */
+        val `changes`: List<dev.sotto.GroupChange>, 
+        /**
+         * What it means for this device.
+         */
+        val `effect`: dev.sotto.GroupEffect) : EventKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * A stored event could not be read back: acknowledge it; the queue
      * never stalls on it.
      */
@@ -6386,6 +6888,15 @@ sealed class EventKind: Disposable  {
     )
                 
             }
+            is EventKind.GroupChanged -> {
+                
+    Disposable.destroy(
+        this.`version`,
+        this.`changes`,
+        this.`effect`
+    )
+                
+            }
             is EventKind.Unreadable -> {
                 
     Disposable.destroy(
@@ -6446,10 +6957,15 @@ public object FfiConverterTypeEventKind : FfiConverterRustBuffer<EventKind>{
                 FfiConverterByteArray.read(buf),
                 FfiConverterString.read(buf),
                 )
-            12 -> EventKind.Unreadable(
+            12 -> EventKind.GroupChanged(
+                FfiConverterULong.read(buf),
+                FfiConverterSequenceTypeGroupChange.read(buf),
+                FfiConverterTypeGroupEffect.read(buf),
+                )
+            13 -> EventKind.Unreadable(
                 FfiConverterString.read(buf),
                 )
-            13 -> EventKind.Other(
+            14 -> EventKind.Other(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
@@ -6534,6 +7050,15 @@ public object FfiConverterTypeEventKind : FfiConverterRustBuffer<EventKind>{
                 + FfiConverterString.allocationSize(value.`reason`)
             )
         }
+        is EventKind.GroupChanged -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`version`)
+                + FfiConverterSequenceTypeGroupChange.allocationSize(value.`changes`)
+                + FfiConverterTypeGroupEffect.allocationSize(value.`effect`)
+            )
+        }
         is EventKind.Unreadable -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
@@ -6607,17 +7132,335 @@ public object FfiConverterTypeEventKind : FfiConverterRustBuffer<EventKind>{
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
-            is EventKind.Unreadable -> {
+            is EventKind.GroupChanged -> {
                 buf.putInt(12)
+                FfiConverterULong.write(value.`version`, buf)
+                FfiConverterSequenceTypeGroupChange.write(value.`changes`, buf)
+                FfiConverterTypeGroupEffect.write(value.`effect`, buf)
+                Unit
+            }
+            is EventKind.Unreadable -> {
+                buf.putInt(13)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is EventKind.Other -> {
-                buf.putInt(13)
+                buf.putInt(14)
                 FfiConverterString.write(value.`description`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
+
+
+
+/**
+ * One change of a group.
+ */
+sealed class GroupChange {
+    
+    /**
+     * A member joined.
+     */
+    data class Added(
+        /**
+         * Its user address.
+         */
+        val `member`: kotlin.String, 
+        /**
+         * As an admin.
+         */
+        val `admin`: kotlin.Boolean) : GroupChange()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A member left or was removed (its 32-byte user id).
+     */
+    data class Removed(
+        /**
+         * The user id.
+         */
+        val `user`: kotlin.ByteArray) : GroupChange()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A member became an admin.
+     */
+    data class Promoted(
+        /**
+         * The user id.
+         */
+        val `user`: kotlin.ByteArray) : GroupChange()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * An admin became an ordinary member.
+     */
+    data class Demoted(
+        /**
+         * The user id.
+         */
+        val `user`: kotlin.ByteArray) : GroupChange()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The group's new name.
+     */
+    data class Renamed(
+        /**
+         * The name.
+         */
+        val `name`: kotlin.String) : GroupChange()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The avatar changed.
+     */
+    object AvatarChanged : GroupChange()
+    
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeGroupChange : FfiConverterRustBuffer<GroupChange>{
+    override fun read(buf: ByteBuffer): GroupChange {
+        return when(buf.getInt()) {
+            1 -> GroupChange.Added(
+                FfiConverterString.read(buf),
+                FfiConverterBoolean.read(buf),
+                )
+            2 -> GroupChange.Removed(
+                FfiConverterByteArray.read(buf),
+                )
+            3 -> GroupChange.Promoted(
+                FfiConverterByteArray.read(buf),
+                )
+            4 -> GroupChange.Demoted(
+                FfiConverterByteArray.read(buf),
+                )
+            5 -> GroupChange.Renamed(
+                FfiConverterString.read(buf),
+                )
+            6 -> GroupChange.AvatarChanged
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: GroupChange): ULong = when(value) {
+        is GroupChange.Added -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`member`)
+                + FfiConverterBoolean.allocationSize(value.`admin`)
+            )
+        }
+        is GroupChange.Removed -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterByteArray.allocationSize(value.`user`)
+            )
+        }
+        is GroupChange.Promoted -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterByteArray.allocationSize(value.`user`)
+            )
+        }
+        is GroupChange.Demoted -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterByteArray.allocationSize(value.`user`)
+            )
+        }
+        is GroupChange.Renamed -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`name`)
+            )
+        }
+        is GroupChange.AvatarChanged -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+    }
+
+    override fun write(value: GroupChange, buf: ByteBuffer) {
+        when(value) {
+            is GroupChange.Added -> {
+                buf.putInt(1)
+                FfiConverterString.write(value.`member`, buf)
+                FfiConverterBoolean.write(value.`admin`, buf)
+                Unit
+            }
+            is GroupChange.Removed -> {
+                buf.putInt(2)
+                FfiConverterByteArray.write(value.`user`, buf)
+                Unit
+            }
+            is GroupChange.Promoted -> {
+                buf.putInt(3)
+                FfiConverterByteArray.write(value.`user`, buf)
+                Unit
+            }
+            is GroupChange.Demoted -> {
+                buf.putInt(4)
+                FfiConverterByteArray.write(value.`user`, buf)
+                Unit
+            }
+            is GroupChange.Renamed -> {
+                buf.putInt(5)
+                FfiConverterString.write(value.`name`, buf)
+                Unit
+            }
+            is GroupChange.AvatarChanged -> {
+                buf.putInt(6)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
+
+
+
+/**
+ * What a group change means for this device.
+ */
+
+enum class GroupEffect {
+    
+    /**
+     * An ordinary change of a group this device is in.
+     */
+    APPLIED,
+    /**
+     * An invitation from a user this user has not accepted: a request
+     * (`acceptGroup`).
+     */
+    INVITATION,
+    /**
+     * This user is no longer a member.
+     */
+    REMOVED_YOU;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeGroupEffect: FfiConverterRustBuffer<GroupEffect> {
+    override fun read(buf: ByteBuffer) = try {
+        
+        GroupEffect.entries[buf.getInt() - 1]
+        
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: GroupEffect) = 4UL
+
+    override fun write(value: GroupEffect, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * Where this device stands in a group.
+ */
+
+enum class GroupStatus {
+    
+    /**
+     * A member.
+     */
+    MEMBER,
+    /**
+     * Invited by a user this user has not accepted: `acceptGroup` first.
+     */
+    INVITATION,
+    /**
+     * No longer a member.
+     */
+    LEFT;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeGroupStatus: FfiConverterRustBuffer<GroupStatus> {
+    override fun read(buf: ByteBuffer) = try {
+        
+        GroupStatus.entries[buf.getInt() - 1]
+        
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: GroupStatus) = 4UL
+
+    override fun write(value: GroupStatus, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
     }
 }
 
@@ -7111,12 +7954,59 @@ sealed class SottoException: kotlin.Exception() {
     }
     
     /**
-     * The peer's message request was not accepted yet.
+     * The peer's message request was not accepted yet (or a group
+     * invitation: `acceptGroup` first).
      */
     class NotAccepted(
         ) : SottoException() {
         override val message
             get() = ""
+    }
+    
+    /**
+     * A peer's group change, state or key broke a rule (nothing applied).
+     */
+    class GroupRejected(
+        
+        /**
+         * Which rule it broke.
+         */
+        val `reason`: kotlin.String
+        ) : SottoException() {
+        override val message
+            get() = "reason=${ `reason` }"
+    }
+    
+    /**
+     * This device is in no group with that id (or no longer a member).
+     */
+    class UnknownGroup(
+        ) : SottoException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * Only the group's admins may do this.
+     */
+    class NotGroupAdmin(
+        ) : SottoException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * Past a group limit (1,000 members, 16 devices per member).
+     */
+    class GroupTooLarge(
+        
+        /**
+         * Which limit.
+         */
+        val `reason`: kotlin.String
+        ) : SottoException() {
+        override val message
+            get() = "reason=${ `reason` }"
     }
     
 
@@ -7221,6 +8111,14 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 )
             32 -> SottoException.NotPrimary()
             33 -> SottoException.NotAccepted()
+            34 -> SottoException.GroupRejected(
+                FfiConverterString.read(buf),
+                )
+            35 -> SottoException.UnknownGroup()
+            36 -> SottoException.NotGroupAdmin()
+            37 -> SottoException.GroupTooLarge(
+                FfiConverterString.read(buf),
+                )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
     }
@@ -7386,6 +8284,24 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
             )
+            is SottoException.GroupRejected -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+            is SottoException.UnknownGroup -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is SottoException.NotGroupAdmin -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is SottoException.GroupTooLarge -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
         }
     }
 
@@ -7550,6 +8466,24 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
                 buf.putInt(33)
                 Unit
             }
+            is SottoException.GroupRejected -> {
+                buf.putInt(34)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is SottoException.UnknownGroup -> {
+                buf.putInt(35)
+                Unit
+            }
+            is SottoException.NotGroupAdmin -> {
+                buf.putInt(36)
+                Unit
+            }
+            is SottoException.GroupTooLarge -> {
+                buf.putInt(37)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
     }
 
@@ -7702,6 +8636,38 @@ public object FfiConverterOptionalTypeEvent: FfiConverterRustBuffer<Event?> {
 /**
  * @suppress
  */
+public object FfiConverterOptionalTypeGroupInfo: FfiConverterRustBuffer<GroupInfo?> {
+    override fun read(buf: ByteBuffer): GroupInfo? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeGroupInfo.read(buf)
+    }
+
+    override fun allocationSize(value: GroupInfo?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeGroupInfo.allocationSize(value)
+        }
+    }
+
+    override fun write(value: GroupInfo?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeGroupInfo.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypeVerification: FfiConverterRustBuffer<Verification?> {
     override fun read(buf: ByteBuffer): Verification? {
         if (buf.get().toInt() == 0) {
@@ -7752,6 +8718,34 @@ public object FfiConverterSequenceUInt: FfiConverterRustBuffer<List<kotlin.UInt>
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterUInt.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.String>> {
+    override fun read(buf: ByteBuffer): List<kotlin.String> {
+        val len = buf.getInt()
+        return List<kotlin.String>(len) {
+            FfiConverterString.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.String>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterString.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.String>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterString.write(it, buf)
         }
     }
 }
@@ -7846,6 +8840,62 @@ public object FfiConverterSequenceTypeDeviceDelivery: FfiConverterRustBuffer<Lis
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeGroupInfo: FfiConverterRustBuffer<List<GroupInfo>> {
+    override fun read(buf: ByteBuffer): List<GroupInfo> {
+        val len = buf.getInt()
+        return List<GroupInfo>(len) {
+            FfiConverterTypeGroupInfo.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<GroupInfo>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeGroupInfo.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<GroupInfo>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeGroupInfo.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeGroupMember: FfiConverterRustBuffer<List<GroupMember>> {
+    override fun read(buf: ByteBuffer): List<GroupMember> {
+        val len = buf.getInt()
+        return List<GroupMember>(len) {
+            FfiConverterTypeGroupMember.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<GroupMember>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeGroupMember.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<GroupMember>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeGroupMember.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer<List<PrekeyUpload>> {
     override fun read(buf: ByteBuffer): List<PrekeyUpload> {
         val len = buf.getInt()
@@ -7864,6 +8914,34 @@ public object FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer<List<
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypePrekeyUpload.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeGroupChange: FfiConverterRustBuffer<List<GroupChange>> {
+    override fun read(buf: ByteBuffer): List<GroupChange> {
+        val len = buf.getInt()
+        return List<GroupChange>(len) {
+            FfiConverterTypeGroupChange.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<GroupChange>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeGroupChange.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<GroupChange>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeGroupChange.write(it, buf)
         }
     }
 }
