@@ -44,6 +44,7 @@ const REDACTED: &[&str] = &[
     "sotto.client.v1.GroupState",
     "sotto.client.v1.GroupRecord",
     "sotto.client.v1.GroupUpdate",
+    "sotto.client.v1.GroupSync",
     "sotto.client.v1.GroupEvent",
     "sotto.client.v1.GroupChange",
     "sotto.client.v1.GroupAction",

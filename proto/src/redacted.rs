@@ -45,6 +45,7 @@ redacted!(
     client::GroupState,
     client::GroupRecord,
     client::GroupUpdate,
+    client::GroupSync,
     client::GroupEvent,
     client::GroupChange,
     client::GroupAction,
@@ -98,6 +99,7 @@ impl fmt::Debug for crate::client::content::Body {
             B::DeliveryTokenUpdate(_) => "DeliveryTokenUpdate",
             B::GroupUpdate(_) => "GroupUpdate(<redacted>)",
             B::SenderKey(_) => "SenderKey(<redacted>)",
+            B::GroupSync(_) => "GroupSync(<redacted>)",
         })
     }
 }

@@ -14,6 +14,9 @@
 //! /verify                 show the safety number, mark it compared
 //! /link                   link a new device (it runs with --link)
 //! /devices  /unlink <id>  /contacts  /help  /quit
+//! /group new <title> <name>...   a group with these contacts
+//! /groups                 list groups (n)      /group <n>   talk in group n
+//! /join <n>  /invite <name>  /kick <name>  /leave
 //! ```
 //!
 //! Incoming events print as they arrive: messages, ✓ (the relay has it),
@@ -35,8 +38,8 @@ use sotto_examples::profile::{AddressBook, Profile};
 use sotto_examples::{ExampleError, Result};
 use sotto_messenger::Linking;
 use sotto_messenger::{
-    AttachmentRef, DeliveryState, Event, EventKind, MessageId, Messenger, ReceiptKind,
-    RelayAddress, UserAddress,
+    AttachmentRef, DeliveryState, Event, EventKind, GroupEffect, GroupId, GroupInfo, MessageId,
+    Messenger, ReceiptKind, RelayAddress, UserAddress,
 };
 use sotto_relay::addr_file::AddrFile;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -165,6 +168,7 @@ async fn run(args: Args) -> Result<()> {
         state: Mutex::new(State {
             book: profile.contacts()?,
             to: None,
+            group: None,
             attachments: Vec::new(),
             unread: Vec::new(),
             sent: HashMap::new(),
@@ -230,6 +234,8 @@ struct Chat {
 struct State {
     book: AddressBook,
     to: Option<String>,
+    /// The group plain text goes to (instead of `to`).
+    group: Option<GroupId>,
     /// Received attachments, numbered from 1 in arrival order (`/get n`).
     attachments: Vec<(UserAddress, AttachmentRef)>,
     /// Messages shown but not yet marked read (`/read`).
@@ -253,6 +259,11 @@ impl State {
             Some(n) => format!("#{n}"),
             None => format!("msg {}", short_id(id)),
         }
+    }
+
+    fn selected_group(&self) -> Result<GroupId> {
+        self.group
+            .ok_or_else(|| ExampleError::Usage("choose a group first: /groups, /group <n>".into()))
     }
 
     fn selected(&self) -> Result<(String, UserAddress)> {
@@ -299,9 +310,35 @@ fn show(chat: &Chat, e: &Event) {
     let peer = e.peer.as_ref();
     let who = peer.map(|p| st.who(p)).unwrap_or_else(|| "?".into());
     let dev = e.peer_device;
+    let group = e
+        .group
+        .map(|g| {
+            chat.client
+                .group(g)
+                .ok()
+                .flatten()
+                .map(|i| i.state.name)
+                .unwrap_or_else(|| short_group(&g))
+        })
+        .map(|name| format!("{name}/"))
+        .unwrap_or_default();
     match &e.kind {
+        EventKind::GroupChanged {
+            version,
+            changes,
+            effect,
+        } => {
+            println!("[{group}{who}] group changed (version {version}): {changes:?}");
+            match effect {
+                GroupEffect::Invitation => {
+                    println!("    (an invitation: /groups, then /join <n>)")
+                }
+                GroupEffect::RemovedYou => println!("    (you are no longer a member)"),
+                _ => {}
+            }
+        }
         EventKind::Message(m) => {
-            println!("[{who}] {}", m.text);
+            println!("[{group}{who}] {}", m.text);
             if let Some(p) = peer {
                 for a in &m.attachments {
                     st.attachments.push((p.clone(), a.clone()));
@@ -385,7 +422,28 @@ const HELP: &str = "\
 /link                   link a new device (start it with --link)
 /devices                list this user's devices
 /unlink <id>            remove one of this user's devices
+/group new <title> <name>...  create a group with these contacts
+/groups                 list groups (numbered)
+/group <n>              talk in group n (/to <name> talks to a person again)
+/join <n>               accept the invitation to group n
+/invite <name>          add a contact to the current group (admins)
+/kick <name>            remove a member from the current group (admins)
+/leave                  leave the current group
 /quit                   leave (queued messages are sent first)";
+
+/// A short, stable name for a group id.
+fn short_group(g: &GroupId) -> String {
+    hex::encode(&g.0[..4])
+}
+
+/// The n-th group of `/groups` (from 1).
+fn nth_group(chat: &Chat, n: usize) -> Result<GroupInfo> {
+    chat.client
+        .groups()?
+        .into_iter()
+        .nth(n.wrapping_sub(1))
+        .ok_or_else(|| ExampleError::Usage(format!("no group {n}: see /groups")))
+}
 
 /// Runs one line; `Ok(false)` means quit.
 async fn command(chat: &Chat, line: &str, input: &mut UnboundedReceiver<String>) -> Result<bool> {
@@ -396,6 +454,13 @@ async fn command(chat: &Chat, line: &str, input: &mut UnboundedReceiver<String>)
         // Held across the (synchronous) queueing, so the ✓ lines of this
         // message cannot be shown before it has its number.
         let mut st = chat.state();
+        if let Some(g) = st.group {
+            let id = chat.client.send_group_text(g, line)?;
+            let n = st.sent.len() + 1;
+            st.sent.insert(id, n);
+            println!("#{n} -> group {}: {line}", short_group(&g));
+            return Ok(true);
+        }
         let (name, to) = st.selected()?;
         let id = chat.client.send_text(&to, line)?;
         let n = st.sent.len() + 1;
@@ -435,7 +500,80 @@ async fn command(chat: &Chat, line: &str, input: &mut UnboundedReceiver<String>)
                 )));
             }
             st.to = Some(rest.to_string());
+            st.group = None;
             println!("talking to {rest}");
+        }
+        "/group" if rest.starts_with("new ") => {
+            let mut words = rest["new ".len()..].split_whitespace();
+            let title = words
+                .next()
+                .ok_or_else(|| usage("/group new <title> <name>..."))?;
+            let st = chat.state();
+            let members = words
+                .map(|n| {
+                    st.book
+                        .get(n)
+                        .cloned()
+                        .ok_or_else(|| ExampleError::Usage(format!("no contact {n}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            drop(st);
+            let g = chat.client.create_group(title, &members)?;
+            chat.state().group = Some(g);
+            println!(
+                "group {} created with {} member(s); talking in it",
+                short_group(&g),
+                members.len()
+            );
+        }
+        "/group" => {
+            let n: usize = rest
+                .parse()
+                .map_err(|_| usage("/group <n>  (see /groups)"))?;
+            let g = nth_group(chat, n)?;
+            chat.state().group = Some(g.state.id);
+            println!("talking in {}", g.state.name);
+        }
+        "/groups" => {
+            for (i, g) in chat.client.groups()?.iter().enumerate() {
+                println!(
+                    "{} {} ({} members, {:?})",
+                    i + 1,
+                    g.state.name,
+                    g.state.members.len(),
+                    g.status
+                );
+            }
+        }
+        "/join" => {
+            let n: usize = rest
+                .parse()
+                .map_err(|_| usage("/join <n>  (see /groups)"))?;
+            let g = nth_group(chat, n)?;
+            chat.client.accept_group(g.state.id)?;
+            chat.state().group = Some(g.state.id);
+            println!("joined {}; talking in it", g.state.name);
+        }
+        "/invite" | "/kick" => {
+            let g = chat.state().selected_group()?;
+            let addr = chat
+                .state()
+                .book
+                .get(rest)
+                .cloned()
+                .ok_or_else(|| ExampleError::Usage(format!("no contact {rest:?}")))?;
+            if cmd == "/invite" {
+                chat.client.add_group_members(g, &[addr])?;
+            } else {
+                chat.client.remove_group_member(g, &addr)?;
+            }
+            println!("done");
+        }
+        "/leave" => {
+            let g = chat.state().selected_group()?;
+            chat.client.leave_group(g)?;
+            chat.state().group = None;
+            println!("left the group");
         }
         "/contacts" => {
             let st = chat.state();

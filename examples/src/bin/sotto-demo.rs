@@ -51,6 +51,9 @@ const FROM_LAPTOP: &str = "Writing from my laptop now.";
 const LATER: &str = "See you at eight, by the fountain.";
 const FILE_TEXT: &str = "Shopping list: lemons, basil, a very secret olive oil.\n";
 const FILE_CAPTION: &str = "the list for tonight";
+const GROUP_NAME: &str = "Thursday climbing club";
+const GROUP_TEXT: &str = "Ropes are packed, meet at the north wall.";
+const GROUP_REPLY: &str = "Carol here, I will bring the chalk.";
 
 #[tokio::main]
 async fn main() {
@@ -219,6 +222,11 @@ impl<'a> Observer<'a> {
             dm("sotto_envelopes_accepted_total"),
             dm("sotto_envelopes_delivered_total")
         )];
+        let shared = dm("sotto_shared_payloads_total");
+        if shared > 0 {
+            relay.push(format!("  of which {shared} payload(s) sent once for many"));
+            relay.push("  mailboxes, stored once (SendShared)".into());
+        }
         let blobs = dm("sotto_blobs_uploaded_total");
         if blobs > 0 {
             relay.push(format!("{blobs} encrypted blob(s) stored"));
@@ -488,6 +496,67 @@ async fn run(args: Args) -> Result<()> {
     )
     .await?;
 
+    // 9. A group: carol joins; alice creates it; every device reads one
+    // ciphertext that alice uploaded once (one shared send per relay).
+    let carol = create("carol", &home).await?;
+    let group = alice
+        .client
+        .create_group(GROUP_NAME, &[bob.addr().clone(), carol.addr().clone()])?;
+    for d in [&bob, &laptop, &carol] {
+        wait_for(d, |e| match &e.kind {
+            EventKind::GroupChanged { .. } if e.group == Some(group) => Some(()),
+            _ => None,
+        })
+        .await?;
+    }
+    // Carol does not know alice: the group is an invitation until she
+    // accepts it (bob accepted alice long ago).
+    carol.client.accept_group(group)?;
+    alice.client.send_group_text(group, GROUP_TEXT)?;
+    for d in [&bob, &laptop, &carol] {
+        let text = wait_for(d, |e| match &e.kind {
+            EventKind::Message(m) if e.group == Some(group) => Some(m.text.clone()),
+            _ => None,
+        })
+        .await?;
+        if text != GROUP_TEXT {
+            return Err(unexpected("a member read another group message"));
+        }
+    }
+    obs.step(
+        &[&alice, &bob, &laptop, &carol],
+        &[
+            format!("alice creates \"{GROUP_NAME}\""),
+            "  with bob and carol (carol accepts the invite)".into(),
+            format!("alice -> group: {GROUP_TEXT}"),
+            "  bob/phone, bob/laptop and carol read it: one".into(),
+            "  ciphertext, uploaded once, stored once".into(),
+        ],
+    )
+    .await?;
+    carol.client.send_group_text(group, GROUP_REPLY)?;
+    for d in [&alice, &bob, &laptop] {
+        wait_for(d, |e| match &e.kind {
+            EventKind::Message(m) if e.group == Some(group) && m.text == GROUP_REPLY => Some(()),
+            _ => None,
+        })
+        .await?;
+    }
+    let members = alice
+        .client
+        .group(group)?
+        .map(|g| g.state.members.len())
+        .unwrap_or(0);
+    obs.step(
+        &[&alice, &bob, &laptop, &carol],
+        &[
+            format!("carol -> group: {GROUP_REPLY}"),
+            format!("alice, bob/phone, bob/laptop read it ({members} members);"),
+            "  the relay never saw a group id, name or member list".into(),
+        ],
+    )
+    .await?;
+
     // The safety number: one per pair of users, whatever their devices.
     let sn_alice = alice.client.safety_number(bob.addr());
     let sn_phone = bob.client.safety_number(alice.addr());
@@ -513,6 +582,9 @@ async fn run(args: Args) -> Result<()> {
         LATER,
         FILE_TEXT,
         FILE_CAPTION,
+        GROUP_NAME,
+        GROUP_TEXT,
+        GROUP_REPLY,
     ];
     let mut found = Vec::new();
     for text in plaintexts {
@@ -537,7 +609,7 @@ async fn run(args: Args) -> Result<()> {
         plaintexts.len()
     );
 
-    for d in [alice, bob, laptop] {
+    for d in [alice, bob, laptop, carol] {
         d.client.close().await;
     }
     Ok(())

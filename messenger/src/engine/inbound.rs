@@ -809,6 +809,23 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
                     Err(e) => return Err(e),
                 }
             }
+            Some(pb::content::Body::GroupSync(g)) => {
+                if !sender.is_own_user() {
+                    return invalid_content(
+                        tx,
+                        sender,
+                        Some(&peer),
+                        "group sync from another user",
+                    );
+                }
+                match group::on_sync(tx, sender.me, &g) {
+                    Ok(r) => out.events |= r.events,
+                    Err(Error::GroupRejected(why)) => {
+                        return invalid_content(tx, sender, Some(&peer), why)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             Some(pb::content::Body::SenderKey(k)) => {
                 // A stranger's key for a group this device is not a member
                 // of counts against its request.

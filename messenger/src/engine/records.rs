@@ -419,6 +419,10 @@ pub(crate) fn apply_list(
     let pinned = pinned_list(&c)?;
     let change = list.against(pinned.as_ref())?;
     let mut out = Applied::default();
+    if change.newer && !change.added.is_empty() && is_own_user(tx, &user.user)? {
+        // A device joined this user: it gets the groups this one is in.
+        super::group::sync_to_own_devices(tx, user, &change.added)?;
+    }
     if change.newer {
         let event = |kind, device_id| EventBuilder::about(Some(user)).device(device_id).kind(kind);
         use pb::client_event::Kind as K;
@@ -444,6 +448,11 @@ pub(crate) fn apply_list(
     }
     put_contact(tx, &user.user, &c)?;
     Ok(out)
+}
+
+/// True if `user` is this device's own user.
+fn is_own_user(tx: &impl Txn, user: &[u8; 32]) -> Result<bool> {
+    Ok(get::<pb::ClientConfig>(tx, CONFIG)?.is_some_and(|c| c.account_key == user.as_slice()))
 }
 
 /// This device's delivery token: handed to contacts inside the end-to-end

@@ -750,6 +750,9 @@ impl Mailboxes {
                     metrics
                         .envelopes_accepted
                         .fetch_add(accepted.len() as u64, Relaxed);
+                    if shared.is_some() {
+                        metrics.shared_payloads.fetch_add(1, Relaxed);
+                    }
                 } else if let Some(id) = shared {
                     idx.shared.remove(&id);
                 }

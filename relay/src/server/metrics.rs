@@ -67,6 +67,9 @@ pub struct Metrics {
     pub auth_failed: AtomicU64,
     /// Envelopes durably accepted.
     pub envelopes_accepted: AtomicU64,
+    /// Payloads durably accepted by shared sends (each stored once for all
+    /// the envelopes that refer to it).
+    pub shared_payloads: AtomicU64,
     /// Envelopes refused (limits).
     pub envelopes_refused: AtomicU64,
     /// Envelopes written to a device (fetch or push).
@@ -158,6 +161,12 @@ impl Metrics {
                 "sotto_envelopes_accepted_total",
                 "Envelopes durably accepted",
                 &self.envelopes_accepted,
+                "counter",
+            ),
+            (
+                "sotto_shared_payloads_total",
+                "Payloads stored once for many mailboxes (shared sends)",
+                &self.shared_payloads,
                 "counter",
             ),
             (

@@ -573,6 +573,116 @@ pub(crate) fn on_update(
     Ok(out)
 }
 
+/// Queues every group this device is in (or invited to) to this user's
+/// devices `added` (newly linked), as a `GroupSync`: its root and held
+/// changes.
+pub(crate) fn sync_to_own_devices(
+    tx: &mut impl Txn,
+    me: &UserAddress,
+    added: &[u32],
+) -> Result<()> {
+    for rec in records::groups(tx)? {
+        if rec.status == GONE {
+            continue;
+        }
+        let content = pb::Content {
+            sender_relay: me.relay.to_string(),
+            delivery_token: Vec::new(),
+            body: Some(pb::content::Body::GroupSync(pb::GroupSync {
+                root: rec.root.clone(),
+                history: rec.history.clone(),
+                status: rec.status,
+            })),
+        };
+        records::push_outbox(
+            tx,
+            &pb::OutboxItem {
+                recipient: me.to_string(),
+                content: content.encode_to_vec(),
+                only_devices: added.to_vec(),
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// A `GroupSync` from another device of this user: a group this device does
+/// not hold yet is taken (the root is trusted, as the own device's; every
+/// change is verified and checked as any); a known one gains the changes it
+/// lacks.
+pub(crate) fn on_sync(
+    tx: &mut impl Txn,
+    me: &UserAddress,
+    sync: &pb::GroupSync,
+) -> Result<Received> {
+    let root = GroupState::from_pb(
+        sync.root
+            .as_ref()
+            .ok_or(Error::GroupRejected("sync without a root"))?,
+    )?;
+    if root.version == 0 || sync.history.len() > MAX_HISTORY {
+        return Err(Error::GroupRejected("invalid group sync"));
+    }
+    let id = root.id;
+    let mut out = Received::default();
+    let (mut rec, mut history, before) = match records::group(tx, &id.0)? {
+        Some(rec) => {
+            let h = load_history(&rec)?;
+            let before = stored_state(&rec)?;
+            (rec, h, Some(before))
+        }
+        None => (
+            pb::GroupRecord {
+                status: if sync.status == INVITED {
+                    INVITED
+                } else {
+                    MEMBER
+                },
+                ..Default::default()
+            },
+            History {
+                root,
+                changes: Vec::new(),
+            },
+            None,
+        ),
+    };
+    // Placed in order; what does not follow (or apply) is left out.
+    for _ in 0..2 {
+        for c in &sync.history {
+            let _ = history.insert(VerifiedChange::verify(c)?);
+        }
+    }
+    history.prune();
+    let after = history.canonical().1;
+    if !after.is_member(&me.user) {
+        return Err(Error::GroupRejected("sync of a group this user is not in"));
+    }
+    if before.as_ref() != Some(&after) {
+        let mut e =
+            EventBuilder::about(Some(me)).kind(pb::client_event::Kind::Group(pb::GroupEvent {
+                version: after.version,
+                actions: Vec::new(),
+                kind: if rec.status == INVITED {
+                    EVENT_INVITED
+                } else {
+                    EVENT_APPLIED
+                },
+            }));
+        e.group_id = id.0.to_vec();
+        records::push_event(tx, e)?;
+        out.events = true;
+    }
+    store_history(&mut rec, &history);
+    if let Some(before) = &before {
+        settle(tx, me, &mut rec, before, &after)?;
+    }
+    records::put_group(tx, &id.0, &rec)?;
+    adopt_pending_keys(tx, &id, &rec)?;
+    Ok(out)
+}
+
 /// The history a newcomer is given: the author's root, its chain (each
 /// change verified and applied as any), then the change, which must follow.
 fn given_history(update: &pb::GroupUpdate, change: &VerifiedChange) -> Result<History> {

@@ -11,8 +11,9 @@ use sotto_relay::{EnvelopeId, FetchedBundle};
 
 use super::*;
 use crate::engine::envelope::MacKeys;
-use crate::engine::outbound::{Input, Planner, Step};
+use crate::engine::outbound::{Input, Planner, Step, GROUP_LIST_MAX_AGE_MS};
 use crate::engine::testkit::{kinds, TestUser};
+use sotto_core::store::memory::MemoryStore;
 
 const NOW: u64 = 1_000;
 
@@ -98,19 +99,33 @@ impl Net {
 
     /// Runs one outbox pass of `user`'s device `index`.
     fn pass(&mut self, user: &mut TestUser, index: usize) {
+        self.pass_at(user, index, NOW);
+    }
+
+    /// The same, at `now` (ms).
+    fn pass_at(&mut self, user: &mut TestUser, index: usize, now: u64) {
         let me = user.address();
         let d = &mut user.devices[index];
         let mut planner = Planner::new(&mut d.device, me, d.cert, MacKeys::default()).unwrap();
         loop {
-            let step = planner.poll(&mut d.device, NOW, &mut OsRng).unwrap();
+            let step = planner.poll(&mut d.device, now, &mut OsRng).unwrap();
             if let Step::Done(p) = step {
                 assert!(!p.pending, "nothing may wait on a healthy network");
                 return;
             }
             let input = self.serve(&step);
             planner
-                .handle(&mut d.device, input, NOW, &mut OsRng)
+                .handle(&mut d.device, input, now, &mut OsRng)
                 .unwrap();
+        }
+    }
+
+    /// Publishes the bundles of every device of `user`.
+    fn publish_bundles(&mut self, user: &mut TestUser) {
+        let account = user.account.public();
+        for d in &mut user.devices {
+            self.bundles
+                .insert((account, d.mailbox), d.device.signed_bundle().unwrap());
         }
     }
 
@@ -942,4 +957,95 @@ fn debug_output_shows_no_group_name() {
         crate::engine::events::GroupChange::Renamed("climbing".into())
     );
     assert!(!shown.contains("climbing"), "{shown}");
+}
+
+#[test]
+fn a_device_linked_after_joining_gets_the_group_and_its_messages() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    // Bob links a second device: a new list version on his relay.
+    let mut device = sotto_core::Device::create(MemoryStore::new(), 2, 0, &mut OsRng).unwrap();
+    let cert = bob.account.certify(2, device.identity());
+    let me = bob.address();
+    device
+        .store_mut()
+        .transaction(|tx| {
+            records::put(
+                tx,
+                records::CONFIG,
+                &pb::ClientConfig {
+                    version: 1,
+                    account_key: bob.account.public().to_vec(),
+                    certificate: Some(cert.to_pb()),
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    bob.devices.push(crate::engine::testkit::TestDevice {
+        device,
+        cert,
+        mailbox: crate::engine::testkit::mailbox_of(&me.user, 2),
+    });
+    let signed = bob.signed_list(&bob.list(2));
+    net.lists.insert(me.user, signed);
+    net.publish_bundles(&mut bob);
+    let list = bob.list(2);
+    for d in 0..2 {
+        crate::engine::testkit::pin(&mut bob.devices[d].device, &me, &list);
+    }
+    // Device 1 pinned the list with device 2 in it: it queued the group.
+    net.pass(&mut bob, 0);
+    net.deliver(&mut bob, 1);
+    assert_eq!(state(&mut bob, 1, id), state(&mut bob, 0, id));
+    // Members see the new device when they next check Bob's list.
+    send(&mut alice, 0, id, "welcome, second device");
+    net.pass_at(&mut alice, 0, NOW + GROUP_LIST_MAX_AGE_MS + 1);
+    net.deliver(&mut bob, 1);
+    assert_eq!(group_texts(&mut bob, 1), ["welcome, second device"]);
+    let _ = &mut carol;
+}
+
+/// The new chain is not a step after the membership commit: the old one is
+/// gone in the very commit that removes a member (sent or received), so no
+/// crash between the two can leave a removed member's key in use.
+#[test]
+fn a_removal_drops_the_sending_chain_in_its_own_commit() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    for (u, text) in [(&mut alice, "a"), (&mut bob, "b")] {
+        send(u, 0, id, text);
+    }
+    net.pass(&mut alice, 0);
+    net.pass(&mut bob, 0);
+    let chain = |u: &mut TestUser| {
+        u.devices[0]
+            .device
+            .store_mut()
+            .transaction(|tx| records::own_sender_key(tx, &id.0))
+            .unwrap()
+    };
+    assert!(chain(&mut alice).is_some() && chain(&mut bob).is_some());
+    let (me, cert) = (alice.address(), alice.devices[0].cert);
+    let remove = action(pb::group_action::Action::Remove(
+        carol.address().user.to_vec(),
+    ));
+    change(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        id,
+        vec![remove],
+        NOW,
+    )
+    .unwrap();
+    assert!(
+        chain(&mut alice).is_none(),
+        "dropped with the change's commit"
+    );
+    net.pass(&mut alice, 0);
+    net.deliver(&mut bob, 0);
+    assert!(
+        chain(&mut bob).is_none(),
+        "dropped with the received change's commit"
+    );
+    let _ = &mut carol;
 }
