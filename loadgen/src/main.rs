@@ -71,6 +71,11 @@ enum Mode {
         /// Only enqueue (leave the backlog, e.g. to measure relay startup).
         #[arg(long)]
         no_drain: bool,
+        /// Send each payload to this many mailboxes at once with one
+        /// `SendShared` (a group message, stored once); `messages` still
+        /// counts envelopes (one per mailbox).
+        #[arg(long, default_value_t = 1)]
+        shared: usize,
     },
     /// W2: every mailbox subscribed, open-loop sends at a fixed rate.
     W2 {
@@ -170,8 +175,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
             page,
             preload,
             no_drain,
+            shared,
         } => {
             let w = W1 {
+                shared: shared.clamp(1, mailboxes),
                 addr,
                 pin,
                 seed: args.seed.clone(),
@@ -240,6 +247,8 @@ struct W1 {
     consumers: usize,
     page: u32,
     cpu_pid: Option<u32>,
+    /// Mailboxes per `SendShared` (1: one `Send` per envelope).
+    shared: usize,
 }
 
 impl W1 {
@@ -297,15 +306,24 @@ impl W1 {
         for client in &clients {
             for _ in 0..self.window {
                 let (client, next, ids) = (client.clone(), next.clone(), ids.clone());
-                let size = self.size;
+                let (size, shared) = (self.size, self.shared);
                 tasks.push(tokio::spawn(async move {
                     let payload = vec![0xa5u8; size];
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let i = next.fetch_add(shared as u64, Ordering::Relaxed) as usize;
                         if i >= messages {
                             return Ok::<_, sotto_relay::RelayError>(());
                         }
-                        client.send(&ids[i % ids.len()], payload.clone()).await?;
+                        if shared == 1 {
+                            client.send(&ids[i % ids.len()], payload.clone()).await?;
+                            continue;
+                        }
+                        // One payload for `shared` consecutive mailboxes.
+                        let n = shared.min(messages - i);
+                        let to = (0..n).map(|k| (ids[(i + k) % ids.len()], None)).collect();
+                        for r in client.send_shared(payload.clone(), to).await? {
+                            r?;
+                        }
                     }
                 }));
             }

@@ -24,6 +24,9 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod harness;
 
 pub use driver::link::{Linking, PendingLink, LINK_REVEAL_TIMEOUT};
 pub use driver::relays::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};

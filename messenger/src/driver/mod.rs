@@ -29,10 +29,10 @@ use zeroize::Zeroizing;
 use crate::engine::account::{AccountKeyPair, DeviceCertificate};
 use crate::engine::address::{RelayAddress, UserAddress};
 use crate::engine::devices::{DeviceEntry, DeviceList};
-use crate::engine::envelope::MacKeys;
 use crate::engine::events::{AttachmentRef, DeliveryState, Event, MessageId};
 use crate::engine::group::{self, state::GroupId, GroupInfo};
 use crate::engine::outbound as outbound_engine;
+use crate::engine::outbound::PlannerCache;
 use crate::engine::{inbound, prekeys, records, RECORD_RETENTION_MS};
 use crate::error::{Error, Result};
 use relays::{Backoff, Relays};
@@ -51,8 +51,9 @@ pub(crate) struct Inner<S: Store> {
     /// This device's certificate from the account key.
     pub(crate) certificate: DeviceCertificate,
     relays: Relays,
-    /// Sender-MAC keys by peer device identity.
-    pub(crate) mac_keys: std::sync::Mutex<MacKeys>,
+    /// What the outbox planner keeps between passes (sender-MAC keys,
+    /// decoded device lists).
+    pub(crate) planner_cache: std::sync::Mutex<PlannerCache>,
     events: tokio::sync::Notify,
     outbox: tokio::sync::Notify,
     synced: tokio::sync::watch::Sender<bool>,
@@ -335,7 +336,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
                 account,
                 certificate,
                 relays: Relays::new(mailbox),
-                mac_keys: Default::default(),
+                planner_cache: Default::default(),
                 events: tokio::sync::Notify::new(),
                 outbox: tokio::sync::Notify::new(),
                 synced,

@@ -23,14 +23,14 @@ pub(crate) const ITEM_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 /// Sends everything in the outbox once.
 pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> Result<Pass> {
-    let mac_keys = std::mem::take(
+    let cache = std::mem::take(
         &mut *inner
-            .mac_keys
+            .planner_cache
             .lock()
             .map_err(|_| Error::storage("key cache lock poisoned"))?,
     );
     let mut planner =
-        inner.with_device(|d| Planner::new(d, inner.me.clone(), inner.certificate, mac_keys))?;
+        inner.with_device(|d| Planner::new(d, inner.me.clone(), inner.certificate, cache))?;
     let mut item: Option<(u64, tokio::time::Instant)> = None;
     loop {
         let step = inner.with_device(|d| planner.poll(d, now_ms(), &mut OsRng))?;
@@ -47,8 +47,8 @@ pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> R
         };
         let (relay, call) = match step {
             Step::Done(pass) => {
-                if let Ok(mut keys) = inner.mac_keys.lock() {
-                    *keys = planner.into_mac_keys();
+                if let Ok(mut cache) = inner.planner_cache.lock() {
+                    *cache = planner.into_cache();
                 }
                 return Ok(pass);
             }

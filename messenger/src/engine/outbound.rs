@@ -154,6 +154,8 @@ struct GroupItem {
     ready: Vec<Target>,
     /// Devices whose token the relay refused: sent again without one.
     tokenless: HashSet<Vec<u8>>,
+    /// Devices that hold the item's chain (read once when the item starts).
+    chain_holders: HashSet<Vec<u8>>,
 }
 
 /// What the planner waits for.
@@ -222,6 +224,39 @@ impl Current {
     }
 }
 
+/// What a planner keeps from one pass to the next: sender-MAC keys, and
+/// decoded device lists by user (a group send reads every member's list;
+/// decoding its identity keys again each time would cost more than the
+/// send). A list is used only while the pinned one still has its hash.
+#[derive(Debug, Default)]
+pub(crate) struct PlannerCache {
+    pub(crate) mac_keys: MacKeys,
+    lists: std::collections::HashMap<[u8; 32], (Vec<u8>, DeviceList)>,
+}
+
+/// Users whose decoded list is kept (past it the cache starts again).
+const LIST_CACHE: usize = 4_096;
+
+impl PlannerCache {
+    /// `user`'s pinned list from its contact record `c`.
+    fn list(&mut self, user: &[u8; 32], c: &pb::ContactRecord) -> Result<Option<DeviceList>> {
+        if let Some((hash, list)) = self.lists.get(user) {
+            if !c.device_list_hash.is_empty() && *hash == c.device_list_hash {
+                return Ok(Some(list.clone()));
+            }
+        }
+        let list = records::pinned_list(c)?;
+        if let (Some(l), false) = (&list, c.device_list_hash.is_empty()) {
+            if self.lists.len() >= LIST_CACHE {
+                self.lists.clear();
+            }
+            self.lists
+                .insert(*user, (c.device_list_hash.clone(), l.clone()));
+        }
+        Ok(list)
+    }
+}
+
 /// One pass over the outbox (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct Planner {
@@ -236,7 +271,7 @@ pub(crate) struct Planner {
     pass: Pass,
     /// Events queued since [`Planner::take_events`] last said so.
     events: bool,
-    mac_keys: MacKeys,
+    cache: PlannerCache,
 }
 
 impl Planner {
@@ -245,7 +280,7 @@ impl Planner {
         device: &mut Device<S>,
         me: UserAddress,
         certificate: DeviceCertificate,
-        mac_keys: MacKeys,
+        cache: PlannerCache,
     ) -> Result<Self> {
         let items = device
             .store_mut()
@@ -261,7 +296,7 @@ impl Planner {
             awaiting: None,
             pass: Pass::default(),
             events: false,
-            mac_keys,
+            cache,
         })
     }
 
@@ -271,9 +306,9 @@ impl Planner {
         self.current.as_ref().map(|c| c.seq)
     }
 
-    /// The sender-MAC key cache, for the next pass.
-    pub(crate) fn into_mac_keys(self) -> MacKeys {
-        self.mac_keys
+    /// The caches, for the next pass.
+    pub(crate) fn into_cache(self) -> PlannerCache {
+        self.cache
     }
 
     /// True (once) if events were queued since the last call.
@@ -521,9 +556,11 @@ impl Planner {
                 }
                 members.push(now.address.clone());
             }
-            Ok(Some((members, lists)))
+            let mut holders = group::chain_holders(tx, &id, &key.chain_id)?;
+            holders.extend(item.group_key_devices.iter().cloned());
+            Ok(Some((members, lists, holders)))
         })?;
-        let Some((members, lists)) = prepared else {
+        let Some((members, lists, chain_holders)) = prepared else {
             return Ok(None);
         };
         Ok(Some(Current {
@@ -549,6 +586,7 @@ impl Planner {
                 deferred: false,
                 ready: Vec::new(),
                 tokenless: HashSet::new(),
+                chain_holders,
             }),
         }))
     }
@@ -583,17 +621,16 @@ impl Planner {
             return Err(Error::invalid_argument("not a group item"));
         };
         let members = g.members.clone();
-        let done = cur.item.done_group_devices.clone();
+        let done: HashSet<Vec<u8>> = cur.item.done_group_devices.iter().cloned().collect();
         let mut targets = VecDeque::new();
         let mut count = 0usize;
+        let cache = &mut self.cache;
         device.store_mut().transaction(|tx| -> Result<()> {
             for m in &members {
-                let Some(list) = records::contact(tx, &m.user)?
-                    .as_ref()
-                    .map(records::pinned_list)
-                    .transpose()?
-                    .flatten()
-                else {
+                let Some(c) = records::contact(tx, &m.user)? else {
+                    continue;
+                };
+                let Some(list) = cache.list(&m.user, &c)? else {
                     continue;
                 };
                 for d in list.devices.iter().take(MAX_DEVICES_PER_MEMBER) {
@@ -618,18 +655,13 @@ impl Planner {
         cur.stage = Stage::Targets;
         if !cur.item.message_id.is_empty() {
             let (id, targets) = (&cur.item.message_id, &cur.targets);
-            device.store_mut().transaction(|tx| -> Result<()> {
-                for t in targets.iter().filter(|t| !t.own) {
-                    records::raise_delivery(
-                        tx,
-                        id,
-                        &t.user.user,
-                        t.device.device_id,
-                        None,
-                        now_ms,
-                    )?;
-                }
-                Ok(())
+            let devices: Vec<(&[u8], u32)> = targets
+                .iter()
+                .filter(|t| !t.own)
+                .map(|t| (t.user.user.as_slice(), t.device.device_id))
+                .collect();
+            device.store_mut().transaction(|tx| {
+                records::raise_delivery_many(tx, id, &devices, None, now_ms).map(|_| ())
             })?;
         }
         Ok(())
@@ -737,6 +769,8 @@ impl Planner {
             .current
             .as_mut()
             .ok_or(Error::invalid_argument("no item"))?;
+        let mut contacts: std::collections::HashMap<[u8; 32], Option<pb::ContactRecord>> =
+            std::collections::HashMap::new();
         while let Some(t) = cur.targets.front().cloned() {
             if let Some((envelope, carries)) = cur.resubmit.take() {
                 self.awaiting = Some(Awaiting::Submit {
@@ -754,16 +788,20 @@ impl Planner {
             // The list or a block may have changed since the item started
             // (the receive loop pins newer lists): a device no longer listed
             // gets nothing more, a user blocked meanwhile nothing at all.
+            // (Read once per user in this call: nothing else touches the
+            // store while it runs.)
             let (user, id, identity) = (t.user.user, t.device.device_id, t.device.identity);
-            let (blocked, listed) = device.store_mut().transaction(|tx| -> Result<_> {
-                let c = records::contact(tx, &user)?;
-                let blocked = user != me && c.as_ref().is_some_and(|c| c.state == records::BLOCKED);
-                let listed = match c.as_ref().map(records::pinned_list).transpose()?.flatten() {
-                    Some(list) => list.get(id).is_some_and(|e| e.identity.ct_eq(&identity)),
-                    None => false,
-                };
-                Ok((blocked, listed))
-            })?;
+            let c = match contacts.entry(user) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    device
+                        .store_mut()
+                        .transaction(|tx| records::contact(tx, &user))?,
+                ),
+            };
+            let c = c.as_ref();
+            let blocked = user != me && c.is_some_and(|c| c.state == records::BLOCKED);
+            let listed = c.is_some_and(|c| records::lists_identity(c, id, identity.as_bytes()));
             if blocked && cur.group.is_none() {
                 cur.targets.clear();
                 break;
@@ -782,10 +820,7 @@ impl Planner {
                 }
                 cur.to = t.user.clone();
                 let dk = group::device_key(&user, id);
-                let given = cur.item.group_key_devices.contains(&dk)
-                    || device
-                        .store_mut()
-                        .transaction(|tx| group::has_chain(tx, &g.id, &g.chain_id, &user, id))?;
+                let given = g.chain_holders.contains(&dk);
                 if given {
                     // Sent with the others on its relay, once.
                     g.ready.push(t.clone());
@@ -830,7 +865,7 @@ impl Planner {
                 (None, false) => cur.content.as_slice(),
             };
             let message = device.encrypt(&addr, content, rng)?;
-            let mac_key = self.mac_keys.get(device, &t.device.identity)?;
+            let mac_key = self.cache.mac_keys.get(device, &t.device.identity)?;
             let mac = sender_mac(&mac_key, &me, my_id, &message.bytes);
             let envelope = pb::Envelope {
                 version: 1,
@@ -1068,11 +1103,9 @@ impl Planner {
             return Err(Error::invalid_argument("shared answer of another length"));
         }
         let cur = self.current_mut()?;
-        let gid = cur
-            .group
-            .as_ref()
-            .map(|g| g.id)
-            .ok_or(Error::invalid_argument("not a group item"))?;
+        if cur.group.is_none() {
+            return Err(Error::invalid_argument("not a group item"));
+        }
         let mut done = Vec::new();
         for ((t, token), r) in batch.into_iter().zip(results) {
             let dk = group::device_key(&t.user.user, t.device.device_id);
@@ -1112,34 +1145,29 @@ impl Planner {
         }
         let (seq, progress) = (cur.seq, cur.item.clone());
         let message_id = progress.message_id.clone();
-        let raised = device.store_mut().transaction(|tx| -> Result<bool> {
+        // The delivery states are recorded (`delivery(id)`: "read by 5 of
+        // 7"); a group message raises no event per device for reaching the
+        // relay (one per member device would flood the app), only for being
+        // delivered and read.
+        device.store_mut().transaction(|tx| -> Result<()> {
             records::update_outbox(tx, seq, Some(&progress))?;
-            let mut raised = false;
-            for t in done.iter().filter(|t| !t.own) {
-                if message_id.is_empty()
-                    || !records::raise_delivery(
-                        tx,
-                        &message_id,
-                        &t.user.user,
-                        t.device.device_id,
-                        Some(DeliveryState::Sent),
-                        now_ms,
-                    )?
-                {
-                    continue;
-                }
-                let mut e = EventBuilder::about(Some(&t.user))
-                    .device(t.device.device_id)
-                    .message_id(&message_id)
-                    .delivery(&t.user.user, t.device.device_id, DeliveryState::Sent);
-                e.group_id = gid.0.to_vec();
-                records::push_event(tx, e)?;
-                raised = true;
+            if message_id.is_empty() {
+                return Ok(());
             }
-            Ok(raised)
-        })?;
-        self.events |= raised;
-        Ok(())
+            let devices: Vec<(&[u8], u32)> = done
+                .iter()
+                .filter(|t| !t.own)
+                .map(|t| (t.user.user.as_slice(), t.device.device_id))
+                .collect();
+            records::raise_delivery_many(
+                tx,
+                &message_id,
+                &devices,
+                Some(DeliveryState::Sent),
+                now_ms,
+            )
+            .map(|_| ())
+        })
     }
 
     /// A group item's key was accepted for target `t`: the device has the
@@ -1155,9 +1183,11 @@ impl Planner {
             Some(g) => (g.id, g.chain_id.clone()),
             None => return Err(Error::invalid_argument("not a group item")),
         };
-        cur.item
-            .group_key_devices
-            .push(group::device_key(&user, device_id));
+        let dk = group::device_key(&user, device_id);
+        if let Some(g) = cur.group.as_mut() {
+            g.chain_holders.insert(dk.clone());
+        }
+        cur.item.group_key_devices.push(dk);
         let (seq, progress) = (cur.seq, cur.item.clone());
         device.store_mut().transaction(|tx| -> Result<()> {
             group::mark_distributed(tx, &gid, &chain_id, &user, device_id)?;

@@ -297,29 +297,48 @@ pub(crate) fn raise_delivery(
     state: Option<DeliveryState>,
     now_ms: u64,
 ) -> Result<bool> {
+    Ok(!raise_delivery_many(tx, message_id, &[(user, device_id)], state, now_ms)?.is_empty())
+}
+
+/// [`raise_delivery`] for many devices of one message: the record is read
+/// and written once (a group message has a device per member). Returns the
+/// indexes into `devices` whose state changed.
+pub(crate) fn raise_delivery_many(
+    tx: &mut impl Txn,
+    message_id: &[u8],
+    devices: &[(&[u8], u32)],
+    state: Option<DeliveryState>,
+    now_ms: u64,
+) -> Result<Vec<usize>> {
     let state = DeliveryState::stored(state);
     let mut rec = delivery(tx, message_id)?;
-    let changed = match rec
+    let mut at: std::collections::HashMap<(Vec<u8>, u32), usize> = rec
         .devices
-        .iter_mut()
-        .find(|d| d.user == user && d.device_id == device_id)
-    {
-        Some(d) if d.state >= state => false,
-        Some(d) => {
-            d.state = state;
-            true
+        .iter()
+        .enumerate()
+        .map(|(i, d)| ((d.user.clone(), d.device_id), i))
+        .collect();
+    let mut changed = Vec::new();
+    for (k, (user, device_id)) in devices.iter().enumerate() {
+        match at.get(&(user.to_vec(), *device_id)) {
+            Some(&i) if rec.devices[i].state >= state => {}
+            Some(&i) => {
+                rec.devices[i].state = state;
+                changed.push(k);
+            }
+            None if state <= 1 => {
+                at.insert((user.to_vec(), *device_id), rec.devices.len());
+                rec.devices.push(pb::DeviceDelivery {
+                    user: user.to_vec(),
+                    device_id: *device_id,
+                    state,
+                });
+                changed.push(k);
+            }
+            None => {}
         }
-        None if state <= 1 => {
-            rec.devices.push(pb::DeviceDelivery {
-                user: user.to_vec(),
-                device_id,
-                state,
-            });
-            true
-        }
-        None => false,
-    };
-    if changed {
+    }
+    if !changed.is_empty() {
         if rec.at_ms == 0 {
             rec.at_ms = now_ms;
             tx.put(
@@ -384,6 +403,19 @@ pub(crate) fn pinned_list(c: &pb::ContactRecord) -> Result<Option<DeviceList>> {
     )
     .map(Some)
     .map_err(|_| Error::corrupt("app"))
+}
+
+/// True if the pinned list of `c` names `device_id` with exactly this
+/// identity: compared as stored bytes (in constant time), without decoding
+/// the list's keys (the outbox asks it for every target).
+pub(crate) fn lists_identity(c: &pb::ContactRecord, device_id: u32, identity: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    c.device_list_version != 0
+        && c.devices.iter().any(|d| {
+            d.device_id == device_id
+                && d.identity_key.len() == identity.len()
+                && bool::from(d.identity_key.ct_eq(identity))
+        })
 }
 
 /// Pins `list` in a contact record.

@@ -4,16 +4,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(not(test), allow(dead_code))]
 
+use std::collections::BTreeMap;
+
 use prost::Message as _;
 use rand_core::OsRng;
 use sotto_proto::client as pb;
 use sotto_proto::relay::SignedDeviceList;
+use sotto_relay::{EnvelopeId, FetchedBundle};
 
 use super::account::{AccountKeyPair, DeviceCertificate};
 use super::address::{RelayAddress, UserAddress};
 use super::devices::{DeviceEntry, DeviceList};
 use super::envelope::sender_mac;
 use super::inbound::{process, Outcome};
+use super::outbound::{Input, Planner, PlannerCache, Step};
 use super::records;
 use sotto_core::device::{Device, DeviceAddress};
 use sotto_core::prekeys::PrekeyBundle;
@@ -297,4 +301,161 @@ pub(crate) fn kinds(events: &[pb::ClientEvent]) -> Vec<&'static str> {
             None => "none",
         })
         .collect()
+}
+
+/// The clock of the simulated network's passes, ms.
+pub(crate) const NOW: u64 = 1_000;
+
+/// A mailbox's envelopes: (relay id, payload).
+pub(crate) type Envelopes = Vec<([u8; 16], Vec<u8>)>;
+
+/// Relays in memory: lists, bundles, and mailboxes keyed by (user, mailbox),
+/// serving the planner's steps without faults (what the group tests and the
+/// group benchmark run on).
+#[derive(Default)]
+pub(crate) struct SimNet {
+    pub(crate) lists: BTreeMap<[u8; 32], SignedDeviceList>,
+    pub(crate) bundles: BTreeMap<([u8; 32], [u8; 32]), Vec<u8>>,
+    pub(crate) mailboxes: BTreeMap<([u8; 32], [u8; 32]), Envelopes>,
+    pub(crate) next_id: u64,
+    /// Bytes of group envelopes uploaded by shared submissions.
+    pub(crate) uploaded_shared: usize,
+    /// Bytes of every submission request (encoded `Send` / `SendShared`):
+    /// what the sender uploads, before QUIC's own framing.
+    pub(crate) uploaded: usize,
+    /// Each device's planner caches, kept between its passes.
+    caches: std::collections::HashMap<([u8; 32], usize), PlannerCache>,
+    /// Whose each mailbox is.
+    owners: std::collections::HashMap<[u8; 32], [u8; 32]>,
+    /// Time spent playing the relays (not the sender's work).
+    pub(crate) serve_time: std::time::Duration,
+}
+
+impl SimNet {
+    pub(crate) fn publish(&mut self, user: &mut TestUser) {
+        self.lists
+            .insert(user.account.public(), user.signed_list(&user.list(1)));
+        let account = user.account.public();
+        for d in &mut user.devices {
+            self.bundles
+                .insert((account, d.mailbox), d.device.signed_bundle().unwrap());
+            self.owners.insert(d.mailbox, account);
+        }
+    }
+
+    pub(crate) fn serve(&mut self, step: &Step) -> Input {
+        match step {
+            Step::FetchDeviceList(u) => Input::DeviceList(Ok(self.lists.get(&u.user).cloned())),
+            Step::FetchBundle { user, mailbox } => Input::Bundle(Ok(FetchedBundle {
+                signed_bundle: self.bundles[&(user.user, mailbox.0)].clone(),
+                one_time_ec: None,
+                one_time_kem: None,
+            })),
+            Step::Submit {
+                user,
+                mailbox,
+                envelope,
+                token,
+            } => {
+                self.uploaded += sotto_proto::relay::Send {
+                    recipient: mailbox.0.to_vec(),
+                    payload: envelope.clone(),
+                    delivery_token: token.as_ref().map(|t| t.to_vec()).unwrap_or_default(),
+                }
+                .encoded_len();
+                self.next_id += 1;
+                let mut id = [0u8; 16];
+                id[8..].copy_from_slice(&self.next_id.to_be_bytes());
+                self.mailboxes
+                    .entry((user.user, mailbox.0))
+                    .or_default()
+                    .push((id, envelope.clone()));
+                Input::Submitted(Ok(EnvelopeId(id)))
+            }
+            Step::SubmitShared {
+                relay,
+                envelope,
+                recipients,
+            } => {
+                // One copy uploaded, one per mailbox stored.
+                self.uploaded_shared += envelope.len();
+                self.uploaded += sotto_proto::relay::SendShared {
+                    payload: envelope.clone(),
+                    recipients: recipients
+                        .iter()
+                        .map(|(m, t)| sotto_proto::relay::SharedRecipient {
+                            mailbox: m.0.to_vec(),
+                            delivery_token: t.as_ref().map(|t| t.to_vec()).unwrap_or_default(),
+                        })
+                        .collect(),
+                }
+                .encoded_len();
+                let _ = relay;
+                let mut out = Vec::new();
+                for (mailbox, _) in recipients {
+                    // Test mailboxes are unique: find whose it is.
+                    let user = self.owners.get(&mailbox.0).copied().unwrap_or([0; 32]);
+                    self.next_id += 1;
+                    let mut id = [0u8; 16];
+                    id[8..].copy_from_slice(&self.next_id.to_be_bytes());
+                    self.mailboxes
+                        .entry((user, mailbox.0))
+                        .or_default()
+                        .push((id, envelope.clone()));
+                    out.push(Ok(EnvelopeId(id)));
+                }
+                Input::SubmittedShared(Ok(out))
+            }
+            Step::Done(_) => unreachable!(),
+        }
+    }
+
+    /// Runs one outbox pass of `user`'s device `index`.
+    pub(crate) fn pass(&mut self, user: &mut TestUser, index: usize) {
+        self.pass_at(user, index, NOW);
+    }
+
+    /// The same, at `now` (ms).
+    pub(crate) fn pass_at(&mut self, user: &mut TestUser, index: usize, now: u64) {
+        let me = user.address();
+        // Each device keeps its planner's caches between passes, as the
+        // driver does.
+        let cache = self.caches.remove(&(me.user, index)).unwrap_or_default();
+        let d = &mut user.devices[index];
+        let mut planner = Planner::new(&mut d.device, me.clone(), d.cert, cache).unwrap();
+        loop {
+            let step = planner.poll(&mut d.device, now, &mut OsRng).unwrap();
+            if let Step::Done(p) = step {
+                assert!(!p.pending, "nothing may wait on a healthy network");
+                self.caches.insert((me.user, index), planner.into_cache());
+                return;
+            }
+            let served = std::time::Instant::now();
+            let input = self.serve(&step);
+            self.serve_time += served.elapsed();
+            planner
+                .handle(&mut d.device, input, now, &mut OsRng)
+                .unwrap();
+        }
+    }
+
+    /// Publishes the bundles of every device of `user`.
+    pub(crate) fn publish_bundles(&mut self, user: &mut TestUser) {
+        let account = user.account.public();
+        for d in &mut user.devices {
+            self.bundles
+                .insert((account, d.mailbox), d.device.signed_bundle().unwrap());
+            self.owners.insert(d.mailbox, account);
+        }
+    }
+
+    /// Delivers (and empties) the mailbox of `user`'s device `index`.
+    pub(crate) fn deliver(&mut self, user: &mut TestUser, index: usize) -> Envelopes {
+        let key = (user.account.public(), user.devices[index].mailbox);
+        let envelopes = self.mailboxes.remove(&key).unwrap_or_default();
+        for e in &envelopes {
+            user.receive(index, e);
+        }
+        envelopes
+    }
 }

@@ -923,6 +923,7 @@ pub(crate) fn queue_message<S: Store>(
                 chain: Vec::new(),
                 distributed: Vec::new(),
                 created_ms: now_ms,
+                chain_id: fresh.chain_id().to_vec(),
             });
         }
         let (Some(mut chain), Some(mut own)) = (chain, own) else {
@@ -977,20 +978,17 @@ pub(crate) fn device_key(user: &[u8; 32], device: u32) -> Vec<u8> {
     k
 }
 
-/// True if `(user, device)` was given the chain this item's message is in.
-pub(crate) fn has_chain(
+/// The devices (`user || u32be(device)`) that hold this device's chain
+/// `chain_id` in group `id` (none if the chain was replaced since).
+pub(crate) fn chain_holders(
     tx: &impl Txn,
     id: &GroupId,
     chain_id: &[u8],
-    user: &[u8; 32],
-    device: u32,
-) -> Result<bool> {
-    let Some(own) = records::own_sender_key(tx, &id.0)? else {
-        return Ok(false);
-    };
-    let chain = SendingChain::from_record(&own.chain)?;
-    Ok(chain.chain_id().as_slice() == chain_id
-        && own.distributed.contains(&device_key(user, device)))
+) -> Result<std::collections::HashSet<Vec<u8>>> {
+    Ok(match records::own_sender_key(tx, &id.0)? {
+        Some(own) if own.chain_id == chain_id => own.distributed.into_iter().collect(),
+        _ => Default::default(),
+    })
 }
 
 /// Records that `(user, device)` has the chain `chain_id` now.
@@ -1004,9 +1002,8 @@ pub(crate) fn mark_distributed(
     let Some(mut own) = records::own_sender_key(tx, &id.0)? else {
         return Ok(());
     };
-    let chain = SendingChain::from_record(&own.chain)?;
     let k = device_key(user, device);
-    if chain.chain_id().as_slice() == chain_id && !own.distributed.contains(&k) {
+    if own.chain_id == chain_id && !own.distributed.contains(&k) {
         own.distributed.push(k);
         records::put_own_sender_key(tx, &id.0, Some(&own))?;
     }

@@ -204,7 +204,7 @@ fn pass(
     let me = alice.address();
     let sender = &mut alice.devices[0];
     let mut planner =
-        Planner::new(&mut sender.device, me, sender.cert, MacKeys::default()).unwrap();
+        Planner::new(&mut sender.device, me, sender.cert, PlannerCache::default()).unwrap();
     for _ in 0..10_000 {
         let step = planner.poll(&mut sender.device, 1_000, &mut OsRng).unwrap();
         if let Step::Done(p) = step {
@@ -473,7 +473,7 @@ fn a_block_during_an_item_stops_it() {
     send(&mut alice, &to, "hi");
     let sender = &mut alice.devices[0];
     let mut planner =
-        Planner::new(&mut sender.device, me, sender.cert, MacKeys::default()).unwrap();
+        Planner::new(&mut sender.device, me, sender.cert, PlannerCache::default()).unwrap();
     let mut blocked = false;
     loop {
         let step = planner.poll(&mut sender.device, 1_000, &mut OsRng).unwrap();
