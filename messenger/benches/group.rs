@@ -1,5 +1,5 @@
-//! One 256-byte message to a group of 10, 100 and 1,000 members (3 devices
-//! each), next to the same message sent pairwise (one envelope per device,
+//! One 256-byte message to a group of 10, 100 and 1,000 members (the
+//! sender with one device, every other member with 3), next to the same message sent pairwise (one envelope per device,
 //! the only way before groups): the sender's CPU for the whole send (queue,
 //! plan, encrypt, seal, commit; the simulated relays' time is left out)
 //! and the bytes it uploads; and a member
@@ -34,7 +34,7 @@ fn sender(c: &mut Criterion) {
         let pairwise = bench.send_pairwise(TEXT);
         bench.drop_mailboxes();
         println!(
-            "members {members} x {DEVICES} devices: group send uploads {} B for {} envelopes \
+            "{members} members ({DEVICES} devices each but the sender's): group send uploads {} B for {} envelopes \
              (one {} B envelope); pairwise uploads {} B for {} envelopes",
             group.uploaded_bytes,
             group.envelopes,

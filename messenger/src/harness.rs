@@ -27,8 +27,9 @@ pub struct Sent {
     pub sender_time: Duration,
 }
 
-/// A sender and `members` users with `devices` devices each, all in one
-/// group, every sender key handed out (one group message already read).
+/// A group of `members` users (the sender, with one device, and
+/// `members - 1` others with `devices` devices each), every sender key
+/// handed out (one group message already read).
 pub struct GroupBench {
     net: SimNet,
     sender: TestUser,
@@ -41,7 +42,7 @@ impl GroupBench {
         let mut net = SimNet::default();
         let mut sender = TestUser::new(1);
         net.publish(&mut sender);
-        let mut users: Vec<TestUser> = (0..members).map(|_| TestUser::new(devices)).collect();
+        let mut users: Vec<TestUser> = (1..members).map(|_| TestUser::new(devices)).collect();
         for u in &mut users {
             net.publish(u);
             sender.accept(u);

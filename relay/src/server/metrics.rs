@@ -120,7 +120,7 @@ impl Metrics {
     /// by the caller.
     pub fn render(&self, disk_bytes: u64, udp_drops: Option<u64>) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64, &str); 20] = [
+        let counters: [(&str, &str, &AtomicU64, &str); 21] = [
             (
                 "sotto_connections_refused_total",
                 "Connections refused at the connection caps",
