@@ -10,8 +10,11 @@
 // Commands: /to <address>   choose the recipient of the next lines
 //           /file <path>    send a file to the current recipient
 //           /safety         print the safety number with the recipient
+//           /group <name> <address>...   create a group and talk in it
+//           /groups         list groups; /in <n> talks in group n
+//           /join <n>       accept the invitation to group n and talk in it
 //           /quit           (or end of input) flush and exit
-//           anything else   a text message to the current recipient
+//           anything else   a text message to the current recipient or group
 package dev.sotto.chat
 
 import dev.sotto.Event
@@ -110,6 +113,7 @@ private suspend fun chat(dir: Path, relay: String) {
 /** Reads stdin until /quit or end of input. */
 private suspend fun readCommands(c: SottoClient) {
     var to: String? = null
+    var group: ByteArray? = null
     while (true) {
         val line = withContext(Dispatchers.IO) { readlnOrNull() }?.trim() ?: return
         try {
@@ -118,8 +122,30 @@ private suspend fun readCommands(c: SottoClient) {
                 line == "/quit" -> return
                 line.startsWith("/to ") -> {
                     to = line.removePrefix("/to ").trim()
+                    group = null
                     println("talking to ${short(to)}")
                 }
+                line.startsWith("/group ") -> {
+                    val words = line.removePrefix("/group ").trim().split(Regex("\\s+"))
+                    group = c.createGroup(words.first(), words.drop(1))
+                    println("group ${words.first()} created; talking in it")
+                }
+                line == "/groups" -> c.groups().forEachIndexed { i, g ->
+                    println("${i + 1} ${g.name} (${g.members.size} members, ${g.status.name.lowercase()})")
+                }
+                line.startsWith("/in ") || line.startsWith("/join ") -> {
+                    val n = line.substringAfter(' ').trim().toIntOrNull()
+                    val g = n?.let { c.groups().getOrNull(it - 1) }
+                    if (g == null) {
+                        println("no such group: /groups")
+                    } else {
+                        if (line.startsWith("/join ")) c.acceptGroup(g.id)
+                        group = g.id
+                        println("talking in ${g.name}")
+                    }
+                }
+                group != null && !line.startsWith("/") ->
+                    println("sent ${hex(c.sendGroupText(group!!, line)).take(8)} to the group")
                 to == null -> println("first choose a recipient: /to <address>")
                 line == "/safety" -> c.safetyNumber(to).use { println("safety number: ${it.digits().chunked(5).joinToString(" ")}") }
                 line.startsWith("/file ") -> {
@@ -138,7 +164,8 @@ private suspend fun readCommands(c: SottoClient) {
 
 /** Prints one event; marks messages read and downloads their attachments. */
 private suspend fun show(c: SottoClient, dir: Path, e: Event) {
-    val from = short(e.peer)
+    // A group's messages and changes name the group before the sender.
+    val from = e.groupId?.let { g -> (c.group(g)?.name ?: hex(g).take(8)) + "/" + short(e.peer) } ?: short(e.peer)
     when (val k = e.kind) {
         is EventKind.Message -> {
             val m = k.message
@@ -166,6 +193,11 @@ private suspend fun show(c: SottoClient, dir: Path, e: Event) {
         is EventKind.DecryptFailed -> println("[$from] a message could not be decrypted: ${k.reason}")
         is EventKind.IdentityChanged -> println("[$from] SAFETY NUMBER CHANGED: verify before trusting")
         is EventKind.SendFailed -> println("(${hex(k.messageId).take(8)} not sent: ${k.reason})")
+        is EventKind.GroupChanged -> {
+            println("[$from] group changed (version ${k.version}): ${k.changes.size} change(s)")
+            if (k.effect == dev.sotto.GroupEffect.INVITATION) println("    an invitation: /groups, then /join <n>")
+            if (k.effect == dev.sotto.GroupEffect.REMOVED_YOU) println("    you are no longer a member")
+        }
         else -> println("[$from] $k")
     }
     System.out.flush()
