@@ -32,7 +32,8 @@ fn demo_runs_its_script_and_finds_no_plaintext_on_the_relay() {
         "bob/laptop joins as device 2",
         "alice sees ✓✓ read",
         "marked verified",
-        "none of the 7 plaintexts is on its disk",
+        "alice, bob/phone, bob/laptop read it (3 members)",
+        "none of the 10 plaintexts is on its disk",
     ] {
         assert!(
             stdout.contains(expected),

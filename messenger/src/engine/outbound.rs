@@ -908,21 +908,57 @@ impl Planner {
                     rest.extend(batch.drain(MAX_SHARED_RECIPIENTS..));
                 }
                 g.ready = rest;
-                let tokenless = g.tokenless.clone();
-                let with_tokens = device.store_mut().transaction(|tx| -> Result<Vec<_>> {
-                    batch
-                        .into_iter()
-                        .map(|t| {
-                            let dk = group::device_key(&t.user.user, t.device.device_id);
-                            let token = if tokenless.contains(&dk) {
-                                None
-                            } else {
-                                records::delivery_token(tx, &t.user.user, t.device.device_id)?
-                            };
-                            Ok((t, token))
-                        })
-                        .collect()
+                let (tokenless, gid) = (g.tokenless.clone(), g.id);
+                // Checked again as the envelope leaves (keys went out to
+                // others meanwhile: a list, a block or the membership may
+                // have changed), and each mailbox once (two users' lists
+                // may name one mailbox; the relay refuses a request naming
+                // it twice).
+                let (with_tokens, dropped) = device.store_mut().transaction(|tx| -> Result<_> {
+                    let state = group::current(tx, gid).ok();
+                    let mut contacts: std::collections::HashMap<
+                        [u8; 32],
+                        Option<pb::ContactRecord>,
+                    > = std::collections::HashMap::new();
+                    let mut mailboxes = HashSet::new();
+                    let (mut out, mut dropped) = (Vec::new(), Vec::new());
+                    for t in batch {
+                        let user = t.user.user;
+                        let c = match contacts.entry(user) {
+                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(records::contact(tx, &user)?)
+                            }
+                        };
+                        let c = c.as_ref();
+                        let still = state.as_ref().is_some_and(|s| s.is_member(&user))
+                            && !(user != me && c.is_some_and(|c| c.state == records::BLOCKED))
+                            && c.is_some_and(|c| {
+                                records::lists_identity(
+                                    c,
+                                    t.device.device_id,
+                                    t.device.identity.as_bytes(),
+                                )
+                            });
+                        if !still || !mailboxes.insert(t.device.mailbox) {
+                            dropped.push(group::device_key(&user, t.device.device_id));
+                            continue;
+                        }
+                        let dk = group::device_key(&user, t.device.device_id);
+                        let token = if tokenless.contains(&dk) {
+                            None
+                        } else {
+                            records::delivery_token(tx, &user, t.device.device_id)?
+                        };
+                        out.push((t, token));
+                    }
+                    Ok((out, dropped))
                 })?;
+                // Nothing goes to those: they are done for this item.
+                cur.item.done_group_devices.extend(dropped);
+                if with_tokens.is_empty() {
+                    return self.next_target(device, rng);
+                }
                 let recipients = with_tokens
                     .iter()
                     .map(|(t, token)| (t.device.mailbox, token.clone()))

@@ -346,11 +346,15 @@ impl SimNet {
     pub(crate) fn serve(&mut self, step: &Step) -> Input {
         match step {
             Step::FetchDeviceList(u) => Input::DeviceList(Ok(self.lists.get(&u.user).cloned())),
-            Step::FetchBundle { user, mailbox } => Input::Bundle(Ok(FetchedBundle {
-                signed_bundle: self.bundles[&(user.user, mailbox.0)].clone(),
-                one_time_ec: None,
-                one_time_kem: None,
-            })),
+            Step::FetchBundle { mailbox, .. } => {
+                // As the relay: a bundle is the mailbox's, whoever asks.
+                let owner = self.owners.get(&mailbox.0).copied().unwrap_or([0; 32]);
+                Input::Bundle(Ok(FetchedBundle {
+                    signed_bundle: self.bundles[&(owner, mailbox.0)].clone(),
+                    one_time_ec: None,
+                    one_time_kem: None,
+                }))
+            }
             Step::Submit {
                 user,
                 mailbox,
@@ -391,6 +395,16 @@ impl SimNet {
                 }
                 .encoded_len();
                 let _ = relay;
+                // As the relay: a mailbox named twice refuses the request.
+                let mut named = std::collections::HashSet::new();
+                if !recipients.iter().all(|(m, _)| named.insert(m.0)) {
+                    return Input::SubmittedShared(Err(crate::error::Error::Relay(
+                        sotto_relay::RelayError::refusal(
+                            sotto_proto::relay::ErrorCode::Malformed,
+                            "a recipient named twice",
+                        ),
+                    )));
+                }
                 let mut out = Vec::new();
                 for (mailbox, _) in recipients {
                     // Test mailboxes are unique: find whose it is.

@@ -507,6 +507,12 @@ async fn dispatch(
         }
         Req::SendShared(b) => {
             let started = Instant::now();
+            if b.recipients.is_empty() {
+                return Err(RelayError::refusal(
+                    ErrorCode::Malformed,
+                    "a shared send names no recipient",
+                ));
+            }
             if b.recipients.len() > state.config.max_shared_recipients {
                 return Err(RelayError::refusal(
                     ErrorCode::TooManyItems,

@@ -627,7 +627,11 @@ pub(crate) fn on_sync(
     let id = root.id;
     let mut out = Received::default();
     let (mut rec, mut history, before) = match records::group(tx, &id.0)? {
-        Some(rec) => {
+        Some(mut rec) => {
+            // The user accepted the invitation on another device.
+            if rec.status == INVITED && sync.status == MEMBER {
+                rec.status = MEMBER;
+            }
             let h = load_history(&rec)?;
             let before = stored_state(&rec)?;
             (rec, h, Some(before))
@@ -929,6 +933,7 @@ pub(crate) fn queue_message<S: Store>(
         let (Some(mut chain), Some(mut own)) = (chain, own) else {
             return Err(Error::corrupt("app"));
         };
+        own.chain_id = chain.chain_id().to_vec();
         let position = chain.distribution();
         let content = pb::Content {
             sender_relay: String::new(),

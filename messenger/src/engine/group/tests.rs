@@ -919,3 +919,50 @@ fn a_removal_drops_the_sending_chain_in_its_own_commit() {
     );
     let _ = &mut carol;
 }
+
+/// A member lists a device of its own with another member's device id,
+/// identity and mailbox (all public): the sender must not name that mailbox
+/// twice (the relay refuses such a request whole, which would stall the
+/// group send and everything behind it on that relay).
+#[test]
+fn a_member_listing_anothers_mailbox_does_not_stall_the_group() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    // Dave (two devices) joins.
+    let mut dave = TestUser::new(2);
+    net.publish(&mut dave);
+    alice.accept(&dave);
+    dave.accept(&alice);
+    let (me, cert) = (alice.address(), alice.devices[0].cert);
+    let add = action(pb::group_action::Action::Add(pb::GroupMember {
+        address: dave.address().to_string(),
+        admin: false,
+        admin_since: 0,
+    }));
+    change(&mut alice.devices[0].device, &me, &cert, id, vec![add], NOW).unwrap();
+    net.pass(&mut alice, 0);
+    for d in 0..2 {
+        net.deliver(&mut dave, d);
+    }
+    net.deliver(&mut bob, 0);
+    net.deliver(&mut carol, 0);
+    // Bob's list gains a "device 2": Dave's device 2, identity and mailbox.
+    let mut list = bob.list(1);
+    list.devices.push(dave.list(1).devices[1].clone());
+    list.version = 2;
+    list.next_device_id = 3;
+    net.lists.insert(bob.address().user, bob.signed_list(&list));
+    // Alice's cached list of Bob is stale: she fetches the new one.
+    send(&mut alice, 0, id, "still flowing");
+    net.pass_at(&mut alice, 0, NOW + GROUP_LIST_MAX_AGE_MS + 1);
+    for d in 0..2 {
+        net.deliver(&mut dave, d);
+    }
+    net.deliver(&mut carol, 0);
+    assert_eq!(group_texts(&mut carol, 0), ["still flowing"]);
+    assert_eq!(group_texts(&mut dave, 1), ["still flowing"]);
+    // The next message goes the same way (nothing was left stuck).
+    send(&mut alice, 0, id, "and again");
+    net.pass_at(&mut alice, 0, NOW + GROUP_LIST_MAX_AGE_MS + 2);
+    net.deliver(&mut dave, 1);
+    assert_eq!(group_texts(&mut dave, 1), ["still flowing", "and again"]);
+}
