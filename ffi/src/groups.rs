@@ -45,6 +45,15 @@ pub enum GroupStatus {
     Left,
 }
 
+/// How far a message got with one recipient user (its furthest device).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct UserDelivery {
+    /// The 32-byte user id.
+    pub user: Vec<u8>,
+    /// The furthest state any of its devices reached.
+    pub state: crate::events::DeliveryState,
+}
+
 /// A group as this device holds it.
 #[derive(Clone, PartialEq, Eq, uniffi::Record)]
 pub struct GroupInfo {
@@ -167,6 +176,22 @@ impl SottoClient {
             Ok(m.0.to_vec())
         })?
         .await
+    }
+
+    /// Per-user delivery state of a message this device sent (for a group
+    /// message: "read by 5 of 7"); users none of whose devices got it yet
+    /// are absent.
+    pub fn delivery_by_user(&self, message_id: Vec<u8>) -> Result<Vec<UserDelivery>> {
+        let id = crate::events::message_id(&message_id)?;
+        Ok(self
+            .core()?
+            .delivery_by_user(&id)?
+            .into_iter()
+            .map(|(user, state)| UserDelivery {
+                user: user.to_vec(),
+                state: state.into(),
+            })
+            .collect())
     }
 
     /// The group, if this device is (or was) in it.

@@ -44,7 +44,7 @@ pub use events::{
     Attachment, DeliveryState, DeviceDelivery, Event, EventKind, GroupChange, GroupEffect,
     ReceiptKind, ReceivedMessage,
 };
-pub use groups::{GroupInfo, GroupMember, GroupStatus};
+pub use groups::{GroupInfo, GroupMember, GroupStatus, UserDelivery};
 pub use identity::SafetyNumber;
 pub use link::{Linking, PendingLink};
 pub use listener::{EventListener, EventSubscription};

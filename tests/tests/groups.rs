@@ -11,8 +11,8 @@ use rand_core::{OsRng, RngCore};
 use sotto_core::{SqliteStore, StorageKey};
 use sotto_e2e::{relay_binary, RelayProcess};
 use sotto_messenger::{
-    Event, EventKind, GroupChange, GroupEffect, GroupId, GroupStatus, Messenger, RelayAddress,
-    UserAddress,
+    DeliveryState, Event, EventKind, GroupChange, GroupEffect, GroupId, GroupStatus, Messenger,
+    RelayAddress, UserAddress,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -129,12 +129,35 @@ async fn a_group_across_two_relays_and_a_removed_member_reads_nothing_after() {
     );
 
     let secret = "meet at the old mill, 9pm, bring the blue folder";
-    alice.client.send_group_text(id, secret).unwrap();
+    let sent = alice.client.send_group_text(id, secret).unwrap();
     for u in [&bob, &carol] {
         assert_eq!(
             u.group_text().await,
             (id, alice.addr.clone(), secret.into())
         );
+    }
+    // Delivered to both members (their receipts travel pairwise), then read
+    // by one of them: "read by 1 of 2".
+    bob.client.mark_read(&alice.addr, &[sent]).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let by_user = alice.client.delivery_by_user(&sent).unwrap();
+        let read = by_user
+            .values()
+            .filter(|s| **s == DeliveryState::Read)
+            .count();
+        let delivered = by_user
+            .values()
+            .filter(|s| **s >= DeliveryState::Delivered)
+            .count();
+        if read == 1 && delivered == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "receipts: {by_user:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Carol (on the other relay) answers: her sender key reaches Alice and
     // Bob first, then her one ciphertext.

@@ -434,6 +434,11 @@ void uniffi_sotto_ffi_fn_method_sottoclient_add_group_members(uint64_t ptr, Rust
 RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_create_group(uint64_t ptr, RustBuffer name, RustBuffer members, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_DELIVERY_BY_USER
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_DELIVERY_BY_USER
+RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_delivery_by_user(uint64_t ptr, RustBuffer message_id, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUP
 RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_group(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
@@ -1203,6 +1208,12 @@ uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_add_group_members(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_CREATE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_CREATE_GROUP
 uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_create_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_DELIVERY_BY_USER
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_DELIVERY_BY_USER
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_delivery_by_user(void
     
 );
 #endif

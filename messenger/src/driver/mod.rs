@@ -746,7 +746,15 @@ impl<S: Store + Send + 'static> Messenger<S> {
 
     /// Sends read receipts for messages from `peer` (an accepted contact).
     pub fn mark_read(&self, peer: &UserAddress, ids: &[MessageId]) -> Result<()> {
-        if self.contact_state(peer)? != records::ACCEPTED {
+        // An accepted contact, or a fellow member of a group this user is
+        // in (its group messages get read receipts too).
+        let fellow = || -> Result<bool> {
+            self.inner.with_device(|d| {
+                d.store_mut()
+                    .transaction(|tx| group::shares_a_group(tx, &peer.user))
+            })
+        };
+        if self.contact_state(peer)? != records::ACCEPTED && !fellow()? {
             return Err(Error::NotAccepted);
         }
         let item = pb::OutboxItem {
@@ -809,6 +817,33 @@ impl<S: Store + Send + 'static> Messenger<S> {
             .iter()
             .filter_map(|d| DeliveryState::from_u32(d.state).map(|s| (d.device_id, s)))
             .collect())
+    }
+
+    /// Per-user delivery state of a message this device sent (a group
+    /// message: "read by 5 of 7"): each recipient user's furthest state over
+    /// its devices, by user id. Users none of whose devices got it yet are
+    /// absent.
+    pub fn delivery_by_user(
+        &self,
+        id: &MessageId,
+    ) -> Result<std::collections::BTreeMap<[u8; 32], DeliveryState>> {
+        let rec = self
+            .inner
+            .with_device(|d| d.store_mut().transaction(|tx| records::delivery(tx, &id.0)))?;
+        let mut out = std::collections::BTreeMap::new();
+        for d in &rec.devices {
+            let (Ok(user), Some(state)) = (
+                <[u8; 32]>::try_from(d.user.as_slice()),
+                DeliveryState::from_u32(d.state),
+            ) else {
+                continue;
+            };
+            let best = out.entry(user).or_insert(state);
+            if state > *best {
+                *best = state;
+            }
+        }
+        Ok(out)
     }
 
     /// Items still waiting in the outbox.

@@ -2504,6 +2504,13 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
     func createGroup(name: String, members: [String]) throws  -> Data
     
     /**
+     * Per-user delivery state of a message this device sent (for a group
+     * message: "read by 5 of 7"); users none of whose devices got it yet
+     * are absent.
+     */
+    func deliveryByUser(messageId: Data) throws  -> [UserDelivery]
+    
+    /**
      * The group, if this device is (or was) in it.
      */
     func group(groupId: Data) throws  -> GroupInfo?
@@ -3125,6 +3132,21 @@ open func createGroup(name: String, members: [String])throws  -> Data  {
             self.uniffiCloneHandle(),
         FfiConverterString.lower(name),
         FfiConverterSequenceString.lower(members),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Per-user delivery state of a message this device sent (for a group
+     * message: "read by 5 of 7"); users none of whose devices got it yet
+     * are absent.
+     */
+open func deliveryByUser(messageId: Data)throws  -> [UserDelivery]  {
+    return try  FfiConverterSequenceTypeUserDelivery.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_delivery_by_user(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(messageId),uniffiCallStatus
     )
 })
 }
@@ -3923,6 +3945,75 @@ public func FfiConverterTypeReceivedMessage_lift(_ buf: RustBuffer) throws -> Re
 #endif
 public func FfiConverterTypeReceivedMessage_lower(_ value: ReceivedMessage) -> RustBuffer {
     return FfiConverterTypeReceivedMessage.lower(value)
+}
+
+
+/**
+ * How far a message got with one recipient user (its furthest device).
+ */
+public struct UserDelivery: Equatable, Hashable {
+    /**
+     * The 32-byte user id.
+     */
+    public var user: Data
+    /**
+     * The furthest state any of its devices reached.
+     */
+    public var state: DeliveryState
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The 32-byte user id.
+         */user: Data, 
+        /**
+         * The furthest state any of its devices reached.
+         */state: DeliveryState) {
+        self.user = user
+        self.state = state
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension UserDelivery: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeUserDelivery: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UserDelivery {
+        return
+            try UserDelivery(
+                user: FfiConverterData.read(from: &buf), 
+                state: FfiConverterTypeDeliveryState.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: UserDelivery, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.user, into: &buf)
+        FfiConverterTypeDeliveryState.write(value.state, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUserDelivery_lift(_ buf: RustBuffer) throws -> UserDelivery {
+    return try FfiConverterTypeUserDelivery.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUserDelivery_lower(_ value: UserDelivery) -> RustBuffer {
+    return FfiConverterTypeUserDelivery.lower(value)
 }
 
 
@@ -5694,6 +5785,31 @@ fileprivate struct FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeUserDelivery: FfiConverterRustBuffer {
+    typealias SwiftType = [UserDelivery]
+
+    public static func write(_ value: [UserDelivery], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeUserDelivery.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [UserDelivery] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [UserDelivery]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeUserDelivery.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeGroupChange: FfiConverterRustBuffer {
     typealias SwiftType = [GroupChange]
 
@@ -5880,6 +5996,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_create_group() != 22782) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_delivery_by_user() != 36654) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_group() != 51419) {

@@ -382,6 +382,16 @@ pub(crate) fn is_invitation(tx: &impl Txn, update: &pb::GroupUpdate) -> Result<b
     Ok(records::group(tx, &id)?.is_none_or(|g| g.status != MEMBER))
 }
 
+/// True if `user` is a member of a group this device is a member of.
+pub(crate) fn shares_a_group(tx: &impl Txn, user: &[u8; 32]) -> Result<bool> {
+    for rec in records::groups(tx)? {
+        if rec.status == MEMBER && stored_state(&rec)?.is_member(user) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// True if this device is a member of group `id` (raw bytes from a peer).
 pub(crate) fn is_member_group(tx: &impl Txn, id: &[u8]) -> Result<bool> {
     let Ok(id) = <[u8; 32]>::try_from(id) else {

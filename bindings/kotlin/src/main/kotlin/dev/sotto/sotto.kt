@@ -766,6 +766,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_create_group(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_delivery_by_user(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_group(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_groups(
@@ -956,6 +958,8 @@ internal object UniffiLib {
     external fun uniffi_sotto_ffi_fn_method_sottoclient_add_group_members(`ptr`: Long,`groupId`: RustBuffer.ByValue,`members`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_sottoclient_create_group(`ptr`: Long,`name`: RustBuffer.ByValue,`members`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_delivery_by_user(`ptr`: Long,`messageId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_method_sottoclient_group(`ptr`: Long,`groupId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -1297,6 +1301,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_create_group() and 0xFFFF) != 22782) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_delivery_by_user() and 0xFFFF) != 36654) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_group() and 0xFFFF) != 51419) {
@@ -5057,6 +5064,13 @@ public interface SottoClientInterface {
     fun `createGroup`(`name`: kotlin.String, `members`: List<kotlin.String>): kotlin.ByteArray
     
     /**
+     * Per-user delivery state of a message this device sent (for a group
+     * message: "read by 5 of 7"); users none of whose devices got it yet
+     * are absent.
+     */
+    fun `deliveryByUser`(`messageId`: kotlin.ByteArray): List<UserDelivery>
+    
+    /**
      * The group, if this device is (or was) in it.
      */
     fun `group`(`groupId`: kotlin.ByteArray): GroupInfo?
@@ -5834,6 +5848,26 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 
     
     /**
+     * Per-user delivery state of a message this device sent (for a group
+     * message: "read by 5 of 7"); users none of whose devices got it yet
+     * are absent.
+     */
+    @Throws(SottoException::class)override fun `deliveryByUser`(`messageId`: kotlin.ByteArray): List<UserDelivery> {
+            return FfiConverterSequenceTypeUserDelivery.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_delivery_by_user(
+        it,
+        
+        FfiConverterByteArray.lower(`messageId`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * The group, if this device is (or was) in it.
      */
     @Throws(SottoException::class)override fun `group`(`groupId`: kotlin.ByteArray): GroupInfo? {
@@ -6560,6 +6594,53 @@ public object FfiConverterTypeReceivedMessage: FfiConverterRustBuffer<ReceivedMe
             FfiConverterULong.write(value.`sentAtMs`, buf)
             FfiConverterString.write(value.`text`, buf)
             FfiConverterSequenceTypeAttachment.write(value.`attachments`, buf)
+    }
+}
+
+
+
+/**
+ * How far a message got with one recipient user (its furthest device).
+ */
+data class UserDelivery (
+    /**
+     * The 32-byte user id.
+     */
+    var `user`: kotlin.ByteArray
+    , 
+    /**
+     * The furthest state any of its devices reached.
+     */
+    var `state`: DeliveryState
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeUserDelivery: FfiConverterRustBuffer<UserDelivery> {
+    override fun read(buf: ByteBuffer): UserDelivery {
+        return UserDelivery(
+            FfiConverterByteArray.read(buf),
+            FfiConverterTypeDeliveryState.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: UserDelivery) = (
+            FfiConverterByteArray.allocationSize(value.`user`) +
+            FfiConverterTypeDeliveryState.allocationSize(value.`state`)
+    )
+
+    override fun write(value: UserDelivery, buf: ByteBuffer) {
+            FfiConverterByteArray.write(value.`user`, buf)
+            FfiConverterTypeDeliveryState.write(value.`state`, buf)
     }
 }
 
@@ -8914,6 +8995,34 @@ public object FfiConverterSequenceTypePrekeyUpload: FfiConverterRustBuffer<List<
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypePrekeyUpload.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeUserDelivery: FfiConverterRustBuffer<List<UserDelivery>> {
+    override fun read(buf: ByteBuffer): List<UserDelivery> {
+        val len = buf.getInt()
+        return List<UserDelivery>(len) {
+            FfiConverterTypeUserDelivery.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<UserDelivery>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeUserDelivery.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<UserDelivery>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeUserDelivery.write(it, buf)
         }
     }
 }

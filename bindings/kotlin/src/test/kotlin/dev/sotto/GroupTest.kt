@@ -85,12 +85,21 @@ class GroupTest {
                     assertEquals(3, info.members.size)
                     assertEquals(listOf(alice.address()), info.members.filter { it.admin }.map { it.address })
 
-                    alice.sendGroupText(id, "summit at noon")
+                    val sent = alice.sendGroupText(id, "summit at noon")
                     for (u in listOf(bob, carol)) {
                         val (gid, from, text) = u.nextGroupText()
                         assertArrayEquals(id, gid)
                         assertEquals(alice.address(), from)
                         assertEquals("summit at noon", text)
+                    }
+                    // "Read by 1 of 2": per-user states from the members' receipts.
+                    bob.markRead(alice.address(), listOf(sent))
+                    withTimeout(WAIT_MS) {
+                        while (true) {
+                            val states = alice.deliveryByUser(sent).map { it.state }
+                            if (states.size == 2 && states.count { it == DeliveryState.READ } == 1) break
+                            kotlinx.coroutines.delay(20)
+                        }
                     }
                     carol.sendGroupText(id, "bringing snacks")
                     for (u in listOf(alice, bob)) assertEquals("bringing snacks", u.nextGroupText().third)
