@@ -134,6 +134,9 @@ enum Carries {
     Pairwise,
     /// A group item's sender key, over the pairwise session.
     GroupKey,
+    /// A group item's envelope to one device, on a relay that cannot take
+    /// a shared submission.
+    GroupMessage,
 }
 
 /// A group item's parts.
@@ -156,6 +159,9 @@ struct GroupItem {
     tokenless: HashSet<Vec<u8>>,
     /// Devices that hold the item's chain (read once when the item starts).
     chain_holders: HashSet<Vec<u8>>,
+    /// Relays that refused a shared submission as one they cannot take
+    /// (an older relay, a smaller limit): the envelope goes per device.
+    per_device: HashSet<RelayAddress>,
 }
 
 /// What the planner waits for.
@@ -587,6 +593,7 @@ impl Planner {
                 ready: Vec::new(),
                 tokenless: HashSet::new(),
                 chain_holders,
+                per_device: HashSet::new(),
             }),
         }))
     }
@@ -904,8 +911,10 @@ impl Planner {
                     .partition(|t| t.user.relay == relay);
                 let mut batch = batch;
                 let mut rest = rest;
-                if batch.len() > MAX_SHARED_RECIPIENTS {
-                    rest.extend(batch.drain(MAX_SHARED_RECIPIENTS..));
+                let per_device = g.per_device.contains(&relay);
+                let most = if per_device { 1 } else { MAX_SHARED_RECIPIENTS };
+                if batch.len() > most {
+                    rest.extend(batch.drain(most..));
                 }
                 g.ready = rest;
                 let (tokenless, gid) = (g.tokenless.clone(), g.id);
@@ -964,6 +973,27 @@ impl Planner {
                     .map(|(t, token)| (t.device.mailbox, token.clone()))
                     .collect();
                 cur.to = with_tokens[0].0.user.clone();
+                if per_device {
+                    // One device: a plain submission. The target goes back
+                    // in front, where the answer finds it.
+                    let (t, token) = with_tokens
+                        .into_iter()
+                        .next()
+                        .ok_or(Error::invalid_argument("empty batch"))?;
+                    let envelope = cur.item.group_envelope.clone();
+                    cur.targets.push_front(t.clone());
+                    self.awaiting = Some(Awaiting::Submit {
+                        token: token.clone(),
+                        envelope: envelope.clone(),
+                        carries: Carries::GroupMessage,
+                    });
+                    return Ok(Some(Step::Submit {
+                        user: t.user.clone(),
+                        mailbox: t.device.mailbox,
+                        envelope,
+                        token,
+                    }));
+                }
                 self.awaiting = Some(Awaiting::Shared(with_tokens));
                 return Ok(Some(Step::SubmitShared {
                     relay,
@@ -1066,6 +1096,13 @@ impl Planner {
         if carries == Carries::GroupKey {
             return self.on_group_key_submitted(device, &t);
         }
+        if carries == Carries::GroupMessage {
+            // As one recipient of a shared submission.
+            if let Some(cur) = self.current.as_mut() {
+                cur.targets.pop_front();
+            }
+            return self.on_shared(device, vec![(t, None)], Ok(vec![Ok(envelope_id)]), now_ms);
+        }
         if t.own {
             cur.item.done_own_devices.push(device_id);
         } else {
@@ -1134,7 +1171,30 @@ impl Planner {
         result: Result<Vec<Result<EnvelopeId>>>,
         now_ms: u64,
     ) -> Result<()> {
-        let results = result?;
+        let results = match result {
+            // A refusal of the request as a whole that says this relay
+            // cannot take it (older, or a smaller limit): per device from
+            // now on for this item, never held for ever.
+            Err(e)
+                if matches!(
+                    e.relay_code(),
+                    Some(
+                        ErrorCode::Malformed
+                            | ErrorCode::TooManyItems
+                            | ErrorCode::UnsupportedVersion
+                    )
+                ) =>
+            {
+                let cur = self.current_mut()?;
+                if let (Some(g), Some((t, _))) = (cur.group.as_mut(), batch.first()) {
+                    tracing::debug!(error = %e, "relay takes group envelopes per device");
+                    g.per_device.insert(t.user.relay.clone());
+                    g.ready.extend(batch.into_iter().map(|(t, _)| t));
+                }
+                return Ok(());
+            }
+            other => other?,
+        };
         if results.len() != batch.len() {
             return Err(Error::invalid_argument("shared answer of another length"));
         }

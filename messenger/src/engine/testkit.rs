@@ -329,6 +329,8 @@ pub(crate) struct SimNet {
     owners: std::collections::HashMap<[u8; 32], [u8; 32]>,
     /// Time spent playing the relays (not the sender's work).
     pub(crate) serve_time: std::time::Duration,
+    /// Play relays that predate shared submissions.
+    pub(crate) no_shared: bool,
 }
 
 impl SimNet {
@@ -395,6 +397,15 @@ impl SimNet {
                 }
                 .encoded_len();
                 let _ = relay;
+                if self.no_shared {
+                    // An older relay: a request body it does not know.
+                    return Input::SubmittedShared(Err(crate::error::Error::Relay(
+                        sotto_relay::RelayError::refusal(
+                            sotto_proto::relay::ErrorCode::Malformed,
+                            "frame has no body",
+                        ),
+                    )));
+                }
                 // As the relay: a mailbox named twice refuses the request.
                 let mut named = std::collections::HashSet::new();
                 if !recipients.iter().all(|(m, _)| named.insert(m.0)) {

@@ -966,3 +966,19 @@ fn a_member_listing_anothers_mailbox_does_not_stall_the_group() {
     net.deliver(&mut dave, 1);
     assert_eq!(group_texts(&mut dave, 1), ["still flowing", "and again"]);
 }
+
+/// A relay that predates shared submissions refuses them as malformed: the
+/// envelope goes per device there, and nothing is held for ever.
+#[test]
+fn a_relay_without_shared_sends_gets_the_envelope_per_device() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    net.no_shared = true;
+    send(&mut alice, 0, id, "per device");
+    net.pass(&mut alice, 0);
+    net.deliver(&mut bob, 0);
+    net.deliver(&mut carol, 0);
+    net.deliver(&mut alice, 1);
+    assert_eq!(group_texts(&mut bob, 0), ["per device"]);
+    assert_eq!(group_texts(&mut carol, 0), ["per device"]);
+    assert_eq!(group_texts(&mut alice, 1), ["per device"]);
+}
