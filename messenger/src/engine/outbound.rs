@@ -1173,8 +1173,10 @@ impl Planner {
     ) -> Result<()> {
         let results = match result {
             // A refusal of the request as a whole that says this relay
-            // cannot take it (older, or a smaller limit): per device from
-            // now on for this item, never held for ever.
+            // cannot take it (older, a smaller limit, a send burst smaller
+            // than the request): per device from now on for this item,
+            // never held for ever (a per-device refusal then holds the
+            // relay as any).
             Err(e)
                 if matches!(
                     e.relay_code(),
@@ -1182,6 +1184,7 @@ impl Planner {
                         ErrorCode::Malformed
                             | ErrorCode::TooManyItems
                             | ErrorCode::UnsupportedVersion
+                            | ErrorCode::RateLimited
                     )
                 ) =>
             {

@@ -474,10 +474,8 @@ pub(crate) fn on_update(
             for c in update.history.iter().take(MAX_HISTORY) {
                 history.insert(VerifiedChange::verify(c)?)?;
             }
-            if history.insert(change.clone())? == Insert::UnknownParent {
-                if rec.status != GONE || before.is_member(&me.user) {
-                    return Ok(out);
-                }
+            let placed = history.insert(change.clone())? != Insert::UnknownParent;
+            if !placed && rec.status == GONE && !before.is_member(&me.user) {
                 let h = given_history(update, &change)?;
                 let after = h.canonical().1;
                 if !after.is_member(&me.user) {
@@ -497,24 +495,15 @@ pub(crate) fn on_update(
                 adopt_pending_keys(tx, &id, &rec)?;
                 return Ok(out);
             }
+            if !placed {
+                // Still not placeable: it waits like any; the history
+                // placed above is kept (below).
+                park(&mut rec, &before, history.root.version, &change);
+            }
         }
         Insert::UnknownParent => {
-            // A member's change whose parent has not come yet waits,
-            // bounded per author and in all.
-            let from_author = rec
-                .pending
-                .iter()
-                .filter(|p| VerifiedChange::stored(p).is_ok_and(|c| c.author == change.author))
-                .count();
-            if before.is_member(&change.author)
-                && change.body.version > history.root.version
-                && from_author < MAX_PENDING_PER_AUTHOR
-                && rec.pending.len() < MAX_PENDING_CHANGES
-                && !rec.pending.iter().any(|p| p.body == change.signed.body)
-            {
-                rec.pending.push(change.signed);
-                records::put_group(tx, &id.0, &rec)?;
-            }
+            park(&mut rec, &before, history.root.version, &change);
+            records::put_group(tx, &id.0, &rec)?;
             return Ok(out);
         }
     }
@@ -695,6 +684,24 @@ pub(crate) fn on_sync(
     records::put_group(tx, &id.0, &rec)?;
     adopt_pending_keys(tx, &id, &rec)?;
     Ok(out)
+}
+
+/// Keeps a member's change whose parent has not come yet, bounded per
+/// author and in all.
+fn park(rec: &mut pb::GroupRecord, state: &GroupState, root_version: u64, change: &VerifiedChange) {
+    let from_author = rec
+        .pending
+        .iter()
+        .filter(|p| VerifiedChange::stored(p).is_ok_and(|c| c.author == change.author))
+        .count();
+    if state.is_member(&change.author)
+        && change.body.version > root_version
+        && from_author < MAX_PENDING_PER_AUTHOR
+        && rec.pending.len() < MAX_PENDING_CHANGES
+        && !rec.pending.iter().any(|p| p.body == change.signed.body)
+    {
+        rec.pending.push(change.signed.clone());
+    }
 }
 
 /// The history a newcomer is given: the author's root, its chain (each
