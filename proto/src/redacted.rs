@@ -100,6 +100,7 @@ impl fmt::Debug for crate::client::content::Body {
             B::GroupUpdate(_) => "GroupUpdate(<redacted>)",
             B::SenderKey(_) => "SenderKey(<redacted>)",
             B::GroupSync(_) => "GroupSync(<redacted>)",
+            B::SenderKeyRequest(_) => "SenderKeyRequest(..)",
         })
     }
 }

@@ -809,6 +809,11 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
                     Err(e) => return Err(e),
                 }
             }
+            Some(pb::content::Body::SenderKeyRequest(r)) => {
+                if group::on_key_request(tx, sender.me, &peer, sender.device, &r)? {
+                    out.outbox = true;
+                }
+            }
             Some(pb::content::Body::GroupSync(g)) => {
                 if !sender.is_own_user() {
                     return invalid_content(
@@ -885,6 +890,7 @@ fn process_group<S: Store>(
         return fail(device, None, 0, "message claims to come from this device");
     }
     let own = sender_user == me.user;
+    let mut requested = false;
     let result = device.store_mut().transaction(
         |tx| -> Result<Result<Outcome, (Option<UserAddress>, String)>> {
             let contact = records::contact(tx, &sender_user)?;
@@ -898,6 +904,28 @@ fn process_group<S: Store>(
                     Err(e) if e.fault() == Fault::Local => return Err(e),
                     Err(e) => {
                         let peer = contact.and_then(|c| c.address.parse().ok());
+                        // No key for that chain (the envelope that carried
+                        // it was lost): a fellow member's device is asked
+                        // for it again, as a repair (budgeted). A claim
+                        // nobody proved costs that device at most a
+                        // request (its budget bounds it).
+                        if matches!(e, Error::GroupRejected("no sender key for this chain")) {
+                            if let (Ok(header), Some(addr)) = (
+                                sotto_core::sender_key::SenderKeyHeader::parse(&g.message),
+                                group::member_address(tx, &sender_user)?,
+                            ) {
+                                if group::request_key(
+                                    tx,
+                                    me,
+                                    &addr,
+                                    g.sender_device,
+                                    &header.chain_id,
+                                    now_ms,
+                                )? {
+                                    requested = true;
+                                }
+                            }
+                        }
                         return Ok(Err((peer, e.to_string())));
                     }
                 };
@@ -960,7 +988,11 @@ fn process_group<S: Store>(
     )?;
     match result {
         Ok(out) => Ok(out),
-        Err((peer, reason)) => fail(device, peer.as_ref(), g.sender_device, &reason),
+        Err((peer, reason)) => {
+            let mut out = fail(device, peer.as_ref(), g.sender_device, &reason)?;
+            out.outbox |= requested;
+            Ok(out)
+        }
     }
 }
 

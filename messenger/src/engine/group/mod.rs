@@ -382,6 +382,114 @@ pub(crate) fn is_invitation(tx: &impl Txn, update: &pb::GroupUpdate) -> Result<b
     Ok(records::group(tx, &id)?.is_none_or(|g| g.status != MEMBER))
 }
 
+/// The address of `user` from a group this device is a member of, if any.
+pub(crate) fn member_address(tx: &impl Txn, user: &[u8; 32]) -> Result<Option<UserAddress>> {
+    for rec in records::groups(tx)? {
+        if rec.status == MEMBER {
+            if let Some(m) = stored_state(&rec)?.members.get(user) {
+                return Ok(Some(m.address.clone()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Asks `(peer, device)` for the current position of its chain `chain_id`
+/// (a group message of it could not be read), as a repair: within the
+/// device's repair budget and its cap of waiting repairs. True if queued.
+pub(crate) fn request_key(
+    tx: &mut impl Txn,
+    me: &UserAddress,
+    peer: &UserAddress,
+    device: u32,
+    chain_id: &[u8; 16],
+    now_ms: u64,
+) -> Result<bool> {
+    let recipient = peer.to_string();
+    if records::pending_repairs(tx, &recipient, device)?
+        >= crate::engine::inbound::MAX_PENDING_REPAIRS
+    {
+        return Ok(false);
+    }
+    let mut contact = records::contact(tx, &peer.user)?.unwrap_or_default();
+    if !records::take_repair_token(&mut contact, device, now_ms) {
+        return Ok(false);
+    }
+    if contact.address.is_empty() {
+        contact.address = recipient.clone();
+    }
+    records::put_contact(tx, &peer.user, &contact)?;
+    records::push_outbox(
+        tx,
+        &pb::OutboxItem {
+            recipient,
+            content: pb::Content {
+                sender_relay: me.relay.to_string(),
+                delivery_token: Vec::new(),
+                body: Some(pb::content::Body::SenderKeyRequest(pb::SenderKeyRequest {
+                    chain_id: chain_id.to_vec(),
+                })),
+            }
+            .encode_to_vec(),
+            only_devices: vec![device],
+            repair: true,
+            ..Default::default()
+        },
+    )?;
+    Ok(true)
+}
+
+/// A `SenderKeyRequest` from `(peer, device)`: if this device's chain of
+/// that id is current in a group `peer` is a member of, its current
+/// position goes to that device again (a repair, capped like any). True if
+/// queued.
+pub(crate) fn on_key_request(
+    tx: &mut impl Txn,
+    me: &UserAddress,
+    peer: &UserAddress,
+    device: u32,
+    req: &pb::SenderKeyRequest,
+) -> Result<bool> {
+    for rec in records::groups(tx)? {
+        if rec.status != MEMBER {
+            continue;
+        }
+        let state = stored_state(&rec)?;
+        let Some(own) = records::own_sender_key(tx, &state.id.0)? else {
+            continue;
+        };
+        if own.chain_id != req.chain_id || !state.is_member(&peer.user) {
+            continue;
+        }
+        let recipient = peer.to_string();
+        if records::pending_repairs(tx, &recipient, device)?
+            >= crate::engine::inbound::MAX_PENDING_REPAIRS
+        {
+            return Ok(false);
+        }
+        let position = SendingChain::from_record(&own.chain)?.distribution();
+        records::push_outbox(
+            tx,
+            &pb::OutboxItem {
+                recipient,
+                content: pb::Content {
+                    sender_relay: me.relay.to_string(),
+                    delivery_token: Vec::new(),
+                    body: Some(pb::content::Body::SenderKey(distribution_to_pb(
+                        &state.id, &position,
+                    ))),
+                }
+                .encode_to_vec(),
+                only_devices: vec![device],
+                repair: true,
+                ..Default::default()
+            },
+        )?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// True if `user` is a member of a group this device is a member of.
 pub(crate) fn shares_a_group(tx: &impl Txn, user: &[u8; 32]) -> Result<bool> {
     for rec in records::groups(tx)? {

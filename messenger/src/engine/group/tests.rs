@@ -982,3 +982,41 @@ fn a_relay_without_shared_sends_gets_the_envelope_per_device() {
     assert_eq!(group_texts(&mut carol, 0), ["per device"]);
     assert_eq!(group_texts(&mut alice, 1), ["per device"]);
 }
+
+/// The relay drops the pairwise envelope that carried Alice's sender key to
+/// Bob: Bob cannot read her group message, asks her device for the key
+/// (a budgeted repair), and reads her next one.
+#[test]
+fn a_member_that_lost_a_sender_key_asks_for_it_and_reads_the_next_message() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    send(&mut alice, 0, id, "lost");
+    net.pass(&mut alice, 0);
+    let key = (bob.address().user, bob.devices[0].mailbox);
+    let kept: Envelopes = net
+        .mailboxes
+        .remove(&key)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, p)| {
+            matches!(
+                pb::Envelope::decode(p.as_slice()).unwrap().body,
+                Some(pb::envelope::Body::Group(_))
+            )
+        })
+        .collect();
+    for e in &kept {
+        bob.receive(0, e);
+    }
+    assert!(group_texts(&mut bob, 0).is_empty());
+    assert!(kinds(&bob.events(0)).contains(&"failed"));
+    // Bob's request goes out; Alice answers with her chain's position.
+    net.pass(&mut bob, 0);
+    net.deliver(&mut alice, 0);
+    net.pass(&mut alice, 0);
+    net.deliver(&mut bob, 0);
+    send(&mut alice, 0, id, "found");
+    net.pass(&mut alice, 0);
+    net.deliver(&mut bob, 0);
+    assert_eq!(group_texts(&mut bob, 0), ["found"]);
+    let _ = &mut carol;
+}
