@@ -204,3 +204,68 @@ async fn a_group_across_two_relays_and_a_removed_member_reads_nothing_after() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_linked_after_joining_gets_the_group_and_its_messages() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = User::join(&relay).await;
+    let bob = User::join(&relay).await;
+    // Contacts first (so Bob's new device list reaches Alice at once).
+    alice.client.send_text(&bob.addr, "hi").unwrap();
+    bob.next(|e| match &e.kind {
+        EventKind::MessageRequest(_) => Some(()),
+        _ => None,
+    })
+    .await;
+    bob.client.accept_request(&alice.addr).unwrap();
+    let id = alice
+        .client
+        .create_group("the late laptop", &[bob.addr.clone()])
+        .unwrap();
+    let (g, effect, _) = bob.group_change().await;
+    assert_eq!((g, effect), (id, GroupEffect::Applied));
+
+    // Bob links a laptop: both screens show the same digits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    let store = SqliteStore::open(dir.path().join("c.db"), &StorageKey::new(key)).unwrap();
+    let mut linking =
+        sotto_messenger::Linking::start(store, RelayAddress::new(relay.addr, relay.pin))
+            .await
+            .unwrap();
+    let code = linking.code();
+    let mut pending = bob.client.link_device(&code).await.unwrap();
+    let digits = linking.wait_offer(WAIT).await.unwrap();
+    assert_eq!(digits, pending.wait_digits(WAIT).await.unwrap());
+    bob.client.confirm_link(pending).await.unwrap();
+    let laptop = User {
+        client: linking.finish(WAIT).await.unwrap(),
+        addr: bob.addr.clone(),
+        _dir: dir,
+    };
+    // The laptop gets the group from Bob's phone...
+    let (g, _, _) = laptop.group_change().await;
+    assert_eq!(g, id);
+    assert_eq!(
+        laptop.client.group(id).unwrap().unwrap().state,
+        bob.client.group(id).unwrap().unwrap().state
+    );
+    // ...and, once Alice has Bob's new list, her messages.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        alice.client.send_group_text(id, "hello laptop").unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), laptop.group_text()).await;
+        if let Ok((g, from, text)) = got {
+            assert_eq!(
+                (g, from, text.as_str()),
+                (id, alice.addr.clone(), "hello laptop")
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the laptop never got a group message"
+        );
+    }
+}

@@ -232,8 +232,11 @@ impl<S: Store + Send + 'static> Linking<S> {
         let conn = inner.relay(&inner.me.relay).await?;
         super::publish_prekeys(&inner, &conn, true, false).await?;
         // Join the user's device list, now that this device can receive.
-        conn.publish_device_list(granted.signed).await?;
+        conn.publish_device_list(granted.signed.clone()).await?;
         inner.pin_list(&inner.me, &granted.list)?;
+        // This user's other devices and its contacts learn of this device
+        // at once (the others send it the groups they are in).
+        client.broadcast_device_list(&granted.signed)?;
         Ok(client.start())
     }
 }

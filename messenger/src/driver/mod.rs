@@ -122,9 +122,12 @@ impl<S: Store> Inner<S> {
     /// queues events for added and removed devices and deletes the sessions
     /// of removed ones.
     pub(crate) fn pin_list(&self, user: &UserAddress, list: &DeviceList) -> Result<()> {
-        let events = self.with_device(|d| outbound_engine::pin_list(d, user, list, now_ms()))?;
-        if events {
+        let pinned = self.with_device(|d| outbound_engine::pin_list(d, user, list, now_ms()))?;
+        if pinned.events {
             self.events_ready();
+        }
+        if pinned.outbox {
+            self.outbox.notify_one();
         }
         Ok(())
     }

@@ -778,6 +778,7 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
                 match records::apply_list(tx, &peer, &list, sender.now_ms) {
                     Ok(applied) => {
                         out.events |= applied.events;
+                        out.outbox |= applied.outbox;
                         out.revoked = applied.revoked;
                     }
                     Err(Error::DeviceListRejected(why)) => {

@@ -609,7 +609,9 @@ impl Planner {
         match fetched.and_then(|l| l.ok_or(Error::UnknownUser)) {
             Ok(signed) => {
                 let list = DeviceList::verify(&user.user, &signed)?;
-                self.events |= pin_list(device, user, &list, now_ms)?;
+                let pinned = pin_list(device, user, &list, now_ms)?;
+                self.events |= pinned.events;
+                self.pass.pending |= pinned.outbox;
                 Ok(())
             }
             // A member without a list (or a refused one) gets nothing now;
@@ -690,7 +692,9 @@ impl Planner {
         };
         let signed = fetched?.ok_or(Error::UnknownUser)?;
         let list = DeviceList::verify(&user.user, &signed)?;
-        self.events |= pin_list(device, &user, &list, now_ms)?;
+        let pinned = pin_list(device, &user, &list, now_ms)?;
+        self.events |= pinned.events;
+        self.pass.pending |= pinned.outbox;
         let cur = self.current_mut()?;
         if own {
             for d in &list.devices {
@@ -1502,14 +1506,26 @@ pub(crate) fn pin_list<S: Store>(
     user: &UserAddress,
     list: &DeviceList,
     now_ms: u64,
-) -> Result<bool> {
+) -> Result<Pinned> {
     let applied = device
         .store_mut()
         .transaction(|tx| records::apply_list(tx, user, list, now_ms))?;
     for addr in &applied.revoked {
         device.delete_sessions(addr)?;
     }
-    Ok(applied.events)
+    Ok(Pinned {
+        events: applied.events,
+        outbox: applied.outbox,
+    })
+}
+
+/// What pinning a list queued.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Pinned {
+    /// Events for the app.
+    pub(crate) events: bool,
+    /// Outbox items (groups for a new device of this user).
+    pub(crate) outbox: bool,
 }
 
 #[cfg(test)]

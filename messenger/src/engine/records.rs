@@ -434,6 +434,8 @@ pub(crate) struct Applied {
     pub(crate) events: bool,
     /// Devices the list removed (delete their sessions).
     pub(crate) revoked: Vec<sotto_core::device::DeviceAddress>,
+    /// Outbox items were queued (groups for a new device of this user).
+    pub(crate) outbox: bool,
 }
 
 /// Pins a verified list of `user` if it is newer than the pinned one (see
@@ -453,7 +455,7 @@ pub(crate) fn apply_list(
     let mut out = Applied::default();
     if change.newer && !change.added.is_empty() && is_own_user(tx, &user.user)? {
         // A device joined this user: it gets the groups this one is in.
-        super::group::sync_to_own_devices(tx, user, &change.added)?;
+        out.outbox = super::group::sync_to_own_devices(tx, user, &change.added)?;
     }
     if change.newer {
         let event = |kind, device_id| EventBuilder::about(Some(user)).device(device_id).kind(kind);

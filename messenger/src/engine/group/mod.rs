@@ -687,7 +687,8 @@ pub(crate) fn sync_to_own_devices(
     tx: &mut impl Txn,
     me: &UserAddress,
     added: &[u32],
-) -> Result<()> {
+) -> Result<bool> {
+    let mut queued = false;
     for rec in records::groups(tx)? {
         if rec.status == GONE {
             continue;
@@ -710,8 +711,9 @@ pub(crate) fn sync_to_own_devices(
                 ..Default::default()
             },
         )?;
+        queued = true;
     }
-    Ok(())
+    Ok(queued)
 }
 
 /// A `GroupSync` from another device of this user: a group this device does
