@@ -220,7 +220,7 @@ async fn a_device_linked_after_joining_gets_the_group_and_its_messages() {
     bob.client.accept_request(&alice.addr).unwrap();
     let id = alice
         .client
-        .create_group("the late laptop", &[bob.addr.clone()])
+        .create_group("the late laptop", std::slice::from_ref(&bob.addr))
         .unwrap();
     let (g, effect, _) = bob.group_change().await;
     assert_eq!((g, effect), (id, GroupEffect::Applied));
