@@ -243,6 +243,12 @@ impl EventBuilder {
         self
     }
 
+    /// In a group.
+    pub(crate) fn group(mut self, id: &GroupId) -> Self {
+        self.0.group_id = id.0.to_vec();
+        self
+    }
+
     /// About one message (16-byte id).
     pub(crate) fn message_id(mut self, id: &[u8]) -> Self {
         self.0.message_id = id.to_vec();

@@ -427,6 +427,28 @@ fn failure_allowance(
 /// device (over a fresh session with `reset`, when ours is gone), if its
 /// repair budget allows and not too many are already waiting. Returns true
 /// if one was queued.
+/// Whether one more repair may be queued to `peer`'s device: fewer than
+/// [`MAX_PENDING_REPAIRS`] wait, and its repair budget has a token (taken).
+pub(crate) fn take_repair_slot(
+    tx: &mut impl Txn,
+    peer: &UserAddress,
+    device_id: u32,
+    now_ms: u64,
+) -> Result<bool> {
+    if records::pending_repairs(tx, &peer.to_string(), device_id)? >= MAX_PENDING_REPAIRS {
+        return Ok(false);
+    }
+    let mut contact = records::contact(tx, &peer.user)?.unwrap_or_default();
+    if !records::take_repair_token(&mut contact, device_id, now_ms) {
+        return Ok(false);
+    }
+    if contact.address.is_empty() {
+        contact.address = peer.to_string();
+    }
+    records::put_contact(tx, &peer.user, &contact)?;
+    Ok(true)
+}
+
 fn queue_retry_request(
     tx: &mut impl Txn,
     peer: &UserAddress,
@@ -435,15 +457,10 @@ fn queue_retry_request(
     reset: bool,
     now_ms: u64,
 ) -> Result<bool> {
+    if !take_repair_slot(tx, peer, device_id, now_ms)? {
+        return Ok(false);
+    }
     let recipient = peer.to_string();
-    if records::pending_repairs(tx, &recipient, device_id)? >= MAX_PENDING_REPAIRS {
-        return Ok(false);
-    }
-    let mut contact = records::contact(tx, &peer.user)?.unwrap_or_default();
-    if !records::take_repair_token(&mut contact, device_id, now_ms) {
-        return Ok(false);
-    }
-    records::put_contact(tx, &peer.user, &contact)?;
     records::push_outbox(
         tx,
         &pb::OutboxItem {
@@ -978,10 +995,10 @@ fn process_group<S: Store>(
             } else {
                 K::MessageRequest(m.clone())
             };
-            let mut e = EventBuilder::about(Some(&peer))
+            let e = EventBuilder::about(Some(&peer))
                 .device(g.sender_device)
+                .group(&id)
                 .kind(kind);
-            e.group_id = id.0.to_vec();
             records::push_event(tx, e)?;
             out.events = true;
             Ok(Ok(out))

@@ -328,17 +328,7 @@ impl RelayClient {
         let Resp::SendBatchOk(ok) = self.request(req).await? else {
             return Err(RelayError::UnexpectedReply);
         };
-        if ok.results.len() != n {
-            return Err(RelayError::UnexpectedReply);
-        }
-        Ok(ok
-            .results
-            .into_iter()
-            .map(|r| match r.error {
-                Some(e) => Err(frame::remote_error(&e)),
-                None => EnvelopeId::from_slice(&r.envelope_id),
-            })
-            .collect())
+        per_item(ok.results, n)
     }
 
     /// Submits one payload for many mailboxes, stored once by the relay
@@ -363,17 +353,7 @@ impl RelayClient {
         let Resp::SendSharedOk(ok) = self.request(req).await? else {
             return Err(RelayError::UnexpectedReply);
         };
-        if ok.results.len() != n {
-            return Err(RelayError::UnexpectedReply);
-        }
-        Ok(ok
-            .results
-            .into_iter()
-            .map(|r| match r.error {
-                Some(e) => Err(frame::remote_error(&e)),
-                None => EnvelopeId::from_slice(&r.envelope_id),
-            })
-            .collect())
+        per_item(ok.results, n)
     }
 
     /// Fetches up to `limit` envelopes after `after` (or from the head).
@@ -610,3 +590,21 @@ trait TakeExact: AsyncRead + Sized {
     }
 }
 impl<R: AsyncRead> TakeExact for R {}
+
+/// The relay's answer per item of a batch or shared send, checked to be one
+/// per item sent.
+fn per_item(
+    results: Vec<sotto_proto::relay::SendResult>,
+    n: usize,
+) -> Result<Vec<Result<EnvelopeId>>> {
+    if results.len() != n {
+        return Err(RelayError::UnexpectedReply);
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| match r.error {
+            Some(e) => Err(frame::remote_error(&e)),
+            None => EnvelopeId::from_slice(&r.envelope_id),
+        })
+        .collect())
+}

@@ -405,20 +405,10 @@ pub(crate) fn request_key(
     chain_id: &[u8; 16],
     now_ms: u64,
 ) -> Result<bool> {
+    if !crate::engine::inbound::take_repair_slot(tx, peer, device, now_ms)? {
+        return Ok(false);
+    }
     let recipient = peer.to_string();
-    if records::pending_repairs(tx, &recipient, device)?
-        >= crate::engine::inbound::MAX_PENDING_REPAIRS
-    {
-        return Ok(false);
-    }
-    let mut contact = records::contact(tx, &peer.user)?.unwrap_or_default();
-    if !records::take_repair_token(&mut contact, device, now_ms) {
-        return Ok(false);
-    }
-    if contact.address.is_empty() {
-        contact.address = recipient.clone();
-    }
-    records::put_contact(tx, &peer.user, &contact)?;
     records::push_outbox(
         tx,
         &pb::OutboxItem {
@@ -773,8 +763,9 @@ pub(crate) fn on_sync(
         return Err(Error::GroupRejected("sync of a group this user is not in"));
     }
     if before.as_ref() != Some(&after) {
-        let mut e =
-            EventBuilder::about(Some(me)).kind(pb::client_event::Kind::Group(pb::GroupEvent {
+        let e = EventBuilder::about(Some(me))
+            .group(&id)
+            .kind(pb::client_event::Kind::Group(pb::GroupEvent {
                 version: after.version,
                 actions: Vec::new(),
                 kind: if rec.status == INVITED {
@@ -783,7 +774,6 @@ pub(crate) fn on_sync(
                     EVENT_APPLIED
                 },
             }));
-        e.group_id = id.0.to_vec();
         records::push_event(tx, e)?;
         out.events = true;
     }
@@ -852,14 +842,14 @@ fn group_event(
     change: &VerifiedChange,
     kind: u32,
 ) -> Result<()> {
-    let mut e = EventBuilder::about(Some(author))
+    let e = EventBuilder::about(Some(author))
         .device(author_device)
+        .group(&after.id)
         .kind(pb::client_event::Kind::Group(pb::GroupEvent {
             version: after.version,
             actions: change.body.actions.clone(),
             kind,
         }));
-    e.group_id = after.id.0.to_vec();
     records::push_event(tx, e)?;
     Ok(())
 }
