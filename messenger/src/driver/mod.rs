@@ -816,9 +816,11 @@ impl<S: Store + Send + 'static> Messenger<S> {
             .inner
             .with_device(|d| d.store_mut().transaction(|tx| records::delivery(tx, &id.0)))?;
         Ok(rec
-            .devices
+            .1
             .iter()
-            .filter_map(|d| DeliveryState::from_u32(d.state).map(|s| (d.device_id, s)))
+            .filter_map(|(_, device, state)| {
+                DeliveryState::from_u32(u32::from(state)).map(|s| (device, s))
+            })
             .collect())
     }
 
@@ -834,11 +836,8 @@ impl<S: Store + Send + 'static> Messenger<S> {
             .inner
             .with_device(|d| d.store_mut().transaction(|tx| records::delivery(tx, &id.0)))?;
         let mut out = std::collections::BTreeMap::new();
-        for d in &rec.devices {
-            let (Ok(user), Some(state)) = (
-                <[u8; 32]>::try_from(d.user.as_slice()),
-                DeliveryState::from_u32(d.state),
-            ) else {
+        for (user, _, state) in rec.1.iter() {
+            let Some(state) = DeliveryState::from_u32(u32::from(state)) else {
                 continue;
             };
             let best = out.entry(user).or_insert(state);

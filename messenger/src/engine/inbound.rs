@@ -673,12 +673,8 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
                 // Only for messages that went to this very device.
                 let mut matched = Vec::new();
                 for id in &r.message_ids {
-                    let rec = records::delivery(tx, id)?;
-                    if !rec
-                        .devices
-                        .iter()
-                        .any(|d| d.user == sender.user && d.device_id == sender.device)
-                    {
+                    let (_, devices) = records::delivery(tx, id)?;
+                    if devices.state(&sender.user, sender.device).is_none() {
                         continue;
                     }
                     if records::raise_delivery(

@@ -24,6 +24,7 @@ pub mod group;
 pub(crate) mod inbound;
 pub(crate) mod link;
 pub(crate) mod outbound;
+pub(crate) mod packed;
 pub mod prekeys;
 pub(crate) mod records;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -48,8 +48,12 @@ use super::devices::{DeviceEntry, DeviceList};
 use super::envelope::{sender_mac, MacKeys};
 use super::events::{DeliveryState, EventBuilder, MessageId};
 use super::group::{self, state::GroupId};
+use super::packed::{device_key, DeviceSet, UserSet, DEVICE};
 use super::records;
 use crate::error::{Error, Fault, Result};
+
+mod plan;
+use plan::{Batch, GroupPlan, Plans, Recording};
 
 /// Attempts before a queued item is given up (with a `SendFailed` event)
 /// when the failure is the recipient's (no devices, bad list), not the network.
@@ -156,12 +160,16 @@ struct GroupItem {
     /// Targets holding the chain, waiting for the shared submission.
     ready: Vec<Target>,
     /// Devices whose token the relay refused: sent again without one.
-    tokenless: HashSet<Vec<u8>>,
+    tokenless: HashSet<[u8; DEVICE]>,
     /// Devices that hold the item's chain (read once when the item starts).
-    chain_holders: HashSet<Vec<u8>>,
+    chain_holders: DeviceSet,
     /// Relays that refused a shared submission as one they cannot take
     /// (an older relay, a smaller limit): the envelope goes per device.
     per_device: HashSet<RelayAddress>,
+    /// Shared submissions a kept plan says to make, in order.
+    planned: VecDeque<(RelayAddress, Batch)>,
+    /// This send, recorded as a plan for the next message.
+    recording: Recording,
 }
 
 /// What the planner waits for.
@@ -178,7 +186,7 @@ enum Awaiting {
     },
     GroupList(UserAddress),
     /// A shared submission to these targets (and the tokens sent).
-    Shared(Vec<(Target, Option<Zeroizing<[u8; 32]>>)>),
+    Shared(Batch),
 }
 
 /// Where the current item is.
@@ -230,14 +238,17 @@ impl Current {
     }
 }
 
-/// What a planner keeps from one pass to the next: sender-MAC keys, and
+/// What a planner keeps from one pass to the next: sender-MAC keys,
 /// decoded device lists by user (a group send reads every member's list;
 /// decoding its identity keys again each time would cost more than the
-/// send). A list is used only while the pinned one still has its hash.
+/// send; a list is used only while the pinned one still has its hash), and
+/// groups' recipients ([`plan`]).
 #[derive(Debug, Default)]
 pub(crate) struct PlannerCache {
     pub(crate) mac_keys: MacKeys,
     lists: std::collections::HashMap<[u8; 32], (Vec<u8>, DeviceList)>,
+    /// Groups' recipients from their last clean send ([`plan`]).
+    plans: Plans,
 }
 
 /// Users whose decoded list is kept (past it the cache starts again).
@@ -530,6 +541,67 @@ impl Planner {
             .clone()
             .ok_or(Error::invalid_argument("group item without its key"))?;
         let me = self.me.clone();
+        let generation = device
+            .store_mut()
+            .transaction(|tx| records::fanout_generation(tx))?;
+        let fresh_start = item.done_group_devices.is_empty() && item.group_key_devices.is_empty();
+        let (planned, fresh_until): (VecDeque<(RelayAddress, Batch)>, u64) =
+            match self.cache.plans.get(
+                &id,
+                &key.chain_id,
+                &item.group_member_ids,
+                generation,
+                now_ms,
+            ) {
+                Some((batches, until)) if fresh_start => (batches.iter().cloned().collect(), until),
+                _ => (VecDeque::new(), u64::MAX),
+            };
+        let key_content = pb::Content {
+            sender_relay: me.relay.to_string(),
+            body: Some(pb::content::Body::SenderKey(key.clone())),
+            delivery_token: Vec::new(),
+        };
+        let mut group = GroupItem {
+            id,
+            chain_id: key.chain_id.clone(),
+            key_content,
+            lists: VecDeque::new(),
+            members: Vec::new(),
+            deferred: false,
+            ready: Vec::new(),
+            tokenless: HashSet::new(),
+            chain_holders: DeviceSet::default(),
+            per_device: HashSet::new(),
+            planned,
+            recording: Recording {
+                generation,
+                fresh_until_ms: u64::MAX,
+                batches: Vec::new(),
+                clean: fresh_start,
+            },
+        };
+        let mut current = Current {
+            seq,
+            item: item.clone(),
+            to: me.clone(),
+            content: Vec::new(),
+            sync: None,
+            targets: VecDeque::new(),
+            full: None,
+            stage: Stage::GroupLists,
+            resubmit: None,
+            group: None,
+        };
+        if !group.planned.is_empty() {
+            // Nothing moved since the last clean send: the same batches
+            // (each checked against the generation again as it leaves).
+            group.recording.fresh_until_ms = fresh_until;
+            current.stage = Stage::Targets;
+            current.group = Some(group);
+            return Ok(Some(current));
+        }
+        self.cache.plans.forget(&id);
+        let members = UserSet::from_bytes(item.group_member_ids.clone())?;
         let prepared = device.store_mut().transaction(|tx| -> Result<_> {
             let state = match group::current(tx, id) {
                 Ok(s) => s,
@@ -540,62 +612,49 @@ impl Planner {
                 }
                 Err(e) => return Err(e),
             };
-            let mut members = Vec::new();
+            let mut out = Vec::new();
             let mut lists = VecDeque::new();
-            for m in &item.group_members {
-                let Ok(a) = m.parse::<UserAddress>() else {
-                    continue;
-                };
-                let Some(now) = state.members.get(&a.user) else {
+            let mut fresh_until = u64::MAX;
+            for user in members.iter() {
+                let Some(now) = state.members.get(&user) else {
                     continue; // removed since: gets nothing
                 };
-                let c = records::contact(tx, &a.user)?;
-                if a.user != me.user && c.as_ref().is_some_and(|c| c.state == records::BLOCKED) {
+                let c = records::contact(tx, &user)?;
+                if user != me.user && c.as_ref().is_some_and(|c| c.state == records::BLOCKED) {
                     continue;
                 }
-                let fresh = c.as_ref().is_some_and(|c| {
-                    !c.devices.is_empty()
-                        && now_ms.saturating_sub(c.list_checked_ms) < GROUP_LIST_MAX_AGE_MS
-                });
-                if !fresh {
-                    lists.push_back(now.address.clone());
+                let checked = c
+                    .as_ref()
+                    .filter(|c| !c.devices.is_empty())
+                    .map(|c| c.list_checked_ms);
+                match checked {
+                    Some(at) if now_ms.saturating_sub(at) < GROUP_LIST_MAX_AGE_MS => {
+                        fresh_until = fresh_until.min(at.saturating_add(GROUP_LIST_MAX_AGE_MS));
+                    }
+                    _ => {
+                        lists.push_back(now.address.clone());
+                        fresh_until = fresh_until.min(now_ms.saturating_add(GROUP_LIST_MAX_AGE_MS));
+                    }
                 }
-                members.push(now.address.clone());
+                out.push(now.address.clone());
             }
             let mut holders = group::chain_holders(tx, &id, &key.chain_id)?;
-            holders.extend(item.group_key_devices.iter().cloned());
-            Ok(Some((members, lists, holders)))
+            holders.extend(
+                DeviceSet::from_bytes(item.group_key_devices.clone())?
+                    .iter()
+                    .map(|(u, d)| device_key(&u, d)),
+            );
+            Ok(Some((out, lists, holders, fresh_until)))
         })?;
-        let Some((members, lists, chain_holders)) = prepared else {
+        let Some((members, lists, chain_holders, fresh_until)) = prepared else {
             return Ok(None);
         };
-        Ok(Some(Current {
-            seq,
-            item: item.clone(),
-            to: me.clone(),
-            content: Vec::new(),
-            sync: None,
-            targets: VecDeque::new(),
-            full: None,
-            stage: Stage::GroupLists,
-            resubmit: None,
-            group: Some(GroupItem {
-                id,
-                chain_id: key.chain_id.clone(),
-                key_content: pb::Content {
-                    sender_relay: me.relay.to_string(),
-                    body: Some(pb::content::Body::SenderKey(key)),
-                    delivery_token: Vec::new(),
-                },
-                lists,
-                members,
-                deferred: false,
-                ready: Vec::new(),
-                tokenless: HashSet::new(),
-                chain_holders,
-                per_device: HashSet::new(),
-            }),
-        }))
+        group.members = members;
+        group.lists = lists;
+        group.chain_holders = chain_holders;
+        group.recording.fresh_until_ms = fresh_until;
+        current.group = Some(group);
+        Ok(Some(current))
     }
 
     /// A group member's list arrived: verify and pin it.
@@ -630,7 +689,7 @@ impl Planner {
             return Err(Error::invalid_argument("not a group item"));
         };
         let members = g.members.clone();
-        let done: HashSet<Vec<u8>> = cur.item.done_group_devices.iter().cloned().collect();
+        let done = DeviceSet::from_bytes(cur.item.done_group_devices.clone())?;
         let mut targets = VecDeque::new();
         let mut count = 0usize;
         let cache = &mut self.cache;
@@ -645,7 +704,7 @@ impl Planner {
                 for d in list.devices.iter().take(MAX_DEVICES_PER_MEMBER) {
                     count += 1;
                     if (m.user == me.user && d.device_id == my_id)
-                        || done.contains(&group::device_key(&m.user, d.device_id))
+                        || done.contains(&m.user, d.device_id)
                     {
                         continue;
                     }
@@ -818,6 +877,9 @@ impl Planner {
                 break;
             }
             if blocked || !listed {
+                if let Some(g) = cur.group.as_mut() {
+                    g.recording.clean = false;
+                }
                 cur.targets.pop_front();
                 continue;
             }
@@ -826,18 +888,19 @@ impl Planner {
                 // Per relay, in order: a target on a held relay waits.
                 if self.held.contains(&t.user.relay) {
                     g.deferred = true;
+                    g.recording.clean = false;
                     cur.targets.pop_front();
                     continue;
                 }
                 cur.to = t.user.clone();
-                let dk = group::device_key(&user, id);
-                let given = g.chain_holders.contains(&dk);
-                if given {
+                if g.chain_holders.contains(&user, id) {
                     // Sent with the others on its relay, once.
                     g.ready.push(t.clone());
                     cur.targets.pop_front();
                     continue;
                 }
+                // A key goes out: the next send will not look like this one.
+                g.recording.clean = false;
                 carries = Carries::GroupKey;
             }
             let addr = DeviceAddress::new(t.user.user.to_vec(), t.device.device_id);
@@ -909,6 +972,43 @@ impl Planner {
         // A group item: every device holding the chain gets the envelope,
         // one shared submission per relay.
         if let Some(g) = cur.group.as_mut() {
+            // A kept plan's next batch, if nothing moved since it was made
+            // (read again: the last submission was I/O, and the receive
+            // loop may have committed meanwhile).
+            if let Some((relay, batch)) = g.planned.pop_front() {
+                let generation = device
+                    .store_mut()
+                    .transaction(|tx| records::fanout_generation(tx))?;
+                if generation == g.recording.generation && !self.held.contains(&relay) {
+                    g.recording.batches.push((relay.clone(), batch.clone()));
+                    let recipients = batch
+                        .iter()
+                        .map(|(t, token)| (t.device.mailbox, token.clone()))
+                        .collect();
+                    if let Some((t, _)) = batch.first() {
+                        cur.to = t.user.clone();
+                    }
+                    self.awaiting = Some(Awaiting::Shared(batch));
+                    return Ok(Some(Step::SubmitShared {
+                        relay,
+                        envelope: cur.item.group_envelope.clone(),
+                        recipients,
+                    }));
+                }
+                // Something moved: this batch and the rest are checked
+                // device by device.
+                g.recording.clean = false;
+                let rest = std::iter::once((relay, batch)).chain(g.planned.drain(..));
+                for (_, b) in rest.collect::<Vec<_>>() {
+                    for (t, _) in b.iter() {
+                        if self.held.contains(&t.user.relay) {
+                            g.deferred = true;
+                        } else {
+                            g.ready.push(t.clone());
+                        }
+                    }
+                }
+            }
             if let Some(relay) = g.ready.first().map(|t| t.user.relay.clone()) {
                 let (batch, rest): (Vec<Target>, Vec<Target>) = std::mem::take(&mut g.ready)
                     .into_iter()
@@ -928,7 +1028,12 @@ impl Planner {
                 // may name one mailbox; the relay refuses a request naming
                 // it twice).
                 let (with_tokens, dropped) = device.store_mut().transaction(|tx| -> Result<_> {
-                    let state = group::current(tx, gid).ok();
+                    let members = match records::group_head(tx, &gid.0)? {
+                        Some((status, members)) if status != group::GONE => Some(members),
+                        _ => group::current(tx, gid)
+                            .ok()
+                            .map(|s| UserSet::of(s.members.keys())),
+                    };
                     let mut contacts: std::collections::HashMap<
                         [u8; 32],
                         Option<pb::ContactRecord>,
@@ -944,7 +1049,7 @@ impl Planner {
                             }
                         };
                         let c = c.as_ref();
-                        let still = state.as_ref().is_some_and(|s| s.is_member(&user))
+                        let still = members.as_ref().is_some_and(|m| m.contains(&user))
                             && !(user != me && c.is_some_and(|c| c.state == records::BLOCKED))
                             && c.is_some_and(|c| {
                                 records::lists_identity(
@@ -953,11 +1058,11 @@ impl Planner {
                                     t.device.identity.as_bytes(),
                                 )
                             });
+                        let dk = device_key(&user, t.device.device_id);
                         if !still || !mailboxes.insert(t.device.mailbox) {
-                            dropped.push(group::device_key(&user, t.device.device_id));
+                            dropped.push(dk);
                             continue;
                         }
-                        let dk = group::device_key(&user, t.device.device_id);
                         let token = if tokenless.contains(&dk) {
                             None
                         } else {
@@ -968,7 +1073,13 @@ impl Planner {
                     Ok((out, dropped))
                 })?;
                 // Nothing goes to those: they are done for this item.
-                cur.item.done_group_devices.extend(dropped);
+                if !dropped.is_empty() {
+                    g.recording.clean = false;
+                    let mut done =
+                        DeviceSet::from_bytes(std::mem::take(&mut cur.item.done_group_devices))?;
+                    done.extend(dropped);
+                    cur.item.done_group_devices = done.into_bytes();
+                }
                 if with_tokens.is_empty() {
                     return self.next_target(device, rng);
                 }
@@ -978,6 +1089,7 @@ impl Planner {
                     .collect();
                 cur.to = with_tokens[0].0.user.clone();
                 if per_device {
+                    g.recording.clean = false;
                     // One device: a plain submission. The target goes back
                     // in front, where the answer finds it.
                     let (t, token) = with_tokens
@@ -998,7 +1110,9 @@ impl Planner {
                         token,
                     }));
                 }
-                self.awaiting = Some(Awaiting::Shared(with_tokens));
+                let batch: Batch = std::sync::Arc::new(with_tokens);
+                g.recording.batches.push((relay.clone(), batch.clone()));
+                self.awaiting = Some(Awaiting::Shared(batch));
                 return Ok(Some(Step::SubmitShared {
                     relay,
                     envelope: cur.item.group_envelope.clone(),
@@ -1105,7 +1219,8 @@ impl Planner {
             if let Some(cur) = self.current.as_mut() {
                 cur.targets.pop_front();
             }
-            return self.on_shared(device, vec![(t, None)], Ok(vec![Ok(envelope_id)]), now_ms);
+            let one: Batch = std::sync::Arc::new(vec![(t, None)]);
+            return self.on_shared(device, one, Ok(vec![Ok(envelope_id)]), now_ms);
         }
         if t.own {
             cur.item.done_own_devices.push(device_id);
@@ -1171,7 +1286,7 @@ impl Planner {
     fn on_shared<S: Store>(
         &mut self,
         device: &mut Device<S>,
-        batch: Vec<(Target, Option<Zeroizing<[u8; 32]>>)>,
+        batch: Batch,
         result: Result<Vec<Result<EnvelopeId>>>,
         now_ms: u64,
     ) -> Result<()> {
@@ -1195,8 +1310,9 @@ impl Planner {
                 let cur = self.current_mut()?;
                 if let (Some(g), Some((t, _))) = (cur.group.as_mut(), batch.first()) {
                     tracing::debug!(error = %e, "relay takes group envelopes per device");
+                    g.recording.clean = false;
                     g.per_device.insert(t.user.relay.clone());
-                    g.ready.extend(batch.into_iter().map(|(t, _)| t));
+                    g.ready.extend(batch.iter().map(|(t, _)| t.clone()));
                 }
                 return Ok(());
             }
@@ -1209,14 +1325,13 @@ impl Planner {
         if cur.group.is_none() {
             return Err(Error::invalid_argument("not a group item"));
         }
-        let mut done = Vec::new();
-        for ((t, token), r) in batch.into_iter().zip(results) {
-            let dk = group::device_key(&t.user.user, t.device.device_id);
+        let mut done = Vec::with_capacity(batch.len());
+        let mut clean = true;
+        for ((t, token), r) in batch.iter().zip(results) {
+            let dk = device_key(&t.user.user, t.device.device_id);
+            clean &= r.is_ok();
             match r {
-                Ok(_) => {
-                    cur.item.done_group_devices.push(dk);
-                    done.push(t);
-                }
+                Ok(_) => done.push(t),
                 Err(e) if e.relay_code() == Some(ErrorCode::BadDeliveryToken) => {
                     if let Some(refused) = token {
                         device.store_mut().transaction(|tx| {
@@ -1224,12 +1339,12 @@ impl Planner {
                                 tx,
                                 &t.user.user,
                                 t.device.device_id,
-                                &refused,
+                                refused,
                             )
                         })?;
                         if let Some(g) = cur.group.as_mut() {
                             g.tokenless.insert(dk);
-                            g.ready.push(t);
+                            g.ready.push(t.clone());
                         }
                     }
                 }
@@ -1246,6 +1361,15 @@ impl Planner {
                 }
             }
         }
+        if let Some(g) = cur.group.as_mut() {
+            g.recording.clean &= clean;
+        }
+        let mut done_set = DeviceSet::from_bytes(std::mem::take(&mut cur.item.done_group_devices))?;
+        done_set.extend(
+            done.iter()
+                .map(|t| device_key(&t.user.user, t.device.device_id)),
+        );
+        cur.item.done_group_devices = done_set.into_bytes();
         let (seq, progress) = (cur.seq, cur.item.clone());
         let message_id = progress.message_id.clone();
         // The delivery states are recorded (`delivery(id)`: "read by 5 of
@@ -1286,11 +1410,12 @@ impl Planner {
             Some(g) => (g.id, g.chain_id.clone()),
             None => return Err(Error::invalid_argument("not a group item")),
         };
-        let dk = group::device_key(&user, device_id);
         if let Some(g) = cur.group.as_mut() {
-            g.chain_holders.insert(dk.clone());
+            g.chain_holders.insert(&user, device_id);
         }
-        cur.item.group_key_devices.push(dk);
+        let mut given = DeviceSet::from_bytes(std::mem::take(&mut cur.item.group_key_devices))?;
+        given.insert(&user, device_id);
+        cur.item.group_key_devices = given.into_bytes();
         let (seq, progress) = (cur.seq, cur.item.clone());
         device.store_mut().transaction(|tx| -> Result<()> {
             group::mark_distributed(tx, &gid, &chain_id, &user, device_id)?;
@@ -1309,6 +1434,9 @@ impl Planner {
             self.pass.pending = true;
             return Ok(());
         }
+        if let Some(g) = cur.group.take() {
+            self.keep_plan(device, &cur.item, g, cur.full.is_none())?;
+        }
         match cur.full.take() {
             Some(e) => {
                 let relay = Some(cur.to.relay.clone());
@@ -1324,6 +1452,37 @@ impl Planner {
         }
     }
 
+    /// Keeps a group send's batches for the next message if it went
+    /// cleanly, in one shared submission per batch, and nothing moved.
+    fn keep_plan<S: Store>(
+        &mut self,
+        device: &mut Device<S>,
+        item: &pb::OutboxItem,
+        g: GroupItem,
+        all_sent: bool,
+    ) -> Result<()> {
+        let r = g.recording;
+        if !(all_sent && r.clean && !r.batches.is_empty()) {
+            return Ok(());
+        }
+        let generation = device
+            .store_mut()
+            .transaction(|tx| records::fanout_generation(tx))?;
+        if generation == r.generation {
+            self.cache.plans.put(
+                g.id,
+                GroupPlan {
+                    generation,
+                    chain_id: g.chain_id,
+                    members: item.group_member_ids.clone(),
+                    fresh_until_ms: r.fresh_until_ms,
+                    batches: r.batches,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// The current item failed with `e`.
     fn fail_current<S: Store>(&mut self, device: &mut Device<S>, e: Error) -> Result<()> {
         self.awaiting = None;
@@ -1332,6 +1491,9 @@ impl Planner {
                 // One member device's problem (a bad bundle, a refusal that
                 // repeats) skips that device, not the group.
                 tracing::debug!(error = %e, "group target skipped");
+                if let Some(g) = cur.group.as_mut() {
+                    g.recording.clean = false;
+                }
                 cur.targets.pop_front();
                 return Ok(());
             }

@@ -13,11 +13,13 @@
 //! `dto` this device's delivery token (raw 32 bytes), `dta` the one last
 //! announced (raw); `dt/`+user+u32be(device)
 //! a peer device's delivery token (raw 32 bytes, deleted with the device);
-//! groups: `gr/`+group id the group record, `gk/`+group id this device's
+//! groups: `gr/`+group id the group record, `gh/`+group id its head (written
+//! with it), `gk/`+group id this device's
 //! sending chain, `gx/`+group id+user+u32be(device) the chains a member
 //! device handed us (at most 2), `gi/`+user+u32be(device)+chain id the
 //! group that chain belongs to (raw 32 bytes), `gp` distributions waiting
-//! for their group or member (at most 64).
+//! for their group or member (at most 64); `fg` the fan-out generation
+//! (u64be, raised by every write that changes who a group message goes to).
 //! Every row a peer can make us write is bounded: by time (pruned after
 //! [`super::RECORD_RETENTION_MS`]) or by count (requests).
 
@@ -26,6 +28,7 @@ use sotto_proto::client as pb;
 
 use super::devices::DeviceList;
 use super::events::{DeliveryState, EventBuilder};
+use super::packed::{Deliveries, UserSet};
 use crate::error::{Error, Result};
 use sotto_core::store::{Table, Txn};
 
@@ -47,6 +50,8 @@ const OWN_DELIVERY_TOKEN: &[u8] = b"dto";
 const ANNOUNCED_DELIVERY_TOKEN: &[u8] = b"dta";
 const DELIVERY_TOKEN: &[u8] = b"dt/";
 const GROUP: &[u8] = b"gr/";
+const GROUP_HEAD: &[u8] = b"gh/";
+const FANOUT_GENERATION: &[u8] = b"fg";
 const OWN_SENDER_KEY: &[u8] = b"gk/";
 const SENDER_KEYS: &[u8] = b"gx/";
 const CHAIN_INDEX: &[u8] = b"gi/";
@@ -281,8 +286,13 @@ pub(crate) fn prune(tx: &mut impl Txn, cutoff_ms: u64) -> Result<()> {
 }
 
 /// Delivery state of a message this device sent.
-pub(crate) fn delivery(tx: &impl Txn, message_id: &[u8]) -> Result<pb::DeliveryRecord> {
-    Ok(get(tx, &key(DELIVERY, &[message_id]))?.unwrap_or_default())
+pub(crate) fn delivery(
+    tx: &impl Txn,
+    message_id: &[u8],
+) -> Result<(pb::DeliveryRecord, Deliveries)> {
+    let mut rec: pb::DeliveryRecord = get(tx, &key(DELIVERY, &[message_id]))?.unwrap_or_default();
+    let devices = Deliveries::from_bytes(std::mem::take(&mut rec.devices))?;
+    Ok((rec, devices))
 }
 
 /// Raises one device's delivery state (never lowers it); true if it changed.
@@ -311,34 +321,11 @@ pub(crate) fn raise_delivery_many(
     now_ms: u64,
 ) -> Result<Vec<usize>> {
     let state = DeliveryState::stored(state);
-    let mut rec = delivery(tx, message_id)?;
-    let mut at: std::collections::HashMap<(Vec<u8>, u32), usize> = rec
-        .devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| ((d.user.clone(), d.device_id), i))
-        .collect();
-    let mut changed = Vec::new();
-    for (k, (user, device_id)) in devices.iter().enumerate() {
-        match at.get(&(user.to_vec(), *device_id)) {
-            Some(&i) if rec.devices[i].state >= state => {}
-            Some(&i) => {
-                rec.devices[i].state = state;
-                changed.push(k);
-            }
-            None if state <= 1 => {
-                at.insert((user.to_vec(), *device_id), rec.devices.len());
-                rec.devices.push(pb::DeviceDelivery {
-                    user: user.to_vec(),
-                    device_id: *device_id,
-                    state,
-                });
-                changed.push(k);
-            }
-            None => {}
-        }
-    }
+    let (mut rec, mut entries) = delivery(tx, message_id)?;
+    let byte = u8::try_from(state).map_err(|_| Error::invalid_argument("delivery state"))?;
+    let changed = entries.raise(devices, byte, state <= 1);
     if !changed.is_empty() {
+        rec.devices = entries.into_bytes();
         if rec.at_ms == 0 {
             rec.at_ms = now_ms;
             tx.put(
@@ -357,14 +344,44 @@ pub(crate) fn contact(tx: &impl Txn, user: &[u8]) -> Result<Option<pb::ContactRe
     get(tx, &key(CONTACT, &[user]))
 }
 
-/// Writes a contact's record.
+/// Writes a contact's record (and raises the fan-out generation if what
+/// decides where a message goes changed: its address, state or devices).
 pub(crate) fn put_contact(tx: &mut impl Txn, user: &[u8], c: &pb::ContactRecord) -> Result<()> {
+    let same = contact(tx, user)?.is_some_and(|old| {
+        old.address == c.address
+            && old.state == c.state
+            && old.device_list_hash == c.device_list_hash
+            && old.devices == c.devices
+    });
+    if !same {
+        bump_fanout(tx)?;
+    }
     put(tx, &key(CONTACT, &[user]), c)
 }
 
 /// Deletes a contact's record.
 pub(crate) fn delete_contact(tx: &mut impl Txn, user: &[u8]) -> Result<()> {
+    bump_fanout(tx)?;
     Ok(tx.delete(Table::App, &key(CONTACT, &[user]))?)
+}
+
+/// The fan-out generation: raised in the same commit as every write that
+/// changes who a group message goes to or with which token (a contact's
+/// devices or state, a delivery token, a group, a sending chain's holders),
+/// so that a sender can keep a group's recipients while it has not moved.
+pub(crate) fn fanout_generation(tx: &impl Txn) -> Result<u64> {
+    match tx.get(Table::App, FANOUT_GENERATION)? {
+        None => Ok(0),
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::corrupt("app")),
+    }
+}
+
+/// Raises the fan-out generation.
+pub(crate) fn bump_fanout(tx: &mut impl Txn) -> Result<()> {
+    let next = fanout_generation(tx)?.wrapping_add(1);
+    Ok(tx.put(Table::App, FANOUT_GENERATION, &next.to_be_bytes())?)
 }
 
 /// Every contact record, with its user id.
@@ -541,6 +558,7 @@ pub(crate) fn put_delivery_token(
     {
         return Ok(());
     }
+    bump_fanout(tx)?;
     Ok(tx.put(Table::App, &k, token)?)
 }
 
@@ -573,6 +591,7 @@ pub(crate) fn set_announced_delivery_token(tx: &mut impl Txn, token: &[u8; 32]) 
 
 /// Forgets a peer device's delivery token (replaced, or the device removed).
 pub(crate) fn delete_delivery_token(tx: &mut impl Txn, user: &[u8], device: u32) -> Result<()> {
+    bump_fanout(tx)?;
     Ok(tx.delete(
         Table::App,
         &key(DELIVERY_TOKEN, &[user, &device.to_be_bytes()]),
@@ -644,9 +663,31 @@ pub(crate) fn group(tx: &impl Txn, id: &[u8; 32]) -> Result<Option<pb::GroupReco
     get(tx, &key(GROUP, &[id]))
 }
 
-/// Writes a group record.
+/// Writes a group record, and its head.
 pub(crate) fn put_group(tx: &mut impl Txn, id: &[u8; 32], g: &pb::GroupRecord) -> Result<()> {
+    let mut ids = Vec::new();
+    if let Some(state) = &g.state {
+        for m in &state.members {
+            let a: super::address::UserAddress =
+                m.address.parse().map_err(|_| Error::corrupt("app"))?;
+            ids.push(a.user);
+        }
+    }
+    let head = pb::GroupHead {
+        status: g.status,
+        member_ids: UserSet::of(&ids).into_bytes(),
+    };
+    bump_fanout(tx)?;
+    put(tx, &key(GROUP_HEAD, &[id]), &head)?;
     put(tx, &key(GROUP, &[id]), g)
+}
+
+/// A group's head (its status and members), without its history.
+pub(crate) fn group_head(tx: &impl Txn, id: &[u8; 32]) -> Result<Option<(u32, UserSet)>> {
+    match get::<pb::GroupHead>(tx, &key(GROUP_HEAD, &[id]))? {
+        Some(h) => Ok(Some((h.status, UserSet::from_bytes(h.member_ids)?))),
+        None => Ok(None),
+    }
 }
 
 /// Every group record.

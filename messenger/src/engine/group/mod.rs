@@ -32,6 +32,7 @@ use self::state::{sign_change, GroupId, GroupState, VerifiedChange, MAX_GROUP_ME
 use super::account::DeviceCertificate;
 use super::address::UserAddress;
 use super::events::{EventBuilder, MessageId};
+use super::packed::{DeviceSet, UserSet};
 use super::records::{self, ACCEPTED};
 use crate::error::{Error, Result};
 
@@ -1021,9 +1022,19 @@ pub(crate) fn queue_message<S: Store>(
     let device_id = device.device_id();
     let fresh = SendingChain::generate(rng);
     device.store_mut().transaction(|tx| -> Result<()> {
-        let state = current(tx, id)?;
-        let rec = records::group(tx, &id.0)?.ok_or(Error::UnknownGroup)?;
-        if rec.status != MEMBER {
+        // The head, not the record: a message never decodes the history.
+        let (status, members) = match records::group_head(tx, &id.0)? {
+            Some(head) => head,
+            None => {
+                let rec = records::group(tx, &id.0)?.ok_or(Error::UnknownGroup)?;
+                let members = UserSet::of(stored_state(&rec)?.members.keys());
+                (rec.status, members)
+            }
+        };
+        if status == GONE {
+            return Err(Error::UnknownGroup);
+        }
+        if status != MEMBER {
             return Err(Error::NotAccepted);
         }
         let mut own = records::own_sender_key(tx, &id.0)?;
@@ -1080,11 +1091,7 @@ pub(crate) fn queue_message<S: Store>(
                 group_id: id.0.to_vec(),
                 group_envelope: envelope.encode_to_vec(),
                 group_key: Some(distribution_to_pb(&id, &position)),
-                group_members: state
-                    .members
-                    .values()
-                    .map(|m| m.address.to_string())
-                    .collect(),
+                group_member_ids: members.into_bytes(),
                 ..Default::default()
             },
         )?;
@@ -1093,24 +1100,13 @@ pub(crate) fn queue_message<S: Store>(
     Ok(MessageId(msg_id))
 }
 
-/// `user || u32be(device)`: how an item and a chain name a member device.
-pub(crate) fn device_key(user: &[u8; 32], device: u32) -> Vec<u8> {
-    let mut k = user.to_vec();
-    k.extend_from_slice(&device.to_be_bytes());
-    k
-}
-
-/// The devices (`user || u32be(device)`) that hold this device's chain
-/// `chain_id` in group `id` (none if the chain was replaced since).
-pub(crate) fn chain_holders(
-    tx: &impl Txn,
-    id: &GroupId,
-    chain_id: &[u8],
-) -> Result<std::collections::HashSet<Vec<u8>>> {
-    Ok(match records::own_sender_key(tx, &id.0)? {
-        Some(own) if own.chain_id == chain_id => own.distributed.into_iter().collect(),
-        _ => Default::default(),
-    })
+/// The devices that hold this device's chain `chain_id` in group `id`
+/// (none if the chain was replaced since).
+pub(crate) fn chain_holders(tx: &impl Txn, id: &GroupId, chain_id: &[u8]) -> Result<DeviceSet> {
+    match records::own_sender_key(tx, &id.0)? {
+        Some(own) if own.chain_id == chain_id => DeviceSet::from_bytes(own.distributed),
+        _ => Ok(DeviceSet::default()),
+    }
 }
 
 /// Records that `(user, device)` has the chain `chain_id` now.
@@ -1124,10 +1120,15 @@ pub(crate) fn mark_distributed(
     let Some(mut own) = records::own_sender_key(tx, &id.0)? else {
         return Ok(());
     };
-    let k = device_key(user, device);
-    if own.chain_id == chain_id && !own.distributed.contains(&k) {
-        own.distributed.push(k);
+    if own.chain_id != chain_id {
+        return Ok(());
+    }
+    let mut holders = DeviceSet::from_bytes(std::mem::take(&mut own.distributed))?;
+    if holders.insert(user, device) {
+        own.distributed = holders.into_bytes();
         records::put_own_sender_key(tx, &id.0, Some(&own))?;
+        // Who a message goes to as one shared envelope changed.
+        records::bump_fanout(tx)?;
     }
     Ok(())
 }

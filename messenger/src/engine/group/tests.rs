@@ -168,6 +168,64 @@ fn a_removed_member_reads_nothing_sent_after() {
     assert_eq!(group_texts(&mut alice, 0), ["before", "after"]);
 }
 
+/// The sender keeps a group's recipients from one clean send to the next
+/// (`outbound::plan`); a device its user removed (a stolen phone) must
+/// still get nothing sent after the sender learns of it, and a member the
+/// sender blocks nothing at all, though nothing else about the group moved.
+#[test]
+fn kept_recipients_never_outlive_a_removed_device_or_a_block() {
+    let (mut net, mut alice, mut bob, mut carol, id) = three();
+    // The first message hands out Bob's key; the second goes out as a
+    // kept plan would.
+    for text in ["one", "two"] {
+        send(&mut bob, 0, id, text);
+        net.pass(&mut bob, 0);
+    }
+    net.deliver(&mut alice, 1);
+    assert_eq!(group_texts(&mut alice, 1), ["one", "two"]);
+    // Alice drops her second device; Bob pins the list that no longer
+    // names it (as the receive loop would).
+    let kept = alice.devices[0].device.device_id();
+    let mut list = alice.list(2);
+    list.devices.retain(|d| d.device_id == kept);
+    net.lists
+        .insert(alice.account.public(), alice.signed_list(&list));
+    let addr = alice.address();
+    bob.devices[0]
+        .device
+        .store_mut()
+        .transaction(|tx| records::apply_list(tx, &addr, &list, NOW).map(|_| ()))
+        .unwrap();
+    send(&mut bob, 0, id, "three");
+    net.pass(&mut bob, 0);
+    assert!(
+        net.deliver(&mut alice, 1).is_empty(),
+        "a removed device gets nothing"
+    );
+    net.deliver(&mut alice, 0);
+    assert_eq!(group_texts(&mut alice, 0), ["one", "two", "three"]);
+    // Bob blocks Carol: his next message does not reach her.
+    net.deliver(&mut carol, 0);
+    let carol_user = carol.address().user;
+    bob.devices[0]
+        .device
+        .store_mut()
+        .transaction(|tx| {
+            let mut c = records::contact(tx, &carol_user)?.unwrap_or_default();
+            c.state = records::BLOCKED;
+            records::put_contact(tx, &carol_user, &c)
+        })
+        .unwrap();
+    send(&mut bob, 0, id, "four");
+    net.pass(&mut bob, 0);
+    assert!(
+        net.deliver(&mut carol, 0).is_empty(),
+        "a blocked member gets nothing"
+    );
+    net.deliver(&mut alice, 0);
+    assert_eq!(group_texts(&mut alice, 0), ["one", "two", "three", "four"]);
+}
+
 #[test]
 fn a_replayed_or_forged_group_message_never_shows() {
     let (mut net, mut alice, mut bob, mut carol, id) = three();
