@@ -48,6 +48,8 @@ const REDACTED: &[&str] = &[
     "sotto.client.v1.GroupEvent",
     "sotto.client.v1.GroupChange",
     "sotto.client.v1.GroupAction",
+    "sotto.client.v1.Fragment",
+    "sotto.client.v1.GroupHead",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -92,6 +92,15 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 )),
             }
             .encode_to_vec(),
+            // The first piece of a content over one envelope.
+            crate::engine::fragments::split(&[7u8; crate::engine::fragments::FRAGMENT_BYTES + 1])
+                .ok()
+                .and_then(|p| p.into_iter().next())
+                .unwrap_or_default(),
+        ],
+        "stored_records" => vec![
+            [&[7u8][..], &[1u8; 36], &[2u8; 36]].concat(),
+            [&[6u8][..], &pb::GroupRecord::default().encode_to_vec()].concat(),
         ],
         "addresses" => vec![
             p.alice.to_string().into_bytes(),
@@ -161,7 +170,7 @@ pub fn stored_records(data: &[u8]) {
     let Some((kind, rest)) = data.split_first() else {
         return;
     };
-    match kind % 6 {
+    match kind % 8 {
         0 => {
             let _ = SessionState::from_bytes(rest);
         }
@@ -181,6 +190,21 @@ pub fn stored_records(data: &[u8]) {
         }
         4 => {
             let _ = AttachmentRef::from_bytes(rest);
+        }
+        6 => {
+            // A group record: its state, root and history as a send or a
+            // receive reads them.
+            if let Ok(r) = pb::GroupRecord::decode(rest) {
+                let _ = crate::engine::group::read_stored(&r);
+            }
+        }
+        7 => {
+            // The packed sets (members, holders, done devices, deliveries).
+            use crate::engine::packed::{Deliveries, DeviceSet, UserSet};
+            let _ = UserSet::from_bytes(rest.to_vec()).map(|u| u.contains(&[1; 32]));
+            let _ = DeviceSet::from_bytes(rest.to_vec()).map(|mut d| d.insert(&[1; 32], 1));
+            let _ = Deliveries::from_bytes(rest.to_vec())
+                .map(|mut d| d.raise(&[(&[1u8; 32][..], 1)], 2, true));
         }
         _ => {
             // A client store whose config row is hostile.

@@ -49,6 +49,8 @@ redacted!(
     client::GroupEvent,
     client::GroupChange,
     client::GroupAction,
+    client::Fragment,
+    client::GroupHead,
 );
 
 impl fmt::Debug for crate::client::group_action::Action {
@@ -101,6 +103,7 @@ impl fmt::Debug for crate::client::content::Body {
             B::SenderKey(_) => "SenderKey(<redacted>)",
             B::GroupSync(_) => "GroupSync(<redacted>)",
             B::SenderKeyRequest(_) => "SenderKeyRequest(..)",
+            B::Fragment(_) => "Fragment(<redacted>)",
         })
     }
 }

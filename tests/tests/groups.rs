@@ -269,3 +269,53 @@ async fn a_device_linked_after_joining_gets_the_group_and_its_messages() {
         );
     }
 }
+
+/// Alice removes Carol and her process dies at once (the client dropped
+/// with nothing flushed, before the change or any message left): the
+/// removal and the end of Alice's sending chain were one commit, so after a
+/// restart the change still goes out, Alice's next message is under a chain
+/// Carol never gets, and Carol's mailbox receives no group message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_a_removal_never_lets_the_removed_member_read_on() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    let open = |key: [u8; 32]| {
+        SqliteStore::open(dir.path().join("alice.db"), &StorageKey::new(key)).unwrap()
+    };
+    let alice = Messenger::create(open(key), RelayAddress::new(relay.addr, relay.pin))
+        .await
+        .unwrap();
+    let bob = User::join(&relay).await;
+    let carol = User::join(&relay).await;
+    let id = alice
+        .create_group("the crash test", &[bob.addr.clone(), carol.addr.clone()])
+        .unwrap();
+    for u in [&bob, &carol] {
+        u.group_change().await;
+        u.client.accept_group(id).unwrap();
+    }
+    alice.send_group_text(id, "before").unwrap();
+    for u in [&bob, &carol] {
+        assert_eq!(u.group_text().await.2, "before");
+    }
+
+    alice.remove_group_member(id, &carol.addr).unwrap();
+    drop(alice);
+    let alice = Messenger::open(open(key)).await.unwrap();
+    assert!(!alice
+        .group(id)
+        .unwrap()
+        .unwrap()
+        .state
+        .members
+        .contains_key(&carol.addr.user));
+    let (_, effect, _) = bob.group_change().await;
+    assert_eq!(effect, GroupEffect::Applied);
+    let (_, effect, _) = carol.group_change().await;
+    assert_eq!(effect, GroupEffect::RemovedYou);
+    alice.send_group_text(id, "after the crash").unwrap();
+    assert_eq!(bob.group_text().await.2, "after the crash");
+    assert_eq!(carol.stray(Duration::from_millis(500)).await, 0);
+}

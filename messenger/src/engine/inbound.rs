@@ -32,6 +32,7 @@ use super::address::{RelayAddress, UserAddress};
 use super::devices::DeviceList;
 use super::envelope::verify_sender_mac;
 use super::events::{message_from_pb, DeliveryState, EventBuilder, MAX_RECEIPT_IDS};
+use super::fragments;
 use super::group::{self, state::GroupId};
 use super::records::{self, ACCEPTED, BLOCKED, STRANGER};
 use crate::error::{Error, Fault, Result};
@@ -566,6 +567,17 @@ fn take_held_slot(tx: &mut impl Txn, user: &[u8; 32]) -> Result<bool> {
 /// invalid becomes an event; only a local failure is an `Err` (which rolls
 /// the whole envelope back for a later retry).
 fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Outcome> {
+    apply_content(tx, sender, plaintext, false)
+}
+
+/// [`apply`]; `joined`: the plaintext is a whole joined from fragments (it
+/// cannot be a fragment itself).
+fn apply_content(
+    tx: &mut impl Txn,
+    sender: &Sender<'_>,
+    plaintext: &[u8],
+    joined: bool,
+) -> Result<Outcome> {
     let mut contact = records::contact(tx, &sender.user)?.unwrap_or_default();
     let known_peer: Option<UserAddress> = if sender.is_own_user() {
         Some(sender.me.clone())
@@ -575,6 +587,21 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
     let Ok(content) = pb::Content::decode(plaintext) else {
         return invalid_content(tx, sender, known_peer.as_ref(), "undecodable");
     };
+    // A piece of a larger content: kept until the whole is in, which is
+    // then applied as one content from this device.
+    if let Some(pb::content::Body::Fragment(f)) = &content.body {
+        if joined {
+            return invalid_content(tx, sender, known_peer.as_ref(), "fragment in a fragment");
+        }
+        let stranger = !sender.is_own_user() && sender.state != ACCEPTED;
+        return match fragments::join(tx, stranger, &sender.user, sender.device, f)? {
+            fragments::Joined::Waiting => Ok(Outcome::default()),
+            fragments::Joined::Whole(whole) => apply_content(tx, sender, &whole, true),
+            fragments::Joined::Refused(why) => {
+                invalid_content(tx, sender, known_peer.as_ref(), why)
+            }
+        };
+    }
     // Learn (or confirm) the sender's home relay for replies. A stranger's
     // relay is only recorded: nothing connects to it until the user accepts.
     let peer = if content.sender_relay.is_empty() || sender.is_own_user() {
@@ -863,7 +890,9 @@ fn apply(tx: &mut impl Txn, sender: &Sender<'_>, plaintext: &[u8]) -> Result<Out
                     Err(e) => return Err(e),
                 }
             }
-            None => return invalid_content(tx, sender, Some(&peer), "no body"),
+            Some(pb::content::Body::Fragment(_)) | None => {
+                return invalid_content(tx, sender, Some(&peer), "no body")
+            }
         }
     }
     // A stranger's token is not kept: nothing goes to it until the user

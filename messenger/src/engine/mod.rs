@@ -20,6 +20,7 @@ pub mod address;
 pub mod devices;
 pub mod envelope;
 pub mod events;
+pub(crate) mod fragments;
 pub mod group;
 pub(crate) mod inbound;
 pub(crate) mod link;

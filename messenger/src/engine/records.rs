@@ -19,7 +19,8 @@
 //! device handed us (at most 2), `gi/`+user+u32be(device)+chain id the
 //! group that chain belongs to (raw 32 bytes), `gp` distributions waiting
 //! for their group or member (at most 64); `fg` the fan-out generation
-//! (u64be, raised by every write that changes who a group message goes to).
+//! (u64be, raised by every write that changes who a group message goes to);
+//! `fr/` pieces of contents being joined ([`super::fragments`]).
 //! Every row a peer can make us write is bounded: by time (pruned after
 //! [`super::RECORD_RETENTION_MS`]) or by count (requests).
 
@@ -108,8 +109,28 @@ pub(crate) fn next_seq(tx: &mut impl Txn) -> Result<u64> {
     Ok(seq)
 }
 
-/// Queues an outgoing item; returns its sequence number.
+/// Queues an outgoing item; returns its sequence number. A control content
+/// too large for one envelope goes as [`super::fragments`], an item per
+/// piece (items to one relay go in order); the last one's number is
+/// returned.
 pub(crate) fn push_outbox(tx: &mut impl Txn, item: &pb::OutboxItem) -> Result<u64> {
+    if item.content.len() > super::fragments::FRAGMENT_BYTES
+        && item.message_id.is_empty()
+        && item.group_id.is_empty()
+    {
+        let mut seq = 0;
+        let mut base = item.clone();
+        let whole = std::mem::take(&mut base.content);
+        for piece in super::fragments::split(&whole)? {
+            seq = next_seq(tx)?;
+            let part = pb::OutboxItem {
+                content: piece,
+                ..base.clone()
+            };
+            put(tx, &key(OUTBOX, &[&seq.to_be_bytes()]), &part)?;
+        }
+        return Ok(seq);
+    }
     let seq = next_seq(tx)?;
     put(tx, &key(OUTBOX, &[&seq.to_be_bytes()]), item)?;
     Ok(seq)

@@ -20,6 +20,16 @@ use super::inbound::{process, Outcome};
 use super::outbound::{Input, Planner, PlannerCache, Step};
 use super::records;
 use sotto_core::device::{Device, DeviceAddress};
+
+/// The relay's default largest envelope (`max_envelope_bytes`).
+const RELAY_MAX_ENVELOPE: usize = 96 * 1024;
+
+fn too_large() -> crate::error::Error {
+    crate::error::Error::Relay(sotto_relay::RelayError::refusal(
+        sotto_proto::relay::ErrorCode::EnvelopeTooLarge,
+        "envelope too large",
+    ))
+}
 use sotto_core::prekeys::PrekeyBundle;
 use sotto_core::session::MessageKind;
 use sotto_core::store::memory::MemoryStore;
@@ -345,6 +355,8 @@ impl SimNet {
         }
     }
 
+    /// Answers `step` as a relay with the default configuration would
+    /// (envelopes over 96 KiB refused).
     pub(crate) fn serve(&mut self, step: &Step) -> Input {
         match step {
             Step::FetchDeviceList(u) => Input::DeviceList(Ok(self.lists.get(&u.user).cloned())),
@@ -363,6 +375,9 @@ impl SimNet {
                 envelope,
                 token,
             } => {
+                if envelope.len() > RELAY_MAX_ENVELOPE {
+                    return Input::Submitted(Err(too_large()));
+                }
                 self.uploaded += sotto_proto::relay::Send {
                     recipient: mailbox.0.to_vec(),
                     payload: envelope.clone(),
@@ -406,6 +421,12 @@ impl SimNet {
                         ),
                     )));
                 }
+                if envelope.len() > RELAY_MAX_ENVELOPE {
+                    return Input::SubmittedShared(Ok(recipients
+                        .iter()
+                        .map(|_| Err(too_large()))
+                        .collect()));
+                }
                 // As the relay: a mailbox named twice refuses the request.
                 let mut named = std::collections::HashSet::new();
                 if !recipients.iter().all(|(m, _)| named.insert(m.0)) {
@@ -442,6 +463,18 @@ impl SimNet {
 
     /// The same, at `now` (ms).
     pub(crate) fn pass_at(&mut self, user: &mut TestUser, index: usize, now: u64) {
+        let p = self.run_pass(user, index, now);
+        assert!(!p.pending, "nothing may wait on a healthy network");
+    }
+
+    /// One outbox pass at `now`, whatever waits after it (items to users
+    /// with no list stay).
+    pub(crate) fn run_pass(
+        &mut self,
+        user: &mut TestUser,
+        index: usize,
+        now: u64,
+    ) -> crate::engine::outbound::Pass {
         let me = user.address();
         // Each device keeps its planner's caches between passes, as the
         // driver does.
@@ -451,9 +484,8 @@ impl SimNet {
         loop {
             let step = planner.poll(&mut d.device, now, &mut OsRng).unwrap();
             if let Step::Done(p) = step {
-                assert!(!p.pending, "nothing may wait on a healthy network");
                 self.caches.insert((me.user, index), planner.into_cache());
-                return;
+                return p;
             }
             let served = std::time::Instant::now();
             let input = self.serve(&step);

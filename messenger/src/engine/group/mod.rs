@@ -32,6 +32,7 @@ use self::state::{sign_change, GroupId, GroupState, VerifiedChange, MAX_GROUP_ME
 use super::account::DeviceCertificate;
 use super::address::UserAddress;
 use super::events::{EventBuilder, MessageId};
+use super::fragments;
 use super::packed::{DeviceSet, UserSet};
 use super::records::{self, ACCEPTED};
 use crate::error::{Error, Result};
@@ -121,11 +122,11 @@ pub(crate) fn create<S: Store>(
     rng.fill_bytes(&mut id);
     let id = GroupId(id);
     let mut actions = vec![add_action(me, true)];
-    for m in members.iter().filter(|m| m.user != me.user) {
-        if actions.iter().any(|a| matches!(&a.action, Some(pb::group_action::Action::Add(x)) if x.address == m.to_string())) {
-            continue;
+    let mut named = std::collections::HashSet::from([me.user]);
+    for m in members {
+        if named.insert(m.user) {
+            actions.push(add_action(m, false));
         }
-        actions.push(add_action(m, false));
     }
     if actions.len() > MAX_GROUP_MEMBERS {
         return Err(Error::GroupTooLarge("more than 1,000 members"));
@@ -236,6 +237,16 @@ pub(crate) fn current(tx: &impl Txn, id: GroupId) -> Result<GroupState> {
     stored_state(&rec)
 }
 
+/// Reads a stored record as sending and receiving do (its state, root,
+/// history and canonical chain): a record read from a hostile disk is an
+/// error, never a panic.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn read_stored(rec: &pb::GroupRecord) -> Result<()> {
+    stored_state(rec)?;
+    let _ = load_history(rec)?.canonical();
+    Ok(())
+}
+
 fn stored_state(rec: &pb::GroupRecord) -> Result<GroupState> {
     GroupState::from_pb(rec.state.as_ref().ok_or(Error::corrupt("app"))?)
         .map_err(|_| Error::corrupt("app"))
@@ -311,22 +322,45 @@ fn queue_update(
     if !after.is_member(&me.user) {
         to.push(before.members.get(&me.user).ok_or(Error::UnknownGroup)?);
     }
-    for m in to {
-        let newcomer = !before.is_member(&m.address.user) && before.version > 0;
-        let content = pb::Content {
+    let update = |state: Option<pb::GroupState>, history: Vec<pb::SignedGroupChange>| {
+        pb::Content {
             sender_relay: me.relay.to_string(),
             delivery_token: Vec::new(),
             body: Some(pb::content::Body::GroupUpdate(pb::GroupUpdate {
                 change: Some(change.signed.clone()),
-                state: if newcomer { root.clone() } else { None },
-                history: if newcomer { chain.clone() } else { Vec::new() },
+                state,
+                history,
             })),
+        }
+        .encode_to_vec()
+    };
+    // Encoded once for members, once for newcomers (a big group's change is
+    // large). A newcomer gets the root and the chain if they fit the largest
+    // content, else the state the change applies to (which it trusts as
+    // much: it is its inviter's).
+    let for_members = update(None, Vec::new());
+    let mut for_newcomers = None;
+    for m in to {
+        let newcomer = !before.is_member(&m.address.user) && before.version > 0;
+        let content = if newcomer {
+            for_newcomers
+                .get_or_insert_with(|| {
+                    let full = update(root.clone(), chain.clone());
+                    if full.len() <= fragments::MAX_CONTENT_BYTES {
+                        full
+                    } else {
+                        update(Some(before.to_pb()), Vec::new())
+                    }
+                })
+                .clone()
+        } else {
+            for_members.clone()
         };
         records::push_outbox(
             tx,
             &pb::OutboxItem {
                 recipient: m.address.to_string(),
-                content: content.encode_to_vec(),
+                content,
                 ..Default::default()
             },
         )?;
@@ -684,20 +718,30 @@ pub(crate) fn sync_to_own_devices(
         if rec.status == GONE {
             continue;
         }
-        let content = pb::Content {
-            sender_relay: me.relay.to_string(),
-            delivery_token: Vec::new(),
-            body: Some(pb::content::Body::GroupSync(pb::GroupSync {
-                root: rec.root.clone(),
-                history: rec.history.clone(),
-                status: rec.status,
-            })),
+        let sync = |root: Option<pb::GroupState>, history: Vec<pb::SignedGroupChange>| {
+            pb::Content {
+                sender_relay: me.relay.to_string(),
+                delivery_token: Vec::new(),
+                body: Some(pb::content::Body::GroupSync(pb::GroupSync {
+                    root,
+                    history,
+                    status: rec.status,
+                })),
+            }
+            .encode_to_vec()
         };
+        let mut content = sync(rec.root.clone(), rec.history.clone());
+        if content.len() > fragments::MAX_CONTENT_BYTES {
+            // Past the largest content: the current state as the root,
+            // without the history (the new device trusts this device's
+            // root as much; it loses only forks from before it).
+            content = sync(rec.state.clone(), Vec::new());
+        }
         records::push_outbox(
             tx,
             &pb::OutboxItem {
                 recipient: me.to_string(),
-                content: content.encode_to_vec(),
+                content,
                 only_devices: added.to_vec(),
                 ..Default::default()
             },

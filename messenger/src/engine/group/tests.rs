@@ -226,6 +226,47 @@ fn kept_recipients_never_outlive_a_removed_device_or_a_block() {
     assert_eq!(group_texts(&mut alice, 0), ["one", "two", "three", "four"]);
 }
 
+/// A group of 702 (most of them addresses that never answer): its creation
+/// (about 100 KB of member addresses) is over the relay's 96 KiB envelope;
+/// it goes in pieces, and Bob and Alice's other device hold the whole
+/// group.
+#[test]
+fn a_group_too_large_for_one_envelope_reaches_every_device_in_pieces() {
+    let (mut net, mut alice, mut bob, _carol, _) = three();
+    let relay = bob.address().relay;
+    let mut members = vec![bob.address()];
+    for i in 0..700u32 {
+        let mut user = [0xAA; 32];
+        user[..4].copy_from_slice(&i.to_be_bytes());
+        members.push(UserAddress {
+            user,
+            relay: relay.clone(),
+        });
+    }
+    let (me, cert) = (alice.address(), alice.devices[0].cert);
+    let id = create(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        "big",
+        &members,
+        NOW,
+        &mut OsRng,
+    )
+    .unwrap();
+    // The 700 have no list: their items wait, the others go.
+    net.run_pass(&mut alice, 0, NOW);
+    net.deliver(&mut bob, 0);
+    net.deliver(&mut alice, 1);
+    assert_eq!(state(&mut bob, 0, id).members.len(), 702);
+    assert_eq!(state(&mut alice, 1, id).members.len(), 702);
+    // A message in it reads on Bob's device.
+    send(&mut alice, 0, id, "hello all");
+    net.run_pass(&mut alice, 0, NOW);
+    net.deliver(&mut bob, 0);
+    assert_eq!(group_texts(&mut bob, 0), ["hello all"]);
+}
+
 #[test]
 fn a_replayed_or_forged_group_message_never_shows() {
     let (mut net, mut alice, mut bob, mut carol, id) = three();
