@@ -50,6 +50,7 @@ const REDACTED: &[&str] = &[
     "sotto.client.v1.GroupAction",
     "sotto.client.v1.Fragment",
     "sotto.client.v1.GroupHead",
+    "sotto.client.v1.GroupAvatar",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -4,11 +4,13 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use sotto_messenger as core;
 
 use crate::client::{parse_user, SottoClient};
 use crate::error::{Result, SottoError};
+use crate::events::Attachment;
 use crate::runtime::in_runtime;
 
 /// A 32-byte group id from foreign bytes.
@@ -174,6 +176,41 @@ impl SottoClient {
                 .send_group_file(id, &text, &PathBuf::from(path))
                 .await?;
             Ok(m.0.to_vec())
+        })?
+        .await
+    }
+
+    /// Sets the group's avatar to the image at `path` (encrypted and
+    /// uploaded as any attachment), or removes it (`None`). Admins only.
+    pub async fn set_group_avatar(&self, group_id: Vec<u8>, path: Option<String>) -> Result<()> {
+        let id = self::group_id(&group_id)?;
+        let client = self.core()?;
+        in_runtime(async move {
+            let path = path.map(PathBuf::from);
+            Ok(client.set_group_avatar(id, path.as_deref()).await?)
+        })?
+        .await
+    }
+
+    /// The group's avatar, if it has one.
+    pub fn group_avatar(&self, group_id: Vec<u8>) -> Result<Option<Arc<Attachment>>> {
+        let id = self::group_id(&group_id)?;
+        Ok(self
+            .core()?
+            .group_avatar(id)?
+            .map(|a| Arc::new(Attachment(a))))
+    }
+
+    /// Downloads the group's avatar into `dest` (written only when complete
+    /// and verified); returns its size. Only in a group this user is a
+    /// member of.
+    pub async fn download_group_avatar(&self, group_id: Vec<u8>, dest: String) -> Result<u64> {
+        let id = self::group_id(&group_id)?;
+        let client = self.core()?;
+        in_runtime(async move {
+            Ok(client
+                .download_group_avatar(id, &PathBuf::from(dest))
+                .await?)
         })?
         .await
     }

@@ -73,10 +73,19 @@ fn sender(c: &mut Criterion) {
 
 fn receiver(c: &mut Criterion) {
     let mut g = c.benchmark_group("group_receive");
-    let mut bench = GroupBench::new(10, DEVICES);
-    g.bench_function("one_message_256B", |b| {
-        b.iter_custom(|iters| bench.receive_group(iters as usize))
-    });
+    // A member's cost must not grow with the group (SOTTO_BENCH_RECEIVE
+    // picks sizes).
+    let sizes: Vec<usize> = std::env::var("SOTTO_BENCH_RECEIVE")
+        .unwrap_or_else(|_| "10,1000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    for members in sizes {
+        let mut bench = GroupBench::new(members, DEVICES);
+        g.bench_function(BenchmarkId::new("one_message_256B", members), |b| {
+            b.iter_custom(|iters| bench.receive_group(iters as usize))
+        });
+    }
     g.finish();
 }
 

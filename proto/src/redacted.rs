@@ -51,6 +51,7 @@ redacted!(
     client::GroupAction,
     client::Fragment,
     client::GroupHead,
+    client::GroupAvatar,
 );
 
 impl fmt::Debug for crate::client::group_action::Action {

@@ -319,3 +319,74 @@ async fn a_crash_right_after_a_removal_never_lets_the_removed_member_read_on() {
     assert_eq!(bob.group_text().await.2, "after the crash");
     assert_eq!(carol.stray(Duration::from_millis(500)).await, 0);
 }
+
+/// Alice sets the group's avatar (an encrypted attachment on her relay);
+/// Carol, a member who is nobody's contact, downloads it, and downloads the
+/// file Bob (not her contact either) sends to the group; no relay's disk
+/// holds either in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_avatar_and_files_reach_members_who_are_not_contacts() {
+    let home = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let other = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = User::join(&home).await;
+    let bob = User::join(&other).await;
+    let carol = User::join(&home).await;
+    let id = alice
+        .client
+        .create_group("pictures", &[bob.addr.clone(), carol.addr.clone()])
+        .unwrap();
+    for u in [&bob, &carol] {
+        u.group_change().await;
+        u.client.accept_group(id).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut image = vec![0u8; 20_000];
+    OsRng.fill_bytes(&mut image);
+    image[..16].copy_from_slice(b"AVATAR-PLAINTEXT");
+    let path = dir.path().join("avatar.png");
+    std::fs::write(&path, &image).unwrap();
+    alice
+        .client
+        .set_group_avatar(id, Some(&path))
+        .await
+        .unwrap();
+    for u in [&bob, &carol] {
+        let (_, _, changes) = u.group_change().await;
+        assert_eq!(changes, vec![GroupChange::AvatarChanged]);
+    }
+    let got = dir.path().join("carol-avatar.png");
+    let size = carol.client.download_group_avatar(id, &got).await.unwrap();
+    assert_eq!(size, image.len() as u64);
+    assert_eq!(std::fs::read(&got).unwrap(), image);
+    assert_eq!(
+        carol.client.group_avatar(id).unwrap().unwrap().file_name,
+        "avatar.png"
+    );
+
+    let mut file = vec![0u8; 50_000];
+    OsRng.fill_bytes(&mut file);
+    file[..14].copy_from_slice(b"FILE-PLAINTEXT");
+    let file_path = dir.path().join("notes.bin");
+    std::fs::write(&file_path, &file).unwrap();
+    bob.client
+        .send_group_file(id, "the notes", &file_path)
+        .await
+        .unwrap();
+    let att = carol
+        .next(|e| match (&e.kind, e.group) {
+            (EventKind::Message(m), Some(g)) if g == id => m.attachments.first().cloned(),
+            _ => None,
+        })
+        .await;
+    let dest = dir.path().join("carol-notes.bin");
+    carol
+        .client
+        .download_attachment(&bob.addr, &att, &dest)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), file);
+    for relay in [&home, &other] {
+        assert!(!relay.disk_contains(b"AVATAR-PLAINTEXT").unwrap());
+        assert!(!relay.disk_contains(b"FILE-PLAINTEXT").unwrap());
+    }
+}

@@ -439,9 +439,19 @@ RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_create_group(uint64_t ptr, Rus
 RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_delivery_by_user(uint64_t ptr, RustBuffer message_id, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_DOWNLOAD_GROUP_AVATAR
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_DOWNLOAD_GROUP_AVATAR
+uint64_t uniffi_sotto_ffi_fn_method_sottoclient_download_group_avatar(uint64_t ptr, RustBuffer group_id, RustBuffer dest
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUP
 RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_group(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUP_AVATAR
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUP_AVATAR
+RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_group_avatar(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_GROUPS
@@ -477,6 +487,11 @@ RustBuffer uniffi_sotto_ffi_fn_method_sottoclient_send_group_text(uint64_t ptr, 
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SET_GROUP_ADMIN
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SET_GROUP_ADMIN
 void uniffi_sotto_ffi_fn_method_sottoclient_set_group_admin(uint64_t ptr, RustBuffer group_id, RustBuffer member, int8_t admin, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SET_GROUP_AVATAR
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_SET_GROUP_AVATAR
+uint64_t uniffi_sotto_ffi_fn_method_sottoclient_set_group_avatar(uint64_t ptr, RustBuffer group_id, RustBuffer path
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_CLONE_DEVICE
@@ -1217,9 +1232,21 @@ uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_delivery_by_user(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_DOWNLOAD_GROUP_AVATAR
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_DOWNLOAD_GROUP_AVATAR
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_download_group_avatar(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_GROUP
 uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_GROUP_AVATAR
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_GROUP_AVATAR
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_group_avatar(void
     
 );
 #endif
@@ -1262,6 +1289,12 @@ uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_send_group_text(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SET_GROUP_ADMIN
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SET_GROUP_ADMIN
 uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_set_group_admin(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SET_GROUP_AVATAR
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_SOTTOCLIENT_SET_GROUP_AVATAR
+uint16_t uniffi_sotto_ffi_checksum_method_sottoclient_set_group_avatar(void
     
 );
 #endif

@@ -701,20 +701,86 @@ impl<S: Store + Send + 'static> Messenger<S> {
         })
     }
 
+    /// An accepted contact, or a fellow member of a group this user is a
+    /// member of: users whose relay this device contacts (for their
+    /// attachments, for receipts). A stranger's is not contacted before the
+    /// user accepts it or its group.
+    fn may_contact(&self, peer: &UserAddress) -> Result<bool> {
+        if self.contact_state(peer)? == records::ACCEPTED {
+            return Ok(true);
+        }
+        self.inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| group::shares_a_group(tx, &peer.user))
+        })
+    }
+
     /// Downloads, verifies and decrypts an attachment from `from`'s relay
-    /// into `dest` (written only when complete and verified).
+    /// into `dest` (written only when complete and verified). `from` must
+    /// be an accepted contact or a fellow member of a group this user is in.
     pub async fn download_attachment(
         &self,
         from: &UserAddress,
         attachment: &AttachmentRef,
         dest: &Path,
     ) -> Result<u64> {
-        // A stranger's relay is not contacted before the user accepts.
-        if self.contact_state(from)? != records::ACCEPTED {
+        if !self.may_contact(from)? {
             return Err(Error::NotAccepted);
         }
+        self.download_from(&from.relay, attachment, dest).await
+    }
+
+    /// Sets the group's avatar to the image at `path` (encrypted and
+    /// uploaded to this user's relay, as any attachment), or removes it
+    /// (`None`). Admins only.
+    pub async fn set_group_avatar(&self, id: GroupId, path: Option<&Path>) -> Result<()> {
+        let avatar = match path {
+            None => Vec::new(),
+            Some(p) => pb::GroupAvatar {
+                relay: self.inner.me.relay.to_string(),
+                attachment: Some(self.upload_attachment(p).await?),
+            }
+            .encode_to_vec(),
+        };
+        self.change_group(
+            id,
+            vec![group_action(pb::group_action::Action::Avatar(avatar))],
+        )
+    }
+
+    /// The group's avatar, if it has one (download it with
+    /// [`Messenger::download_group_avatar`]).
+    pub fn group_avatar(&self, id: GroupId) -> Result<Option<AttachmentRef>> {
+        let info = self.group(id)?.ok_or(Error::UnknownGroup)?;
+        if info.state.avatar.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(group::state::read_avatar(&info.state.avatar)?.1))
+    }
+
+    /// Downloads the group's avatar into `dest` (from the relay of the admin
+    /// who set it); its size. Only in a group this user is a member of (an
+    /// invitation's relays are not contacted).
+    pub async fn download_group_avatar(&self, id: GroupId, dest: &Path) -> Result<u64> {
+        let info = self.group(id)?.ok_or(Error::UnknownGroup)?;
+        if info.status != group::GroupStatus::Member {
+            return Err(Error::NotAccepted);
+        }
+        if info.state.avatar.is_empty() {
+            return Err(Error::invalid_argument("the group has no avatar"));
+        }
+        let (relay, attachment) = group::state::read_avatar(&info.state.avatar)?;
+        self.download_from(&relay, &attachment, dest).await
+    }
+
+    async fn download_from(
+        &self,
+        relay: &RelayAddress,
+        attachment: &AttachmentRef,
+        dest: &Path,
+    ) -> Result<u64> {
         let pointer = sotto_core::attachment::AttachmentPointer::from_bytes(&attachment.pointer)?;
-        let conn = self.inner.relay(&from.relay).await?;
+        let conn = self.inner.relay(relay).await?;
         let tmp = tempfile::NamedTempFile::new_in(std::env::temp_dir())
             .map_err(CoreError::AttachmentIo)?;
         let mut out = tokio::fs::File::create(tmp.path())
@@ -729,7 +795,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
                 &mut out,
             )
             .await;
-        self.inner.checked(&from.relay, &conn, downloaded).await?;
+        self.inner.checked(relay, &conn, downloaded).await?;
         tokio::io::AsyncWriteExt::flush(&mut out)
             .await
             .map_err(CoreError::AttachmentIo)?;
@@ -749,15 +815,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
 
     /// Sends read receipts for messages from `peer` (an accepted contact).
     pub fn mark_read(&self, peer: &UserAddress, ids: &[MessageId]) -> Result<()> {
-        // An accepted contact, or a fellow member of a group this user is
-        // in (its group messages get read receipts too).
-        let fellow = || -> Result<bool> {
-            self.inner.with_device(|d| {
-                d.store_mut()
-                    .transaction(|tx| group::shares_a_group(tx, &peer.user))
-            })
-        };
-        if self.contact_state(peer)? != records::ACCEPTED && !fellow()? {
+        if !self.may_contact(peer)? {
             return Err(Error::NotAccepted);
         }
         let item = pb::OutboxItem {

@@ -366,7 +366,7 @@ pub enum GroupChange {
     Demoted([u8; 32]),
     /// The group's new name.
     Renamed(String),
-    /// The avatar changed (read it with `Messenger::group`).
+    /// The avatar changed (read it with `Messenger::group_avatar`).
     AvatarChanged,
 }
 

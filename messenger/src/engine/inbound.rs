@@ -941,7 +941,7 @@ fn process_group<S: Store>(
                 records::mark_processed(tx, envelope_id, now_ms)?;
                 return Ok(Ok(Outcome::default()));
             }
-            let (id, rec, plaintext) =
+            let (id, status, plaintext) =
                 match group::decrypt(tx, &sender_user, g.sender_device, &g.message) {
                     Ok(x) => x,
                     Err(e) if e.fault() == Fault::Local => return Err(e),
@@ -973,14 +973,20 @@ fn process_group<S: Store>(
                     }
                 };
             records::mark_processed(tx, envelope_id, now_ms)?;
-            let state =
-                group::state::GroupState::from_pb(rec.state.as_ref().ok_or(Error::corrupt("app"))?)
-                    .map_err(|_| Error::corrupt("app"))?;
-            let peer = state
-                .members
-                .get(&sender_user)
-                .map(|m| m.address.clone())
-                .ok_or(Error::corrupt("app"))?;
+            // The sender's address: this user's, or its contact record's
+            // (its pairwise key made one), else as the group lists it (a
+            // big group's state is decoded only then).
+            let known = contact
+                .as_ref()
+                .and_then(|c| c.address.parse::<UserAddress>().ok())
+                .filter(|a| a.user == sender_user);
+            let peer = match (own, known) {
+                (true, _) => me.clone(),
+                (false, Some(a)) => a,
+                (false, None) => {
+                    group::address_in(tx, &id, &sender_user)?.ok_or(Error::corrupt("app"))?
+                }
+            };
             let mut out = Outcome::default();
             let content = pb::Content::decode(plaintext.as_slice()).ok();
             let Some(pb::content::Body::Message(m)) = content.and_then(|c| c.body) else {
@@ -992,7 +998,7 @@ fn process_group<S: Store>(
             // In an invitation, a sender this user has not accepted fills
             // its request like any stranger (then nothing more is kept).
             let accepted = own || contact.as_ref().is_some_and(|c| c.state == ACCEPTED);
-            if rec.status != group::MEMBER && !accepted && !take_held_slot(tx, &sender_user)? {
+            if status != group::MEMBER && !accepted && !take_held_slot(tx, &sender_user)? {
                 return Ok(Ok(out));
             }
             if !records::first_sight(tx, &sender_user, &m.id, now_ms)? {
@@ -1001,7 +1007,7 @@ fn process_group<S: Store>(
             use pb::client_event::Kind as K;
             let kind = if own {
                 K::Message(m.clone())
-            } else if rec.status == group::MEMBER {
+            } else if status == group::MEMBER {
                 // Delivered, to every device of the sender.
                 records::push_outbox(
                     tx,

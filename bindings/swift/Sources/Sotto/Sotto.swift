@@ -2511,9 +2511,21 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
     func deliveryByUser(messageId: Data) throws  -> [UserDelivery]
     
     /**
+     * Downloads the group's avatar into `dest` (written only when complete
+     * and verified); returns its size. Only in a group this user is a
+     * member of.
+     */
+    func downloadGroupAvatar(groupId: Data, dest: String) async throws  -> UInt64
+    
+    /**
      * The group, if this device is (or was) in it.
      */
     func group(groupId: Data) throws  -> GroupInfo?
+    
+    /**
+     * The group's avatar, if it has one.
+     */
+    func groupAvatar(groupId: Data) throws  -> Attachment?
     
     /**
      * Every group this device is (or was) in.
@@ -2553,6 +2565,12 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
      * admin cannot demote one senior to it).
      */
     func setGroupAdmin(groupId: Data, member: String, admin: Bool) throws 
+    
+    /**
+     * Sets the group's avatar to the image at `path` (encrypted and
+     * uploaded as any attachment), or removes it (`None`). Admins only.
+     */
+    func setGroupAvatar(groupId: Data, path: String?) async throws 
     
 }
 /**
@@ -3152,12 +3170,46 @@ open func deliveryByUser(messageId: Data)throws  -> [UserDelivery]  {
 }
     
     /**
+     * Downloads the group's avatar into `dest` (written only when complete
+     * and verified); returns its size. Only in a group this user is a
+     * member of.
+     */
+open func downloadGroupAvatar(groupId: Data, dest: String)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_download_group_avatar(
+                        self.uniffiCloneHandle(),FfiConverterData.lower(groupId),FfiConverterString.lower(dest)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_u64,
+            freeFunc: ffi_sotto_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
      * The group, if this device is (or was) in it.
      */
 open func group(groupId: Data)throws  -> GroupInfo?  {
     return try  FfiConverterOptionTypeGroupInfo.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
         uniffiCallStatus in
     uniffi_sotto_ffi_fn_method_sottoclient_group(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The group's avatar, if it has one.
+     */
+open func groupAvatar(groupId: Data)throws  -> Attachment?  {
+    return try  FfiConverterOptionTypeAttachment.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_group_avatar(
             self.uniffiCloneHandle(),
         FfiConverterData.lower(groupId),uniffiCallStatus
     )
@@ -3263,6 +3315,26 @@ open func setGroupAdmin(groupId: Data, member: String, admin: Bool)throws   {try
         FfiConverterBool.lower(admin),uniffiCallStatus
     )
 }
+}
+    
+    /**
+     * Sets the group's avatar to the image at `path` (encrypted and
+     * uploaded as any attachment), or removes it (`None`). Admins only.
+     */
+open func setGroupAvatar(groupId: Data, path: String?)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_set_group_avatar(
+                        self.uniffiCloneHandle(),FfiConverterData.lower(groupId),FfiConverterOptionString.lower(path)
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_void,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_void,
+            freeFunc: ffi_sotto_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
 }
     
 
@@ -5513,6 +5585,30 @@ fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeAttachment: FfiConverterRustBuffer {
+    typealias SwiftType = Attachment?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeAttachment.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeAttachment.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeEvent: FfiConverterRustBuffer {
     typealias SwiftType = Event?
 
@@ -6001,7 +6097,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_sottoclient_delivery_by_user() != 36654) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_download_group_avatar() != 14548) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_group() != 51419) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_group_avatar() != 43751) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_groups() != 43312) {
@@ -6023,6 +6125,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_set_group_admin() != 34716) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_set_group_avatar() != 47794) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_device_accept_identity() != 7907) {

@@ -418,6 +418,21 @@ pub(crate) fn is_invitation(tx: &impl Txn, update: &pb::GroupUpdate) -> Result<b
 }
 
 /// The address of `user` from a group this device is a member of, if any.
+/// `user`'s address as group `id` lists it.
+pub(crate) fn address_in(
+    tx: &impl Txn,
+    id: &GroupId,
+    user: &[u8; 32],
+) -> Result<Option<UserAddress>> {
+    let Some(rec) = records::group(tx, &id.0)? else {
+        return Ok(None);
+    };
+    Ok(stored_state(&rec)?
+        .members
+        .get(user)
+        .map(|m| m.address.clone()))
+}
+
 pub(crate) fn member_address(tx: &impl Txn, user: &[u8; 32]) -> Result<Option<UserAddress>> {
     for rec in records::groups(tx)? {
         if rec.status == MEMBER {
@@ -1024,13 +1039,21 @@ pub(crate) fn decrypt(
     sender_user: &[u8; 32],
     sender_device: u32,
     message: &[u8],
-) -> Result<(GroupId, pb::GroupRecord, Vec<u8>)> {
+) -> Result<(GroupId, u32, Vec<u8>)> {
     let header = SenderKeyHeader::parse(message)?;
     let id = records::chain_group(tx, sender_user, sender_device, &header.chain_id)?
         .map(GroupId)
         .ok_or(Error::GroupRejected("no sender key for this chain"))?;
-    let rec = records::group(tx, &id.0)?.ok_or(Error::GroupRejected("unknown group"))?;
-    if rec.status == GONE || !stored_state(&rec)?.is_member(sender_user) {
+    // The head, not the record: a message never decodes the history.
+    let (status, members) = match records::group_head(tx, &id.0)? {
+        Some(head) => head,
+        None => {
+            let rec = records::group(tx, &id.0)?.ok_or(Error::GroupRejected("unknown group"))?;
+            let members = UserSet::of(stored_state(&rec)?.members.keys());
+            (rec.status, members)
+        }
+    };
+    if status == GONE || !members.contains(sender_user) {
         return Err(Error::GroupRejected("group message from a non-member"));
     }
     let mut keys = records::sender_keys(tx, &id.0, sender_user, sender_device)?;
@@ -1042,7 +1065,7 @@ pub(crate) fn decrypt(
         let plaintext = chain.decrypt(&id.0, message)?;
         *stored = chain.to_record().to_vec();
         records::put_sender_keys(tx, &id.0, sender_user, sender_device, &keys, &[])?;
-        return Ok((id, rec, plaintext));
+        return Ok((id, status, plaintext));
     }
     Err(Error::GroupRejected("no sender key for this chain"))
 }

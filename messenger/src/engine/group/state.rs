@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 pub const MAX_GROUP_MEMBERS: usize = 1_000;
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME_BYTES: usize = 256;
-/// Largest avatar reference (an encoded attachment reference), in bytes.
+/// Largest avatar reference (an encoded `GroupAvatar`), in bytes.
 pub const MAX_AVATAR_BYTES: usize = 1_024;
 /// Most actions in one change (a creation adds every first member).
 pub const MAX_ACTIONS_PER_CHANGE: usize = MAX_GROUP_MEMBERS + 2;
@@ -298,12 +298,30 @@ fn check_name_and_avatar(name: &str, avatar: &[u8]) -> Result<()> {
     if name.len() > MAX_GROUP_NAME_BYTES {
         return Err(Error::GroupRejected("group name too long"));
     }
-    if avatar.len() > MAX_AVATAR_BYTES
-        || (!avatar.is_empty() && crate::engine::events::AttachmentRef::from_bytes(avatar).is_err())
-    {
+    if avatar.len() > MAX_AVATAR_BYTES || (!avatar.is_empty() && read_avatar(avatar).is_err()) {
         return Err(Error::GroupRejected("invalid group avatar"));
     }
     Ok(())
+}
+
+/// A group's avatar: the relay holding the image's blob, and its reference.
+pub(crate) fn read_avatar(
+    avatar: &[u8],
+) -> Result<(
+    crate::engine::address::RelayAddress,
+    crate::engine::events::AttachmentRef,
+)> {
+    let mut a = pb::GroupAvatar::decode(avatar).map_err(|_| Error::malformed("group avatar"))?;
+    let relay = a.relay.parse()?;
+    let attachment = a
+        .attachment
+        .as_ref()
+        .ok_or(Error::malformed("group avatar"))
+        .and_then(|r| crate::engine::events::AttachmentRef::from_bytes(&r.encode_to_vec()));
+    if let Some(r) = a.attachment.as_mut() {
+        zeroize::Zeroize::zeroize(&mut r.pointer);
+    }
+    Ok((relay, attachment?))
 }
 
 /// A change whose signature and certificate verified.

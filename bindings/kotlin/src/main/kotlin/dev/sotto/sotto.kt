@@ -768,7 +768,11 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_delivery_by_user(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_download_group_avatar(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_group(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_group_avatar(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_groups(
     ): Int
@@ -783,6 +787,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_send_group_text(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_set_group_admin(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_set_group_avatar(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_device_accept_identity(
     ): Int
@@ -961,7 +967,11 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_method_sottoclient_delivery_by_user(`ptr`: Long,`messageId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_download_group_avatar(`ptr`: Long,`groupId`: RustBuffer.ByValue,`dest`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_sotto_ffi_fn_method_sottoclient_group(`ptr`: Long,`groupId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_group_avatar(`ptr`: Long,`groupId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_method_sottoclient_groups(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -977,6 +987,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_method_sottoclient_set_group_admin(`ptr`: Long,`groupId`: RustBuffer.ByValue,`member`: RustBuffer.ByValue,`admin`: Byte,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_set_group_avatar(`ptr`: Long,`groupId`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_sotto_ffi_fn_clone_device(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_sotto_ffi_fn_free_device(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1306,7 +1318,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_delivery_by_user() and 0xFFFF) != 36654) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_download_group_avatar() and 0xFFFF) != 14548) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_group() and 0xFFFF) != 51419) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_group_avatar() and 0xFFFF) != 43751) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_groups() and 0xFFFF) != 43312) {
@@ -1328,6 +1346,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_set_group_admin() and 0xFFFF) != 34716) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_set_group_avatar() and 0xFFFF) != 47794) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_device_accept_identity() and 0xFFFF) != 7907) {
@@ -5071,9 +5092,21 @@ public interface SottoClientInterface {
     fun `deliveryByUser`(`messageId`: kotlin.ByteArray): List<UserDelivery>
     
     /**
+     * Downloads the group's avatar into `dest` (written only when complete
+     * and verified); returns its size. Only in a group this user is a
+     * member of.
+     */
+    suspend fun `downloadGroupAvatar`(`groupId`: kotlin.ByteArray, `dest`: kotlin.String): kotlin.ULong
+    
+    /**
      * The group, if this device is (or was) in it.
      */
     fun `group`(`groupId`: kotlin.ByteArray): GroupInfo?
+    
+    /**
+     * The group's avatar, if it has one.
+     */
+    fun `groupAvatar`(`groupId`: kotlin.ByteArray): Attachment?
     
     /**
      * Every group this device is (or was) in.
@@ -5113,6 +5146,12 @@ public interface SottoClientInterface {
      * admin cannot demote one senior to it).
      */
     fun `setGroupAdmin`(`groupId`: kotlin.ByteArray, `member`: kotlin.String, `admin`: kotlin.Boolean)
+    
+    /**
+     * Sets the group's avatar to the image at `path` (encrypted and
+     * uploaded as any attachment), or removes it (`None`). Admins only.
+     */
+    suspend fun `setGroupAvatar`(`groupId`: kotlin.ByteArray, `path`: kotlin.String?)
     
     companion object
 }
@@ -5868,6 +5907,34 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 
     
     /**
+     * Downloads the group's avatar into `dest` (written only when complete
+     * and verified); returns its size. Only in a group this user is a
+     * member of.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `downloadGroupAvatar`(`groupId`: kotlin.ByteArray, `dest`: kotlin.String) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_download_group_avatar(
+                uniffiHandle,
+                
+        FfiConverterByteArray.lower(`groupId`),
+        FfiConverterString.lower(`dest`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * The group, if this device is (or was) in it.
      */
     @Throws(SottoException::class)override fun `group`(`groupId`: kotlin.ByteArray): GroupInfo? {
@@ -5875,6 +5942,24 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
     callWithHandle {
     uniffiRustCallWithError(SottoException) { _status ->
     UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_group(
+        it,
+        
+        FfiConverterByteArray.lower(`groupId`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The group's avatar, if it has one.
+     */
+    @Throws(SottoException::class)override fun `groupAvatar`(`groupId`: kotlin.ByteArray): Attachment? {
+            return FfiConverterOptionalTypeAttachment.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_group_avatar(
         it,
         
         FfiConverterByteArray.lower(`groupId`),_status)
@@ -6022,6 +6107,34 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
     }
     
     
+
+    
+    /**
+     * Sets the group's avatar to the image at `path` (encrypted and
+     * uploaded as any attachment), or removes it (`None`). Admins only.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `setGroupAvatar`(`groupId`: kotlin.ByteArray, `path`: kotlin.String?) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_set_group_avatar(
+                uniffiHandle,
+                
+        FfiConverterByteArray.lower(`groupId`),
+        FfiConverterOptionalString.lower(`path`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
 
     
 
@@ -8675,6 +8788,38 @@ public object FfiConverterOptionalByteArray: FfiConverterRustBuffer<kotlin.ByteA
         } else {
             buf.put(1)
             FfiConverterByteArray.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeAttachment: FfiConverterRustBuffer<Attachment?> {
+    override fun read(buf: ByteBuffer): Attachment? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeAttachment.read(buf)
+    }
+
+    override fun allocationSize(value: Attachment?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeAttachment.allocationSize(value)
+        }
+    }
+
+    override fun write(value: Attachment?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeAttachment.write(value, buf)
         }
     }
 }

@@ -1,8 +1,9 @@
 // Group chats through the bindings against a real sotto-relay process:
 // three users in one JVM; Alice creates a group, Bob and Carol accept the
 // invitation, everyone reads everyone's messages, Alice removes Carol, who
-// reads nothing sent after and can no longer send; typed exceptions for a
-// non-admin's change and a bad group id.
+// reads nothing sent after and can no longer send; an avatar set by Alice
+// downloaded by Carol; typed exceptions for a non-admin's change and a bad
+// group id.
 package dev.sotto
 
 import kotlinx.coroutines.runBlocking
@@ -103,6 +104,19 @@ class GroupTest {
                     }
                     carol.sendGroupText(id, "bringing snacks")
                     for (u in listOf(alice, bob)) assertEquals("bringing snacks", u.nextGroupText().third)
+
+                    // An avatar: an encrypted attachment on Alice's relay.
+                    val image = ByteArray(10_000) { (it % 251).toByte() }
+                    val imagePath = dir.resolve("avatar.png")
+                    java.nio.file.Files.write(imagePath, image)
+                    alice.setGroupAvatar(id, imagePath.toString())
+                    for (u in listOf(bob, carol)) {
+                        assertTrue(u.nextGroupChange().second.changes.contains(GroupChange.AvatarChanged))
+                    }
+                    assertEquals("avatar.png", carol.groupAvatar(id)!!.fileName())
+                    val got = dir.resolve("carol-avatar.png")
+                    assertEquals(image.size.toULong(), carol.downloadGroupAvatar(id, got.toString()))
+                    assertArrayEquals(image, java.nio.file.Files.readAllBytes(got))
 
                     // Only admins change the group: a typed exception.
                     assertThrows<SottoException.NotGroupAdmin> { bob.renameGroup(id, "mine") }
