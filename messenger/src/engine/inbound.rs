@@ -587,20 +587,19 @@ fn apply_content(
     let Ok(content) = pb::Content::decode(plaintext) else {
         return invalid_content(tx, sender, known_peer.as_ref(), "undecodable");
     };
-    // A piece of a larger content: kept until the whole is in, which is
-    // then applied as one content from this device.
-    if let Some(pb::content::Body::Fragment(f)) = &content.body {
-        if joined {
-            return invalid_content(tx, sender, known_peer.as_ref(), "fragment in a fragment");
-        }
-        let stranger = !sender.is_own_user() && sender.state != ACCEPTED;
-        return match fragments::join(tx, stranger, &sender.user, sender.device, f)? {
-            fragments::Joined::Waiting => Ok(Outcome::default()),
-            fragments::Joined::Whole(whole) => apply_content(tx, sender, &whole, true),
-            fragments::Joined::Refused(why) => {
-                invalid_content(tx, sender, known_peer.as_ref(), why)
-            }
-        };
+    // Only what is sent in pieces may be a whole joined from them.
+    if joined
+        && !matches!(
+            content.body,
+            Some(pb::content::Body::GroupUpdate(_) | pb::content::Body::GroupSync(_))
+        )
+    {
+        return invalid_content(
+            tx,
+            sender,
+            known_peer.as_ref(),
+            "pieces joined into neither a group change nor a group sync",
+        );
     }
     // Learn (or confirm) the sender's home relay for replies. A stranger's
     // relay is only recorded: nothing connects to it until the user accepts.
@@ -890,9 +889,36 @@ fn apply_content(
                     Err(e) => return Err(e),
                 }
             }
-            Some(pb::content::Body::Fragment(_)) | None => {
-                return invalid_content(tx, sender, Some(&peer), "no body")
+            Some(pb::content::Body::Fragment(f)) => {
+                // A piece of a larger content: kept until the whole is in,
+                // which is then applied as one content from this device. A
+                // transfer a stranger opens takes one of its held items.
+                if joined {
+                    return invalid_content(tx, sender, Some(&peer), "fragment in a fragment");
+                }
+                let stranger = !sender.is_own_user() && sender.state != ACCEPTED;
+                if stranger
+                    && fragments::opens(tx, &sender.user, sender.device, &f)?
+                    && !count_held(tx, sender)?
+                {
+                    break 'body;
+                }
+                match fragments::join(tx, stranger, &sender.user, sender.device, &f, sender.now_ms)?
+                {
+                    fragments::Joined::Waiting => {}
+                    fragments::Joined::Whole(whole) => {
+                        let inner = apply_content(tx, sender, &whole, true)?;
+                        out.events |= inner.events;
+                        out.outbox |= inner.outbox;
+                        out.revoked.extend(inner.revoked);
+                        out.rebase.extend(inner.rebase);
+                    }
+                    fragments::Joined::Refused(why) => {
+                        return invalid_content(tx, sender, Some(&peer), why)
+                    }
+                }
             }
+            None => return invalid_content(tx, sender, Some(&peer), "no body"),
         }
     }
     // A stranger's token is not kept: nothing goes to it until the user
@@ -983,9 +1009,12 @@ fn process_group<S: Store>(
             let peer = match (own, known) {
                 (true, _) => me.clone(),
                 (false, Some(a)) => a,
-                (false, None) => {
-                    group::address_in(tx, &id, &sender_user)?.ok_or(Error::corrupt("app"))?
-                }
+                (false, None) => match group::address_in(tx, &id, &sender_user)? {
+                    Some(a) => a,
+                    // The head named it, the state does not (a store put
+                    // back from another time): a failure, not a jam.
+                    None => return Ok(Err((None, "sender not in the group state".to_string()))),
+                },
             };
             let mut out = Outcome::default();
             let content = pb::Content::decode(plaintext.as_slice()).ok();

@@ -594,8 +594,23 @@ impl Planner {
         };
         if !group.planned.is_empty() {
             // Nothing moved since the last clean send: the same batches
-            // (each checked against the generation again as it leaves).
+            // (each checked against the generation again as it leaves),
+            // recorded as being sent first, as the full path does (a
+            // receipt may overtake the relay's answer).
             group.recording.fresh_until_ms = fresh_until;
+            if !item.message_id.is_empty() {
+                let devices: Vec<(&[u8], u32)> = group
+                    .planned
+                    .iter()
+                    .flat_map(|(_, b)| b.iter())
+                    .filter(|(t, _)| !t.own)
+                    .map(|(t, _)| (t.user.user.as_slice(), t.device.device_id))
+                    .collect();
+                device.store_mut().transaction(|tx| {
+                    records::raise_delivery_many(tx, &item.message_id, &devices, None, now_ms)
+                        .map(|_| ())
+                })?;
+            }
             current.stage = Stage::Targets;
             current.group = Some(group);
             return Ok(Some(current));
@@ -674,8 +689,14 @@ impl Planner {
                 Ok(())
             }
             // A member without a list (or a refused one) gets nothing now;
-            // the others go on.
-            Err(e) if e.fault() == Fault::Peer || matches!(e, Error::UnknownUser) => Ok(()),
+            // the others go on (and this send is not kept as a plan: the
+            // list is fetched again next time).
+            Err(e) if e.fault() == Fault::Peer || matches!(e, Error::UnknownUser) => {
+                if let Some(g) = self.current.as_mut().and_then(|c| c.group.as_mut()) {
+                    g.recording.clean = false;
+                }
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -692,13 +713,16 @@ impl Planner {
         let done = DeviceSet::from_bytes(cur.item.done_group_devices.clone())?;
         let mut targets = VecDeque::new();
         let mut count = 0usize;
+        let mut skipped = false;
         let cache = &mut self.cache;
         device.store_mut().transaction(|tx| -> Result<()> {
             for m in &members {
                 let Some(c) = records::contact(tx, &m.user)? else {
+                    skipped = true;
                     continue;
                 };
                 let Some(list) = cache.list(&m.user, &c)? else {
+                    skipped = true;
                     continue;
                 };
                 for d in list.devices.iter().take(MAX_DEVICES_PER_MEMBER) {
@@ -719,6 +743,9 @@ impl Planner {
         })?;
         let _ = count;
         let cur = self.current_mut()?;
+        if let (true, Some(g)) = (skipped, cur.group.as_mut()) {
+            g.recording.clean = false;
+        }
         cur.targets = targets;
         cur.stage = Stage::Targets;
         if !cur.item.message_id.is_empty() {
@@ -1235,22 +1262,27 @@ impl Planner {
         };
         let (seq, progress) = (cur.seq, cur.item.clone());
         let message_id = progress.message_id.clone();
-        // Progress, sent log and delivery state in one commit.
+        // Progress, sent log and delivery state in one commit. A piece of a
+        // large content is not logged (a 1,000-member group's creation would
+        // log 150 KB per device for 45 days): a lost one is not re-sent.
+        let piece = super::fragments::is_piece(&content);
         let raised = device.store_mut().transaction(|tx| -> Result<bool> {
             records::update_outbox(tx, seq, Some(&progress))?;
-            records::log_sent(
-                tx,
-                &envelope_id.0,
-                &pb::SentLogEntry {
-                    recipient_user: user.user.to_vec(),
-                    recipient_device: device_id,
-                    recipient: user.to_string(),
-                    content,
-                    at_ms: now_ms,
-                    retries: 0,
-                },
-                now_ms,
-            )?;
+            if !piece {
+                records::log_sent(
+                    tx,
+                    &envelope_id.0,
+                    &pb::SentLogEntry {
+                        recipient_user: user.user.to_vec(),
+                        recipient_device: device_id,
+                        recipient: user.to_string(),
+                        content,
+                        at_ms: now_ms,
+                        retries: 0,
+                    },
+                    now_ms,
+                )?;
+            }
             if !message_id.is_empty()
                 && !t.own
                 && records::raise_delivery(

@@ -114,9 +114,11 @@ pub(crate) fn next_seq(tx: &mut impl Txn) -> Result<u64> {
 /// piece (items to one relay go in order); the last one's number is
 /// returned.
 pub(crate) fn push_outbox(tx: &mut impl Txn, item: &pb::OutboxItem) -> Result<u64> {
+    // (A repair re-sends a content exactly as it went, a piece included.)
     if item.content.len() > super::fragments::FRAGMENT_BYTES
         && item.message_id.is_empty()
         && item.group_id.is_empty()
+        && !item.repair
     {
         let mut seq = 0;
         let mut base = item.clone();
@@ -284,6 +286,7 @@ pub(crate) fn sent(
 /// `cutoff_ms` by this device's clock: processed marks, sent-log entries,
 /// seen message ids and delivery states, each through its time index.
 pub(crate) fn prune(tx: &mut impl Txn, cutoff_ms: u64) -> Result<()> {
+    super::fragments::prune(tx, cutoff_ms)?;
     for (index, main) in [
         (PROCESSED_INDEX, PROCESSED),
         (SENT_INDEX, SENT_LOG),
@@ -504,6 +507,7 @@ pub(crate) fn apply_list(
         }
         for id in &change.removed {
             delete_delivery_token(tx, &user.user, *id)?;
+            super::fragments::forget_device(tx, &user.user, *id)?;
             push_event(tx, event(K::DeviceRemoved(*id), *id))?;
             out.events = true;
             out.revoked.push(sotto_core::device::DeviceAddress::new(

@@ -447,16 +447,49 @@ impl Mailboxes {
             let mut orphans = rocksdb::WriteBatch::default();
             let scf = db.cf(Cf::SharedPayloads)?;
             let mut n = 0usize;
+            let mut present = std::collections::HashSet::new();
             db.scan(Cf::SharedPayloads, &[], &[0xff; 9], |k, _| {
                 let id = <[u8; 8]>::try_from(k).map(u64::from_be_bytes);
-                if id.map_or(true, |id| !index.shared.contains_key(&id)) {
-                    orphans.delete_cf(scf, k);
-                    n += 1;
+                match id {
+                    Ok(id) if index.shared.contains_key(&id) => {
+                        present.insert(id);
+                    }
+                    _ => {
+                        orphans.delete_cf(scf, k);
+                        n += 1;
+                    }
                 }
                 Ok(true)
             })?;
-            if n > 0 {
-                tracing::warn!(payloads = n, "deleting shared payloads without references");
+            // And an envelope whose shared payload is gone (none should be:
+            // an ack whose write failed can leave its record while a later
+            // ack frees the payload) is dropped: it could never be read, and
+            // would count against its mailbox until it expired.
+            let icf = db.cf(Cf::EnvelopeIndex)?;
+            let mut dangling = 0usize;
+            for (m, mb) in index.mailboxes.iter_mut() {
+                let gone: Vec<u64> = mb
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.shared.is_some_and(|id| !present.contains(&id)))
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                for seq in gone {
+                    if let Some(e) = mb.remove(seq) {
+                        orphans.delete_cf(icf, key(m, seq));
+                        depth -= 1;
+                        bytes -= u64::from(e.len);
+                        dangling += 1;
+                    }
+                }
+            }
+            index.shared.retain(|id, _| present.contains(id));
+            if n > 0 || dangling > 0 {
+                tracing::warn!(
+                    payloads = n,
+                    envelopes = dangling,
+                    "deleting shared payloads without references and envelopes without their payload"
+                );
                 db.write_synced(orphans)?;
             }
         } else {
@@ -1224,6 +1257,38 @@ mod tests {
         assert_eq!(mbx.expire(0).await.unwrap(), 1);
         assert_eq!(shared_rows(&mbx), 0);
         assert!(mbx.fetch(&c, 0, 10, 1 << 20).unwrap().0.is_empty());
+        mbx.writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn an_envelope_whose_shared_payload_is_gone_is_dropped_at_start_not_kept_unreadable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (MailboxId([1; 32]), MailboxId([2; 32]));
+        let mbx = open(tmp.path());
+        let ids: Vec<EnvelopeId> = mbx
+            .submit_shared(vec![7; 100], vec![(a, Vec::new()), (b, Vec::new())])
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        // What a failed ack write and a later ack can leave: the records,
+        // without the payload.
+        let mut gone = rocksdb::WriteBatch::default();
+        mbx.db
+            .scan(Cf::SharedPayloads, &[], &[0xff; 9], |k, _| {
+                gone.delete_cf(mbx.db.cf(Cf::SharedPayloads).unwrap(), k);
+                Ok(true)
+            })
+            .unwrap();
+        mbx.db.write_synced(gone).unwrap();
+        assert_eq!(mbx.ack(&a, &[ids[0]]).await.unwrap(), 1);
+        mbx.writer.shutdown();
+        drop(mbx);
+        let mbx = open(tmp.path());
+        assert!(mbx.fetch(&b, 0, 10, 1 << 20).unwrap().0.is_empty());
+        // Its quota is free again: 100 envelopes fit.
+        let fill: Vec<(MailboxId, Vec<u8>)> = (0..100).map(|_| (b, vec![1])).collect();
+        assert!(mbx.submit(fill).await.iter().all(|r| r.is_ok()));
         mbx.writer.shutdown();
     }
 

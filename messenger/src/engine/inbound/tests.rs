@@ -612,3 +612,70 @@ fn delivery_tokens_are_kept_from_contacts_only_and_checked() {
         ["message", "request", "failed", "failed"]
     );
 }
+
+/// The pieces of `content`, each wrapped as the outbox sends it (with the
+/// sender's relay).
+fn pieces_of(from: &TestUser, content: &pb::Content) -> Vec<pb::Content> {
+    crate::engine::fragments::split(&content.encode_to_vec())
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            let mut c = pb::Content::decode(p.as_slice()).unwrap();
+            c.sender_relay = from.relay.to_string();
+            c
+        })
+        .collect()
+}
+
+/// Pieces carry only what is too large for one envelope (a group change or
+/// sync): a 150 KB text joined from them is refused, not shown; and the
+/// transfers a stranger opens are its request's held items, so a stranger
+/// sending nothing but pieces is a request like any (counted, declinable),
+/// never an invisible store of pieces.
+#[test]
+fn pieces_never_carry_a_message_and_a_strangers_pieces_fill_its_request() {
+    let mut alice = TestUser::new(1);
+    let mut bob = TestUser::new(1);
+    let big = text(&bob, 9, &"x".repeat(150_000));
+    for piece in pieces_of(&bob, &big) {
+        let e = bob.envelope(0, &mut alice, 0, &piece);
+        alice.receive(0, &e);
+    }
+    let events = alice.events(0);
+    assert_eq!(kinds(&events), ["failed"]);
+    // Bob is a stranger with a request record: the transfer one held item,
+    // the refused whole another (a stranger's failures count too).
+    let bob_user = bob.account.public();
+    let held = |alice: &mut TestUser| {
+        alice.devices[0]
+            .device
+            .store_mut()
+            .transaction(|tx| records::contact(tx, &bob_user))
+            .unwrap()
+            .map(|c| (c.state, c.held))
+    };
+    assert_eq!(held(&mut alice), Some((records::STRANGER, 2)));
+    // 60 more transfers (a last piece each): past 50 held items, nothing
+    // more is kept or counted.
+    for n in 0..60u32 {
+        let mut first = pieces_of(&bob, &text(&bob, 1, &format!("{n}{}", "y".repeat(70_000))));
+        let last = first.pop().unwrap();
+        let e = bob.envelope(0, &mut alice, 0, &last);
+        alice.receive(0, &e);
+    }
+    assert_eq!(held(&mut alice), Some((records::STRANGER, 50)));
+    let rows = alice.devices[0]
+        .device
+        .store_mut()
+        .transaction(|tx| {
+            Ok::<_, Error>(
+                tx.keys_with_prefix(sotto_core::store::Table::App, b"fr/")?
+                    .len(),
+            )
+        })
+        .unwrap();
+    assert!(
+        rows <= 2 * crate::engine::fragments::MAX_TRANSFERS_PER_DEVICE,
+        "{rows} rows"
+    );
+}
