@@ -216,6 +216,12 @@ impl<S: Store> Device<S> {
         self.device_id
     }
 
+    /// Opens a message sealed to this device (PROTOCOL.md I.14); the inner
+    /// bytes, whose sender claim the caller still has to prove.
+    pub fn unseal(&self, sealed: &[u8]) -> Result<Vec<u8>> {
+        crate::sealed::open(&self.identity, sealed)
+    }
+
     /// Signs a statement with this device's identity key. The signed bytes
     /// are `purpose.domain() || statement`: one fixed domain per purpose,
     /// none a prefix of another or of the prekey domains (§I.1), so no

@@ -58,6 +58,7 @@ pub mod padding;
 pub mod pqxdh;
 pub mod prekeys;
 pub mod ratchet;
+pub mod sealed;
 pub mod sender_key;
 pub mod session;
 mod session_cache;

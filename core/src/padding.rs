@@ -6,7 +6,8 @@
 //! The sender alone chooses how many zeros, so padding needs no negotiation
 //! and a receiver accepts any amount. [`Padding::Padme`] rounds the framed
 //! length up with the Padmé rule (at most ~12% overhead, and the padded length
-//! reveals only O(log log L) bits of the true length).
+//! reveals only O(log log L) bits of the true length); [`Padding::Buckets`]
+//! (the sealed layer's) to one of few sizes.
 
 use crate::error::{Error, Result};
 
@@ -18,6 +19,10 @@ pub enum Padding {
     /// Round the framed length up to the Padmé bucket, with a 64-byte minimum.
     #[default]
     Padme,
+    /// Round the framed length up to a multiple of 256 bytes up to 16 KiB,
+    /// then to a power of two (the sealed layer's default: what the relay
+    /// stores is one of few sizes).
+    Buckets,
 }
 
 /// Smallest padded size with [`Padding::Padme`]: hides the length of short texts entirely.
@@ -29,6 +34,20 @@ pub fn padded_len(len: usize, padding: Padding) -> usize {
     match padding {
         Padding::None => framed,
         Padding::Padme => padme(framed.max(PADME_MIN)),
+        Padding::Buckets => buckets(framed),
+    }
+}
+
+/// Largest size padded to a multiple of [`BUCKET_STEP`]; past it, powers of two.
+pub const BUCKET_LINEAR_MAX: usize = 16 * 1024;
+/// Step of the small buckets.
+pub const BUCKET_STEP: usize = 256;
+
+fn buckets(l: usize) -> usize {
+    if l <= BUCKET_LINEAR_MAX {
+        l.max(1).div_ceil(BUCKET_STEP) * BUCKET_STEP
+    } else {
+        l.checked_next_power_of_two().unwrap_or(l)
     }
 }
 

@@ -99,6 +99,7 @@ fn padding_code(p: Padding) -> [u8; 1] {
     match p {
         Padding::None => [0x00],
         Padding::Padme => [0x01],
+        Padding::Buckets => [0x02],
     }
 }
 

@@ -64,14 +64,21 @@ fn pair() -> &'static Pair {
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     let p = pair();
     match target {
-        "envelope" => p.seeds.clone(),
+        "envelope" => p
+            .seeds
+            .iter()
+            .cloned()
+            .chain(
+                p.seeds
+                    .iter()
+                    .filter_map(|s| unsealed(s))
+                    .map(|inner| [&[1u8][..], &inner.encode_to_vec()].concat()),
+            )
+            .collect(),
         "part1_message" => p
             .seeds
             .iter()
-            .filter_map(|s| match pb::Envelope::decode(s.as_slice()).ok()?.body? {
-                pb::envelope::Body::Sealed(s) => Some(s.message),
-                _ => None,
-            })
+            .filter_map(|s| unsealed(s).map(|inner| inner.message))
             .collect(),
         "content" => vec![
             text_content(&p.alice, "hello").encode_to_vec(),
@@ -129,7 +136,38 @@ fn text_content(from: &UserAddress, body: &str) -> pb::Content {
 pub fn envelope(data: &[u8]) {
     let p = pair();
     let mut bob = Device::open(p.bob_store.clone()).unwrap();
-    let _ = inbound::process(&mut bob, &p.bob, &[1; 16], data, 1_000);
+    // An odd first byte: the rest is what a sealed envelope holds (a
+    // sender's claim and a Part I message), sealed to Bob as anyone can.
+    let payload = match data.split_first() {
+        Some((kind, inner)) if kind & 1 == 1 => seal_to(&bob, inner),
+        _ => data.to_vec(),
+    };
+    let _ = inbound::process(&mut bob, &p.bob, &[1; 16], &payload, 1_000);
+}
+
+/// The relay payload of `inner` (an encoded `Sealed`) sealed to `to`.
+fn seal_to(to: &Device<MemoryStore>, inner: &[u8]) -> Vec<u8> {
+    let sealed = sotto_core::sealed::seal(
+        to.identity().dh_public(),
+        inner,
+        sotto_core::Padding::Buckets,
+        &mut rand_core::OsRng,
+    )
+    .unwrap_or_default();
+    pb::Envelope {
+        version: 1,
+        body: Some(pb::envelope::Body::Sealed(sealed)),
+    }
+    .encode_to_vec()
+}
+
+/// What an envelope sealed to Bob holds.
+fn unsealed(payload: &[u8]) -> Option<pb::Sealed> {
+    let bob = Device::open(pair().bob_store.clone()).ok()?;
+    match pb::Envelope::decode(payload).ok()?.body? {
+        pb::envelope::Body::Sealed(b) => pb::Sealed::decode(bob.unseal(&b).ok()?.as_slice()).ok(),
+        _ => None,
+    }
 }
 
 /// A Part I message (PreKey or Ratchet) decrypted by Bob as from Alice.
@@ -150,17 +188,17 @@ pub fn content(data: &[u8]) {
     let m = alice
         .encrypt(&to, data, &mut rand_core::OsRng)
         .expect("the fixture session encrypts");
-    let payload = pb::Envelope {
-        version: 1,
-        body: Some(pb::envelope::Body::Sealed(pb::Sealed {
+    let payload = seal_to(
+        &bob,
+        &pb::Sealed {
             sender_user: p.alice.user.to_vec(),
             sender_device: 1,
             message: m.bytes,
             sender_certificate: None,
             sender_mac: Vec::new(),
-        })),
-    }
-    .encode_to_vec();
+        }
+        .encode_to_vec(),
+    );
     let _ = inbound::process(&mut bob, &p.bob, &[2; 16], &payload, 1_000);
 }
 

@@ -39,7 +39,7 @@ use ed25519_dalek::SigningKey;
 use prost::Message as _;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
-use sotto_core::{SqliteStore, StorageKey, Store, Table};
+use sotto_core::{Device, SqliteStore, StorageKey, Store, Table};
 use sotto_messenger::{EventKind, Messenger, RelayAddress, UserAddress};
 use sotto_proto::client as pb;
 
@@ -178,13 +178,15 @@ fn mailbox_key(store: &SqliteStore) -> SigningKey {
 /// Ratchet header (sender ratchet key || PN || N, PROTOCOL.md I.5) and
 /// digest of each Part I message in `envelopes`; PreKey messages by their
 /// inner ratchet message.
-fn headers(envelopes: &[Vec<u8>]) -> Vec<([u8; 40], [u8; 32])> {
+fn headers(bob: &Device<SqliteStore>, envelopes: &[Vec<u8>]) -> Vec<([u8; 40], [u8; 32])> {
     let mut out = Vec::new();
     for payload in envelopes {
         let env = pb::Envelope::decode(payload.as_slice()).unwrap();
         let Some(pb::envelope::Body::Sealed(sealed)) = env.body else {
             continue;
         };
+        // Sealed to Bob's device (PROTOCOL.md I.14): the relay sees no header.
+        let sealed = pb::Sealed::decode(bob.unseal(&sealed).unwrap().as_slice()).unwrap();
         let mut msg = sealed.message;
         if msg.first() == Some(&0x12) {
             msg = sotto_proto::session::PreKeyMessage::decode(&msg[1..])
@@ -230,8 +232,11 @@ fn client_loses_no_message_and_reuses_no_key_across_twenty_power_cuts() {
         bob.close().await;
         let store = SqliteStore::open(&path, &key).unwrap();
         let mailbox = mailbox_key(&store);
-        (Messenger::open(store).await.unwrap(), mailbox)
+        // Bob's identity, to open what the relay holds for him at the end.
+        let unsealer = Device::open(SqliteStore::open(&path, &key).unwrap()).unwrap();
+        (Messenger::open(store).await.unwrap(), (mailbox, unsealer))
     });
+    let (bob_mailbox, bob_device) = bob_mailbox;
     bob.set_skip_acks(true);
     let bob = Arc::new(bob);
     let bob_addr = bob.address().to_string();
@@ -398,7 +403,7 @@ fn client_loses_no_message_and_reuses_no_key_across_twenty_power_cuts() {
         .map(|(_, payload)| payload)
         .collect();
     let mut by_header: HashMap<[u8; 40], HashSet<[u8; 32]>> = HashMap::new();
-    for (h, digest) in headers(&envelopes) {
+    for (h, digest) in headers(&bob_device, &envelopes) {
         by_header.entry(h).or_default().insert(digest);
     }
     let reused_keys = by_header.values().filter(|d| d.len() > 1).count();

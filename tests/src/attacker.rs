@@ -131,6 +131,7 @@ impl Attacker {
             .sender_mac_key(self.device.identity(), &identity)?;
         let mac = sender_mac(&key, &self.account.public(), 1, &m.bytes);
         let payload = sealed(
+            &identity,
             &self.account.public(),
             1,
             (m.kind == MessageKind::PreKey).then_some(&self.cert),
@@ -162,23 +163,34 @@ impl Attacker {
     }
 }
 
-/// A relay payload: a Part I message with the given sender claims.
+/// A relay payload: a Part I message with the given sender claims, sealed
+/// to the device whose identity is `to` (PROTOCOL.md I.14; anyone can).
 pub fn sealed(
+    to: &IdentityKey,
     user: &[u8; 32],
     device: u32,
     cert: Option<&DeviceCertificate>,
     message: Vec<u8>,
     mac: Vec<u8>,
 ) -> Vec<u8> {
+    let inner = pb::Sealed {
+        sender_user: user.to_vec(),
+        sender_device: device,
+        message,
+        sender_certificate: cert.map(|c| c.to_pb()),
+        sender_mac: mac,
+    }
+    .encode_to_vec();
+    let sealed = sotto_core::sealed::seal(
+        to.dh_public(),
+        &inner,
+        sotto_core::Padding::Buckets,
+        &mut OsRng,
+    )
+    .unwrap_or_default();
     pb::Envelope {
         version: 1,
-        body: Some(pb::envelope::Body::Sealed(pb::Sealed {
-            sender_user: user.to_vec(),
-            sender_device: device,
-            message,
-            sender_certificate: cert.map(|c| c.to_pb()),
-            sender_mac: mac,
-        })),
+        body: Some(pb::envelope::Body::Sealed(sealed)),
     }
     .encode_to_vec()
 }

@@ -161,7 +161,8 @@ async fn impersonation(
     let m = session
         .encrypt(&content.encode_to_vec(), Padding::None, &mut OsRng)
         .unwrap();
-    (mailbox, sealed(victim, device, cert, m.bytes, vec![]))
+    let to = *bundle.identity();
+    (mailbox, sealed(&to, victim, device, cert, m.bytes, vec![]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,6 +297,7 @@ async fn forged_failures_never_reset_a_session_or_block_the_outbox() {
     let mallory = Attacker::register(&relay).await.unwrap();
     let list = mallory.devices_of(&bob.addr()).await.unwrap();
     let bob_mailbox = list.get(1).unwrap().mailbox;
+    let bob_identity = list.get(1).unwrap().identity;
     // 300 envelopes that look like Alice's ratchet messages.
     for i in 0..300u32 {
         let mut junk = vec![0x11u8];
@@ -305,7 +307,14 @@ async fn forged_failures_never_reset_a_session_or_block_the_outbox() {
         junk.extend_from_slice(&0u32.to_be_bytes());
         junk.extend_from_slice(&i.to_be_bytes());
         junk.extend_from_slice(&rest[32..]);
-        let payload = sealed(&alice.addr().user, 1, None, junk, vec![0; 16]);
+        let payload = sealed(
+            &bob_identity,
+            &alice.addr().user,
+            1,
+            None,
+            junk,
+            vec![0; 16],
+        );
         mallory.send_raw(&bob_mailbox, payload).await.unwrap();
     }
     // Bob's conversation with Alice goes on at once, over the same session.

@@ -438,3 +438,37 @@ async fn relay_disk_holds_none_of_the_conversation() {
     bob.reopen().await;
     assert_eq!(next_message(bob.c()).await.1.text, secret);
 }
+
+/// Sealed sender (PROTOCOL.md I.14): Alice (home relay A) writes to Bob
+/// (home relay B), who is offline, so her envelopes wait on B's disk. B has
+/// never held anything of Alice's but those envelopes: its disk holds
+/// neither her account key nor her device's identity (before sealing, every
+/// envelope carried the first in the clear, and her first message her
+/// certificate with both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recipients_relay_stores_no_sender_identity() {
+    let home_a = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let home_b = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&home_a).await;
+    let mut bob = Dev::create(&home_b).await;
+    let bob_addr = bob.addr();
+    bob.crash();
+    for i in 0..3 {
+        alice
+            .c()
+            .send_text(&bob_addr, &format!("sealed {i}"))
+            .unwrap();
+    }
+    alice.c().flush(WAIT).await.unwrap();
+    let account = alice.addr().user;
+    assert!(
+        !home_b.disk_contains(&account).unwrap(),
+        "the sender's account key is on the recipient's relay"
+    );
+    // Bob reads them all, from whoever the seal says inside.
+    bob.reopen().await;
+    for i in 0..3 {
+        let (from, m) = next_message(bob.c()).await;
+        assert_eq!((from, m.text), (alice.addr(), format!("sealed {i}")));
+    }
+}

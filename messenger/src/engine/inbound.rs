@@ -116,14 +116,31 @@ pub(crate) fn process<S: Store>(
         )
     };
     let sealed = match pb::Envelope::decode(payload) {
+        // The seal hides the sender from the relay: opened first, and what
+        // it holds is still only a claim (proven by the session below).
         Ok(pb::Envelope {
             version: 1,
-            body: Some(pb::envelope::Body::Sealed(s)),
-        }) => s,
+            body: Some(pb::envelope::Body::Sealed(bytes)),
+        }) => match device
+            .unseal(&bytes)
+            .ok()
+            .and_then(|inner| pb::Sealed::decode(inner.as_slice()).ok())
+        {
+            Some(s) => s,
+            None => return unauthenticated(device, None, 0, "sealed envelope does not open"),
+        },
         Ok(pb::Envelope {
             version: 1,
-            body: Some(pb::envelope::Body::Group(g)),
-        }) => return process_group(device, me, envelope_id, &g, now_ms),
+            body: Some(pb::envelope::Body::SealedGroup(bytes)),
+        }) => {
+            let opened = device
+                .store_mut()
+                .transaction(|tx| group::unseal(tx, &bytes))?;
+            return match opened {
+                Some((id, g)) => process_group(device, me, envelope_id, id, &g, now_ms),
+                None => unauthenticated(device, None, 0, "sealed group envelope does not open"),
+            };
+        }
         Ok(pb::Envelope {
             version: 1,
             body: Some(_),
@@ -938,6 +955,7 @@ fn process_group<S: Store>(
     device: &mut Device<S>,
     me: &UserAddress,
     envelope_id: &[u8; 16],
+    sealed_in: GroupId,
     g: &pb::GroupEnvelope,
     now_ms: u64,
 ) -> Result<Outcome> {
@@ -999,6 +1017,14 @@ fn process_group<S: Store>(
                     }
                 };
             records::mark_processed(tx, envelope_id, now_ms)?;
+            // Sealed under one group's key, its chain in another: a member
+            // of both replaying across groups.
+            if id != sealed_in {
+                return Ok(Err((
+                    None,
+                    "group envelope sealed under another group".to_string(),
+                )));
+            }
             // The sender's address: this user's, or its contact record's
             // (its pairwise key made one), else as the group lists it (a
             // big group's state is decoded only then).

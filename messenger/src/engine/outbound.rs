@@ -33,6 +33,7 @@ use std::collections::{HashSet, VecDeque};
 use prost::Message as _;
 use rand_core::CryptoRngCore;
 use sotto_core::device::{Device, DeviceAddress};
+use sotto_core::padding::Padding;
 use sotto_core::prekeys::PrekeyBundle;
 use sotto_core::session::MessageKind;
 use sotto_core::store::Store;
@@ -968,16 +969,25 @@ impl Planner {
             let message = device.encrypt(&addr, content, rng)?;
             let mac_key = self.cache.mac_keys.get(device, &t.device.identity)?;
             let mac = sender_mac(&mac_key, &me, my_id, &message.bytes);
+            // The claim goes inside the seal: the relay sees no sender.
+            let inner = pb::Sealed {
+                sender_user: me.to_vec(),
+                sender_device: my_id,
+                sender_certificate: (message.kind == MessageKind::PreKey)
+                    .then(|| certificate.to_pb()),
+                message: message.bytes,
+                sender_mac: mac.to_vec(),
+            }
+            .encode_to_vec();
+            let sealed = sotto_core::sealed::seal(
+                t.device.identity.dh_public(),
+                &inner,
+                Padding::Buckets,
+                rng,
+            )?;
             let envelope = pb::Envelope {
                 version: 1,
-                body: Some(pb::envelope::Body::Sealed(pb::Sealed {
-                    sender_user: me.to_vec(),
-                    sender_device: my_id,
-                    sender_certificate: (message.kind == MessageKind::PreKey)
-                        .then(|| certificate.to_pb()),
-                    message: message.bytes,
-                    sender_mac: mac.to_vec(),
-                })),
+                body: Some(pb::envelope::Body::Sealed(sealed)),
             }
             .encode_to_vec();
             let (user, id) = (t.user.user, t.device.device_id);

@@ -715,6 +715,15 @@ pub(crate) fn group_head(tx: &impl Txn, id: &[u8; 32]) -> Result<Option<(u32, Us
     }
 }
 
+/// The ids of the groups this device holds a record of (keys only).
+pub(crate) fn group_ids(tx: &impl Txn) -> Result<Vec<[u8; 32]>> {
+    Ok(tx
+        .keys_with_prefix(Table::App, GROUP)?
+        .into_iter()
+        .filter_map(|k| <[u8; 32]>::try_from(&k[GROUP.len()..]).ok())
+        .collect())
+}
+
 /// Every group record.
 pub(crate) fn groups(tx: &impl Txn) -> Result<Vec<pb::GroupRecord>> {
     let mut out = Vec::new();

@@ -20,6 +20,7 @@ use super::inbound::{process, Outcome};
 use super::outbound::{Input, Planner, PlannerCache, Step};
 use super::records;
 use sotto_core::device::{Device, DeviceAddress};
+use sotto_core::identity::IdentityKey;
 
 /// The relay's default largest envelope (`max_envelope_bytes`).
 const RELAY_MAX_ENVELOPE: usize = 96 * 1024;
@@ -171,17 +172,16 @@ impl TestUser {
             from.device.device_id(),
             &m.bytes,
         );
-        let mut payload = seal(
-            &self.account.public(),
-            from.device.device_id(),
-            (m.kind == MessageKind::PreKey).then_some(&from.cert),
-            m.bytes,
+        let payload = seal_claim(
+            target.device.identity(),
+            &pb::Sealed {
+                sender_user: self.account.public().to_vec(),
+                sender_device: from.device.device_id(),
+                sender_certificate: (m.kind == MessageKind::PreKey).then(|| from.cert.to_pb()),
+                message: m.bytes,
+                sender_mac: mac.to_vec(),
+            },
         );
-        let mut env = pb::Envelope::decode(payload.as_slice()).unwrap();
-        if let Some(pb::envelope::Body::Sealed(s)) = env.body.as_mut() {
-            s.sender_mac = mac.to_vec();
-        }
-        payload = env.encode_to_vec();
         (to.next_id(), payload)
     }
 
@@ -256,24 +256,52 @@ pub(crate) fn pin(device: &mut Device<MemoryStore>, user: &UserAddress, list: &D
         .unwrap();
 }
 
-/// A relay payload carrying a Part I message with the given sender claim.
+/// A relay payload carrying a Part I message with the given sender claim
+/// (no sender MAC), sealed to the device whose identity is `to`: anyone can
+/// seal to a device, so the claim is what a forger controls.
 pub(crate) fn seal(
+    to: &IdentityKey,
     user: &[u8; 32],
     device: u32,
     cert: Option<&DeviceCertificate>,
     message: Vec<u8>,
 ) -> Vec<u8> {
-    pb::Envelope {
-        version: 1,
-        body: Some(pb::envelope::Body::Sealed(pb::Sealed {
+    seal_claim(
+        to,
+        &pb::Sealed {
             sender_user: user.to_vec(),
             sender_device: device,
             message,
             sender_certificate: cert.map(|c| c.to_pb()),
             sender_mac: Vec::new(),
-        })),
+        },
+    )
+}
+
+/// A relay payload holding `claim`, sealed to the device whose identity is `to`.
+pub(crate) fn seal_claim(to: &IdentityKey, claim: &pb::Sealed) -> Vec<u8> {
+    let sealed = sotto_core::sealed::seal(
+        to.dh_public(),
+        &claim.encode_to_vec(),
+        sotto_core::Padding::Buckets,
+        &mut OsRng,
+    )
+    .unwrap();
+    pb::Envelope {
+        version: 1,
+        body: Some(pb::envelope::Body::Sealed(sealed)),
     }
     .encode_to_vec()
+}
+
+/// The claim inside a payload sealed to `device`.
+pub(crate) fn unseal(device: &Device<MemoryStore>, payload: &[u8]) -> pb::Sealed {
+    match pb::Envelope::decode(payload).unwrap().body {
+        Some(pb::envelope::Body::Sealed(b)) => {
+            pb::Sealed::decode(device.unseal(&b).unwrap().as_slice()).unwrap()
+        }
+        other => panic!("not a sealed envelope: {other:?}"),
+    }
 }
 
 /// A chat message content from `from`.

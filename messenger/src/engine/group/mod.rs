@@ -1088,6 +1088,8 @@ pub(crate) fn queue_message<S: Store>(
     rng.fill_bytes(&mut msg_id);
     let device_id = device.device_id();
     let fresh = SendingChain::generate(rng);
+    let mut nonce = [0u8; 24];
+    rng.fill_bytes(&mut nonce);
     device.store_mut().transaction(|tx| -> Result<()> {
         // The head, not the record: a message never decodes the history.
         let (status, members) = match records::group_head(tx, &id.0)? {
@@ -1143,20 +1145,21 @@ pub(crate) fn queue_message<S: Store>(
         let message = chain.encrypt(&id.0, &content.encode_to_vec(), Padding::Padme)?;
         own.chain = chain.to_record().to_vec();
         records::put_own_sender_key(tx, &id.0, Some(&own))?;
-        let envelope = pb::Envelope {
-            version: 1,
-            body: Some(pb::envelope::Body::Group(pb::GroupEnvelope {
+        let envelope = seal_envelope(
+            &id,
+            &pb::GroupEnvelope {
                 sender_user: me.user.to_vec(),
                 sender_device: device_id,
                 message,
-            })),
-        };
+            },
+            &nonce,
+        )?;
         records::push_outbox(
             tx,
             &pb::OutboxItem {
                 message_id: msg_id.to_vec(),
                 group_id: id.0.to_vec(),
-                group_envelope: envelope.encode_to_vec(),
+                group_envelope: envelope,
                 group_key: Some(distribution_to_pb(&id, &position)),
                 group_member_ids: members.into_bytes(),
                 ..Default::default()
@@ -1174,6 +1177,54 @@ pub(crate) fn chain_holders(tx: &impl Txn, id: &GroupId, chain_id: &[u8]) -> Res
         Some(own) if own.chain_id == chain_id => DeviceSet::from_bytes(own.distributed),
         _ => Ok(DeviceSet::default()),
     }
+}
+
+/// The key a group's envelopes are sealed under (PROTOCOL.md III.12): every
+/// member holds the group id, the relay never sees it.
+/// `HKDF-SHA256(salt = none, ikm = group id, info = "Sotto_v1_GroupSeal")`.
+pub(crate) fn seal_key(id: &GroupId) -> zeroize::Zeroizing<[u8; 32]> {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    // 32 bytes is a valid HKDF-SHA256 output length: expand cannot fail.
+    let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, &id.0).expand(GROUP_SEAL_INFO, key.as_mut());
+    key
+}
+
+/// HKDF info of a group's seal key.
+pub const GROUP_SEAL_INFO: &[u8] = b"Sotto_v1_GroupSeal";
+
+/// The relay payload of a group envelope: sealed under the group's key
+/// with `nonce` (24 random bytes).
+pub(crate) fn seal_envelope(
+    id: &GroupId,
+    g: &pb::GroupEnvelope,
+    nonce: &[u8; 24],
+) -> Result<Vec<u8>> {
+    let sealed = sotto_core::sealed::seal_shared_with(
+        &seal_key(id),
+        nonce,
+        &g.encode_to_vec(),
+        Padding::Buckets,
+    )?;
+    Ok(pb::Envelope {
+        version: 1,
+        body: Some(pb::envelope::Body::SealedGroup(sealed)),
+    }
+    .encode_to_vec())
+}
+
+/// Opens a sealed group envelope with the key of each group this device
+/// holds (none of which the relay can tell apart); the group and the
+/// envelope, or `None` if no key opens it.
+pub(crate) fn unseal(tx: &impl Txn, sealed: &[u8]) -> Result<Option<(GroupId, pb::GroupEnvelope)>> {
+    for id in records::group_ids(tx)? {
+        let id = GroupId(id);
+        if let Ok(inner) = sotto_core::sealed::open_shared(&seal_key(&id), sealed) {
+            return Ok(pb::GroupEnvelope::decode(inner.as_slice())
+                .ok()
+                .map(|g| (id, g)));
+        }
+    }
+    Ok(None)
 }
 
 /// Records that `(user, device)` has the chain `chain_id` now.

@@ -92,7 +92,7 @@ fn every_member_device_learns_the_group_and_reads_one_ciphertext() {
             .filter(|p| {
                 matches!(
                     pb::Envelope::decode(p.as_slice()).unwrap().body,
-                    Some(pb::envelope::Body::Group(_))
+                    Some(pb::envelope::Body::SealedGroup(_))
                 )
             })
             .collect()
@@ -296,17 +296,19 @@ fn a_replayed_or_forged_group_message_never_shows() {
         &[5; 32],
     );
     let content = crate::engine::testkit::text(&alice, 9, "forged");
-    let forged = pb::Envelope {
-        version: 1,
-        body: Some(pb::envelope::Body::Group(pb::GroupEnvelope {
+    // Sealed under the group's key, as any member can.
+    let forged = seal_envelope(
+        &id,
+        &pb::GroupEnvelope {
             sender_user: alice.address().user.to_vec(),
             sender_device: 1,
             message: forged_chain
                 .encrypt(&id.0, &content.encode_to_vec(), Padding::Padme)
                 .unwrap(),
-        })),
-    }
-    .encode_to_vec();
+        },
+        &[3; 24],
+    )
+    .unwrap();
     bob.receive(0, &([0xbb; 16], forged));
     assert_eq!(group_texts(&mut bob, 0), ["once"]);
     assert!(kinds(&bob.events(0)).contains(&"failed"));
@@ -841,17 +843,20 @@ fn a_strangers_group_messages_stop_at_its_request_limit() {
         if let Some(pb::content::Body::Message(m)) = content.body.as_mut() {
             m.id = i.to_be_bytes().repeat(4);
         }
-        let env = pb::Envelope {
-            version: 1,
-            body: Some(pb::envelope::Body::Group(pb::GroupEnvelope {
+        let mut nonce = [0u8; 24];
+        nonce[..4].copy_from_slice(&i.to_be_bytes());
+        let env = seal_envelope(
+            &gid,
+            &pb::GroupEnvelope {
                 sender_user: mme.user.to_vec(),
                 sender_device: 1,
                 message: chain
                     .encrypt(&gid.0, &content.encode_to_vec(), Padding::Padme)
                     .unwrap(),
-            })),
-        }
-        .encode_to_vec();
+            },
+            &nonce,
+        )
+        .unwrap();
         let id = carol.next_id();
         carol.receive(0, &(id, env));
     }
@@ -1099,7 +1104,7 @@ fn a_member_that_lost_a_sender_key_asks_for_it_and_reads_the_next_message() {
         .filter(|(_, p)| {
             matches!(
                 pb::Envelope::decode(p.as_slice()).unwrap().body,
-                Some(pb::envelope::Body::Group(_))
+                Some(pb::envelope::Body::SealedGroup(_))
             )
         })
         .collect();

@@ -100,7 +100,8 @@ proptest! {
             let id = bob.next_id();
             bob.receive(0, &(id, j.clone()));
             let id = bob.next_id();
-            let forged = seal(&alice.account.public(), 1, None, j.clone());
+            let to = *bob.devices[0].device.identity();
+            let forged = seal(&to, &alice.account.public(), 1, None, j.clone());
             bob.receive(0, &(id, forged));
         }
         prop_assert!(bob.outbox(0).iter().all(|i| !i.reset_session));
@@ -153,6 +154,7 @@ fn impersonation(alice: &TestUser, bob: &mut TestUser, with_cert: bool) -> ([u8;
         .encrypt(&content.encode_to_vec(), Padding::None, &mut OsRng)
         .unwrap();
     let payload = seal(
+        bob.devices[0].device.identity(),
         &alice.account.public(),
         1,
         with_cert.then_some(&alice.devices[0].cert),
@@ -222,7 +224,16 @@ fn a_forged_identity_cannot_pose_as_the_own_user_or_raise_alarms() {
     let id = bob.next_id();
     bob.receive(
         0,
-        &(id, seal(&bob.account.public(), 2, Some(&cert), m.bytes)),
+        &(
+            id,
+            seal(
+                bob.devices[0].device.identity(),
+                &bob.account.public(),
+                2,
+                Some(&cert),
+                m.bytes,
+            ),
+        ),
     );
     let envelope = impersonation(&alice, &mut bob, true);
     bob.receive(0, &envelope);
@@ -242,7 +253,8 @@ fn forged_failures_claiming_a_contact_never_reset_and_stay_bounded() {
         junk.extend_from_slice(&i.to_be_bytes());
         junk.extend_from_slice(&[0u8; 40]);
         let id = bob.next_id();
-        bob.receive(0, &(id, seal(&alice.account.public(), 1, None, junk)));
+        let to = *bob.devices[0].device.identity();
+        bob.receive(0, &(id, seal(&to, &alice.account.public(), 1, None, junk)));
     }
     let repairs: Vec<_> = bob.outbox(0).into_iter().skip(before).collect();
     // Nothing automatic follows from a claim nobody proved: no retry
@@ -480,12 +492,11 @@ fn a_lost_session_is_repaired_only_for_a_sender_the_mac_proves() {
     assert!(repairs[0].repair && repairs[0].reset_session);
     // The same message with its MAC stripped (what a forger can send):
     // reported, never repaired.
-    let mut env = pb::Envelope::decode(e.1.as_slice()).unwrap();
-    if let Some(pb::envelope::Body::Sealed(s)) = env.body.as_mut() {
-        s.sender_mac = vec![0; 16];
-    }
+    let mut claim = crate::engine::testkit::unseal(&bob.devices[0].device, &e.1);
+    claim.sender_mac = vec![0; 16];
+    let to = *bob.devices[0].device.identity();
     let id = bob.next_id();
-    bob.receive(0, &(id, env.encode_to_vec()));
+    bob.receive(0, &(id, crate::engine::testkit::seal_claim(&to, &claim)));
     assert_eq!(bob.outbox(0).len(), before + 1);
 }
 
