@@ -98,7 +98,7 @@ impl<S: Store + Send + 'static> Linking<S> {
         let mut nonce = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(nonce.as_mut());
         let conn = super::relays::Relays::new(mailbox.clone())
-            .get(&home)
+            .get(&home, super::relays::As::Mailbox)
             .await?;
         Ok(Linking {
             store: Some(store),
@@ -365,7 +365,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
         let reply = SigningKey::generate(&mut OsRng);
         let reply_to = reply.verifying_key().to_bytes();
         let reply_conn = super::relays::Relays::new(reply)
-            .get(&self.inner.me.relay)
+            .get(&self.inner.me.relay, super::relays::As::Mailbox)
             .await?;
         let subscription = reply_conn.subscribe().await?;
         let eph = StaticSecret::random_from_rng(OsRng);

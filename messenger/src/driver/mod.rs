@@ -75,8 +75,16 @@ impl<S: Store> Inner<S> {
         f(&mut d)
     }
 
+    /// A connection to `relay` authenticated with this device's mailbox key.
     pub(crate) async fn relay(&self, relay: &RelayAddress) -> Result<Arc<RelayClient>> {
-        self.relays.get(relay).await
+        self.relays.get(relay, relays::As::Mailbox).await
+    }
+
+    /// A connection to `relay` authenticated with a fresh key: what sends
+    /// and fetches for others go on, so the relay cannot link them to this
+    /// device's mailbox.
+    pub(crate) async fn anonymous(&self, relay: &RelayAddress) -> Result<Arc<RelayClient>> {
+        self.relays.get(relay, relays::As::Anonymous).await
     }
 
     /// Passes a request's result through; a connection-level failure also
@@ -780,7 +788,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
         dest: &Path,
     ) -> Result<u64> {
         let pointer = sotto_core::attachment::AttachmentPointer::from_bytes(&attachment.pointer)?;
-        let conn = self.inner.relay(relay).await?;
+        let conn = self.inner.anonymous(relay).await?;
         let tmp = tempfile::NamedTempFile::new_in(std::env::temp_dir())
             .map_err(CoreError::AttachmentIo)?;
         let mut out = tokio::fs::File::create(tmp.path())

@@ -103,14 +103,14 @@ enum Call {
     ),
 }
 
-/// Runs one request on `relay`'s connection (dropped after a
+/// Runs one request on `relay`'s anonymous connection (dropped after a
 /// connection-level failure, so the next request reconnects).
 async fn run<S: Store + Send + 'static>(
     inner: &Arc<Inner<S>>,
     relay: &RelayAddress,
     call: Call,
 ) -> Input {
-    let conn = match inner.relay(relay).await {
+    let conn = match inner.anonymous(relay).await {
         Ok(c) => c,
         Err(e) => {
             return match call {

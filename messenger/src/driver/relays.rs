@@ -52,10 +52,24 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// (which may hang until [`CONNECT_TIMEOUT`]) never holds up another.
 type Slot = Arc<Mutex<Option<Arc<RelayClient>>>>;
 
-/// The pool of relay connections of one device.
+/// Whose key a connection authenticates with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum As {
+    /// This device's mailbox key: its own mailbox's business (subscribe,
+    /// fetch and ack, publish lists and prekeys, upload blobs).
+    Mailbox,
+    /// A fresh key per connection, never used again: sending, fetching
+    /// others' lists and bundles, downloading. The relay cannot tell which
+    /// device (or that the same one) sent a sealed envelope, beyond the
+    /// connection and its address (PROTOCOL.md III.8).
+    Anonymous,
+}
+
+/// The pool of relay connections of one device: at most one per relay and
+/// key kind.
 pub(crate) struct Relays {
     key: SigningKey,
-    slots: std::sync::Mutex<HashMap<RelayAddress, Slot>>,
+    slots: std::sync::Mutex<HashMap<(RelayAddress, As), Slot>>,
 }
 
 impl std::fmt::Debug for Relays {
@@ -72,12 +86,12 @@ impl Relays {
         }
     }
 
-    fn slot(&self, relay: &RelayAddress) -> Slot {
+    fn slot(&self, relay: &RelayAddress, who: As) -> Slot {
         let mut slots = self
             .slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slots.entry(relay.clone()).or_default().clone()
+        slots.entry((relay.clone(), who)).or_default().clone()
     }
 
     fn slots(&self) -> Vec<Slot> {
@@ -89,10 +103,10 @@ impl Relays {
             .collect()
     }
 
-    /// A live connection to `relay`, connecting (and authenticating as this
-    /// device's mailbox key) if there is none.
-    pub(crate) async fn get(&self, relay: &RelayAddress) -> Result<Arc<RelayClient>> {
-        let slot = self.slot(relay);
+    /// A live connection to `relay` authenticated as `who`, connecting if
+    /// there is none.
+    pub(crate) async fn get(&self, relay: &RelayAddress, who: As) -> Result<Arc<RelayClient>> {
+        let slot = self.slot(relay, who);
         let mut conn = slot.lock().await;
         if let Some(c) = conn.as_ref() {
             if c.connection().close_reason().is_none() {
@@ -105,7 +119,15 @@ impl Relays {
                 .map_err(|e| Error::Relay(sotto_relay::RelayError::Io(e)))?
                 .next()
                 .ok_or(Error::InvalidAddress("relay host does not resolve"))?;
-            Ok::<_, Error>(RelayClient::connect(addr, relay.fingerprint, &self.key).await?)
+            let fresh;
+            let key = match who {
+                As::Mailbox => &self.key,
+                As::Anonymous => {
+                    fresh = SigningKey::generate(&mut rand_core::OsRng);
+                    &fresh
+                }
+            };
+            Ok::<_, Error>(RelayClient::connect(addr, relay.fingerprint, key).await?)
         };
         let client = Arc::new(
             tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -118,19 +140,23 @@ impl Relays {
 
     /// Forgets a connection that failed, so the next `get` reconnects.
     pub(crate) async fn forget(&self, relay: &RelayAddress, failed: &Arc<RelayClient>) {
-        let slot = self.slot(relay);
-        let mut conn = slot.lock().await;
-        if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, failed)) {
-            *conn = None;
+        for who in [As::Mailbox, As::Anonymous] {
+            let slot = self.slot(relay, who);
+            let mut conn = slot.lock().await;
+            if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, failed)) {
+                *conn = None;
+            }
         }
     }
 
-    /// Forgets (and closes) the connection to `relay`, if any.
+    /// Forgets (and closes) the connections to `relay`, if any.
     pub(crate) async fn forget_any(&self, relay: &RelayAddress) {
-        let slot = self.slot(relay);
-        let taken = slot.lock().await.take();
-        if let Some(c) = taken {
-            c.connection().close(0u32.into(), b"unresponsive");
+        for who in [As::Mailbox, As::Anonymous] {
+            let slot = self.slot(relay, who);
+            let taken = slot.lock().await.take();
+            if let Some(c) = taken {
+                c.connection().close(0u32.into(), b"unresponsive");
+            }
         }
     }
 
