@@ -472,3 +472,24 @@ async fn the_recipients_relay_stores_no_sender_identity() {
         assert_eq!((from, m.text), (alice.addr(), format!("sealed {i}")));
     }
 }
+
+/// What a device sends leaves on a connection the relay cannot tie to it
+/// (PROTOCOL.md III.8): authenticated with a key that is not the device's
+/// mailbox key, and a new one after every reconnect; the conversation goes
+/// on across reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_leave_on_connections_not_tied_to_the_sender() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let bob = Dev::create(&relay).await;
+    say(&alice, &bob, "first").await;
+    let home = relay_address(&relay);
+    let (own, sending) = alice.c().connection_identities(&home).await.unwrap();
+    assert_ne!(own, sending, "sent on the mailbox's own connection");
+    alice.c().drop_connections(&home).await;
+    say(&alice, &bob, "after a reconnect").await;
+    let (own_again, sending_again) = alice.c().connection_identities(&home).await.unwrap();
+    assert_eq!(own, own_again);
+    assert_ne!(sending, sending_again, "a sending key used twice");
+    assert_ne!(own, sending_again);
+}

@@ -1070,6 +1070,28 @@ impl<S: Store + Send + 'static> Messenger<S> {
         self.inner.skip_acks.store(skip, Ordering::SeqCst);
     }
 
+    /// Test hook (feature `test-hooks`, not an API): the mailbox ids the
+    /// device's two connections to `relay` authenticate as: (its own
+    /// mailbox's, the one it sends on).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn connection_identities(
+        &self,
+        relay: &RelayAddress,
+    ) -> Result<(sotto_relay::MailboxId, sotto_relay::MailboxId)> {
+        let own = self.inner.relay(relay).await?.mailbox();
+        let sending = self.inner.anonymous(relay).await?.mailbox();
+        Ok((own, sending))
+    }
+
+    /// Test hook (feature `test-hooks`, not an API): drops the connections
+    /// to `relay` (the next request reconnects).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn drop_connections(&self, relay: &RelayAddress) {
+        self.inner.forget_relay(relay).await;
+    }
+
     /// Stops the background tasks and closes the relay connections.
     pub async fn close(mut self) {
         for t in self.tasks.drain(..) {
