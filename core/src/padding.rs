@@ -20,8 +20,9 @@ pub enum Padding {
     #[default]
     Padme,
     /// Round the framed length up to a multiple of 256 bytes up to 16 KiB,
-    /// then to a power of two (the sealed layer's default: what the relay
-    /// stores is one of few sizes).
+    /// then to a multiple of 16 KiB (the sealed layer's default: what the
+    /// relay stores is one of few sizes, and powers of two would push a
+    /// 64 KiB content past the relay's 96 KiB envelope).
     Buckets,
 }
 
@@ -38,17 +39,21 @@ pub fn padded_len(len: usize, padding: Padding) -> usize {
     }
 }
 
-/// Largest size padded to a multiple of [`BUCKET_STEP`]; past it, powers of two.
+/// Largest size padded to a multiple of [`BUCKET_STEP`]; past it,
+/// multiples of [`BUCKET_LARGE_STEP`].
 pub const BUCKET_LINEAR_MAX: usize = 16 * 1024;
 /// Step of the small buckets.
 pub const BUCKET_STEP: usize = 256;
+/// Step of the large buckets.
+pub const BUCKET_LARGE_STEP: usize = 16 * 1024;
 
 fn buckets(l: usize) -> usize {
-    if l <= BUCKET_LINEAR_MAX {
-        l.max(1).div_ceil(BUCKET_STEP) * BUCKET_STEP
+    let step = if l <= BUCKET_LINEAR_MAX {
+        BUCKET_STEP
     } else {
-        l.checked_next_power_of_two().unwrap_or(l)
-    }
+        BUCKET_LARGE_STEP
+    };
+    l.max(1).div_ceil(step).saturating_mul(step)
 }
 
 /// Padmé: keep the top `floor(log2 E) + 1` bits of L where `E = floor(log2 L)`.

@@ -87,6 +87,11 @@ impl<S: Store> Inner<S> {
         self.relays.get(relay, relays::As::Anonymous).await
     }
 
+    /// A connection to `relay` with a fresh key, for attachment transfers.
+    pub(crate) async fn transfer(&self, relay: &RelayAddress) -> Result<Arc<RelayClient>> {
+        self.relays.get(relay, relays::As::Transfer).await
+    }
+
     /// Passes a request's result through; a connection-level failure also
     /// drops the connection, so the next request reconnects.
     pub(crate) async fn checked<T, E: Into<Error>>(
@@ -693,7 +698,9 @@ impl<S: Store + Send + 'static> Messenger<S> {
         })
         .await
         .map_err(|_| Error::storage("attachment task failed"))??;
-        let conn = self.inner.relay(&self.inner.me.relay).await?;
+        // Not on the mailbox's connection: the relay would see this device
+        // upload the blob its recipients then download.
+        let conn = self.inner.transfer(&self.inner.me.relay).await?;
         let upload = tokio::fs::File::open(tmp.path())
             .await
             .map_err(CoreError::AttachmentIo)?;
@@ -788,7 +795,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
         dest: &Path,
     ) -> Result<u64> {
         let pointer = sotto_core::attachment::AttachmentPointer::from_bytes(&attachment.pointer)?;
-        let conn = self.inner.anonymous(relay).await?;
+        let conn = self.inner.transfer(relay).await?;
         let tmp = tempfile::NamedTempFile::new_in(std::env::temp_dir())
             .map_err(CoreError::AttachmentIo)?;
         let mut out = tokio::fs::File::create(tmp.path())

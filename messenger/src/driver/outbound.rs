@@ -50,6 +50,9 @@ pub(crate) async fn drain<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) -> R
                 if let Ok(mut cache) = inner.planner_cache.lock() {
                     *cache = planner.into_cache();
                 }
+                // The next pass sends on new connections with new keys: one
+                // connection never carries a device's sends for long.
+                inner.relays.close_anonymous().await;
                 return Ok(pass);
             }
             Step::FetchDeviceList(user) => (user.relay.clone(), Call::List(user)),
@@ -110,7 +113,15 @@ async fn run<S: Store + Send + 'static>(
     relay: &RelayAddress,
     call: Call,
 ) -> Input {
-    let conn = match inner.anonymous(relay).await {
+    // This device's own list is its own business (on the mailbox's
+    // connection): fetched on the sending one, it would name the sender of
+    // the envelopes that follow.
+    let own = matches!(&call, Call::List(user) if user.user == inner.me.user);
+    let conn = match if own {
+        inner.relay(relay).await
+    } else {
+        inner.anonymous(relay).await
+    } {
         Ok(c) => c,
         Err(e) => {
             return match call {

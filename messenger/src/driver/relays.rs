@@ -58,11 +58,14 @@ pub(crate) enum As {
     /// This device's mailbox key: its own mailbox's business (subscribe,
     /// fetch and ack, publish lists and prekeys, upload blobs).
     Mailbox,
-    /// A fresh key per connection, never used again: sending, fetching
-    /// others' lists and bundles, downloading. The relay cannot tell which
-    /// device (or that the same one) sent a sealed envelope, beyond the
-    /// connection and its address (PROTOCOL.md III.8).
+    /// A fresh key per connection, never used again, for one outbox pass:
+    /// sending, fetching others' lists and bundles. The relay cannot tell
+    /// which device (or that the same one) sent a sealed envelope, beyond
+    /// the connection and its address (PROTOCOL.md III.8).
     Anonymous,
+    /// A fresh key per connection, for attachment uploads and downloads
+    /// (long transfers that must not end with an outbox pass).
+    Transfer,
 }
 
 /// The pool of relay connections of one device: at most one per relay and
@@ -122,7 +125,7 @@ impl Relays {
             let fresh;
             let key = match who {
                 As::Mailbox => &self.key,
-                As::Anonymous => {
+                As::Anonymous | As::Transfer => {
                     fresh = SigningKey::generate(&mut rand_core::OsRng);
                     &fresh
                 }
@@ -140,7 +143,7 @@ impl Relays {
 
     /// Forgets a connection that failed, so the next `get` reconnects.
     pub(crate) async fn forget(&self, relay: &RelayAddress, failed: &Arc<RelayClient>) {
-        for who in [As::Mailbox, As::Anonymous] {
+        for who in [As::Mailbox, As::Anonymous, As::Transfer] {
             let slot = self.slot(relay, who);
             let mut conn = slot.lock().await;
             if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, failed)) {
@@ -151,11 +154,29 @@ impl Relays {
 
     /// Forgets (and closes) the connections to `relay`, if any.
     pub(crate) async fn forget_any(&self, relay: &RelayAddress) {
-        for who in [As::Mailbox, As::Anonymous] {
+        for who in [As::Mailbox, As::Anonymous, As::Transfer] {
             let slot = self.slot(relay, who);
             let taken = slot.lock().await.take();
             if let Some(c) = taken {
                 c.connection().close(0u32.into(), b"unresponsive");
+            }
+        }
+    }
+
+    /// Closes the anonymous connections (the next sends open new ones).
+    pub(crate) async fn close_anonymous(&self) {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|((_, who), _)| *who == As::Anonymous)
+            .map(|(_, s)| s.clone())
+            .collect();
+        for slot in slots {
+            let taken = slot.lock().await.take();
+            if let Some(c) = taken {
+                c.connection().close(0u32.into(), b"done");
             }
         }
     }

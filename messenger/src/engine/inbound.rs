@@ -986,7 +986,7 @@ fn process_group<S: Store>(
                 return Ok(Ok(Outcome::default()));
             }
             let (id, status, plaintext) =
-                match group::decrypt(tx, &sender_user, g.sender_device, &g.message) {
+                match group::decrypt(tx, &sealed_in, &sender_user, g.sender_device, &g.message) {
                     Ok(x) => x,
                     Err(e) if e.fault() == Fault::Local => return Err(e),
                     Err(e) => {
@@ -1017,14 +1017,6 @@ fn process_group<S: Store>(
                     }
                 };
             records::mark_processed(tx, envelope_id, now_ms)?;
-            // Sealed under one group's key, its chain in another: a member
-            // of both replaying across groups.
-            if id != sealed_in {
-                return Ok(Err((
-                    None,
-                    "group envelope sealed under another group".to_string(),
-                )));
-            }
             // The sender's address: this user's, or its contact record's
             // (its pairwise key made one), else as the group lists it (a
             // big group's state is decoded only then).

@@ -1036,6 +1036,7 @@ fn distribution_to_pb(id: &GroupId, d: &SenderKeyDistribution) -> pb::SenderKeyD
 /// and be a member of the group now.
 pub(crate) fn decrypt(
     tx: &mut impl Txn,
+    sealed_in: &GroupId,
     sender_user: &[u8; 32],
     sender_device: u32,
     message: &[u8],
@@ -1044,6 +1045,13 @@ pub(crate) fn decrypt(
     let id = records::chain_group(tx, sender_user, sender_device, &header.chain_id)?
         .map(GroupId)
         .ok_or(Error::GroupRejected("no sender key for this chain"))?;
+    // Sealed under one group's key, its chain in another (a member of both
+    // re-sealing a message to burn its key): refused before the chain moves.
+    if id != *sealed_in {
+        return Err(Error::GroupRejected(
+            "group envelope sealed under another group",
+        ));
+    }
     // The head, not the record: a message never decodes the history.
     let (status, members) = match records::group_head(tx, &id.0)? {
         Some(head) => head,

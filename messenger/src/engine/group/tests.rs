@@ -267,6 +267,60 @@ fn a_group_too_large_for_one_envelope_reaches_every_device_in_pieces() {
     assert_eq!(group_texts(&mut bob, 0), ["hello all"]);
 }
 
+/// A member of two groups re-seals a message of one under the other's
+/// key and gets it to a fellow member first: refused before the chain
+/// moves, so the genuine copy still reads (it would have been a duplicate).
+#[test]
+fn a_message_resealed_under_another_group_burns_no_key() {
+    let (mut net, mut alice, mut bob, _carol, id) = three();
+    let (me, cert) = (alice.address(), alice.devices[0].cert);
+    let other = create(
+        &mut alice.devices[0].device,
+        &me,
+        &cert,
+        "other",
+        &[bob.address()],
+        NOW,
+        &mut OsRng,
+    )
+    .unwrap();
+    net.pass(&mut alice, 0);
+    net.deliver(&mut bob, 0);
+    send(&mut alice, 0, id, "for the first group");
+    net.pass(&mut alice, 0);
+    let key = (bob.address().user, bob.devices[0].mailbox);
+    let got = net.mailboxes.remove(&key).unwrap_or_default();
+    let mut resealed = Vec::new();
+    for (eid, payload) in &got {
+        if let Some(pb::envelope::Body::SealedGroup(b)) =
+            pb::Envelope::decode(payload.as_slice()).unwrap().body
+        {
+            let inner = sotto_core::sealed::open_shared(&seal_key(&id), &b).unwrap();
+            let g = pb::GroupEnvelope::decode(inner.as_slice()).unwrap();
+            let mut forged_id = *eid;
+            forged_id[0] ^= 0xff;
+            resealed.push((forged_id, seal_envelope(&other, &g, &[9; 24]).unwrap()));
+        }
+    }
+    assert_eq!(resealed.len(), 1);
+    // The re-sealed copy first (the sender key arrives with the genuine
+    // batch, so hand it over first).
+    for e in got.iter().filter(|(_, p)| {
+        !matches!(
+            pb::Envelope::decode(p.as_slice()).unwrap().body,
+            Some(pb::envelope::Body::SealedGroup(_))
+        )
+    }) {
+        bob.receive(0, e);
+    }
+    bob.receive(0, &resealed[0]);
+    assert!(group_texts(&mut bob, 0).is_empty());
+    for e in &got {
+        bob.receive(0, e);
+    }
+    assert_eq!(group_texts(&mut bob, 0), ["for the first group"]);
+}
+
 #[test]
 fn a_replayed_or_forged_group_message_never_shows() {
     let (mut net, mut alice, mut bob, mut carol, id) = three();
