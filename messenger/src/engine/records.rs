@@ -13,8 +13,9 @@
 //! `dto` this device's delivery token (raw 32 bytes), `dta` the one last
 //! announced (raw); `dt/`+user+u32be(device)
 //! a peer device's delivery token (raw 32 bytes, deleted with the device);
-//! groups: `gr/`+group id the group record, `gh/`+group id its head (written
-//! with it), `gk/`+group id this device's
+//! groups: `gr/`+group id the group record, `gh/`+group id its head and
+//! `gs/`+group id its status (one byte; both written with it), `gk/`+group
+//! id this device's
 //! sending chain, `gx/`+group id+user+u32be(device) the chains a member
 //! device handed us (at most 2), `gi/`+user+u32be(device)+chain id the
 //! group that chain belongs to (raw 32 bytes), `gp` distributions waiting
@@ -52,6 +53,7 @@ const ANNOUNCED_DELIVERY_TOKEN: &[u8] = b"dta";
 const DELIVERY_TOKEN: &[u8] = b"dt/";
 const GROUP: &[u8] = b"gr/";
 const GROUP_HEAD: &[u8] = b"gh/";
+const GROUP_STATUS: &[u8] = b"gs/";
 const FANOUT_GENERATION: &[u8] = b"fg";
 const OWN_SENDER_KEY: &[u8] = b"gk/";
 const SENDER_KEYS: &[u8] = b"gx/";
@@ -703,6 +705,8 @@ pub(crate) fn put_group(tx: &mut impl Txn, id: &[u8; 32], g: &pb::GroupRecord) -
         member_ids: UserSet::of(&ids).into_bytes(),
     };
     bump_fanout(tx)?;
+    let status = u8::try_from(g.status).unwrap_or(u8::MAX);
+    tx.put(Table::App, &key(GROUP_STATUS, &[id]), &[status])?;
     put(tx, &key(GROUP_HEAD, &[id]), &head)?;
     put(tx, &key(GROUP, &[id]), g)
 }
@@ -715,13 +719,23 @@ pub(crate) fn group_head(tx: &impl Txn, id: &[u8; 32]) -> Result<Option<(u32, Us
     }
 }
 
-/// The ids of the groups this device holds a record of (keys only).
-pub(crate) fn group_ids(tx: &impl Txn) -> Result<Vec<[u8; 32]>> {
-    Ok(tx
-        .keys_with_prefix(Table::App, GROUP)?
-        .into_iter()
-        .filter_map(|k| <[u8; 32]>::try_from(&k[GROUP.len()..]).ok())
-        .collect())
+/// The ids of the groups this device holds a record of and has not left
+/// (its status is one byte beside the record: no record is decoded).
+pub(crate) fn live_group_ids(tx: &impl Txn, gone: u32) -> Result<Vec<[u8; 32]>> {
+    let mut out = Vec::new();
+    for k in tx.keys_with_prefix(Table::App, GROUP)? {
+        let Ok(id) = <[u8; 32]>::try_from(&k[GROUP.len()..]) else {
+            continue;
+        };
+        let gone = u8::try_from(gone).unwrap_or(u8::MAX);
+        let left = tx
+            .get(Table::App, &key(GROUP_STATUS, &[&id]))?
+            .is_some_and(|v| v.as_slice() == [gone]);
+        if !left {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 /// Every group record.

@@ -1221,10 +1221,10 @@ pub(crate) fn seal_envelope(
 }
 
 /// Opens a sealed group envelope with the key of each group this device
-/// holds (none of which the relay can tell apart); the group and the
-/// envelope, or `None` if no key opens it.
+/// holds and has not left (none of which the relay can tell apart); the
+/// group and the envelope, or `None` if no key opens it.
 pub(crate) fn unseal(tx: &impl Txn, sealed: &[u8]) -> Result<Option<(GroupId, pb::GroupEnvelope)>> {
-    for id in records::group_ids(tx)? {
+    for id in records::live_group_ids(tx, GONE)? {
         let id = GroupId(id);
         if let Ok(inner) = sotto_core::sealed::open_shared(&seal_key(&id), sealed) {
             return Ok(pb::GroupEnvelope::decode(inner.as_slice())
