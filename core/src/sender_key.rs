@@ -169,6 +169,28 @@ impl SendingChain {
         self.iteration
     }
 
+    /// True if `message` is one this chain sent (bound to `context`): its
+    /// chain id, an iteration already used, and a valid signature by this
+    /// chain's key. A device recognises its own message coming back (a
+    /// group message goes to every member device, the sender's included,
+    /// so the relay cannot tell the sender by the one left out).
+    pub fn sent(&self, context: &[u8; CONTEXT_LEN], message: &[u8]) -> bool {
+        let Ok(header) = SenderKeyHeader::parse(message) else {
+            return false;
+        };
+        if header.chain_id != self.chain_id || header.iteration >= self.iteration {
+            return false;
+        }
+        let (signed, signature) = message.split_at(message.len() - SIGNATURE_LEN);
+        let Ok(signature) = Signature::from_slice(signature) else {
+            return false;
+        };
+        self.signing
+            .verifying_key()
+            .verify(&signed_bytes(context, signed), &signature)
+            .is_ok()
+    }
+
     /// The chain's current position, for a member device.
     pub fn distribution(&self) -> SenderKeyDistribution {
         SenderKeyDistribution {

@@ -974,6 +974,24 @@ fn process_group<S: Store>(
         return fail(device, None, 0, "malformed sender");
     };
     if sender_user == me.user && g.sender_device == device.device_id() {
+        // This device's own message coming back (group messages go to every
+        // member device, the sender's too): acknowledged with no event once
+        // this device's chain confirms it sent it; anything else claiming
+        // this device is a failure.
+        let echo = device.store_mut().transaction(|tx| -> Result<bool> {
+            let Some(own) = records::own_sender_key(tx, &sealed_in.0)? else {
+                return Ok(false);
+            };
+            let chain = sotto_core::sender_key::SendingChain::from_record(&own.chain)?;
+            if !chain.sent(&sealed_in.0, &g.message) {
+                return Ok(false);
+            }
+            records::mark_processed(tx, envelope_id, now_ms)?;
+            Ok(true)
+        })?;
+        if echo {
+            return Ok(Outcome::default());
+        }
         return fail(device, None, 0, "message claims to come from this device");
     }
     let own = sender_user == me.user;

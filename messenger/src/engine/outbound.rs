@@ -703,9 +703,9 @@ impl Planner {
     }
 
     /// Every member's list is pinned: the group item's targets are their
-    /// devices (and this user's other ones) not done yet.
+    /// devices (this user's, this one included) not done yet.
     fn group_targets<S: Store>(&mut self, device: &mut Device<S>, now_ms: u64) -> Result<()> {
-        let (me, my_id) = (self.me.clone(), self.device_id);
+        let me = self.me.clone();
         let cur = self.current_mut()?;
         let Some(g) = cur.group.as_ref() else {
             return Err(Error::invalid_argument("not a group item"));
@@ -728,9 +728,9 @@ impl Planner {
                 };
                 for d in list.devices.iter().take(MAX_DEVICES_PER_MEMBER) {
                     count += 1;
-                    if (m.user == me.user && d.device_id == my_id)
-                        || done.contains(&m.user, d.device_id)
-                    {
+                    // This device too: its copy comes back to it, so the
+                    // relay cannot tell the sender by the one left out.
+                    if done.contains(&m.user, d.device_id) {
                         continue;
                     }
                     targets.push_back(Target {
@@ -921,7 +921,7 @@ impl Planner {
                     continue;
                 }
                 cur.to = t.user.clone();
-                if g.chain_holders.contains(&user, id) {
+                if g.chain_holders.contains(&user, id) || (user == me && id == my_id) {
                     // Sent with the others on its relay, once.
                     g.ready.push(t.clone());
                     cur.targets.pop_front();

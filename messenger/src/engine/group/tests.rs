@@ -321,6 +321,43 @@ fn a_message_resealed_under_another_group_burns_no_key() {
     assert_eq!(group_texts(&mut bob, 0), ["for the first group"]);
 }
 
+/// A group message goes to every member device, the sender's own too, so
+/// the relay cannot name the sender by the mailbox left out; the sender's
+/// device takes its copy back silently, and a copy claiming that device
+/// that its chain did not send is a failure.
+#[test]
+fn the_sender_gets_its_own_copy_back_silently_and_a_forged_one_fails() {
+    let (mut net, mut alice, mut bob, _carol, id) = three();
+    send(&mut alice, 0, id, "hello");
+    net.pass(&mut alice, 0);
+    let own = (alice.address().user, alice.devices[0].mailbox);
+    let back = net.mailboxes.get(&own).cloned().unwrap_or_default();
+    assert_eq!(back.len(), 1, "the sender's own mailbox is a recipient");
+    let before = alice.events(0).len();
+    alice.receive(0, &back[0]);
+    assert_eq!(alice.events(0).len(), before, "no event for its own copy");
+    // Bob, a member, forges a message claiming Alice's device 0 under the
+    // group's key (with his own chain's bytes): a failure, not silence.
+    net.deliver(&mut bob, 0);
+    send(&mut bob, 0, id, "mine");
+    net.pass(&mut bob, 0);
+    let bobs = net.mailboxes.remove(&own).unwrap_or_default();
+    let mut forged = None;
+    for (_, p) in &bobs {
+        if let Some(pb::envelope::Body::SealedGroup(b)) =
+            pb::Envelope::decode(p.as_slice()).unwrap().body
+        {
+            let inner = sotto_core::sealed::open_shared(&seal_key(&id), &b).unwrap();
+            let mut g = pb::GroupEnvelope::decode(inner.as_slice()).unwrap();
+            g.sender_user = alice.address().user.to_vec();
+            g.sender_device = alice.devices[0].device.device_id();
+            forged = Some(seal_envelope(&id, &g, &[7; 24]).unwrap());
+        }
+    }
+    alice.receive(0, &([0x77; 16], forged.unwrap()));
+    assert!(kinds(&alice.events(0)).contains(&"failed"));
+}
+
 #[test]
 fn a_replayed_or_forged_group_message_never_shows() {
     let (mut net, mut alice, mut bob, mut carol, id) = three();
