@@ -17,17 +17,21 @@ use sotto_messenger::harness::GroupBench;
 const TEXT: usize = 256;
 const DEVICES: u32 = 3;
 
+/// Group sizes from the comma-separated variable `var`, else `default`.
+fn sizes(var: &str, default: &str) -> Vec<usize> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
 fn sender(c: &mut Criterion) {
     let mut g = c.benchmark_group("group_send");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     // SOTTO_BENCH_MEMBERS=10,100 picks sizes (setting up 1,000 members,
     // 3,000 sessions, takes a while).
-    let sizes: Vec<usize> = std::env::var("SOTTO_BENCH_MEMBERS")
-        .unwrap_or_else(|_| "10,100,1000".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    for members in sizes {
+    for members in sizes("SOTTO_BENCH_MEMBERS", "10,100,1000") {
         let mut bench = GroupBench::new(members, DEVICES);
         let group = bench.send_group(TEXT);
         bench.drop_mailboxes();
@@ -75,12 +79,7 @@ fn receiver(c: &mut Criterion) {
     let mut g = c.benchmark_group("group_receive");
     // A member's cost must not grow with the group (SOTTO_BENCH_RECEIVE
     // picks sizes).
-    let sizes: Vec<usize> = std::env::var("SOTTO_BENCH_RECEIVE")
-        .unwrap_or_else(|_| "10,1000".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    for members in sizes {
+    for members in sizes("SOTTO_BENCH_RECEIVE", "10,1000") {
         let mut bench = GroupBench::new(members, DEVICES);
         g.bench_function(BenchmarkId::new("one_message_256B", members), |b| {
             b.iter_custom(|iters| bench.receive_group(iters as usize))
