@@ -40,9 +40,21 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `binary` on a fresh temp dir with `extra` flags.
     pub fn start(binary: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_logging(binary, extra, "info")
+    }
+
+    /// [`RelayProcess::start`], logging at `filter` (`RUST_LOG` syntax) to
+    /// `relay.log` in its data dir.
+    pub fn start_logging(binary: &Path, extra: &[&str], filter: &str) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_path_buf();
-        let mut relay = Self::spawn(binary, &dir, extra)?;
+        let mut relay = Self::spawn_with(
+            binary,
+            &dir,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            extra,
+            filter,
+        )?;
         relay._tmp = Some(tmp);
         Ok(relay)
     }
@@ -66,6 +78,16 @@ impl RelayProcess {
 
     /// Starts `binary` on `dir`, listening on `listen`.
     pub fn spawn_at(binary: &Path, dir: &Path, listen: SocketAddr, extra: &[&str]) -> Result<Self> {
+        Self::spawn_with(binary, dir, listen, extra, "info")
+    }
+
+    fn spawn_with(
+        binary: &Path,
+        dir: &Path,
+        listen: SocketAddr,
+        extra: &[&str],
+        filter: &str,
+    ) -> Result<Self> {
         let _ = std::fs::remove_file(dir.join(addr_file::FILE_NAME));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -78,6 +100,7 @@ impl RelayProcess {
             .arg(listen.to_string())
             .args(["--metrics-listen", "127.0.0.1:0"])
             .args(extra)
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -141,6 +164,11 @@ impl RelayProcess {
     /// Reads the relay's Prometheus `/metrics` (plain counters and gauges;
     /// histogram series and labelled lines are skipped).
     pub fn metrics_snapshot(&self) -> Result<RelayMetrics> {
+        Ok(RelayMetrics::parse(&self.metrics_text()?))
+    }
+
+    /// The relay's Prometheus `/metrics` page, as text.
+    pub fn metrics_text(&self) -> Result<String> {
         let addr = self
             .metrics
             .ok_or_else(|| failed("relay publishes no metrics".into()))?;
@@ -158,7 +186,7 @@ impl RelayProcess {
                 head.lines().next().unwrap_or_default()
             )));
         }
-        Ok(RelayMetrics::parse(body))
+        Ok(body.to_string())
     }
 
     /// Ends the process at once (SIGKILL: nothing flushed).

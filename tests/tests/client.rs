@@ -441,14 +441,14 @@ async fn relay_disk_holds_none_of_the_conversation() {
 
 /// Sealed sender (PROTOCOL.md I.14): Alice (home relay A) writes to Bob
 /// (home relay B), who is offline, so her envelopes wait on B's disk. B has
-/// never held anything of Alice's but those envelopes: its disk holds
-/// neither her account key nor her device's identity (before sealing, every
-/// envelope carried the first in the clear, and her first message her
-/// certificate with both).
+/// never held anything of Alice's but those envelopes: its disk, its
+/// debug-level log and its metrics hold neither her account key nor her
+/// mailbox's id, raw or in hex (before sealing, every envelope carried the
+/// first in the clear, and her first message her certificate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recipients_relay_stores_no_sender_identity() {
     let home_a = RelayProcess::start(&relay_binary(), &[]).unwrap();
-    let home_b = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let home_b = RelayProcess::start_logging(&relay_binary(), &[], "debug").unwrap();
     let alice = Dev::create(&home_a).await;
     let mut bob = Dev::create(&home_b).await;
     let bob_addr = bob.addr();
@@ -461,10 +461,23 @@ async fn the_recipients_relay_stores_no_sender_identity() {
     }
     alice.c().flush(WAIT).await.unwrap();
     let account = alice.addr().user;
-    assert!(
-        !home_b.disk_contains(&account).unwrap(),
-        "the sender's account key is on the recipient's relay"
-    );
+    let (mailbox, _) = alice
+        .c()
+        .connection_identities(&relay_address(&home_a))
+        .await
+        .unwrap();
+    let metrics = home_b.metrics_text().unwrap();
+    for (what, id) in [("account key", account), ("mailbox id", mailbox.0)] {
+        let hex = hex::encode(id);
+        assert!(
+            !home_b.disk_contains(&id).unwrap() && !home_b.disk_contains(hex.as_bytes()).unwrap(),
+            "the sender's {what} is on the recipient relay's disk or log"
+        );
+        assert!(
+            !metrics.contains(&hex),
+            "the sender's {what} is in the metrics"
+        );
+    }
     // Bob reads them all, from whoever the seal says inside.
     bob.reopen().await;
     for i in 0..3 {
