@@ -17,6 +17,7 @@
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use rand_core::CryptoRngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -36,8 +37,28 @@ const TAG_LEN: usize = 16;
 const XNONCE_LEN: usize = 24;
 /// Bytes a one-device seal adds before padding: type, ephemeral key, tag.
 pub const SEALED_OVERHEAD: usize = 1 + 32 + TAG_LEN;
-/// Bytes a shared seal adds before padding: type, nonce, tag.
-pub const SEALED_SHARED_OVERHEAD: usize = 1 + XNONCE_LEN + TAG_LEN;
+/// Bytes of a shared seal's key hint.
+pub const HINT_LEN: usize = 4;
+/// Domain of the key hint.
+pub const HINT_DOMAIN: &[u8] = b"Sotto_v1_SealHint";
+/// Bytes a shared seal adds before padding: type, nonce, hint, tag.
+pub const SEALED_SHARED_OVERHEAD: usize = 1 + XNONCE_LEN + HINT_LEN + TAG_LEN;
+
+/// `HMAC-SHA256(key, "Sotto_v1_SealHint" || nonce)`, of which a shared seal
+/// carries the first [`HINT_LEN`] bytes: a receiver holding many keys finds
+/// the one to try without an AEAD pass per key, and the relay, which sees a
+/// fresh nonce each time, links nothing.
+fn hint_mac(key: &[u8; 32], nonce: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length: construction cannot fail (a defined
+    // value rather than a panic if it ever did).
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => <Hmac<Sha256> as KeyInit>::new(&Default::default()),
+    };
+    mac.update(HINT_DOMAIN);
+    mac.update(nonce);
+    mac
+}
 
 /// The one-device key: `HKDF-SHA256(salt = none, ikm = X25519(e, IK_r),
 /// info = "Sotto_v1_SealedSender" || e_pub || IK_r)`.
@@ -131,7 +152,8 @@ pub fn open(identity: &IdentityKeyPair, sealed: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Seals `inner` under a key many devices hold: `0x15 || nonce (24, random)
-/// || XChaCha20-Poly1305(key, nonce, aad = 0x15, padded inner) || tag`.
+/// || hint (4) || XChaCha20-Poly1305(key, nonce, aad = 0x15, padded inner)
+/// || tag`.
 pub fn seal_shared(
     key: &[u8; 32],
     inner: &[u8],
@@ -155,6 +177,7 @@ pub fn seal_shared_with(
         Vec::with_capacity(SEALED_SHARED_OVERHEAD + padding::padded_len(inner.len(), padding));
     out.push(SEALED_SHARED_TYPE);
     out.extend_from_slice(nonce);
+    out.extend_from_slice(&hint_mac(key, nonce).finalize().into_bytes()[..HINT_LEN]);
     let mut body = Vec::with_capacity(padding::padded_len(inner.len(), padding) + TAG_LEN);
     padding::pad_into(&mut body, inner, padding);
     let tag = XChaCha20Poly1305::new(Key::from_slice(key))
@@ -179,7 +202,12 @@ pub fn open_shared(key: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>> {
         return Err(version_error(sealed[0]));
     }
     let nonce = XNonce::from_slice(&sealed[1..1 + XNONCE_LEN]);
-    let (body, tag) = sealed[1 + XNONCE_LEN..].split_at(sealed.len() - 1 - XNONCE_LEN - TAG_LEN);
+    let hint = &sealed[1 + XNONCE_LEN..1 + XNONCE_LEN + HINT_LEN];
+    if hint_mac(key, nonce).verify_truncated_left(hint).is_err() {
+        return Err(Error::DecryptFailed);
+    }
+    let start = 1 + XNONCE_LEN + HINT_LEN;
+    let (body, tag) = sealed[start..].split_at(sealed.len() - start - TAG_LEN);
     let mut buf = body.to_vec();
     XChaCha20Poly1305::new(Key::from_slice(key))
         .decrypt_in_place_detached(nonce, &[SEALED_SHARED_TYPE], &mut buf, Tag::from_slice(tag))
