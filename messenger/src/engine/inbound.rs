@@ -478,24 +478,15 @@ fn queue_retry_request(
     if !take_repair_slot(tx, peer, device_id, now_ms)? {
         return Ok(false);
     }
-    let recipient = peer.to_string();
-    records::push_outbox(
+    records::push_repair(
         tx,
-        &pb::OutboxItem {
-            recipient,
-            content: pb::Content {
-                sender_relay: String::new(),
-                delivery_token: Vec::new(),
-                body: Some(pb::content::Body::Retry(pb::RetryRequest {
-                    envelope_id: envelope_id.to_vec(),
-                })),
-            }
-            .encode_to_vec(),
-            only_devices: vec![device_id],
-            reset_session: reset,
-            repair: true,
-            ..Default::default()
-        },
+        peer,
+        device_id,
+        String::new(),
+        pb::content::Body::Retry(pb::RetryRequest {
+            envelope_id: envelope_id.to_vec(),
+        }),
+        reset,
     )?;
     Ok(true)
 }

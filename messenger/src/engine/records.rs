@@ -140,6 +140,35 @@ pub(crate) fn push_outbox(tx: &mut impl Txn, item: &pb::OutboxItem) -> Result<u6
     Ok(seq)
 }
 
+/// Queues a repair item: `body` (with `sender_relay`) to `peer`'s device
+/// `device` only, over a fresh session if `reset`.
+pub(crate) fn push_repair(
+    tx: &mut impl Txn,
+    peer: &super::address::UserAddress,
+    device: u32,
+    sender_relay: String,
+    body: pb::content::Body,
+    reset: bool,
+) -> Result<u64> {
+    use prost::Message as _;
+    push_outbox(
+        tx,
+        &pb::OutboxItem {
+            recipient: peer.to_string(),
+            content: pb::Content {
+                sender_relay,
+                delivery_token: Vec::new(),
+                body: Some(body),
+            }
+            .encode_to_vec(),
+            only_devices: vec![device],
+            reset_session: reset,
+            repair: true,
+            ..Default::default()
+        },
+    )
+}
+
 /// The queued outgoing items, oldest first.
 pub(crate) fn outbox(tx: &impl Txn) -> Result<Vec<(u64, pb::OutboxItem)>> {
     let mut out = Vec::new();

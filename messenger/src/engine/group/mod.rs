@@ -458,23 +458,15 @@ pub(crate) fn request_key(
     if !crate::engine::inbound::take_repair_slot(tx, peer, device, now_ms)? {
         return Ok(false);
     }
-    let recipient = peer.to_string();
-    records::push_outbox(
+    records::push_repair(
         tx,
-        &pb::OutboxItem {
-            recipient,
-            content: pb::Content {
-                sender_relay: me.relay.to_string(),
-                delivery_token: Vec::new(),
-                body: Some(pb::content::Body::SenderKeyRequest(pb::SenderKeyRequest {
-                    chain_id: chain_id.to_vec(),
-                })),
-            }
-            .encode_to_vec(),
-            only_devices: vec![device],
-            repair: true,
-            ..Default::default()
-        },
+        peer,
+        device,
+        me.relay.to_string(),
+        pb::content::Body::SenderKeyRequest(pb::SenderKeyRequest {
+            chain_id: chain_id.to_vec(),
+        }),
+        false,
     )?;
     Ok(true)
 }
@@ -501,29 +493,19 @@ pub(crate) fn on_key_request(
         if own.chain_id != req.chain_id || !state.is_member(&peer.user) {
             continue;
         }
-        let recipient = peer.to_string();
-        if records::pending_repairs(tx, &recipient, device)?
+        if records::pending_repairs(tx, &peer.to_string(), device)?
             >= crate::engine::inbound::MAX_PENDING_REPAIRS
         {
             return Ok(false);
         }
         let position = SendingChain::from_record(&own.chain)?.distribution();
-        records::push_outbox(
+        records::push_repair(
             tx,
-            &pb::OutboxItem {
-                recipient,
-                content: pb::Content {
-                    sender_relay: me.relay.to_string(),
-                    delivery_token: Vec::new(),
-                    body: Some(pb::content::Body::SenderKey(distribution_to_pb(
-                        &state.id, &position,
-                    ))),
-                }
-                .encode_to_vec(),
-                only_devices: vec![device],
-                repair: true,
-                ..Default::default()
-            },
+            peer,
+            device,
+            me.relay.to_string(),
+            pb::content::Body::SenderKey(distribution_to_pb(&state.id, &position)),
+            false,
         )?;
         return Ok(true);
     }
