@@ -933,3 +933,71 @@ async fn disk_returns_near_empty_after_everything_is_acked() {
     );
     assert_eq!(relay.metric("sotto_queue_depth").await, 0);
 }
+
+#[tokio::test]
+async fn ephemeral_envelopes_go_to_a_live_subscription_now_or_never() {
+    let relay = RelayProc::start(&[]);
+    let (ka, kb) = (key(), key());
+    let a = relay.client(&ka).await;
+    let b = relay.client(&kb).await;
+    let token = [7u8; 32];
+    b.set_delivery_token(Some(&token)).await.unwrap();
+    let to = b.mailbox();
+
+    // Offline: accepted (the sender learns nothing), dropped, never stored.
+    let r = a
+        .send_ephemeral(vec![(to, b"while offline".to_vec(), token)])
+        .await
+        .unwrap();
+    assert!(r[0].is_ok());
+    metric_reaches(&relay, "sotto_ephemeral_dropped_total", 1).await;
+
+    // Live: pushed at once, beside (not inside) the durable queue.
+    let mut sub = b.subscribe().await.unwrap();
+    assert!(matches!(next_push(&mut sub).await, Pushed::QueueEmpty));
+    a.send_ephemeral(vec![(to, b"typing".to_vec(), token)])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    match next_push(&mut sub).await {
+        Pushed::Ephemeral(p) => assert_eq!(p, b"typing"),
+        other => panic!("expected the live envelope, got {other:?}"),
+    }
+    metric_reaches(&relay, "sotto_ephemeral_delivered_total", 1).await;
+
+    // Refused: no token, a wrong token, too large; a stranger's mailbox
+    // without a verifier takes none either.
+    let refused = a
+        .send_ephemeral(vec![
+            (to, b"x".to_vec(), [0u8; 32]),
+            (to, vec![0u8; 4097], token),
+            (a.mailbox(), b"x".to_vec(), token),
+        ])
+        .await
+        .unwrap();
+    let codes: Vec<ErrorCode> = refused
+        .iter()
+        .map(|r| code(r.as_ref().unwrap_err()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ErrorCode::BadDeliveryToken,
+            ErrorCode::EnvelopeTooLarge,
+            ErrorCode::BadDeliveryToken
+        ]
+    );
+
+    // Nothing ephemeral was ever stored: a new subscription and a fetch
+    // find an empty mailbox, and the durable counters never moved.
+    drop(sub);
+    b.close().await;
+    let b = relay.client(&kb).await;
+    let mut sub = b.subscribe().await.unwrap();
+    assert!(matches!(next_push(&mut sub).await, Pushed::QueueEmpty));
+    assert!(b.fetch(None, 100).await.unwrap().envelopes.is_empty());
+    assert_eq!(relay.metric("sotto_envelopes_accepted_total").await, 0);
+    assert_eq!(relay.metric("sotto_queue_depth").await, 0);
+}

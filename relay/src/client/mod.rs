@@ -15,8 +15,8 @@ use ed25519_dalek::SigningKey;
 use sotto_proto::relay::{
     client_frame::Body as Req, server_frame::Body as Resp, Ack, AuthBegin, AuthProve, BlobDownload,
     BlobUpload, FetchBundle, FetchDeviceList, PrekeyCounts, PrekeyItem, PublishDeviceList,
-    PublishPrekeys, QueryPrekeyCounts, RegisterPushToken, Send, SendBatch, SendShared,
-    SetDeliveryToken, SharedRecipient, SignedDeviceList, Subscribe,
+    PublishPrekeys, QueryPrekeyCounts, RegisterPushToken, Send, SendBatch, SendEphemeral,
+    SendShared, SetDeliveryToken, SharedRecipient, SignedDeviceList, Subscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -77,6 +77,9 @@ pub enum Pushed {
     QueueEmpty,
     /// The device's one-time prekeys are running low: replenish.
     PrekeysLow(PrekeyCounts),
+    /// A live-only payload ([`RelayClient::send_ephemeral`]): nothing to
+    /// acknowledge, never delivered again.
+    Ephemeral(Vec<u8>),
 }
 
 /// A live push stream: backlog first, then [`Pushed::QueueEmpty`], then live.
@@ -133,6 +136,7 @@ impl Subscription {
             }),
             Resp::QueueEmpty(_) => Pushed::QueueEmpty,
             Resp::PrekeyCounts(c) => Pushed::PrekeysLow(c),
+            Resp::Ephemeral(e) => Pushed::Ephemeral(e.payload),
             _ => return Err(RelayError::UnexpectedReply),
         }))
     }
@@ -354,6 +358,41 @@ impl RelayClient {
             return Err(RelayError::UnexpectedReply);
         };
         per_item(ok.results, n)
+    }
+
+    /// Submits live-only payloads `(mailbox, payload, delivery token)`:
+    /// each goes to its mailbox's live subscription now or never (PROTOCOL.md
+    /// Part II §4). `Ok(())` for an item means it was not refused (not that
+    /// it was delivered); a mailbox refuses items without its token.
+    pub async fn send_ephemeral(
+        &self,
+        items: Vec<(MailboxId, Vec<u8>, [u8; 32])>,
+    ) -> Result<Vec<Result<()>>> {
+        let n = items.len();
+        let req = Req::SendEphemeral(SendEphemeral {
+            items: items
+                .into_iter()
+                .map(|(r, payload, token)| Send {
+                    recipient: r.0.to_vec(),
+                    payload,
+                    delivery_token: token.to_vec(),
+                })
+                .collect(),
+        });
+        let Resp::SendBatchOk(ok) = self.request(req).await? else {
+            return Err(RelayError::UnexpectedReply);
+        };
+        if ok.results.len() != n {
+            return Err(RelayError::UnexpectedReply);
+        }
+        Ok(ok
+            .results
+            .into_iter()
+            .map(|r| match r.error {
+                None => Ok(()),
+                Some(e) => Err(frame::remote_error(&e)),
+            })
+            .collect())
     }
 
     /// Fetches up to `limit` envelopes after `after` (or from the head).

@@ -545,6 +545,39 @@ async fn dispatch(
             state.metrics.send_latency.observe(started.elapsed());
             ok(Resp::SendSharedOk(SendSharedOk { results }))
         }
+        Req::SendEphemeral(b) => {
+            if b.items.len() > state.config.max_batch_items {
+                return Err(RelayError::refusal(
+                    ErrorCode::TooManyItems,
+                    "batch too large",
+                ));
+            }
+            let items = b
+                .items
+                .into_iter()
+                .map(|s| {
+                    Ok(Submission {
+                        to: recipient(&s.recipient)?,
+                        payload: s.payload,
+                        delivery_token: token(s.delivery_token)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            take_sends(state, ctx, items.len())?;
+            let results = state
+                .mailboxes
+                .submit_ephemeral(items)
+                .into_iter()
+                .map(|r| match r {
+                    Ok(()) => SendResult {
+                        envelope_id: vec![],
+                        error: None,
+                    },
+                    Err(e) => send_result(Err(e)),
+                })
+                .collect();
+            ok(Resp::SendBatchOk(SendBatchOk { results }))
+        }
         Req::Fetch(f) => {
             let after = if f.after.is_empty() {
                 0
@@ -697,7 +730,7 @@ async fn stream_acks(state: Arc<State>, mailbox: MailboxId, mut recv: quinn::Rec
 /// subscription for the same mailbox replaces it (the stream is then
 /// finished, or reset if it was stuck mid-write on a stale connection).
 async fn subscribe(state: &State, ctx: &Conn, rid: u64, send: &mut quinn::SendStream) {
-    let (mut changed, mut slot) = state.mailboxes.subscribe(&ctx.mailbox);
+    let (mut changed, mut slot, mut ephemeral) = state.mailboxes.subscribe(&ctx.mailbox);
     let mut shutdown = state.shutdown.clone();
     let mut cursor = 0u64;
     let mut sent_empty = false;
@@ -758,6 +791,26 @@ async fn subscribe(state: &State, ctx: &Conn, rid: u64, send: &mut quinn::SendSt
         }
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
+            Some(first) = ephemeral.recv() => {
+                // Live-only payloads: written now (with any that queued
+                // behind the first), never kept for a later subscription.
+                let mut buf = Vec::new();
+                let mut next = Some(first);
+                while let Some(payload) = next {
+                    buf.extend(frame::encode(&server_frame(
+                        rid,
+                        Resp::Ephemeral(Envelope { id: Vec::new(), payload }),
+                    )));
+                    next = ephemeral.try_recv().ok();
+                }
+                tokio::select! {
+                    r = tokio::io::AsyncWriteExt::write_all(send, &buf) => if r.is_err() { return },
+                    _ = slot.superseded() => {
+                        let _ = send.reset(CLOSE_SUPERSEDED.into());
+                        return;
+                    }
+                }
+            }
             _ = send.stopped() => return,
             _ = slot.superseded() => {
                 let _ = send.finish();

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sotto_proto::relay::{ErrorCode, PrekeyCounts};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::db::{Cf, Db};
 use super::metrics::Metrics;
@@ -138,6 +138,9 @@ struct Mailbox {
     subscriber: watch::Sender<u64>,
     push_token: Option<Vec<u8>>,
     prekeys_low: Option<PrekeyCounts>,
+    /// The live subscription's queue of ephemeral payloads (deliver now or
+    /// never): `None` without a subscription. Bounded; never on disk.
+    ephemeral: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 impl Mailbox {
@@ -152,6 +155,7 @@ impl Mailbox {
             subscriber: watch::Sender::new(0),
             push_token: None,
             prekeys_low: None,
+            ephemeral: None,
         }
     }
     fn bump(&self) {
@@ -252,6 +256,13 @@ fn presented_verifier(token: &[u8]) -> Option<Option<[u8; 32]>> {
     })
 }
 
+fn no_live_token() -> RelayError {
+    RelayError::refusal(
+        ErrorCode::BadDeliveryToken,
+        "an ephemeral envelope needs the recipient's delivery token",
+    )
+}
+
 fn too_large() -> RelayError {
     RelayError::refusal(ErrorCode::EnvelopeTooLarge, "envelope too large")
 }
@@ -304,6 +315,13 @@ fn release(shared: &mut HashMap<u64, u32>, id: u64) -> bool {
         None => false,
     }
 }
+
+/// Ephemeral payloads waiting for one live subscription: a slow reader
+/// loses the newest rather than making the relay hold more (32 x 4 KiB).
+pub const EPHEMERAL_QUEUE: usize = 32;
+/// Largest ephemeral payload: live signals are small (a sealed presence or
+/// typing message pads to 256 or 512 bytes).
+pub const EPHEMERAL_MAX_BYTES: usize = 4096;
 
 /// A push subscription's claim on its mailbox; see [`Mailboxes::subscribe`].
 #[derive(Debug)]
@@ -1097,10 +1115,18 @@ impl Mailboxes {
 
     /// Makes the caller the mailbox's only push subscription: the receiver it
     /// gets changes whenever the mailbox gains an envelope or a prekey-low
-    /// notice (holding it marks the device online: no webhook), and the returned
+    /// notice (holding it marks the device online: no webhook), the returned
     /// [`SubscriberSlot`] resolves once a newer subscription replaces this one
-    /// (so pushes never go to a stale connection).
-    pub fn subscribe(&self, m: &MailboxId) -> (watch::Receiver<u64>, SubscriberSlot) {
+    /// (so pushes never go to a stale connection), and the queue carries its
+    /// ephemeral payloads.
+    pub fn subscribe(
+        &self,
+        m: &MailboxId,
+    ) -> (
+        watch::Receiver<u64>,
+        SubscriberSlot,
+        mpsc::Receiver<Vec<u8>>,
+    ) {
         let mut idx = lock(&self.index);
         let mb = idx.mailboxes.entry(*m).or_insert_with(Mailbox::new);
         let mut generation = 0;
@@ -1110,7 +1136,68 @@ impl Mailboxes {
         });
         let mut rx = mb.subscriber.subscribe();
         rx.mark_unchanged();
-        (mb.changed.subscribe(), SubscriberSlot { rx, generation })
+        // The previous subscription's queue is dropped with its sender: what
+        // waited in it is gone (deliver now or never).
+        let (tx, ephemeral) = mpsc::channel(EPHEMERAL_QUEUE);
+        mb.ephemeral = Some(tx);
+        (
+            mb.changed.subscribe(),
+            SubscriberSlot { rx, generation },
+            ephemeral,
+        )
+    }
+
+    /// Hands ephemeral payloads to their mailboxes' live subscriptions, and
+    /// drops each that finds none (or a full queue): never stored, never
+    /// redelivered. A mailbox without a delivery-token verifier, or an item
+    /// without its token, is refused: strangers send no live signals. Each
+    /// item's result says only whether it was refused, not whether it was
+    /// delivered.
+    pub fn submit_ephemeral(&self, items: Vec<Submission>) -> Vec<Result<()>> {
+        let mut idx = lock(&self.index);
+        let mut out = Vec::with_capacity(items.len());
+        for s in items {
+            if s.payload.len() > EPHEMERAL_MAX_BYTES {
+                out.push(Err(too_large()));
+                continue;
+            }
+            let presented = presented_verifier(&s.delivery_token);
+            let Some(mb) = idx.mailboxes.get_mut(&s.to) else {
+                // No state at all: no verifier, hence no contact can prove itself.
+                out.push(Err(no_live_token()));
+                continue;
+            };
+            match (&mb.verifier, mb.lane(presented)) {
+                (Some(_), Ok(false)) => {}
+                (None, _) | (Some(_), Ok(true)) => {
+                    out.push(Err(no_live_token()));
+                    continue;
+                }
+                (Some(_), Err(e)) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            }
+            let delivered = match &mb.ephemeral {
+                Some(tx) => match tx.try_send(s.payload) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => false,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        mb.ephemeral = None;
+                        false
+                    }
+                },
+                None => false,
+            };
+            let counter = if delivered {
+                &self.metrics.ephemeral_delivered
+            } else {
+                &self.metrics.ephemeral_dropped
+            };
+            counter.fetch_add(1, Relaxed);
+            out.push(Ok(()));
+        }
+        out
     }
 
     /// Records that `m`'s one-time prekeys are low and wakes its subscription.
@@ -1471,7 +1558,7 @@ mod tests {
         // A lease of 4: nearly every batch renews, while other batches are
         // still allocating numbers.
         let mbx = Arc::new(open_with_lease(tmp.path(), 4));
-        let (_changed, _slot) = mbx.subscribe(&m); // so envelopes go out early
+        let (_changed, _slot, _live) = mbx.subscribe(&m); // so envelopes go out early
         let tasks: Vec<_> = (0..30u8)
             .map(|i| {
                 let mbx = mbx.clone();
@@ -1511,14 +1598,60 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mbx = open(tmp.path());
         let m = MailboxId([5; 32]);
-        let (_c1, mut s1) = mbx.subscribe(&m);
+        let (_c1, mut s1, _l1) = mbx.subscribe(&m);
         assert!(!s1.is_superseded());
-        let (_c2, s2) = mbx.subscribe(&m);
+        let (_c2, s2, _l2) = mbx.subscribe(&m);
         tokio::time::timeout(std::time::Duration::from_secs(5), s1.superseded())
             .await
             .unwrap();
         assert!(s1.is_superseded());
         assert!(!s2.is_superseded());
+        mbx.writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn ephemeral_payloads_reach_only_the_live_subscription_and_only_with_the_token() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mbx = open(tmp.path());
+        let m = MailboxId([9; 32]);
+        let token = [3u8; 32];
+        mbx.set_delivery_verifier(&m, &crate::auth::delivery_verifier(&token))
+            .await
+            .unwrap();
+        let item = |payload: &[u8], token: &[u8]| Submission {
+            to: m,
+            payload: payload.to_vec(),
+            delivery_token: token.to_vec(),
+        };
+        // Nobody listening: accepted and gone.
+        assert!(mbx.submit_ephemeral(vec![item(b"lost", &token)])[0].is_ok());
+        let (_c1, _s1, mut old) = mbx.subscribe(&m);
+        let r = mbx.submit_ephemeral(vec![
+            item(b"old", &token),
+            item(b"no token", b""),
+            item(b"bad", &[4u8; 32]),
+        ]);
+        assert!(r[0].is_ok());
+        for e in &r[1..] {
+            assert_eq!(e.as_ref().unwrap_err().code(), ErrorCode::BadDeliveryToken);
+        }
+        // A newer subscription takes over; what waited for the old one is
+        // not handed on, and the old queue ends.
+        let (_c2, _s2, mut new) = mbx.subscribe(&m);
+        assert!(mbx.submit_ephemeral(vec![item(b"new", &token)])[0].is_ok());
+        assert_eq!(old.recv().await.unwrap(), b"old");
+        assert!(old.recv().await.is_none());
+        assert_eq!(new.recv().await.unwrap(), b"new");
+        // A full queue drops the excess instead of growing.
+        for _ in 0..EPHEMERAL_QUEUE + 5 {
+            assert!(mbx.submit_ephemeral(vec![item(b"burst", &token)])[0].is_ok());
+        }
+        let mut n = 0;
+        while new.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, EPHEMERAL_QUEUE);
+        assert_eq!(mbx.metrics.ephemeral_dropped.load(Relaxed), 6);
         mbx.writer.shutdown();
     }
 }

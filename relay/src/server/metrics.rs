@@ -72,6 +72,10 @@ pub struct Metrics {
     pub shared_payloads: AtomicU64,
     /// Envelopes refused (limits).
     pub envelopes_refused: AtomicU64,
+    /// Ephemeral envelopes handed to a live subscription.
+    pub ephemeral_delivered: AtomicU64,
+    /// Ephemeral envelopes dropped: no live subscription, or its queue full.
+    pub ephemeral_dropped: AtomicU64,
     /// Envelopes written to a device (fetch or push).
     pub envelopes_delivered: AtomicU64,
     /// Envelopes acknowledged (deleted).
@@ -120,7 +124,7 @@ impl Metrics {
     /// by the caller.
     pub fn render(&self, disk_bytes: u64, udp_drops: Option<u64>) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64, &str); 21] = [
+        let counters: [(&str, &str, &AtomicU64, &str); 23] = [
             (
                 "sotto_connections_refused_total",
                 "Connections refused at the connection caps",
@@ -173,6 +177,18 @@ impl Metrics {
                 "sotto_envelopes_refused_total",
                 "Envelopes refused by a limit",
                 &self.envelopes_refused,
+                "counter",
+            ),
+            (
+                "sotto_ephemeral_delivered_total",
+                "Ephemeral envelopes handed to a live subscription",
+                &self.ephemeral_delivered,
+                "counter",
+            ),
+            (
+                "sotto_ephemeral_dropped_total",
+                "Ephemeral envelopes dropped (no live subscription, or its queue full)",
+                &self.ephemeral_dropped,
                 "counter",
             ),
             (
