@@ -58,6 +58,11 @@ pub enum Error {
     /// Only a group's admins may change it.
     #[error("only an admin of the group can do this")]
     NotGroupAdmin,
+    /// A live signal (presence, typing) broke a rule of PROTOCOL.md III.14:
+    /// not from an accepted contact's listed device over an established
+    /// session, or not a live signal. Nothing of it was shown.
+    #[error("live signal refused: {0}")]
+    LiveRefused(&'static str),
     /// Past a group limit: 1,000 members, 16 devices per member
     /// (PROTOCOL.md III.12).
     #[error("group too large: {0}")]
@@ -71,7 +76,9 @@ impl Error {
         match self {
             Error::Core(e) => e.fault(),
             Error::Relay(e) => relay_fault(e),
-            Error::DeviceListRejected(_) | Error::GroupRejected(_) => Fault::Peer,
+            Error::DeviceListRejected(_) | Error::GroupRejected(_) | Error::LiveRefused(_) => {
+                Fault::Peer
+            }
             Error::Timeout => Fault::Network,
             Error::InvalidAddress(_)
             | Error::UnknownUser

@@ -29,6 +29,7 @@ pub mod fuzzing;
 pub mod harness;
 
 pub use driver::link::{Linking, PendingLink, LINK_REVEAL_TIMEOUT};
+pub use driver::live::{LiveEvent, LiveEvents};
 pub use driver::relays::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
 pub use driver::Messenger;
 pub use engine::account::{AccountKeyPair, DeviceCertificate};
@@ -41,6 +42,7 @@ pub use engine::events::{
 pub use engine::group::state::{GroupId, GroupState, Member, MAX_GROUP_MEMBERS};
 pub use engine::group::{GroupInfo, GroupStatus};
 pub use engine::inbound::{MAX_HELD_PER_REQUEST, MAX_STRANGERS};
+pub use engine::live::Presence;
 pub use engine::prekeys::ONE_TIME_PREKEY_BATCH;
 pub use engine::RECORD_RETENTION_MS;
 pub use error::{Error, Fault, Result};

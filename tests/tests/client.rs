@@ -14,8 +14,8 @@ use sotto_core::{SqliteStore, StorageKey, Store, Table, Txn};
 use sotto_e2e::{relay_binary, RelayProcess};
 use sotto_messenger::Linking;
 use sotto_messenger::{
-    DeliveryState, Event, EventKind, MessageId, Messenger, ReceivedMessage, RelayAddress,
-    UserAddress,
+    DeliveryState, Event, EventKind, LiveEvent, MessageId, Messenger, Presence, ReceivedMessage,
+    RelayAddress, UserAddress,
 };
 
 /// Generous: a relay killed with SIGKILL is noticed by QUIC keep-alives or
@@ -28,6 +28,7 @@ struct Dev {
     client: Option<Messenger<SqliteStore>>,
     dir: tempfile::TempDir,
     key: [u8; 32],
+    address: UserAddress,
 }
 
 impl Dev {
@@ -49,6 +50,7 @@ impl Dev {
             .await
             .unwrap();
         Dev {
+            address: client.address().clone(),
             client: Some(client),
             dir,
             key,
@@ -61,6 +63,11 @@ impl Dev {
 
     fn addr(&self) -> UserAddress {
         self.c().address().clone()
+    }
+
+    /// The address, also while the client is down.
+    fn addr_of_closed(&self) -> UserAddress {
+        self.address.clone()
     }
 
     /// Drops the client abruptly (no flush, no close): a crash.
@@ -272,6 +279,7 @@ async fn link(existing: &Dev, relay: &RelayProcess) -> Dev {
     assert_eq!(client.device_id(), id);
     assert_eq!(client.address(), existing.c().address());
     Dev {
+        address: client.address().clone(),
         client: Some(client),
         dir,
         key,
@@ -505,4 +513,169 @@ async fn envelopes_leave_on_connections_not_tied_to_the_sender() {
     assert_eq!(own, own_again);
     assert_ne!(sending, sending_again, "a sending key used twice");
     assert_ne!(own, sending_again);
+}
+
+/// Asserts that events are only the delivery notices and receipts of
+/// messages sent: nothing a live signal could have left.
+fn only_bookkeeping(events: Vec<Event>) {
+    for e in events {
+        assert!(
+            matches!(
+                e.kind,
+                EventKind::Delivery { .. } | EventKind::Receipt { .. }
+            ),
+            "{e:?}"
+        );
+    }
+}
+
+/// The next live event, failing the test after `within`.
+async fn next_live(events: &mut sotto_messenger::LiveEvents, within: Duration) -> LiveEvent {
+    tokio::time::timeout(within, events.next())
+        .await
+        .expect("no live event in time")
+        .expect("messenger closed")
+}
+
+/// Presence and typing between two users on two relays (PROTOCOL.md
+/// III.14): asked for, answered, kept by heartbeats, typing shown and
+/// stopped, and "offline" at once when the contact closes its client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_reach_a_watching_contact_and_nobody_else() {
+    let (relay_a, relay_b) = (
+        RelayProcess::start(&relay_binary(), &[]).unwrap(),
+        RelayProcess::start(&relay_binary(), &[]).unwrap(),
+    );
+    let alice = Dev::create(&relay_a).await;
+    let mut bob = Dev::create(&relay_b).await;
+    say(&alice, &bob, "hi").await;
+    bob.c().accept_request(&alice.addr()).unwrap();
+    say(&bob, &alice, "hello").await; // sessions established both ways
+    alice.c().wait_synced(WAIT).await.unwrap();
+    bob.c().wait_synced(WAIT).await.unwrap();
+
+    // Bob hides his presence from Alice: her ask goes unanswered, and
+    // nothing tells her she is hidden from.
+    let mut alice_live = alice.c().live_events();
+    bob.c().share_presence_with(&alice.addr(), false).unwrap();
+    alice.c().watch_presence(&bob.addr()).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), alice_live.next())
+            .await
+            .is_err(),
+        "an answer from a contact hiding its presence"
+    );
+    assert_eq!(alice.c().presence(&bob.addr()), Presence::Unknown);
+    bob.c().share_presence_with(&alice.addr(), true).unwrap();
+    alice.c().unwatch_presence(&bob.addr());
+
+    // Alice opens Bob's conversation: Bob answers, she sees him online.
+    alice.c().watch_presence(&bob.addr()).unwrap();
+    assert_eq!(
+        next_live(&mut alice_live, WAIT).await,
+        LiveEvent::Presence {
+            user: bob.addr(),
+            presence: Presence::Online
+        }
+    );
+    // Bob types: Alice watches him, so she sees it (and the stop).
+    bob.c().set_typing(&alice.addr(), true).unwrap();
+    assert_eq!(
+        next_live(&mut alice_live, WAIT).await,
+        LiveEvent::Typing {
+            user: bob.addr(),
+            typing: true
+        }
+    );
+    assert!(alice.c().is_typing(&bob.addr()));
+    bob.c().set_typing(&alice.addr(), false).unwrap();
+    assert_eq!(
+        next_live(&mut alice_live, WAIT).await,
+        LiveEvent::Typing {
+            user: bob.addr(),
+            typing: false
+        }
+    );
+    // Bob does not watch Alice: her typing goes nowhere.
+    let mut bob_live = bob.c().live_events();
+    alice.c().set_typing(&bob.addr(), true).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), bob_live.next())
+            .await
+            .is_err(),
+        "typing reached a contact that does not watch"
+    );
+
+    // Bob closes his client: she sees "offline" at once.
+    let closed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    bob.client.take().unwrap().close().await;
+    match next_live(&mut alice_live, Duration::from_secs(10)).await {
+        LiveEvent::Presence {
+            user,
+            presence: Presence::Offline { last_seen_ms },
+        } => {
+            assert_eq!(user, bob.addr_of_closed());
+            assert!(
+                last_seen_ms + 5_000 >= closed_at,
+                "last seen {last_seen_ms}"
+            );
+        }
+        other => panic!("expected offline, got {other:?}"),
+    }
+    // No durable trace of any of it: no event for the app either side.
+    assert!(drain_for(alice.c(), Duration::from_millis(500))
+        .await
+        .is_empty());
+    bob.reopen().await;
+    only_bookkeeping(drain_for(bob.c(), Duration::from_secs(2)).await);
+    assert_eq!(alice.c().live_refused(), 0);
+    assert_eq!(bob.c().live_refused(), 0);
+}
+
+/// An ephemeral envelope for a device that is offline is gone: the relay
+/// drops it, stores nothing, and the device never gets it later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_signal_to_an_offline_device_is_never_delivered_later() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let alice = Dev::create(&relay).await;
+    let mut bob = Dev::create(&relay).await;
+    say(&alice, &bob, "hi").await;
+    bob.c().accept_request(&alice.addr()).unwrap();
+    say(&bob, &alice, "hello").await;
+    bob.c().wait_synced(WAIT).await.unwrap();
+    // Bob watches Alice (so her typing goes to him), then crashes.
+    bob.c().watch_presence(&alice.addr()).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bob.c().presence(&alice.addr()) != Presence::Online {
+        assert!(tokio::time::Instant::now() < deadline, "never online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = relay.metrics_snapshot().unwrap();
+    bob.crash();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice.c().set_typing(&bob.addr_of_closed(), true).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = relay.metrics_snapshot().unwrap();
+        if now.delta(&before, "sotto_ephemeral_dropped_total") >= 1 {
+            assert_eq!(now.delta(&before, "sotto_envelopes_accepted_total"), 0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bob.reopen().await;
+    bob.c().wait_synced(WAIT).await.unwrap();
+    let mut bob_live = bob.c().live_events();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), bob_live.next())
+            .await
+            .is_err(),
+        "a live signal came back after the device was offline"
+    );
+    assert!(!bob.c().is_typing(&alice.addr()));
+    only_bookkeeping(drain_for(bob.c(), Duration::from_secs(1)).await);
 }

@@ -9,6 +9,7 @@
 //! - [`relays`]: pinned connections to every relay needed, with backoff.
 
 pub mod link;
+pub(crate) mod live;
 mod outbound;
 pub mod relays;
 
@@ -31,10 +32,12 @@ use crate::engine::address::{RelayAddress, UserAddress};
 use crate::engine::devices::{DeviceEntry, DeviceList};
 use crate::engine::events::{AttachmentRef, DeliveryState, Event, MessageId};
 use crate::engine::group::{self, state::GroupId, GroupInfo};
+use crate::engine::live::Presence;
 use crate::engine::outbound as outbound_engine;
 use crate::engine::outbound::PlannerCache;
 use crate::engine::{inbound, prekeys, records, RECORD_RETENTION_MS};
 use crate::error::{Error, Result};
+use live::LiveEvents;
 use relays::{Backoff, Relays};
 use sotto_core::device::Device;
 use sotto_core::identity::SafetyNumber;
@@ -63,6 +66,8 @@ pub(crate) struct Inner<S: Store> {
     token_unregistered: AtomicBool,
     /// One registration at a time (a rotation during one registers again).
     registering: tokio::sync::Mutex<()>,
+    /// Presence and typing: memory only.
+    pub(crate) live: live::LiveState,
 }
 
 impl<S: Store> Inner<S> {
@@ -359,6 +364,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
                 skip_acks: AtomicBool::new(false),
                 token_unregistered: AtomicBool::new(true),
                 registering: tokio::sync::Mutex::new(()),
+                live: live::LiveState::new(),
             }),
             tasks: Vec::new(),
         }
@@ -371,6 +377,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
         self.tasks.push(tokio::spawn(send_loop(self.inner.clone())));
         self.tasks
             .push(tokio::spawn(maintain_loop(self.inner.clone())));
+        self.tasks.push(tokio::spawn(live::run(self.inner.clone())));
         self
     }
 
@@ -828,6 +835,134 @@ impl<S: Store + Send + 'static> Messenger<S> {
         .map_err(|_| Error::storage("attachment task failed"))?
     }
 
+    /// Starts watching `contact`'s presence (call it when its conversation
+    /// opens): its devices are asked now and every 30 s, and
+    /// [`Self::presence`] and [`Self::live_events`] follow the answers,
+    /// until [`Self::unwatch_presence`]. At most 64 contacts are watched at
+    /// once (the oldest watch ends). PROTOCOL.md III.14.
+    pub fn watch_presence(&self, contact: &UserAddress) -> Result<()> {
+        self.accepted_other(contact)?;
+        let user = contact.user;
+        self.inner.live.with(|l, now| {
+            l.watch(user, now);
+            (Vec::new(), ())
+        });
+        // The ask goes out from the live task's next tick, which is now.
+        self.inner.live.with(|l, now| l.tick(now));
+        Ok(())
+    }
+
+    /// Stops watching `contact` (its conversation closed).
+    pub fn unwatch_presence(&self, contact: &UserAddress) {
+        let user = contact.user;
+        self.inner.live.with(|l, _| {
+            l.unwatch(&user);
+            (Vec::new(), ())
+        });
+    }
+
+    /// What this device knows of a watched contact's presence
+    /// ([`Presence::Unknown`] for one not watched, or one that never answered:
+    /// offline, or hiding its presence from this user).
+    pub fn presence(&self, contact: &UserAddress) -> Presence {
+        let user = contact.user;
+        self.inner
+            .live
+            .with(|l, now| (Vec::new(), l.presence(&user, now)))
+    }
+
+    /// Whether `contact` is typing to this user now.
+    pub fn is_typing(&self, contact: &UserAddress) -> bool {
+        let user = contact.user;
+        self.inner
+            .live
+            .with(|l, now| (Vec::new(), l.typing(&user, now)))
+    }
+
+    /// The user is composing a message to `contact` (`true`: call it on
+    /// every keystroke, it is throttled to one signal per 8 s) or stopped
+    /// (`false`: the message was sent or the draft cleared; after 10 s
+    /// without a keystroke it stops by itself). Reaches only the contact's
+    /// devices that watch this user (their conversation is open), and
+    /// nobody when this user hides its presence from them.
+    pub fn set_typing(&self, contact: &UserAddress, typing: bool) -> Result<()> {
+        self.accepted_other(contact)?;
+        let hidden = self.inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                Ok(records::presence_hidden(tx)?
+                    || records::contact(tx, &contact.user)?.is_some_and(|c| c.presence_hidden))
+            })
+        })?;
+        if hidden {
+            return Ok(());
+        }
+        let user = contact.user;
+        self.inner
+            .live
+            .with(|l, now| (l.set_typing(user, typing, now), ()));
+        Ok(())
+    }
+
+    /// The user is present (`true`, the default while connected) or away
+    /// (`false`: the app went to the background). Devices watching this one
+    /// are told at once.
+    pub fn set_present(&self, present: bool) {
+        self.inner
+            .live
+            .away
+            .store(!present, std::sync::atomic::Ordering::SeqCst);
+        let online = present && *self.inner.synced.borrow();
+        self.inner
+            .live
+            .with(|l, now| (l.set_online(online, now), ()));
+    }
+
+    /// Shares this user's presence and typing with every accepted contact
+    /// (`true`, the default) or with none; stored. Hiding stops the answers
+    /// at once: watchers see [`Presence::Unknown`] or, after the grace,
+    /// offline, never that they are hidden from.
+    pub fn share_presence(&self, shared: bool) -> Result<()> {
+        self.inner.with_device(|d| {
+            d.store_mut()
+                .transaction(|tx| records::set_presence_hidden(tx, !shared))
+        })
+    }
+
+    /// Shares this user's presence and typing with one accepted contact, or
+    /// hides them from it; stored.
+    pub fn share_presence_with(&self, contact: &UserAddress, shared: bool) -> Result<()> {
+        self.accepted_other(contact)?;
+        self.inner.with_device(|d| {
+            d.store_mut().transaction(|tx| {
+                let mut c = records::contact(tx, &contact.user)?.ok_or(Error::NotAccepted)?;
+                c.presence_hidden = !shared;
+                records::put_contact(tx, &contact.user, &c)
+            })
+        })
+    }
+
+    /// Presence and typing changes as they happen (memory only, no ack).
+    pub fn live_events(&self) -> LiveEvents {
+        self.inner.live.events()
+    }
+
+    /// Live signals refused or dropped unopened since start (not from an
+    /// accepted contact's device, malformed, replayed, or past the receive
+    /// allowance of 20 a second): they are never events.
+    pub fn live_refused(&self) -> u64 {
+        self.inner
+            .live
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn accepted_other(&self, contact: &UserAddress) -> Result<()> {
+        if contact.user == self.inner.me.user || self.contact_state(contact)? != records::ACCEPTED {
+            return Err(Error::NotAccepted);
+        }
+        Ok(())
+    }
+
     /// Sends read receipts for messages from `peer` (an accepted contact).
     pub fn mark_read(&self, peer: &UserAddress, ids: &[MessageId]) -> Result<()> {
         if !self.may_contact(peer)? {
@@ -1099,8 +1234,14 @@ impl<S: Store + Send + 'static> Messenger<S> {
         self.inner.forget_relay(relay).await;
     }
 
-    /// Stops the background tasks and closes the relay connections.
+    /// Stops the background tasks and closes the relay connections; the
+    /// devices that watch this one's presence are told it went offline
+    /// (best effort, at most 2 s).
     pub async fn close(mut self) {
+        self.inner
+            .live
+            .with(|l, now| (l.set_online(false, now), ()));
+        let _ = tokio::time::timeout(Duration::from_secs(2), live::flush(&self.inner)).await;
         for t in self.tasks.drain(..) {
             t.abort();
             let _ = t.await;
@@ -1177,7 +1318,7 @@ async fn receive_once<S: Store + Send + 'static>(
         let receive = async {
             let acks = acks;
             let mut rebase = std::collections::BTreeSet::new();
-            let mut live = false;
+            let mut caught_up = false;
             while let Some(push) = sub.next().await? {
                 match push {
                     Pushed::Envelope(e) => {
@@ -1188,7 +1329,7 @@ async fn receive_once<S: Store + Send + 'static>(
                             inner.events_ready();
                         }
                         rebase.extend(outcome.rebase.iter().copied());
-                        if live {
+                        if caught_up {
                             rebase_groups(inner, &mut rebase);
                         }
                         if !inner.skip_acks.load(Ordering::SeqCst) {
@@ -1206,12 +1347,14 @@ async fn receive_once<S: Store + Send + 'static>(
                         // are made again on the winner once the backlog is
                         // read (not once per change that moved the chain),
                         // then as live changes come.
-                        live = true;
+                        caught_up = true;
                         rebase_groups(inner, &mut rebase);
                         inner.synced.send_replace(true);
+                        live::connected(inner);
                         publish_prekeys(inner, &conn, false, true).await?;
                     }
                     Pushed::PrekeysLow(_) => publish_prekeys(inner, &conn, false, false).await?,
+                    Pushed::Ephemeral(payload) => live::receive(inner, &payload),
                 }
             }
             Ok::<(), Error>(())

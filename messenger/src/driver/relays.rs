@@ -66,7 +66,12 @@ pub(crate) enum As {
     /// A fresh key per connection, for attachment uploads and downloads
     /// (long transfers that must not end with an outbox pass).
     Transfer,
+    /// A fresh key per connection, for live signals (presence, typing):
+    /// kept while they flow, never the mailbox's, never the outbox's.
+    Live,
 }
+
+const ALL: [As; 4] = [As::Mailbox, As::Anonymous, As::Transfer, As::Live];
 
 /// The pool of relay connections of one device: at most one per relay and
 /// key kind.
@@ -125,7 +130,7 @@ impl Relays {
             let fresh;
             let key = match who {
                 As::Mailbox => &self.key,
-                As::Anonymous | As::Transfer => {
+                As::Anonymous | As::Transfer | As::Live => {
                     fresh = SigningKey::generate(&mut rand_core::OsRng);
                     &fresh
                 }
@@ -143,7 +148,7 @@ impl Relays {
 
     /// Forgets a connection that failed, so the next `get` reconnects.
     pub(crate) async fn forget(&self, relay: &RelayAddress, failed: &Arc<RelayClient>) {
-        for who in [As::Mailbox, As::Anonymous, As::Transfer] {
+        for who in ALL {
             let slot = self.slot(relay, who);
             let mut conn = slot.lock().await;
             if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, failed)) {
@@ -154,7 +159,7 @@ impl Relays {
 
     /// Forgets (and closes) the connections to `relay`, if any.
     pub(crate) async fn forget_any(&self, relay: &RelayAddress) {
-        for who in [As::Mailbox, As::Anonymous, As::Transfer] {
+        for who in ALL {
             let slot = self.slot(relay, who);
             let taken = slot.lock().await.take();
             if let Some(c) = taken {

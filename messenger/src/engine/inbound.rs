@@ -926,6 +926,15 @@ fn apply_content(
                     }
                 }
             }
+            Some(pb::content::Body::Live(_)) => {
+                // Deliver now or never: one kept by the relay is stale.
+                return invalid_content(
+                    tx,
+                    sender,
+                    Some(&peer),
+                    "a live signal outside an ephemeral envelope",
+                );
+            }
             None => return invalid_content(tx, sender, Some(&peer), "no body"),
         }
     }

@@ -13,7 +13,9 @@
 //! - `outbound`: the outbox planner, one step and one commit at a time;
 //! - [`prekeys`]: when to rotate and how many prekeys to upload;
 //! - [`events`]: what the app is told;
-//! - [`group`]: groups: signed membership changes, sender keys, group messages.
+//! - [`group`]: groups: signed membership changes, sender keys, group messages;
+//! - [`live`]: presence and typing, in memory only;
+//! - `live_wire`: sealing and opening live signals.
 
 pub mod account;
 pub mod address;
@@ -24,6 +26,8 @@ pub(crate) mod fragments;
 pub mod group;
 pub(crate) mod inbound;
 pub(crate) mod link;
+pub mod live;
+pub(crate) mod live_wire;
 pub(crate) mod outbound;
 pub(crate) mod packed;
 pub mod prekeys;

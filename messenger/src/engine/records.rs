@@ -21,7 +21,8 @@
 //! group that chain belongs to (raw 32 bytes), `gp` distributions waiting
 //! for their group or member (at most 64); `fg` the fan-out generation
 //! (u64be, raised by every write that changes who a group message goes to);
-//! `fr/` pieces of contents being joined ([`super::fragments`]).
+//! `fr/` pieces of contents being joined ([`super::fragments`]); `ph`
+//! (one byte, 1) this user hides its presence from every contact.
 //! Every row a peer can make us write is bounded: by time (pruned after
 //! [`super::RECORD_RETENTION_MS`]) or by count (requests).
 
@@ -59,6 +60,7 @@ const OWN_SENDER_KEY: &[u8] = b"gk/";
 const SENDER_KEYS: &[u8] = b"gx/";
 const CHAIN_INDEX: &[u8] = b"gi/";
 const PENDING_SENDER_KEYS: &[u8] = b"gp";
+const PRESENCE_HIDDEN: &[u8] = b"ph";
 /// Distributions kept while their group or member is not known yet.
 pub(crate) const MAX_PENDING_SENDER_KEYS: usize = 64;
 
@@ -581,6 +583,21 @@ pub(crate) fn own_delivery_token(
     rng.fill_bytes(t.as_mut());
     tx.put(Table::App, OWN_DELIVERY_TOKEN, t.as_ref())?;
     Ok(t)
+}
+
+/// Whether this user hides its presence (and typing) from every contact.
+pub(crate) fn presence_hidden(tx: &impl Txn) -> Result<bool> {
+    Ok(tx.get(Table::App, PRESENCE_HIDDEN)?.is_some())
+}
+
+/// Hides (or shows again) this user's presence from every contact.
+pub(crate) fn set_presence_hidden(tx: &mut impl Txn, hidden: bool) -> Result<()> {
+    if hidden {
+        tx.put(Table::App, PRESENCE_HIDDEN, &[1])?;
+    } else {
+        tx.delete(Table::App, PRESENCE_HIDDEN)?;
+    }
+    Ok(())
 }
 
 /// The delivery token a peer device gave us, if any.
