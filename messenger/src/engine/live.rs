@@ -7,7 +7,8 @@
 //!
 //! Presence is asked for, not broadcast. A device whose user has a
 //! conversation open *watches* the contact: it sends every device of the
-//! contact an ask every [`ASK_INTERVAL_MS`]. A device that receives an ask
+//! contact an ask every [`ASK_INTERVAL_MS`] (backing off while nobody
+//! answers, up to [`MAX_ASK_INTERVAL_MS`]). A device that receives an ask
 //! from a contact its user shares presence with answers at once and then
 //! sends a heartbeat every [`HEARTBEAT_MS`] until the ask is
 //! [`ASK_LEASE_MS`] old. The watcher shows the contact online while some
@@ -24,6 +25,14 @@ use sotto_proto::client as pb;
 pub const ASK_LEASE_MS: u64 = 60_000;
 /// How often a watching device asks again (well inside the lease).
 pub const ASK_INTERVAL_MS: u64 = 30_000;
+/// The second ask, when the first found no answer: a contact just added
+/// may not have handed its delivery token over yet.
+pub const FIRST_RETRY_MS: u64 = 5_000;
+/// After three unanswered asks the interval doubles, up to this: each ask
+/// lost to an offline contact costs it one skipped message key (at most
+/// 2,000 per chain, PROTOCOL.md I.6), so a conversation left open for a
+/// week on a contact that never comes back costs it about 2,000.
+pub const MAX_ASK_INTERVAL_MS: u64 = 300_000;
 /// How often an answering device repeats its state while asked.
 pub const HEARTBEAT_MS: u64 = 15_000;
 /// A device not heard for this long counts as offline: three heartbeats,
@@ -107,11 +116,22 @@ struct Heard {
 struct Watch {
     since_ms: u64,
     next_ask_ms: u64,
+    /// Asks sent since the last answer.
+    unanswered: u32,
     devices: HashMap<u32, Heard>,
     reported: Presence,
 }
 
 impl Watch {
+    /// The pause before the next ask, once `unanswered` asks went unanswered.
+    fn ask_interval(&self) -> u64 {
+        match self.unanswered {
+            0..=1 if self.devices.is_empty() => FIRST_RETRY_MS,
+            0..=3 => ASK_INTERVAL_MS,
+            n => (ASK_INTERVAL_MS << (n - 3).min(8)).min(MAX_ASK_INTERVAL_MS),
+        }
+    }
+
     fn presence(&self, now_ms: u64) -> Presence {
         let mut last_seen = None::<u64>;
         for h in self.devices.values() {
@@ -232,6 +252,7 @@ impl Live {
             Watch {
                 since_ms: now_ms,
                 next_ask_ms: now_ms,
+                unanswered: 0,
                 devices: HashMap::new(),
                 reported: Presence::Unknown,
             },
@@ -341,6 +362,8 @@ impl Live {
             }
             pb::live::Signal::Presence(p) => {
                 if let Some(w) = self.watches.get_mut(&user) {
+                    w.unanswered = 0;
+                    w.next_ask_ms = w.next_ask_ms.min(now_ms + ASK_INTERVAL_MS);
                     // A "last seen" from the future is the sender's claim:
                     // never later than now.
                     let last_seen_ms = p.last_seen_ms.min(now_ms);
@@ -397,7 +420,8 @@ impl Live {
         let mut changes = Vec::new();
         for (user, w) in &mut self.watches {
             if w.next_ask_ms <= now_ms {
-                w.next_ask_ms = now_ms + ASK_INTERVAL_MS;
+                w.unanswered = w.unanswered.saturating_add(1);
+                w.next_ask_ms = now_ms + w.ask_interval();
                 out.push(Outgoing {
                     to: To::User(*user),
                     signal: pb::live::Signal::Ask(pb::PresenceAsk {}),

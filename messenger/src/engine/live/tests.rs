@@ -294,3 +294,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn asks_back_off_while_nobody_answers_and_resume_at_the_first_answer() {
+    let mut n = Net::new();
+    n.bob_down = true;
+    n.alice.watch(BOB, n.now);
+    let start = n.now;
+    let mut asks = Vec::new();
+    while n.now < start + 3_600_000 {
+        let next = n.alice.next_deadline(n.now).unwrap();
+        n.now = next;
+        let (out, _) = n.alice.tick(n.now);
+        if !out.is_empty() {
+            asks.push(n.now - start);
+        }
+    }
+    // 5 s, then 30 s twice, then doubling.
+    assert_eq!(&asks[..5], &[0, 5_000, 35_000, 65_000, 125_000]);
+    assert!(asks.windows(2).all(|w| w[1] - w[0] <= MAX_ASK_INTERVAL_MS));
+    assert!(asks.len() <= 20, "{} asks in an hour to nobody", asks.len());
+    // Bob comes back: the next ask is answered, and asks return to every 30 s.
+    n.bob_down = false;
+    n.run_until(n.now + MAX_ASK_INTERVAL_MS);
+    assert_eq!(n.alice.presence(&BOB, n.now), Presence::Online);
+    let w = &n.alice.watches[&BOB];
+    assert!(w.next_ask_ms - n.now <= ASK_INTERVAL_MS);
+}
