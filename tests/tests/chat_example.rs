@@ -84,7 +84,11 @@ impl Chat {
     /// The next output line `want` accepts (earlier lines are kept for the
     /// failure message).
     fn expect(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
+        self.expect_within(what, WAIT, want)
+    }
+
+    fn expect_within(&mut self, what: &str, wait: Duration, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -95,7 +99,7 @@ impl Chat {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
-                    "{}: no {what} within {WAIT:?}; output so far:\n{}",
+                    "{}: no {what} within {wait:?}; output so far:\n{}",
                     self.name,
                     self.seen.join("\n")
                 ),
@@ -263,4 +267,48 @@ fn a_second_device_links_with_matching_digits_and_reads_along() {
     for chat in [alice, phone, laptop] {
         chat.quit();
     }
+}
+
+/// Presence and typing as people see them (PROTOCOL.md III.14): the
+/// contact talked to shows online and typing, and a contact whose chat is
+/// killed with SIGKILL (no goodbye) shows offline within the 45 s bound.
+#[test]
+fn a_killed_contact_shows_offline_within_45_seconds() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let relay_addr = RelayAddress::new(relay.addr, relay.pin).to_string();
+    let mut alice = Chat::start(
+        "alice",
+        &dirs.path().join("alice"),
+        &["--relay", &relay_addr],
+    );
+    let mut bob = Chat::start("bob", &dirs.path().join("bob"), &["--relay", &relay_addr]);
+    let (a_addr, b_addr) = (alice.address(), bob.address());
+    alice.type_line(&format!("/add bob {b_addr}"));
+    alice.type_line("/to bob");
+    bob.type_line(&format!("/add alice {a_addr}"));
+    bob.type_line("/to alice");
+    bob.expect("selection", |l| l == "talking to alice");
+    alice.type_line("hi bob");
+    bob.expect("Alice's message", |l| l == "[alice] hi bob");
+    bob.type_line("hi alice");
+    alice.expect("Bob's reply", |l| l == "[bob] hi alice");
+
+    // Sessions and tokens are in place both ways: Bob shows online.
+    alice.type_line("/to bob");
+    alice.expect("Bob online", |l| l == "● bob is online");
+    bob.type_line("/typing");
+    alice.expect("Bob typing", |l| l == "· bob is typing...");
+
+    bob.child.kill().unwrap(); // SIGKILL: no goodbye, no offline signal
+    let killed = Instant::now();
+    alice.expect_within("Bob offline", Duration::from_secs(60), |l| {
+        l.starts_with("○ bob is offline")
+    });
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(46),
+        "offline shown {took:?} after the kill"
+    );
+    alice.quit();
 }

@@ -20,7 +20,9 @@
 //! ```
 //!
 //! Incoming events print as they arrive: messages, ✓ (the relay has it),
-//! ✓✓ (delivered / read), decrypt failures, session resets, new devices.
+//! ✓✓ (delivered / read), decrypt failures, session resets, new devices;
+//! and for the contact talked to, ● online / ○ offline and "typing...".
+//! `/typing`, `/away`, `/back` and `/presence on|off` send the user's own.
 //! `--link` starts a new device of an existing user instead: it prints a link
 //! code to type into `/link` on the existing device, and both show the same
 //! six digits before anything is sent.
@@ -38,8 +40,8 @@ use sotto_examples::profile::{AddressBook, Profile};
 use sotto_examples::{ExampleError, Result};
 use sotto_messenger::Linking;
 use sotto_messenger::{
-    AttachmentRef, DeliveryState, Event, EventKind, GroupEffect, GroupId, GroupInfo, MessageId,
-    Messenger, ReceiptKind, RelayAddress, UserAddress,
+    AttachmentRef, DeliveryState, Event, EventKind, GroupEffect, GroupId, GroupInfo, LiveEvent,
+    MessageId, Messenger, Presence, ReceiptKind, RelayAddress, UserAddress,
 };
 use sotto_relay::addr_file::AddrFile;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -176,6 +178,7 @@ async fn run(args: Args) -> Result<()> {
         }),
     });
     let events = tokio::spawn(show_events(chat.clone()));
+    let live = tokio::spawn(show_live(chat.clone()));
     while let Some(line) = input.recv().await {
         match command(&chat, line.trim(), &mut input).await {
             Ok(true) => {}
@@ -185,6 +188,8 @@ async fn run(args: Args) -> Result<()> {
     }
     events.abort();
     let _ = events.await;
+    live.abort();
+    let _ = live.await;
     if let Err(e) = chat.client.flush(Duration::from_secs(5)).await {
         println!(
             "! {e}: {} item(s) stay queued and go out at the next start",
@@ -285,6 +290,42 @@ impl Chat {
         // A poisoned lock only means a print panicked: the data is fine.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Prints presence and typing changes as they arrive (nothing to ack).
+async fn show_live(chat: Arc<Chat>) {
+    let mut live = chat.client.live_events();
+    while let Some(e) = live.next().await {
+        let st = chat.state();
+        match e {
+            LiveEvent::Typing { user, typing } => {
+                let who = st.who(&user);
+                if typing {
+                    println!("· {who} is typing...");
+                } else {
+                    println!("· {who} stopped typing");
+                }
+            }
+            LiveEvent::Presence { user, presence } => {
+                let who = st.who(&user);
+                match presence {
+                    Presence::Online => println!("● {who} is online"),
+                    Presence::Offline { last_seen_ms } => {
+                        let ago = unix_ms().saturating_sub(last_seen_ms) / 1000;
+                        println!("○ {who} is offline (last seen {ago} s ago)");
+                    }
+                    Presence::Unknown => println!("○ {who}: presence unknown"),
+                }
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Prints events as they arrive; each is acknowledged once shown.
@@ -429,7 +470,14 @@ const HELP: &str = "\
 /invite <name>          add a contact to the current group (admins)
 /kick <name>            remove a member from the current group (admins)
 /leave                  leave the current group
-/quit                   leave (queued messages are sent first)";
+/typing                 tell the current contact you are typing (a terminal
+                        sees lines, not keystrokes; sending stops it)
+/away  /back            show yourself away or online to those who watch
+/presence on|off        share when you are online and typing, or not
+/quit                   leave (queued messages are sent first)
+
+The contact you talk to (/to) is watched: its online status and typing
+show as they change.";
 
 /// A short, stable name for a group id.
 fn short_group(g: &GroupId) -> String {
@@ -463,6 +511,7 @@ async fn command(chat: &Chat, line: &str, input: &mut UnboundedReceiver<String>)
         }
         let (name, to) = st.selected()?;
         let id = chat.client.send_text(&to, line)?;
+        let _ = chat.client.set_typing(&to, false);
         let n = st.sent.len() + 1;
         st.sent.insert(id, n);
         println!("#{n} -> {name}: {line}");
@@ -494,15 +543,45 @@ async fn command(chat: &Chat, line: &str, input: &mut UnboundedReceiver<String>)
         }
         "/to" => {
             let mut st = chat.state();
-            if st.book.get(rest).is_none() {
+            let Some(addr) = st.book.get(rest).cloned() else {
                 return Err(ExampleError::Usage(format!(
                     "no contact {rest:?}: /add it first"
                 )));
+            };
+            // The open conversation is the one whose presence is watched.
+            if let Ok((_, previous)) = st.selected() {
+                chat.client.unwatch_presence(&previous);
             }
             st.to = Some(rest.to_string());
             st.group = None;
             println!("talking to {rest}");
+            if chat.client.watch_presence(&addr).is_err() {
+                println!("  (presence shows once {rest} is an accepted contact)");
+            }
         }
+        "/typing" => {
+            let (_, to) = chat.state().selected()?;
+            chat.client.set_typing(&to, true)?;
+        }
+        "/away" => {
+            chat.client.set_present(false);
+            println!("shown as away to those who watch");
+        }
+        "/back" => {
+            chat.client.set_present(true);
+            println!("shown as online to those who watch");
+        }
+        "/presence" => match rest {
+            "on" => {
+                chat.client.share_presence(true)?;
+                println!("contacts see when you are online and typing");
+            }
+            "off" => {
+                chat.client.share_presence(false)?;
+                println!("nobody sees when you are online or typing");
+            }
+            _ => return Err(usage("/presence on|off")),
+        },
         "/group" if rest.starts_with("new ") => {
             let mut words = rest["new ".len()..].split_whitespace();
             let title = words
