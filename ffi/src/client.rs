@@ -65,6 +65,8 @@ pub struct SottoClient {
     generation: u64,
     consumer: Arc<ConsumerSlot>,
     subscriptions: Mutex<Vec<AbortHandle>>,
+    /// Presence and typing changes since the client started (`nextLiveEvent`).
+    pub(crate) live: Arc<tokio::sync::Mutex<sotto_messenger::LiveEvents>>,
 }
 
 impl fmt::Debug for SottoClient {
@@ -85,6 +87,7 @@ impl SottoClient {
     /// Wraps a started core client (also used by `Linking.finish`).
     pub(crate) fn wrap(client: AppMessenger, generation: u64) -> Arc<Self> {
         Arc::new(Self {
+            live: Arc::new(tokio::sync::Mutex::new(client.live_events())),
             address: client.address().to_string(),
             device_id: client.device_id(),
             generation,

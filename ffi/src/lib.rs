@@ -12,6 +12,7 @@
 //! - [`groups`] — group chats on `SottoClient`: create, change, leave,
 //!   send, `GroupInfo`.
 //! - [`listener`] — the `EventListener` callback and `EventSubscription`.
+//! - [`live`] — presence and typing on `SottoClient`, `LiveEvent`.
 //! - [`link`] — `Linking` / `PendingLink`: linking a new device.
 //! - [`device`] — `Device`, the low-level crypto surface (identity,
 //!   prekeys, sessions) for apps bringing their own transport.
@@ -35,6 +36,7 @@ pub mod groups;
 pub mod identity;
 pub mod link;
 pub mod listener;
+pub mod live;
 pub(crate) mod runtime;
 
 pub use client::SottoClient;
@@ -48,6 +50,7 @@ pub use groups::{GroupInfo, GroupMember, GroupStatus, UserDelivery};
 pub use identity::SafetyNumber;
 pub use link::{Linking, PendingLink};
 pub use listener::{EventListener, EventSubscription};
+pub use live::{LiveEvent, Presence};
 
 /// The library's version, to log next to the app's own.
 #[uniffi::export]

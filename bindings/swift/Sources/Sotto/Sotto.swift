@@ -2572,6 +2572,56 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
      */
     func setGroupAvatar(groupId: Data, path: String?) async throws 
     
+    /**
+     * Whether `contact` is typing to this user now.
+     */
+    func isTyping(contact: String) throws  -> Bool
+    
+    /**
+     * Waits for the next presence or typing change (changes that came
+     * while nobody waited are kept, up to 256). Fails with `Closed` once
+     * the client is shut down.
+     */
+    func nextLiveEvent() async throws  -> LiveEvent
+    
+    /**
+     * What this device knows of `contact`'s presence now.
+     */
+    func presence(contact: String) throws  -> Presence
+    
+    /**
+     * The user is present (`true`, app in the foreground) or away.
+     */
+    func setPresent(present: Bool) throws 
+    
+    /**
+     * The user types to `contact` (`true`: call it on every keystroke, it
+     * is throttled) or stopped (`false`: sent or cleared).
+     */
+    func setTyping(contact: String, typing: Bool) throws 
+    
+    /**
+     * Shares presence and typing with every accepted contact, or none.
+     */
+    func sharePresence(shared: Bool) throws 
+    
+    /**
+     * Shares presence and typing with one contact, or hides them from it.
+     */
+    func sharePresenceWith(contact: String, shared: Bool) throws 
+    
+    /**
+     * Stops watching `contact` (its conversation closed).
+     */
+    func unwatchPresence(contact: String) throws 
+    
+    /**
+     * Watches `contact`'s presence while its conversation is open: asked
+     * now and every 30 s until `unwatchPresence`. Fails with `NotAccepted`
+     * for anyone but an accepted contact.
+     */
+    func watchPresence(contact: String) throws 
+    
 }
 /**
  * This user's device of the Sotto messenger: sends, receives, links
@@ -3335,6 +3385,130 @@ open func setGroupAvatar(groupId: Data, path: String?)async throws   {
             liftFunc: { $0 },
             errorHandler: FfiConverterTypeSottoError_lift
         )
+}
+    
+    /**
+     * Whether `contact` is typing to this user now.
+     */
+open func isTyping(contact: String)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_is_typing(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(contact),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Waits for the next presence or typing change (changes that came
+     * while nobody waited are kept, up to 256). Fails with `Closed` once
+     * the client is shut down.
+     */
+open func nextLiveEvent()async throws  -> LiveEvent  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_sottoclient_next_live_event(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeLiveEvent_lift,
+            errorHandler: FfiConverterTypeSottoError_lift
+        )
+}
+    
+    /**
+     * What this device knows of `contact`'s presence now.
+     */
+open func presence(contact: String)throws  -> Presence  {
+    return try  FfiConverterTypePresence_lift(try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_presence(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(contact),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The user is present (`true`, app in the foreground) or away.
+     */
+open func setPresent(present: Bool)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_set_present(
+            self.uniffiCloneHandle(),
+        FfiConverterBool.lower(present),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * The user types to `contact` (`true`: call it on every keystroke, it
+     * is throttled) or stopped (`false`: sent or cleared).
+     */
+open func setTyping(contact: String, typing: Bool)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_set_typing(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(contact),
+        FfiConverterBool.lower(typing),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Shares presence and typing with every accepted contact, or none.
+     */
+open func sharePresence(shared: Bool)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_share_presence(
+            self.uniffiCloneHandle(),
+        FfiConverterBool.lower(shared),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Shares presence and typing with one contact, or hides them from it.
+     */
+open func sharePresenceWith(contact: String, shared: Bool)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_share_presence_with(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(contact),
+        FfiConverterBool.lower(shared),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Stops watching `contact` (its conversation closed).
+     */
+open func unwatchPresence(contact: String)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_unwatch_presence(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(contact),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Watches `contact`'s presence while its conversation is open: asked
+     * now and every 30 s until `unwatchPresence`. Fails with `NotAccepted`
+     * for anyone but an accepted contact.
+     */
+open func watchPresence(contact: String)throws   {try rustCallWithError(FfiConverterTypeSottoError_lift) {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_method_sottoclient_watch_presence(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(contact),uniffiCallStatus
+    )
+}
 }
     
 
@@ -4779,6 +4953,193 @@ public func FfiConverterTypeGroupStatus_lower(_ value: GroupStatus) -> RustBuffe
 
 
 /**
+ * A change of a contact's presence or typing.
+ */
+
+public enum LiveEvent: Equatable, Hashable {
+    
+    /**
+     * A watched contact's presence changed.
+     */
+    case presence(
+        /**
+         * The contact's address.
+         */user: String, 
+        /**
+         * Its presence now.
+         */presence: Presence
+    )
+    /**
+     * A contact started or stopped typing to this user.
+     */
+    case typing(
+        /**
+         * The contact's address.
+         */user: String, 
+        /**
+         * Whether it is typing now.
+         */typing: Bool
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension LiveEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeLiveEvent: FfiConverterRustBuffer {
+    typealias SwiftType = LiveEvent
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> LiveEvent {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .presence(user: try FfiConverterString.read(from: &buf), presence: try FfiConverterTypePresence.read(from: &buf)
+        )
+        
+        case 2: return .typing(user: try FfiConverterString.read(from: &buf), typing: try FfiConverterBool.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: LiveEvent, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .presence(user,presence):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(user, into: &buf)
+            FfiConverterTypePresence.write(presence, into: &buf)
+            
+        
+        case let .typing(user,typing):
+            writeInt(&buf, Int32(2))
+            FfiConverterString.write(user, into: &buf)
+            FfiConverterBool.write(typing, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLiveEvent_lift(_ buf: RustBuffer) throws -> LiveEvent {
+    return try FfiConverterTypeLiveEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLiveEvent_lower(_ value: LiveEvent) -> RustBuffer {
+    return FfiConverterTypeLiveEvent.lower(value)
+}
+
+
+
+/**
+ * What this device knows of a contact's presence.
+ */
+
+public enum Presence: Equatable, Hashable {
+    
+    /**
+     * Not watched, or it never answered (offline since before the watch,
+     * or not sharing its presence with this user).
+     */
+    case unknown
+    /**
+     * Some device of the contact said so less than 45 s ago.
+     */
+    case online
+    /**
+     * It went offline (or silent for 45 s); when it was last known online.
+     */
+    case offline(
+        /**
+         * Unix milliseconds.
+         */lastSeenMs: UInt64
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension Presence: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePresence: FfiConverterRustBuffer {
+    typealias SwiftType = Presence
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Presence {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .unknown
+        
+        case 2: return .online
+        
+        case 3: return .offline(lastSeenMs: try FfiConverterUInt64.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: Presence, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .unknown:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .online:
+            writeInt(&buf, Int32(2))
+        
+        
+        case let .offline(lastSeenMs):
+            writeInt(&buf, Int32(3))
+            FfiConverterUInt64.write(lastSeenMs, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePresence_lift(_ buf: RustBuffer) throws -> Presence {
+    return try FfiConverterTypePresence.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePresence_lower(_ value: Presence) -> RustBuffer {
+    return FfiConverterTypePresence.lower(value)
+}
+
+
+
+/**
  * Kinds of receipts.
  */
 
@@ -6128,6 +6489,33 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_set_group_avatar() != 47794) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_is_typing() != 62632) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_next_live_event() != 44233) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_presence() != 37355) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_set_present() != 4792) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_set_typing() != 64476) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_share_presence() != 30) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_share_presence_with() != 57498) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_unwatch_presence() != 63375) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_watch_presence() != 48153) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_device_accept_identity() != 7907) {

@@ -790,6 +790,24 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_sottoclient_set_group_avatar(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_is_typing(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_next_live_event(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_presence(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_set_present(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_set_typing(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_share_presence(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_share_presence_with(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_unwatch_presence(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_sottoclient_watch_presence(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_device_accept_identity(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_device_decrypt(
@@ -989,6 +1007,24 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_sottoclient_set_group_avatar(`ptr`: Long,`groupId`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_is_typing(`ptr`: Long,`contact`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_next_live_event(`ptr`: Long,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_presence(`ptr`: Long,`contact`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_set_present(`ptr`: Long,`present`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_set_typing(`ptr`: Long,`contact`: RustBuffer.ByValue,`typing`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_share_presence(`ptr`: Long,`shared`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_share_presence_with(`ptr`: Long,`contact`: RustBuffer.ByValue,`shared`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_unwatch_presence(`ptr`: Long,`contact`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_watch_presence(`ptr`: Long,`contact`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_sotto_ffi_fn_clone_device(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_sotto_ffi_fn_free_device(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1349,6 +1385,33 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_set_group_avatar() and 0xFFFF) != 47794) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_is_typing() and 0xFFFF) != 62632) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_next_live_event() and 0xFFFF) != 44233) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_presence() and 0xFFFF) != 37355) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_set_present() and 0xFFFF) != 4792) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_set_typing() and 0xFFFF) != 64476) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_share_presence() and 0xFFFF) != 30) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_share_presence_with() and 0xFFFF) != 57498) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_unwatch_presence() and 0xFFFF) != 63375) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_watch_presence() and 0xFFFF) != 48153) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_device_accept_identity() and 0xFFFF) != 7907) {
@@ -5153,6 +5216,56 @@ public interface SottoClientInterface {
      */
     suspend fun `setGroupAvatar`(`groupId`: kotlin.ByteArray, `path`: kotlin.String?)
     
+    /**
+     * Whether `contact` is typing to this user now.
+     */
+    fun `isTyping`(`contact`: kotlin.String): kotlin.Boolean
+    
+    /**
+     * Waits for the next presence or typing change (changes that came
+     * while nobody waited are kept, up to 256). Fails with `Closed` once
+     * the client is shut down.
+     */
+    suspend fun `nextLiveEvent`(): LiveEvent
+    
+    /**
+     * What this device knows of `contact`'s presence now.
+     */
+    fun `presence`(`contact`: kotlin.String): Presence
+    
+    /**
+     * The user is present (`true`, app in the foreground) or away.
+     */
+    fun `setPresent`(`present`: kotlin.Boolean)
+    
+    /**
+     * The user types to `contact` (`true`: call it on every keystroke, it
+     * is throttled) or stopped (`false`: sent or cleared).
+     */
+    fun `setTyping`(`contact`: kotlin.String, `typing`: kotlin.Boolean)
+    
+    /**
+     * Shares presence and typing with every accepted contact, or none.
+     */
+    fun `sharePresence`(`shared`: kotlin.Boolean)
+    
+    /**
+     * Shares presence and typing with one contact, or hides them from it.
+     */
+    fun `sharePresenceWith`(`contact`: kotlin.String, `shared`: kotlin.Boolean)
+    
+    /**
+     * Stops watching `contact` (its conversation closed).
+     */
+    fun `unwatchPresence`(`contact`: kotlin.String)
+    
+    /**
+     * Watches `contact`'s presence while its conversation is open: asked
+     * now and every 30 s until `unwatchPresence`. Fails with `NotAccepted`
+     * for anyone but an accepted contact.
+     */
+    fun `watchPresence`(`contact`: kotlin.String)
+    
     companion object
 }
 
@@ -6135,6 +6248,175 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
         SottoException.ErrorHandler,
     )
     }
+
+    
+    /**
+     * Whether `contact` is typing to this user now.
+     */
+    @Throws(SottoException::class)override fun `isTyping`(`contact`: kotlin.String): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_is_typing(
+        it,
+        
+        FfiConverterString.lower(`contact`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Waits for the next presence or typing change (changes that came
+     * while nobody waited are kept, up to 256). Fails with `Closed` once
+     * the client is shut down.
+     */
+    @Throws(SottoException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `nextLiveEvent`() : LiveEvent {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_next_live_event(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeLiveEvent.lift(it) },
+        // Error FFI converter
+        SottoException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * What this device knows of `contact`'s presence now.
+     */
+    @Throws(SottoException::class)override fun `presence`(`contact`: kotlin.String): Presence {
+            return FfiConverterTypePresence.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_presence(
+        it,
+        
+        FfiConverterString.lower(`contact`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The user is present (`true`, app in the foreground) or away.
+     */
+    @Throws(SottoException::class)override fun `setPresent`(`present`: kotlin.Boolean)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_set_present(
+        it,
+        
+        FfiConverterBoolean.lower(`present`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * The user types to `contact` (`true`: call it on every keystroke, it
+     * is throttled) or stopped (`false`: sent or cleared).
+     */
+    @Throws(SottoException::class)override fun `setTyping`(`contact`: kotlin.String, `typing`: kotlin.Boolean)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_set_typing(
+        it,
+        
+        FfiConverterString.lower(`contact`),
+        FfiConverterBoolean.lower(`typing`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Shares presence and typing with every accepted contact, or none.
+     */
+    @Throws(SottoException::class)override fun `sharePresence`(`shared`: kotlin.Boolean)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_share_presence(
+        it,
+        
+        FfiConverterBoolean.lower(`shared`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Shares presence and typing with one contact, or hides them from it.
+     */
+    @Throws(SottoException::class)override fun `sharePresenceWith`(`contact`: kotlin.String, `shared`: kotlin.Boolean)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_share_presence_with(
+        it,
+        
+        FfiConverterString.lower(`contact`),
+        FfiConverterBoolean.lower(`shared`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Stops watching `contact` (its conversation closed).
+     */
+    @Throws(SottoException::class)override fun `unwatchPresence`(`contact`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_unwatch_presence(
+        it,
+        
+        FfiConverterString.lower(`contact`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Watches `contact`'s presence while its conversation is open: asked
+     * now and every 30 s until `unwatchPresence`. Fails with `NotAccepted`
+     * for anyone but an accepted contact.
+     */
+    @Throws(SottoException::class)override fun `watchPresence`(`contact`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SottoException) { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_watch_presence(
+        it,
+        
+        FfiConverterString.lower(`contact`),_status)
+}
+    }
+    
+    
 
     
 
@@ -7655,6 +7937,221 @@ public object FfiConverterTypeGroupStatus: FfiConverterRustBuffer<GroupStatus> {
 
     override fun write(value: GroupStatus, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * A change of a contact's presence or typing.
+ */
+sealed class LiveEvent {
+    
+    /**
+     * A watched contact's presence changed.
+     */
+    data class Presence(
+        /**
+         * The contact's address.
+         */
+        val `user`: kotlin.String, 
+        /**
+         * Its presence now.
+         */
+        val `presence`: dev.sotto.Presence) : LiveEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A contact started or stopped typing to this user.
+     */
+    data class Typing(
+        /**
+         * The contact's address.
+         */
+        val `user`: kotlin.String, 
+        /**
+         * Whether it is typing now.
+         */
+        val `typing`: kotlin.Boolean) : LiveEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeLiveEvent : FfiConverterRustBuffer<LiveEvent>{
+    override fun read(buf: ByteBuffer): LiveEvent {
+        return when(buf.getInt()) {
+            1 -> LiveEvent.Presence(
+                FfiConverterString.read(buf),
+                FfiConverterTypePresence.read(buf),
+                )
+            2 -> LiveEvent.Typing(
+                FfiConverterString.read(buf),
+                FfiConverterBoolean.read(buf),
+                )
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: LiveEvent): ULong = when(value) {
+        is LiveEvent.Presence -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`user`)
+                + FfiConverterTypePresence.allocationSize(value.`presence`)
+            )
+        }
+        is LiveEvent.Typing -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`user`)
+                + FfiConverterBoolean.allocationSize(value.`typing`)
+            )
+        }
+    }
+
+    override fun write(value: LiveEvent, buf: ByteBuffer) {
+        when(value) {
+            is LiveEvent.Presence -> {
+                buf.putInt(1)
+                FfiConverterString.write(value.`user`, buf)
+                FfiConverterTypePresence.write(value.`presence`, buf)
+                Unit
+            }
+            is LiveEvent.Typing -> {
+                buf.putInt(2)
+                FfiConverterString.write(value.`user`, buf)
+                FfiConverterBoolean.write(value.`typing`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
+
+
+
+/**
+ * What this device knows of a contact's presence.
+ */
+sealed class Presence {
+    
+    /**
+     * Not watched, or it never answered (offline since before the watch,
+     * or not sharing its presence with this user).
+     */
+    object Unknown : Presence()
+    
+    
+    /**
+     * Some device of the contact said so less than 45 s ago.
+     */
+    object Online : Presence()
+    
+    
+    /**
+     * It went offline (or silent for 45 s); when it was last known online.
+     */
+    data class Offline(
+        /**
+         * Unix milliseconds.
+         */
+        val `lastSeenMs`: kotlin.ULong) : Presence()
+        
+    {
+        
+
+        companion object
+    }
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypePresence : FfiConverterRustBuffer<Presence>{
+    override fun read(buf: ByteBuffer): Presence {
+        return when(buf.getInt()) {
+            1 -> Presence.Unknown
+            2 -> Presence.Online
+            3 -> Presence.Offline(
+                FfiConverterULong.read(buf),
+                )
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: Presence): ULong = when(value) {
+        is Presence.Unknown -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is Presence.Online -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is Presence.Offline -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`lastSeenMs`)
+            )
+        }
+    }
+
+    override fun write(value: Presence, buf: ByteBuffer) {
+        when(value) {
+            is Presence.Unknown -> {
+                buf.putInt(1)
+                Unit
+            }
+            is Presence.Online -> {
+                buf.putInt(2)
+                Unit
+            }
+            is Presence.Offline -> {
+                buf.putInt(3)
+                FfiConverterULong.write(value.`lastSeenMs`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
     }
 }
 

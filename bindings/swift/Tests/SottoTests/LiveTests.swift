@@ -1,0 +1,62 @@
+// Mirrors bindings/kotlin/src/test/kotlin/dev/sotto/LiveTest.kt: presence and
+// typing against a real sotto-relay process (SOTTO_RELAY_BIN). Not run on
+// this repository's machines (no Swift toolchain); see README.md.
+import Foundation
+import XCTest
+@testable import Sotto
+
+final class LiveTests: XCTestCase {
+    var relay: RelayProcess!
+    var dir: URL!
+
+    override func setUpWithError() throws {
+        relay = try RelayProcess()
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("sotto-live-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(at: dir)
+        relay = nil
+    }
+
+    func newUser(_ name: String) async throws -> SottoClient {
+        try await SottoClient.create(dbPath: dir.appendingPathComponent("\(name).db").path,
+                                     storageKey: randomKey(), relay: relay.address)
+    }
+
+    func testAWatchedContactShowsOnlineTypingThenOffline() async throws {
+        let alice = try await newUser("alice")
+        let bob = try await newUser("bob")
+        _ = try alice.sendText(to: bob.address(), text: "hi")
+        while true {
+            let e = try await bob.nextEvent()
+            try bob.ackEvent(seq: e.seq)
+            if case .messageRequest = e.kind { try bob.acceptRequest(peer: alice.address()); break }
+            if case .message = e.kind { break }
+        }
+        _ = try bob.sendText(to: alice.address(), text: "hello")
+        _ = try await alice.nextMessage()
+        try await alice.waitSynced(timeoutMs: waitMs)
+        try await bob.waitSynced(timeoutMs: waitMs)
+
+        try alice.watchPresence(contact: bob.address())
+        var e = try await alice.nextLiveEvent()
+        XCTAssertEqual(e, .presence(user: bob.address(), presence: .online))
+        try bob.setTyping(contact: alice.address(), typing: true)
+        e = try await alice.nextLiveEvent()
+        XCTAssertEqual(e, .typing(user: bob.address(), typing: true))
+        XCTAssertTrue(try alice.isTyping(contact: bob.address()))
+
+        try await bob.shutdown()
+        e = try await alice.nextLiveEvent()
+        if case let .presence(_, presence) = e, case .offline = presence {} else {
+            XCTFail("expected offline, got \(e)")
+        }
+        try await alice.shutdown()
+        do {
+            _ = try await alice.nextLiveEvent()
+            XCTFail("a live event after shutdown")
+        } catch SottoError.Closed {}
+    }
+}
