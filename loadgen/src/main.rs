@@ -97,6 +97,12 @@ enum Mode {
         /// of on the push stream (what `sotto-core`'s client does).
         #[arg(long)]
         request_acks: bool,
+        /// Send ephemeral envelopes (`SendEphemeral`: pushed now or never,
+        /// never stored, never acked) with each mailbox's delivery token,
+        /// registered first (start the relay with `--registration-burst`
+        /// at least `--mailboxes`).
+        #[arg(long)]
+        ephemeral: bool,
     },
     /// With the relay STOPPED: time its startup index rebuild on the data
     /// dir given as `--relay-dir`, by reading the small index records (what
@@ -203,6 +209,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             producers,
             ack_window_ms,
             request_acks,
+            ephemeral,
         } => {
             w2(
                 addr,
@@ -216,6 +223,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
                     producers,
                     ack_window: Duration::from_millis(ack_window_ms),
                     request_acks,
+                    ephemeral,
                 },
                 args.cpu_pid,
             )
@@ -442,6 +450,14 @@ struct W2 {
     producers: usize,
     ack_window: Duration,
     request_acks: bool,
+    ephemeral: bool,
+}
+
+/// Mailbox `i`'s delivery token (for ephemeral sends).
+fn token_of(i: usize) -> [u8; 32] {
+    let mut t = [0x5a; 32];
+    t[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    t
 }
 
 #[allow(clippy::print_stdout)]
@@ -460,6 +476,7 @@ async fn w2(
         producers,
         ack_window,
         request_acks,
+        ephemeral,
     } = params;
     // Latency from the scheduled send, and from the moment it really started.
     let hist = Arc::new(std::sync::Mutex::new((
@@ -483,6 +500,9 @@ async fn w2(
         );
         ids.push(client.mailbox());
         conns.push(client.connection().clone());
+        if ephemeral {
+            client.set_delivery_token(Some(&token_of(i))).await?;
+        }
         let mut sub = client.subscribe().await?;
         let mut acker = Acker {
             client: client.clone(),
@@ -494,19 +514,26 @@ async fn w2(
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         receivers.push(tokio::spawn(async move {
             while let Ok(Some(p)) = sub.next().await {
-                if let Pushed::Envelope(e) = p {
+                let (id, payload) = match p {
+                    Pushed::Envelope(e) => (Some(e.id), e.payload),
+                    Pushed::Ephemeral(payload) => (None, payload),
+                    _ => continue,
+                };
+                {
                     let now = Instant::now();
                     let Some(t0) = start.get() else {
                         // Left over from an earlier run on the same seed:
                         // acknowledge it, but it is not part of this one.
-                        if tx.send(e.id).is_err() {
-                            return;
+                        if let Some(id) = id {
+                            if tx.send(id).is_err() {
+                                return;
+                            }
                         }
                         continue;
                     };
                     let since = |range: std::ops::Range<usize>| {
                         let mut b = [0u8; 8];
-                        b.copy_from_slice(e.payload.get(range).unwrap_or(&[0; 8]));
+                        b.copy_from_slice(payload.get(range).unwrap_or(&[0; 8]));
                         let at = *t0 + Duration::from_micros(u64::from_be_bytes(b));
                         micros(now.saturating_duration_since(at))
                     };
@@ -516,8 +543,10 @@ async fn w2(
                         let _ = h.1.record(started);
                     }
                     received.fetch_add(1, Ordering::Relaxed);
-                    if tx.send(e.id).is_err() {
-                        return;
+                    if let Some(id) = id {
+                        if tx.send(id).is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -579,7 +608,8 @@ async fn w2(
         let scheduled = t0 + Duration::from_micros(offset_us);
         tokio::time::sleep_until(scheduled.into()).await;
         let client = senders[(i as usize) % producers].clone();
-        let to = ids[(i as usize) % ids.len()];
+        let to_index = (i as usize) % ids.len();
+        let to = ids[to_index];
         let (failures, lag) = (failures.clone(), lag.clone());
         inflight.push(tokio::spawn(async move {
             let started = Instant::now();
@@ -591,7 +621,18 @@ async fn w2(
             let mut payload = vec![0x3cu8; size.max(16)];
             payload[..8].copy_from_slice(&offset_us.to_be_bytes());
             payload[8..16].copy_from_slice(&started_us.to_be_bytes());
-            if client.send(&to, payload).await.is_err() {
+            let sent = if ephemeral {
+                match client
+                    .send_ephemeral(vec![(to, payload, token_of(to_index))])
+                    .await
+                {
+                    Ok(r) => r.into_iter().all(|r| r.is_ok()),
+                    Err(_) => false,
+                }
+            } else {
+                client.send(&to, payload).await.is_ok()
+            };
+            if !sent {
                 failures.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -611,7 +652,8 @@ async fn w2(
     let h = hist.lock().map_err(|_| "poisoned")?;
     let (h, from_start) = (&h.0, &h.1);
     println!(
-        "W2 rate {rate}/s for {seconds} s to {mailboxes} subscribed mailboxes ({size} B): offered {total}, received {}, failed {}, sends finished at {:.2} s{cpu}",
+        "W2{} rate {rate}/s for {seconds} s to {mailboxes} subscribed mailboxes ({size} B): offered {total}, received {}, failed {}, sends finished at {:.2} s{cpu}",
+        if ephemeral { " ephemeral" } else { "" },
         received.load(Ordering::Relaxed),
         failures.load(Ordering::Relaxed),
         send_done.as_secs_f64()

@@ -688,3 +688,77 @@ async fn a_stranger_flooding_a_mailbox_cannot_keep_a_contacts_message_out() {
     assert_eq!(message(&bob).await, (carol.addr(), "hello Bob".to_owned()));
     bob.close().await;
 }
+
+/// Blocking a contact revokes the delivery token it held (PROTOCOL.md
+/// Part II §4, III.6): the relay refuses that token from then on, on any
+/// connection (here one authenticated with a fresh key, as the messenger
+/// sends), while the contacts still accepted get the new one and it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_contacts_delivery_token_is_refused_and_the_others_get_a_new_one() {
+    let relay = RelayProcess::start(&relay_binary(), &[]).unwrap();
+    let (alice, bob, carol) = (
+        Dev::create(&relay).await,
+        Dev::create(&relay).await,
+        Dev::create(&relay).await,
+    );
+    for other in [&alice, &carol] {
+        say(other, &bob, "hi bob").await;
+        say(&bob, other, "hi").await;
+    }
+    let old = alice
+        .c()
+        .held_delivery_token(&bob.addr(), 1)
+        .expect("Alice holds Bob's token");
+    assert_eq!(carol.c().held_delivery_token(&bob.addr(), 1), Some(old));
+
+    bob.c().block(&alice.addr()).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let new = loop {
+        // Carol reads Bob's announcement of the new token.
+        let _ = drain_for(carol.c(), Duration::from_millis(100)).await;
+        match carol.c().held_delivery_token(&bob.addr(), 1) {
+            Some(t) if t != old => break t,
+            _ => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new token");
+    };
+
+    let inbox = Attacker::register(&relay)
+        .await
+        .unwrap()
+        .devices_of(&bob.addr())
+        .await
+        .unwrap()
+        .devices[0]
+        .mailbox;
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let anonymous = sotto_relay::RelayClient::connect(
+        relay.addr,
+        relay.pin,
+        &ed25519_dalek::SigningKey::from_bytes(&seed),
+    )
+    .await
+    .unwrap();
+    let refused = anonymous
+        .send_with_token(&inbox, vec![1; 64], Some(&old))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.remote_code(),
+        Some(sotto_relay::wire::ErrorCode::BadDeliveryToken)
+    );
+    anonymous
+        .send_with_token(&inbox, vec![2; 64], Some(&new))
+        .await
+        .unwrap();
+    // Live signals too: the old token reaches no live subscription.
+    let r = anonymous
+        .send_ephemeral(vec![(inbox, vec![3; 64], old)])
+        .await
+        .unwrap();
+    assert_eq!(
+        r[0].as_ref().unwrap_err().remote_code(),
+        Some(sotto_relay::wire::ErrorCode::BadDeliveryToken)
+    );
+}

@@ -1226,6 +1226,21 @@ impl<S: Store + Send + 'static> Messenger<S> {
         Ok((own, sending))
     }
 
+    /// Test hook (feature `test-hooks`, not an API): the delivery token this
+    /// device holds for `peer`'s device `device_id`, if any.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn held_delivery_token(&self, peer: &UserAddress, device_id: u32) -> Option<[u8; 32]> {
+        self.inner
+            .with_device(|d| {
+                d.store_mut()
+                    .transaction(|tx| records::delivery_token(tx, &peer.user, device_id))
+            })
+            .ok()
+            .flatten()
+            .map(|t| *t)
+    }
+
     /// Test hook (feature `test-hooks`, not an API): drops the connections
     /// to `relay` (the next request reconnects).
     #[cfg(feature = "test-hooks")]

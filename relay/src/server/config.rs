@@ -49,6 +49,10 @@ pub struct Config {
     pub source_send_rate_per_sec: f64,
     /// Send burst per source address.
     pub source_send_burst: u32,
+    /// Delivery- and push-token registrations per source address in a
+    /// burst (then one a second): each keeps a record per key. Raise it
+    /// behind a NAT that many devices share (or for a load generator).
+    pub registration_burst: u32,
     /// Envelopes from strangers (no valid delivery token) a mailbox holds at
     /// once (within its quota: a slice above the quota is the quota);
     /// applies once its owner registered a token.
@@ -124,6 +128,7 @@ impl Default for Config {
             send_burst: 10_000,
             source_send_rate_per_sec: 20_000.0,
             source_send_burst: 40_000,
+            registration_burst: 60,
             stranger_max_envelopes: 256,
             stranger_max_bytes: 4 * 1024 * 1024,
             bundle_requester_burst: 60,
@@ -207,6 +212,9 @@ pub struct Flags {
     /// Send burst per source address.
     #[arg(long)]
     pub source_send_burst: Option<u32>,
+    /// Token registrations per source address in a burst.
+    #[arg(long)]
+    pub registration_burst: Option<u32>,
     /// Envelopes from strangers one mailbox holds.
     #[arg(long)]
     pub stranger_max_envelopes: Option<usize>,
@@ -277,6 +285,7 @@ impl Config {
             send_burst,
             source_send_rate_per_sec,
             source_send_burst,
+            registration_burst,
             stranger_max_envelopes,
             stranger_max_bytes,
             bundle_requester_burst,
@@ -358,6 +367,7 @@ impl Config {
         }
         if self.send_burst == 0
             || self.source_send_burst == 0
+            || self.registration_burst == 0
             || !(self.send_rate_per_sec > 0.0 && self.source_send_rate_per_sec > 0.0)
         {
             return Err(RelayError::Config(

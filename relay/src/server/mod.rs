@@ -54,7 +54,6 @@ pub(crate) struct State {
 }
 
 /// Registrations per source address: burst, and per second after it.
-const REGISTRATION_BURST: u32 = 60;
 const REGISTRATIONS_PER_SEC: f64 = 1.0;
 
 /// Keys tracked at once by each send-rate map (a bucket that has refilled
@@ -271,7 +270,7 @@ impl Relay {
         let state = Arc::new(State {
             sends,
             registrations: std::sync::Mutex::new(crate::limits::BucketMap::new(
-                REGISTRATION_BURST,
+                config.registration_burst,
                 REGISTRATIONS_PER_SEC,
                 MAX_RATE_KEYS,
             )),
