@@ -16,7 +16,7 @@ use crate::engine::address::{RelayAddress, UserAddress};
 use crate::engine::devices::DeviceList;
 use crate::engine::events::{AttachmentRef, Event};
 use crate::engine::testkit::{text, TestUser};
-use crate::engine::{inbound, link, records};
+use crate::engine::{inbound, link, live_wire, records};
 use sotto_core::attachment::AttachmentPointer;
 use sotto_core::device::{Device, DeviceAddress};
 use sotto_core::prekeys::PrekeyBundle;
@@ -99,6 +99,17 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 )),
             }
             .encode_to_vec(),
+            pb::Content {
+                sender_relay: String::new(),
+                delivery_token: Vec::new(),
+                body: Some(pb::content::Body::Live(pb::Live {
+                    signal: Some(pb::live::Signal::Presence(pb::PresenceState {
+                        online: false,
+                        last_seen_ms: 1,
+                    })),
+                })),
+            }
+            .encode_to_vec(),
             // The first piece of a content over one envelope.
             crate::engine::fragments::split(&[7u8; crate::engine::fragments::FRAGMENT_BYTES + 1])
                 .ok()
@@ -143,6 +154,9 @@ pub fn envelope(data: &[u8]) {
         _ => data.to_vec(),
     };
     let _ = inbound::process(&mut bob, &p.bob, &[1; 16], &payload, 1_000);
+    // The same bytes as an ephemeral push (live signals, PROTOCOL.md III.14).
+    let mut bob = Device::open(p.bob_store.clone()).unwrap();
+    let _ = live_wire::open(&mut bob, &p.bob, &payload, 1_000);
 }
 
 /// The relay payload of `inner` (an encoded `Sealed`) sealed to `to`.
@@ -200,6 +214,8 @@ pub fn content(data: &[u8]) {
         .encode_to_vec(),
     );
     let _ = inbound::process(&mut bob, &p.bob, &[2; 16], &payload, 1_000);
+    let mut bob = Device::open(p.bob_store.clone()).unwrap();
+    let _ = live_wire::open(&mut bob, &p.bob, &payload, 1_000);
 }
 
 /// Records read back from a store: session state, contacts, queued events,
