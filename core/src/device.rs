@@ -452,36 +452,6 @@ impl<S: Store> Device<S> {
         })
     }
 
-    /// As [`Self::encrypt`], but only over a session the peer already holds
-    /// (it has answered: no PreKey message pending); `Ok(None)` otherwise,
-    /// with nothing changed. For live signals, which may be lost: a lost
-    /// PreKey message would leave the peer without the session.
-    pub fn encrypt_established(
-        &mut self,
-        addr: &DeviceAddress,
-        plaintext: &[u8],
-        rng: &mut impl CryptoRngCore,
-    ) -> Result<Option<OutgoingMessage>> {
-        let a = addr.encode()?;
-        let padding = self.padding;
-        let cache = &mut self.sessions;
-        self.store.transaction(|tx| {
-            let ids = load_index(tx, &a)?;
-            let Some(sid) = ids.first() else {
-                return Ok(None);
-            };
-            let mut state = load_session(tx, cache, &a, sid)?;
-            if state.is_pending() {
-                return_session(tx, cache, &a, sid, state)?;
-                return Ok(None);
-            }
-            require_session_trusted(tx, &a, &state)?;
-            let out = state.encrypt(plaintext, padding, rng)?;
-            save_session(tx, cache, &a, state)?;
-            Ok(Some(out))
-        })
-    }
-
     /// Decrypts a message from `addr`.
     pub fn decrypt(&mut self, addr: &DeviceAddress, message: &[u8], now: u64) -> Result<Vec<u8>> {
         self.decrypt_with(addr, message, now, |_| Ok(()))

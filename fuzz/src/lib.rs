@@ -23,6 +23,7 @@ pub const TARGETS: &[Target] = &[
     ("relay_client_frames", relay_client_frames),
     ("relay_server_frames", relay_server_frames),
     ("envelope", core::envelope),
+    ("live", core::live),
     ("content", core::content),
     ("part1_message", core::part1_message),
     ("stored_records", core::stored_records),

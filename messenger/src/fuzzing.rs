@@ -99,17 +99,6 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 )),
             }
             .encode_to_vec(),
-            pb::Content {
-                sender_relay: String::new(),
-                delivery_token: Vec::new(),
-                body: Some(pb::content::Body::Live(pb::Live {
-                    signal: Some(pb::live::Signal::Presence(pb::PresenceState {
-                        online: false,
-                        last_seen_ms: 1,
-                    })),
-                })),
-            }
-            .encode_to_vec(),
             // The first piece of a content over one envelope.
             crate::engine::fragments::split(&[7u8; crate::engine::fragments::FRAGMENT_BYTES + 1])
                 .ok()
@@ -125,6 +114,30 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             p.alice.relay.to_string().into_bytes(),
         ],
         "device_list" => vec![p.alice_list.body().encode_to_vec()],
+        "live" => {
+            // Alice's genuine "online" to Bob, made at the target's clock.
+            let alice = Device::open(p.alice_store.clone()).unwrap();
+            let bob = Device::open(p.bob_store.clone()).unwrap();
+            let key = alice
+                .sender_mac_key(alice.identity(), bob.identity())
+                .unwrap();
+            let signal = pb::Live {
+                signal: Some(pb::live::Signal::Presence(pb::PresenceState {
+                    online: true,
+                    last_seen_ms: 0,
+                })),
+                sent_at_ms: 1_000,
+            }
+            .encode_to_vec();
+            let mac = crate::engine::envelope::live_mac(&key, &p.alice.user, 1, &signal);
+            vec![pb::LiveSealed {
+                sender_user: p.alice.user.to_vec(),
+                sender_device: 1,
+                signal,
+                mac: mac.to_vec(),
+            }
+            .encode_to_vec()]
+        }
         _ => Vec::new(),
     }
 }
@@ -155,8 +168,37 @@ pub fn envelope(data: &[u8]) {
     };
     let _ = inbound::process(&mut bob, &p.bob, &[1; 16], &payload, 1_000);
     // The same bytes as an ephemeral push (live signals, PROTOCOL.md III.14).
+    live_signal(&payload);
+}
+
+/// An ephemeral push to Bob (a live signal, PROTOCOL.md III.14), checked
+/// as the receive path does; nothing is written either way.
+fn live_signal(payload: &[u8]) {
+    let p = pair();
     let mut bob = Device::open(p.bob_store.clone()).unwrap();
-    let _ = live_wire::open(&mut bob, &p.bob, &payload, 1_000);
+    let (mut keys, mut replay) = Default::default();
+    let _ = live_wire::open(&mut bob, &mut keys, &mut replay, &p.bob, payload, 1_000);
+}
+
+/// A live envelope to Bob: `inner` (an encoded `LiveSealed`, whatever
+/// it claims) sealed to him, as anyone can.
+pub fn live(data: &[u8]) {
+    let p = pair();
+    let bob = Device::open(p.bob_store.clone()).unwrap();
+    let sealed = sotto_core::sealed::seal(
+        bob.identity().dh_public(),
+        data,
+        sotto_core::Padding::Buckets,
+        &mut rand_core::OsRng,
+    )
+    .unwrap_or_default();
+    let payload = pb::Envelope {
+        version: 1,
+        body: Some(pb::envelope::Body::Live(sealed)),
+    }
+    .encode_to_vec();
+    live_signal(&payload);
+    live_signal(data);
 }
 
 /// The relay payload of `inner` (an encoded `Sealed`) sealed to `to`.
@@ -214,8 +256,6 @@ pub fn content(data: &[u8]) {
         .encode_to_vec(),
     );
     let _ = inbound::process(&mut bob, &p.bob, &[2; 16], &payload, 1_000);
-    let mut bob = Device::open(p.bob_store.clone()).unwrap();
-    let _ = live_wire::open(&mut bob, &p.bob, &payload, 1_000);
 }
 
 /// Records read back from a store: session state, contacts, queued events,

@@ -105,7 +105,6 @@ impl fmt::Debug for crate::client::content::Body {
             B::GroupSync(_) => "GroupSync(<redacted>)",
             B::SenderKeyRequest(_) => "SenderKeyRequest(..)",
             B::Fragment(_) => "Fragment(<redacted>)",
-            B::Live(_) => "Live(..)",
         })
     }
 }

@@ -16,22 +16,36 @@ use super::{now_ms, relays::As, Inner};
 use crate::engine::address::{RelayAddress, UserAddress};
 use crate::engine::envelope::MacKeys;
 use crate::engine::live::{Live, LiveChange, Outgoing, Presence, To};
-use crate::engine::live_wire;
+use crate::engine::live_wire::{self, ReplayCache};
 use crate::engine::records;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One sealed signal for one mailbox, with the recipient's delivery token.
 type LiveItem = (MailboxId, Vec<u8>, [u8; 32]);
 
 /// Live events kept for a slow reader before the oldest are skipped.
 const LIVE_EVENT_BUFFER: usize = 256;
-/// Live signals this device opens per second, and in a burst: each costs
-/// an X25519, a ratchet step and a store commit, and any accepted contact
-/// can send them; past this they are dropped unopened (and counted).
-const LIVE_RECEIVE_PER_SEC: f64 = 20.0;
-const LIVE_RECEIVE_BURST: f64 = 60.0;
-/// Most items in one `SendEphemeral` (the relay's `max_batch_items`).
-const LIVE_BATCH: usize = 64;
+/// Live signals this device opens per second, and in a burst, whoever sent
+/// them: each costs an X25519 before its sender is known; past this they
+/// are dropped unopened (and counted).
+const OPEN_PER_SEC: f64 = 200.0;
+const OPEN_BURST: f64 = 400.0;
+/// Signals taken from one contact per second, and in a burst, once its MAC
+/// proved it (a contact's answers and heartbeats come a few a minute): so
+/// one contact cannot make this device answer without bound.
+const PER_USER_PER_SEC: f64 = 2.0;
+const PER_USER_BURST: f64 = 20.0;
+/// Contacts whose allowance is tracked (refilled ones are forgotten first).
+const PER_USER_TRACKED: usize = 1024;
+/// Most items in one `SendEphemeral` (well under the relay's
+/// `max_batch_items`, 64 by default).
+const LIVE_BATCH: usize = 16;
+/// Signals waiting to be sent; past this new ones are dropped (the next
+/// heartbeat or ask replaces them).
+const MAX_PENDING: usize = 4096;
+/// Longest one relay may take to take a batch: a relay that accepts the
+/// connection and never answers must not hold up the others.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A change of a contact's presence or typing, for the app. Live events
 /// are not stored and need no ack: a reader that falls behind skips the
@@ -71,31 +85,92 @@ impl LiveEvents {
     }
 }
 
+/// A token bucket: tokens, and when they were counted.
+#[derive(Debug, Clone, Copy)]
+struct Bucket(f64, Instant);
+
+impl Bucket {
+    fn full(burst: f64) -> Self {
+        Bucket(burst, Instant::now())
+    }
+
+    fn tokens(&self, now: Instant, per_sec: f64, burst: f64) -> f64 {
+        (self.0 + now.duration_since(self.1).as_secs_f64() * per_sec).min(burst)
+    }
+
+    fn take(&mut self, per_sec: f64, burst: f64) -> bool {
+        let now = Instant::now();
+        let tokens = self.tokens(now, per_sec, burst);
+        let ok = tokens >= 1.0;
+        *self = Bucket(if ok { tokens - 1.0 } else { tokens }, now);
+        ok
+    }
+}
+
+/// What the receive path keeps between signals.
+#[derive(Default)]
+struct Receiving {
+    mac_keys: MacKeys,
+    replay: ReplayCache,
+    per_user: HashMap<[u8; 32], Bucket>,
+}
+
+impl Receiving {
+    /// Takes one of `user`'s allowance.
+    fn take(&mut self, user: [u8; 32]) -> bool {
+        if self.per_user.len() >= PER_USER_TRACKED && !self.per_user.contains_key(&user) {
+            let now = Instant::now();
+            self.per_user
+                .retain(|_, b| b.tokens(now, PER_USER_PER_SEC, PER_USER_BURST) < PER_USER_BURST);
+            if self.per_user.len() >= PER_USER_TRACKED {
+                return false;
+            }
+        }
+        self.per_user
+            .entry(user)
+            .or_insert_with(|| Bucket::full(PER_USER_BURST))
+            .take(PER_USER_PER_SEC, PER_USER_BURST)
+    }
+}
+
 /// The live half of [`Inner`].
 pub(crate) struct LiveState {
-    pub(crate) engine: std::sync::Mutex<Live>,
+    engine: std::sync::Mutex<Live>,
     /// Signals decided outside the task (answers, typing), for it to send.
     pending: std::sync::Mutex<Vec<Outgoing>>,
     wake: tokio::sync::Notify,
     events: broadcast::Sender<LiveEvent>,
+    /// Sending keys (the task's).
     mac_keys: std::sync::Mutex<MacKeys>,
-    /// Receive allowance: tokens and when they were counted.
-    allowance: std::sync::Mutex<(f64, Instant)>,
+    receiving: std::sync::Mutex<Receiving>,
+    /// The opening allowance, whoever sent.
+    allowance: std::sync::Mutex<Bucket>,
+    /// The engine's clock: monotonic (a wall-clock step never stalls or
+    /// rushes its timers), started at the wall clock's reading.
+    started: (Instant, u64),
     /// The app said its user is away (not present).
     pub(crate) away: std::sync::atomic::AtomicBool,
     /// Live signals refused or dropped unopened (see [`crate::Messenger::live_refused`]).
     pub(crate) refused: std::sync::atomic::AtomicU64,
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every value here stays consistent if a holder panicked.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl LiveState {
     pub(crate) fn new() -> Self {
+        let started = (Instant::now(), now_ms());
         LiveState {
-            engine: std::sync::Mutex::new(Live::new(now_ms())),
+            engine: std::sync::Mutex::new(Live::new(started.1)),
             pending: Default::default(),
             wake: tokio::sync::Notify::new(),
             events: broadcast::channel(LIVE_EVENT_BUFFER).0,
             mac_keys: Default::default(),
-            allowance: std::sync::Mutex::new((LIVE_RECEIVE_BURST, Instant::now())),
+            receiving: Default::default(),
+            allowance: std::sync::Mutex::new(Bucket::full(OPEN_BURST)),
+            started,
             away: Default::default(),
             refused: Default::default(),
         }
@@ -105,44 +180,34 @@ impl LiveState {
         LiveEvents(self.events.subscribe())
     }
 
+    /// The engine's time: Unix ms, but moving only forward.
+    fn now(&self) -> u64 {
+        let (at, wall) = self.started;
+        wall.saturating_add(u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
     /// Runs `f` on the engine, queues what it sends and wakes the task.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Live, u64) -> (Vec<Outgoing>, R)) -> R {
-        let (out, r) = {
-            let mut l = self
-                .engine
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut l, now_ms())
-        };
+        let (out, r) = f(&mut lock(&self.engine), self.now());
         self.queue(out);
         r
+    }
+
+    /// Has the task run the engine's timers now.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
     }
 
     fn queue(&self, out: Vec<Outgoing>) {
         if out.is_empty() {
             return;
         }
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(out);
-        self.wake.notify_one();
-    }
-
-    fn take_allowance(&self) -> bool {
-        let mut a = self
-            .allowance
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        let tokens = (a.0 + now.duration_since(a.1).as_secs_f64() * LIVE_RECEIVE_PER_SEC)
-            .min(LIVE_RECEIVE_BURST);
-        if tokens < 1.0 {
-            *a = (tokens, now);
-            return false;
+        {
+            let mut pending = lock(&self.pending);
+            let room = MAX_PENDING.saturating_sub(pending.len());
+            pending.extend(out.into_iter().take(room));
         }
-        *a = (tokens - 1.0, now);
-        true
+        self.wake.notify_one();
     }
 }
 
@@ -168,18 +233,35 @@ fn publish<S: Store + Send + 'static>(inner: &Inner<S>, changes: Vec<LiveChange>
 }
 
 /// An ephemeral push: opened, checked and applied, or refused (counted and
-/// logged; a live signal is never retried or repaired).
+/// logged; a live signal is never retried or repaired, and changes nothing
+/// on disk).
 pub(crate) fn receive<S: Store + Send + 'static>(inner: &Inner<S>, payload: &[u8]) {
     let live = &inner.live;
-    if !live.take_allowance() {
-        live.refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!("live signal dropped: receive allowance exhausted");
-        return;
-    }
-    let opened = inner.with_device(|d| live_wire::open(d, &inner.me, payload, now_ms()));
-    let o = match opened {
-        Ok(o) => o,
+    let opened = if lock(&live.allowance).take(OPEN_PER_SEC, OPEN_BURST) {
+        inner.with_device(|d| {
+            let mut r = lock(&live.receiving);
+            let r = &mut *r;
+            let o = live_wire::open(
+                d,
+                &mut r.mac_keys,
+                &mut r.replay,
+                &inner.me,
+                payload,
+                now_ms(),
+            )?;
+            if !r.take(o.user) {
+                return Err(Error::LiveRefused("past the contact's allowance"));
+            }
+            let hidden_from_all = d
+                .store_mut()
+                .transaction(|tx| records::presence_hidden(tx))?;
+            Ok((o, hidden_from_all))
+        })
+    } else {
+        Err(Error::LiveRefused("past the opening allowance"))
+    };
+    let (o, hidden_from_all) = match opened {
+        Ok(x) => x,
         Err(e) => {
             live.refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -187,9 +269,6 @@ pub(crate) fn receive<S: Store + Send + 'static>(inner: &Inner<S>, payload: &[u8
             return;
         }
     };
-    let hidden_from_all = inner
-        .with_device(|d| d.store_mut().transaction(|tx| records::presence_hidden(tx)))
-        .unwrap_or(true);
     let shares = !hidden_from_all && !o.hidden;
     let changes = live.with(|l, now| l.receive(o.user, o.device, &o.signal, shares, now));
     publish(inner, changes);
@@ -199,18 +278,11 @@ pub(crate) fn receive<S: Store + Send + 'static>(inner: &Inner<S>, payload: &[u8
 pub(crate) async fn run<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
     loop {
         let (out, changes, next) = {
-            let mut l = inner
-                .live
-                .engine
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = now_ms();
+            let mut l = lock(&inner.live.engine);
+            let now = inner.live.now();
             let (out, changes) = l.tick(now);
-            (
-                out,
-                changes,
-                l.next_deadline(now).map(|t| t.saturating_sub(now)),
-            )
+            let next = l.next_deadline(now).map(|t| t.saturating_sub(now));
+            (out, changes, next)
         };
         publish(&inner, changes);
         inner.live.queue(out);
@@ -223,40 +295,41 @@ pub(crate) async fn run<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
     }
 }
 
-/// Sends every queued signal now (each to the devices it can reach), one
-/// `SendEphemeral` per relay and 64 items. A failure loses the signals: a
-/// live signal is never retried (the next heartbeat or ask replaces it).
+/// Sends every queued signal now (each to the devices it can reach): one
+/// `SendEphemeral` per relay and 16 items, to all relays at once, each
+/// within [`SEND_TIMEOUT`]. A failure loses those signals only: a live
+/// signal is never retried (the next heartbeat or ask replaces it).
 pub(crate) async fn flush<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) {
-    let out = std::mem::take(
-        &mut *inner
-            .live
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
+    let out = std::mem::take(&mut *lock(&inner.live.pending));
     if out.is_empty() {
         return;
     }
+    let now = now_ms();
     let sealed = inner.with_device(|d| {
-        let mut mac_keys = inner
-            .live
-            .mac_keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut mac_keys = lock(&inner.live.mac_keys);
         let mut by_relay: HashMap<RelayAddress, Vec<LiveItem>> = HashMap::new();
         for o in out {
             let (user, only) = match o.to {
                 To::User(u) => (u, None),
                 To::Device(u, d) => (u, Some(d)),
             };
-            for t in live_wire::targets(d, &inner.me, &user, only)? {
-                if let Some(env) =
-                    live_wire::seal(d, &mut mac_keys, &inner.me, &t, o.signal, &mut OsRng)?
-                {
-                    by_relay
+            // A broken target loses its own signal only.
+            let targets = match live_wire::targets(d, &inner.me, &user, only, &o.signal) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(error = %e, "live signal without targets");
+                    continue;
+                }
+            };
+            for t in targets {
+                let env =
+                    live_wire::seal(d, &mut mac_keys, &inner.me, &t, o.signal, now, &mut OsRng);
+                match env {
+                    Ok(env) => by_relay
                         .entry(t.relay.clone())
                         .or_default()
-                        .push((t.mailbox, env, *t.token));
+                        .push((t.mailbox, env, *t.token)),
+                    Err(e) => tracing::debug!(error = %e, "live signal not sealed"),
                 }
             }
         }
@@ -269,10 +342,24 @@ pub(crate) async fn flush<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) {
             return;
         }
     };
-    for (relay, items) in by_relay {
-        if let Err(e) = send(inner, &relay, items).await {
-            tracing::debug!(error = %e, "live signals lost");
-        }
+    let sends: Vec<_> = by_relay
+        .into_iter()
+        .map(|(relay, items)| {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(SEND_TIMEOUT, send(&inner, &relay, items)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "live signals lost"),
+                    Err(_) => {
+                        tracing::debug!("live signals lost: the relay did not answer in time");
+                        inner.relays.forget_kind(&relay, As::Live).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in sends {
+        let _ = s.await;
     }
 }
 
@@ -295,10 +382,22 @@ async fn send<S: Store + Send + 'static>(
 }
 
 /// The mailbox subscription is live: this device is online unless the app
-/// said its user is away. A lost connection says nothing: heartbeats that
-/// no longer arrive are what tells watchers (after the grace, so a brief
-/// drop does not flap).
+/// said its user is away, and its heartbeats go out again. A lost
+/// connection says nothing ([`disconnected`]).
 pub(crate) fn connected<S: Store + Send + 'static>(inner: &Inner<S>) {
     let away = inner.live.away.load(std::sync::atomic::Ordering::SeqCst);
-    inner.live.with(|l, now| (l.set_online(!away, now), ()));
+    inner.live.with(|l, now| {
+        l.suspend(false);
+        (l.set_online(!away, now), ())
+    });
+}
+
+/// The mailbox subscription is down: heartbeats stop until it is back, so
+/// watchers see the device offline after the grace if it stays down, and
+/// nothing if it comes back first (no flapping).
+pub(crate) fn disconnected<S: Store + Send + 'static>(inner: &Inner<S>) {
+    inner.live.with(|l, _| {
+        l.suspend(true);
+        (Vec::new(), ())
+    });
 }

@@ -847,8 +847,8 @@ impl<S: Store + Send + 'static> Messenger<S> {
             l.watch(user, now);
             (Vec::new(), ())
         });
-        // The ask goes out from the live task's next tick, which is now.
-        self.inner.live.with(|l, now| l.tick(now));
+        // The ask goes out from the live task's tick, which is now.
+        self.inner.live.wake();
         Ok(())
     }
 
@@ -925,7 +925,14 @@ impl<S: Store + Send + 'static> Messenger<S> {
         self.inner.with_device(|d| {
             d.store_mut()
                 .transaction(|tx| records::set_presence_hidden(tx, !shared))
-        })
+        })?;
+        if !shared {
+            self.inner.live.with(|l, _| {
+                l.forget_watchers(None);
+                (Vec::new(), ())
+            });
+        }
+        Ok(())
     }
 
     /// Shares this user's presence and typing with one accepted contact, or
@@ -938,7 +945,15 @@ impl<S: Store + Send + 'static> Messenger<S> {
                 c.presence_hidden = !shared;
                 records::put_contact(tx, &contact.user, &c)
             })
-        })
+        })?;
+        if !shared {
+            let user = contact.user;
+            self.inner.live.with(|l, _| {
+                l.forget_watchers(Some(&user));
+                (Vec::new(), ())
+            });
+        }
+        Ok(())
     }
 
     /// Presence and typing changes as they happen (memory only, no ack).
@@ -1253,14 +1268,15 @@ impl<S: Store + Send + 'static> Messenger<S> {
     /// devices that watch this one's presence are told it went offline
     /// (best effort, at most 2 s).
     pub async fn close(mut self) {
-        self.inner
-            .live
-            .with(|l, now| (l.set_online(false, now), ()));
-        let _ = tokio::time::timeout(Duration::from_secs(2), live::flush(&self.inner)).await;
         for t in self.tasks.drain(..) {
             t.abort();
             let _ = t.await;
         }
+        // With the tasks stopped, nothing else takes the offline notices.
+        self.inner
+            .live
+            .with(|l, now| (l.set_online(false, now), ()));
+        let _ = tokio::time::timeout(Duration::from_secs(2), live::flush(&self.inner)).await;
         self.inner.relays.close_all().await;
     }
 
@@ -1296,6 +1312,7 @@ async fn receive_loop<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
             Err(e) => tracing::debug!(error = %e, "mailbox connection failed"),
         }
         inner.synced.send_replace(false);
+        live::disconnected(&inner);
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }

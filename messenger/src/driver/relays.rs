@@ -157,6 +157,14 @@ impl Relays {
         }
     }
 
+    /// Forgets (and closes) `relay`'s connection of kind `who`, if any.
+    pub(crate) async fn forget_kind(&self, relay: &RelayAddress, who: As) {
+        let taken = self.slot(relay, who).lock().await.take();
+        if let Some(c) = taken {
+            c.connection().close(0u32.into(), b"unresponsive");
+        }
+    }
+
     /// Forgets (and closes) the connections to `relay`, if any.
     pub(crate) async fn forget_any(&self, relay: &RelayAddress) {
         for who in ALL {

@@ -20,10 +20,11 @@ use crate::error::Result;
 /// Peer devices whose sender-MAC key is kept in memory.
 const MAC_KEY_CACHE: usize = 1024;
 
-/// Sender-MAC keys by peer device identity: one X25519 per peer device and
-/// process, not one per message. Bounded (cleared when full).
+/// Sender-MAC keys by peer device identity and direction: one X25519 per
+/// peer device, direction and process, not one per message. Bounded
+/// (cleared when full).
 #[derive(Default)]
-pub(crate) struct MacKeys(std::collections::HashMap<[u8; 64], Secret32>);
+pub(crate) struct MacKeys(std::collections::HashMap<([u8; 64], bool), Secret32>);
 
 impl std::fmt::Debug for MacKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,20 +35,43 @@ impl std::fmt::Debug for MacKeys {
 }
 
 impl MacKeys {
-    /// The key between `device` and the peer device `peer`.
+    /// The key of what `device` sends to the peer device `peer`.
     pub(crate) fn get<S: Store>(
         &mut self,
         device: &Device<S>,
         peer: &IdentityKey,
     ) -> Result<Secret32> {
-        if let Some(k) = self.0.get(peer.as_bytes()) {
-            return Ok(k.clone());
+        self.cached(device, peer, true)
+    }
+
+    /// The key of what the peer device `peer` sends to `device`.
+    pub(crate) fn get_from<S: Store>(
+        &mut self,
+        device: &Device<S>,
+        peer: &IdentityKey,
+    ) -> Result<Secret32> {
+        self.cached(device, peer, false)
+    }
+
+    fn cached<S: Store>(
+        &mut self,
+        device: &Device<S>,
+        peer: &IdentityKey,
+        sending: bool,
+    ) -> Result<Secret32> {
+        let k = (*peer.as_bytes(), sending);
+        if let Some(key) = self.0.get(&k) {
+            return Ok(key.clone());
         }
-        let key = device.sender_mac_key(device.identity(), peer)?;
+        let key = if sending {
+            device.sender_mac_key(device.identity(), peer)?
+        } else {
+            device.sender_mac_key(peer, device.identity())?
+        };
         if self.0.len() >= MAC_KEY_CACHE {
             self.0.clear();
         }
-        self.0.insert(*peer.as_bytes(), key.clone());
+        self.0.insert(k, key.clone());
         Ok(key)
     }
 }
@@ -56,11 +80,22 @@ impl MacKeys {
 pub const SENDER_MAC_LEN: usize = 16;
 
 fn mac(key: &Secret32, user: &[u8; 32], device: u32, message: &[u8]) -> [u8; SENDER_MAC_LEN] {
+    mac_in(key, b"", user, device, message)
+}
+
+fn mac_in(
+    key: &Secret32,
+    domain: &[u8],
+    user: &[u8; 32],
+    device: u32,
+    message: &[u8],
+) -> [u8; SENDER_MAC_LEN] {
     let mut h = match <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()) {
         Ok(h) => h,
         // HMAC takes keys of any length.
         Err(_) => return [0u8; SENDER_MAC_LEN],
     };
+    h.update(domain);
     h.update(user);
     h.update(&device.to_be_bytes());
     h.update(message);
@@ -89,4 +124,31 @@ pub(crate) fn verify_sender_mac(
     tag: &[u8],
 ) -> bool {
     tag.len() == SENDER_MAC_LEN && bool::from(mac(key, user, device, message).ct_eq(tag))
+}
+
+/// The domain of a live signal's MAC: never equal to a sealed envelope's
+/// (which has no prefix, and whose message starts with a Part I version
+/// byte), so neither can pass for the other.
+pub const LIVE_MAC_DOMAIN: &[u8] = b"Sotto_v1_LiveSignal";
+
+/// `HMAC-SHA256(key, "Sotto_v1_LiveSignal" || sender_user ||
+/// u32be(sender_device) || signal)[..16]` (PROTOCOL.md III.14).
+pub fn live_mac(
+    key: &Secret32,
+    user: &[u8; 32],
+    device: u32,
+    signal: &[u8],
+) -> [u8; SENDER_MAC_LEN] {
+    mac_in(key, LIVE_MAC_DOMAIN, user, device, signal)
+}
+
+/// Checks a live signal's MAC in constant time.
+pub(crate) fn verify_live_mac(
+    key: &Secret32,
+    user: &[u8; 32],
+    device: u32,
+    signal: &[u8],
+    tag: &[u8],
+) -> bool {
+    tag.len() == SENDER_MAC_LEN && bool::from(live_mac(key, user, device, signal).ct_eq(tag))
 }

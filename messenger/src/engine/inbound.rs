@@ -143,6 +143,14 @@ pub(crate) fn process<S: Store>(
         }
         Ok(pb::Envelope {
             version: 1,
+            body: Some(pb::envelope::Body::Live(_)),
+        }) => {
+            // Deliver now or never: a live signal the relay kept is stale
+            // (and proves nothing: it is not opened).
+            return unauthenticated(device, None, 0, "a live signal kept by the relay");
+        }
+        Ok(pb::Envelope {
+            version: 1,
             body: Some(_),
         }) => {
             // Link messages are for a device that is still linking.
@@ -925,15 +933,6 @@ fn apply_content(
                         return invalid_content(tx, sender, Some(&peer), why)
                     }
                 }
-            }
-            Some(pb::content::Body::Live(_)) => {
-                // Deliver now or never: one kept by the relay is stale.
-                return invalid_content(
-                    tx,
-                    sender,
-                    Some(&peer),
-                    "a live signal outside an ephemeral envelope",
-                );
             }
             None => return invalid_content(tx, sender, Some(&peer), "no body"),
         }

@@ -169,6 +169,8 @@ struct TypingOut {
 #[derive(Debug)]
 pub struct Live {
     online: bool,
+    /// The mailbox subscription is down: no heartbeats.
+    suspended: bool,
     /// When this device went offline (for the "last seen" it tells).
     offline_since_ms: u64,
     watches: HashMap<[u8; 32], Watch>,
@@ -185,6 +187,7 @@ impl Live {
     pub fn new(now_ms: u64) -> Self {
         Self {
             online: false,
+            suspended: false,
             offline_since_ms: now_ms,
             watches: HashMap::new(),
             watchers: HashMap::new(),
@@ -229,6 +232,27 @@ impl Live {
     /// Whether this device counts itself online.
     pub fn is_online(&self) -> bool {
         self.online
+    }
+
+    /// The mailbox subscription is down (`true`) or back: while down, no
+    /// heartbeat goes out (the device cannot hear asks either), so watchers
+    /// see it offline after the grace unless it comes back first; nothing
+    /// is announced, so a brief drop does not flap.
+    pub fn suspend(&mut self, down: bool) {
+        self.suspended = down;
+    }
+
+    /// Forgets the devices that asked (all, or `user`'s): this user now
+    /// hides its presence from them; nothing more goes to them.
+    pub fn forget_watchers(&mut self, user: Option<&[u8; 32]>) {
+        self.watchers
+            .retain(|(u, _), _| user.is_some_and(|w| w != u));
+        let users: Vec<[u8; 32]> = self.typing_out.keys().copied().collect();
+        for u in users {
+            if user.is_none_or(|w| *w == u) {
+                self.typing_out.remove(&u);
+            }
+        }
     }
 
     /// Starts watching `user` (its conversation is open): asks now and
@@ -434,11 +458,13 @@ impl Live {
             self.next_heartbeat_ms = None;
         } else if self.next_heartbeat_ms.is_some_and(|t| t <= now_ms) {
             self.next_heartbeat_ms = Some(now_ms + HEARTBEAT_MS);
-            let state = self.my_state();
-            out.extend(self.watchers.keys().map(|&(u, d)| Outgoing {
-                to: To::Device(u, d),
-                signal: state,
-            }));
+            if !self.suspended {
+                let state = self.my_state();
+                out.extend(self.watchers.keys().map(|&(u, d)| Outgoing {
+                    to: To::Device(u, d),
+                    signal: state,
+                }));
+            }
         }
         let users: Vec<[u8; 32]> = self.typing_out.keys().copied().collect();
         for user in users {

@@ -1,46 +1,61 @@
 //! Live signals on the wire (PROTOCOL.md III.14): who they may go to, how
 //! one is sealed for a device, and the checks one must pass when it
-//! arrives. A live signal is an ordinary pairwise message (Part I, over the
-//! session) in an ordinary sealed envelope, carried by the relay's
-//! ephemeral path instead of the mailbox: so it hides the sender from the
-//! relay exactly as a durable message does, and costs the receiver one
-//! ratchet step. Only established sessions carry one (a lost PreKey
-//! message would leave the peer without the session), and only accepted
-//! contacts' listed devices may send one.
+//! arrives.
+//!
+//! A live signal travels outside every session: a `Live` (with its send
+//! time), MACed under the sender MAC key of the two devices (their static
+//! identity agreement, PROTOCOL.md I.12, with its own domain) and sealed to
+//! the recipient device (I.14). So a lost signal costs no ratchet key (an
+//! offline contact never returns to a gap it cannot cross), a received one
+//! changes nothing on disk, and a device hiding its presence leaves no
+//! trace in its sessions of having read an ask. What it gives up: no
+//! forward secrecy for presence (the seal is to the long-term identity),
+//! which Part IV §IV.3 states.
+
+use std::collections::HashMap;
 
 use prost::Message as _;
 use rand_core::CryptoRngCore;
-use sotto_core::device::{Device, DeviceAddress};
+use sotto_core::device::Device;
 use sotto_core::padding::Padding;
-use sotto_core::session::MessageKind;
 use sotto_core::store::Store;
 use sotto_proto::client as pb;
 use sotto_relay::MailboxId;
 
 use super::address::{RelayAddress, UserAddress};
-use super::envelope::{sender_mac, MacKeys};
+use super::envelope::{live_mac, verify_live_mac, MacKeys};
 use super::records::{self, ACCEPTED};
 use crate::error::{Error, Result};
+
+/// A signal older than this (by its send time) is refused: the relay may
+/// hold signals back, and a stale "online" or "typing" would lie.
+pub(crate) const MAX_AGE_MS: u64 = 30_000;
+/// A signal this far ahead of the receiver's clock is refused (clocks of
+/// two devices differ; more than this is a lie or a broken clock).
+pub(crate) const MAX_AHEAD_MS: u64 = 60_000;
+/// MACs of signals seen, kept until the signal would be too old anyway;
+/// past this the entries expiring first are forgotten.
+pub(crate) const REPLAY_CACHE: usize = 8192;
 
 /// One device a live signal can go to.
 #[derive(Debug)]
 pub(crate) struct LiveTarget {
     pub(crate) relay: RelayAddress,
-    pub(crate) user: [u8; 32],
-    pub(crate) device_id: u32,
     pub(crate) mailbox: MailboxId,
     pub(crate) identity: sotto_core::identity::IdentityKey,
     pub(crate) token: zeroize::Zeroizing<[u8; 32]>,
 }
 
-/// The devices of `user` (one, with `device`) a live signal can reach: an
-/// accepted contact's pinned devices that gave this device a delivery
-/// token (the relay takes no live signal without one). Never this user.
+/// The devices of `user` (one, with `only`) that `signal` can reach: an
+/// accepted contact's pinned devices that gave this device a delivery token
+/// (the relay takes no live signal without one). Never this user; nothing
+/// but asks while this user hides its presence from that contact.
 pub(crate) fn targets<S: Store>(
     device: &mut Device<S>,
     me: &UserAddress,
     user: &[u8; 32],
     only: Option<u32>,
+    signal: &pb::live::Signal,
 ) -> Result<Vec<LiveTarget>> {
     if *user == me.user {
         return Ok(Vec::new());
@@ -50,6 +65,10 @@ pub(crate) fn targets<S: Store>(
             return Ok(Vec::new());
         };
         if c.state != ACCEPTED {
+            return Ok(Vec::new());
+        }
+        let telling = !matches!(signal, pb::live::Signal::Ask(_));
+        if telling && (c.presence_hidden || records::presence_hidden(tx)?) {
             return Ok(Vec::new());
         }
         let Ok(address) = c.address.parse::<UserAddress>() else {
@@ -68,8 +87,6 @@ pub(crate) fn targets<S: Store>(
             };
             out.push(LiveTarget {
                 relay: address.relay.clone(),
-                user: *user,
-                device_id: d.device_id,
                 mailbox: d.mailbox,
                 identity: d.identity,
                 token,
@@ -79,54 +96,61 @@ pub(crate) fn targets<S: Store>(
     })
 }
 
-/// Seals `signal` for `t` over the established session with it; `None`
-/// when there is none (nothing sent, nothing changed).
+/// Seals `signal`, made at `now_ms` (Unix ms), for `t`.
 pub(crate) fn seal<S: Store>(
-    device: &mut Device<S>,
+    device: &Device<S>,
     mac_keys: &mut MacKeys,
     me: &UserAddress,
     t: &LiveTarget,
     signal: pb::live::Signal,
+    now_ms: u64,
     rng: &mut impl CryptoRngCore,
-) -> Result<Option<Vec<u8>>> {
-    let addr = DeviceAddress::new(t.user.to_vec(), t.device_id);
-    // The session must belong to the identity the pinned list certifies.
-    if !device
-        .session_identity(&addr)?
-        .is_some_and(|id| id.ct_eq(&t.identity))
-    {
-        return Ok(None);
-    }
-    let content = pb::Content {
-        sender_relay: String::new(),
-        body: Some(pb::content::Body::Live(pb::Live {
-            signal: Some(signal),
-        })),
-        delivery_token: Vec::new(),
+) -> Result<Vec<u8>> {
+    let signal = pb::Live {
+        signal: Some(signal),
+        sent_at_ms: now_ms,
     }
     .encode_to_vec();
-    let Some(message) = device.encrypt_established(&addr, &content, rng)? else {
-        return Ok(None);
-    };
     let my_id = device.device_id();
-    let mac_key = mac_keys.get(device, &t.identity)?;
-    let mac = sender_mac(&mac_key, &me.user, my_id, &message.bytes);
-    let inner = pb::Sealed {
+    let key = mac_keys.get(device, &t.identity)?;
+    let mac = live_mac(&key, &me.user, my_id, &signal);
+    let inner = pb::LiveSealed {
         sender_user: me.user.to_vec(),
         sender_device: my_id,
-        sender_certificate: None,
-        message: message.bytes,
-        sender_mac: mac.to_vec(),
+        signal,
+        mac: mac.to_vec(),
     }
     .encode_to_vec();
     let sealed = sotto_core::sealed::seal(t.identity.dh_public(), &inner, Padding::Buckets, rng)?;
-    Ok(Some(
-        pb::Envelope {
-            version: 1,
-            body: Some(pb::envelope::Body::Sealed(sealed)),
+    Ok(pb::Envelope {
+        version: 1,
+        body: Some(pb::envelope::Body::Live(sealed)),
+    }
+    .encode_to_vec())
+}
+
+/// The MACs of signals seen recently, so a relay cannot replay one.
+#[derive(Debug, Default)]
+pub(crate) struct ReplayCache(HashMap<[u8; 16], u64>);
+
+impl ReplayCache {
+    /// Records `mac` (valid until `expires_ms`); false if it was seen.
+    fn first_sight(&mut self, mac: [u8; 16], expires_ms: u64, now_ms: u64) -> bool {
+        if self.0.contains_key(&mac) {
+            return false;
         }
-        .encode_to_vec(),
-    ))
+        if self.0.len() >= REPLAY_CACHE {
+            self.0.retain(|_, until| *until > now_ms);
+        }
+        if self.0.len() >= REPLAY_CACHE {
+            let mut by_expiry: Vec<u64> = self.0.values().copied().collect();
+            by_expiry.sort_unstable();
+            let cut = by_expiry[REPLAY_CACHE / 4];
+            self.0.retain(|_, until| *until > cut);
+        }
+        self.0.insert(mac, expires_ms);
+        true
+    }
 }
 
 /// A live signal that passed every check.
@@ -139,15 +163,17 @@ pub(crate) struct Opened {
     pub(crate) hidden: bool,
 }
 
-/// Opens an ephemeral payload. Everything is checked before the session
-/// moves: a sealed pairwise envelope, from an accepted contact (never this
-/// user, never a blocked one or a stranger), from a device its pinned list
-/// names (with the listed identity), a non-PreKey message over the session
-/// with it, holding a `Live` content and nothing else. The ratchet step
-/// commits only when all of that holds. There is no envelope id and no
-/// processed mark: a replay is the session's duplicate.
+/// Opens an ephemeral payload, checking in this order: an `Envelope {
+/// version 1, live }` whose seal opens to a `LiveSealed`; a sender that is
+/// not this user and is an accepted contact (never a stranger or a blocked
+/// user); a device its pinned list names; the MAC under the sender MAC key
+/// with that device's listed identity; a `Live` with a signal, made at most
+/// [`MAX_AGE_MS`] ago and [`MAX_AHEAD_MS`] ahead of `now_ms` (Unix ms), and
+/// not seen before. Nothing is written.
 pub(crate) fn open<S: Store>(
     device: &mut Device<S>,
+    mac_keys: &mut MacKeys,
+    replay: &mut ReplayCache,
     me: &UserAddress,
     payload: &[u8],
     now_ms: u64,
@@ -156,15 +182,15 @@ pub(crate) fn open<S: Store>(
     let sealed = match pb::Envelope::decode(payload) {
         Ok(pb::Envelope {
             version: 1,
-            body: Some(pb::envelope::Body::Sealed(bytes)),
+            body: Some(pb::envelope::Body::Live(bytes)),
         }) => bytes,
-        _ => return refused("not a sealed pairwise envelope"),
+        _ => return refused("not a live envelope"),
     };
     let Ok(inner) = device.unseal(&sealed) else {
         return refused("the seal does not open");
     };
-    let Ok(s) = pb::Sealed::decode(inner.as_slice()) else {
-        return refused("malformed sealed content");
+    let Ok(s) = pb::LiveSealed::decode(inner.as_slice()) else {
+        return refused("malformed sealed signal");
     };
     let Ok(user) = <[u8; 32]>::try_from(s.sender_user.as_slice()) else {
         return refused("malformed sender");
@@ -183,31 +209,230 @@ pub(crate) fn open<S: Store>(
     else {
         return refused("a device the pinned list does not name");
     };
-    if !matches!(MessageKind::of(&s.message), Ok(MessageKind::Ratchet)) {
-        return refused("not a message over an established session");
+    let key = mac_keys.get_from(device, &listed)?;
+    if !verify_live_mac(&key, &user, s.sender_device, &s.signal, &s.mac) {
+        return refused("the MAC does not verify");
     }
-    let addr = DeviceAddress::new(user.to_vec(), s.sender_device);
-    let (_, signal) = device.decrypt_then(&addr, &s.message, now_ms / 1000, |_, dec| {
-        if !listed.ct_eq(dec.remote_identity) {
-            return Err(Error::LiveRefused(
-                "the session's identity is not the listed one",
-            ));
-        }
-        match pb::Content::decode(dec.plaintext) {
-            Ok(pb::Content {
-                body:
-                    Some(pb::content::Body::Live(pb::Live {
-                        signal: Some(signal),
-                    })),
-                ..
-            }) => Ok(signal),
-            _ => Err(Error::LiveRefused("not a live signal")),
-        }
-    })?;
+    let Ok(pb::Live {
+        signal: Some(signal),
+        sent_at_ms,
+    }) = pb::Live::decode(s.signal.as_slice())
+    else {
+        return refused("not a live signal");
+    };
+    if sent_at_ms.saturating_add(MAX_AGE_MS) < now_ms {
+        return refused("too old");
+    }
+    if sent_at_ms > now_ms.saturating_add(MAX_AHEAD_MS) {
+        return refused("sent in the future");
+    }
+    let mut tag = [0u8; 16];
+    tag.copy_from_slice(&s.mac);
+    if !replay.first_sight(tag, sent_at_ms.saturating_add(MAX_AGE_MS), now_ms) {
+        return refused("a replay");
+    }
     Ok(Opened {
         user,
         device: s.sender_device,
         signal,
         hidden: contact.presence_hidden,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::engine::testkit::{TestUser, NOW};
+    use rand_core::OsRng;
+
+    fn target_of(u: &TestUser) -> LiveTarget {
+        LiveTarget {
+            relay: u.relay.clone(),
+            mailbox: MailboxId(u.devices[0].mailbox),
+            identity: *u.devices[0].device.identity(),
+            token: zeroize::Zeroizing::new([1; 32]),
+        }
+    }
+
+    fn online() -> pb::live::Signal {
+        pb::live::Signal::Presence(pb::PresenceState {
+            online: true,
+            last_seen_ms: 0,
+        })
+    }
+
+    fn send(from: &TestUser, to: &TestUser, at: u64) -> Vec<u8> {
+        let t = target_of(to);
+        let mut keys = MacKeys::default();
+        seal(
+            &from.devices[0].device,
+            &mut keys,
+            &from.address(),
+            &t,
+            online(),
+            at,
+            &mut OsRng,
+        )
+        .unwrap()
+    }
+
+    fn open_at(
+        to: &mut TestUser,
+        replay: &mut ReplayCache,
+        payload: &[u8],
+        now: u64,
+    ) -> Result<Opened> {
+        let me = to.address();
+        let mut keys = MacKeys::default();
+        open(
+            &mut to.devices[0].device,
+            &mut keys,
+            replay,
+            &me,
+            payload,
+            now,
+        )
+    }
+
+    fn refusal(r: Result<Opened>) -> &'static str {
+        match r {
+            Err(Error::LiveRefused(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_signal_opens_once_and_only_fresh_from_an_accepted_contacts_listed_device() {
+        let (mut alice, mut bob, carol) = (TestUser::new(1), TestUser::new(1), TestUser::new(1));
+        bob.accept(&alice);
+        alice.accept(&bob);
+        let mut replay = ReplayCache::default();
+
+        let env = send(&alice, &bob, NOW);
+        let o = open_at(&mut bob, &mut replay, &env, NOW + 1_000).unwrap();
+        assert_eq!((o.user, o.device), (alice.address().user, 1));
+        assert_eq!(o.signal, online());
+        assert_eq!(
+            refusal(open_at(&mut bob, &mut replay, &env, NOW + 2_000)),
+            "a replay"
+        );
+
+        let old = send(&alice, &bob, NOW);
+        assert_eq!(
+            refusal(open_at(&mut bob, &mut replay, &old, NOW + MAX_AGE_MS + 1)),
+            "too old"
+        );
+        let ahead = send(&alice, &bob, NOW + MAX_AHEAD_MS + 1);
+        assert_eq!(
+            refusal(open_at(&mut bob, &mut replay, &ahead, NOW)),
+            "sent in the future"
+        );
+        // Carol is no contact of Bob's.
+        let stranger = send(&carol, &bob, NOW);
+        assert_eq!(
+            refusal(open_at(&mut bob, &mut replay, &stranger, NOW)),
+            "not an accepted contact"
+        );
+        // Carol claims to be Alice: her MAC key is not Alice's.
+        let signal = pb::Live {
+            signal: Some(online()),
+            sent_at_ms: NOW,
+        }
+        .encode_to_vec();
+        let bob_identity = *bob.devices[0].device.identity();
+        let carol_dev = &carol.devices[0].device;
+        let key = carol_dev
+            .sender_mac_key(carol_dev.identity(), &bob_identity)
+            .unwrap();
+        let forged = pb::LiveSealed {
+            sender_user: alice.address().user.to_vec(),
+            sender_device: 1,
+            mac: live_mac(&key, &alice.address().user, 1, &signal).to_vec(),
+            signal,
+        }
+        .encode_to_vec();
+        let forged = pb::Envelope {
+            version: 1,
+            body: Some(pb::envelope::Body::Live(
+                sotto_core::sealed::seal(
+                    bob_identity.dh_public(),
+                    &forged,
+                    Padding::Buckets,
+                    &mut OsRng,
+                )
+                .unwrap(),
+            )),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            refusal(open_at(&mut bob, &mut replay, &forged, NOW)),
+            "the MAC does not verify"
+        );
+        // Any changed byte is refused; nothing panics. (Sent a millisecond
+        // later: the same signal at the same time is the same signal.)
+        let fresh = send(&alice, &bob, NOW + 1);
+        for i in 0..fresh.len() {
+            let mut bad = fresh.clone();
+            bad[i] ^= 0x40;
+            assert!(
+                open_at(&mut bob, &mut replay, &bad, NOW).is_err(),
+                "byte {i}"
+            );
+        }
+        // A durable envelope's seal is not a live one.
+        let durable = pb::Envelope {
+            version: 1,
+            body: Some(pb::envelope::Body::Sealed(vec![0x14; 100])),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            refusal(open_at(&mut bob, &mut replay, &durable, NOW)),
+            "not a live envelope"
+        );
+        // And the genuine one still opens after all that.
+        let r = open_at(&mut bob, &mut replay, &fresh, NOW);
+        assert!(r.is_ok(), "{r:?}");
+    }
+
+    /// PROTOCOL.md III.14's vector (reproduced with Python's `hmac`).
+    #[test]
+    fn the_live_mac_matches_the_spec_vector() {
+        let signal = pb::Live {
+            signal: Some(online_now()),
+            sent_at_ms: 1_800_000_000_000,
+        }
+        .encode_to_vec();
+        assert_eq!(hex::encode(&signal), "120208012080a0f1c2b134");
+        let key = sotto_core::keys::Secret32::from_bytes(core::array::from_fn(|i| i as u8));
+        let user: [u8; 32] = core::array::from_fn(|i| 32 + i as u8);
+        assert_eq!(
+            hex::encode(live_mac(&key, &user, 1, &signal)),
+            "842fa8159e74ff291cbadf7ae7be82a0"
+        );
+    }
+
+    fn online_now() -> pb::live::Signal {
+        pb::live::Signal::Presence(pb::PresenceState {
+            online: true,
+            last_seen_ms: 0,
+        })
+    }
+
+    #[test]
+    fn the_replay_cache_stays_bounded_and_keeps_what_is_still_fresh() {
+        let mut c = ReplayCache::default();
+        for i in 0..(REPLAY_CACHE as u64 * 2) {
+            let mut mac = [0u8; 16];
+            mac[..8].copy_from_slice(&i.to_be_bytes());
+            assert!(c.first_sight(mac, 1_000 + i, 0));
+        }
+        assert!(c.0.len() <= REPLAY_CACHE);
+        let mut newest = [0u8; 16];
+        newest[..8].copy_from_slice(&(REPLAY_CACHE as u64 * 2 - 1).to_be_bytes());
+        assert!(
+            !c.first_sight(newest, u64::MAX, 0),
+            "the newest entry was forgotten"
+        );
+    }
 }
