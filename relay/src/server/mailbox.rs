@@ -1154,14 +1154,21 @@ impl Mailboxes {
     /// item's result says only whether it was refused, not whether it was
     /// delivered.
     pub fn submit_ephemeral(&self, items: Vec<Submission>) -> Vec<Result<()>> {
+        // Tokens are hashed before the index lock is taken (as `submit`).
+        let items: Vec<_> = items
+            .into_iter()
+            .map(|s| {
+                let presented = presented_verifier(&s.delivery_token);
+                (s, presented)
+            })
+            .collect();
         let mut idx = lock(&self.index);
         let mut out = Vec::with_capacity(items.len());
-        for s in items {
+        for (s, presented) in items {
             if s.payload.len() > EPHEMERAL_MAX_BYTES {
                 out.push(Err(too_large()));
                 continue;
             }
-            let presented = presented_verifier(&s.delivery_token);
             let Some(mb) = idx.mailboxes.get_mut(&s.to) else {
                 // No state at all: no verifier, hence no contact can prove itself.
                 out.push(Err(no_live_token()));
