@@ -129,7 +129,12 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 sent_at_ms: 1_000,
             }
             .encode_to_vec();
-            let mac = crate::engine::envelope::live_mac(&key, &p.alice.user, 1, &signal);
+            let mac = crate::engine::envelope::live_mac(
+                &key,
+                (&p.alice.user, 1),
+                (&p.bob.user, 1),
+                &signal,
+            );
             vec![pb::LiveSealed {
                 sender_user: p.alice.user.to_vec(),
                 sender_device: 1,
@@ -177,7 +182,15 @@ fn live_signal(payload: &[u8]) {
     let p = pair();
     let mut bob = Device::open(p.bob_store.clone()).unwrap();
     let (mut keys, mut replay) = Default::default();
-    let _ = live_wire::open(&mut bob, &mut keys, &mut replay, &p.bob, payload, 1_000);
+    let _ = live_wire::open(
+        &mut bob,
+        &mut keys,
+        &mut replay,
+        &p.bob,
+        payload,
+        1_000,
+        |_| true,
+    );
 }
 
 /// A live envelope to Bob: `inner` (an encoded `LiveSealed`, whatever

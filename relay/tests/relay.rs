@@ -1001,3 +1001,29 @@ async fn ephemeral_envelopes_go_to_a_live_subscription_now_or_never() {
     assert_eq!(relay.metric("sotto_envelopes_accepted_total").await, 0);
     assert_eq!(relay.metric("sotto_queue_depth").await, 0);
 }
+
+/// One source address may send one mailbox only a few live signals a
+/// second (burst 20, then 5/s): the rest are refused one by one, and other
+/// mailboxes are not affected.
+#[tokio::test]
+async fn live_signals_from_one_address_to_one_mailbox_are_rate_limited() {
+    let relay = RelayProc::start(&[]);
+    let (ka, kb, kc) = (key(), key(), key());
+    let a = relay.client(&ka).await;
+    let b = relay.client(&kb).await;
+    let c = relay.client(&kc).await;
+    let token = [7u8; 32];
+    b.set_delivery_token(Some(&token)).await.unwrap();
+    c.set_delivery_token(Some(&token)).await.unwrap();
+    let to_b: Vec<_> = (0..25).map(|_| (b.mailbox(), vec![1; 8], token)).collect();
+    let r = a.send_ephemeral(to_b).await.unwrap();
+    let refused: Vec<usize> = (0..25).filter(|&i| r[i].is_err()).collect();
+    assert_eq!(refused, (20..25).collect::<Vec<_>>());
+    assert_eq!(code(r[24].as_ref().unwrap_err()), ErrorCode::RateLimited);
+    // Another mailbox still takes them.
+    let r = a
+        .send_ephemeral(vec![(c.mailbox(), vec![1; 8], token)])
+        .await
+        .unwrap();
+    assert!(r[0].is_ok());
+}

@@ -115,22 +115,19 @@ struct Receiving {
     per_user: HashMap<[u8; 32], Bucket>,
 }
 
-impl Receiving {
-    /// Takes one of `user`'s allowance.
-    fn take(&mut self, user: [u8; 32]) -> bool {
-        if self.per_user.len() >= PER_USER_TRACKED && !self.per_user.contains_key(&user) {
-            let now = Instant::now();
-            self.per_user
-                .retain(|_, b| b.tokens(now, PER_USER_PER_SEC, PER_USER_BURST) < PER_USER_BURST);
-            if self.per_user.len() >= PER_USER_TRACKED {
-                return false;
-            }
+/// Takes one of `user`'s allowance.
+fn take_for(per_user: &mut HashMap<[u8; 32], Bucket>, user: [u8; 32]) -> bool {
+    if per_user.len() >= PER_USER_TRACKED && !per_user.contains_key(&user) {
+        let now = Instant::now();
+        per_user.retain(|_, b| b.tokens(now, PER_USER_PER_SEC, PER_USER_BURST) < PER_USER_BURST);
+        if per_user.len() >= PER_USER_TRACKED {
+            return false;
         }
-        self.per_user
-            .entry(user)
-            .or_insert_with(|| Bucket::full(PER_USER_BURST))
-            .take(PER_USER_PER_SEC, PER_USER_BURST)
     }
+    per_user
+        .entry(user)
+        .or_insert_with(|| Bucket::full(PER_USER_BURST))
+        .take(PER_USER_PER_SEC, PER_USER_BURST)
 }
 
 /// The live half of [`Inner`].
@@ -148,6 +145,14 @@ pub(crate) struct LiveState {
     /// The engine's clock: monotonic (a wall-clock step never stalls or
     /// rushes its timers), started at the wall clock's reading.
     started: (Instant, u64),
+    /// The send time of the last signal made: each next one is later, so
+    /// no two signals of this device carry the same time (a receiver keeps
+    /// only the newest, and the same MAC twice is a replay).
+    last_sent_at: std::sync::Mutex<u64>,
+    /// Relays a send is still going to: a new batch for one of them is
+    /// dropped rather than queued behind it (the next heartbeat replaces
+    /// it), so a relay that never answers holds up nothing.
+    in_flight: std::sync::Mutex<std::collections::HashSet<RelayAddress>>,
     /// The app said its user is away (not present).
     pub(crate) away: std::sync::atomic::AtomicBool,
     /// Live signals refused or dropped unopened (see [`crate::Messenger::live_refused`]).
@@ -171,6 +176,8 @@ impl LiveState {
             receiving: Default::default(),
             allowance: std::sync::Mutex::new(Bucket::full(OPEN_BURST)),
             started,
+            last_sent_at: std::sync::Mutex::new(0),
+            in_flight: Default::default(),
             away: Default::default(),
             refused: Default::default(),
         }
@@ -240,18 +247,14 @@ pub(crate) fn receive<S: Store + Send + 'static>(inner: &Inner<S>, payload: &[u8
     let opened = if lock(&live.allowance).take(OPEN_PER_SEC, OPEN_BURST) {
         inner.with_device(|d| {
             let mut r = lock(&live.receiving);
-            let r = &mut *r;
-            let o = live_wire::open(
-                d,
-                &mut r.mac_keys,
-                &mut r.replay,
-                &inner.me,
-                payload,
-                now_ms(),
-            )?;
-            if !r.take(o.user) {
-                return Err(Error::LiveRefused("past the contact's allowance"));
-            }
+            let Receiving {
+                mac_keys,
+                replay,
+                per_user,
+            } = &mut *r;
+            let o = live_wire::open(d, mac_keys, replay, &inner.me, payload, now_ms(), |u| {
+                take_for(per_user, *u)
+            })?;
             let hidden_from_all = d
                 .store_mut()
                 .transaction(|tx| records::presence_hidden(tx))?;
@@ -270,7 +273,8 @@ pub(crate) fn receive<S: Store + Send + 'static>(inner: &Inner<S>, payload: &[u8
         }
     };
     let shares = !hidden_from_all && !o.hidden;
-    let changes = live.with(|l, now| l.receive(o.user, o.device, &o.signal, shares, now));
+    let changes =
+        live.with(|l, now| l.receive(o.user, o.device, &o.signal, o.sent_at_ms, shares, now));
     publish(inner, changes);
 }
 
@@ -286,7 +290,8 @@ pub(crate) async fn run<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
         };
         publish(&inner, changes);
         inner.live.queue(out);
-        flush(&inner).await;
+        // Sent in the background: the timers never wait for a relay.
+        drop(flush(&inner));
         let sleep = next.map_or(Duration::from_secs(3600), Duration::from_millis);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
@@ -295,18 +300,22 @@ pub(crate) async fn run<S: Store + Send + 'static>(inner: Arc<Inner<S>>) {
     }
 }
 
-/// Sends every queued signal now (each to the devices it can reach): one
-/// `SendEphemeral` per relay and 16 items, to all relays at once, each
-/// within [`SEND_TIMEOUT`]. A failure loses those signals only: a live
-/// signal is never retried (the next heartbeat or ask replaces it).
-pub(crate) async fn flush<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) {
+/// Sends every queued signal (each to the devices it can reach): one
+/// `SendEphemeral` per relay and 16 items, each relay in its own task,
+/// within [`SEND_TIMEOUT`], never two at once to one relay (a batch for a
+/// relay still busy is dropped). A failure loses those signals only: a
+/// live signal is never retried (the next heartbeat or ask replaces it).
+/// Returns the sending tasks (`close` waits for them; the timers do not).
+pub(crate) fn flush<S: Store + Send + 'static>(
+    inner: &Arc<Inner<S>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let out = std::mem::take(&mut *lock(&inner.live.pending));
     if out.is_empty() {
-        return;
+        return Vec::new();
     }
-    let now = now_ms();
     let sealed = inner.with_device(|d| {
         let mut mac_keys = lock(&inner.live.mac_keys);
+        let mut last = lock(&inner.live.last_sent_at);
         let mut by_relay: HashMap<RelayAddress, Vec<LiveItem>> = HashMap::new();
         for o in out {
             let (user, only) = match o.to {
@@ -314,16 +323,17 @@ pub(crate) async fn flush<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) {
                 To::Device(u, d) => (u, Some(d)),
             };
             // A broken target loses its own signal only.
-            let targets = match live_wire::targets(d, &inner.me, &user, only, &o.signal) {
+            let targets = match live_wire::targets(d, &inner.me, &user, only) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::debug!(error = %e, "live signal without targets");
                     continue;
                 }
             };
+            *last = now_ms().max(last.saturating_add(1));
             for t in targets {
                 let env =
-                    live_wire::seal(d, &mut mac_keys, &inner.me, &t, o.signal, now, &mut OsRng);
+                    live_wire::seal(d, &mut mac_keys, &inner.me, &t, o.signal, *last, &mut OsRng);
                 match env {
                     Ok(env) => by_relay
                         .entry(t.relay.clone())
@@ -339,28 +349,29 @@ pub(crate) async fn flush<S: Store + Send + 'static>(inner: &Arc<Inner<S>>) {
         Ok(b) => b,
         Err(e) => {
             tracing::debug!(error = %e, "live signals not sealed");
-            return;
+            return Vec::new();
         }
     };
-    let sends: Vec<_> = by_relay
-        .into_iter()
-        .map(|(relay, items)| {
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(SEND_TIMEOUT, send(&inner, &relay, items)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(error = %e, "live signals lost"),
-                    Err(_) => {
-                        tracing::debug!("live signals lost: the relay did not answer in time");
-                        inner.relays.forget_kind(&relay, As::Live).await;
-                    }
+    let mut tasks = Vec::new();
+    for (relay, items) in by_relay {
+        if !lock(&inner.live.in_flight).insert(relay.clone()) {
+            tracing::debug!("live signals dropped: their relay is still busy");
+            continue;
+        }
+        let inner = inner.clone();
+        tasks.push(tokio::spawn(async move {
+            match tokio::time::timeout(SEND_TIMEOUT, send(&inner, &relay, items)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "live signals lost"),
+                Err(_) => {
+                    tracing::debug!("live signals lost: the relay did not answer in time");
+                    inner.relays.forget_kind(&relay, As::Live).await;
                 }
-            })
-        })
-        .collect();
-    for s in sends {
-        let _ = s.await;
+            }
+            lock(&inner.live.in_flight).remove(&relay);
+        }));
     }
+    tasks
 }
 
 async fn send<S: Store + Send + 'static>(

@@ -918,9 +918,11 @@ impl<S: Store + Send + 'static> Messenger<S> {
     }
 
     /// Shares this user's presence and typing with every accepted contact
-    /// (`true`, the default) or with none; stored. Hiding stops the answers
-    /// at once: watchers see [`Presence::Unknown`] or, after the grace,
-    /// offline, never that they are hidden from.
+    /// (`true`, the default) or with none; stored, on this device only (set
+    /// it on each linked device). Hiding stops the answers at once:
+    /// watchers see [`Presence::Unknown`] or, after the grace, offline,
+    /// never that they are hidden from. A user who hides sends no asks
+    /// either, so it sees nobody's presence (an ask would tell it is online).
     pub fn share_presence(&self, shared: bool) -> Result<()> {
         self.inner.with_device(|d| {
             d.store_mut()
@@ -936,7 +938,8 @@ impl<S: Store + Send + 'static> Messenger<S> {
     }
 
     /// Shares this user's presence and typing with one accepted contact, or
-    /// hides them from it; stored.
+    /// hides them from it (and stops asking for its presence); stored, on
+    /// this device only.
     pub fn share_presence_with(&self, contact: &UserAddress, shared: bool) -> Result<()> {
         self.accepted_other(contact)?;
         self.inner.with_device(|d| {
@@ -963,7 +966,8 @@ impl<S: Store + Send + 'static> Messenger<S> {
 
     /// Live signals refused or dropped unopened since start (not from an
     /// accepted contact's device, malformed, replayed, or past the receive
-    /// allowance of 20 a second): they are never events.
+    /// allowances: 200 opened a second in all, 2 a second per contact):
+    /// they are never events.
     pub fn live_refused(&self) -> u64 {
         self.inner
             .live
@@ -1276,7 +1280,13 @@ impl<S: Store + Send + 'static> Messenger<S> {
         self.inner
             .live
             .with(|l, now| (l.set_online(false, now), ()));
-        let _ = tokio::time::timeout(Duration::from_secs(2), live::flush(&self.inner)).await;
+        let sends = live::flush(&self.inner);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            for s in sends {
+                let _ = s.await;
+            }
+        })
+        .await;
         self.inner.relays.close_all().await;
     }
 

@@ -131,24 +131,33 @@ pub(crate) fn verify_sender_mac(
 /// byte), so neither can pass for the other.
 pub const LIVE_MAC_DOMAIN: &[u8] = b"Sotto_v1_LiveSignal";
 
+/// One end of a live signal: a user's account key and one of its devices.
+pub type LiveEnd<'a> = (&'a [u8; 32], u32);
+
 /// `HMAC-SHA256(key, "Sotto_v1_LiveSignal" || sender_user ||
-/// u32be(sender_device) || signal)[..16]` (PROTOCOL.md III.14).
+/// u32be(sender_device) || recipient_user || u32be(recipient_device) ||
+/// signal)[..16]` (PROTOCOL.md III.14): bound to both ends, so a signal
+/// cannot be handed to another device than the one it was made for.
 pub fn live_mac(
     key: &Secret32,
-    user: &[u8; 32],
-    device: u32,
+    from: LiveEnd<'_>,
+    to: LiveEnd<'_>,
     signal: &[u8],
 ) -> [u8; SENDER_MAC_LEN] {
-    mac_in(key, LIVE_MAC_DOMAIN, user, device, signal)
+    let mut m = Vec::with_capacity(36 + signal.len());
+    m.extend_from_slice(to.0);
+    m.extend_from_slice(&to.1.to_be_bytes());
+    m.extend_from_slice(signal);
+    mac_in(key, LIVE_MAC_DOMAIN, from.0, from.1, &m)
 }
 
 /// Checks a live signal's MAC in constant time.
 pub(crate) fn verify_live_mac(
     key: &Secret32,
-    user: &[u8; 32],
-    device: u32,
+    from: LiveEnd<'_>,
+    to: LiveEnd<'_>,
     signal: &[u8],
     tag: &[u8],
 ) -> bool {
-    tag.len() == SENDER_MAC_LEN && bool::from(live_mac(key, user, device, signal).ct_eq(tag))
+    tag.len() == SENDER_MAC_LEN && bool::from(live_mac(key, from, to, signal).ct_eq(tag))
 }

@@ -28,10 +28,9 @@ pub const ASK_INTERVAL_MS: u64 = 30_000;
 /// The second ask, when the first found no answer: a contact just added
 /// may not have handed its delivery token over yet.
 pub const FIRST_RETRY_MS: u64 = 5_000;
-/// After three unanswered asks the interval doubles, up to this: each ask
-/// lost to an offline contact costs it one skipped message key (at most
-/// 2,000 per chain, PROTOCOL.md I.6), so a conversation left open for a
-/// week on a contact that never comes back costs it about 2,000.
+/// From the fourth unanswered ask the interval doubles, up to this: a
+/// conversation left open on a contact that is away asks it a dozen times
+/// an hour, not 120.
 pub const MAX_ASK_INTERVAL_MS: u64 = 300_000;
 /// How often an answering device repeats its state while asked.
 pub const HEARTBEAT_MS: u64 = 15_000;
@@ -51,6 +50,12 @@ pub const MAX_WATCHED: usize = 64;
 pub const MAX_WATCHERS: usize = 1024;
 /// Typing states (sent or received) kept at once.
 pub const MAX_TYPING: usize = 256;
+/// Devices whose latest send time is kept (to refuse signals a relay
+/// reordered); past it, a new device's order is not checked.
+pub const MAX_ORDERED: usize = 4096;
+/// How long a device's latest send time is kept: past a signal's 30 s
+/// lifetime (PROTOCOL.md III.14) and the 60 s a sender's clock may lead.
+const ORDER_KEPT_MS: u64 = 90_000;
 
 /// What this device knows of a contact's presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +95,7 @@ pub enum LiveChange {
 /// Where a signal goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum To {
-    /// Every device of the user with an established session.
+    /// Every device of the user that can be reached.
     User([u8; 32]),
     /// One device.
     Device([u8; 32], u32),
@@ -180,6 +185,9 @@ pub struct Live {
     typing_out: HashMap<[u8; 32], TypingOut>,
     /// Contacts' devices typing to this user, until when.
     typing_in: HashMap<([u8; 32], u32), u64>,
+    /// The latest send time (the sender's clock) taken from each device:
+    /// an older signal arriving later (held back by a relay) is dropped.
+    latest: HashMap<([u8; 32], u32), u64>,
 }
 
 impl Live {
@@ -194,6 +202,7 @@ impl Live {
             next_heartbeat_ms: None,
             typing_out: HashMap::new(),
             typing_in: HashMap::new(),
+            latest: HashMap::new(),
         }
     }
 
@@ -344,18 +353,30 @@ impl Live {
     }
 
     /// A signal from `(user, device)`, an accepted contact's device proven
-    /// by its session; `shares` tells whether this user shares its presence
-    /// (and typing) with that contact.
+    /// by its MAC, made at `sent_at_ms` by the sender's clock; `shares`
+    /// tells whether this user shares its presence (and typing) with that
+    /// contact. A signal not newer than the latest taken from that device
+    /// is dropped (a relay held it back past a newer one).
     pub fn receive(
         &mut self,
         user: [u8; 32],
         device: u32,
         signal: &pb::live::Signal,
+        sent_at_ms: u64,
         shares: bool,
         now_ms: u64,
     ) -> (Vec<Outgoing>, Vec<LiveChange>) {
         let mut out = Vec::new();
         let mut changes = Vec::new();
+        let room = self.latest.len() < MAX_ORDERED;
+        match self.latest.get_mut(&(user, device)) {
+            Some(latest) if *latest >= sent_at_ms => return (out, changes),
+            Some(latest) => *latest = sent_at_ms,
+            None if room => {
+                self.latest.insert((user, device), sent_at_ms);
+            }
+            None => {}
+        }
         match signal {
             pb::live::Signal::Ask(_) => {
                 if !shares {
@@ -389,8 +410,20 @@ impl Live {
                     w.unanswered = 0;
                     w.next_ask_ms = w.next_ask_ms.min(now_ms + ASK_INTERVAL_MS);
                     // A "last seen" from the future is the sender's claim:
-                    // never later than now.
-                    let last_seen_ms = p.last_seen_ms.min(now_ms);
+                    // never later than now; and never earlier than what
+                    // this device already knew of it.
+                    let known = w.devices.get(&device).map_or(0, |h| {
+                        if h.online {
+                            h.at_ms
+                        } else {
+                            h.last_seen_ms
+                        }
+                    });
+                    let last_seen_ms = if p.online {
+                        0
+                    } else {
+                        p.last_seen_ms.min(now_ms).max(known)
+                    };
                     w.devices.insert(
                         device,
                         Heard {
@@ -480,6 +513,8 @@ impl Live {
                 out.extend(self.to_watchers_of(user, true, now_ms));
             }
         }
+        self.latest
+            .retain(|_, sent_at| sent_at.saturating_add(ORDER_KEPT_MS) > now_ms);
         let mut stopped: Vec<[u8; 32]> = Vec::new();
         self.typing_in.retain(|&(u, _), until| {
             let keep = *until > now_ms;

@@ -41,21 +41,24 @@ pub(crate) const REPLAY_CACHE: usize = 8192;
 #[derive(Debug)]
 pub(crate) struct LiveTarget {
     pub(crate) relay: RelayAddress,
+    pub(crate) user: [u8; 32],
+    pub(crate) device_id: u32,
     pub(crate) mailbox: MailboxId,
     pub(crate) identity: sotto_core::identity::IdentityKey,
     pub(crate) token: zeroize::Zeroizing<[u8; 32]>,
 }
 
-/// The devices of `user` (one, with `only`) that `signal` can reach: an
+/// The devices of `user` (one, with `only`) a signal can reach: an
 /// accepted contact's pinned devices that gave this device a delivery token
-/// (the relay takes no live signal without one). Never this user; nothing
-/// but asks while this user hides its presence from that contact.
+/// (the relay takes no live signal without one). Never this user, and
+/// nobody while this user hides its presence from that contact: hiding
+/// also stops asking (an ask would say "online, with your conversation
+/// open").
 pub(crate) fn targets<S: Store>(
     device: &mut Device<S>,
     me: &UserAddress,
     user: &[u8; 32],
     only: Option<u32>,
-    signal: &pb::live::Signal,
 ) -> Result<Vec<LiveTarget>> {
     if *user == me.user {
         return Ok(Vec::new());
@@ -67,8 +70,7 @@ pub(crate) fn targets<S: Store>(
         if c.state != ACCEPTED {
             return Ok(Vec::new());
         }
-        let telling = !matches!(signal, pb::live::Signal::Ask(_));
-        if telling && (c.presence_hidden || records::presence_hidden(tx)?) {
+        if c.presence_hidden || records::presence_hidden(tx)? {
             return Ok(Vec::new());
         }
         let Ok(address) = c.address.parse::<UserAddress>() else {
@@ -87,6 +89,8 @@ pub(crate) fn targets<S: Store>(
             };
             out.push(LiveTarget {
                 relay: address.relay.clone(),
+                user: *user,
+                device_id: d.device_id,
                 mailbox: d.mailbox,
                 identity: d.identity,
                 token,
@@ -113,7 +117,7 @@ pub(crate) fn seal<S: Store>(
     .encode_to_vec();
     let my_id = device.device_id();
     let key = mac_keys.get(device, &t.identity)?;
-    let mac = live_mac(&key, &me.user, my_id, &signal);
+    let mac = live_mac(&key, (&me.user, my_id), (&t.user, t.device_id), &signal);
     let inner = pb::LiveSealed {
         sender_user: me.user.to_vec(),
         sender_device: my_id,
@@ -129,24 +133,24 @@ pub(crate) fn seal<S: Store>(
     .encode_to_vec())
 }
 
-/// The MACs of signals seen recently, so a relay cannot replay one.
+/// The MACs of signals accepted recently, so a relay cannot replay one.
+/// Full (only many contacts together can fill it: each passes at most its
+/// allowance), it refuses new signals rather than forget fresh ones.
 #[derive(Debug, Default)]
 pub(crate) struct ReplayCache(HashMap<[u8; 16], u64>);
 
 impl ReplayCache {
-    /// Records `mac` (valid until `expires_ms`); false if it was seen.
-    fn first_sight(&mut self, mac: [u8; 16], expires_ms: u64, now_ms: u64) -> bool {
-        if self.0.contains_key(&mac) {
-            return false;
-        }
+    fn seen(&self, mac: &[u8; 16]) -> bool {
+        self.0.contains_key(mac)
+    }
+
+    /// Records `mac` (kept until `expires_ms`); false if there is no room.
+    fn record(&mut self, mac: [u8; 16], expires_ms: u64, now_ms: u64) -> bool {
         if self.0.len() >= REPLAY_CACHE {
             self.0.retain(|_, until| *until > now_ms);
         }
         if self.0.len() >= REPLAY_CACHE {
-            let mut by_expiry: Vec<u64> = self.0.values().copied().collect();
-            by_expiry.sort_unstable();
-            let cut = by_expiry[REPLAY_CACHE / 4];
-            self.0.retain(|_, until| *until > cut);
+            return false;
         }
         self.0.insert(mac, expires_ms);
         true
@@ -159,6 +163,8 @@ pub(crate) struct Opened {
     pub(crate) user: [u8; 32],
     pub(crate) device: u32,
     pub(crate) signal: pb::live::Signal,
+    /// When the sender made it (its clock).
+    pub(crate) sent_at_ms: u64,
     /// The user hides its presence from this contact.
     pub(crate) hidden: bool,
 }
@@ -167,9 +173,10 @@ pub(crate) struct Opened {
 /// version 1, live }` whose seal opens to a `LiveSealed`; a sender that is
 /// not this user and is an accepted contact (never a stranger or a blocked
 /// user); a device its pinned list names; the MAC under the sender MAC key
-/// with that device's listed identity; a `Live` with a signal, made at most
-/// [`MAX_AGE_MS`] ago and [`MAX_AHEAD_MS`] ahead of `now_ms` (Unix ms), and
-/// not seen before. Nothing is written.
+/// with that device's listed identity, made for this device; a `Live` with
+/// a signal, made at most [`MAX_AGE_MS`] ago and [`MAX_AHEAD_MS`] ahead of
+/// `now_ms` (Unix ms); not accepted before; then `allow(sender)` (the
+/// sender's allowance); and room to remember it. Nothing is written.
 pub(crate) fn open<S: Store>(
     device: &mut Device<S>,
     mac_keys: &mut MacKeys,
@@ -177,6 +184,7 @@ pub(crate) fn open<S: Store>(
     me: &UserAddress,
     payload: &[u8],
     now_ms: u64,
+    allow: impl FnOnce(&[u8; 32]) -> bool,
 ) -> Result<Opened> {
     let refused = |why| Err(Error::LiveRefused(why));
     let sealed = match pb::Envelope::decode(payload) {
@@ -210,7 +218,8 @@ pub(crate) fn open<S: Store>(
         return refused("a device the pinned list does not name");
     };
     let key = mac_keys.get_from(device, &listed)?;
-    if !verify_live_mac(&key, &user, s.sender_device, &s.signal, &s.mac) {
+    let to = (&me.user, device.device_id());
+    if !verify_live_mac(&key, (&user, s.sender_device), to, &s.signal, &s.mac) {
         return refused("the MAC does not verify");
     }
     let Ok(pb::Live {
@@ -228,13 +237,20 @@ pub(crate) fn open<S: Store>(
     }
     let mut tag = [0u8; 16];
     tag.copy_from_slice(&s.mac);
-    if !replay.first_sight(tag, sent_at_ms.saturating_add(MAX_AGE_MS), now_ms) {
+    if replay.seen(&tag) {
         return refused("a replay");
+    }
+    if !allow(&user) {
+        return refused("past the contact's allowance");
+    }
+    if !replay.record(tag, sent_at_ms.saturating_add(MAX_AGE_MS), now_ms) {
+        return refused("too many recent signals to remember");
     }
     Ok(Opened {
         user,
         device: s.sender_device,
         signal,
+        sent_at_ms,
         hidden: contact.presence_hidden,
     })
 }
@@ -249,6 +265,8 @@ mod tests {
     fn target_of(u: &TestUser) -> LiveTarget {
         LiveTarget {
             relay: u.relay.clone(),
+            user: u.address().user,
+            device_id: 1,
             mailbox: MailboxId(u.devices[0].mailbox),
             identity: *u.devices[0].device.identity(),
             token: zeroize::Zeroizing::new([1; 32]),
@@ -292,6 +310,7 @@ mod tests {
             &me,
             payload,
             now,
+            |_| true,
         )
     }
 
@@ -348,7 +367,13 @@ mod tests {
         let forged = pb::LiveSealed {
             sender_user: alice.address().user.to_vec(),
             sender_device: 1,
-            mac: live_mac(&key, &alice.address().user, 1, &signal).to_vec(),
+            mac: live_mac(
+                &key,
+                (&alice.address().user, 1),
+                (&bob.address().user, 1),
+                &signal,
+            )
+            .to_vec(),
             signal,
         }
         .encode_to_vec();
@@ -405,10 +430,11 @@ mod tests {
         .encode_to_vec();
         assert_eq!(hex::encode(&signal), "120208012080a0f1c2b134");
         let key = sotto_core::keys::Secret32::from_bytes(core::array::from_fn(|i| i as u8));
-        let user: [u8; 32] = core::array::from_fn(|i| 32 + i as u8);
+        let from: [u8; 32] = core::array::from_fn(|i| 32 + i as u8);
+        let to: [u8; 32] = core::array::from_fn(|i| 64 + i as u8);
         assert_eq!(
-            hex::encode(live_mac(&key, &user, 1, &signal)),
-            "842fa8159e74ff291cbadf7ae7be82a0"
+            hex::encode(live_mac(&key, (&from, 1), (&to, 2), &signal)),
+            "50b515a6e2dc71b5a710016685682cbf"
         );
     }
 
@@ -420,19 +446,45 @@ mod tests {
     }
 
     #[test]
-    fn the_replay_cache_stays_bounded_and_keeps_what_is_still_fresh() {
+    fn a_full_replay_cache_refuses_new_signals_and_forgets_nothing_fresh() {
         let mut c = ReplayCache::default();
-        for i in 0..(REPLAY_CACHE as u64 * 2) {
+        for i in 0..REPLAY_CACHE as u64 {
             let mut mac = [0u8; 16];
             mac[..8].copy_from_slice(&i.to_be_bytes());
-            assert!(c.first_sight(mac, 1_000 + i, 0));
+            assert!(c.record(mac, 1_000, 0));
         }
-        assert!(c.0.len() <= REPLAY_CACHE);
-        let mut newest = [0u8; 16];
-        newest[..8].copy_from_slice(&(REPLAY_CACHE as u64 * 2 - 1).to_be_bytes());
-        assert!(
-            !c.first_sight(newest, u64::MAX, 0),
-            "the newest entry was forgotten"
+        assert!(!c.record([0xff; 16], 1_000, 0), "full: refused");
+        assert!(c.seen(&[0; 16]), "a fresh entry was forgotten");
+        // Once the entries expire there is room again.
+        assert!(c.record([0xff; 16], 2_000, 1_000));
+        assert_eq!(c.0.len(), 1);
+    }
+
+    /// A signal made for one device does not open on another device of
+    /// the same identity's owner, nor for another recipient: the MAC names
+    /// both ends.
+    #[test]
+    fn a_signal_for_one_device_does_not_pass_on_another() {
+        let (mut alice, mut bob) = (TestUser::new(1), TestUser::new(1));
+        bob.accept(&alice);
+        alice.accept(&bob);
+        let mut t = target_of(&bob);
+        t.device_id = 2; // made for "device 2" of Bob
+        let mut keys = MacKeys::default();
+        let env = seal(
+            &alice.devices[0].device,
+            &mut keys,
+            &alice.address(),
+            &t,
+            online(),
+            NOW,
+            &mut OsRng,
+        )
+        .unwrap();
+        let mut replay = ReplayCache::default();
+        assert_eq!(
+            refusal(open_at(&mut bob, &mut replay, &env, NOW)),
+            "the MAC does not verify"
         );
     }
 }

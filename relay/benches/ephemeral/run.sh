@@ -24,6 +24,7 @@ mkdir -p "$work/relay"
 "$bin/sotto-relay" --data-dir "$work/relay" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
     --send-rate-per-sec 1000000 --send-burst 1000000 --max-connections-per-ip 1000000 \
     --source-send-rate-per-sec 1000000 --source-send-burst 1000000 --registration-burst 100000 \
+    --ephemeral-burst 1000000 --ephemeral-rate-per-sec 1000000 \
     >"$work/relay.out" 2>"$work/relay.log" &
 relay_pid=$!
 until [ -s "$work/relay/relay.addr" ]; do

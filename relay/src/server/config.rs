@@ -53,6 +53,11 @@ pub struct Config {
     /// burst (then one a second): each keeps a record per key. Raise it
     /// behind a NAT that many devices share (or for a load generator).
     pub registration_burst: u32,
+    /// Ephemeral envelopes one source address may send one mailbox in a
+    /// burst, and per second after it (live signals come a few a minute).
+    pub ephemeral_burst: u32,
+    /// See `ephemeral_burst`.
+    pub ephemeral_rate_per_sec: f64,
     /// Envelopes from strangers (no valid delivery token) a mailbox holds at
     /// once (within its quota: a slice above the quota is the quota);
     /// applies once its owner registered a token.
@@ -129,6 +134,8 @@ impl Default for Config {
             source_send_rate_per_sec: 20_000.0,
             source_send_burst: 40_000,
             registration_burst: 60,
+            ephemeral_burst: 20,
+            ephemeral_rate_per_sec: 5.0,
             stranger_max_envelopes: 256,
             stranger_max_bytes: 4 * 1024 * 1024,
             bundle_requester_burst: 60,
@@ -215,6 +222,12 @@ pub struct Flags {
     /// Token registrations per source address in a burst.
     #[arg(long)]
     pub registration_burst: Option<u32>,
+    /// Ephemeral envelopes per source address and mailbox in a burst.
+    #[arg(long)]
+    pub ephemeral_burst: Option<u32>,
+    /// Ephemeral envelopes per source address and mailbox per second.
+    #[arg(long)]
+    pub ephemeral_rate_per_sec: Option<f64>,
     /// Envelopes from strangers one mailbox holds.
     #[arg(long)]
     pub stranger_max_envelopes: Option<usize>,
@@ -286,6 +299,8 @@ impl Config {
             source_send_rate_per_sec,
             source_send_burst,
             registration_burst,
+            ephemeral_burst,
+            ephemeral_rate_per_sec,
             stranger_max_envelopes,
             stranger_max_bytes,
             bundle_requester_burst,
@@ -368,7 +383,10 @@ impl Config {
         if self.send_burst == 0
             || self.source_send_burst == 0
             || self.registration_burst == 0
-            || !(self.send_rate_per_sec > 0.0 && self.source_send_rate_per_sec > 0.0)
+            || self.ephemeral_burst == 0
+            || !(self.send_rate_per_sec > 0.0
+                && self.source_send_rate_per_sec > 0.0
+                && self.ephemeral_rate_per_sec > 0.0)
         {
             return Err(RelayError::Config(
                 "send rates and bursts must be positive".into(),

@@ -564,16 +564,42 @@ async fn dispatch(
                 })
                 .collect::<Result<Vec<_>>>()?;
             take_sends(state, ctx, items.len())?;
-            let results = state
-                .mailboxes
-                .submit_ephemeral(items)
+            // Per (source address, mailbox) first: an item past it is
+            // refused alone, before the mailbox sees it.
+            let now = Instant::now();
+            let allowed: Vec<bool> = {
+                let mut per = state.ephemeral.lock().unwrap_or_else(|e| e.into_inner());
+                items
+                    .iter()
+                    .map(|s| per.try_take((ctx.source, s.to), 1, now))
+                    .collect()
+            };
+            let (pass, _): (Vec<_>, Vec<_>) = items
                 .into_iter()
-                .map(|r| match r {
-                    Ok(()) => SendResult {
-                        envelope_id: vec![],
-                        error: None,
-                    },
-                    Err(e) => send_result(Err(e)),
+                .zip(allowed.iter().copied())
+                .partition(|(_, ok)| *ok);
+            let mut delivered = state
+                .mailboxes
+                .submit_ephemeral(pass.into_iter().map(|(s, _)| s).collect())
+                .into_iter();
+            let results = allowed
+                .into_iter()
+                .map(|ok| {
+                    let r = if ok {
+                        delivered.next().unwrap_or(Err(RelayError::UnexpectedReply))
+                    } else {
+                        Err(RelayError::refusal(
+                            ErrorCode::RateLimited,
+                            "live signals to this mailbox rate limited",
+                        ))
+                    };
+                    match r {
+                        Ok(()) => SendResult {
+                            envelope_id: vec![],
+                            error: None,
+                        },
+                        Err(e) => send_result(Err(e)),
+                    }
                 })
                 .collect();
             ok(Resp::SendBatchOk(SendBatchOk { results }))

@@ -51,6 +51,11 @@ pub(crate) struct State {
     /// Delivery-token and push-token registrations per source address: each
     /// keeps a record per (free) key, so their rate bounds that growth.
     pub(crate) registrations: std::sync::Mutex<crate::limits::BucketMap<std::net::IpAddr>>,
+    /// Ephemeral envelopes per (source address, recipient mailbox): live
+    /// signals come a few a minute, so one address cannot crowd out a
+    /// mailbox's live queue (and its owner's opening allowance).
+    pub(crate) ephemeral:
+        std::sync::Mutex<crate::limits::BucketMap<(std::net::IpAddr, crate::ids::MailboxId)>>,
 }
 
 /// Registrations per source address: burst, and per second after it.
@@ -272,6 +277,11 @@ impl Relay {
             registrations: std::sync::Mutex::new(crate::limits::BucketMap::new(
                 config.registration_burst,
                 REGISTRATIONS_PER_SEC,
+                MAX_RATE_KEYS,
+            )),
+            ephemeral: std::sync::Mutex::new(crate::limits::BucketMap::new(
+                config.ephemeral_burst,
+                config.ephemeral_rate_per_sec,
                 MAX_RATE_KEYS,
             )),
             config,

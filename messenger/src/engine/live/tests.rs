@@ -20,6 +20,9 @@ struct Net {
     bob_down: bool,
     alice_changes: Vec<LiveChange>,
     bob_changes: Vec<LiveChange>,
+    /// Each sender's last send time: strictly increasing, as the driver
+    /// makes them.
+    sent_at: u64,
 }
 
 impl Net {
@@ -32,6 +35,7 @@ impl Net {
             bob_down: false,
             alice_changes: Vec::new(),
             bob_changes: Vec::new(),
+            sent_at: 0,
         };
         assert!(n.alice.set_online(true, n.now).is_empty());
         assert!(n.bob.set_online(true, n.now).is_empty());
@@ -50,7 +54,8 @@ impl Net {
             } else {
                 (&mut self.alice, &mut self.alice_changes, true)
             };
-            let (more, c) = to_live.receive(from, 1, &o.signal, shares, self.now);
+            self.sent_at = self.now.max(self.sent_at + 1);
+            let (more, c) = to_live.receive(from, 1, &o.signal, self.sent_at, shares, self.now);
             changes.extend(c);
             let next_from = if from == ALICE { BOB } else { ALICE };
             queue.extend(more.into_iter().map(|o| (next_from, o)));
@@ -211,7 +216,7 @@ fn watchers_and_watches_are_bounded() {
     l.set_online(true, 0);
     let ask = pb::live::Signal::Ask(pb::PresenceAsk {});
     for d in 0..(MAX_WATCHERS as u32 + 50) {
-        l.receive([9; 32], d, &ask, true, 1);
+        l.receive([9; 32], d, &ask, 1, true, 1);
     }
     assert_eq!(l.watchers.len(), MAX_WATCHERS);
     // Leases end: room again.
@@ -232,7 +237,7 @@ fn a_last_seen_from_the_future_is_clamped_to_now() {
         online: false,
         last_seen_ms: u64::MAX,
     });
-    l.receive(BOB, 1, &lie, true, 100);
+    l.receive(BOB, 1, &lie, 100, true, 100);
     assert_eq!(
         l.presence(&BOB, 100),
         Presence::Offline { last_seen_ms: 100 }
@@ -281,7 +286,7 @@ proptest! {
             if let pb::live::Signal::Presence(p) = &signal {
                 if p.online { heard_online.insert(device, now); } else { heard_online.remove(&device); }
             }
-            let (_, changes) = l.receive(BOB, device, &signal, flag, now);
+            let (_, changes) = l.receive(BOB, device, &signal, now + u64::from(kind), flag, now);
             for c in changes {
                 if let LiveChange::Presence { presence, .. } = c {
                     prop_assert_ne!(presence, reported);
@@ -320,4 +325,53 @@ fn asks_back_off_while_nobody_answers_and_resume_at_the_first_answer() {
     assert_eq!(n.alice.presence(&BOB, n.now), Presence::Online);
     let w = &n.alice.watches[&BOB];
     assert!(w.next_ask_ms - n.now <= ASK_INTERVAL_MS);
+}
+
+#[test]
+fn a_signal_held_back_past_a_newer_one_is_dropped_and_last_seen_never_goes_back() {
+    let mut l = Live::new(0);
+    l.watch(BOB, 0);
+    let state = |online, last_seen_ms| {
+        pb::live::Signal::Presence(pb::PresenceState {
+            online,
+            last_seen_ms,
+        })
+    };
+    // Bob's heartbeat (made at 1,000) is held back past his "offline"
+    // (made at 2,000): it must not bring him back online.
+    l.receive(BOB, 1, &state(false, 2_000), 2_000, true, 2_100);
+    let (_, changes) = l.receive(BOB, 1, &state(true, 0), 1_000, true, 2_200);
+    assert!(changes.is_empty());
+    assert_eq!(
+        l.presence(&BOB, 2_200),
+        Presence::Offline {
+            last_seen_ms: 2_000
+        }
+    );
+    // A later "offline, last seen 0" does not erase what was known.
+    l.receive(BOB, 1, &state(false, 0), 3_000, true, 3_100);
+    assert_eq!(
+        l.presence(&BOB, 3_100),
+        Presence::Offline {
+            last_seen_ms: 2_000
+        }
+    );
+    // Typing: a "true" held back past the "false" stays dropped.
+    l.receive(
+        BOB,
+        1,
+        &pb::live::Signal::Typing(pb::Typing { typing: false }),
+        5_000,
+        true,
+        5_000,
+    );
+    l.receive(
+        BOB,
+        1,
+        &pb::live::Signal::Typing(pb::Typing { typing: true }),
+        4_000,
+        true,
+        5_001,
+    );
+    assert!(!l.typing(&BOB, 5_001));
 }
