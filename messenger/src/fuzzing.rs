@@ -380,3 +380,40 @@ pub fn device_list(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `live` target's seed is a genuine signal: fuzzing starts past
+    /// every check, not at the first one.
+    #[test]
+    fn the_live_seed_passes_every_check() {
+        let p = pair();
+        let mut bob = Device::open(p.bob_store.clone()).unwrap();
+        let inner = seeds("live").pop().unwrap();
+        let sealed = sotto_core::sealed::seal(
+            bob.identity().dh_public(),
+            &inner,
+            sotto_core::Padding::Buckets,
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+        let payload = pb::Envelope {
+            version: 1,
+            body: Some(pb::envelope::Body::Live(sealed)),
+        }
+        .encode_to_vec();
+        let (mut keys, mut replay) = Default::default();
+        let opened = live_wire::open(
+            &mut bob,
+            &mut keys,
+            &mut replay,
+            &p.bob,
+            &payload,
+            1_000,
+            |_| true,
+        );
+        assert!(opened.is_ok(), "{opened:?}");
+    }
+}
