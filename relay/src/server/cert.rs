@@ -55,11 +55,43 @@ pub fn load_or_generate(cert_path: &Path, key_path: &Path, own_files: bool) -> R
         tracing::info!("generated a new self-signed relay certificate");
     }
     let cert = std::fs::read(cert_path)?;
-    let key = std::fs::read(key_path)?;
+    let key = zeroize::Zeroizing::new(std::fs::read(key_path)?);
     Ok(Identity {
-        cert: CertificateDer::from(cert),
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        cert: parse_cert(&cert, cert_path)?,
+        key: parse_key(&key, key_path)?,
     })
+}
+
+fn is_pem(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .is_some_and(|i| bytes[i..].starts_with(b"-----BEGIN"))
+}
+
+/// A certificate in DER, or the first one of a PEM file (a certbot
+/// `fullchain.pem` starts with the relay's own).
+fn parse_cert(bytes: &[u8], path: &Path) -> Result<CertificateDer<'static>> {
+    if !is_pem(bytes) {
+        return Ok(CertificateDer::from(bytes.to_vec()));
+    }
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(bytes)
+        .next()
+        .and_then(|c| c.ok())
+        .ok_or_else(|| RelayError::Config(format!("{}: no PEM certificate in it", path.display())))
+}
+
+/// A private key in DER PKCS#8, or PEM (PKCS#8, PKCS#1 or SEC1).
+fn parse_key(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>> {
+    if !is_pem(bytes) {
+        return Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            bytes.to_vec(),
+        )));
+    }
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_slice(bytes)
+        .map_err(|_| RelayError::Config(format!("{}: no PEM private key in it", path.display())))
 }
 
 /// Loads the 32-byte stateless-reset key, generating it on first start.
@@ -165,5 +197,34 @@ mod tests {
         let r = d.path().join("reset.key");
         std::fs::write(&r, b"").unwrap();
         assert_eq!(load_or_generate_reset_key(&r).unwrap().len(), 32);
+    }
+
+    /// certbot's files: a PEM `fullchain.pem` (the relay's certificate
+    /// first, then the chain) and a PEM `privkey.pem`, in PKCS#8 or SEC1.
+    #[test]
+    fn pem_certificates_and_keys_load_as_certbot_writes_them() {
+        let d = tempfile::tempdir().unwrap();
+        let leaf = rcgen::generate_simple_self_signed(vec!["relay.example".to_owned()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["ca.example".to_owned()]).unwrap();
+        let (c, k) = (d.path().join("fullchain.pem"), d.path().join("privkey.pem"));
+        std::fs::write(&c, format!("{}{}", leaf.cert.pem(), other.cert.pem())).unwrap();
+        std::fs::write(&k, leaf.key_pair.serialize_pem()).unwrap();
+        let id = load_or_generate(&c, &k, false).unwrap();
+        assert_eq!(
+            id.cert.as_ref(),
+            leaf.cert.der().as_ref(),
+            "the first certificate"
+        );
+        let PrivateKeyDer::Pkcs8(kd) = &id.key else {
+            panic!("PKCS#8 expected")
+        };
+        assert_eq!(
+            kd.secret_pkcs8_der(),
+            leaf.key_pair.serialize_der().as_slice()
+        );
+        // A PEM file with no key in it is a typed configuration error.
+        std::fs::write(&k, leaf.cert.pem()).unwrap();
+        let e = load_or_generate(&c, &k, false).unwrap_err();
+        assert!(e.to_string().contains("no PEM private key"), "{e}");
     }
 }

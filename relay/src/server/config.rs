@@ -12,18 +12,22 @@ use serde::Deserialize;
 use crate::error::{RelayError, Result};
 
 /// Everything an operator can tune. Field names are the TOML keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// QUIC listen address (UDP).
     pub listen: SocketAddr,
     /// RocksDB directory and generated certificate location.
     pub data_dir: PathBuf,
-    /// DER certificate; default `<data_dir>/cert.der`, generated if missing.
+    /// Certificate, DER or PEM (certbot's `fullchain.pem`); default
+    /// `<data_dir>/cert.der`, generated self-signed if missing. Its SHA-256
+    /// fingerprint is part of every user's address: keep it (and its key)
+    /// across renewals, or every client must be given the new address.
     pub cert: Option<PathBuf>,
-    /// DER PKCS#8 private key; default `<data_dir>/key.der`.
+    /// Private key, DER PKCS#8 or PEM (certbot's `privkey.pem`); default
+    /// `<data_dir>/key.der`.
     pub key: Option<PathBuf>,
-    /// HTTP address for `/metrics` and `/health`; `None` disables it.
+    /// HTTP address for `/metrics` and `/health` (absent: `--no-metrics`).
     pub metrics_listen: Option<SocketAddr>,
     /// Largest accepted envelope payload, bytes.
     pub max_envelope_bytes: usize,
@@ -166,110 +170,170 @@ impl Default for Config {
 
 /// Command-line flags; each overrides the TOML value when given.
 #[derive(Debug, clap::Parser)]
-#[command(name = "sotto-relay", about = "Sotto blind store-and-forward relay")]
+#[command(
+    name = "sotto-relay",
+    version,
+    about = "Sotto blind store-and-forward relay",
+    after_help = "Every option can also be set in the TOML file (--config; keys are the option \
+names with underscores, see relay/deploy/sotto-relay.toml) or in the environment \
+(SOTTO_RELAY_<OPTION>, e.g. SOTTO_RELAY_LISTEN=0.0.0.0:7443). Precedence: flag, then \
+environment, then file, then default. Logging: RUST_LOG (e.g. info, sotto_relay=debug)."
+)]
 pub struct Flags {
+    /// Load and check the configuration (file, environment, flags), print
+    /// it, and exit: 0 if the relay would start with it, 1 if not.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json`
+    /// (one object per line, for log collectors).
+    #[arg(long, env = "SOTTO_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// TOML configuration file.
-    #[arg(long, short)]
+    #[arg(long, short, env = "SOTTO_RELAY_CONFIG")]
     pub config: Option<PathBuf>,
     /// QUIC listen address.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Data directory.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Certificate (DER).
-    #[arg(long)]
+    /// Certificate: DER, or PEM (the first certificate of the file; a
+    /// certbot `fullchain.pem` works).
+    #[arg(long, env = "SOTTO_RELAY_CERT")]
     pub cert: Option<PathBuf>,
-    /// Private key (DER PKCS#8).
-    #[arg(long)]
+    /// Private key: DER PKCS#8, or PEM (PKCS#8, PKCS#1 or SEC1; certbot's
+    /// `privkey.pem` works).
+    #[arg(long, env = "SOTTO_RELAY_KEY")]
     pub key: Option<PathBuf>,
     /// Metrics/health HTTP address.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Disable the metrics/health endpoint.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_NO_METRICS")]
     pub no_metrics: bool,
     /// Largest envelope payload, bytes.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_MAX_ENVELOPE_BYTES")]
     pub max_envelope_bytes: Option<usize>,
     /// Per-mailbox quota (envelopes).
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_MAILBOX_MAX_ENVELOPES")]
     pub mailbox_max_envelopes: Option<usize>,
     /// Per-mailbox quota (bytes).
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_MAILBOX_MAX_BYTES")]
     pub mailbox_max_bytes: Option<u64>,
     /// Envelope TTL, seconds.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_ENVELOPE_TTL_SECS")]
     pub envelope_ttl_secs: Option<u64>,
     /// Blob TTL, seconds.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_BLOB_TTL_SECS")]
     pub blob_ttl_secs: Option<u64>,
     /// Largest blob, bytes.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_MAX_BLOB_BYTES")]
     pub max_blob_bytes: Option<u64>,
     /// Send rate per authenticated key, envelopes/s.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_SEND_RATE_PER_SEC")]
     pub send_rate_per_sec: Option<f64>,
     /// Send burst per authenticated key.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_SEND_BURST")]
     pub send_burst: Option<u32>,
     /// Send rate per source address, envelopes/s.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_SOURCE_SEND_RATE_PER_SEC")]
     pub source_send_rate_per_sec: Option<f64>,
     /// Send burst per source address.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_SOURCE_SEND_BURST")]
     pub source_send_burst: Option<u32>,
     /// Token registrations per source address in a burst.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_REGISTRATION_BURST")]
     pub registration_burst: Option<u32>,
     /// Ephemeral envelopes per source address and mailbox in a burst.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_EPHEMERAL_BURST")]
     pub ephemeral_burst: Option<u32>,
     /// Ephemeral envelopes per source address and mailbox per second.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_EPHEMERAL_RATE_PER_SEC")]
     pub ephemeral_rate_per_sec: Option<f64>,
     /// Envelopes from strangers one mailbox holds.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_STRANGER_MAX_ENVELOPES")]
     pub stranger_max_envelopes: Option<usize>,
     /// Payload bytes from strangers one mailbox holds.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_STRANGER_MAX_BYTES")]
     pub stranger_max_bytes: Option<u64>,
     /// Bundle fetch burst per requester.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_BUNDLE_REQUESTER_BURST")]
     pub bundle_requester_burst: Option<u32>,
     /// Bundle fetch burst per target.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_BUNDLE_TARGET_BURST")]
     pub bundle_target_burst: Option<u32>,
     /// Push webhook URL (`http://host:port/path`).
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
     /// Push coalescing window, milliseconds.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_PUSH_COALESCE_MS")]
     pub push_coalesce_ms: Option<u64>,
     /// Expiry sweep interval, seconds.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_SWEEP_INTERVAL_SECS")]
     pub sweep_interval_secs: Option<u64>,
     /// Memory budget for requests and replies in flight, bytes.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_MEMORY_BUDGET_BYTES")]
     pub memory_budget_bytes: Option<usize>,
     /// Memory budget per connection, bytes.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_CONNECTION_BUDGET_BYTES")]
     pub connection_budget_bytes: Option<usize>,
     /// Memory budget per source IP address, bytes.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_ADDRESS_BUDGET_BYTES")]
     pub address_budget_bytes: Option<usize>,
     /// Most connections at once.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Most connections at once from one IP address.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
     /// Deadline for a whole request frame, seconds.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
     /// Deadline for writing a reply, seconds.
-    #[arg(long)]
+    #[arg(long, env = "SOTTO_RELAY_WRITE_TIMEOUT_SECS")]
     pub write_timeout_secs: Option<u64>,
+    /// Largest request frame, bytes (bounds batch sends).
+    #[arg(long, env = "SOTTO_RELAY_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Most items in one batch send.
+    #[arg(long, env = "SOTTO_RELAY_MAX_BATCH_ITEMS")]
+    pub max_batch_items: Option<usize>,
+    /// Most recipients of one shared send (a group message stored once).
+    #[arg(long, env = "SOTTO_RELAY_MAX_SHARED_RECIPIENTS")]
+    pub max_shared_recipients: Option<usize>,
+    /// Sustained bundle fetch rate for both buckets.
+    #[arg(long, env = "SOTTO_RELAY_BUNDLE_RATE_PER_SEC")]
+    pub bundle_rate_per_sec: Option<f64>,
+    /// Largest signed bundle blob.
+    #[arg(long, env = "SOTTO_RELAY_MAX_SIGNED_BUNDLE_BYTES")]
+    pub max_signed_bundle_bytes: Option<usize>,
+    /// Largest one-time prekey item.
+    #[arg(long, env = "SOTTO_RELAY_MAX_PREKEY_BYTES")]
+    pub max_prekey_bytes: Option<usize>,
+    /// Most stored one-time prekeys per device and kind.
+    #[arg(long, env = "SOTTO_RELAY_MAX_ONE_TIME_PREKEYS")]
+    pub max_one_time_prekeys: Option<usize>,
+    /// Push a count to the owner when fewer than this many remain.
+    #[arg(long, env = "SOTTO_RELAY_PREKEYS_LOW_THRESHOLD")]
+    pub prekeys_low_threshold: Option<u32>,
+    /// Largest device-list body.
+    #[arg(long, env = "SOTTO_RELAY_MAX_DEVICE_LIST_BYTES")]
+    pub max_device_list_bytes: Option<usize>,
+    /// QUIC idle timeout; clients keep alive every 10 s.
+    #[arg(long, env = "SOTTO_RELAY_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Most concurrent request streams per connection.
+    #[arg(long, env = "SOTTO_RELAY_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+}
+
+/// How the relay writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Config {
@@ -313,7 +377,18 @@ impl Config {
             max_connections,
             max_connections_per_ip,
             request_timeout_secs,
-            write_timeout_secs
+            write_timeout_secs,
+            max_frame_bytes,
+            max_batch_items,
+            max_shared_recipients,
+            bundle_rate_per_sec,
+            max_signed_bundle_bytes,
+            max_prekey_bytes,
+            max_one_time_prekeys,
+            prekeys_low_threshold,
+            max_device_list_bytes,
+            idle_timeout_secs,
+            max_concurrent_streams
         );
         if flags.cert.is_some() {
             c.cert = flags.cert.clone();
@@ -384,12 +459,37 @@ impl Config {
             || self.source_send_burst == 0
             || self.registration_burst == 0
             || self.ephemeral_burst == 0
-            || !(self.send_rate_per_sec > 0.0
-                && self.source_send_rate_per_sec > 0.0
-                && self.ephemeral_rate_per_sec > 0.0)
+            || self.bundle_requester_burst == 0
+            || self.bundle_target_burst == 0
+        {
+            return Err(RelayError::Config("bursts must be positive".into()));
+        }
+        for (name, rate) in [
+            ("send_rate_per_sec", self.send_rate_per_sec),
+            ("source_send_rate_per_sec", self.source_send_rate_per_sec),
+            ("ephemeral_rate_per_sec", self.ephemeral_rate_per_sec),
+            ("bundle_rate_per_sec", self.bundle_rate_per_sec),
+        ] {
+            // Also refuses NaN and infinity (a limit that never refills or
+            // never limits is a typo, not a setting).
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(RelayError::Config(format!(
+                    "{name} must be a positive number (got {rate})"
+                )));
+            }
+        }
+        if self.max_envelope_bytes == 0
+            || self.mailbox_max_envelopes == 0
+            || self.mailbox_max_bytes == 0
+            || self.max_blob_bytes == 0
+            || self.max_one_time_prekeys == 0
+            || self.max_signed_bundle_bytes == 0
+            || self.max_prekey_bytes == 0
+            || self.max_device_list_bytes == 0
+            || self.idle_timeout_secs == 0
         {
             return Err(RelayError::Config(
-                "send rates and bursts must be positive".into(),
+                "sizes, quotas and the idle timeout must be positive".into(),
             ));
         }
         if let Some(url) = &self.webhook_url {
@@ -451,5 +551,71 @@ mod tests {
         assert!(Config::load(&flags).is_err());
         let flags = Flags::parse_from(["sotto-relay", "--max-envelope-bytes", "99999999"]);
         assert!(Config::load(&flags).is_err());
+    }
+
+    /// `relay/deploy/sotto-relay.toml` names every key: uncommented, it
+    /// parses, validates and equals the defaults (but for the two keys a
+    /// service changes and the three without a default).
+    #[test]
+    fn the_sample_configuration_names_every_key_and_is_valid() {
+        let sample = include_str!("../../deploy/sotto-relay.toml");
+        let mut uncommented = String::new();
+        for line in sample.lines() {
+            let Some(rest) = line.strip_prefix("# ") else {
+                continue;
+            };
+            let Some((key, value)) = rest.split_once(" = ") else {
+                continue;
+            };
+            if !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                continue;
+            }
+            let value = value.trim_end_matches("(no default)").trim();
+            if value.is_empty() {
+                continue;
+            }
+            uncommented.push_str(&format!("{key} = {value}\n"));
+        }
+        let parsed: Config = toml::from_str(&uncommented).unwrap();
+        parsed.validate().unwrap();
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        for line in defaults.lines() {
+            let key = line.split(" = ").next().unwrap();
+            assert!(
+                uncommented
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{key} = "))),
+                "the sample lacks {key}"
+            );
+        }
+        for key in ["cert", "key", "webhook_url"] {
+            assert!(
+                uncommented.contains(&format!("{key} = ")),
+                "the sample lacks {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_option_is_read_from_the_environment_and_ranges_are_checked() {
+        let flags = Flags::try_parse_from(["sotto-relay"]).unwrap();
+        assert!(Config::load(&flags).is_ok());
+        // Negative, zero, NaN and infinite rates are refused with the key named.
+        for bad in ["-5", "0", "NaN", "inf"] {
+            let arg = format!("--bundle-rate-per-sec={bad}");
+            let flags = Flags::parse_from(["sotto-relay", arg.as_str()]);
+            let e = Config::load(&flags).unwrap_err().to_string();
+            assert!(e.contains("bundle_rate_per_sec"), "{bad}: {e}");
+        }
+        // Each flag has its SOTTO_RELAY_ variable.
+        let help = <Flags as clap::CommandFactory>::command();
+        for arg in help.get_arguments() {
+            let id = arg.get_id().as_str();
+            if ["check_config", "help", "version"].contains(&id) {
+                continue;
+            }
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or("");
+            assert_eq!(env, format!("SOTTO_RELAY_{}", id.to_uppercase()), "{id}");
+        }
     }
 }
