@@ -148,7 +148,11 @@ fn relay_fault(e: &RelayError) -> Fault {
         };
     }
     match e {
-        RelayError::InvalidArgument(_) => Fault::Caller,
+        // The address is wrong or outdated (or someone is in between):
+        // retrying the same address cannot help.
+        RelayError::InvalidArgument(_)
+        | RelayError::FingerprintMismatch { .. }
+        | RelayError::NoRuntime => Fault::Caller,
         RelayError::Storage(_) | RelayError::Config(_) => Fault::Local,
         RelayError::Remote { .. }
         | RelayError::FrameTooLarge { .. }
@@ -161,7 +165,8 @@ fn relay_fault(e: &RelayError) -> Fault {
         | RelayError::Write(_)
         | RelayError::Tls(_)
         | RelayError::Exporter
-        | RelayError::Io(_) => Fault::Network,
+        | RelayError::Io(_)
+        | RelayError::IoAt { .. } => Fault::Network,
     }
 }
 

@@ -40,6 +40,20 @@ pub enum RelayError {
     /// A field value was rejected locally before sending.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// The relay presented another certificate than the address pins: a
+    /// wrong or outdated address (the relay's certificate changed), or
+    /// someone in between.
+    #[error("certificate fingerprint mismatch: the address pins {pinned}, but {presented}")]
+    FingerprintMismatch {
+        /// The pinned SHA-256 (hex).
+        pinned: String,
+        /// What the relay presented instead.
+        presented: String,
+    },
+    /// Called outside a Tokio runtime: the client runs on Tokio (QUIC
+    /// sockets and timers).
+    #[error("no Tokio runtime: call the Sotto client from within one (e.g. #[tokio::main])")]
+    NoRuntime,
     /// QUIC connection setup failed.
     #[error("connect: {0}")]
     Connect(#[from] quinn::ConnectError),
@@ -58,6 +72,14 @@ pub enum RelayError {
     /// Local I/O (files, sockets, streams).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// I/O on a named file, directory or address.
+    #[error("{at}: {source}")]
+    IoAt {
+        /// The path or socket address.
+        at: String,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// The durable store failed; nothing was accepted.
     #[error("storage: {0}")]
     Storage(String),
@@ -94,6 +116,14 @@ impl RelayError {
             Self::Remote { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+/// Names the path or address of an I/O error.
+pub(crate) fn io_at(at: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RelayError {
+    move |source| RelayError::IoAt {
+        at: at.to_string(),
+        source,
     }
 }
 

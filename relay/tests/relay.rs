@@ -1027,3 +1027,26 @@ async fn live_signals_from_one_address_to_one_mailbox_are_rate_limited() {
         .unwrap();
     assert!(r[0].is_ok());
 }
+
+/// A wrong pin is named as such, with both fingerprints: a wrong or
+/// outdated address is the likeliest cause, and the operator can compare.
+#[tokio::test]
+async fn a_wrong_pin_is_a_fingerprint_mismatch_naming_both() {
+    let relay = RelayProc::start(&[]);
+    let wrong = [0x11u8; 32];
+    let e = RelayClient::connect(relay.addr, wrong, &key())
+        .await
+        .unwrap_err();
+    match &e {
+        RelayError::FingerprintMismatch { pinned, presented } => {
+            assert_eq!(pinned, &hex::encode(wrong));
+            assert!(presented.contains(&hex::encode(relay.pin)), "{presented}");
+        }
+        other => panic!("expected a fingerprint mismatch, got {other:?}"),
+    }
+    assert!(
+        e.to_string()
+            .starts_with("certificate fingerprint mismatch"),
+        "{e}"
+    );
+}

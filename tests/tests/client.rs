@@ -683,3 +683,24 @@ async fn a_live_signal_to_an_offline_device_is_never_delivered_later() {
     assert!(!bob.c().is_typing(&alice.addr()));
     only_bookkeeping(drain_for(bob.c(), Duration::from_secs(1)).await);
 }
+
+/// Called from another executor than Tokio, the client says so (a typed
+/// error, `Fault::Caller`) instead of panicking inside quinn.
+#[test]
+fn outside_a_tokio_runtime_the_client_returns_an_error_not_a_panic() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Dev::store(&dir, [3; 32]);
+    let relay = RelayAddress::new("127.0.0.1:9".parse().unwrap(), [0; 32]);
+    let mut create = std::pin::pin!(Messenger::create(store, relay));
+    let mut cx = Context::from_waker(Waker::noop());
+    match create.as_mut().poll(&mut cx) {
+        Poll::Ready(Err(e)) => {
+            assert_eq!(e.fault(), sotto_messenger::Fault::Caller);
+            assert!(e.to_string().contains("no Tokio runtime"), "{e}");
+        }
+        Poll::Ready(Ok(_)) => panic!("created without a runtime"),
+        Poll::Pending => panic!("waited instead of refusing"),
+    }
+}

@@ -92,6 +92,7 @@ async fn next_link_body(
 impl<S: Store + Send + 'static> Linking<S> {
     /// Step 1: prepares the new device (empty `store`) on the user's home relay.
     pub async fn start(store: S, home: RelayAddress) -> Result<Self> {
+        super::require_runtime()?;
         let mailbox = SigningKey::generate(&mut OsRng);
         let link = StaticSecret::random_from_rng(OsRng);
         let identity = IdentityKeyPair::generate(&mut OsRng);

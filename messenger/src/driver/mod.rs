@@ -214,6 +214,15 @@ impl<S: Store + Send + 'static> Drop for Messenger<S> {
     }
 }
 
+/// The client runs on Tokio (QUIC sockets, timers, its background tasks):
+/// called from another executor, it says so instead of panicking inside
+/// quinn or `tokio::spawn`.
+pub(crate) fn require_runtime() -> Result<()> {
+    tokio::runtime::Handle::try_current()
+        .map(|_| ())
+        .map_err(|_| Error::Relay(sotto_relay::RelayError::NoRuntime))
+}
+
 /// The messenger's one clock: Unix milliseconds, read only here (the
 /// driver) and passed to the engine. The core counts seconds (`now_ms() /
 /// 1000`).
@@ -230,6 +239,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
     /// the only one that links and unlinks devices). Publishes prekeys and
     /// the signed device list. Needs the relay to be reachable.
     pub async fn create(store: S, home: RelayAddress) -> Result<Self> {
+        require_runtime()?;
         let account = AccountKeyPair::generate(&mut OsRng);
         let device = Device::create(store, 1, now_ms() / 1000, &mut OsRng)?;
         let mailbox = SigningKey::generate(&mut OsRng);
@@ -255,6 +265,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
     /// Opens a registered device from its store. Works offline: sending
     /// queues, and the background tasks connect when the relay is reachable.
     pub async fn open(store: S) -> Result<Self> {
+        require_runtime()?;
         let device = Device::open(store)?;
         let corrupt = || Error::corrupt("app");
         let cfg: pb::ClientConfig = device

@@ -154,6 +154,9 @@ pub struct RelayClient {
 /// A client endpoint (one UDP socket) pinned to `pin`; many connections can
 /// share it (load generators, multi-account apps).
 pub fn endpoint(pin: [u8; 32], ipv6: bool) -> Result<quinn::Endpoint> {
+    // Quinn's sockets and timers need Tokio; outside a runtime they would
+    // panic deep inside it.
+    tokio::runtime::Handle::try_current().map_err(|_| RelayError::NoRuntime)?;
     let bind: SocketAddr = if ipv6 {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     } else {
@@ -177,8 +180,33 @@ pub async fn connect_raw(
     pin: [u8; 32],
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
     let endpoint = endpoint(pin, addr.is_ipv6())?;
-    let conn = endpoint.connect(addr, "sotto-relay")?.await?;
+    let conn = endpoint
+        .connect(addr, "sotto-relay")?
+        .await
+        .map_err(|e| handshake_error(e, &pin))?;
     Ok((endpoint, conn))
+}
+
+/// A failed handshake, with a pin mismatch named as such.
+fn handshake_error(e: quinn::ConnectionError, pin: &[u8; 32]) -> RelayError {
+    if let quinn::ConnectionError::TransportError(t) = &e {
+        if let Some(at) = t.reason.find(pin::MISMATCH) {
+            // "...: the relay presents <64 hex digits>..."
+            let rest = &t.reason[at + pin::MISMATCH.len()..];
+            let presented = rest
+                .split(|c: char| !c.is_ascii_hexdigit())
+                .find(|w| w.len() == 64)
+                .map_or_else(
+                    || "the relay presents another certificate".to_owned(),
+                    |h| format!("the relay presents {h}"),
+                );
+            return RelayError::FingerprintMismatch {
+                pinned: hex::encode(pin),
+                presented,
+            };
+        }
+    }
+    RelayError::Connection(e)
 }
 
 impl RelayClient {

@@ -22,6 +22,29 @@ pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
     Sha256::digest(cert_der).into()
 }
 
+/// What the handshake failure says when the pin does not match; the
+/// client turns a failure carrying it into
+/// [`crate::RelayError::FingerprintMismatch`].
+pub(crate) const MISMATCH: &str = "certificate fingerprint mismatch";
+
+/// The certificate a relay presented instead of the pinned one. Its Debug
+/// is its message: rustls and quinn carry the error on by Debug.
+struct PinMismatch([u8; 32]);
+
+impl std::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{MISMATCH}: the relay presents {}", hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
 /// Accepts exactly one end-entity certificate, by SHA-256.
 #[derive(Debug)]
 pub struct PinnedCertVerifier {
@@ -53,7 +76,7 @@ impl ServerCertVerifier for PinnedCertVerifier {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch(got)))),
             ))
         }
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::error::{RelayError, Result};
+use crate::error::{io_at, RelayError, Result};
 
 /// A certificate and its private key.
 pub struct Identity {
@@ -42,7 +42,7 @@ pub fn load_or_generate(cert_path: &Path, key_path: &Path, own_files: bool) -> R
         let ck = rcgen::generate_simple_self_signed(vec!["sotto-relay".to_owned()])
             .map_err(|e| RelayError::Config(format!("certificate generation: {e}")))?;
         if let Some(dir) = key_path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(io_at(dir.display()))?;
         }
         write_private(key_path, &ck.key_pair.serialize_der())?;
         write_synced(cert_path, ck.cert.der())?;
@@ -54,8 +54,8 @@ pub fn load_or_generate(cert_path: &Path, key_path: &Path, own_files: bool) -> R
         }
         tracing::info!("generated a new self-signed relay certificate");
     }
-    let cert = std::fs::read(cert_path)?;
-    let key = zeroize::Zeroizing::new(std::fs::read(key_path)?);
+    let cert = std::fs::read(cert_path).map_err(io_at(cert_path.display()))?;
+    let key = zeroize::Zeroizing::new(std::fs::read(key_path).map_err(io_at(key_path.display()))?);
     Ok(Identity {
         cert: parse_cert(&cert, cert_path)?,
         key: parse_key(&key, key_path)?,
@@ -114,7 +114,7 @@ pub fn load_or_generate_reset_key(path: &Path) -> Result<zeroize::Zeroizing<[u8;
             sync_dir(dir)?;
         }
     }
-    let bytes = zeroize::Zeroizing::new(std::fs::read(path)?);
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(io_at(path.display()))?);
     let key: [u8; 32] = bytes
         .as_slice()
         .try_into()

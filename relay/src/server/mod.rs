@@ -170,7 +170,8 @@ impl Relay {
             .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
             .map(|d| d.to_path_buf())
             .collect();
-        std::fs::create_dir_all(&config.data_dir)?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(crate::error::io_at(config.data_dir.display()))?;
         for dir in created.iter().rev() {
             if let Some(parent) = dir.parent() {
                 cert::sync_dir(parent)?;
@@ -234,7 +235,8 @@ impl Relay {
             ring::hmac::HMAC_SHA256,
             reset_key.as_ref(),
         )));
-        let socket = crate::udp::bind(config.listen, crate::udp::RELAY_BUFFER_BYTES)?;
+        let socket = crate::udp::bind(config.listen, crate::udp::RELAY_BUFFER_BYTES)
+            .map_err(crate::error::io_at(format!("listen {}", config.listen)))?;
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server_config(&config, identity)?),
