@@ -120,6 +120,7 @@ impl RelayError {
 }
 
 /// Names the path or address of an I/O error.
+#[cfg(feature = "server")]
 pub(crate) fn io_at(at: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RelayError {
     move |source| RelayError::IoAt {
         at: at.to_string(),

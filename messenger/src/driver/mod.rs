@@ -392,6 +392,14 @@ impl<S: Store + Send + 'static> Messenger<S> {
         self
     }
 
+    /// How long a connection attempt to a relay may take (resolving, the
+    /// QUIC and TLS handshakes, authentication) before it counts as a
+    /// network failure and is retried with backoff; 10 s until set. A
+    /// mobile app on a slow network may want more, a test less.
+    pub fn set_connect_timeout(&self, timeout: Duration) {
+        self.inner.relays.set_connect_timeout(timeout);
+    }
+
     /// This user's address (give it to contacts).
     pub fn address(&self) -> &UserAddress {
         &self.inner.me

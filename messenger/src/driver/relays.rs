@@ -45,7 +45,8 @@ impl Backoff {
 }
 
 /// Longest a connection attempt to one relay may take (resolving, QUIC and
-/// TLS handshakes, authentication) before it counts as a network failure.
+/// TLS handshakes, authentication) before it counts as a network failure,
+/// unless the app sets another ([`crate::Messenger::set_connect_timeout`]).
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One relay's connection, behind its own lock: connecting to one relay
@@ -77,6 +78,8 @@ const ALL: [As; 4] = [As::Mailbox, As::Anonymous, As::Transfer, As::Live];
 /// key kind.
 pub(crate) struct Relays {
     key: SigningKey,
+    /// The connect timeout in milliseconds.
+    connect_timeout_ms: std::sync::atomic::AtomicU64,
     slots: std::sync::Mutex<HashMap<(RelayAddress, As), Slot>>,
 }
 
@@ -90,8 +93,25 @@ impl Relays {
     pub(crate) fn new(key: SigningKey) -> Self {
         Relays {
             key,
+            connect_timeout_ms: std::sync::atomic::AtomicU64::new(
+                u64::try_from(CONNECT_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+            ),
             slots: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets the connect timeout of later attempts.
+    pub(crate) fn set_connect_timeout(&self, t: Duration) {
+        let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.connect_timeout_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.connect_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     fn slot(&self, relay: &RelayAddress, who: As) -> Slot {
@@ -138,7 +158,7 @@ impl Relays {
             Ok::<_, Error>(RelayClient::connect(addr, relay.fingerprint, key).await?)
         };
         let client = Arc::new(
-            tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            tokio::time::timeout(self.connect_timeout(), connect)
                 .await
                 .map_err(|_| Error::Timeout)??,
         );
