@@ -7,9 +7,9 @@
 //! specification's, but a party that receives several chains before replying
 //! does the key generation and DH only once.
 //!
-//! [`RatchetState::decrypt`] never mutates state before the AEAD tag verifies:
+//! `RatchetState::decrypt` never mutates state before the AEAD tag verifies:
 //! it computes the candidate chain keys into locals, authenticates, and only
-//! then writes them back and reports a [`RatchetChanges`] for the store.
+//! then writes them back and reports a `RatchetChanges` for the store.
 
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};

@@ -3,8 +3,8 @@
 //!
 //! [`SessionState`] is the small chain state that is persisted as one row;
 //! stored skipped message keys live elsewhere (their own rows, or the map in
-//! [`Session`]) and are reached through [`SkippedKeys`]. Decrypting yields the
-//! plaintext and a change set ([`RatchetChanges`]); the caller commits the new
+//! [`Session`]) and are reached through `SkippedKeys`. Decrypting yields the
+//! plaintext and a change set (`RatchetChanges`); the caller commits the new
 //! state and the changes atomically, or drops both.
 //!
 //! [`Session`] bundles a state with an in-memory skipped-key map: the pure
@@ -210,7 +210,7 @@ impl SessionState {
     }
 
     /// The responder's PQXDH half, given the private prekeys the message names.
-    /// The inner message still has to be decrypted with [`SessionState::decrypt`].
+    /// The inner message still has to be decrypted with `SessionState::decrypt`.
     pub fn respond(
         ours: &IdentityKeyPair,
         message: &PreKeyMessage,

@@ -18,7 +18,7 @@
 //!   prekeys, sessions) for apps bringing their own transport.
 //! - [`identity`] — `SafetyNumber`.
 //! - [`error`] — `SottoError`, the one error type every export returns.
-//! - [`runtime`] — the one tokio runtime all async exports and listener
+//! - `runtime` — the one tokio runtime all async exports and listener
 //!   tasks share, and how foreign cancellation drops Rust futures.
 //! - `consumer` — the one-reader-at-a-time rule of the event queue.
 //!

@@ -192,6 +192,36 @@ impl<S: Store> Inner<S> {
 /// A messenger client: one device of one user, with its durable store and
 /// its relay connections. Cheap to share by reference across tasks; dropping
 /// it stops its background tasks.
+///
+/// It runs on **Tokio** (QUIC sockets, timers, background tasks): create and
+/// use it inside a Tokio runtime; elsewhere its calls return
+/// `Error::Relay(RelayError::NoRuntime)`.
+///
+/// ```no_run
+/// use sotto_core::{SqliteStore, StorageKey};
+/// use sotto_messenger::{EventKind, Messenger, RelayAddress, UserAddress};
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     // The storage key comes from the platform's keystore; never hard-code it.
+///     let key = StorageKey::new([7; 32]);
+///     let store = SqliteStore::open("alice.db", &key)?;
+///     let relay: RelayAddress = "relay.example.org:7443/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".parse()?;
+///     // First run: register; later runs: `Messenger::open(store)`.
+///     let alice = Messenger::create(store, relay).await?;
+///     println!("my address: {}", alice.address());
+///
+///     let bob: UserAddress = std::env::args().nth(1).ok_or("bob's address")?.parse()?;
+///     alice.send_text(&bob, "hello Bob")?; // durable now, sent when the relay is reachable
+///     loop {
+///         let event = alice.next_event().await?;
+///         if let EventKind::Message(m) = &event.kind {
+///             println!("{:?}: {}", event.peer, m.text);
+///         }
+///         alice.ack_event(event.seq)?; // once the app has stored what it needs
+///     }
+/// }
+/// ```
 pub struct Messenger<S: Store + Send + 'static> {
     inner: Arc<Inner<S>>,
     tasks: Vec<JoinHandle<()>>,
@@ -1024,7 +1054,7 @@ impl<S: Store + Send + 'static> Messenger<S> {
     }
 
     /// The oldest event not yet acknowledged, if any. A stored event that
-    /// cannot be read comes back as [`EventKind::Unreadable`], never as an
+    /// cannot be read comes back as [`crate::EventKind::Unreadable`], never as an
     /// error that would stall the queue.
     pub fn try_next_event(&self) -> Result<Option<Event>> {
         let e = self

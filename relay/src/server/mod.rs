@@ -1,7 +1,7 @@
 //! The relay server: QUIC endpoint, startup, expiry sweep and graceful shutdown.
 //!
 //! Storage and services are sans-QUIC modules ([`mailbox`], [`directory`],
-//! [`blobs`], [`writer`]); [`connection`] is the thin layer that maps request
+//! [`blobs`], [`writer`]); `connection` is the thin layer that maps request
 //! streams onto them. Startup writes `<data_dir>/relay.addr` with the bound
 //! address and certificate fingerprint so scripts and tests can find the relay.
 

@@ -9,9 +9,9 @@
 //!
 //! What a peer can make this device do is bounded: a change applies only if
 //! signed by an admin of the state it follows; a key is kept only from a
-//! member device (or, at most [`records::MAX_PENDING_SENDER_KEYS`], until its
+//! member device (or, at most `MAX_PENDING_SENDER_KEYS` (64), until its
 //! change arrives); changes whose parent is unknown wait, at most
-//! [`MAX_PENDING_CHANGES`] per group; the fork log keeps [`GROUP_LOG_LEN`].
+//! [`MAX_PENDING_CHANGES`] per group; the fork log keeps `GROUP_LOG_LEN`.
 
 pub mod history;
 pub mod state;
@@ -42,7 +42,7 @@ pub const MAX_PENDING_CHANGES: usize = 32;
 /// …and per author.
 pub const MAX_PENDING_PER_AUTHOR: usize = 4;
 /// Distributions kept per sending user while their group or member is not
-/// known yet (of [`records::MAX_PENDING_SENDER_KEYS`] in all).
+/// known yet (of `MAX_PENDING_SENDER_KEYS` (64) in all).
 pub const MAX_PENDING_KEYS_PER_SENDER: usize = 4;
 /// A sending chain is replaced after this many messages…
 pub const ROTATE_AFTER_MESSAGES: u32 = 10_000;
