@@ -17,13 +17,14 @@ use tokio::sync::Mutex;
 use crate::engine::address::RelayAddress;
 use crate::error::{Error, Result};
 
-/// First and largest pause between reconnect attempts.
+/// The first pause between reconnect attempts (before jitter).
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// The largest pause between reconnect attempts.
+/// The largest pause between reconnect attempts (before jitter).
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Exponential backoff with a cap (no jitter needed: clients reconnect at
-/// independent times).
+/// Exponential backoff with a cap and jitter: each pause is a random point
+/// in the upper half of its step, so the clients a relay restart cut off
+/// all at once do not all come back in the same instant ("equal jitter").
 #[derive(Debug)]
 pub(crate) struct Backoff(Duration);
 
@@ -32,11 +33,16 @@ impl Backoff {
         Backoff(BACKOFF_MIN)
     }
 
-    /// The pause to take now; doubles the next one.
+    /// The pause to take now (between half the step and the step); doubles
+    /// the next step.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self.0;
         self.0 = (self.0 * 2).min(BACKOFF_MAX);
-        d
+        let half = d / 2;
+        let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_micros(
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng) % (spread + 1),
+        )
     }
 
     pub(crate) fn reset(&mut self) {
@@ -222,5 +228,29 @@ impl Relays {
                 c.connection().close(0u32.into(), b"bye");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() {
+        let mut b = Backoff::new();
+        let mut step = BACKOFF_MIN;
+        for _ in 0..12 {
+            let d = b.next_delay();
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+            step = (step * 2).min(BACKOFF_MAX);
+        }
+        // Two clients cut off together do not come back together.
+        let firsts: std::collections::HashSet<Duration> =
+            (0..20).map(|_| Backoff::new().next_delay()).collect();
+        assert!(firsts.len() > 10, "no jitter: {firsts:?}");
     }
 }
