@@ -60,3 +60,30 @@ final class LiveTests: XCTestCase {
         } catch SottoError.Closed {}
     }
 }
+
+/// Mirrors FlowTest.kt: explicit acks survive an early break.
+final class PendingEventsTests: XCTestCase {
+    func testAnEventNotAckedComesBackAndAnAckedOneNever() async throws {
+        let relay = try RelayProcess()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sotto-events-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let alice = try await SottoClient.create(dbPath: dir.appendingPathComponent("a.db").path,
+                                                 storageKey: randomKey(), relay: relay.address)
+        let bob = try await SottoClient.create(dbPath: dir.appendingPathComponent("b.db").path,
+                                               storageKey: randomKey(), relay: relay.address)
+        _ = try alice.sendText(to: bob.address(), text: "m1")
+        var first: PendingEvent?
+        for try await p in bob.pendingEvents() { first = p; break } // not acked
+        var again: PendingEvent?
+        for try await p in bob.pendingEvents() { again = p; break }
+        XCTAssertEqual(first?.event.seq, again?.event.seq)
+        try again?.ack()
+        for try await p in bob.pendingEvents() {
+            XCTAssertNotEqual(p.event.seq, first?.event.seq)
+            try p.ack()
+            break
+        }
+        try await alice.shutdown()
+        try await bob.shutdown()
+    }
+}
