@@ -5,7 +5,16 @@
 #
 #   bindings/swift/build-xcframework.sh            release build
 #   PROFILE=debug bindings/swift/build-xcframework.sh
+#   bindings/swift/build-xcframework.sh --release 0.1.0 https://host/releases/download
+#       also zips it (SottoFFI.xcframework.zip, the asset to attach to the
+#       release) and writes the asset's URL and SwiftPM checksum into the
+#       root-level Package.swift, which apps add by URL.
 set -euo pipefail
+release_version=""; release_base=""
+if [ "${1:-}" = --release ]; then
+    release_version="${2:?--release VERSION BASE_URL}"
+    release_base="${3:?--release VERSION BASE_URL}"
+fi
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 profile="${PROFILE:-release}"
@@ -35,3 +44,12 @@ xcodebuild -create-xcframework \
     -library "$work/mac/libsotto_ffi.a" -headers "$here/Headers" \
     -output "$here/SottoFFI.xcframework"
 echo "built $here/SottoFFI.xcframework"
+
+if [ -n "$release_version" ]; then
+    (cd "$here" && rm -f SottoFFI.xcframework.zip && ditto -c -k --keepParent SottoFFI.xcframework SottoFFI.xcframework.zip)
+    sum="$(cd "$root" && swift package compute-checksum "$here/SottoFFI.xcframework.zip")"
+    url="$release_base/v$release_version/SottoFFI.xcframework.zip"
+    sed -i '' -e "s|url: \".*SottoFFI.xcframework.zip\"|url: \"$url\"|" \
+        -e "s|checksum: \"[0-9a-f]*\"|checksum: \"$sum\"|" "$root/Package.swift"
+    echo "attach $here/SottoFFI.xcframework.zip to release v$release_version; Package.swift now names $url (checksum $sum)"
+fi
