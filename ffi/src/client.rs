@@ -67,6 +67,8 @@ pub struct SottoClient {
     subscriptions: Mutex<Vec<AbortHandle>>,
     /// Presence and typing changes since the client started (`nextLiveEvent`).
     pub(crate) live: Arc<tokio::sync::Mutex<sotto_messenger::LiveEvents>>,
+    /// Set by `shutdown()`: every pending call ends with `Closed`.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl fmt::Debug for SottoClient {
@@ -88,6 +90,7 @@ impl SottoClient {
     pub(crate) fn wrap(client: AppMessenger, generation: u64) -> Arc<Self> {
         Arc::new(Self {
             live: Arc::new(tokio::sync::Mutex::new(client.live_events())),
+            closed: tokio::sync::watch::Sender::new(false),
             address: client.address().to_string(),
             device_id: client.device_id(),
             generation,
@@ -100,6 +103,23 @@ impl SottoClient {
     /// The core client, or `Closed` after `shutdown()`.
     pub(crate) fn core(&self) -> Result<Arc<AppMessenger>> {
         lock(&self.client).clone().ok_or(SottoError::Closed)
+    }
+
+    /// Runs `f`, ending it with `Closed` as soon as `shutdown()` starts: a
+    /// pending call never outlives the client (and its reference to the
+    /// client goes with it, so the shutdown closes the relay connections
+    /// politely instead of waiting out its grace period).
+    pub(crate) fn until_closed<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T>> + Send + 'static {
+        let mut closed = self.closed.subscribe();
+        async move {
+            tokio::select! {
+                r = f => r,
+                _ = closed.wait_for(|c| *c) => Err(SottoError::Closed),
+            }
+        }
     }
 
     fn stop_subscriptions(&self) {
@@ -180,10 +200,10 @@ impl SottoClient {
     pub async fn send_file(&self, to: String, text: String, path: String) -> Result<Vec<u8>> {
         let to = parse_user(&to)?;
         let client = self.core()?;
-        in_runtime(async move {
+        in_runtime(self.until_closed(async move {
             let id = client.send_file(&to, &text, &PathBuf::from(path)).await?;
             Ok(id.0.to_vec())
-        })?
+        }))?
         .await
     }
 
@@ -198,11 +218,11 @@ impl SottoClient {
     ) -> Result<u64> {
         let from = parse_user(&from)?;
         let client = self.core()?;
-        in_runtime(async move {
+        in_runtime(self.until_closed(async move {
             Ok(client
                 .download_attachment(&from, &attachment.0, &PathBuf::from(dest))
                 .await?)
-        })?
+        }))?
         .await
     }
 
@@ -222,11 +242,11 @@ impl SottoClient {
     pub async fn next_event(&self) -> Result<Event> {
         let client = self.core()?;
         let claim = self.consumer.claim("nextEvent()")?;
-        in_runtime(async move {
+        in_runtime(self.until_closed(async move {
             let e = client.next_event().await?;
             drop(claim);
             Ok(e.into())
-        })?
+        }))?
         .await
     }
 
@@ -277,18 +297,21 @@ impl SottoClient {
     /// Waits until everything queued went out, or fails with `Timeout`.
     pub async fn flush(&self, timeout_ms: u64) -> Result<()> {
         let client = self.core()?;
-        in_runtime(async move { Ok(client.flush(Duration::from_millis(timeout_ms)).await?) })?.await
+        in_runtime(self.until_closed(async move {
+            Ok(client.flush(Duration::from_millis(timeout_ms)).await?)
+        }))?
+        .await
     }
 
     /// Waits until the backlog waiting at the relay when this device
     /// (re)connected was processed, or fails with `Timeout`.
     pub async fn wait_synced(&self, timeout_ms: u64) -> Result<()> {
         let client = self.core()?;
-        in_runtime(async move {
+        in_runtime(self.until_closed(async move {
             Ok(client
                 .wait_synced(Duration::from_millis(timeout_ms))
                 .await?)
-        })?
+        }))?
         .await
     }
 
@@ -372,10 +395,12 @@ impl SottoClient {
         .await
     }
 
-    /// Stops the listener tasks and background work and closes the relay
-    /// connections. Idempotent; later calls fail with `Closed`. Then free the
+    /// Stops the listener tasks and background work, ends every pending
+    /// call (`nextEvent()`, `flush()`, transfers...) with `Closed`, and closes
+    /// the relay connections. Idempotent; later calls fail with `Closed`. Then free the
     /// object (`close()` / `use {}` in Kotlin).
     pub async fn shutdown(&self) -> Result<()> {
+        self.closed.send_replace(true);
         self.stop_subscriptions();
         let Some(mut client) = lock(&self.client).take() else {
             return Ok(());

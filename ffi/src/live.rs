@@ -129,14 +129,14 @@ impl SottoClient {
     pub async fn next_live_event(&self) -> Result<LiveEvent> {
         self.core()?;
         let live = Arc::clone(&self.live);
-        in_runtime(async move {
+        in_runtime(self.until_closed(async move {
             let mut events = live.lock().await;
             events
                 .next()
                 .await
                 .map(LiveEvent::from)
                 .ok_or(SottoError::Closed)
-        })?
+        }))?
         .await
     }
 }

@@ -2451,8 +2451,9 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
     func sendText(to: String, text: String) throws  -> Data
     
     /**
-     * Stops the listener tasks and background work and closes the relay
-     * connections. Idempotent; later calls fail with `Closed`. Then free the
+     * Stops the listener tasks and background work, ends every pending
+     * call (`nextEvent()`, `flush()`, transfers...) with `Closed`, and closes
+     * the relay connections. Idempotent; later calls fail with `Closed`. Then free the
      * object (`close()` / `use {}` in Kotlin).
      */
     func shutdown() async throws 
@@ -3064,8 +3065,9 @@ open func sendText(to: String, text: String)throws  -> Data  {
 }
     
     /**
-     * Stops the listener tasks and background work and closes the relay
-     * connections. Idempotent; later calls fail with `Closed`. Then free the
+     * Stops the listener tasks and background work, ends every pending
+     * call (`nextEvent()`, `flush()`, transfers...) with `Closed`, and closes
+     * the relay connections. Idempotent; later calls fail with `Closed`. Then free the
      * object (`close()` / `use {}` in Kotlin).
      */
 open func shutdown()async throws   {
@@ -6428,7 +6430,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_sottoclient_send_text() != 35228) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_sottoclient_shutdown() != 5933) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_shutdown() != 43326) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_store_generation() != 40891) {

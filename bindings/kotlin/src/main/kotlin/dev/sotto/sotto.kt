@@ -1324,7 +1324,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_send_text() and 0xFFFF) != 35228) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_shutdown() and 0xFFFF) != 5933) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_shutdown() and 0xFFFF) != 43326) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_store_generation() and 0xFFFF) != 40891) {
@@ -5095,8 +5095,9 @@ public interface SottoClientInterface {
     fun `sendText`(`to`: kotlin.String, `text`: kotlin.String): kotlin.ByteArray
     
     /**
-     * Stops the listener tasks and background work and closes the relay
-     * connections. Idempotent; later calls fail with `Closed`. Then free the
+     * Stops the listener tasks and background work, ends every pending
+     * call (`nextEvent()`, `flush()`, transfers...) with `Closed`, and closes
+     * the relay connections. Idempotent; later calls fail with `Closed`. Then free the
      * object (`close()` / `use {}` in Kotlin).
      */
     suspend fun `shutdown`()
@@ -5810,8 +5811,9 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
 
     
     /**
-     * Stops the listener tasks and background work and closes the relay
-     * connections. Idempotent; later calls fail with `Closed`. Then free the
+     * Stops the listener tasks and background work, ends every pending
+     * call (`nextEvent()`, `flush()`, transfers...) with `Closed`, and closes
+     * the relay connections. Idempotent; later calls fail with `Closed`. Then free the
      * object (`close()` / `use {}` in Kotlin).
      */
     @Throws(SottoException::class)

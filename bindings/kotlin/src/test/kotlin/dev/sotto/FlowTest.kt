@@ -4,6 +4,8 @@
 // the queue and what it did not comes back.
 package dev.sotto
 
+import kotlinx.coroutines.async
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.flow.filter
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.flow.map
@@ -63,6 +65,9 @@ class FlowTest {
     fun `explicit acks survive first, take and cancellation, and nothing acked comes back`(@TempDir dir: Path) = runBlocking {
         newUser(dir, "alice").use { alice ->
             newUser(dir, "bob").use { bob ->
+                // Contacts first (a stranger's messages are requests).
+                alice.sendText(bob.address(), "hi")
+                assertEquals(listOf("hi"), bob.texts(1))
                 for (i in 1..4) alice.sendText(bob.address(), "m$i")
                 assertEquals(listOf("m1"), bob.texts(1))
 
@@ -99,6 +104,20 @@ class FlowTest {
                 alice.shutdown()
                 bob.shutdown()
             }
+        }
+    }
+
+    @Test
+    fun `shutdown ends a pending nextEvent with Closed`(@TempDir dir: Path) = runBlocking {
+        newUser(dir, "carol").use { carol ->
+            val pending = async { runCatching { carol.nextEvent() } }
+            delay(200)
+            val started = System.nanoTime()
+            carol.shutdown()
+            val ended = withTimeout(WAIT_MS) { pending.await() }
+            assertTrue(ended.exceptionOrNull() is SottoException.Closed, "$ended")
+            // Nothing held the client: shutdown did not wait out its 2 s grace.
+            assertTrue(System.nanoTime() - started < 1_500_000_000L, "shutdown waited for the pending call")
         }
     }
 }
