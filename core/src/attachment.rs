@@ -34,6 +34,7 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{Error, Result};
+use crate::keys::Hex;
 
 /// Format version, the first byte of every blob and of every encoded pointer.
 pub const VERSION: u8 = 1;
@@ -114,15 +115,6 @@ impl fmt::Debug for AttachmentPointer {
             .field("plaintext_len", &self.plaintext_len)
             .field("ciphertext_len", &self.ciphertext_len)
             .finish()
-    }
-}
-
-/// Lower-case hex in `Debug` output (digests are public).
-struct Hex<'a>(&'a [u8]);
-
-impl fmt::Debug for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 

@@ -257,15 +257,13 @@ impl fmt::Debug for KemKeyPair {
     }
 }
 
-/// Lowercase hex for `Debug` of public values.
+/// Lowercase hex for `Debug` of public values (the crate's one hex
+/// formatter, on the `hex` crate).
 pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
 
 impl fmt::Debug for Hex<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
