@@ -102,7 +102,7 @@ impl SottoClient {
 
     /// The core client, or `Closed` after `shutdown()`.
     pub(crate) fn core(&self) -> Result<Arc<AppMessenger>> {
-        lock(&self.client).clone().ok_or(SottoError::Closed)
+        lock(&self.client).clone().ok_or(SottoError::closed())
     }
 
     /// Runs `f`, ending it with `Closed` as soon as `shutdown()` starts: a
@@ -117,7 +117,7 @@ impl SottoClient {
         async move {
             tokio::select! {
                 r = f => r,
-                _ = closed.wait_for(|c| *c) => Err(SottoError::Closed),
+                _ = closed.wait_for(|c| *c) => Err(SottoError::closed()),
             }
         }
     }

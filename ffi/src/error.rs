@@ -16,8 +16,11 @@ pub enum SottoError {
         reason: String,
     },
     /// The object was closed (`shutdown()`) before the call.
-    #[error("closed")]
-    Closed,
+    #[error("{reason}")]
+    Closed {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// Another consumer (a subscription or a pending `nextEvent()`) already
     /// reads the event queue; it has exactly one consumer at a time.
     #[error("busy: {reason}")]
@@ -64,8 +67,11 @@ pub enum SottoError {
     },
     /// Authentication failed: the message was tampered with or was not
     /// encrypted for this session.
-    #[error("message authentication failed")]
-    DecryptFailed,
+    #[error("{reason}")]
+    DecryptFailed {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// This exact message was already decrypted; drop it silently.
     #[error("duplicate message (chain counter {counter})")]
     DuplicateMessage {
@@ -85,8 +91,11 @@ pub enum SottoError {
         gap: u32,
     },
     /// No session exists with this device: process its prekey bundle first.
-    #[error("no session with this device")]
-    NoSession,
+    #[error("{reason}")]
+    NoSession {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// The first message names a prekey this device no longer has.
     #[error("unknown {what} id {id}")]
     UnknownPrekey {
@@ -96,8 +105,11 @@ pub enum SottoError {
         id: u32,
     },
     /// A session's first message was replayed.
-    #[error("replayed first message")]
-    ReplayedPreKeyMessage,
+    #[error("{reason}")]
+    ReplayedPreKeyMessage {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// A first message names a one-time prekey another session already used
     /// (served twice by the relay, or an old bundle replayed).
     #[error("{what} {id} was already used by another session")]
@@ -121,8 +133,11 @@ pub enum SottoError {
         device_id: u32,
     },
     /// The store holds no identity (open a store created by this library).
-    #[error("no local identity")]
-    NoIdentity,
+    #[error("{reason}")]
+    NoIdentity {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// A stored record failed authentication: disk damage or a wrong key.
     #[error("corrupt store record in {table}")]
     CorruptRecord {
@@ -152,11 +167,17 @@ pub enum SottoError {
     },
     /// The user has no published device list on their relay (wrong address,
     /// or the user never registered there).
-    #[error("unknown user")]
-    UnknownUser,
+    #[error("{reason}")]
+    UnknownUser {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// A wait (`flush`, `waitSynced`, linking) ended before what it waited for.
-    #[error("timed out")]
-    Timeout,
+    #[error("{reason}")]
+    Timeout {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// A relay refused a request (`code` is the protocol's error code name,
     /// such as `RATE_LIMITED`) or could not be reached (`code` is null/nil).
     #[error("relay: {reason}")]
@@ -174,8 +195,11 @@ pub enum SottoError {
         reason: String,
     },
     /// The file exceeds the largest attachment size.
-    #[error("attachment larger than the maximum size")]
-    AttachmentTooLarge,
+    #[error("{reason}")]
+    AttachmentTooLarge {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// Reading the source file or writing the destination failed.
     #[error("attachment I/O: {reason}")]
     AttachmentIo {
@@ -190,12 +214,18 @@ pub enum SottoError {
         reason: String,
     },
     /// Only the primary device (holding the account key) links and unlinks.
-    #[error("only the primary device can do this")]
-    NotPrimary,
+    #[error("{reason}")]
+    NotPrimary {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// The peer's message request was not accepted yet (or a group
     /// invitation: `acceptGroup` first).
-    #[error("the peer is not an accepted contact")]
-    NotAccepted,
+    #[error("{reason}")]
+    NotAccepted {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// A peer's group change, state or key broke a rule (nothing applied).
     #[error("group change refused: {reason}")]
     GroupRejected {
@@ -203,11 +233,17 @@ pub enum SottoError {
         reason: String,
     },
     /// This device is in no group with that id (or no longer a member).
-    #[error("unknown group")]
-    UnknownGroup,
+    #[error("{reason}")]
+    UnknownGroup {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// Only the group's admins may do this.
-    #[error("only an admin of the group can do this")]
-    NotGroupAdmin,
+    #[error("{reason}")]
+    NotGroupAdmin {
+        /// What happened, in words for a log or a developer.
+        reason: String,
+    },
     /// Past a group limit (1,000 members, 16 devices per member).
     #[error("group too large: {reason}")]
     GroupTooLarge {
@@ -226,16 +262,22 @@ impl From<sotto_core::Error> for SottoError {
             E::UnsupportedVersion(version) => Self::UnsupportedVersion { version },
             E::BadSignature { what } => Self::BadSignature { what: what.into() },
             E::InvalidKey { what } => Self::InvalidKey { what: what.into() },
-            E::DecryptFailed => Self::DecryptFailed,
+            E::DecryptFailed => Self::DecryptFailed {
+                reason: "the message did not decrypt: a wrong key, or changed in transit".into(),
+            },
             E::DuplicateMessage { counter } => Self::DuplicateMessage { counter },
             E::MessageKeyEvicted { counter } => Self::MessageKeyEvicted { counter },
             E::TooFarInFuture { gap } => Self::TooFarInFuture { gap },
-            E::NoSession => Self::NoSession,
+            E::NoSession => Self::NoSession {
+                reason: "no session with that device yet".into(),
+            },
             E::UnknownPrekey { what, id } => Self::UnknownPrekey {
                 what: what.into(),
                 id,
             },
-            E::ReplayedPreKeyMessage => Self::ReplayedPreKeyMessage,
+            E::ReplayedPreKeyMessage => Self::ReplayedPreKeyMessage {
+                reason: "a first (PreKey) message that was already processed".into(),
+            },
             E::OneTimePrekeyReused { what, id } => Self::OneTimePrekeyReused {
                 what: what.into(),
                 id,
@@ -245,7 +287,10 @@ impl From<sotto_core::Error> for SottoError {
                 new_identity: new_identity.as_bytes().to_vec(),
             },
             E::WrongDevice(device_id) => Self::WrongDevice { device_id },
-            E::NoIdentity => Self::NoIdentity,
+            E::NoIdentity => Self::NoIdentity {
+                reason: "this store holds no identity yet: create the device or client first"
+                    .into(),
+            },
             E::CorruptRecord { table } => Self::CorruptRecord {
                 table: table.into(),
             },
@@ -259,7 +304,9 @@ impl From<sotto_core::Error> for SottoError {
             E::AttachmentDigestMismatch => Self::AttachmentRejected {
                 reason: "digest mismatch (not the blob the sender uploaded)".into(),
             },
-            E::AttachmentTooLarge => Self::AttachmentTooLarge,
+            E::AttachmentTooLarge => Self::AttachmentTooLarge {
+                reason: "the attachment is over the size limit".into(),
+            },
             E::AttachmentIo(e) => Self::AttachmentIo {
                 reason: e.to_string(),
             },
@@ -285,18 +332,30 @@ impl From<sotto_messenger::Error> for SottoError {
             E::InvalidAddress(reason) => Self::InvalidAddress {
                 reason: reason.into(),
             },
-            E::UnknownUser => Self::UnknownUser,
-            E::Timeout => Self::Timeout,
+            E::UnknownUser => Self::UnknownUser {
+                reason: "unknown user: no device list on their relay".into(),
+            },
+            E::Timeout => Self::Timeout {
+                reason: "timed out".into(),
+            },
             E::DeviceListRejected(reason) => Self::DeviceListRejected {
                 reason: reason.into(),
             },
-            E::NotPrimary => Self::NotPrimary,
-            E::NotAccepted => Self::NotAccepted,
+            E::NotPrimary => Self::NotPrimary {
+                reason: "only the primary device can do this".into(),
+            },
+            E::NotAccepted => Self::NotAccepted {
+                reason: "the peer is not an accepted contact".into(),
+            },
             E::GroupRejected(reason) => Self::GroupRejected {
                 reason: reason.into(),
             },
-            E::UnknownGroup => Self::UnknownGroup,
-            E::NotGroupAdmin => Self::NotGroupAdmin,
+            E::UnknownGroup => Self::UnknownGroup {
+                reason: "unknown group (or no longer a member)".into(),
+            },
+            E::NotGroupAdmin => Self::NotGroupAdmin {
+                reason: "only an admin of the group can do this".into(),
+            },
             E::GroupTooLarge(reason) => Self::GroupTooLarge {
                 reason: reason.into(),
             },
@@ -305,6 +364,15 @@ impl From<sotto_messenger::Error> for SottoError {
             other => Self::Internal {
                 reason: other.to_string(),
             },
+        }
+    }
+}
+
+impl SottoError {
+    /// The object was shut down or used up.
+    pub(crate) fn closed() -> Self {
+        SottoError::Closed {
+            reason: "the client was shut down (shutdown() was called), or the object was already used up".into(),
         }
     }
 }

@@ -65,7 +65,7 @@ impl Linking {
     pub async fn wait_offer(&self, timeout_ms: u64) -> Result<String> {
         in_runtime(async move {
             let mut state = self.state.lock().await;
-            let l = state.as_mut().ok_or(SottoError::Closed)?;
+            let l = state.as_mut().ok_or(SottoError::closed())?;
             Ok(l.wait_offer(Duration::from_millis(timeout_ms)).await?)
         })?
         .await
@@ -77,7 +77,7 @@ impl Linking {
     /// Used once; later calls fail with `Closed`.
     pub async fn finish(&self, timeout_ms: u64) -> Result<Arc<SottoClient>> {
         in_runtime(async move {
-            let l = self.state.lock().await.take().ok_or(SottoError::Closed)?;
+            let l = self.state.lock().await.take().ok_or(SottoError::closed())?;
             let client = l.finish(Duration::from_millis(timeout_ms)).await?;
             Ok(SottoClient::wrap(client, self.generation))
         })?
@@ -109,7 +109,7 @@ impl PendingLink {
 
     /// Takes the link out for `confirmLink` (once).
     pub(crate) async fn take(&self) -> Result<link::PendingLink> {
-        self.pending.lock().await.take().ok_or(SottoError::Closed)
+        self.pending.lock().await.take().ok_or(SottoError::closed())
     }
 }
 
@@ -120,7 +120,7 @@ impl PendingLink {
     pub async fn wait_digits(&self, timeout_ms: u64) -> Result<String> {
         in_runtime(async move {
             let mut pending = self.pending.lock().await;
-            let p = pending.as_mut().ok_or(SottoError::Closed)?;
+            let p = pending.as_mut().ok_or(SottoError::closed())?;
             let digits = p.wait_digits(Duration::from_millis(timeout_ms)).await?;
             *self.digits.lock().unwrap_or_else(PoisonError::into_inner) = Some(digits.clone());
             Ok(digits)

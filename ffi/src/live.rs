@@ -135,7 +135,7 @@ impl SottoClient {
                 .next()
                 .await
                 .map(LiveEvent::from)
-                .ok_or(SottoError::Closed)
+                .ok_or(SottoError::closed())
         }))?
         .await
     }

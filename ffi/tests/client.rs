@@ -32,7 +32,7 @@ fn bad_relay_addresses_and_keys_are_typed_errors() {
     assert!(matches!(e, SottoError::InvalidInput { .. }), "{e:?}");
     // An empty store holds no user.
     let e = block_on(SottoClient::open(db, vec![1; 32])).unwrap_err();
-    assert!(matches!(e, SottoError::NoIdentity), "{e:?}");
+    assert!(matches!(e, SottoError::NoIdentity { .. }), "{e:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -42,17 +42,17 @@ fn core_and_messenger_errors_keep_their_variant() {
     assert_eq!(e.to_string(), "invalid address: missing @relay");
     assert!(matches!(
         SottoError::from(sotto_messenger::Error::Timeout),
-        SottoError::Timeout
+        SottoError::Timeout { .. }
     ));
     assert!(matches!(
         SottoError::from(sotto_messenger::Error::UnknownUser),
-        SottoError::UnknownUser
+        SottoError::UnknownUser { .. }
     ));
     // A core error inside a messenger error keeps its own variant.
     assert!(matches!(
         SottoError::from(sotto_messenger::Error::from(
             sotto_core::Error::DecryptFailed
         )),
-        SottoError::DecryptFailed
+        SottoError::DecryptFailed { .. }
     ));
 }

@@ -5235,7 +5235,11 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     /**
      * The object was closed (`shutdown()`) before the call.
      */
-    case Closed
+    case Closed(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * Another consumer (a subscription or a pending `nextEvent()`) already
      * reads the event queue; it has exactly one consumer at a time.
@@ -5298,7 +5302,11 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
      * Authentication failed: the message was tampered with or was not
      * encrypted for this session.
      */
-    case DecryptFailed
+    case DecryptFailed(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * This exact message was already decrypted; drop it silently.
      */
@@ -5326,7 +5334,11 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     /**
      * No session exists with this device: process its prekey bundle first.
      */
-    case NoSession
+    case NoSession(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * The first message names a prekey this device no longer has.
      */
@@ -5341,7 +5353,11 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     /**
      * A session's first message was replayed.
      */
-    case ReplayedPreKeyMessage
+    case ReplayedPreKeyMessage(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * A first message names a one-time prekey another session already used
      * (served twice by the relay, or an old bundle replayed).
@@ -5374,7 +5390,11 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     /**
      * The store holds no identity (open a store created by this library).
      */
-    case NoIdentity
+    case NoIdentity(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * A stored record failed authentication: disk damage or a wrong key.
      */
@@ -5415,11 +5435,19 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
      * The user has no published device list on their relay (wrong address,
      * or the user never registered there).
      */
-    case UnknownUser
+    case UnknownUser(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * A wait (`flush`, `waitSynced`, linking) ended before what it waited for.
      */
-    case Timeout
+    case Timeout(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * A relay refused a request (`code` is the protocol's error code name,
      * such as `RATE_LIMITED`) or could not be reached (`code` is null/nil).
@@ -5444,7 +5472,11 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     /**
      * The file exceeds the largest attachment size.
      */
-    case AttachmentTooLarge
+    case AttachmentTooLarge(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * Reading the source file or writing the destination failed.
      */
@@ -5465,12 +5497,20 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     /**
      * Only the primary device (holding the account key) links and unlinks.
      */
-    case NotPrimary
+    case NotPrimary(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * The peer's message request was not accepted yet (or a group
      * invitation: `acceptGroup` first).
      */
-    case NotAccepted
+    case NotAccepted(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * A peer's group change, state or key broke a rule (nothing applied).
      */
@@ -5482,11 +5522,19 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     /**
      * This device is in no group with that id (or no longer a member).
      */
-    case UnknownGroup
+    case UnknownGroup(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * Only the group's admins may do this.
      */
-    case NotGroupAdmin
+    case NotGroupAdmin(
+        /**
+         * What happened, in words for a log or a developer.
+         */reason: String
+    )
     /**
      * Past a group limit (1,000 members, 16 devices per member).
      */
@@ -5527,7 +5575,9 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
         case 1: return .InvalidInput(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 2: return .Closed
+        case 2: return .Closed(
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 3: return .Busy(
             reason: try FfiConverterString.read(from: &buf)
             )
@@ -5549,7 +5599,9 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
         case 9: return .InvalidKey(
             what: try FfiConverterString.read(from: &buf)
             )
-        case 10: return .DecryptFailed
+        case 10: return .DecryptFailed(
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 11: return .DuplicateMessage(
             counter: try FfiConverterUInt32.read(from: &buf)
             )
@@ -5559,12 +5611,16 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
         case 13: return .TooFarInFuture(
             gap: try FfiConverterUInt32.read(from: &buf)
             )
-        case 14: return .NoSession
+        case 14: return .NoSession(
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 15: return .UnknownPrekey(
             what: try FfiConverterString.read(from: &buf), 
             id: try FfiConverterUInt32.read(from: &buf)
             )
-        case 16: return .ReplayedPreKeyMessage
+        case 16: return .ReplayedPreKeyMessage(
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 17: return .OneTimePrekeyReused(
             what: try FfiConverterString.read(from: &buf), 
             id: try FfiConverterUInt32.read(from: &buf)
@@ -5575,7 +5631,9 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
         case 19: return .WrongDevice(
             deviceId: try FfiConverterUInt32.read(from: &buf)
             )
-        case 20: return .NoIdentity
+        case 20: return .NoIdentity(
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 21: return .CorruptRecord(
             table: try FfiConverterString.read(from: &buf)
             )
@@ -5589,8 +5647,12 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
         case 24: return .InvalidAddress(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 25: return .UnknownUser
-        case 26: return .Timeout
+        case 25: return .UnknownUser(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 26: return .Timeout(
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 27: return .Relay(
             code: try FfiConverterOptionString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
@@ -5598,20 +5660,30 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
         case 28: return .AttachmentRejected(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 29: return .AttachmentTooLarge
+        case 29: return .AttachmentTooLarge(
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 30: return .AttachmentIo(
             reason: try FfiConverterString.read(from: &buf)
             )
         case 31: return .DeviceListRejected(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 32: return .NotPrimary
-        case 33: return .NotAccepted
+        case 32: return .NotPrimary(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 33: return .NotAccepted(
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 34: return .GroupRejected(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 35: return .UnknownGroup
-        case 36: return .NotGroupAdmin
+        case 35: return .UnknownGroup(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 36: return .NotGroupAdmin(
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 37: return .GroupTooLarge(
             reason: try FfiConverterString.read(from: &buf)
             )
@@ -5632,9 +5704,10 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case .Closed:
+        case let .Closed(reason):
             writeInt(&buf, Int32(2))
-        
+            FfiConverterString.write(reason, into: &buf)
+            
         
         case let .Busy(reason):
             writeInt(&buf, Int32(3))
@@ -5671,9 +5744,10 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterString.write(what, into: &buf)
             
         
-        case .DecryptFailed:
+        case let .DecryptFailed(reason):
             writeInt(&buf, Int32(10))
-        
+            FfiConverterString.write(reason, into: &buf)
+            
         
         case let .DuplicateMessage(counter):
             writeInt(&buf, Int32(11))
@@ -5690,9 +5764,10 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterUInt32.write(gap, into: &buf)
             
         
-        case .NoSession:
+        case let .NoSession(reason):
             writeInt(&buf, Int32(14))
-        
+            FfiConverterString.write(reason, into: &buf)
+            
         
         case let .UnknownPrekey(what,id):
             writeInt(&buf, Int32(15))
@@ -5700,9 +5775,10 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterUInt32.write(id, into: &buf)
             
         
-        case .ReplayedPreKeyMessage:
+        case let .ReplayedPreKeyMessage(reason):
             writeInt(&buf, Int32(16))
-        
+            FfiConverterString.write(reason, into: &buf)
+            
         
         case let .OneTimePrekeyReused(what,id):
             writeInt(&buf, Int32(17))
@@ -5720,9 +5796,10 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterUInt32.write(deviceId, into: &buf)
             
         
-        case .NoIdentity:
+        case let .NoIdentity(reason):
             writeInt(&buf, Int32(20))
-        
+            FfiConverterString.write(reason, into: &buf)
+            
         
         case let .CorruptRecord(table):
             writeInt(&buf, Int32(21))
@@ -5745,13 +5822,15 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case .UnknownUser:
+        case let .UnknownUser(reason):
             writeInt(&buf, Int32(25))
+            FfiConverterString.write(reason, into: &buf)
+            
         
-        
-        case .Timeout:
+        case let .Timeout(reason):
             writeInt(&buf, Int32(26))
-        
+            FfiConverterString.write(reason, into: &buf)
+            
         
         case let .Relay(code,reason):
             writeInt(&buf, Int32(27))
@@ -5764,9 +5843,10 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case .AttachmentTooLarge:
+        case let .AttachmentTooLarge(reason):
             writeInt(&buf, Int32(29))
-        
+            FfiConverterString.write(reason, into: &buf)
+            
         
         case let .AttachmentIo(reason):
             writeInt(&buf, Int32(30))
@@ -5778,26 +5858,30 @@ public struct FfiConverterTypeSottoError: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case .NotPrimary:
+        case let .NotPrimary(reason):
             writeInt(&buf, Int32(32))
+            FfiConverterString.write(reason, into: &buf)
+            
         
-        
-        case .NotAccepted:
+        case let .NotAccepted(reason):
             writeInt(&buf, Int32(33))
-        
+            FfiConverterString.write(reason, into: &buf)
+            
         
         case let .GroupRejected(reason):
             writeInt(&buf, Int32(34))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case .UnknownGroup:
+        case let .UnknownGroup(reason):
             writeInt(&buf, Int32(35))
+            FfiConverterString.write(reason, into: &buf)
+            
         
-        
-        case .NotGroupAdmin:
+        case let .NotGroupAdmin(reason):
             writeInt(&buf, Int32(36))
-        
+            FfiConverterString.write(reason, into: &buf)
+            
         
         case let .GroupTooLarge(reason):
             writeInt(&buf, Int32(37))

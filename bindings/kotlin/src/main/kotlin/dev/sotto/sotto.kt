@@ -8231,9 +8231,14 @@ sealed class SottoException: kotlin.Exception() {
      * The object was closed (`shutdown()`) before the call.
      */
     class Closed(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8341,9 +8346,14 @@ sealed class SottoException: kotlin.Exception() {
      * encrypted for this session.
      */
     class DecryptFailed(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8392,9 +8402,14 @@ sealed class SottoException: kotlin.Exception() {
      * No session exists with this device: process its prekey bundle first.
      */
     class NoSession(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8420,9 +8435,14 @@ sealed class SottoException: kotlin.Exception() {
      * A session's first message was replayed.
      */
     class ReplayedPreKeyMessage(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8478,9 +8498,14 @@ sealed class SottoException: kotlin.Exception() {
      * The store holds no identity (open a store created by this library).
      */
     class NoIdentity(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8550,18 +8575,28 @@ sealed class SottoException: kotlin.Exception() {
      * or the user never registered there).
      */
     class UnknownUser(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
      * A wait (`flush`, `waitSynced`, linking) ended before what it waited for.
      */
     class Timeout(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8603,9 +8638,14 @@ sealed class SottoException: kotlin.Exception() {
      * The file exceeds the largest attachment size.
      */
     class AttachmentTooLarge(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8641,9 +8681,14 @@ sealed class SottoException: kotlin.Exception() {
      * Only the primary device (holding the account key) links and unlinks.
      */
     class NotPrimary(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8651,9 +8696,14 @@ sealed class SottoException: kotlin.Exception() {
      * invitation: `acceptGroup` first).
      */
     class NotAccepted(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8674,18 +8724,28 @@ sealed class SottoException: kotlin.Exception() {
      * This device is in no group with that id (or no longer a member).
      */
     class UnknownGroup(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
      * Only the group's admins may do this.
      */
     class NotGroupAdmin(
+        
+        /**
+         * What happened, in words for a log or a developer.
+         */
+        val `reason`: kotlin.String
         ) : SottoException() {
         override val message
-            get() = ""
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -8724,7 +8784,9 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             1 -> SottoException.InvalidInput(
                 FfiConverterString.read(buf),
                 )
-            2 -> SottoException.Closed()
+            2 -> SottoException.Closed(
+                FfiConverterString.read(buf),
+                )
             3 -> SottoException.Busy(
                 FfiConverterString.read(buf),
                 )
@@ -8746,7 +8808,9 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             9 -> SottoException.InvalidKey(
                 FfiConverterString.read(buf),
                 )
-            10 -> SottoException.DecryptFailed()
+            10 -> SottoException.DecryptFailed(
+                FfiConverterString.read(buf),
+                )
             11 -> SottoException.DuplicateMessage(
                 FfiConverterUInt.read(buf),
                 )
@@ -8756,12 +8820,16 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             13 -> SottoException.TooFarInFuture(
                 FfiConverterUInt.read(buf),
                 )
-            14 -> SottoException.NoSession()
+            14 -> SottoException.NoSession(
+                FfiConverterString.read(buf),
+                )
             15 -> SottoException.UnknownPrekey(
                 FfiConverterString.read(buf),
                 FfiConverterUInt.read(buf),
                 )
-            16 -> SottoException.ReplayedPreKeyMessage()
+            16 -> SottoException.ReplayedPreKeyMessage(
+                FfiConverterString.read(buf),
+                )
             17 -> SottoException.OneTimePrekeyReused(
                 FfiConverterString.read(buf),
                 FfiConverterUInt.read(buf),
@@ -8772,7 +8840,9 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             19 -> SottoException.WrongDevice(
                 FfiConverterUInt.read(buf),
                 )
-            20 -> SottoException.NoIdentity()
+            20 -> SottoException.NoIdentity(
+                FfiConverterString.read(buf),
+                )
             21 -> SottoException.CorruptRecord(
                 FfiConverterString.read(buf),
                 )
@@ -8786,8 +8856,12 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             24 -> SottoException.InvalidAddress(
                 FfiConverterString.read(buf),
                 )
-            25 -> SottoException.UnknownUser()
-            26 -> SottoException.Timeout()
+            25 -> SottoException.UnknownUser(
+                FfiConverterString.read(buf),
+                )
+            26 -> SottoException.Timeout(
+                FfiConverterString.read(buf),
+                )
             27 -> SottoException.Relay(
                 FfiConverterOptionalString.read(buf),
                 FfiConverterString.read(buf),
@@ -8795,20 +8869,30 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             28 -> SottoException.AttachmentRejected(
                 FfiConverterString.read(buf),
                 )
-            29 -> SottoException.AttachmentTooLarge()
+            29 -> SottoException.AttachmentTooLarge(
+                FfiConverterString.read(buf),
+                )
             30 -> SottoException.AttachmentIo(
                 FfiConverterString.read(buf),
                 )
             31 -> SottoException.DeviceListRejected(
                 FfiConverterString.read(buf),
                 )
-            32 -> SottoException.NotPrimary()
-            33 -> SottoException.NotAccepted()
+            32 -> SottoException.NotPrimary(
+                FfiConverterString.read(buf),
+                )
+            33 -> SottoException.NotAccepted(
+                FfiConverterString.read(buf),
+                )
             34 -> SottoException.GroupRejected(
                 FfiConverterString.read(buf),
                 )
-            35 -> SottoException.UnknownGroup()
-            36 -> SottoException.NotGroupAdmin()
+            35 -> SottoException.UnknownGroup(
+                FfiConverterString.read(buf),
+                )
+            36 -> SottoException.NotGroupAdmin(
+                FfiConverterString.read(buf),
+                )
             37 -> SottoException.GroupTooLarge(
                 FfiConverterString.read(buf),
                 )
@@ -8826,6 +8910,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             is SottoException.Closed -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.Busy -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -8865,6 +8950,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             is SottoException.DecryptFailed -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.DuplicateMessage -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -8884,6 +8970,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             is SottoException.NoSession -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.UnknownPrekey -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -8894,6 +8981,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             is SottoException.ReplayedPreKeyMessage -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.OneTimePrekeyReused -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -8914,6 +9002,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             is SottoException.NoIdentity -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.CorruptRecord -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -8939,10 +9028,12 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             is SottoException.UnknownUser -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.Timeout -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.Relay -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -8958,6 +9049,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             is SottoException.AttachmentTooLarge -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.AttachmentIo -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -8972,10 +9064,12 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             is SottoException.NotPrimary -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.NotAccepted -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.GroupRejected -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -8985,10 +9079,12 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             is SottoException.UnknownGroup -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.NotGroupAdmin -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SottoException.GroupTooLarge -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -9007,6 +9103,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             }
             is SottoException.Closed -> {
                 buf.putInt(2)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.Busy -> {
@@ -9046,6 +9143,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             }
             is SottoException.DecryptFailed -> {
                 buf.putInt(10)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.DuplicateMessage -> {
@@ -9065,6 +9163,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             }
             is SottoException.NoSession -> {
                 buf.putInt(14)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.UnknownPrekey -> {
@@ -9075,6 +9174,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             }
             is SottoException.ReplayedPreKeyMessage -> {
                 buf.putInt(16)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.OneTimePrekeyReused -> {
@@ -9095,6 +9195,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             }
             is SottoException.NoIdentity -> {
                 buf.putInt(20)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.CorruptRecord -> {
@@ -9120,10 +9221,12 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             }
             is SottoException.UnknownUser -> {
                 buf.putInt(25)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.Timeout -> {
                 buf.putInt(26)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.Relay -> {
@@ -9139,6 +9242,7 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             }
             is SottoException.AttachmentTooLarge -> {
                 buf.putInt(29)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.AttachmentIo -> {
@@ -9153,10 +9257,12 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             }
             is SottoException.NotPrimary -> {
                 buf.putInt(32)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.NotAccepted -> {
                 buf.putInt(33)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.GroupRejected -> {
@@ -9166,10 +9272,12 @@ public object FfiConverterTypeSottoError : FfiConverterRustBuffer<SottoException
             }
             is SottoException.UnknownGroup -> {
                 buf.putInt(35)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.NotGroupAdmin -> {
                 buf.putInt(36)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SottoException.GroupTooLarge -> {

@@ -116,6 +116,8 @@ class FlowTest {
             carol.shutdown()
             val ended = withTimeout(WAIT_MS) { pending.await() }
             assertTrue(ended.exceptionOrNull() is SottoException.Closed, "$ended")
+            // Every exception says what happened.
+            assertTrue(ended.exceptionOrNull()!!.message!!.contains("shut down"), "${ended.exceptionOrNull()?.message}")
             // Nothing held the client: shutdown did not wait out its 2 s grace.
             assertTrue(System.nanoTime() - started < 1_500_000_000L, "shutdown waited for the pending call")
         }
