@@ -295,24 +295,16 @@ impl SottoClient {
     }
 
     /// Waits until everything queued went out, or fails with `Timeout`.
-    pub async fn flush(&self, timeout_ms: u64) -> Result<()> {
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
         let client = self.core()?;
-        in_runtime(self.until_closed(async move {
-            Ok(client.flush(Duration::from_millis(timeout_ms)).await?)
-        }))?
-        .await
+        in_runtime(self.until_closed(async move { Ok(client.flush(timeout).await?) }))?.await
     }
 
     /// Waits until the backlog waiting at the relay when this device
     /// (re)connected was processed, or fails with `Timeout`.
-    pub async fn wait_synced(&self, timeout_ms: u64) -> Result<()> {
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<()> {
         let client = self.core()?;
-        in_runtime(self.until_closed(async move {
-            Ok(client
-                .wait_synced(Duration::from_millis(timeout_ms))
-                .await?)
-        }))?
-        .await
+        in_runtime(self.until_closed(async move { Ok(client.wait_synced(timeout).await?) }))?.await
     }
 
     /// The safety number to compare with `peer`: computed from both users'

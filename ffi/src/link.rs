@@ -60,25 +60,25 @@ impl Linking {
         self.code.clone()
     }
 
-    /// Waits up to `timeout_ms` for the existing device's offer; returns the
+    /// Waits up to `timeout` for the existing device's offer; returns the
     /// six digits to compare with the ones it shows.
-    pub async fn wait_offer(&self, timeout_ms: u64) -> Result<String> {
+    pub async fn wait_offer(&self, timeout: Duration) -> Result<String> {
         in_runtime(async move {
             let mut state = self.state.lock().await;
             let l = state.as_mut().ok_or(SottoError::closed())?;
-            Ok(l.wait_offer(Duration::from_millis(timeout_ms)).await?)
+            Ok(l.wait_offer(timeout).await?)
         })?
         .await
     }
 
-    /// The user confirmed the digits here: waits up to `timeout_ms` for the
+    /// The user confirmed the digits here: waits up to `timeout` for the
     /// grant from the primary device (a certificate for this device's own
     /// identity and the signed device list) and returns this device's client.
     /// Used once; later calls fail with `Closed`.
-    pub async fn finish(&self, timeout_ms: u64) -> Result<Arc<SottoClient>> {
+    pub async fn finish(&self, timeout: Duration) -> Result<Arc<SottoClient>> {
         in_runtime(async move {
             let l = self.state.lock().await.take().ok_or(SottoError::closed())?;
-            let client = l.finish(Duration::from_millis(timeout_ms)).await?;
+            let client = l.finish(timeout).await?;
             Ok(SottoClient::wrap(client, self.generation))
         })?
         .await
@@ -115,13 +115,13 @@ impl PendingLink {
 
 #[uniffi::export]
 impl PendingLink {
-    /// Waits up to `timeout_ms` for the new device to answer the offer and
+    /// Waits up to `timeout` for the new device to answer the offer and
     /// returns the six digits to compare with its screen.
-    pub async fn wait_digits(&self, timeout_ms: u64) -> Result<String> {
+    pub async fn wait_digits(&self, timeout: Duration) -> Result<String> {
         in_runtime(async move {
             let mut pending = self.pending.lock().await;
             let p = pending.as_mut().ok_or(SottoError::closed())?;
-            let digits = p.wait_digits(Duration::from_millis(timeout_ms)).await?;
+            let digits = p.wait_digits(timeout).await?;
             *self.digits.lock().unwrap_or_else(PoisonError::into_inner) = Some(digits.clone());
             Ok(digits)
         })?

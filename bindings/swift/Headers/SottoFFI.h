@@ -336,7 +336,7 @@ uint64_t uniffi_sotto_ffi_fn_method_sottoclient_download_attachment(uint64_t ptr
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_FLUSH
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_FLUSH
-uint64_t uniffi_sotto_ffi_fn_method_sottoclient_flush(uint64_t ptr, uint64_t timeout_ms
+uint64_t uniffi_sotto_ffi_fn_method_sottoclient_flush(uint64_t ptr, RustBuffer timeout
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_IS_PRIMARY
@@ -416,7 +416,7 @@ uint64_t uniffi_sotto_ffi_fn_method_sottoclient_unlink_device(uint64_t ptr, uint
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_WAIT_SYNCED
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_WAIT_SYNCED
-uint64_t uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(uint64_t ptr, uint64_t timeout_ms
+uint64_t uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(uint64_t ptr, RustBuffer timeout
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_SOTTOCLIENT_ACCEPT_GROUP
@@ -741,12 +741,12 @@ RustBuffer uniffi_sotto_ffi_fn_method_linking_code(uint64_t ptr, RustCallStatus 
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_LINKING_FINISH
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_LINKING_FINISH
-uint64_t uniffi_sotto_ffi_fn_method_linking_finish(uint64_t ptr, uint64_t timeout_ms
+uint64_t uniffi_sotto_ffi_fn_method_linking_finish(uint64_t ptr, RustBuffer timeout
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_LINKING_WAIT_OFFER
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_LINKING_WAIT_OFFER
-uint64_t uniffi_sotto_ffi_fn_method_linking_wait_offer(uint64_t ptr, uint64_t timeout_ms
+uint64_t uniffi_sotto_ffi_fn_method_linking_wait_offer(uint64_t ptr, RustBuffer timeout
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_CLONE_PENDINGLINK
@@ -766,7 +766,7 @@ RustBuffer uniffi_sotto_ffi_fn_method_pendinglink_digits(uint64_t ptr, RustCallS
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PENDINGLINK_WAIT_DIGITS
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PENDINGLINK_WAIT_DIGITS
-uint64_t uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(uint64_t ptr, uint64_t timeout_ms
+uint64_t uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(uint64_t ptr, RustBuffer timeout
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_CLONE_EVENTLISTENER

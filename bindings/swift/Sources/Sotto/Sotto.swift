@@ -604,6 +604,34 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
     }
 }
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterDuration: FfiConverterRustBuffer {
+    typealias SwiftType = TimeInterval
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> TimeInterval {
+        let seconds: UInt64 = try readInt(&buf)
+        let nanoseconds: UInt32 = try readInt(&buf)
+        return Double(seconds) + (Double(nanoseconds) / 1.0e9)
+    }
+
+    public static func write(_ value: TimeInterval, into buf: inout [UInt8]) {
+        if value.rounded(.down) > Double(Int64.max) {
+            fatalError("Duration overflow, exceeds max bounds supported by Uniffi")
+        }
+
+        if value < 0 {
+            fatalError("Invalid duration, must be non-negative")
+        }
+
+        let seconds = UInt64(value)
+        let nanoseconds = UInt32((value - Double(seconds)) * 1.0e9)
+        writeInt(&buf, seconds)
+        writeInt(&buf, nanoseconds)
+    }
+}
+
 
 
 
@@ -1619,18 +1647,18 @@ public protocol LinkingProtocol: AnyObject, Sendable {
     func code()  -> String
     
     /**
-     * The user confirmed the digits here: waits up to `timeout_ms` for the
+     * The user confirmed the digits here: waits up to `timeout` for the
      * grant from the primary device (a certificate for this device's own
      * identity and the signed device list) and returns this device's client.
      * Used once; later calls fail with `Closed`.
      */
-    func finish(timeoutMs: UInt64) async throws  -> SottoClient
+    func finish(timeout: TimeInterval) async throws  -> SottoClient
     
     /**
-     * Waits up to `timeout_ms` for the existing device's offer; returns the
+     * Waits up to `timeout` for the existing device's offer; returns the
      * six digits to compare with the ones it shows.
      */
-    func waitOffer(timeoutMs: UInt64) async throws  -> String
+    func waitOffer(timeout: TimeInterval) async throws  -> String
     
 }
 /**
@@ -1721,17 +1749,17 @@ open func code() -> String  {
 }
     
     /**
-     * The user confirmed the digits here: waits up to `timeout_ms` for the
+     * The user confirmed the digits here: waits up to `timeout` for the
      * grant from the primary device (a certificate for this device's own
      * identity and the signed device list) and returns this device's client.
      * Used once; later calls fail with `Closed`.
      */
-open func finish(timeoutMs: UInt64)async throws  -> SottoClient  {
+open func finish(timeout: TimeInterval)async throws  -> SottoClient  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_sotto_ffi_fn_method_linking_finish(
-                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                        self.uniffiCloneHandle(),FfiConverterDuration.lower(timeout)
                 )
             },
             pollFunc: ffi_sotto_ffi_rust_future_poll_u64,
@@ -1743,15 +1771,15 @@ open func finish(timeoutMs: UInt64)async throws  -> SottoClient  {
 }
     
     /**
-     * Waits up to `timeout_ms` for the existing device's offer; returns the
+     * Waits up to `timeout` for the existing device's offer; returns the
      * six digits to compare with the ones it shows.
      */
-open func waitOffer(timeoutMs: UInt64)async throws  -> String  {
+open func waitOffer(timeout: TimeInterval)async throws  -> String  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_sotto_ffi_fn_method_linking_wait_offer(
-                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                        self.uniffiCloneHandle(),FfiConverterDuration.lower(timeout)
                 )
             },
             pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
@@ -1823,10 +1851,10 @@ public protocol PendingLinkProtocol: AnyObject, Sendable {
     func digits()  -> String?
     
     /**
-     * Waits up to `timeout_ms` for the new device to answer the offer and
+     * Waits up to `timeout` for the new device to answer the offer and
      * returns the six digits to compare with its screen.
      */
-    func waitDigits(timeoutMs: UInt64) async throws  -> String
+    func waitDigits(timeout: TimeInterval) async throws  -> String
     
 }
 /**
@@ -1898,15 +1926,15 @@ open func digits() -> String?  {
 }
     
     /**
-     * Waits up to `timeout_ms` for the new device to answer the offer and
+     * Waits up to `timeout` for the new device to answer the offer and
      * returns the six digits to compare with its screen.
      */
-open func waitDigits(timeoutMs: UInt64)async throws  -> String  {
+open func waitDigits(timeout: TimeInterval)async throws  -> String  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(
-                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                        self.uniffiCloneHandle(),FfiConverterDuration.lower(timeout)
                 )
             },
             pollFunc: ffi_sotto_ffi_rust_future_poll_rust_buffer,
@@ -2391,7 +2419,7 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
     /**
      * Waits until everything queued went out, or fails with `Timeout`.
      */
-    func flush(timeoutMs: UInt64) async throws 
+    func flush(timeout: TimeInterval) async throws 
     
     /**
      * True if this is the primary device (only it links and unlinks devices).
@@ -2485,7 +2513,7 @@ public protocol SottoClientProtocol: AnyObject, Sendable {
      * Waits until the backlog waiting at the relay when this device
      * (re)connected was processed, or fails with `Timeout`.
      */
-    func waitSynced(timeoutMs: UInt64) async throws 
+    func waitSynced(timeout: TimeInterval) async throws 
     
     /**
      * Accepts an invitation from a user this user had not accepted.
@@ -2895,12 +2923,12 @@ open func downloadAttachment(from: String, attachment: Attachment, dest: String)
     /**
      * Waits until everything queued went out, or fails with `Timeout`.
      */
-open func flush(timeoutMs: UInt64)async throws   {
+open func flush(timeout: TimeInterval)async throws   {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_sotto_ffi_fn_method_sottoclient_flush(
-                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                        self.uniffiCloneHandle(),FfiConverterDuration.lower(timeout)
                 )
             },
             pollFunc: ffi_sotto_ffi_rust_future_poll_void,
@@ -3149,12 +3177,12 @@ open func unlinkDevice(deviceId: UInt32)async throws   {
      * Waits until the backlog waiting at the relay when this device
      * (re)connected was processed, or fails with `Timeout`.
      */
-open func waitSynced(timeoutMs: UInt64)async throws   {
+open func waitSynced(timeout: TimeInterval)async throws   {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(
-                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                        self.uniffiCloneHandle(),FfiConverterDuration.lower(timeout)
                 )
             },
             pollFunc: ffi_sotto_ffi_rust_future_poll_void,
@@ -6481,7 +6509,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_sottoclient_download_attachment() != 61108) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_sottoclient_flush() != 6703) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_flush() != 34008) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_is_primary() != 25845) {
@@ -6529,7 +6557,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_sottoclient_unlink_device() != 54514) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() != 7269) {
+    if (uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() != 55820) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_sottoclient_accept_group() != 31269) {
@@ -6676,16 +6704,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_linking_code() != 58900) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_linking_finish() != 52614) {
+    if (uniffi_sotto_ffi_checksum_method_linking_finish() != 63721) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_linking_wait_offer() != 36156) {
+    if (uniffi_sotto_ffi_checksum_method_linking_wait_offer() != 39044) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_pendinglink_digits() != 12378) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_pendinglink_wait_digits() != 2861) {
+    if (uniffi_sotto_ffi_checksum_method_pendinglink_wait_digits() != 19003) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_eventlistener_on_event() != 31085) {

@@ -228,11 +228,11 @@ final class ClientTests: XCTestCase {
         let linking = try await Linking.start(dbPath: dir.appendingPathComponent("alice2.db").path,
                                               storageKey: randomKey(), relay: relay.address)
         let pending = try await alice.linkDevice(code: linking.code())
-        let digits = try await linking.waitOffer(timeoutMs: waitMs)
+        let digits = try await linking.waitOffer(timeout: Double(waitMs) / 1000)
         XCTAssertEqual(digits, pending.digits())
         let deviceId = try await alice.confirmLink(pending: pending)
         XCTAssertEqual(deviceId, 2)
-        let alice2 = try await linking.finish(timeoutMs: waitMs)
+        let alice2 = try await linking.finish(timeout: Double(waitMs) / 1000)
         XCTAssertEqual(alice2.address(), alice.address())
         _ = try bob.sendText(to: alice.address(), text: "to both of you")
         let (_, m1) = try await alice.nextMessage()

@@ -37,8 +37,8 @@ final class LiveTests: XCTestCase {
         }
         _ = try bob.sendText(to: alice.address(), text: "hello")
         _ = try await alice.nextMessage()
-        try await alice.waitSynced(timeoutMs: waitMs)
-        try await bob.waitSynced(timeoutMs: waitMs)
+        try await alice.waitSynced(timeout: Double(waitMs) / 1000)
+        try await bob.waitSynced(timeout: Double(waitMs) / 1000)
 
         try alice.watchPresence(contact: bob.address())
         var e = try await alice.nextLiveEvent()

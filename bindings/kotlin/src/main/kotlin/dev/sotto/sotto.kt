@@ -943,7 +943,7 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_sotto_ffi_fn_method_sottoclient_download_attachment(`ptr`: Long,`from`: RustBuffer.ByValue,`attachment`: Long,`dest`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_sotto_ffi_fn_method_sottoclient_flush(`ptr`: Long,`timeoutMs`: Long,
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_flush(`ptr`: Long,`timeout`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_sotto_ffi_fn_method_sottoclient_is_primary(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
@@ -975,7 +975,7 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_method_sottoclient_unlink_device(`ptr`: Long,`deviceId`: Int,
     ): Long
-    external fun uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(`ptr`: Long,`timeoutMs`: Long,
+    external fun uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(`ptr`: Long,`timeout`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_sotto_ffi_fn_method_sottoclient_accept_group(`ptr`: Long,`groupId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
@@ -1105,9 +1105,9 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_sotto_ffi_fn_method_linking_code(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_sotto_ffi_fn_method_linking_finish(`ptr`: Long,`timeoutMs`: Long,
+    external fun uniffi_sotto_ffi_fn_method_linking_finish(`ptr`: Long,`timeout`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_sotto_ffi_fn_method_linking_wait_offer(`ptr`: Long,`timeoutMs`: Long,
+    external fun uniffi_sotto_ffi_fn_method_linking_wait_offer(`ptr`: Long,`timeout`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_sotto_ffi_fn_clone_pendinglink(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1115,7 +1115,7 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_sotto_ffi_fn_method_pendinglink_digits(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(`ptr`: Long,`timeoutMs`: Long,
+    external fun uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(`ptr`: Long,`timeout`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_sotto_ffi_fn_clone_eventlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1291,7 +1291,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_download_attachment() and 0xFFFF) != 61108) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_flush() and 0xFFFF) != 6703) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_flush() and 0xFFFF) != 34008) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_is_primary() and 0xFFFF) != 25845) {
@@ -1339,7 +1339,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_unlink_device() and 0xFFFF) != 54514) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() and 0xFFFF) != 7269) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_wait_synced() and 0xFFFF) != 55820) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_sottoclient_accept_group() and 0xFFFF) != 31269) {
@@ -1486,16 +1486,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_linking_code() and 0xFFFF) != 58900) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_linking_finish() and 0xFFFF) != 52614) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_linking_finish() and 0xFFFF) != 63721) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_linking_wait_offer() and 0xFFFF) != 36156) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_linking_wait_offer() and 0xFFFF) != 39044) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_pendinglink_digits() and 0xFFFF) != 12378) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_pendinglink_wait_digits() and 0xFFFF) != 2861) {
+    if ((lib.uniffi_sotto_ffi_checksum_method_pendinglink_wait_digits() and 0xFFFF) != 19003) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_eventlistener_on_event() and 0xFFFF) != 31085) {
@@ -1937,6 +1937,47 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
     override fun write(value: ByteArray, buf: ByteBuffer) {
         buf.putInt(value.size)
         buf.put(value)
+    }
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterDuration: FfiConverterRustBuffer<java.time.Duration> {
+    override fun read(buf: ByteBuffer): java.time.Duration {
+        // Type mismatch (should be u64) but we check for overflow/underflow below
+        val seconds = buf.getLong()
+        // Type mismatch (should be u32) but we check for overflow/underflow below
+        val nanoseconds = buf.getInt().toLong()
+        if (seconds < 0) {
+            throw java.time.DateTimeException("Duration exceeds minimum or maximum value supported by uniffi")
+        }
+        if (nanoseconds < 0) {
+            throw java.time.DateTimeException("Duration nanoseconds exceed minimum or maximum supported by uniffi")
+        }
+        return java.time.Duration.ofSeconds(seconds, nanoseconds)
+    }
+
+    // 8 bytes for seconds, 4 bytes for nanoseconds
+    override fun allocationSize(value: java.time.Duration) = 12UL
+
+    override fun write(value: java.time.Duration, buf: ByteBuffer) {
+        if (value.seconds < 0) {
+            // Rust does not support negative Durations
+            throw IllegalArgumentException("Invalid duration, must be non-negative")
+        }
+
+        if (value.nano < 0) {
+            // Java docs provide guarantee that nano will always be positive, so this should be impossible
+            // See: https://docs.oracle.com/javase/8/docs/api/java/time/Duration.html
+            throw IllegalArgumentException("Invalid duration, nano value must be non-negative")
+        }
+
+        // Type mismatch (should be u64) but since Rust doesn't support negative durations we should be OK
+        buf.putLong(value.seconds)
+        // Type mismatch (should be u32) but since values will always be between 0 and 999,999,999 it should be OK
+        buf.putInt(value.nano)
     }
 }
 
@@ -3673,18 +3714,18 @@ public interface LinkingInterface {
     fun `code`(): kotlin.String
     
     /**
-     * The user confirmed the digits here: waits up to `timeout_ms` for the
+     * The user confirmed the digits here: waits up to `timeout` for the
      * grant from the primary device (a certificate for this device's own
      * identity and the signed device list) and returns this device's client.
      * Used once; later calls fail with `Closed`.
      */
-    suspend fun `finish`(`timeoutMs`: kotlin.ULong): SottoClient
+    suspend fun `finish`(`timeout`: java.time.Duration): SottoClient
     
     /**
-     * Waits up to `timeout_ms` for the existing device's offer; returns the
+     * Waits up to `timeout` for the existing device's offer; returns the
      * six digits to compare with the ones it shows.
      */
-    suspend fun `waitOffer`(`timeoutMs`: kotlin.ULong): kotlin.String
+    suspend fun `waitOffer`(`timeout`: java.time.Duration): kotlin.String
     
     companion object
 }
@@ -3811,20 +3852,20 @@ open class Linking: Disposable, AutoCloseable, LinkingInterface
 
     
     /**
-     * The user confirmed the digits here: waits up to `timeout_ms` for the
+     * The user confirmed the digits here: waits up to `timeout` for the
      * grant from the primary device (a certificate for this device's own
      * identity and the signed device list) and returns this device's client.
      * Used once; later calls fail with `Closed`.
      */
     @Throws(SottoException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `finish`(`timeoutMs`: kotlin.ULong) : SottoClient {
+    override suspend fun `finish`(`timeout`: java.time.Duration) : SottoClient {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
             UniffiLib.uniffi_sotto_ffi_fn_method_linking_finish(
                 uniffiHandle,
                 
-        FfiConverterULong.lower(`timeoutMs`),
+        FfiConverterDuration.lower(`timeout`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_u64(future, callback, continuation) },
@@ -3839,18 +3880,18 @@ open class Linking: Disposable, AutoCloseable, LinkingInterface
 
     
     /**
-     * Waits up to `timeout_ms` for the existing device's offer; returns the
+     * Waits up to `timeout` for the existing device's offer; returns the
      * six digits to compare with the ones it shows.
      */
     @Throws(SottoException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `waitOffer`(`timeoutMs`: kotlin.ULong) : kotlin.String {
+    override suspend fun `waitOffer`(`timeout`: java.time.Duration) : kotlin.String {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
             UniffiLib.uniffi_sotto_ffi_fn_method_linking_wait_offer(
                 uniffiHandle,
                 
-        FfiConverterULong.lower(`timeoutMs`),
+        FfiConverterDuration.lower(`timeout`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
@@ -4029,10 +4070,10 @@ public interface PendingLinkInterface {
     fun `digits`(): kotlin.String?
     
     /**
-     * Waits up to `timeout_ms` for the new device to answer the offer and
+     * Waits up to `timeout` for the new device to answer the offer and
      * returns the six digits to compare with its screen.
      */
-    suspend fun `waitDigits`(`timeoutMs`: kotlin.ULong): kotlin.String
+    suspend fun `waitDigits`(`timeout`: java.time.Duration): kotlin.String
     
     companion object
 }
@@ -4159,18 +4200,18 @@ open class PendingLink: Disposable, AutoCloseable, PendingLinkInterface
 
     
     /**
-     * Waits up to `timeout_ms` for the new device to answer the offer and
+     * Waits up to `timeout` for the new device to answer the offer and
      * returns the six digits to compare with its screen.
      */
     @Throws(SottoException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `waitDigits`(`timeoutMs`: kotlin.ULong) : kotlin.String {
+    override suspend fun `waitDigits`(`timeout`: java.time.Duration) : kotlin.String {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
             UniffiLib.uniffi_sotto_ffi_fn_method_pendinglink_wait_digits(
                 uniffiHandle,
                 
-        FfiConverterULong.lower(`timeoutMs`),
+        FfiConverterDuration.lower(`timeout`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
@@ -5035,7 +5076,7 @@ public interface SottoClientInterface {
     /**
      * Waits until everything queued went out, or fails with `Timeout`.
      */
-    suspend fun `flush`(`timeoutMs`: kotlin.ULong)
+    suspend fun `flush`(`timeout`: java.time.Duration)
     
     /**
      * True if this is the primary device (only it links and unlinks devices).
@@ -5129,7 +5170,7 @@ public interface SottoClientInterface {
      * Waits until the backlog waiting at the relay when this device
      * (re)connected was processed, or fails with `Timeout`.
      */
-    suspend fun `waitSynced`(`timeoutMs`: kotlin.ULong)
+    suspend fun `waitSynced`(`timeout`: java.time.Duration)
     
     /**
      * Accepts an invitation from a user this user had not accepted.
@@ -5582,13 +5623,13 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
      */
     @Throws(SottoException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `flush`(`timeoutMs`: kotlin.ULong) {
+    override suspend fun `flush`(`timeout`: java.time.Duration) {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
             UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_flush(
                 uniffiHandle,
                 
-        FfiConverterULong.lower(`timeoutMs`),
+        FfiConverterDuration.lower(`timeout`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_void(future, callback, continuation) },
@@ -5924,13 +5965,13 @@ open class SottoClient: Disposable, AutoCloseable, SottoClientInterface
      */
     @Throws(SottoException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `waitSynced`(`timeoutMs`: kotlin.ULong) {
+    override suspend fun `waitSynced`(`timeout`: java.time.Duration) {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
             UniffiLib.uniffi_sotto_ffi_fn_method_sottoclient_wait_synced(
                 uniffiHandle,
                 
-        FfiConverterULong.lower(`timeoutMs`),
+        FfiConverterDuration.lower(`timeout`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_void(future, callback, continuation) },

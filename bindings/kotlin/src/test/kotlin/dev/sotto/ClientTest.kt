@@ -31,6 +31,7 @@ import java.util.concurrent.atomic.AtomicInteger
 
 /** Generous bound for anything that goes through the relay. */
 const val WAIT_MS = 30_000L
+val WAIT: java.time.Duration = java.time.Duration.ofMillis(WAIT_MS)
 
 fun randomKey(): ByteArray = ByteArray(32).also { SecureRandom().nextBytes(it) }
 
@@ -118,7 +119,7 @@ class ClientTest {
                     alice.sendText(bob.address(), "back $i")
                     assertEquals("back $i", bob.nextMessage().second.text)
                 }
-                alice.flush(WAIT_MS.toULong())
+                alice.flush(WAIT)
                 assertEquals(0uL, alice.pendingOutgoing())
 
                 alice.safetyNumber(bob.address()).use { a ->
@@ -330,14 +331,14 @@ class ClientTest {
                     assertTrue(linking.code().startsWith("link:"))
                     alice.linkDevice(linking.code()).use { pending ->
                         assertNull(pending.digits())
-                        val digits = linking.waitOffer(WAIT_MS.toULong())
+                        val digits = linking.waitOffer(WAIT)
                         assertEquals(6, digits.length)
-                        assertEquals(pending.waitDigits(WAIT_MS.toULong()), digits)
+                        assertEquals(pending.waitDigits(WAIT), digits)
                         assertEquals(digits, pending.digits())
                         assertEquals(2u, alice.confirmLink(pending))
                         assertThrows<SottoException.Closed> { runBlocking { alice.confirmLink(pending) } }
                     }
-                    linking.finish(WAIT_MS.toULong()).use { alice2 ->
+                    linking.finish(WAIT).use { alice2 ->
                         assertEquals(alice.address(), alice2.address())
                         assertEquals(2u, alice2.deviceId())
                         // Only the primary holds the account key.

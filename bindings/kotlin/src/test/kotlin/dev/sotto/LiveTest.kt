@@ -45,8 +45,8 @@ class LiveTest {
                 bob.nextMessage()
                 bob.sendText(alice.address(), "hello")
                 alice.nextMessage()
-                alice.waitSynced(WAIT_MS.toULong())
-                bob.waitSynced(WAIT_MS.toULong())
+                alice.waitSynced(WAIT)
+                bob.waitSynced(WAIT)
 
                 // A stranger's address cannot be watched.
                 assertThrows<SottoException.NotAccepted> {

@@ -98,7 +98,7 @@ private suspend fun chat(dir: Path, relay: String) {
                 val printer = launch(Dispatchers.Default) { for (e in inbox) show(c, dir, e) }
                 readCommands(c)
                 try {
-                    c.flush(10_000uL)
+                    c.flush(java.time.Duration.ofSeconds(10))
                 } catch (e: SottoException.Timeout) {
                     println("some messages are still queued; they go out next time")
                 }
