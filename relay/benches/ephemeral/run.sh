@@ -18,7 +18,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sotto-target}"
     cargo build --release --locked -p sotto-relay -p sotto-loadgen --bins)
 bin="$CARGO_TARGET_DIR/release"
 work="$(mktemp -d)"
-trap 'kill "$relay_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; rm -rf "$work" || true' EXIT
 mkdir -p "$work/relay"
 # Every device registers a delivery token from loopback (one address).
 "$bin/sotto-relay" --data-dir "$work/relay" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
