@@ -426,6 +426,34 @@ fn send_result(r: Result<EnvelopeId>) -> SendResult {
     }
 }
 
+/// The items of a `SendBatch` or `SendEphemeral`, refused whole past
+/// `max_batch_items`, for a malformed recipient or token, or past the send
+/// rate (one token per item).
+fn batch(
+    state: &State,
+    ctx: &Conn,
+    items: Vec<sotto_proto::relay::Send>,
+) -> Result<Vec<Submission>> {
+    if items.len() > state.config.max_batch_items {
+        return Err(RelayError::refusal(
+            ErrorCode::TooManyItems,
+            "batch too large",
+        ));
+    }
+    let items = items
+        .into_iter()
+        .map(|s| {
+            Ok(Submission {
+                to: recipient(&s.recipient)?,
+                payload: s.payload,
+                delivery_token: token(s.delivery_token)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    take_sends(state, ctx, items.len())?;
+    Ok(items)
+}
+
 fn recipient(b: &[u8]) -> Result<MailboxId> {
     MailboxId::from_slice(b)
         .map_err(|_| RelayError::refusal(ErrorCode::Malformed, "recipient must be 32 bytes"))
@@ -477,24 +505,7 @@ async fn dispatch(
         }
         Req::SendBatch(b) => {
             let started = Instant::now();
-            if b.items.len() > state.config.max_batch_items {
-                return Err(RelayError::refusal(
-                    ErrorCode::TooManyItems,
-                    "batch too large",
-                ));
-            }
-            let items = b
-                .items
-                .into_iter()
-                .map(|s| {
-                    Ok(Submission {
-                        to: recipient(&s.recipient)?,
-                        payload: s.payload,
-                        delivery_token: token(s.delivery_token)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            take_sends(state, ctx, items.len())?;
+            let items = batch(state, ctx, b.items)?;
             let results = state
                 .mailboxes
                 .submit(items)
@@ -546,24 +557,7 @@ async fn dispatch(
             ok(Resp::SendSharedOk(SendSharedOk { results }))
         }
         Req::SendEphemeral(b) => {
-            if b.items.len() > state.config.max_batch_items {
-                return Err(RelayError::refusal(
-                    ErrorCode::TooManyItems,
-                    "batch too large",
-                ));
-            }
-            let items = b
-                .items
-                .into_iter()
-                .map(|s| {
-                    Ok(Submission {
-                        to: recipient(&s.recipient)?,
-                        payload: s.payload,
-                        delivery_token: token(s.delivery_token)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            take_sends(state, ctx, items.len())?;
+            let items = batch(state, ctx, b.items)?;
             // Per (source address, mailbox) first: an item past it is
             // refused alone, before the mailbox sees it.
             let now = Instant::now();
