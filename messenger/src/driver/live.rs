@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand_core::OsRng;
 use sotto_core::store::Store;
+use sotto_relay::limits::{BucketMap, TokenBucket};
 use sotto_relay::MailboxId;
 use tokio::sync::broadcast;
 
@@ -29,12 +30,12 @@ const LIVE_EVENT_BUFFER: usize = 256;
 /// them: each costs an X25519 before its sender is known; past this they
 /// are dropped unopened (and counted).
 const OPEN_PER_SEC: f64 = 200.0;
-const OPEN_BURST: f64 = 400.0;
+const OPEN_BURST: u32 = 400;
 /// Signals taken from one contact per second, and in a burst, once its MAC
 /// proved it (a contact's answers and heartbeats come a few a minute): so
 /// one contact cannot make this device answer without bound.
 const PER_USER_PER_SEC: f64 = 2.0;
-const PER_USER_BURST: f64 = 20.0;
+const PER_USER_BURST: u32 = 20;
 /// Contacts whose allowance is tracked (refilled ones are forgotten first).
 const PER_USER_TRACKED: usize = 1024;
 /// Most items in one `SendEphemeral` (well under the relay's
@@ -85,49 +86,13 @@ impl LiveEvents {
     }
 }
 
-/// A token bucket: tokens, and when they were counted.
-#[derive(Debug, Clone, Copy)]
-struct Bucket(f64, Instant);
-
-impl Bucket {
-    fn full(burst: f64) -> Self {
-        Bucket(burst, Instant::now())
-    }
-
-    fn tokens(&self, now: Instant, per_sec: f64, burst: f64) -> f64 {
-        (self.0 + now.duration_since(self.1).as_secs_f64() * per_sec).min(burst)
-    }
-
-    fn take(&mut self, per_sec: f64, burst: f64) -> bool {
-        let now = Instant::now();
-        let tokens = self.tokens(now, per_sec, burst);
-        let ok = tokens >= 1.0;
-        *self = Bucket(if ok { tokens - 1.0 } else { tokens }, now);
-        ok
-    }
-}
-
 /// What the receive path keeps between signals.
-#[derive(Default)]
 struct Receiving {
     mac_keys: MacKeys,
     replay: ReplayCache,
-    per_user: HashMap<[u8; 32], Bucket>,
-}
-
-/// Takes one of `user`'s allowance.
-fn take_for(per_user: &mut HashMap<[u8; 32], Bucket>, user: [u8; 32]) -> bool {
-    if per_user.len() >= PER_USER_TRACKED && !per_user.contains_key(&user) {
-        let now = Instant::now();
-        per_user.retain(|_, b| b.tokens(now, PER_USER_PER_SEC, PER_USER_BURST) < PER_USER_BURST);
-        if per_user.len() >= PER_USER_TRACKED {
-            return false;
-        }
-    }
-    per_user
-        .entry(user)
-        .or_insert_with(|| Bucket::full(PER_USER_BURST))
-        .take(PER_USER_PER_SEC, PER_USER_BURST)
+    /// Each contact's allowance (the relay's bounded bucket map: at most
+    /// `PER_USER_TRACKED` contacts, refilled ones forgotten first).
+    per_user: BucketMap<[u8; 32]>,
 }
 
 /// The live half of [`Inner`].
@@ -141,7 +106,7 @@ pub(crate) struct LiveState {
     mac_keys: std::sync::Mutex<MacKeys>,
     receiving: std::sync::Mutex<Receiving>,
     /// The opening allowance, whoever sent.
-    allowance: std::sync::Mutex<Bucket>,
+    allowance: std::sync::Mutex<TokenBucket>,
     /// The engine's clock: monotonic (a wall-clock step never stalls or
     /// rushes its timers), started at the wall clock's reading.
     started: (Instant, u64),
@@ -173,8 +138,16 @@ impl LiveState {
             wake: tokio::sync::Notify::new(),
             events: broadcast::channel(LIVE_EVENT_BUFFER).0,
             mac_keys: Default::default(),
-            receiving: Default::default(),
-            allowance: std::sync::Mutex::new(Bucket::full(OPEN_BURST)),
+            receiving: std::sync::Mutex::new(Receiving {
+                mac_keys: MacKeys::default(),
+                replay: ReplayCache::default(),
+                per_user: BucketMap::new(PER_USER_BURST, PER_USER_PER_SEC, PER_USER_TRACKED),
+            }),
+            allowance: std::sync::Mutex::new(TokenBucket::new(
+                OPEN_BURST,
+                OPEN_PER_SEC,
+                Instant::now(),
+            )),
             started,
             last_sent_at: std::sync::Mutex::new(0),
             in_flight: Default::default(),
@@ -244,7 +217,7 @@ fn publish<S: Store + Send + 'static>(inner: &Inner<S>, changes: Vec<LiveChange>
 /// on disk).
 pub(crate) fn receive<S: Store + Send + 'static>(inner: &Inner<S>, payload: &[u8]) {
     let live = &inner.live;
-    let opened = if lock(&live.allowance).take(OPEN_PER_SEC, OPEN_BURST) {
+    let opened = if lock(&live.allowance).try_take(1, Instant::now()) {
         inner.with_device(|d| {
             let mut r = lock(&live.receiving);
             let Receiving {
@@ -253,7 +226,7 @@ pub(crate) fn receive<S: Store + Send + 'static>(inner: &Inner<S>, payload: &[u8
                 per_user,
             } = &mut *r;
             let o = live_wire::open(d, mac_keys, replay, &inner.me, payload, now_ms(), |u| {
-                take_for(per_user, *u)
+                per_user.try_take(*u, 1, Instant::now())
             })?;
             let hidden_from_all = d
                 .store_mut()
