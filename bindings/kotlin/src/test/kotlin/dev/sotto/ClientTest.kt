@@ -10,16 +10,13 @@ import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import kotlinx.coroutines.withTimeoutOrNull
-import org.junit.jupiter.api.AfterAll
 import org.junit.jupiter.api.Assertions.assertArrayEquals
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
 import org.junit.jupiter.api.Assertions.assertNotEquals
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
-import org.junit.jupiter.api.BeforeAll
 import org.junit.jupiter.api.Test
-import org.junit.jupiter.api.TestInstance
 import org.junit.jupiter.api.assertThrows
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Files
@@ -66,22 +63,7 @@ suspend fun SottoClient.awaitState(id: ByteArray, want: DeliveryState) = withTim
     error("unreachable")
 }
 
-@TestInstance(TestInstance.Lifecycle.PER_CLASS)
-class ClientTest {
-    private lateinit var relay: RelayProcess
-
-    @BeforeAll
-    fun startRelay() {
-        relay = RelayProcess.start()
-    }
-
-    @AfterAll
-    fun stopRelay() {
-        relay.close()
-    }
-
-    private suspend fun newUser(dir: Path, name: String): SottoClient =
-        SottoClient.create(dir.resolve("$name.db").toString(), randomKey(), relay.address)
+class ClientTest : RelayTest() {
 
     @Test
     fun `two users talk both ways with delivered and read receipts`(@TempDir dir: Path) = runBlocking {

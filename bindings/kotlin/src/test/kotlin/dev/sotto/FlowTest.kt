@@ -13,31 +13,13 @@ import kotlinx.coroutines.flow.take
 import kotlinx.coroutines.flow.toList
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
-import org.junit.jupiter.api.AfterAll
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
-import org.junit.jupiter.api.BeforeAll
 import org.junit.jupiter.api.Test
-import org.junit.jupiter.api.TestInstance
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Path
 
-@TestInstance(TestInstance.Lifecycle.PER_CLASS)
-class FlowTest {
-    private lateinit var relay: RelayProcess
-
-    @BeforeAll
-    fun startRelay() {
-        relay = RelayProcess.start()
-    }
-
-    @AfterAll
-    fun stopRelay() {
-        relay.close()
-    }
-
-    private suspend fun newUser(dir: Path, name: String): SottoClient =
-        SottoClient.create(dir.resolve("$name.db").toString(), randomKey(), relay.address)
+class FlowTest : RelayTest() {
 
     /** Texts of the next `n` messages, acking everything on the way (explicitly). */
     private suspend fun SottoClient.texts(n: Int): List<String> = withTimeout(WAIT_MS) {

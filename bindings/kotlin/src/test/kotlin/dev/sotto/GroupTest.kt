@@ -9,14 +9,11 @@ package dev.sotto
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import kotlinx.coroutines.withTimeoutOrNull
-import org.junit.jupiter.api.AfterAll
 import org.junit.jupiter.api.Assertions.assertArrayEquals
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
-import org.junit.jupiter.api.BeforeAll
 import org.junit.jupiter.api.Test
-import org.junit.jupiter.api.TestInstance
 import org.junit.jupiter.api.assertThrows
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Path
@@ -49,22 +46,7 @@ suspend fun SottoClient.nextGroupText(): Triple<ByteArray, String, String> = wit
     error("unreachable")
 }
 
-@TestInstance(TestInstance.Lifecycle.PER_CLASS)
-class GroupTest {
-    private lateinit var relay: RelayProcess
-
-    @BeforeAll
-    fun startRelay() {
-        relay = RelayProcess.start()
-    }
-
-    @AfterAll
-    fun stopRelay() {
-        relay.close()
-    }
-
-    private suspend fun newUser(dir: Path, name: String): SottoClient =
-        SottoClient.create(dir.resolve("$name.db").toString(), randomKey(), relay.address)
+class GroupTest : RelayTest() {
 
     @Test
     fun `three users chat in a group and a removed member reads nothing after`(@TempDir dir: Path) = runBlocking {

@@ -7,32 +7,14 @@ package dev.sotto
 import kotlinx.coroutines.async
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
-import org.junit.jupiter.api.AfterAll
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
-import org.junit.jupiter.api.BeforeAll
 import org.junit.jupiter.api.Test
-import org.junit.jupiter.api.TestInstance
 import org.junit.jupiter.api.assertThrows
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Path
 
-@TestInstance(TestInstance.Lifecycle.PER_CLASS)
-class LiveTest {
-    private lateinit var relay: RelayProcess
-
-    @BeforeAll
-    fun startRelay() {
-        relay = RelayProcess.start()
-    }
-
-    @AfterAll
-    fun stopRelay() {
-        relay.close()
-    }
-
-    private suspend fun newUser(dir: Path, name: String): SottoClient =
-        SottoClient.create(dir.resolve("$name.db").toString(), randomKey(), relay.address)
+class LiveTest : RelayTest() {
 
     private suspend fun SottoClient.nextLive(): LiveEvent = withTimeout(WAIT_MS) { nextLiveEvent() }
 

@@ -9,6 +9,9 @@ import java.io.File
 import java.nio.file.Files
 import java.nio.file.Path
 import java.util.concurrent.TimeUnit
+import org.junit.jupiter.api.AfterAll
+import org.junit.jupiter.api.BeforeAll
+import org.junit.jupiter.api.TestInstance
 
 class RelayProcess private constructor(
     private val process: Process,
@@ -59,4 +62,27 @@ class RelayProcess private constructor(
             }
         }
     }
+}
+
+/**
+ * A test class with one real relay for all its tests, and a way to register
+ * users on it.
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+abstract class RelayTest {
+    protected lateinit var relay: RelayProcess
+
+    @BeforeAll
+    fun startRelay() {
+        relay = RelayProcess.start()
+    }
+
+    @AfterAll
+    fun stopRelay() {
+        relay.close()
+    }
+
+    /** A new user registered on the relay, its store in `dir`. */
+    protected suspend fun newUser(dir: Path, name: String): SottoClient =
+        SottoClient.create(dir.resolve("$name.db").toString(), randomKey(), relay.address)
 }
