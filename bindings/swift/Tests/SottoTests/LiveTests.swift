@@ -5,26 +5,8 @@ import Foundation
 import XCTest
 @testable import Sotto
 
-final class LiveTests: XCTestCase {
-    var relay: RelayProcess!
-    var dir: URL!
-
-    override func setUpWithError() throws {
-        relay = try RelayProcess()
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("sotto-live-\(UUID())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    }
-
-    override func tearDown() {
-        try? FileManager.default.removeItem(at: dir)
-        relay = nil
-    }
-
-    func newUser(_ name: String) async throws -> SottoClient {
-        try await SottoClient.create(dbPath: dir.appendingPathComponent("\(name).db").path,
-                                     storageKey: randomKey(), relay: relay.address)
-    }
-
+/// On ClientTests' relay and users (its setUp and newUser).
+extension ClientTests {
     func testAWatchedContactShowsOnlineTypingThenOffline() async throws {
         let alice = try await newUser("alice")
         let bob = try await newUser("bob")
@@ -62,15 +44,10 @@ final class LiveTests: XCTestCase {
 }
 
 /// Mirrors FlowTest.kt: explicit acks survive an early break.
-final class PendingEventsTests: XCTestCase {
+extension ClientTests {
     func testAnEventNotAckedComesBackAndAnAckedOneNever() async throws {
-        let relay = try RelayProcess()
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sotto-events-\(UUID())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let alice = try await SottoClient.create(dbPath: dir.appendingPathComponent("a.db").path,
-                                                 storageKey: randomKey(), relay: relay.address)
-        let bob = try await SottoClient.create(dbPath: dir.appendingPathComponent("b.db").path,
-                                               storageKey: randomKey(), relay: relay.address)
+        let alice = try await newUser("alice")
+        let bob = try await newUser("bob")
         _ = try alice.sendText(to: bob.address(), text: "m1")
         var first: PendingEvent?
         for try await p in bob.pendingEvents() { first = p; break } // not acked
